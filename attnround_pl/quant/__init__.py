@@ -1,0 +1,63 @@
+"""Pure-PyTorch quantization core: grids, scale search, rounding functions, quantizers, layers.
+
+Nothing in this package imports Lightning.
+"""
+
+from .act_quant import ActQuantizer
+from .bn_fold import fold_batchnorms, fold_bn_into_conv
+from .config import QuantConfig
+from .errors import QuantConfigError
+from .grid import UniformGrid, check_bits
+from .layers import QuantConv2d, QuantLayer, QuantLinear
+from .model import (
+    calibrate_activations,
+    freeze_model,
+    quant_layers,
+    quantizable_layers,
+    quantize_model,
+    set_quant_state,
+)
+from .rounding import (
+    ROUNDINGS,
+    AdaRounding,
+    AttentionRounding,
+    CeilRounding,
+    FloorRounding,
+    NearestRounding,
+    Rounding,
+    StochasticRounding,
+    make_rounding,
+)
+from .scale_search import fake_quantize, search_qparams
+from .weight_quant import WeightQuantizer
+
+__all__ = [
+    "ROUNDINGS",
+    "ActQuantizer",
+    "AdaRounding",
+    "AttentionRounding",
+    "CeilRounding",
+    "FloorRounding",
+    "NearestRounding",
+    "QuantConfig",
+    "QuantConfigError",
+    "QuantConv2d",
+    "QuantLayer",
+    "QuantLinear",
+    "Rounding",
+    "StochasticRounding",
+    "UniformGrid",
+    "WeightQuantizer",
+    "calibrate_activations",
+    "check_bits",
+    "fake_quantize",
+    "fold_batchnorms",
+    "fold_bn_into_conv",
+    "freeze_model",
+    "make_rounding",
+    "quant_layers",
+    "quantizable_layers",
+    "quantize_model",
+    "search_qparams",
+    "set_quant_state",
+]

@@ -1,0 +1,124 @@
+"""Per-tensor activation quantizer with a learned step size (LSQ, Esser et al. 2020)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from .errors import QuantConfigError
+from .grid import UniformGrid, check_bits
+from .scale_search import search_qparams
+
+FLOAT_BITS = 32
+OBSERVED_VALUES_PER_BATCH = 65_536
+OBSERVED_VALUES_MAX = 1 << 20
+
+
+def grad_scale(x: Tensor, g: float) -> Tensor:
+    """Identity forward, gradient multiplied by ``g``."""
+    return (x - x * g).detach() + x * g
+
+
+def round_ste(x: Tensor) -> Tensor:
+    """Round forward, identity backward (straight-through estimator)."""
+    return (torch.round(x) - x).detach() + x
+
+
+def check_act_bits(bits: int, what: str = "a_bits", where: str | None = None) -> int:
+    """Activation bits are 2..8, or 32 for 'not quantized' (the A32 of W4A32)."""
+    if bits == FLOAT_BITS and not isinstance(bits, bool):
+        return bits
+    try:
+        return check_bits(bits, what, where)
+    except QuantConfigError as exc:
+        raise QuantConfigError(f"{exc} (or {FLOAT_BITS} for float activations)") from None
+
+
+class ActQuantizer(nn.Module):
+    """Quantizes a tensor on a per-tensor grid: ``x_hat = s * clip(round(x / s), qmin, qmax)``.
+
+    Signedness: unsigned when every observed value is >= 0 (what ReLU / ReLU6 produce), signed
+    otherwise, unless ``signed`` is given. The step ``s`` is initialised by the MSE search over
+    values observed on calibration batches (``observe`` mode), then learned with the LSQ
+    gradient, scaled by ``1 / sqrt(numel * qmax)``. ``bits = 32`` leaves the input unchanged.
+    """
+
+    def __init__(self, bits: int = 8, signed: bool | None = None, seed: int = 0) -> None:
+        super().__init__()
+        self.bits = check_act_bits(bits)
+        self.signed = signed
+        self.enabled = True
+        self.observing = False
+        self.seed = seed
+        self.step = nn.Parameter(torch.ones(()))
+        self.initialised = False
+        self._observed: list[Tensor] = []
+        self._observed_min = math.inf
+
+    @property
+    def active(self) -> bool:
+        return self.bits != FLOAT_BITS
+
+    @property
+    def grid(self) -> UniformGrid:
+        if self.signed is None:
+            raise RuntimeError("activation quantizer has not seen data: observe batches first")
+        return UniformGrid(self.bits, self.signed)
+
+    def start_observing(self) -> None:
+        self.observing = True
+        self._observed = []
+        self._observed_min = math.inf
+
+    @torch.no_grad()
+    def _record(self, x: Tensor) -> None:
+        flat = x.detach().reshape(-1).float()
+        self._observed_min = min(self._observed_min, float(flat.min()))
+        if flat.numel() > OBSERVED_VALUES_PER_BATCH:
+            gen = torch.Generator(device="cpu").manual_seed(self.seed + len(self._observed))
+            idx = torch.randint(flat.numel(), (OBSERVED_VALUES_PER_BATCH,), generator=gen)
+            flat = flat[idx.to(flat.device)]
+        self._observed.append(flat.cpu())
+        held = sum(t.numel() for t in self._observed)
+        while held > OBSERVED_VALUES_MAX and len(self._observed) > 1:
+            held -= self._observed.pop(0).numel()
+
+    @torch.no_grad()
+    def finish_observing(self) -> None:
+        """Pick signedness and the MSE-optimal step from what was observed."""
+        self.observing = False
+        if not self.active:
+            self._observed = []
+            return
+        if not self._observed:
+            raise RuntimeError("activation quantizer observed no data")
+        values = torch.cat(self._observed)
+        self._observed = []
+        if not torch.isfinite(values).all():
+            raise ValueError("activation quantizer observed NaN or Inf values")
+        if self.signed is None:
+            self.signed = self._observed_min < 0
+        scale, _ = search_qparams(values[None, :], self.grid, affine=False)
+        self.step.data = scale[0].to(self.step.device)
+        self.initialised = True
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.observing:
+            self._record(x)
+            return x
+        if not self.active or not self.enabled:
+            return x
+        if not self.initialised:
+            raise RuntimeError("activation quantizer used before its step was initialised")
+        grid = self.grid
+        g = 1.0 / math.sqrt(x.numel() * grid.qmax)
+        step = grad_scale(self.step, g)
+        return round_ste(torch.clamp(x / step, grid.qmin, grid.qmax)) * step
+
+    def extra_repr(self) -> str:
+        if not self.active:
+            return "bits=32 (float)"
+        sign = {None: "auto", True: "signed", False: "unsigned"}[self.signed]
+        return f"bits={self.bits}, {sign}"

@@ -1,0 +1,69 @@
+"""Settings of the quantized model, validated in one place."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from .act_quant import check_act_bits
+from .errors import QuantConfigError
+from .grid import check_bits
+from .rounding import ROUNDINGS, check_tau
+
+
+@dataclass
+class QuantConfig:
+    """What ``quantize_model`` builds.
+
+    ``a_bits = 32`` means activations stay float (W4A32). The first layer's weights and input
+    (the network input) and the last layer's weights and input keep their own bit widths, 8 by
+    default as in the paper. ``seed`` seeds every random choice (stochastic rounding, Attention
+    Round's init): layer ``i`` uses ``seed * 1_000_003 + i``.
+    """
+
+    w_bits: int = 4
+    a_bits: int = 4
+    rounding: str = "attention"
+    tau: float = 0.5
+    seed: int = 0
+    first_layer_w_bits: int = 8
+    first_layer_a_bits: int = 8
+    last_layer_w_bits: int = 8
+    last_layer_a_bits: int = 8
+    w_per_channel: bool = True
+    w_symmetric: bool = False
+    adaround_reg_weight: float = 0.01
+    adaround_beta_start: float = 20.0
+    adaround_beta_end: float = 2.0
+    adaround_warmup: float = 0.2
+
+    def validate(self) -> QuantConfig:
+        for key in ("w_bits", "first_layer_w_bits", "last_layer_w_bits"):
+            check_bits(getattr(self, key), key)
+        for key in ("a_bits", "first_layer_a_bits", "last_layer_a_bits"):
+            check_act_bits(getattr(self, key), key)
+        if self.rounding not in ROUNDINGS:
+            raise QuantConfigError(
+                f"unknown rounding {self.rounding!r}; valid names: {', '.join(sorted(ROUNDINGS))}"
+            )
+        check_tau(self.tau)
+        if not 0.0 <= self.adaround_warmup < 1.0:
+            raise QuantConfigError(f"adaround_warmup={self.adaround_warmup} must be in [0, 1)")
+        if self.adaround_reg_weight < 0:
+            raise QuantConfigError(f"adaround_reg_weight={self.adaround_reg_weight} must be >= 0")
+        return self
+
+    def rounding_kwargs(self) -> dict[str, Any]:
+        return {
+            "tau": self.tau,
+            "reg_weight": self.adaround_reg_weight,
+            "beta_start": self.adaround_beta_start,
+            "beta_end": self.adaround_beta_end,
+            "warmup": self.adaround_warmup,
+        }
+
+    def layer_seed(self, index: int) -> int:
+        return self.seed * 1_000_003 + index
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)

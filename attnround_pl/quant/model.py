@@ -1,0 +1,127 @@
+"""Model-level API: fold BatchNorm, swap every Conv2d/Linear for its quantized twin, and the
+few operations that act on all quantized layers at once."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable
+
+import torch
+from torch import Tensor, nn
+
+from .act_quant import ActQuantizer
+from .bn_fold import fold_batchnorms
+from .config import QuantConfig
+from .errors import QuantConfigError
+from .layers import QUANT_LAYER_TYPES, QuantLayer
+from .rounding import make_rounding
+from .tree import set_submodule
+from .weight_quant import WeightQuantizer
+
+
+def quantizable_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """Conv2d / Linear layers of ``model`` in registration order (forward order for the usual CNNs)."""
+    return [(n, m) for n, m in model.named_modules() if type(m) in QUANT_LAYER_TYPES]
+
+
+def quant_layers(model: nn.Module) -> dict[str, QuantLayer]:
+    """The quantized layers of ``model`` by name."""
+    return {n: m for n, m in model.named_modules() if isinstance(m, QuantLayer)}
+
+
+def layer_bits(config: QuantConfig, index: int, count: int) -> tuple[int, int]:
+    """(weight bits, input bits) of layer ``index`` of ``count``: first and last keep their own."""
+    w_bits, a_bits = config.w_bits, config.a_bits
+    if index == 0:
+        w_bits, a_bits = config.first_layer_w_bits, config.first_layer_a_bits
+    if index == count - 1:
+        w_bits, a_bits = config.last_layer_w_bits, config.last_layer_a_bits
+    return w_bits, a_bits
+
+
+def quantize_model(model: nn.Module, config: QuantConfig | None = None) -> nn.Module:
+    """Return a quantized copy of ``model``; ``model`` itself is never modified.
+
+    The copy is put in eval mode, its BatchNorms are folded into the preceding convs, and every
+    Conv2d / Linear is replaced by a QuantConv2d / QuantLinear whose weight quantizer is
+    initialised by the MSE scale search and the configured rounding function. Input quantizers
+    still need ``calibrate_activations`` before the model is used with quantized activations.
+    Raises QuantConfigError, naming the value or layer, for bad settings or weights.
+    """
+    config = (config or QuantConfig()).validate()
+    layers = quantizable_layers(model)
+    if not layers:
+        raise QuantConfigError(
+            f"model {type(model).__name__} has no Conv2d or Linear layer to quantize"
+        )
+    for name, layer in layers:
+        if not torch.isfinite(layer.weight).all():
+            raise QuantConfigError(f"weights of layer '{name}' contain NaN or Inf")
+    qmodel = copy.deepcopy(model).eval()
+    fold_batchnorms(qmodel)
+    count = len(layers)
+    swaps = []
+    for index, (name, _) in enumerate(layers):
+        layer = qmodel.get_submodule(name)
+        w_bits, a_bits = layer_bits(config, index, count)
+        rounding = make_rounding(
+            config.rounding, seed=config.layer_seed(index), **config.rounding_kwargs()
+        )
+        wq = WeightQuantizer(
+            layer.weight,
+            w_bits,
+            rounding,
+            per_channel=config.w_per_channel,
+            symmetric=config.w_symmetric,
+        )
+        aq = ActQuantizer(a_bits, seed=config.layer_seed(index))
+        swaps.append((name, QUANT_LAYER_TYPES[type(layer)](layer, wq, aq)))
+    for name, qlayer in swaps:
+        set_submodule(qmodel, name, qlayer)
+    return qmodel
+
+
+def act_quantizers(model: nn.Module) -> list[ActQuantizer]:
+    return [m for m in model.modules() if isinstance(m, ActQuantizer)]
+
+
+@torch.no_grad()
+def calibrate_activations(model: nn.Module, batches: Iterable[Tensor]) -> int:
+    """Initialise every input quantizer's step by the MSE search over ``batches``.
+
+    Ranges are observed on the float-weight network (weight quantization off for the pass) so the
+    initial steps do not depend on the rounding's initial state. Returns the number of batches.
+    """
+    layers = quant_layers(model).values()
+    quantizers = act_quantizers(model)
+    saved = [(layer, layer.weight_enabled) for layer in layers]
+    for layer, _ in saved:
+        layer.weight_enabled = False
+    for q in quantizers:
+        q.start_observing()
+    seen = 0
+    try:
+        for batch in batches:
+            model(batch)
+            seen += 1
+    finally:
+        for layer, state in saved:
+            layer.weight_enabled = state
+    if seen == 0:
+        raise ValueError("calibrate_activations got no batches")
+    for q in quantizers:
+        q.finish_observing()
+    return seen
+
+
+def set_quant_state(model: nn.Module, weights: bool, activations: bool) -> None:
+    """Switch weight and activation quantization of every quantized layer on or off."""
+    for layer in quant_layers(model).values():
+        layer.weight_enabled = weights
+        layer.input_quantizer.enabled = activations
+
+
+def freeze_model(model: nn.Module) -> None:
+    """Freeze every quantized layer's rounding to integer codes."""
+    for layer in quant_layers(model).values():
+        layer.freeze()

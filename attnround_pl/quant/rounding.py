@@ -1,0 +1,286 @@
+"""Rounding functions: one interface, six implementations.
+
+A rounding function maps ``x = w / s`` (weights in grid-step units, zero point not yet added)
+to integer grid offsets, clipped to ``[lo, hi]`` where ``lo = qmin - z`` and ``hi = qmax - z``.
+The weight quantizer then returns ``s * q`` (eq. 3 of the Attention Round paper).
+
+- ``forward(x, lo, hi)`` is what the quantized layer uses while calibrating (differentiable
+  in the rounding's own parameters where it has any).
+- ``hard_codes(x, lo, hi)`` gives the final integers a frozen layer keeps.
+- ``regularizer()`` is the extra loss term (AdaRound only) and ``set_progress(t)`` tells the
+  rounding how far the optimisation is, ``t`` in ``[0, 1]`` (AdaRound's beta annealing).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from .errors import QuantConfigError
+
+
+class Rounding(nn.Module):
+    """Base class: subclasses give ``grid_value`` (unclipped, possibly soft grid value)."""
+
+    name: ClassVar[str] = ""
+    learnable: ClassVar[bool] = False
+
+    def init_state(self, x: Tensor) -> None:
+        """Set up per-element state from the weights in step units; called once, before learning."""
+
+    def grid_value(self, x: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
+        return torch.clamp(self.grid_value(x), lo, hi)
+
+    @torch.no_grad()
+    def hard_codes(self, x: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
+        """Integer offsets (as a float tensor) that a frozen layer keeps."""
+        return torch.clamp(torch.round(self.grid_value(x)), lo, hi)
+
+    def regularizer(self) -> Tensor:
+        return torch.zeros(())
+
+    def set_progress(self, t: float) -> None:
+        """Fraction ``t`` of the optimisation done; only schedules care."""
+
+    def extra_repr(self) -> str:
+        return self.name
+
+
+class NearestRounding(Rounding):
+    """Round half to even (``torch.round``), the grid point nearest to ``x``."""
+
+    name = "nearest"
+
+    def grid_value(self, x: Tensor) -> Tensor:
+        return torch.round(x)
+
+
+class FloorRounding(Rounding):
+    """The largest grid point not above ``x``."""
+
+    name = "floor"
+
+    def grid_value(self, x: Tensor) -> Tensor:
+        return torch.floor(x)
+
+
+class CeilRounding(Rounding):
+    """The smallest grid point not below ``x``."""
+
+    name = "ceil"
+
+    def grid_value(self, x: Tensor) -> Tensor:
+        return torch.ceil(x)
+
+
+class _FixedDecision(Rounding):
+    """Shared by roundings that choose floor or floor + 1 per element once, at ``init_state``."""
+
+    up: Tensor
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("up", torch.zeros(0))
+
+    def _check_shape(self, x: Tensor) -> None:
+        if self.up.shape != x.shape:
+            raise RuntimeError(
+                f"{self.name} rounding was initialised for shape {tuple(self.up.shape)}, "
+                f"called with {tuple(x.shape)}"
+            )
+
+    def grid_value(self, x: Tensor) -> Tensor:
+        self._check_shape(x)
+        return torch.floor(x) + self.up
+
+
+class StochasticRounding(_FixedDecision):
+    """Floor or ceil with probability of the fractional distance, sampled once from ``seed``.
+
+    ``E[q] = x``: unbiased in expectation; the same seed gives the same codes.
+    """
+
+    name = "stochastic"
+
+    def __init__(self, seed: int = 0) -> None:
+        super().__init__()
+        self.seed = seed
+
+    @torch.no_grad()
+    def init_state(self, x: Tensor) -> None:
+        gen = torch.Generator(device="cpu").manual_seed(self.seed)
+        frac = (x - torch.floor(x)).detach().cpu()
+        self.up = (torch.rand(frac.shape, generator=gen) < frac).to(x.dtype).to(x.device)
+
+
+class AdaRounding(Rounding):
+    """AdaRound (Nagel et al. 2020): ``q = floor(x) + h(V)`` with the rectified sigmoid
+    ``h(V) = clip(sigmoid(V) (zeta - gamma) + gamma, 0, 1)``, ``zeta = 1.1``, ``gamma = -0.1``.
+
+    ``V`` starts where ``h(V)`` equals the fractional part of ``x``, so the soft value first
+    reproduces ``x`` exactly. Regulariser ``lambda * sum(1 - |2 h(V) - 1|^beta)`` is off during the
+    first ``warmup`` fraction of the run, then ``beta`` anneals linearly from ``beta_start`` to
+    ``beta_end``. Hard codes use ``h(V) >= 0.5``.
+    """
+
+    name = "adaround"
+    learnable = True
+    zeta = 1.1
+    gamma = -0.1
+
+    def __init__(
+        self,
+        reg_weight: float = 0.01,
+        beta_start: float = 20.0,
+        beta_end: float = 2.0,
+        warmup: float = 0.2,
+    ) -> None:
+        super().__init__()
+        self.reg_weight = reg_weight
+        self.beta_start = beta_start
+        self.beta_end = beta_end
+        self.warmup = warmup
+        self.beta = beta_start
+        self.reg_active = False
+        self.v = nn.Parameter(torch.zeros(0))
+
+    @torch.no_grad()
+    def init_state(self, x: Tensor) -> None:
+        frac = (x - torch.floor(x)).detach()
+        p = ((frac - self.gamma) / (self.zeta - self.gamma)).clamp(1e-6, 1 - 1e-6)
+        self.v = nn.Parameter(torch.log(p) - torch.log1p(-p))
+
+    def h(self) -> Tensor:
+        return torch.clamp(torch.sigmoid(self.v) * (self.zeta - self.gamma) + self.gamma, 0, 1)
+
+    def grid_value(self, x: Tensor) -> Tensor:
+        return torch.floor(x.detach()) + self.h()
+
+    @torch.no_grad()
+    def hard_codes(self, x: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
+        return torch.clamp(torch.floor(x) + (self.h() >= 0.5).to(x.dtype), lo, hi)
+
+    def set_progress(self, t: float) -> None:
+        self.reg_active = t >= self.warmup
+        rel = max(0.0, (t - self.warmup) / max(1e-12, 1.0 - self.warmup))
+        self.beta = self.beta_start + (self.beta_end - self.beta_start) * min(1.0, rel)
+
+    def regularizer(self) -> Tensor:
+        if not self.reg_active:
+            return torch.zeros((), device=self.v.device)
+        return self.reg_weight * (1 - (2 * self.h() - 1).abs().pow(self.beta)).sum()
+
+
+def standard_normal_cdf(x: Tensor) -> Tensor:
+    """Phi(x) = 0.5 + 0.5 erf(x / sqrt 2) (eq. 7 inside eq. 6)."""
+    return 0.5 + 0.5 * torch.erf(x / math.sqrt(2.0))
+
+
+class _AttentionRoundFn(torch.autograd.Function):
+    """Forward: ``clip(round(x + alpha), lo, hi)``. Backward: eq. 6 for ``alpha``."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, alpha: Tensor, tau: float, lo: Tensor, hi: Tensor) -> Tensor:  # noqa: ANN001
+        raw = torch.round(x + alpha)
+        ctx.save_for_backward(alpha, raw < lo, raw > hi)
+        ctx.tau = tau
+        return torch.clamp(raw, lo, hi)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # noqa: ANN001, ANN205
+        alpha, below, above = ctx.saved_tensors
+        if ctx.tau > 0:
+            phi = standard_normal_cdf(alpha / ctx.tau)
+        else:  # the tau -> 0 limit of Phi(alpha / tau): the unit step, 1/2 at alpha = 0
+            phi = (alpha > 0).to(alpha.dtype) + 0.5 * (alpha == 0).to(alpha.dtype)
+        factor = torch.where(grad > 0, phi, 1 - phi)
+        # Past a clipping bound only the gradient that pulls alpha back inside passes.
+        outward = (above & (grad < 0)) | (below & (grad > 0))
+        return None, torch.where(outward, torch.zeros_like(grad), grad * factor), None, None, None
+
+
+class AttentionRounding(Rounding):
+    """Attention Round (eqs. 3-7): ``q = clip(round(x + alpha), l, h)``, ``alpha`` trainable, unbounded.
+
+    ``alpha`` starts from ``N(0, tau^2)`` with ``tau`` in grid-step units. The paper writes
+    ``N(0, (tau/s)^2)`` with ``tau`` in weight units; for real weights (steps of ~1e-2) that makes
+    the paper's ``tau = 0.5`` dozens of steps wide, so we read ``tau`` in step units. The forward
+    pass is always the hard rounded value; backward replaces ``dq/dalpha`` by ``Phi(alpha / tau)``
+    where ``dL/dq > 0`` and by ``1 - Phi(alpha / tau)`` otherwise (eq. 6): moves away from the
+    initial value get weaker gradients the further they go, moves back get stronger ones.
+
+    ``tau = 0``: ``alpha`` starts at 0 (round-to-nearest) and ``Phi`` becomes its limit, the unit
+    step, so ``alpha`` can only drift back toward 0, never away: tau = 0 stays at nearest.
+    Past a clipping bound, gradients that would push ``alpha`` further out are zeroed, the ones
+    that pull it back pass, so a weight parked on ``l`` or ``h`` can still return.
+    """
+
+    name = "attention"
+    learnable = True
+
+    def __init__(self, tau: float = 0.5, seed: int = 0) -> None:
+        super().__init__()
+        check_tau(tau)
+        self.tau = float(tau)
+        self.seed = seed
+        self.alpha = nn.Parameter(torch.zeros(0))
+
+    @torch.no_grad()
+    def init_state(self, x: Tensor) -> None:
+        gen = torch.Generator(device="cpu").manual_seed(self.seed)
+        noise = torch.randn(x.shape, generator=gen, dtype=torch.float32) * self.tau
+        self.alpha = nn.Parameter(noise.to(device=x.device, dtype=x.dtype))
+
+    def forward(self, x: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
+        lo = torch.as_tensor(lo, dtype=x.dtype, device=x.device).expand_as(x)
+        hi = torch.as_tensor(hi, dtype=x.dtype, device=x.device).expand_as(x)
+        return _AttentionRoundFn.apply(x.detach(), self.alpha, self.tau, lo, hi)
+
+    def grid_value(self, x: Tensor) -> Tensor:
+        return torch.round(x.detach() + self.alpha)
+
+    def extra_repr(self) -> str:
+        return f"{self.name}, tau={self.tau}"
+
+
+def check_tau(tau: float) -> float:
+    if not isinstance(tau, (int, float)) or isinstance(tau, bool) or not math.isfinite(tau):
+        raise QuantConfigError(f"tau={tau!r} must be a finite number >= 0 (grid-step units)")
+    if tau < 0:
+        raise QuantConfigError(f"tau={tau} must be >= 0 (grid-step units; 0 means round-to-nearest)")
+    return float(tau)
+
+
+ROUNDINGS: dict[str, type[Rounding]] = {
+    cls.name: cls
+    for cls in (
+        NearestRounding,
+        FloorRounding,
+        CeilRounding,
+        StochasticRounding,
+        AdaRounding,
+        AttentionRounding,
+    )
+}
+
+
+def make_rounding(name: str, *, tau: float = 0.5, seed: int = 0, **adaround: float) -> Rounding:
+    """Build a rounding function by name; ``tau`` is for attention, ``seed`` for stochastic/attention."""
+    if name not in ROUNDINGS:
+        raise QuantConfigError(
+            f"unknown rounding {name!r}; valid names: {', '.join(sorted(ROUNDINGS))}"
+        )
+    check_tau(tau)
+    if name == "attention":
+        return AttentionRounding(tau=tau, seed=seed)
+    if name == "stochastic":
+        return StochasticRounding(seed=seed)
+    if name == "adaround":
+        return AdaRounding(**adaround)
+    return ROUNDINGS[name]()

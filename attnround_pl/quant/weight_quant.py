@@ -1,0 +1,90 @@
+"""Weight quantizer: a uniform grid, MSE-initialised scales and one rounding function."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from .grid import UniformGrid
+from .rounding import Rounding
+from .scale_search import search_qparams
+
+
+class WeightQuantizer(nn.Module):
+    """``w_hat = s * (q - z)``, ``q = clip(R(w / s) + z, qmin, qmax)`` with rounding function R.
+
+    Scales ``s`` and zero points ``z`` are fixed after the MSE search (per output channel by
+    default). ``symmetric`` uses a signed grid with ``z = 0``; otherwise an unsigned grid with a
+    zero point (asymmetric). After ``freeze()`` the integer codes are stored and the rounding's
+    parameters dropped; the forward then ignores its input and returns the frozen weights.
+    """
+
+    scale: Tensor
+    zero_point: Tensor
+    codes: Tensor
+
+    def __init__(
+        self,
+        weight: Tensor,
+        bits: int,
+        rounding: Rounding,
+        per_channel: bool = True,
+        symmetric: bool = False,
+    ) -> None:
+        super().__init__()
+        self.grid = UniformGrid(bits, signed=symmetric)
+        self.per_channel = per_channel
+        self.symmetric = symmetric
+        self.rounding_name = rounding.name
+        rows = weight.detach().reshape(weight.shape[0], -1) if per_channel else weight.reshape(1, -1)
+        scale, zero_point = search_qparams(rows, self.grid, affine=not symmetric)
+        shape = (-1,) + (1,) * (weight.dim() - 1) if per_channel else ()
+        self.register_buffer("scale", scale.reshape(shape).to(weight.device))
+        self.register_buffer("zero_point", zero_point.reshape(shape).to(weight.device))
+        self.register_buffer("codes", torch.zeros(0, dtype=self.code_dtype, device=weight.device))
+        self.rounding: Rounding | None = rounding
+        rounding.init_state(weight.detach() / self.scale)
+
+    @property
+    def bits(self) -> int:
+        return self.grid.bits
+
+    @property
+    def code_dtype(self) -> torch.dtype:
+        return torch.int8 if self.grid.signed else torch.uint8
+
+    @property
+    def frozen(self) -> bool:
+        return self.rounding is None
+
+    def _bounds(self) -> tuple[Tensor, Tensor]:
+        return self.grid.qmin - self.zero_point, self.grid.qmax - self.zero_point
+
+    def forward(self, weight: Tensor) -> Tensor:
+        if self.rounding is None:
+            return self.scale * (self.codes.to(self.scale.dtype) - self.zero_point)
+        lo, hi = self._bounds()
+        return self.scale * self.rounding(weight / self.scale, lo, hi)
+
+    @torch.no_grad()
+    def integer_codes(self, weight: Tensor) -> Tensor:
+        """The integers ``q`` in ``[qmin, qmax]`` this quantizer gives (or holds, once frozen)."""
+        if self.rounding is None:
+            return self.codes.clone()
+        lo, hi = self._bounds()
+        offsets = self.rounding.hard_codes(weight.detach() / self.scale, lo, hi)
+        return (offsets + self.zero_point).to(self.code_dtype)
+
+    @torch.no_grad()
+    def freeze(self, weight: Tensor) -> None:
+        """Store the hard integer codes and drop the rounding's learnable state."""
+        if self.rounding is None:
+            return
+        self.codes = self.integer_codes(weight)
+        self.rounding = None
+
+    def extra_repr(self) -> str:
+        kind = "per-channel" if self.per_channel else "per-tensor"
+        sym = "symmetric" if self.symmetric else "asymmetric"
+        state = "frozen" if self.frozen else self.rounding_name
+        return f"bits={self.bits}, {kind}, {sym}, {state}"

@@ -1,0 +1,156 @@
+import math
+
+import pytest
+import torch
+
+from attnround_pl.quant import (
+    ROUNDINGS,
+    AdaRounding,
+    AttentionRounding,
+    QuantConfigError,
+    make_rounding,
+)
+from attnround_pl.quant.rounding import standard_normal_cdf
+
+LO, HI = torch.tensor(-8.0), torch.tensor(7.0)
+
+
+def _apply(name, x, **kw):
+    r = make_rounding(name, **kw)
+    r.init_state(x)
+    return r, r(x, LO, HI)
+
+
+def test_six_roundings_registered():
+    assert sorted(ROUNDINGS) == sorted(
+        ["nearest", "floor", "ceil", "stochastic", "adaround", "attention"]
+    )
+
+
+def test_fixed_roundings_on_hand_made_tensor():
+    x = torch.tensor([-9.3, -2.5, -1.2, -0.5, 0.0, 0.4, 0.5, 1.5, 2.7, 6.6, 7.4, 12.0])
+    assert _apply("nearest", x)[1].tolist() == [-8, -2, -1, -0, 0, 0, 0, 2, 3, 7, 7, 7]
+    assert _apply("floor", x)[1].tolist() == [-8, -3, -2, -1, 0, 0, 0, 1, 2, 6, 7, 7]
+    assert _apply("ceil", x)[1].tolist() == [-8, -2, -1, -0, 0, 1, 1, 2, 3, 7, 7, 7]
+
+
+def test_stochastic_reproducible_from_seed_and_unbiased():
+    gen = torch.Generator().manual_seed(1)
+    x = torch.rand(200_000, generator=gen) * 10 - 5
+    _, a = _apply("stochastic", x, seed=7)
+    _, b = _apply("stochastic", x, seed=7)
+    _, c = _apply("stochastic", x, seed=8)
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+    assert torch.all((a == torch.floor(x)) | (a == torch.ceil(x)))
+    # unbiased: mean error ~ 0 (std of the mean of U(0,1)-Bernoulli errors ~ 0.29 / sqrt(n))
+    assert abs((a - x).mean().item()) < 5 * 0.29 / math.sqrt(x.numel())
+    # and per fractional part: x = k + 0.25 rounds up a quarter of the time
+    q = torch.full((100_000,), 0.25)
+    _, up = _apply("stochastic", q, seed=3)
+    assert abs(up.mean().item() - 0.25) < 0.01
+
+
+def test_adaround_initially_reproduces_x():
+    x = torch.randn(1000) * 3
+    r, soft = _apply("adaround", x)
+    assert isinstance(r, AdaRounding)
+    assert torch.allclose(soft, x.clamp(LO, HI), atol=1e-5)
+    hard = r.hard_codes(x, LO, HI)
+    assert torch.equal(hard, torch.clamp(torch.floor(x) + ((x - x.floor()) >= 0.5).float(), LO, HI))
+
+
+def test_adaround_regulariser_schedule():
+    x = torch.randn(100)
+    r, _ = _apply("adaround", x)
+    r.set_progress(0.1)
+    assert r.regularizer().item() == 0.0 and r.beta == 20.0
+    r.set_progress(0.2)
+    assert r.beta == 20.0 and r.regularizer().item() > 0
+    r.set_progress(0.6)
+    assert r.beta == pytest.approx(11.0)
+    r.set_progress(1.0)
+    assert r.beta == pytest.approx(2.0)
+    h = r.h()
+    expected = 0.01 * (1 - (2 * h - 1).abs().pow(2.0)).sum()
+    assert r.regularizer().item() == pytest.approx(expected.item())
+
+
+def test_attention_tau_zero_is_nearest():
+    x = torch.randn(10_000) * 4
+    r, q = _apply("attention", x, tau=0.0)
+    assert torch.all(r.alpha == 0)
+    assert torch.equal(q, torch.clamp(torch.round(x), LO, HI))
+
+
+def test_attention_init_is_gaussian_in_step_units_and_seeded():
+    x = torch.zeros(100_000)
+    r, _ = _apply("attention", x, tau=0.5, seed=3)
+    assert abs(r.alpha.std().item() - 0.5) < 0.01
+    assert abs(r.alpha.mean().item()) < 0.01
+    r2, _ = _apply("attention", x, tau=0.5, seed=3)
+    assert torch.equal(r.alpha, r2.alpha)
+
+
+@pytest.mark.parametrize("tau", [0.25, 0.5, 1.0])
+def test_attention_backward_is_phi_formula_both_signs(tau):
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(4000, generator=gen)
+    r = AttentionRounding(tau=tau, seed=1)
+    r.init_state(x)
+    upstream = torch.randn(4000, generator=gen)  # both signs of dL/dz
+    q = r(x, LO, HI)
+    assert torch.equal(q, torch.clamp(torch.round(x + r.alpha.detach()), LO, HI))
+    (q * upstream).sum().backward()
+    phi = torch.special.ndtr(r.alpha.detach() / tau)
+    expected = torch.where(upstream > 0, upstream * phi, upstream * (1 - phi))
+    assert torch.allclose(r.alpha.grad, expected, atol=1e-6)
+    assert (upstream > 0).any() and (upstream < 0).any()
+    assert torch.allclose(standard_normal_cdf(torch.tensor([-1.0, 0.0, 2.0])),
+                          torch.special.ndtr(torch.tensor([-1.0, 0.0, 2.0])))
+
+
+def test_attention_backward_at_clip_bounds_lets_only_inward_gradients_pass():
+    x = torch.tensor([20.0, 20.0, -20.0, -20.0])
+    r = AttentionRounding(tau=0.5)
+    r.init_state(x)
+    with torch.no_grad():
+        r.alpha.zero_()
+    upstream = torch.tensor([1.0, -1.0, 1.0, -1.0])
+    (r(x, LO, HI) * upstream).sum().backward()
+    # above hi: g > 0 (descent lowers alpha) passes; g < 0 is blocked. Below lo: the reverse.
+    assert r.alpha.grad.tolist() == [0.5, 0.0, 0.0, -0.5]
+
+
+def _train_to_target(rounding, x, target, steps=400, lr=0.05):
+    rounding.init_state(x)
+    opt = torch.optim.Adam(rounding.parameters(), lr=lr)
+    for step in range(steps):
+        rounding.set_progress(step / steps)
+        opt.zero_grad()
+        loss = (rounding(x, LO, HI) - target).pow(2).sum() + rounding.regularizer()
+        loss.backward()
+        opt.step()
+    return rounding.hard_codes(x, LO, HI)
+
+
+def test_attention_moves_weight_more_than_one_step_adaround_cannot():
+    x = torch.tensor([0.3, -1.2, 2.1])
+    target = torch.tensor([2.0, -3.0, 0.0])  # two steps from round(x): beyond floor/ceil
+    att = _train_to_target(AttentionRounding(tau=0.5, seed=0), x, target)
+    assert torch.equal(att, target)
+    assert torch.all((att - torch.round(x)).abs() == 2)
+    ada = _train_to_target(AdaRounding(), x, target)
+    assert torch.all((ada == torch.floor(x)) | (ada == torch.floor(x) + 1))
+    assert torch.all((ada - x).abs() < 1.0)
+
+
+def test_unknown_rounding_lists_valid_names():
+    with pytest.raises(QuantConfigError, match="unknown rounding 'round'.*adaround.*attention"):
+        make_rounding("round")
+
+
+@pytest.mark.parametrize("tau", [-0.1, float("nan"), float("inf")])
+def test_bad_tau(tau):
+    with pytest.raises(QuantConfigError, match="tau="):
+        make_rounding("attention", tau=tau)
