@@ -106,8 +106,10 @@ def test_attention_backward_is_phi_formula_both_signs(tau):
     expected = torch.where(upstream > 0, upstream * phi, upstream * (1 - phi))
     assert torch.allclose(r.alpha.grad, expected, atol=1e-6)
     assert (upstream > 0).any() and (upstream < 0).any()
-    assert torch.allclose(standard_normal_cdf(torch.tensor([-1.0, 0.0, 2.0])),
-                          torch.special.ndtr(torch.tensor([-1.0, 0.0, 2.0])))
+    assert torch.allclose(
+        standard_normal_cdf(torch.tensor([-1.0, 0.0, 2.0])),
+        torch.special.ndtr(torch.tensor([-1.0, 0.0, 2.0])),
+    )
 
 
 def test_attention_backward_at_clip_bounds_lets_only_inward_gradients_pass():

@@ -1,7 +1,8 @@
 """Fold every BatchNorm2d into the Conv2d that feeds it.
 
 ``y = gamma (conv(x) - mu) / sqrt(var + eps) + beta`` becomes a conv with weight
-``W * gamma / sqrt(var + eps)`` (per output channel) and bias ``(b - mu) gamma / sqrt(var + eps) + beta``.
+``W * gamma / sqrt(var + eps)`` (per output channel) and bias
+``(b - mu) gamma / sqrt(var + eps) + beta``.
 The folded BatchNorm is replaced by ``nn.Identity`` in place, so the module tree keeps its shape
 (residual blocks stay blocks). Pairs are found by tracing with torch.fx; a model that cannot be
 traced falls back to pairs adjacent inside ``nn.Sequential``.
@@ -56,7 +57,7 @@ def _pairs_in_sequentials(model: nn.Module) -> list[tuple[str, str]]:
         if not isinstance(module, nn.Sequential):
             continue
         children = list(module.named_children())
-        for (a_name, a), (b_name, b) in zip(children, children[1:]):
+        for (a_name, a), (b_name, b) in zip(children, children[1:], strict=False):
             if isinstance(a, nn.Conv2d) and isinstance(b, nn.BatchNorm2d):
                 prefix = f"{name}." if name else ""
                 pairs.append((prefix + a_name, prefix + b_name))

@@ -2,4 +2,4 @@
 
 
 class QuantConfigError(ValueError):
-    """A quantization setting is invalid; the message names the value and, where known, the layer."""
+    """A quantization setting is invalid; the message names the value and the layer if known."""

@@ -14,7 +14,9 @@ def check_bits(bits: int, what: str = "bits", where: str | None = None) -> int:
     """Return ``bits`` if it is an int in 2..8, else raise a QuantConfigError naming it."""
     place = f" for layer '{where}'" if where else ""
     if isinstance(bits, bool) or not isinstance(bits, int):
-        raise QuantConfigError(f"{what}={bits!r}{place} must be an integer in {MIN_BITS}..{MAX_BITS}")
+        raise QuantConfigError(
+            f"{what}={bits!r}{place} must be an integer in {MIN_BITS}..{MAX_BITS}"
+        )
     if not MIN_BITS <= bits <= MAX_BITS:
         raise QuantConfigError(f"{what}={bits}{place} is outside {MIN_BITS}..{MAX_BITS}")
     return bits

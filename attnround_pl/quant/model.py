@@ -20,7 +20,7 @@ from .weight_quant import WeightQuantizer
 
 
 def quantizable_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """Conv2d / Linear layers of ``model`` in registration order (forward order for the usual CNNs)."""
+    """Conv2d / Linear layers of ``model`` in registration order (forward order in usual CNNs)."""
     return [(n, m) for n, m in model.named_modules() if type(m) in QUANT_LAYER_TYPES]
 
 

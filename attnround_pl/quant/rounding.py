@@ -206,7 +206,7 @@ class _AttentionRoundFn(torch.autograd.Function):
 
 
 class AttentionRounding(Rounding):
-    """Attention Round (eqs. 3-7): ``q = clip(round(x + alpha), l, h)``, ``alpha`` trainable, unbounded.
+    """Attention Round (eqs. 3-7): ``q = clip(round(x + alpha), l, h)``, trainable unbounded ``alpha``.
 
     ``alpha`` starts from ``N(0, tau^2)`` with ``tau`` in grid-step units. The paper writes
     ``N(0, (tau/s)^2)`` with ``tau`` in weight units; for real weights (steps of ~1e-2) that makes
@@ -253,7 +253,9 @@ def check_tau(tau: float) -> float:
     if not isinstance(tau, (int, float)) or isinstance(tau, bool) or not math.isfinite(tau):
         raise QuantConfigError(f"tau={tau!r} must be a finite number >= 0 (grid-step units)")
     if tau < 0:
-        raise QuantConfigError(f"tau={tau} must be >= 0 (grid-step units; 0 means round-to-nearest)")
+        raise QuantConfigError(
+            f"tau={tau} must be >= 0 (grid-step units; 0 means round-to-nearest)"
+        )
     return float(tau)
 
 
@@ -271,7 +273,7 @@ ROUNDINGS: dict[str, type[Rounding]] = {
 
 
 def make_rounding(name: str, *, tau: float = 0.5, seed: int = 0, **adaround: float) -> Rounding:
-    """Build a rounding function by name; ``tau`` is for attention, ``seed`` for stochastic/attention."""
+    """Build a rounding by name; ``tau`` is for attention, ``seed`` for stochastic and attention."""
     if name not in ROUNDINGS:
         raise QuantConfigError(
             f"unknown rounding {name!r}; valid names: {', '.join(sorted(ROUNDINGS))}"

@@ -54,7 +54,9 @@ def search_qparams(
     candidates, so the result is never worse than min-max.
     """
     if x.dim() != 2:
-        raise ValueError(f"search_qparams expects a 2-D tensor (rows x elements), got {tuple(x.shape)}")
+        raise ValueError(
+            f"search_qparams expects a 2-D tensor (rows x elements), got {tuple(x.shape)}"
+        )
     x = x.detach().float()
     lo_full = x.amin(dim=1).clamp_max(0.0)
     hi_full = x.amax(dim=1).clamp_min(0.0)

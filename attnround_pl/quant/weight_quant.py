@@ -36,7 +36,9 @@ class WeightQuantizer(nn.Module):
         self.per_channel = per_channel
         self.symmetric = symmetric
         self.rounding_name = rounding.name
-        rows = weight.detach().reshape(weight.shape[0], -1) if per_channel else weight.reshape(1, -1)
+        rows = (
+            weight.detach().reshape(weight.shape[0], -1) if per_channel else weight.reshape(1, -1)
+        )
         scale, zero_point = search_qparams(rows, self.grid, affine=not symmetric)
         shape = (-1,) + (1,) * (weight.dim() - 1) if per_channel else ()
         self.register_buffer("scale", scale.reshape(shape).to(weight.device))

@@ -1,0 +1,172 @@
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch import nn
+from torchvision.models.resnet import BasicBlock
+
+from attnround_pl.quant import (
+    QuantConfig,
+    QuantConfigError,
+    QuantConv2d,
+    QuantLinear,
+    calibrate_activations,
+    freeze_model,
+    quant_layers,
+    quantize_model,
+)
+
+
+def _net():
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.Conv2d(8, 8, 3, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, 10),
+    ).eval()
+
+
+def _resnet_block():
+    torch.manual_seed(0)
+    block = BasicBlock(
+        16,
+        32,
+        stride=2,
+        downsample=nn.Sequential(nn.Conv2d(16, 32, 1, stride=2, bias=False), nn.BatchNorm2d(32)),
+    )
+    for m in block.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.2, 0.2)
+            m.running_var.uniform_(0.5, 1.5)
+    return block.eval()
+
+
+def test_swaps_every_layer_and_keeps_original():
+    model = _net()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    q = quantize_model(model, QuantConfig(w_bits=4, a_bits=4, rounding="nearest"))
+    layers = quant_layers(q)
+    assert list(layers) == ["0", "3", "8"]
+    assert isinstance(layers["0"], QuantConv2d) and isinstance(layers["8"], QuantLinear)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in q.modules())
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+    assert isinstance(model[0], nn.Conv2d) and isinstance(model[1], nn.BatchNorm2d)
+
+
+def test_first_and_last_layer_bits_default_8_and_configurable():
+    q = quantize_model(_net(), QuantConfig(w_bits=3, a_bits=4))
+    layers = quant_layers(q)
+    assert [m.weight_quantizer.bits for m in layers.values()] == [8, 3, 8]
+    assert [m.input_quantizer.bits for m in layers.values()] == [8, 4, 8]
+    q = quantize_model(
+        _net(),
+        QuantConfig(
+            w_bits=3, a_bits=4, first_layer_w_bits=6, last_layer_w_bits=5, last_layer_a_bits=32
+        ),
+    )
+    layers = quant_layers(q)
+    assert [m.weight_quantizer.bits for m in layers.values()] == [6, 3, 5]
+    assert [m.input_quantizer.bits for m in layers.values()] == [8, 4, 32]
+
+
+def test_8bit_resnet_block_within_1_percent():
+    block = _resnet_block()
+    x = torch.randn(16, 16, 14, 14)
+    q = quantize_model(block, QuantConfig(w_bits=8, a_bits=8, rounding="nearest"))
+    calibrate_activations(q, [x[:8], x[8:]])
+    with torch.no_grad():
+        rel = ((q(x) - block(x)).norm() / block(x).norm()).item()
+    assert rel < 0.01
+
+
+def test_lower_bits_more_error():
+    block = _resnet_block()
+    x = torch.randn(16, 16, 14, 14)
+    errs = []
+    for bits in (8, 4, 2):
+        q = quantize_model(
+            block,
+            QuantConfig(
+                w_bits=bits,
+                a_bits=bits,
+                rounding="nearest",
+                first_layer_w_bits=bits,
+                first_layer_a_bits=bits,
+                last_layer_w_bits=bits,
+                last_layer_a_bits=bits,
+            ),
+        )
+        calibrate_activations(q, [x])
+        with torch.no_grad():
+            errs.append(((q(x) - block(x)).norm() / block(x).norm()).item())
+    assert errs[0] < errs[1] < errs[2]
+
+
+def test_freeze_model_keeps_outputs():
+    model = _net()
+    x = torch.randn(4, 3, 8, 8)
+    q = quantize_model(model, QuantConfig(rounding="attention", tau=0.5))
+    calibrate_activations(q, [x])
+    with torch.no_grad():
+        before = q(x)
+        freeze_model(q)
+        after = q(x)
+    assert torch.equal(before, after)
+    assert all(m.weight_quantizer.frozen for m in quant_layers(q).values())
+
+
+def test_seed_reproducible_and_layers_differ():
+    a = quant_layers(quantize_model(_net(), QuantConfig(rounding="attention", seed=1)))
+    b = quant_layers(quantize_model(_net(), QuantConfig(rounding="attention", seed=1)))
+    c = quant_layers(quantize_model(_net(), QuantConfig(rounding="attention", seed=2)))
+    alpha = {k: v.weight_quantizer.rounding.alpha for k, v in a.items()}
+    assert all(torch.equal(alpha[k], b[k].weight_quantizer.rounding.alpha) for k in a)
+    assert not torch.equal(alpha["3"], c["3"].weight_quantizer.rounding.alpha)
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        (QuantConfig(w_bits=9), r"w_bits=9 is outside 2\.\.8"),
+        (QuantConfig(a_bits=1), r"a_bits=1 is outside 2\.\.8"),
+        (QuantConfig(last_layer_w_bits=16), r"last_layer_w_bits=16"),
+        (QuantConfig(rounding="adaroundd"), r"unknown rounding 'adaroundd'; valid names: adaround"),
+        (QuantConfig(tau=-1.0), r"tau=-1.0 must be >= 0"),
+    ],
+)
+def test_bad_config_clear_error_nothing_swapped(config, message):
+    model = _net()
+    with pytest.raises(QuantConfigError, match=message):
+        quantize_model(model, config)
+    assert not quant_layers(model)
+    assert isinstance(model[1], nn.BatchNorm2d)
+
+
+def test_model_without_layers():
+    with pytest.raises(QuantConfigError, match="model Sequential has no Conv2d or Linear"):
+        quantize_model(nn.Sequential(nn.ReLU(), nn.Flatten()))
+
+
+def test_nan_weights_named():
+    model = _net()
+    with torch.no_grad():
+        model[3].weight[0, 0, 0, 0] = float("nan")
+    with pytest.raises(QuantConfigError, match="weights of layer '3' contain NaN"):
+        quantize_model(model)
+    assert not quant_layers(model)
+
+
+def test_quant_package_does_not_import_lightning():
+    code = (
+        "import sys, attnround_pl.quant; "
+        "bad = [m for m in sys.modules if m.split('.')[0] in ('lightning', 'pytorch_lightning')]; "
+        "assert not bad, bad"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
