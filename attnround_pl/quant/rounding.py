@@ -206,7 +206,7 @@ class _AttentionRoundFn(torch.autograd.Function):
 
 
 class AttentionRounding(Rounding):
-    """Attention Round (eqs. 3-7): ``q = clip(round(x + alpha), l, h)``, trainable unbounded ``alpha``.
+    """Attention Round (eqs. 3-7): ``q = clip(round(x + alpha), l, h)``, ``alpha`` trainable.
 
     ``alpha`` starts from ``N(0, tau^2)`` with ``tau`` in grid-step units. The paper writes
     ``N(0, (tau/s)^2)`` with ``tau`` in weight units; for real weights (steps of ~1e-2) that makes
