@@ -1,0 +1,1 @@
+"""Data: Fashion-MNIST files and loaders."""

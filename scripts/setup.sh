@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# One-time set-up, safe to repeat: .venv with the project installed, Fashion-MNIST under data/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+python=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+    echo "[setup] creating .venv"
+    "$python" -m venv .venv
+fi
+
+# Reinstall only when pyproject.toml changed since the last successful install.
+stamp=.venv/.attnround-installed
+want=$(sha256sum pyproject.toml | cut -d' ' -f1)
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+    echo "[setup] installing attnround-pl and its dependencies into .venv (first time: minutes)"
+    .venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".[dev]"
+    echo "$want" > "$stamp"
+fi
+
+# Fashion-MNIST: Debian's package when we are root, else torchvision's download.
+if [ "$(id -u)" = 0 ] && ! dpkg -s dataset-fashion-mnist >/dev/null 2>&1; then
+    echo "[setup] installing Debian's dataset-fashion-mnist"
+    if ! { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist; } >/tmp/attnround-apt.log 2>&1; then
+        echo "[setup] apt-get failed (log: /tmp/attnround-apt.log); falling back to torchvision's download"
+    fi
+fi
+.venv/bin/python -m attnround_pl.data.fashion_mnist_files --root "${ATTNROUND_DATA:-data}"
