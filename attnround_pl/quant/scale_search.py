@@ -1,8 +1,9 @@
 """Scale (and zero point) initialisation by minimising ``||x - x_hat||^2`` under round-to-nearest.
 
 Candidates are clipping ratios ``r`` of the observed range; each row (one output channel,
-or one whole tensor) keeps the ratio with the smallest squared error. The search loops over
-the candidate ratios and is vectorised over rows: there is no Python loop over channels.
+or one whole tensor) keeps the ratio with the smallest squared error. The search is coarse to
+fine (a coarse sweep of ``[min_ratio, 1]``, then a fine sweep around each row's best coarse
+ratio), loops over candidates only and is vectorised over rows: no Python loop over channels.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from torch import Tensor
 
 from .grid import UniformGrid
 
-DEFAULT_RATIOS = 100
+COARSE_RATIOS = 20
+FINE_RATIOS = 20
 MIN_RATIO = 0.05
 
 
@@ -45,7 +47,8 @@ def search_qparams(
     x: Tensor,
     grid: UniformGrid,
     affine: bool,
-    num_ratios: int = DEFAULT_RATIOS,
+    num_coarse: int = COARSE_RATIOS,
+    num_fine: int = FINE_RATIOS,
     min_ratio: float = MIN_RATIO,
 ) -> tuple[Tensor, Tensor]:
     """Per-row scale and zero point of ``x`` (shape ``rows x elements``) with the least MSE.
@@ -61,13 +64,25 @@ def search_qparams(
     lo_full = x.amin(dim=1).clamp_max(0.0)
     hi_full = x.amax(dim=1).clamp_min(0.0)
     best_err = torch.full_like(lo_full, float("inf"))
+    best_ratio = torch.ones_like(lo_full)
     best_scale = torch.ones_like(lo_full)
     best_zp = torch.zeros_like(lo_full)
-    for ratio in torch.linspace(min_ratio, 1.0, num_ratios).tolist():
+
+    def consider(ratio: Tensor) -> None:
+        nonlocal best_err, best_ratio, best_scale, best_zp
         scale, zp = range_to_qparams(lo_full * ratio, hi_full * ratio, grid, affine)
-        err = (fake_quantize(x, scale[:, None], zp[:, None], grid) - x).pow(2).mean(dim=1)
+        err = (fake_quantize(x, scale[:, None], zp[:, None], grid) - x).pow_(2).mean(dim=1)
         better = err < best_err
         best_err = torch.where(better, err, best_err)
+        best_ratio = torch.where(better, ratio, best_ratio)
         best_scale = torch.where(better, scale, best_scale)
         best_zp = torch.where(better, zp, best_zp)
+
+    coarse = torch.linspace(min_ratio, 1.0, num_coarse)
+    for ratio in coarse:
+        consider(ratio.expand_as(lo_full))
+    half_width = float(coarse[1] - coarse[0]) if num_coarse > 1 else 0.0
+    centre = best_ratio.clone()
+    for offset in torch.linspace(-half_width, half_width, num_fine):
+        consider((centre + offset).clamp(min_ratio, 1.0))
     return best_scale, best_zp
