@@ -5,16 +5,23 @@ Nothing in this package imports Lightning.
 
 from .act_quant import ActQuantizer
 from .bn_fold import fold_batchnorms, fold_bn_into_conv
+from .checkpoint import CheckpointError, load_quantized, read_quantized, save_quantized
 from .config import QuantConfig
 from .errors import QuantConfigError
 from .grid import UniformGrid, check_bits
 from .layers import QuantConv2d, QuantLayer, QuantLinear
+from .loss import output_mse, reconstruction_loss
 from .model import (
+    act_step_parameters,
     calibrate_activations,
     freeze_model,
     quant_layers,
     quantizable_layers,
     quantize_model,
+    round_to_nearest,
+    rounding_parameters,
+    rounding_regularizer,
+    set_progress,
     set_quant_state,
 )
 from .rounding import (
@@ -34,6 +41,10 @@ from .weight_quant import WeightQuantizer
 __all__ = [
     "ROUNDINGS",
     "ActQuantizer",
+    "CheckpointError",
+    "load_quantized",
+    "read_quantized",
+    "save_quantized",
     "AdaRounding",
     "AttentionRounding",
     "CeilRounding",
@@ -48,6 +59,13 @@ __all__ = [
     "StochasticRounding",
     "UniformGrid",
     "WeightQuantizer",
+    "act_step_parameters",
+    "output_mse",
+    "reconstruction_loss",
+    "round_to_nearest",
+    "rounding_parameters",
+    "rounding_regularizer",
+    "set_progress",
     "calibrate_activations",
     "check_bits",
     "fake_quantize",

@@ -117,6 +117,17 @@ class ActQuantizer(nn.Module):
         step = grad_scale(self.step, g)
         return round_ste(torch.clamp(x / step, grid.qmin, grid.qmax)) * step
 
+    def get_extra_state(self) -> dict:
+        return {"bits": self.bits, "signed": self.signed, "initialised": self.initialised}
+
+    def set_extra_state(self, state: dict) -> None:
+        if state["bits"] != self.bits:
+            raise ValueError(
+                f"activation quantizer has {self.bits} bits, the state {state['bits']}"
+            )
+        self.signed = state["signed"]
+        self.initialised = state["initialised"]
+
     def extra_repr(self) -> str:
         if not self.active:
             return "bits=32 (float)"

@@ -4,7 +4,8 @@ few operations that act on all quantized layers at once."""
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 
 import torch
 from torch import Tensor, nn
@@ -119,6 +120,51 @@ def set_quant_state(model: nn.Module, weights: bool, activations: bool) -> None:
     for layer in quant_layers(model).values():
         layer.weight_enabled = weights
         layer.input_quantizer.enabled = activations
+
+
+@contextmanager
+def round_to_nearest(model: nn.Module) -> Iterator[None]:
+    """Within the block, unfrozen weight quantizers of ``model`` round to nearest."""
+    quantizers = [m for m in model.modules() if isinstance(m, WeightQuantizer)]
+    for q in quantizers:
+        q.nearest_override = True
+    try:
+        yield
+    finally:
+        for q in quantizers:
+            q.nearest_override = False
+
+
+def rounding_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """Learnable parameters of the (unfrozen) rounding functions inside ``model``."""
+    return [
+        p
+        for m in model.modules()
+        if isinstance(m, WeightQuantizer) and m.rounding is not None
+        for p in m.rounding.parameters()
+    ]
+
+
+def act_step_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """Step sizes of the active activation quantizers inside ``model``."""
+    return [q.step for q in act_quantizers(model) if q.active and q.enabled]
+
+
+def set_progress(model: nn.Module, t: float) -> None:
+    """Tell every rounding inside ``model`` that a fraction ``t`` of the optimisation is done."""
+    for m in model.modules():
+        if isinstance(m, WeightQuantizer) and m.rounding is not None:
+            m.rounding.set_progress(t)
+
+
+def rounding_regularizer(model: nn.Module) -> Tensor:
+    """Sum of the rounding regularisers inside ``model`` (zero when none has one)."""
+    terms = [
+        m.rounding.regularizer()
+        for m in model.modules()
+        if isinstance(m, WeightQuantizer) and m.rounding is not None
+    ]
+    return torch.stack(terms).sum() if terms else torch.zeros(())
 
 
 def freeze_model(model: nn.Module) -> None:

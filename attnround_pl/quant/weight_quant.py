@@ -45,6 +45,7 @@ class WeightQuantizer(nn.Module):
         self.register_buffer("zero_point", zero_point.reshape(shape).to(weight.device))
         self.register_buffer("codes", torch.zeros(0, dtype=self.code_dtype, device=weight.device))
         self.rounding: Rounding | None = rounding
+        self.nearest_override = False
         rounding.init_state(weight.detach() / self.scale)
 
     @property
@@ -66,6 +67,8 @@ class WeightQuantizer(nn.Module):
         if self.rounding is None:
             return self.scale * (self.codes.to(self.scale.dtype) - self.zero_point)
         lo, hi = self._bounds()
+        if self.nearest_override:
+            return self.scale * torch.clamp(torch.round(weight.detach() / self.scale), lo, hi)
         return self.scale * self.rounding(weight / self.scale, lo, hi)
 
     @torch.no_grad()

@@ -1,0 +1,202 @@
+"""The calibration job: float model -> quantized model -> units -> reconstruction -> report.
+
+Used by ``attnround-pl calibrate`` and from Python (see README / notebooks).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+import platform
+import resource
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.loggers import TensorBoardLogger
+from rich.console import Console
+from rich.table import Table
+from torch import nn
+
+from ..data import CalibrationDataModule
+from ..models import split_units
+from ..quant import (
+    QuantConfig,
+    calibrate_activations,
+    fold_batchnorms,
+    quantize_model,
+    save_quantized,
+)
+from .classifier import FloatModel, ImageClassifier
+from .progress import UnitProgressBar
+from .sequencer import BlockSequencer, ReconConfig
+
+REPORT = "report.json"
+CHECKPOINT = "quantized.pt"
+
+# Trainer settings the reconstruction owns; the user's trainer options set the rest.
+_RECON_TRAINER_KEYS = ("max_steps", "max_epochs", "logger", "callbacks", "enable_checkpointing",
+                       "limit_val_batches", "num_sanity_val_steps", "enable_model_summary",
+                       "use_distributed_sampler", "log_every_n_steps", "enable_progress_bar",
+                       "default_root_dir", "limit_train_batches", "val_check_interval")  # fmt: skip
+
+
+@dataclass
+class RunConfig:
+    """Where a run writes and what it evaluates.
+
+    Args:
+        out_dir: parent folder of run folders.
+        name: run folder name (default: <arch>_<rounding>_w<bits>a<bits>_<date-time>).
+        eval_float: evaluate the float model.
+        eval_nearest: evaluate round-to-nearest (no reconstruction) for comparison.
+        progress: show rich progress bars.
+    """
+
+    out_dir: str = "runs"
+    name: str | None = None
+    eval_float: bool = True
+    eval_nearest: bool = True
+    progress: bool = True
+
+
+def quiet_lightning() -> None:
+    """Keep Lightning's warnings, drop its per-Trainer banners (GPU available, tips)."""
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def machine() -> str:
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return f"{platform.machine()}, {os.cpu_count()} CPU cores, {gpu}, torch {torch.__version__}"
+
+
+def evaluate(net: nn.Module, data: CalibrationDataModule, trainer_kwargs: dict[str, Any],
+             progress: bool = False) -> tuple[float, float]:  # fmt: skip
+    """Top-1 and top-5 (percent) of ``net`` on the evaluation set, through Trainer.test."""
+    kwargs = {k: v for k, v in trainer_kwargs.items() if k not in _RECON_TRAINER_KEYS}
+    trainer = pl.Trainer(**kwargs, logger=False, enable_progress_bar=progress,
+                         enable_model_summary=False)  # fmt: skip
+    (metrics,) = trainer.test(ImageClassifier(net), datamodule=data, verbose=False)
+    return 100.0 * float(metrics["top1"]), 100.0 * float(metrics["top5"])
+
+
+def run_name(model: FloatModel, quant: QuantConfig) -> str:
+    return (f"{model.arch}_{quant.rounding}_w{quant.w_bits}a{quant.a_bits}_"
+            f"{time.strftime('%Y%m%d-%H%M%S')}")  # fmt: skip
+
+
+def calibrate(
+    model: FloatModel, data: CalibrationDataModule, quant: QuantConfig, recon: ReconConfig,
+    run: RunConfig, trainer_kwargs: dict[str, Any] | None = None,
+    config_text: str | None = None, console: Console | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """Quantize ``model`` with block reconstruction; write the run folder; return the report."""
+    console = console or Console()
+    quiet_lightning()
+    trainer_kwargs = dict(trainer_kwargs or {})
+    quant.validate()
+    recon.validate()
+    run_dir = Path(run.out_dir) / (run.name or run_name(model, quant))
+    if (run_dir / REPORT).exists():
+        raise FileExistsError(f"{run_dir} already holds a finished run; choose another run.name")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if config_text is not None:
+        (run_dir / "config.yaml").write_text(config_text)
+    echo = console.print if run.progress else (lambda line: None)
+
+    data.prepare_data()
+    data.setup("test")
+    batches = [x for x, _ in data.calib_dataloader(batch_size=256)]
+    float_net = model.net.eval()
+    report: dict[str, Any] = {
+        "model": model.arch,
+        "rounding": quant.rounding,
+        "w_bits": quant.w_bits,
+        "a_bits": quant.a_bits,
+        "tau": quant.tau if quant.rounding == "attention" else None,
+        "calib_size": len(data.calib_set),
+        "quant": quant.to_dict(),
+        "recon": recon.__dict__.copy(),
+        "machine": machine(),
+    }
+    if run.eval_float:
+        report["float_top1"], report["float_top5"] = evaluate(float_net, data, trainer_kwargs)
+        echo(f"float: top-1 {report['float_top1']:.2f} %")
+    if run.eval_nearest:
+        nearest = quantize_model(float_net, replace(quant, rounding="nearest"))
+        calibrate_activations(nearest, batches)
+        report["nearest_top1"], report["nearest_top5"] = evaluate(nearest, data, trainer_kwargs)
+        echo(f"round-to-nearest: top-1 {report['nearest_top1']:.2f} %")
+        del nearest
+
+    started = time.perf_counter()
+    qmodel = quantize_model(float_net, quant)
+    calibrate_activations(qmodel, batches)
+    folded = copy.deepcopy(float_net).eval()
+    fold_batchnorms(folded)
+    units = split_units(qmodel)
+    logger = TensorBoardLogger(str(run_dir), name="tb", version="", default_hp_metric=False)
+    logger.log_hyperparams(
+        {**{f"quant/{k}": v for k, v in quant.to_dict().items()},
+         **{f"recon/{k}": v for k, v in recon.__dict__.items()},
+         "model/arch": model.arch, "data/calib_size": len(data.calib_set), "units": len(units)}
+    )  # fmt: skip
+
+    def make_trainer(sequencer: BlockSequencer) -> pl.Trainer:
+        kwargs = {k: v for k, v in trainer_kwargs.items() if k not in _RECON_TRAINER_KEYS}
+        callbacks = [sequencer, *([UnitProgressBar()] if run.progress else [])]
+        return pl.Trainer(
+            **kwargs, max_steps=recon.iters, max_epochs=1, logger=logger, callbacks=callbacks,
+            enable_checkpointing=False, limit_val_batches=0, num_sanity_val_steps=0,
+            enable_model_summary=False, use_distributed_sampler=False,
+            log_every_n_steps=recon.log_every_n_steps, enable_progress_bar=run.progress,
+            default_root_dir=str(run_dir),
+        )  # fmt: skip
+
+    sequencer = BlockSequencer(qmodel, folded, units, batches, recon, make_trainer,
+                               seed=quant.seed, logger=logger, echo=echo)  # fmt: skip
+    echo(f"{len(units)} units, {recon.iters} iterations each at batch {recon.batch_size}")
+    report["units"] = sequencer.run()
+    report["calib_seconds"] = round(time.perf_counter() - started, 2)
+    qmodel.eval()
+    report["quant_top1"], report["quant_top5"] = evaluate(qmodel, data, trainer_kwargs)
+    report["peak_rss_mb"] = round(peak_rss_mb(), 1)
+    meta = {"arch": model.arch, "num_classes": model.num_classes}
+    save_quantized(qmodel, run_dir / CHECKPOINT, quant, meta)
+    logger.experiment.add_scalar("eval/quant_top1", report["quant_top1"], 0)
+    logger.finalize("success")
+    report["run_dir"] = str(run_dir)
+    tmp = run_dir / (REPORT + ".part")
+    tmp.write_text(json.dumps(report, indent=2) + "\n")
+    tmp.replace(run_dir / REPORT)
+    console.print(summary_table(report))
+    return report
+
+
+def summary_table(report: dict[str, Any]) -> Table:
+    """Float, round-to-nearest and calibrated top-1 / top-5, with the calibration time."""
+    title = (f"{report['model']} W{report['w_bits']}A{report['a_bits']}: "
+             f"{report['calib_size']} calibration images")  # fmt: skip
+    table = Table(title=title)
+    for col in ("model", "top-1 %", "top-5 %", "calibration s"):
+        table.add_column(col, justify="left" if col == "model" else "right")
+
+    def row(label: str, key: str, seconds: str = "") -> None:
+        if f"{key}_top1" in report:
+            table.add_row(label, f"{report[f'{key}_top1']:.2f}", f"{report[f'{key}_top5']:.2f}",
+                          seconds)  # fmt: skip
+
+    row("float", "float")
+    row("round-to-nearest", "nearest")
+    row(report["rounding"], "quant", f"{report['calib_seconds']:.0f}")
+    return table

@@ -1,0 +1,158 @@
+"""BlockSequencer: reconstruct the units one after the other, in forward order."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback
+from torch import Tensor, nn
+
+from ..models import Unit
+from ..quant import freeze_model, output_mse, round_to_nearest
+from .cache import UnitData, build_unit_data, cache_device
+from .reconstruction import BlockReconstruction
+
+
+@dataclass
+class ReconConfig:
+    """Block reconstruction settings.
+
+    Args:
+        iters: optimisation steps per unit.
+        batch_size: samples per step, drawn with replacement from the unit's cache.
+        lr: Adam learning rate of the rounding parameters.
+        act_lr: Adam learning rate of the activation step sizes.
+        cache_device: 'cpu', or 'auto' (the accelerator when the cache fits in half its free
+            memory).
+        log_every_n_steps: TensorBoard logging interval of the per-step loss.
+    """
+
+    iters: int = 2000
+    batch_size: int = 64
+    lr: float = 4e-4
+    act_lr: float = 4e-4
+    cache_device: str = "cpu"
+    log_every_n_steps: int = 50
+
+    def validate(self) -> ReconConfig:
+        if self.iters < 1 or self.batch_size < 1:
+            raise ValueError(f"recon.iters={self.iters} and recon.batch_size={self.batch_size} "
+                             "must be positive")  # fmt: skip
+        if self.lr <= 0 or self.act_lr <= 0:
+            raise ValueError(f"recon.lr={self.lr} and recon.act_lr={self.act_lr} must be > 0")
+        if self.cache_device not in ("cpu", "auto"):
+            raise ValueError(f"recon.cache_device={self.cache_device!r}: use 'cpu' or 'auto'")
+        return self
+
+
+@torch.no_grad()
+def unit_mse(unit: nn.Module, data: UnitData, batch_size: int = 256) -> float:
+    """Mean squared error of the unit's output against its float targets over the cache."""
+    total, count = 0.0, 0
+    for start in range(0, len(data), batch_size):
+        x = data.inputs[start : start + batch_size]
+        y = data.targets[start : start + batch_size]
+        total += output_mse(unit(x), y).item() * y.numel()
+        count += y.numel()
+    return total / count
+
+
+TrainerFactory = Callable[[Callback], pl.Trainer]
+
+
+class BlockSequencer(Callback):
+    """Drives the units in order: caches each unit's data, hands it to a BlockReconstruction,
+    fits it, freezes the unit's rounding to integers and logs its MSE before and after.
+
+    ``make_trainer(self)`` returns a fresh Trainer (with this callback attached) for each unit.
+    The MSE 'before' is the unit with round-to-nearest weights and the initial activation
+    steps; 'after' is the frozen unit.
+    """
+
+    def __init__(
+        self, qmodel: nn.Module, float_model: nn.Module, units: list[Unit],
+        batches: list[Tensor], recon: ReconConfig, make_trainer: TrainerFactory,
+        seed: int = 0, logger: Any = None, echo: Callable[[str], None] | None = None,
+    ) -> None:  # fmt: skip
+        self.qmodel = qmodel
+        self.float_model = float_model
+        self.units = units
+        self.batches = batches
+        self.recon = recon.validate()
+        self.make_trainer = make_trainer
+        self.seed = seed
+        self.logger = logger
+        self.echo = echo or (lambda line: None)
+        self.results: list[dict[str, Any]] = []
+        self._current: dict[str, Any] = {}
+        self._data: UnitData | None = None
+
+    def run(self, device: torch.device | None = None) -> list[dict[str, Any]]:
+        device = device or next(self.qmodel.parameters()).device
+        for index, unit in enumerate(self.units):
+            started = time.perf_counter()
+            data = build_unit_data(self.qmodel, self.float_model, unit.path, self.batches)
+            where = (
+                cache_device(data.nbytes, device) if self.recon.cache_device == "auto" else "cpu"
+            )
+            self._data = data.to(where) if where != "cpu" else data
+            module = BlockReconstruction(
+                self.qmodel.get_submodule(unit.path), self._data, unit.name,
+                iters=self.recon.iters, batch_size=self.recon.batch_size, lr=self.recon.lr,
+                act_lr=self.recon.act_lr, seed=self.seed * 1_000_003 + index,
+            )  # fmt: skip
+            module.label = f"unit {index + 1}/{len(self.units)} {unit.name}"
+            with round_to_nearest(module.unit):
+                mse_nearest = unit_mse(module.unit, self._data)
+            self._current = {
+                "name": unit.name,
+                "kind": unit.kind,
+                "layers": list(unit.layers),
+                "cache_mb": round(data.nbytes / 2**20, 3),
+                "cache_device": where,
+                "mse_nearest": mse_nearest,
+                "started": started,
+                "learned": module.has_learnable(),
+            }
+            if module.has_learnable():
+                self.make_trainer(self).fit(module)
+            else:
+                self._finish(module)
+        return self.results
+
+    # Callback hooks ---------------------------------------------------------------------
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        c = self._current
+        self.echo(
+            f"{pl_module.label}: {c['kind']}, {len(c['layers'])} layer(s), cache "
+            f"{c['cache_mb']:.1f} MB on {c['cache_device']}, MSE nearest {c['mse_nearest']:.3e}"
+        )
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._finish(pl_module)
+
+    # ------------------------------------------------------------------------------------
+    def _finish(self, module: BlockReconstruction) -> None:
+        module.unit.eval()
+        freeze_model(module.unit)
+        result = dict(self._current)
+        result["mse_final"] = unit_mse(module.unit, self._data)
+        result["seconds"] = round(time.perf_counter() - result.pop("started"), 3)
+        result["iters"] = self.recon.iters if result["learned"] else 0
+        self.results.append(result)
+        if self.logger is not None:
+            exp = self.logger.experiment
+            exp.add_scalar(f"recon/{result['name']}/mse_nearest", result["mse_nearest"], 0)
+            exp.add_scalar(f"recon/{result['name']}/mse_final", result["mse_final"], 0)
+            exp.add_scalar("recon/mse_final_by_unit", result["mse_final"], len(self.results))
+            exp.add_scalar("recon/mse_nearest_by_unit", result["mse_nearest"], len(self.results))
+        self.echo(
+            f"  {result['name']}: MSE {result['mse_nearest']:.3e} (nearest) -> "
+            f"{result['mse_final']:.3e} in {result['seconds']:.1f} s"
+        )
+        self._data = None

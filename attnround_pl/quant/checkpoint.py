@@ -1,0 +1,105 @@
+"""The quantized checkpoint of a calibrated model: one ``torch.save`` file.
+
+Layout (``format = "attnround-pl/quantized/1"``)::
+
+    {"format": ..., "quant": QuantConfig as a dict, "meta": {... free-form: model, data ...},
+     "layers": {name: {"codes": uint8/int8 tensor (not packed: one code per byte),
+                       "scale", "zero_point", "w_bits", "a_bits", "a_step", "a_signed", "bias"}},
+     "state_dict": the frozen quantized model's state dict}
+
+``layers`` is the readable summary (integer codes, scales, zero points, bits per layer);
+``state_dict`` is what ``load_quantized`` restores bit for bit into a rebuilt model.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .config import QuantConfig
+from .model import freeze_model, quant_layers, quantize_model
+
+FORMAT = "attnround-pl/quantized/1"
+
+
+class CheckpointError(RuntimeError):
+    """A quantized checkpoint is missing, corrupt, or does not fit the model."""
+
+
+def layer_summary(qmodel: nn.Module) -> dict[str, dict[str, Any]]:
+    """Per quantized layer: integer codes, scales, zero points, bits, activation step, bias."""
+    out = {}
+    for name, layer in quant_layers(qmodel).items():
+        wq, aq = layer.weight_quantizer, layer.input_quantizer
+        out[name] = {
+            "codes": wq.integer_codes(layer.layer.weight).cpu(),
+            "scale": wq.scale.detach().cpu().flatten(),
+            "zero_point": wq.zero_point.detach().cpu().flatten().to(torch.int32),
+            "w_bits": wq.bits,
+            "a_bits": aq.bits,
+            "a_step": float(aq.step.detach()) if aq.active else None,
+            "a_signed": aq.signed,
+            "bias": None if layer.layer.bias is None else layer.layer.bias.detach().cpu(),
+        }
+    return out
+
+
+def save_quantized(
+    qmodel: nn.Module, path: str | os.PathLike, quant: QuantConfig, meta: dict[str, Any]
+) -> Path:
+    """Write the checkpoint to a temporary file, then rename it into place."""
+    path = Path(path)
+    payload = {
+        "format": FORMAT,
+        "quant": quant.to_dict(),
+        "meta": meta,
+        "layers": layer_summary(qmodel),
+        "state_dict": {
+            k: v.detach().cpu() if isinstance(v, torch.Tensor) else v
+            for k, v in qmodel.state_dict().items()
+        },
+    }
+    tmp = path.with_name(path.name + ".part")
+    torch.save(payload, tmp)
+    tmp.replace(path)
+    return path
+
+
+def read_quantized(path: str | os.PathLike) -> dict[str, Any]:
+    """Load and check a checkpoint file; every problem becomes one CheckpointError."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"quantized checkpoint {path} does not exist")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - corrupt for any reason
+        raise CheckpointError(f"quantized checkpoint {path} is corrupt ({exc})") from exc
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not an attnround-pl quantized checkpoint ({FORMAT})")
+    return payload
+
+
+def load_quantized(
+    path: str | os.PathLike, build_float: Callable[[dict[str, Any]], nn.Module]
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild the frozen quantized model of a checkpoint.
+
+    ``build_float(meta)`` returns the float architecture (its weights do not matter: every
+    quantized tensor comes from the checkpoint). Returns the model and the checkpoint payload.
+    """
+    payload = read_quantized(path)
+    quant = QuantConfig(**{**payload["quant"], "rounding": "nearest"})
+    qmodel = quantize_model(build_float(payload["meta"]), quant)
+    freeze_model(qmodel)
+    try:
+        qmodel.load_state_dict(payload["state_dict"])
+    except (RuntimeError, ValueError, KeyError) as exc:
+        raise CheckpointError(
+            f"quantized checkpoint {path} does not fit the model: {exc}"
+        ) from None
+    return qmodel.eval(), payload
