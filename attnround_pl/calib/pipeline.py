@@ -12,6 +12,7 @@ import os
 import platform
 import resource
 import time
+import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -69,6 +70,11 @@ def quiet_lightning() -> None:
     """Keep Lightning's warnings, drop its per-Trainer banners (GPU available, tips)."""
     for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    # Units are reconstructed in eval mode on purpose: inference behaviour (no dropout).
+    warnings.filterwarnings(
+        "ignore", message=r".*module\(s\) in eval mode at the start of training"
+    )
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
 
 
 def peak_rss_mb() -> float:
@@ -159,8 +165,8 @@ def calibrate(
             **kwargs, max_steps=recon.iters, max_epochs=1, logger=logger, callbacks=callbacks,
             enable_checkpointing=False, limit_val_batches=0, num_sanity_val_steps=0,
             enable_model_summary=False, use_distributed_sampler=False,
-            log_every_n_steps=recon.log_every_n_steps, enable_progress_bar=run.progress,
-            default_root_dir=str(run_dir),
+            log_every_n_steps=min(recon.log_every_n_steps, recon.iters),
+            enable_progress_bar=run.progress, default_root_dir=str(run_dir),
         )  # fmt: skip
 
     sequencer = BlockSequencer(qmodel, folded, units, batches, recon, make_trainer,

@@ -1,0 +1,38 @@
+import torch
+from torch import nn
+
+from attnround_pl.calib import build_unit_data, capture
+from attnround_pl.models import build_model
+from attnround_pl.quant import QuantConfig, calibrate_activations, fold_batchnorms, quantize_model
+
+
+def test_capture_stops_at_the_unit_and_matches_a_full_pass():
+    model = build_model("resnet20", weights=None)
+    x = torch.randn(6, 1, 28, 28)
+    calls = []
+    model.layer3.register_forward_hook(lambda m, a, o: calls.append(1))
+    got = capture(model, "layer2.1", [x[:4], x[4:]], "output")
+    assert calls == []  # the forward stopped at layer2.1
+    with torch.no_grad():
+        ref = model.layer2[:2](model.layer1(model.relu(model.bn1(model.conv1(x)))))
+    assert torch.allclose(got, ref, atol=1e-5)
+    inp = capture(model, "fc", [x], "input")
+    assert inp.shape == (6, 64)
+
+
+def test_unit_data_inputs_from_quantized_targets_from_float():
+    model = build_model("resnet20", weights=None)
+    x = torch.randn(8, 1, 28, 28)
+    q = quantize_model(model, QuantConfig(w_bits=2, a_bits=2, rounding="nearest"))
+    calibrate_activations(q, [x])
+    f = build_model("resnet20", weights=None)
+    f.load_state_dict(model.state_dict())
+    fold_batchnorms(f)
+    data = build_unit_data(q, f, "layer2.0", [x])
+    assert data.inputs.shape == (8, 16, 14, 14) and data.targets.shape == (8, 32, 7, 7)
+    assert data.nbytes == 4 * (8 * 16 * 14 * 14 + 8 * 32 * 7 * 7)
+    float_in = capture(f, "layer2.0", [x], "input")
+    assert not torch.allclose(data.inputs, float_in)  # quantized upstream differs from float
+    with torch.no_grad():
+        assert torch.allclose(f.layer2[0](float_in), data.targets, atol=1e-5)
+    assert isinstance(f.bn1, nn.Identity)

@@ -1,0 +1,50 @@
+import pytest
+import torch
+from fmnist_fixture import make_fashion_mnist
+from imagefolder_fixture import make_image_folder
+
+from attnround_pl.data import DataError, FashionMNISTDataModule, ImageFolderDataModule
+from attnround_pl.data.fashion_mnist_files import raw_dir
+
+
+def test_fashion_mnist_module(tmp_path):
+    make_fashion_mnist(raw_dir(tmp_path), n_train=300, n_test=50)
+    dm = FashionMNISTDataModule(root=str(tmp_path), calib_size=100, seed=3, batch_size=20)
+    x = torch.cat([b for b, _ in dm.calib_dataloader()])
+    assert x.shape == (100, 1, 28, 28)
+    assert dm.calib_set.tensors[1].bincount().tolist() == [10] * 10
+    assert sum(len(y) for _, y in dm.test_dataloader()) == 50
+    again = FashionMNISTDataModule(root=str(tmp_path), calib_size=100, seed=3)
+    assert torch.equal(torch.cat([b for b, _ in again.calib_dataloader()]), x)
+
+
+def test_augmentation_is_seeded(tmp_path):
+    make_fashion_mnist(raw_dir(tmp_path), n_train=300, n_test=50)
+    a = FashionMNISTDataModule(root=str(tmp_path), calib_size=40, augment=True, seed=1)
+    b = FashionMNISTDataModule(root=str(tmp_path), calib_size=40, augment=True, seed=1)
+    plain = FashionMNISTDataModule(root=str(tmp_path), calib_size=40, seed=1)
+    a.setup(), b.setup(), plain.setup()
+    assert torch.equal(a.calib_set.tensors[0], b.calib_set.tensors[0])
+    assert not torch.equal(a.calib_set.tensors[0], plain.calib_set.tensors[0])
+
+
+def test_image_folder_module(tmp_path):
+    train, val = make_image_folder(tmp_path, classes=3, train_per_class=8, val_per_class=4)
+    dm = ImageFolderDataModule(str(train), str(val), calib_size=12, batch_size=5, num_workers=0,
+                               resize=36, crop=32)  # fmt: skip
+    dm.setup()
+    assert dm.calib_set.tensors[0].shape == (12, 3, 32, 32)
+    assert dm.calib_set.tensors[1].bincount().tolist() == [4, 4, 4]
+    xs = [x for x, _ in dm.test_dataloader()]
+    assert sum(len(x) for x in xs) == 12 and xs[0].shape[1:] == (3, 32, 32)
+
+
+def test_image_folder_errors(tmp_path):
+    with pytest.raises(DataError, match="data.train_root='.*missing' is not a folder"):
+        ImageFolderDataModule(str(tmp_path / "missing"), str(tmp_path)).setup()
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="holds no usable images"):
+        ImageFolderDataModule(str(tmp_path / "empty"), str(tmp_path)).setup()
+    train, val = make_image_folder(tmp_path / "small", train_per_class=2)
+    with pytest.raises(DataError, match="asked for 1024 calibration images, the data set holds 6"):
+        ImageFolderDataModule(str(train), str(val), num_workers=0).setup()

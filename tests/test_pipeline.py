@@ -1,0 +1,70 @@
+import json
+
+import pytest
+import torch
+from imagefolder_fixture import make_image_folder
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from attnround_pl.calib import FloatModel, ReconConfig, RunConfig, calibrate
+from attnround_pl.data import FashionMNISTDataModule, ImageFolderDataModule
+from attnround_pl.models import build_model, split_units
+from attnround_pl.quant import QuantConfig, load_quantized, quant_layers, quantize_model
+
+REPORT_KEYS = {"model", "rounding", "w_bits", "a_bits", "float_top1", "float_top5", "quant_top1",
+               "quant_top5", "calib_seconds", "peak_rss_mb", "units"}  # fmt: skip
+TRAINER = {"accelerator": "cpu", "devices": 1}
+
+
+def _run(tmp_path, model, data, rounding="attention", iters=2, log_every=50, **run):
+    run = RunConfig(out_dir=str(tmp_path / "runs"), name="r", progress=False, **run)
+    recon = ReconConfig(iters=iters, batch_size=4, log_every_n_steps=log_every)
+    quant = QuantConfig(w_bits=4, a_bits=4, rounding=rounding)
+    report = calibrate(model, data, quant, recon, run, TRAINER)
+    return report, tmp_path / "runs" / "r"
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "resnet50", "mobilenet_v2", "regnet_x_600mf",
+                                  "mnasnet1_0"])  # fmt: skip
+def test_end_to_end_torchvision_architectures(tmp_path, arch):
+    train, val = make_image_folder(tmp_path / "img", classes=3, train_per_class=4, val_per_class=2)
+    data = ImageFolderDataModule(str(train), str(val), calib_size=6, batch_size=6, num_workers=0,
+                                 resize=36, crop=32)  # fmt: skip
+    model = FloatModel(arch, weights=None, num_classes=3)
+    report, run_dir = _run(tmp_path, model, data, eval_nearest=False)
+    assert REPORT_KEYS <= set(report)
+    assert json.loads((run_dir / "report.json").read_text())["model"] == arch
+    assert 0 <= report["quant_top1"] <= 100 and report["quant_top5"] == 100.0  # 3 classes
+    units = split_units(quantize_model(model.net, QuantConfig(rounding="nearest")))
+    assert [u["name"] for u in report["units"]] == [u.name for u in units]
+    assert all(u["iters"] == 2 for u in report["units"])
+
+
+@pytest.mark.parametrize("arch", ["resnet20", "mobilenetv2"])
+def test_end_to_end_embedded_architectures(tmp_path, tiny_fmnist, arch):
+    data = FashionMNISTDataModule(root=str(tiny_fmnist), calib_size=20, batch_size=30)
+    report, run_dir = _run(tmp_path, FloatModel(arch, weights=None), data, rounding="adaround")
+    assert REPORT_KEYS | {"nearest_top1"} <= set(report)
+    for unit in report["units"]:
+        assert {"name", "mse_nearest", "mse_final", "cache_mb"} <= set(unit)
+        assert unit["mse_final"] >= 0
+    qmodel, payload = load_quantized(
+        run_dir / "quantized.pt", lambda meta: build_model(meta["arch"], weights=None)
+    )
+    assert all(m.weight_quantizer.frozen for m in quant_layers(qmodel).values())
+    layer = payload["layers"]["layer1.0.conv1" if arch == "resnet20" else "features.1.conv.0.0"]
+    assert layer["w_bits"] == 4 and layer["a_bits"] == 4 and layer["codes"].dtype == torch.uint8
+
+
+def test_tensorboard_holds_per_unit_loss_and_refuses_overwrite(tmp_path, tiny_fmnist):
+    data = FashionMNISTDataModule(root=str(tiny_fmnist), calib_size=20, batch_size=30)
+    model = FloatModel("resnet20", weights=None)
+    report, run_dir = _run(tmp_path, model, data, iters=6, log_every=1, eval_float=False,
+                           eval_nearest=False)  # fmt: skip
+    events = EventAccumulator(str(run_dir / "tb")).Reload()
+    tags = set(events.Tags()["scalars"])
+    for unit in report["units"]:
+        assert f"recon/{unit['name']}/loss" in tags
+        assert f"recon/{unit['name']}/mse_final" in tags
+    assert len(events.Scalars("recon/layer1.0/loss")) == 6
+    with pytest.raises(FileExistsError, match="already holds a finished run"):
+        _run(tmp_path, model, data)

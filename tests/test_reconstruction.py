@@ -1,0 +1,66 @@
+import lightning.pytorch as pl
+
+from attnround_pl.calib import BlockReconstruction, build_unit_data, unit_mse
+from attnround_pl.data import FashionMNISTDataModule
+from attnround_pl.models import build_model
+from attnround_pl.quant import (
+    QuantConfig,
+    calibrate_activations,
+    fold_batchnorms,
+    quantize_model,
+    round_to_nearest,
+)
+
+
+def _trainer(steps):
+    return pl.Trainer(max_steps=steps, max_epochs=1, logger=False, enable_checkpointing=False,
+                      enable_progress_bar=False, enable_model_summary=False,
+                      accelerator="cpu", devices=1)  # fmt: skip
+
+
+def _unit_setup(fmnist_root, rounding, unit="layer2.0", w_bits=4, a_bits=4, n=256):
+    dm = FashionMNISTDataModule(root=str(fmnist_root), calib_size=n)
+    batches = [x for x, _ in dm.calib_dataloader(batch_size=128)]
+    model = build_model("resnet20")  # the embedded, trained checkpoint
+    q = quantize_model(model, QuantConfig(w_bits=w_bits, a_bits=a_bits, rounding=rounding))
+    calibrate_activations(q, batches)
+    folded = build_model("resnet20")
+    fold_batchnorms(folded)
+    data = build_unit_data(q, folded, unit, batches)
+    return q.get_submodule(unit), data
+
+
+def test_attention_round_beats_nearest_on_a_trained_block(fmnist_root):
+    unit, data = _unit_setup(fmnist_root, "attention")
+    with round_to_nearest(unit):
+        nearest = unit_mse(unit, data)
+    module = BlockReconstruction(unit, data, "layer2.0", iters=400, batch_size=64, seed=0)
+    _trainer(400).fit(module)
+    unit.eval()
+    learned = unit_mse(unit, data)
+    assert learned < 0.9 * nearest, (learned, nearest)
+
+
+def test_adaround_regulariser_enters_the_loss(fmnist_root):
+    unit, data = _unit_setup(fmnist_root, "adaround", unit="layer3.2", n=64)
+    module = BlockReconstruction(unit, data, "layer3.2", iters=10, batch_size=16)
+    rounding, steps = module.learnable()
+    assert len(rounding) == 2 and len(steps) == 2  # V of two convs, two input steps
+    module.on_train_batch_start(None, 0)  # progress 0: warm-up, no regulariser
+    x, y = data.inputs[:16], data.targets[:16]
+    warm = module.training_step((x, y), 0)
+    for r in [m.rounding for m in unit.modules() if hasattr(m, "rounding")]:
+        r.set_progress(0.5)
+    assert module.training_step((x, y), 0) > warm + 1.0  # lambda * sum over >10k weights
+
+
+def test_optimizer_holds_only_rounding_and_steps(fmnist_root):
+    unit, data = _unit_setup(fmnist_root, "attention", unit="fc", n=64)
+    module = BlockReconstruction(unit, data, "fc", lr=4e-4, act_lr=1e-5)
+    opt = module.configure_optimizers()
+    assert [g["lr"] for g in opt.param_groups] == [4e-4, 1e-5]
+    params = [p for g in opt.param_groups for p in g["params"]]
+    assert [tuple(p.shape) for p in params] == [(10, 64), ()]
+    assert not any(p is unit.layer.weight for p in params)
+    batches = list(module.train_dataloader())
+    assert len(batches) == module.iters and batches[0][0].shape == (64, 64)
