@@ -56,7 +56,7 @@ class RunConfig:
         name: run folder name (default: <arch>_<rounding>_w<bits>a<bits>_<date-time>).
         eval_float: evaluate the float model.
         eval_nearest: evaluate round-to-nearest (no reconstruction) for comparison.
-        progress: show rich progress bars.
+        progress: show rich progress bars (per-unit lines are printed either way).
     """
 
     out_dir: str = "runs"
@@ -118,7 +118,7 @@ def calibrate(
     run_dir.mkdir(parents=True, exist_ok=True)
     if config_text is not None:
         (run_dir / "config.yaml").write_text(config_text)
-    echo = console.print if run.progress else (lambda line: None)
+    echo = console.print
 
     data.prepare_data()
     data.setup("test")
@@ -136,12 +136,12 @@ def calibrate(
         "machine": machine(),
     }
     if run.eval_float:
-        report["float_top1"], report["float_top5"] = evaluate(float_net, data, trainer_kwargs)
+        report["float_top1"], report["float_top5"] = evaluate(float_net, data, trainer_kwargs, run.progress)
         echo(f"float: top-1 {report['float_top1']:.2f} %")
     if run.eval_nearest:
         nearest = quantize_model(float_net, replace(quant, rounding="nearest"))
         calibrate_activations(nearest, batches)
-        report["nearest_top1"], report["nearest_top5"] = evaluate(nearest, data, trainer_kwargs)
+        report["nearest_top1"], report["nearest_top5"] = evaluate(nearest, data, trainer_kwargs, run.progress)
         echo(f"round-to-nearest: top-1 {report['nearest_top1']:.2f} %")
         del nearest
 
@@ -175,7 +175,7 @@ def calibrate(
     report["units"] = sequencer.run()
     report["calib_seconds"] = round(time.perf_counter() - started, 2)
     qmodel.eval()
-    report["quant_top1"], report["quant_top5"] = evaluate(qmodel, data, trainer_kwargs)
+    report["quant_top1"], report["quant_top5"] = evaluate(qmodel, data, trainer_kwargs, run.progress)
     report["peak_rss_mb"] = round(peak_rss_mb(), 1)
     meta = {"arch": model.arch, "num_classes": model.num_classes}
     save_quantized(qmodel, run_dir / CHECKPOINT, quant, meta)
