@@ -25,4 +25,4 @@ if [ "$(id -u)" = 0 ] && ! dpkg -s dataset-fashion-mnist >/dev/null 2>&1; then
         echo "[setup] apt-get failed (log: /tmp/attnround-apt.log); falling back to torchvision's download"
     fi
 fi
-.venv/bin/python -m attnround_pl.data.fashion_mnist_files --root "${ATTNROUND_DATA:-data}"
+.venv/bin/python -m attnround_pl.data --root "${ATTNROUND_DATA:-data}"

@@ -124,6 +124,10 @@ def calibrate(
     data.setup("test")
     batches = [x for x, _ in data.calib_dataloader(batch_size=256)]
     float_net = model.net.eval()
+
+    def score(net: nn.Module) -> tuple[float, float]:
+        return evaluate(net, data, trainer_kwargs, run.progress)
+
     report: dict[str, Any] = {
         "model": model.arch,
         "rounding": quant.rounding,
@@ -136,12 +140,12 @@ def calibrate(
         "machine": machine(),
     }
     if run.eval_float:
-        report["float_top1"], report["float_top5"] = evaluate(float_net, data, trainer_kwargs, run.progress)
+        report["float_top1"], report["float_top5"] = score(float_net)
         echo(f"float: top-1 {report['float_top1']:.2f} %")
     if run.eval_nearest:
         nearest = quantize_model(float_net, replace(quant, rounding="nearest"))
         calibrate_activations(nearest, batches)
-        report["nearest_top1"], report["nearest_top5"] = evaluate(nearest, data, trainer_kwargs, run.progress)
+        report["nearest_top1"], report["nearest_top5"] = score(nearest)
         echo(f"round-to-nearest: top-1 {report['nearest_top1']:.2f} %")
         del nearest
 
@@ -175,7 +179,7 @@ def calibrate(
     report["units"] = sequencer.run()
     report["calib_seconds"] = round(time.perf_counter() - started, 2)
     qmodel.eval()
-    report["quant_top1"], report["quant_top5"] = evaluate(qmodel, data, trainer_kwargs, run.progress)
+    report["quant_top1"], report["quant_top5"] = score(qmodel)
     report["peak_rss_mb"] = round(peak_rss_mb(), 1)
     meta = {"arch": model.arch, "num_classes": model.num_classes}
     save_quantized(qmodel, run_dir / CHECKPOINT, quant, meta)

@@ -2,7 +2,7 @@
 
 Sources, in order: files already there; Debian's ``dataset-fashion-mnist`` package
 (``/usr/share/datasets/fashion-mnist``, gzip files unpacked here); torchvision's download.
-Run as ``python -m attnround_pl.data.fashion_mnist_files --root data``.
+Run as ``python -m attnround_pl.data --root data``.
 """
 
 from __future__ import annotations
@@ -79,7 +79,3 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print(f"Fashion-MNIST in {raw_dir(args.root)} ({how})")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
