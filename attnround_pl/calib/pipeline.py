@@ -70,10 +70,6 @@ def quiet_lightning() -> None:
     """Keep Lightning's warnings, drop its per-Trainer banners (GPU available, tips)."""
     for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
         logging.getLogger(name).setLevel(logging.WARNING)
-    # Units are reconstructed in eval mode on purpose: inference behaviour (no dropout).
-    warnings.filterwarnings(
-        "ignore", message=r".*module\(s\) in eval mode at the start of training"
-    )
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import lightning.pytorch as pl
 import torch
 from torch import Tensor, nn
@@ -15,6 +17,10 @@ from ..quant import (
     set_progress,
 )
 from .cache import UnitData
+
+# Units are reconstructed in eval mode on purpose: the behaviour they will have at inference
+# (no dropout); Lightning's warning about it would only confuse.
+warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training")
 
 
 class _PairBatches(Dataset):
