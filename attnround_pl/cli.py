@@ -49,8 +49,8 @@ class CalibrateCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         # Bad settings fail here, before any model or data is loaded.
-        QuantConfig(**dict(self.config["quant"])).validate()
-        ReconConfig(**dict(self.config["recon"])).validate()
+        QuantConfig(**self.config["quant"].as_dict()).validate()
+        ReconConfig(**self.config["recon"].as_dict()).validate()
 
 
 def build_cli(args: list[str]) -> CalibrateCLI:
@@ -71,7 +71,7 @@ def build_cli(args: list[str]) -> CalibrateCLI:
 
 
 def trainer_kwargs(cli: CalibrateCLI) -> dict:
-    return {k: v for k, v in dict(cli.config["trainer"]).items() if v is not None}
+    return {k: v for k, v in cli.config["trainer"].as_dict().items() if v is not None}
 
 
 def cmd_calibrate(args: list[str]) -> int:
@@ -79,8 +79,8 @@ def cmd_calibrate(args: list[str]) -> int:
     config_text = cli.parser.dump(cli.config, skip_none=False)
     cfg = cli.config
     calibrate(
-        cli.model, cli.datamodule, QuantConfig(**dict(cfg["quant"])),
-        ReconConfig(**dict(cfg["recon"])), RunConfig(**dict(cfg["run"])),
+        cli.model, cli.datamodule, QuantConfig(**cfg["quant"].as_dict()),
+        ReconConfig(**cfg["recon"].as_dict()), RunConfig(**cfg["run"].as_dict()),
         trainer_kwargs=trainer_kwargs(cli), config_text=config_text,
     )  # fmt: skip
     return 0

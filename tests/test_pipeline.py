@@ -68,3 +68,24 @@ def test_tensorboard_holds_per_unit_loss_and_refuses_overwrite(tmp_path, tiny_fm
     assert len(events.Scalars("recon/layer1.0/loss")) == 6
     with pytest.raises(FileExistsError, match="already holds a finished run"):
         _run(tmp_path, model, data)
+
+
+def test_mixed_precision_run_reports_table_plot_and_reloads(tmp_path, tiny_fmnist):
+    data = FashionMNISTDataModule(root=str(tiny_fmnist), calib_size=20, batch_size=30)
+    model = FloatModel("resnet20", weights=None)
+    run = RunConfig(out_dir=str(tmp_path / "runs"), name="m", progress=False, eval_float=False)
+    quant = QuantConfig(w_bits=4, a_bits=4, rounding="nearest", mixed={"bit_list": [3, 4, 5]})
+    report = calibrate(model, data, quant, ReconConfig(iters=2, batch_size=4), run, TRAINER)
+    mixed = report["mixed"]
+    assert len(mixed["layers"]) == 22 and {r["bits"] for r in mixed["layers"]} == {3, 4, 5, 8}
+    assert mixed["size_mb"] == pytest.approx(report["size_mb"])
+    assert mixed["single_precision_size_mb"]["3"] < mixed["size_mb"]
+    assert mixed["size_mb"] < mixed["single_precision_size_mb"]["5"]
+    run_dir = tmp_path / "runs" / "m"
+    assert (run_dir / "bits_per_layer.png").stat().st_size > 1000
+    qmodel, _ = load_quantized(run_dir / "quantized.pt",
+                               lambda meta: build_model(meta["arch"], weights=None))  # fmt: skip
+    bits = {n: m.weight_quantizer.bits for n, m in quant_layers(qmodel).items()}
+    assert bits == {r["name"]: r["bits"] for r in mixed["layers"]}
+    images = EventAccumulator(str(run_dir / "tb")).Reload().Tags()["images"]
+    assert "mixed/bits_per_layer" in images

@@ -25,11 +25,14 @@ from rich.table import Table
 from torch import nn
 
 from ..data import CalibrationDataModule
+from ..mixed.allocation import size_mb
+from ..mixed.report import mixed_report, mixed_table, save_bits_plot
 from ..models import split_units
 from ..quant import (
     QuantConfig,
     calibrate_activations,
     fold_batchnorms,
+    quant_layers,
     quantize_model,
     save_quantized,
 )
@@ -147,13 +150,26 @@ def calibrate(
 
     started = time.perf_counter()
     qmodel = quantize_model(float_net, quant)
+    layers = quant_layers(qmodel).values()
+    report["size_mb"] = size_mb([m.layer.weight.numel() for m in layers],
+                                [m.weight_quantizer.bits for m in layers])  # fmt: skip
+    if qmodel.bit_allocation is not None:
+        mixed = mixed_report(qmodel.bit_allocation, quant.mixed.bit_list, quant.mixed.eps2,
+                             quant.mixed.budget_mb)  # fmt: skip
+        report["mixed"] = mixed
+        console.print(mixed_table(mixed))
     calibrate_activations(qmodel, batches)
     folded = copy.deepcopy(float_net).eval()
     fold_batchnorms(folded)
     units = split_units(qmodel)
     logger = TensorBoardLogger(str(run_dir), name="tb", version="", default_hp_metric=False)
+    if "mixed" in report:
+        title = f"{model.arch} mixed {quant.mixed.bit_list}"
+        figure = save_bits_plot(report["mixed"], title, run_dir / "bits_per_layer.png")
+        logger.experiment.add_figure("mixed/bits_per_layer", figure, 0)
     logger.log_hyperparams(
-        {**{f"quant/{k}": v for k, v in quant.to_dict().items()},
+        {**{f"quant/{k}": str(v) if isinstance(v, (dict, list)) else v
+            for k, v in quant.to_dict().items()},
          **{f"recon/{k}": v for k, v in recon.__dict__.items()},
          "model/arch": model.arch, "data/calib_size": len(data.calib_set), "units": len(units)}
     )  # fmt: skip
@@ -191,7 +207,8 @@ def calibrate(
 
 def summary_table(report: dict[str, Any]) -> Table:
     """Float, round-to-nearest and calibrated top-1 / top-5, with the calibration time."""
-    title = (f"{report['model']} W{report['w_bits']}A{report['a_bits']}: "
+    w_bits = report["mixed"]["bit_list"] if "mixed" in report else report["w_bits"]
+    title = (f"{report['model']} W{w_bits}A{report['a_bits']}: "
              f"{report['calib_size']} calibration images")  # fmt: skip
     table = Table(title=title)
     for col in ("model", "top-1 %", "top-5 %", "calibration s"):

@@ -93,7 +93,11 @@ def load_quantized(
     quantized tensor comes from the checkpoint). Returns the model and the checkpoint payload.
     """
     payload = read_quantized(path)
-    quant = QuantConfig(**{**payload["quant"], "rounding": "nearest"})
+    # The bits each layer ended with; a mixed-precision allocation is not recomputed.
+    layer_bits = {name: info["w_bits"] for name, info in payload["layers"].items()}
+    quant = QuantConfig(
+        **{**payload["quant"], "rounding": "nearest", "layer_w_bits": layer_bits, "mixed": {}}
+    )
     qmodel = quantize_model(build_float(payload["meta"]), quant)
     freeze_model(qmodel)
     try:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from ..mixed.config import MixedConfig
 from .act_quant import check_act_bits
 from .errors import QuantConfigError
 from .grid import check_bits
@@ -18,7 +19,9 @@ class QuantConfig:
     ``a_bits = 32`` means activations stay float (W4A32). The first layer's weights and input
     (the network input) and the last layer's weights and input keep their own bit widths, 8 by
     default as in the paper. ``seed`` seeds every random choice (stochastic rounding, Attention
-    Round's init): layer ``i`` uses ``seed * 1_000_003 + i``.
+    Round's init): layer ``i`` uses ``seed * 1_000_003 + i``. ``layer_w_bits`` sets the weight
+    bits of named layers; ``mixed`` (with a ``bit_list``) derives them by coding length
+    (Algorithm 1). The first/last layer keys win over both.
     """
 
     w_bits: int = 4
@@ -36,6 +39,12 @@ class QuantConfig:
     adaround_beta_start: float = 20.0
     adaround_beta_end: float = 2.0
     adaround_warmup: float = 0.2
+    layer_w_bits: dict[str, int] | None = None
+    mixed: MixedConfig = field(default_factory=MixedConfig)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.mixed, dict):
+            self.mixed = MixedConfig(**self.mixed)
 
     def validate(self) -> QuantConfig:
         for key in ("w_bits", "first_layer_w_bits", "last_layer_w_bits"):
@@ -47,6 +56,12 @@ class QuantConfig:
                 f"unknown rounding {self.rounding!r}; valid names: {', '.join(sorted(ROUNDINGS))}"
             )
         check_tau(self.tau)
+        for name, bits in (self.layer_w_bits or {}).items():
+            check_bits(bits, "layer_w_bits", name)
+        if self.mixed.enabled:
+            from ..mixed.allocation import check_mixed
+
+            check_mixed(self.mixed)
         if not 0.0 <= self.adaround_warmup < 1.0:
             raise QuantConfigError(f"adaround_warmup={self.adaround_warmup} must be in [0, 1)")
         if self.adaround_reg_weight < 0:

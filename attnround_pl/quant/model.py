@@ -15,7 +15,7 @@ from .bn_fold import fold_batchnorms
 from .config import QuantConfig
 from .errors import QuantConfigError
 from .layers import QUANT_LAYER_TYPES, QuantLayer
-from .rounding import make_rounding
+from .rounding import Rounding, make_rounding
 from .tree import set_submodule
 from .weight_quant import WeightQuantizer
 
@@ -30,9 +30,12 @@ def quant_layers(model: nn.Module) -> dict[str, QuantLayer]:
     return {n: m for n, m in model.named_modules() if isinstance(m, QuantLayer)}
 
 
-def layer_bits(config: QuantConfig, index: int, count: int) -> tuple[int, int]:
-    """(weight bits, input bits) of layer ``index`` of ``count``: first and last keep their own."""
-    w_bits, a_bits = config.w_bits, config.a_bits
+def layer_bits(
+    config: QuantConfig, index: int, count: int, per_layer: int | None = None
+) -> tuple[int, int]:
+    """(weight bits, input bits) of layer ``index`` of ``count``: first and last keep their own;
+    ``per_layer`` (mixed precision or ``layer_w_bits``) sets the others' weight bits."""
+    w_bits, a_bits = per_layer or config.w_bits, config.a_bits
     if index == 0:
         w_bits, a_bits = config.first_layer_w_bits, config.first_layer_a_bits
     if index == count - 1:
@@ -61,10 +64,20 @@ def quantize_model(model: nn.Module, config: QuantConfig | None = None) -> nn.Mo
     qmodel = copy.deepcopy(model).eval()
     fold_batchnorms(qmodel)
     count = len(layers)
+    per_layer = dict(config.layer_w_bits or {})
+    allocation = None
+    if config.mixed.enabled and not per_layer:
+        from ..mixed.allocation import allocate_bits
+
+        first, last = layers[0][0], layers[-1][0]
+        fixed = {first: config.first_layer_w_bits, last: config.last_layer_w_bits}
+        folded = [(name, qmodel.get_submodule(name)) for name, _ in layers]
+        allocation = allocate_bits(folded, config.mixed, fixed, seed=config.seed)
+        per_layer = {row.name: row.bits for row in allocation}
     swaps = []
     for index, (name, _) in enumerate(layers):
         layer = qmodel.get_submodule(name)
-        w_bits, a_bits = layer_bits(config, index, count)
+        w_bits, a_bits = layer_bits(config, index, count, per_layer.get(name))
         rounding = make_rounding(
             config.rounding, seed=config.layer_seed(index), **config.rounding_kwargs()
         )
@@ -79,6 +92,7 @@ def quantize_model(model: nn.Module, config: QuantConfig | None = None) -> nn.Mo
         swaps.append((name, QUANT_LAYER_TYPES[type(layer)](layer, wq, aq)))
     for name, qlayer in swaps:
         set_submodule(qmodel, name, qlayer)
+    qmodel.bit_allocation = allocation  # the mixed-precision table, None in single precision
     return qmodel
 
 
@@ -135,14 +149,18 @@ def round_to_nearest(model: nn.Module) -> Iterator[None]:
             q.nearest_override = False
 
 
-def rounding_parameters(model: nn.Module) -> list[nn.Parameter]:
-    """Learnable parameters of the (unfrozen) rounding functions inside ``model``."""
+def active_roundings(model: nn.Module) -> list[Rounding]:
+    """The rounding functions of the unfrozen weight quantizers inside ``model``."""
     return [
-        p
+        m.rounding
         for m in model.modules()
         if isinstance(m, WeightQuantizer) and m.rounding is not None
-        for p in m.rounding.parameters()
     ]
+
+
+def rounding_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """Learnable parameters of the (unfrozen) rounding functions inside ``model``."""
+    return [p for r in active_roundings(model) for p in r.parameters()]
 
 
 def act_step_parameters(model: nn.Module) -> list[nn.Parameter]:
@@ -152,18 +170,13 @@ def act_step_parameters(model: nn.Module) -> list[nn.Parameter]:
 
 def set_progress(model: nn.Module, t: float) -> None:
     """Tell every rounding inside ``model`` that a fraction ``t`` of the optimisation is done."""
-    for m in model.modules():
-        if isinstance(m, WeightQuantizer) and m.rounding is not None:
-            m.rounding.set_progress(t)
+    for rounding in active_roundings(model):
+        rounding.set_progress(t)
 
 
 def rounding_regularizer(model: nn.Module) -> Tensor:
     """Sum of the rounding regularisers inside ``model`` (zero when none has one)."""
-    terms = [
-        m.rounding.regularizer()
-        for m in model.modules()
-        if isinstance(m, WeightQuantizer) and m.rounding is not None
-    ]
+    terms = [rounding.regularizer() for rounding in active_roundings(model)]
     return torch.stack(terms).sum() if terms else torch.zeros(())
 
 

@@ -1,0 +1,25 @@
+"""Settings of the mixed-precision bit allocation (a plain dataclass, no imports from quant/)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class MixedConfig:
+    """Per-layer weight bits by coding length (Algorithm 1 of the paper).
+
+    Args:
+        bit_list: candidate weight bits, ascending (e.g. [3, 4, 5, 6]); null = single precision.
+        eps2: the distortion eps^2 of eq. 12 (> 0).
+        budget_mb: if set, the model size (quantized layers, params x bits / 8, 1 MB = 2^20
+            bytes) must not exceed it; eps2 and the cluster-to-bits map are chosen for that.
+    """
+
+    bit_list: list[int] | None = None
+    eps2: float = 1e-3
+    budget_mb: float | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return self.bit_list is not None

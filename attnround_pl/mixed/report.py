@@ -1,0 +1,76 @@
+"""The mixed-precision report: a per-layer table, model sizes, and a bits-per-layer bar plot."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from rich.table import Table  # noqa: E402
+
+from .allocation import LayerBits, size_mb  # noqa: E402
+
+
+def mixed_report(rows: list[LayerBits], bit_list: list[int], eps2: float,
+                 budget_mb: float | None) -> dict[str, Any]:  # fmt: skip
+    """report.json's ``mixed`` entry: the table, the mixed size and single-precision sizes.
+
+    Single-precision sizes keep the first/last layers at their own (fixed) bits, as the mixed
+    model does, so the columns compare like with like.
+    """
+    params = [r.params for r in rows]
+    single = {str(b): size_mb(params, [r.bits if r.fixed else b for r in rows]) for b in bit_list}
+    return {
+        "bit_list": list(bit_list),
+        "eps2": eps2,
+        "budget_mb": budget_mb,
+        "size_mb": size_mb(params, [r.bits for r in rows]),
+        "single_precision_size_mb": single,
+        "layers": [
+            {
+                "name": r.name,
+                "params": r.params,
+                "coding_length": None if math.isnan(r.length) else r.length,
+                "bits": r.bits,
+                "fixed": r.fixed,
+            }
+            for r in rows
+        ],  # fmt: skip
+    }
+
+
+def mixed_table(report: dict[str, Any]) -> Table:
+    table = Table(title=f"mixed precision {report['bit_list']}: {report['size_mb']:.4f} MB")
+    for col in ("layer", "params", "L(W) bits", "w_bits"):
+        table.add_column(col, justify="left" if col == "layer" else "right")
+    for row in report["layers"]:
+        length = "fixed" if row["coding_length"] is None else f"{row['coding_length']:.1f}"
+        table.add_row(row["name"], str(row["params"]), length, str(row["bits"]))
+    singles = ", ".join(f"W{b}: {s:.4f}" for b, s in report["single_precision_size_mb"].items())
+    table.caption = f"single precision (first/last layers fixed): {singles} MB"
+    return table
+
+
+def bits_figure(report: dict[str, Any], title: str) -> Figure:
+    """Bar plot of weight bits per layer in forward order (the paper's figures 3-5)."""
+    layers = report["layers"]
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.35 * len(layers)), 3.6))
+    colors = ["0.6" if row["fixed"] else "tab:blue" for row in layers]
+    ax.bar(range(len(layers)), [row["bits"] for row in layers], color=colors)
+    ax.set_xticks(range(len(layers)), [row["name"] for row in layers], rotation=90, fontsize=7)
+    ax.set_ylabel("weight bits")
+    ax.set_title(f"{title}: {report['size_mb']:.3f} MB (grey: first/last layer, fixed)")
+    ax.set_ylim(0, max(row["bits"] for row in layers) + 1)
+    fig.tight_layout()
+    return fig
+
+
+def save_bits_plot(report: dict[str, Any], title: str, path: Path) -> Figure:
+    fig = bits_figure(report, title)
+    fig.savefig(path, dpi=120)
+    return fig

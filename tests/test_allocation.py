@@ -1,0 +1,104 @@
+import pytest
+import torch
+from torch import nn
+
+from attnround_pl.mixed import MixedConfig
+from attnround_pl.mixed.allocation import (
+    MixedPrecisionError,
+    allocate_bits,
+    cluster_bits,
+    size_mb,
+)
+from attnround_pl.quant import QuantConfig, QuantConfigError, quant_layers, quantize_model
+
+
+def _layers(scales, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for i, s in enumerate(scales):
+        conv = nn.Conv2d(8, 8, 3, bias=False)
+        conv.weight.data = torch.randn(8, 8, 3, 3, generator=gen) * s
+        out.append((f"l{i}", conv))
+    return out
+
+
+def test_cluster_bits_sorted_centres_get_sorted_bits():
+    assert cluster_bits([1.0, 50.0, 2.0, 100.0, 51.0, 99.0], [3, 4, 6]) == [3, 4, 3, 6, 4, 6]
+
+
+def test_larger_variance_never_fewer_bits_and_deterministic():
+    layers = _layers([0.01, 0.02, 0.5, 0.6, 3.0, 0.015, 2.5])
+    cfg = MixedConfig(bit_list=[3, 4, 5], eps2=0.01)
+    rows = allocate_bits(layers, cfg, fixed={})
+    by_name = {r.name: r for r in rows}
+    ordered = sorted(rows, key=lambda r: r.length)
+    assert [r.bits for r in ordered] == sorted(r.bits for r in rows)
+    assert by_name["l4"].bits == 5 and by_name["l0"].bits == 3
+    assert by_name["l4"].length > by_name["l2"].length > by_name["l0"].length
+    again = allocate_bits(layers, cfg, fixed={})
+    assert [(r.name, r.bits, r.length) for r in again] == [(r.name, r.bits, r.length) for r in rows]
+
+
+def test_fixed_layers_keep_their_bits():
+    rows = allocate_bits(_layers([0.1, 1.0, 0.2, 3.0]), MixedConfig(bit_list=[2, 3]),
+                         fixed={"l0": 8, "l3": 8})  # fmt: skip
+    assert [(r.name, r.bits, r.fixed) for r in rows if r.fixed] == [
+        ("l0", 8, True),
+        ("l3", 8, True),
+    ]
+    assert {r.bits for r in rows if not r.fixed} == {2, 3}
+
+
+def test_size_arithmetic_exact_on_a_hand_made_model():
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Conv2d(4, 8, 1), nn.Flatten(),
+                          nn.Linear(8, 2))  # fmt: skip
+    params = [36, 32, 16]  # weights only: 4*1*3*3, 8*4*1*1, 2*8
+    assert size_mb(params, [8, 3, 8]) == (36 * 8 + 32 * 3 + 16 * 8) / 8 / 2**20
+    q = quantize_model(model, QuantConfig(w_bits=3))
+    got = [(m.layer.weight.numel(), m.weight_quantizer.bits) for m in quant_layers(q).values()]
+    assert got == [(36, 8), (32, 3), (16, 8)]
+
+
+def test_budget_mode_fits_the_budget_and_uses_it():
+    layers = _layers([0.01, 0.02, 0.5, 0.6, 3.0, 0.015, 2.5])
+    params = [m.weight.numel() for _, m in layers]
+    full = allocate_bits(layers, MixedConfig(bit_list=[3, 4, 5, 6]), fixed={})
+    full_size = size_mb(params, [r.bits for r in full])
+    budget = (size_mb(params, [3] * 7) + full_size) / 2
+    rows = allocate_bits(layers, MixedConfig(bit_list=[3, 4, 5, 6], budget_mb=budget), fixed={})
+    size = size_mb(params, [r.bits for r in rows])
+    assert size <= budget
+    assert size > size_mb(params, [3] * 7)
+    with pytest.raises(MixedPrecisionError, match="cannot be met: the smallest allocation"):
+        allocate_bits(layers, MixedConfig(bit_list=[3, 4], budget_mb=1e-6), fixed={})
+
+
+@pytest.mark.parametrize(
+    ("mixed", "message"),
+    [
+        ({"bit_list": []}, "bit_list is empty"),
+        ({"bit_list": [4, 3]}, "must be strictly ascending"),
+        ({"bit_list": [3, 9]}, r"every entry must be in 2\.\.8"),
+        ({"bit_list": [3, 4], "eps2": 0.0}, "eps2=0.0 must be > 0"),
+        ({"bit_list": [3, 4], "budget_mb": -1.0}, "budget_mb=-1.0 must be > 0"),
+    ],
+)
+def test_bad_settings(mixed, message):
+    with pytest.raises(QuantConfigError, match=message):
+        QuantConfig(mixed=mixed).validate()
+
+
+def test_more_bit_widths_than_layers():
+    model = nn.Sequential(nn.Conv2d(1, 2, 1), nn.Conv2d(2, 2, 1), nn.Conv2d(2, 2, 1))
+    with pytest.raises(MixedPrecisionError, match="4 bit widths for 1 layer"):
+        quantize_model(model, QuantConfig(mixed={"bit_list": [3, 4, 5, 6]}))
+
+
+def test_quantize_model_mixed_first_last_win_and_table_attached():
+    model = nn.Sequential(*[nn.Conv2d(4, 4, 3, padding=1) for _ in range(6)])
+    for i, conv in enumerate(model):
+        conv.weight.data.mul_(1 + 3 * (i % 2))
+    q = quantize_model(model, QuantConfig(mixed={"bit_list": [3, 5]}))
+    bits = [m.weight_quantizer.bits for m in quant_layers(q).values()]
+    assert bits[0] == 8 and bits[-1] == 8 and set(bits[1:-1]) == {3, 5}
+    assert [r.bits for r in q.bit_allocation] == bits
