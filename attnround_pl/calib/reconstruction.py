@@ -10,6 +10,7 @@ from torch import Tensor, nn
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler
 
 from ..quant import (
+    act_border_parameters,
     act_step_parameters,
     reconstruction_loss,
     rounding_parameters,
@@ -40,9 +41,9 @@ class _PairBatches(Dataset):
 class BlockReconstruction(pl.LightningModule):
     """Minimise ``||unit(x_q) - y_float||^2`` (+ the rounding regulariser) for one unit.
 
-    Adam over the unit's rounding parameters (``lr``) and activation step sizes (``act_lr``)
-    only; ``iters`` steps of ``batch_size`` samples drawn with replacement from the cache,
-    seeded.
+    Adam over the unit's rounding parameters (``lr``) and activation step sizes and AQuant
+    border parameters (``act_lr``) only; ``iters`` steps of ``batch_size`` samples drawn with
+    replacement from the cache, seeded.
     """
 
     def __init__(
@@ -61,7 +62,9 @@ class BlockReconstruction(pl.LightningModule):
         self.label = name
 
     def learnable(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
-        return rounding_parameters(self.unit), act_step_parameters(self.unit)
+        """(rounding parameters, activation parameters: step sizes and AQuant borders)."""
+        activation = act_step_parameters(self.unit) + act_border_parameters(self.unit)
+        return rounding_parameters(self.unit), activation
 
     def has_learnable(self) -> bool:
         rounding, steps = self.learnable()

@@ -12,6 +12,7 @@ from .grid import UniformGrid, check_bits
 from .layers import QuantConv2d, QuantLayer, QuantLinear
 from .loss import output_mse, reconstruction_loss
 from .model import (
+    act_border_parameters,
     act_step_parameters,
     calibrate_activations,
     freeze_model,
@@ -59,6 +60,7 @@ __all__ = [
     "StochasticRounding",
     "UniformGrid",
     "WeightQuantizer",
+    "act_border_parameters",
     "act_step_parameters",
     "output_mse",
     "reconstruction_loss",

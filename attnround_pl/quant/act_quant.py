@@ -7,6 +7,7 @@ import math
 import torch
 from torch import Tensor, nn
 
+from .act_border import BORDERS, AQuantBorder
 from .errors import QuantConfigError
 from .grid import UniformGrid, check_bits
 from .scale_search import search_qparams
@@ -43,10 +44,21 @@ class ActQuantizer(nn.Module):
     otherwise, unless ``signed`` is given. The step ``s`` is initialised by the MSE search over
     values observed on calibration batches (``observe`` mode), then learned with the LSQ
     gradient, scaled by ``1 / sqrt(numel * qmax)``. ``bits = 32`` leaves the input unchanged.
+    ``border="aquant"`` rounds with AQuant's learned per-channel border (see ``act_border``)
+    instead of at 0.5; it is created with the step, after observation, and starts at nearest.
     """
 
-    def __init__(self, bits: int = 8, signed: bool | None = None, seed: int = 0) -> None:
+    def __init__(
+        self, bits: int = 8, signed: bool | None = None, seed: int = 0,
+        border: str = "nearest", border_global: bool = False,
+    ) -> None:  # fmt: skip
         super().__init__()
+        if border not in BORDERS:
+            raise QuantConfigError(f"unknown act_border {border!r}; valid: {', '.join(BORDERS)}")
+        self.border_kind = border
+        self.border_global = border_global
+        self.border: AQuantBorder | None = None
+        self._channels = 0
         self.bits = check_act_bits(bits)
         self.signed = signed
         self.enabled = True
@@ -75,6 +87,7 @@ class ActQuantizer(nn.Module):
     @torch.no_grad()
     def _record(self, x: Tensor) -> None:
         flat = x.detach().reshape(-1).float()
+        self._channels = x.shape[1] if x.dim() > 1 else 1
         self._observed_min = min(self._observed_min, float(flat.min()))
         if flat.numel() > OBSERVED_VALUES_PER_BATCH:
             gen = torch.Generator(device="cpu").manual_seed(self.seed + len(self._observed))
@@ -103,6 +116,12 @@ class ActQuantizer(nn.Module):
         scale, _ = search_qparams(values[None, :], self.grid, affine=False)
         self.step.data = scale[0].to(self.step.device)
         self.initialised = True
+        if self.border_kind == "aquant":
+            self._make_border(self._channels)
+
+    def _make_border(self, channels: int) -> None:
+        reach = max(abs(self.grid.qmin), abs(self.grid.qmax))
+        self.border = AQuantBorder(channels, reach, self.border_global).to(self.step.device)
 
     def forward(self, x: Tensor) -> Tensor:
         if self.observing:
@@ -115,7 +134,8 @@ class ActQuantizer(nn.Module):
         grid = self.grid
         g = 1.0 / math.sqrt(x.numel() * grid.qmax)
         step = grad_scale(self.step, g)
-        return round_ste(torch.clamp(x / step, grid.qmin, grid.qmax)) * step
+        xt = torch.clamp(x / step, grid.qmin, grid.qmax)
+        return (round_ste(xt) if self.border is None else self.border(xt)) * step
 
     def get_extra_state(self) -> dict:
         return {"bits": self.bits, "signed": self.signed, "initialised": self.initialised}
@@ -128,8 +148,18 @@ class ActQuantizer(nn.Module):
         self.signed = state["signed"]
         self.initialised = state["initialised"]
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003
+        # A learned border exists only after observation: rebuild it from the saved shapes.
+        key = prefix + "border.k"
+        if key in state_dict and self.border is None:
+            extra = state_dict.get(prefix + "_extra_state", {})
+            self.signed = extra.get("signed", self.signed)
+            self.border_global = prefix + "border.g" in state_dict
+            self._make_border(state_dict[key].numel())
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def extra_repr(self) -> str:
         if not self.active:
             return "bits=32 (float)"
         sign = {None: "auto", True: "signed", False: "unsigned"}[self.signed]
-        return f"bits={self.bits}, {sign}"
+        return f"bits={self.bits}, {sign}, border={self.border_kind}"

@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ..mixed.config import MixedConfig
+from .act_border import BORDERS
 from .act_quant import check_act_bits
 from .errors import QuantConfigError
 from .grid import check_bits
@@ -21,7 +22,9 @@ class QuantConfig:
     default as in the paper. ``seed`` seeds every random choice (stochastic rounding, Attention
     Round's init): layer ``i`` uses ``seed * 1_000_003 + i``. ``layer_w_bits`` sets the weight
     bits of named layers; ``mixed`` (with a ``bit_list``) derives them by coding length
-    (Algorithm 1). The first/last layer keys win over both.
+    (Algorithm 1). The first/last layer keys win over both. ``act_border="aquant"`` learns
+    AQuant's rounding border for every activation quantizer (``act_border_global`` adds the
+    per-sample channel-mean term).
     """
 
     w_bits: int = 4
@@ -39,6 +42,8 @@ class QuantConfig:
     adaround_beta_start: float = 20.0
     adaround_beta_end: float = 2.0
     adaround_warmup: float = 0.2
+    act_border: str = "nearest"
+    act_border_global: bool = False
     layer_w_bits: dict[str, int] | None = None
     mixed: MixedConfig = field(default_factory=MixedConfig)
 
@@ -56,6 +61,10 @@ class QuantConfig:
                 f"unknown rounding {self.rounding!r}; valid names: {', '.join(sorted(ROUNDINGS))}"
             )
         check_tau(self.tau)
+        if self.act_border not in BORDERS:
+            raise QuantConfigError(
+                f"unknown act_border {self.act_border!r}; valid: {', '.join(BORDERS)}"
+            )
         for name, bits in (self.layer_w_bits or {}).items():
             check_bits(bits, "layer_w_bits", name)
         if self.mixed.enabled:

@@ -88,7 +88,8 @@ def quantize_model(model: nn.Module, config: QuantConfig | None = None) -> nn.Mo
             per_channel=config.w_per_channel,
             symmetric=config.w_symmetric,
         )
-        aq = ActQuantizer(a_bits, seed=config.layer_seed(index))
+        aq = ActQuantizer(a_bits, seed=config.layer_seed(index), border=config.act_border,
+                          border_global=config.act_border_global)  # fmt: skip
         swaps.append((name, QUANT_LAYER_TYPES[type(layer)](layer, wq, aq)))
     for name, qlayer in swaps:
         set_submodule(qmodel, name, qlayer)
@@ -166,6 +167,14 @@ def rounding_parameters(model: nn.Module) -> list[nn.Parameter]:
 def act_step_parameters(model: nn.Module) -> list[nn.Parameter]:
     """Step sizes of the active activation quantizers inside ``model``."""
     return [q.step for q in act_quantizers(model) if q.active and q.enabled]
+
+
+def act_border_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """AQuant border parameters of the active activation quantizers inside ``model``."""
+    return [
+        p for q in act_quantizers(model) if q.active and q.border is not None
+        for p in q.border.parameters()
+    ]  # fmt: skip
 
 
 def set_progress(model: nn.Module, t: float) -> None:
