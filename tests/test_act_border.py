@@ -1,0 +1,119 @@
+import lightning.pytorch as pl
+import pytest
+import torch
+
+from attnround_pl.calib import BlockReconstruction, build_unit_data, unit_mse
+from attnround_pl.data import FashionMNISTDataModule
+from attnround_pl.models import build_model
+from attnround_pl.quant import (
+    ActQuantizer,
+    QuantConfig,
+    QuantConfigError,
+    calibrate_activations,
+    fold_batchnorms,
+    quantize_model,
+)
+from attnround_pl.quant.act_border import BORDER_MARGIN, AQuantBorder, explicit_codes
+
+
+def _calibrated(x, border, bits=4):
+    q = ActQuantizer(bits, border=border)
+    q.start_observing()
+    q(x)
+    q.finish_observing()
+    return q
+
+
+def test_zero_border_is_nearest_bit_for_bit_ties_included():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.relu(torch.randn(16, 8, 5, 5, generator=gen))
+    near, aq = _calibrated(x, "nearest"), _calibrated(x, "aquant")
+    assert aq.border is not None and aq.border.k.shape == (8,)
+    step = near.step.detach()
+    ties = (torch.arange(16 * 8 * 25).reshape(16, 8, 5, 5) % 14 + 0.5) * step  # exact .5 codes
+    for data in (x, ties, x * 3):
+        assert torch.equal(near(data), aq(data))
+
+
+@pytest.mark.parametrize("global_term", [False, True])
+def test_folded_and_explicit_forms_give_identical_codes(global_term):
+    gen = torch.Generator().manual_seed(1)
+    border = AQuantBorder(6, reach=15, global_term=global_term).double()
+    for scale in (0.01, 0.2, 5.0):  # 5.0 drives the shrink: raw parameters far too large
+        with torch.no_grad():
+            for p in border.parameters():
+                p.copy_(torch.randn(p.shape, generator=gen, dtype=torch.float64) * scale)
+        xt = torch.rand(64, 6, 7, 7, generator=gen, dtype=torch.float64) * 15
+        b = border.border(xt)
+        assert b.min() >= BORDER_MARGIN - 1e-12 and b.max() <= 1 - BORDER_MARGIN + 1e-12
+        explicit = explicit_codes(xt, b)
+        assert torch.equal(explicit, border.folded(xt))
+        assert torch.equal(border(xt).detach(), explicit)
+
+
+def test_single_product_learns_the_weight_error_slope():
+    # Quantized weight w(1 + d): the balancing border is 0.5 + d * x~, i.e. k = d, c = 0.
+    # d is small enough that this border stays inside (0, 1) over the 4-bit range.
+    d = 0.02
+    gen = torch.Generator().manual_seed(2)
+    border = AQuantBorder(1, reach=15)
+    opt = torch.optim.Adam(border.parameters(), lr=2e-3)
+    for _ in range(1500):
+        xt = torch.rand(512, 1, generator=gen) * 15
+        loss = ((1 + d) * border(xt) - xt).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    k, c, _ = border.effective()
+    assert abs(k.item() - d) < 0.006 and abs(c.item()) < 0.1
+    xt = torch.rand(20000, 1, generator=gen) * 15
+    learned = ((1 + d) * border(xt).detach() - xt).pow(2).mean()
+    nearest = ((1 + d) * torch.round(xt) - xt).pow(2).mean()
+    assert learned < 0.8 * nearest
+    assert learned < 1.03 * (1 + d) ** 2 / 12  # the error of unbiased rounding, as good as it gets
+
+
+def test_unknown_border_named():
+    with pytest.raises(QuantConfigError, match="unknown act_border 'aqant'; valid: nearest, aquant"):
+        QuantConfig(act_border="aqant").validate()
+
+
+@pytest.mark.parametrize("a_bits", [2, 3])
+def test_learned_border_beats_nearest_border_on_a_trained_unit(fmnist_root, a_bits):
+    dm = FashionMNISTDataModule(root=str(fmnist_root), calib_size=256)
+    batches = [x for x, _ in dm.calib_dataloader(batch_size=128)]
+    folded = build_model("resnet20")
+    fold_batchnorms(folded)
+    mse = {}
+    for border in ("nearest", "aquant"):
+        cfg = QuantConfig(w_bits=4, a_bits=a_bits, rounding="nearest", act_border=border)
+        q = quantize_model(build_model("resnet20"), cfg)
+        calibrate_activations(q, batches)
+        data = build_unit_data(q, folded, "layer2.1", batches)
+        unit = q.get_submodule("layer2.1")
+        module = BlockReconstruction(unit, data, "layer2.1", iters=300, batch_size=64, seed=0)
+        pl.Trainer(max_steps=300, max_epochs=1, logger=False, enable_checkpointing=False,
+                   enable_progress_bar=False, enable_model_summary=False,
+                   accelerator="cpu", devices=1).fit(module)  # fmt: skip
+        unit.eval()
+        mse[border] = unit_mse(unit, data)
+    assert mse["aquant"] < mse["nearest"], mse
+
+
+def test_border_survives_the_checkpoint_round_trip(tmp_path):
+    from attnround_pl.quant import freeze_model, load_quantized, quant_layers, save_quantized
+
+    model = build_model("resnet20", weights=None)
+    x = torch.randn(8, 1, 28, 28)
+    cfg = QuantConfig(rounding="nearest", act_border="aquant")
+    q = quantize_model(model, cfg)
+    calibrate_activations(q, [x])
+    with torch.no_grad():
+        for layer in quant_layers(q).values():
+            layer.input_quantizer.border.k.uniform_(-0.05, 0.05)
+            layer.input_quantizer.border.c.uniform_(-0.2, 0.2)
+    freeze_model(q)
+    save_quantized(q, tmp_path / "q.pt", cfg, {"arch": "resnet20"})
+    back, _ = load_quantized(tmp_path / "q.pt", lambda m: build_model(m["arch"], weights=None))
+    with torch.no_grad():
+        assert torch.equal(back(x), q(x))
