@@ -74,7 +74,9 @@ def test_single_product_learns_the_weight_error_slope():
 
 
 def test_unknown_border_named():
-    with pytest.raises(QuantConfigError, match="unknown act_border 'aqant'; valid: nearest, aquant"):
+    with pytest.raises(
+        QuantConfigError, match="unknown act_border 'aqant'; valid: nearest, aquant"
+    ):
         QuantConfig(act_border="aqant").validate()
 
 
@@ -117,3 +119,15 @@ def test_border_survives_the_checkpoint_round_trip(tmp_path):
     back, _ = load_quantized(tmp_path / "q.pt", lambda m: build_model(m["arch"], weights=None))
     with torch.no_grad():
         assert torch.equal(back(x), q(x))
+
+
+def test_calibration_run_with_the_border(tmp_path, tiny_fmnist):
+    from attnround_pl.calib import FloatModel, ReconConfig, RunConfig, calibrate
+
+    data = FashionMNISTDataModule(root=str(tiny_fmnist), calib_size=20, batch_size=30)
+    run = RunConfig(out_dir=str(tmp_path), name="b", progress=False, eval_float=False,
+                    eval_nearest=False)  # fmt: skip
+    quant = QuantConfig(w_bits=3, a_bits=3, rounding="adaround", act_border="aquant")
+    report = calibrate(FloatModel("resnet20", weights=None), data, quant,
+                       ReconConfig(iters=3, batch_size=4), run, {"accelerator": "cpu"})  # fmt: skip
+    assert report["quant"]["act_border"] == "aquant" and len(report["units"]) == 11
