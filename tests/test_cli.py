@@ -1,5 +1,4 @@
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -59,4 +58,3 @@ def test_clear_errors(tmp_path, capsys):
     assert cli.main(["evaluate", "--run", str(tmp_path / "nothing")]) == 2
     assert "not a calibration run folder" in capsys.readouterr().err
     assert cli.main(["frobnicate"]) == 2
-    shutil.rmtree(tmp_path, ignore_errors=True)
