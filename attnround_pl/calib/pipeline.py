@@ -85,12 +85,16 @@ def machine() -> str:
     return f"{platform.machine()}, {os.cpu_count()} CPU cores, {gpu}, torch {torch.__version__}"
 
 
+def user_trainer_kwargs(trainer_kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The user's Trainer options minus the ones the reconstruction and evaluation set."""
+    return {k: v for k, v in trainer_kwargs.items() if k not in _RECON_TRAINER_KEYS}
+
+
 def evaluate(net: nn.Module, data: CalibrationDataModule, trainer_kwargs: dict[str, Any],
              progress: bool = False) -> tuple[float, float]:  # fmt: skip
     """Top-1 and top-5 (percent) of ``net`` on the evaluation set, through Trainer.test."""
-    kwargs = {k: v for k, v in trainer_kwargs.items() if k not in _RECON_TRAINER_KEYS}
-    trainer = pl.Trainer(**kwargs, logger=False, enable_progress_bar=progress,
-                         enable_model_summary=False)  # fmt: skip
+    trainer = pl.Trainer(**user_trainer_kwargs(trainer_kwargs), logger=False,
+                         enable_progress_bar=progress, enable_model_summary=False)  # fmt: skip
     (metrics,) = trainer.test(ImageClassifier(net), datamodule=data, verbose=False)
     return 100.0 * float(metrics["top1"]), 100.0 * float(metrics["top5"])
 
@@ -174,11 +178,13 @@ def calibrate(
          "model/arch": model.arch, "data/calib_size": len(data.calib_set), "units": len(units)}
     )  # fmt: skip
 
+    recon_trainer_kwargs = user_trainer_kwargs(trainer_kwargs)
+
     def make_trainer(sequencer: BlockSequencer) -> pl.Trainer:
-        kwargs = {k: v for k, v in trainer_kwargs.items() if k not in _RECON_TRAINER_KEYS}
         callbacks = [sequencer, *([UnitProgressBar()] if run.progress else [])]
         return pl.Trainer(
-            **kwargs, max_steps=recon.iters, max_epochs=1, logger=logger, callbacks=callbacks,
+            **recon_trainer_kwargs, max_steps=recon.iters, max_epochs=1, logger=logger,
+            callbacks=callbacks,
             enable_checkpointing=False, limit_val_batches=0, num_sanity_val_steps=0,
             enable_model_summary=False, use_distributed_sampler=False,
             log_every_n_steps=min(recon.log_every_n_steps, recon.iters),
