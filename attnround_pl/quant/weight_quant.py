@@ -6,8 +6,10 @@ import torch
 from torch import Tensor, nn
 
 from .grid import UniformGrid
-from .rounding import Rounding
+from .rounding import NearestRounding, Rounding
 from .scale_search import search_qparams
+
+_NEAREST = NearestRounding()  # stateless: what ``round_to_nearest`` switches every quantizer to
 
 
 class WeightQuantizer(nn.Module):
@@ -67,9 +69,8 @@ class WeightQuantizer(nn.Module):
         if self.rounding is None:
             return self.scale * (self.codes.to(self.scale.dtype) - self.zero_point)
         lo, hi = self._bounds()
-        if self.nearest_override:
-            return self.scale * torch.clamp(torch.round(weight.detach() / self.scale), lo, hi)
-        return self.scale * self.rounding(weight / self.scale, lo, hi)
+        rounding = _NEAREST if self.nearest_override else self.rounding
+        return self.scale * rounding(weight / self.scale, lo, hi)
 
     @torch.no_grad()
     def integer_codes(self, weight: Tensor) -> Tensor:
