@@ -2,6 +2,7 @@
 
     attnround-pl calibrate --config configs/resnet20_w4a4.yaml [--quant.w_bits 3 ...]
     attnround-pl evaluate --run runs/<run folder>
+    attnround-pl export --run runs/<run folder> --format onnx|state [--out FILE]
 
 ``calibrate`` takes every LightningCLI option: ``--print_config``, ``--model.*`` (FloatModel),
 ``--data`` (a CalibrationDataModule subclass), ``--trainer.*`` and our groups ``--quant.*``,
@@ -10,33 +11,41 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 # Lightning 2.6 still calls jsonargparse APIs deprecated in 4.49; users cannot act on that.
 os.environ.setdefault("JSONARGPARSE_DEPRECATION_WARNINGS", "off")
 
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from rich.console import Console
 
 from .calib import FloatModel, RunConfig, calibrate, evaluate
-from .calib.pipeline import CHECKPOINT, REPORT, quiet_lightning
+from .calib.export_job import FORMATS, check_format, export_run, export_table
+from .calib.pipeline import quiet_lightning
+from .calib.run_folder import CHECKPOINT, CONFIG, RunFolderError, check_run_folder
 from .calib.sequencer import ReconConfig
 from .data import CalibrationDataModule, DataError
+from .export import OnnxExportError
 from .models import ModelLoadError, build_model
 from .quant import CheckpointError, QuantConfig, QuantConfigError, load_quantized
 
-USAGE = """usage: attnround-pl {calibrate,evaluate} ...
+USAGE = """usage: attnround-pl {calibrate,evaluate,export} ...
 
   calibrate   quantize a model with block reconstruction (LightningCLI: --config, --print_config)
   evaluate    top-1/top-5 of a finished run's quantized checkpoint (--run <run folder>)
+  export      state file or ONNX QDQ model of a finished run, checked against PyTorch
+              (--run <run folder> --format onnx|state [--out FILE])
 
 'attnround-pl calibrate --help' lists every option."""
 
 # Errors a user can cause by input: printed as one line, exit status 2.
 USER_ERRORS = (QuantConfigError, ModelLoadError, DataError, CheckpointError, FileExistsError,
-               FileNotFoundError, ValueError)  # fmt: skip
+               FileNotFoundError, ValueError, RunFolderError, OnnxExportError)  # fmt: skip
 
 
 class CalibrateCLI(LightningCLI):
@@ -51,6 +60,7 @@ class CalibrateCLI(LightningCLI):
         # Bad settings fail here, before any model or data is loaded.
         QuantConfig(**self.config["quant"].as_dict()).validate()
         ReconConfig(**self.config["recon"].as_dict()).validate()
+        RunConfig(**self.config["run"].as_dict()).validate()
 
 
 def build_cli(args: list[str]) -> CalibrateCLI:
@@ -86,18 +96,28 @@ def cmd_calibrate(args: list[str]) -> int:
     return 0
 
 
+def _run_args(command: str, args: list[str], *extra: tuple[str, dict]) -> tuple[Any, list[str]]:
+    """``--run <folder>`` (and the command's own options); the rest override the run's config."""
+    parser = argparse.ArgumentParser(
+        prog=f"attnround-pl {command}",
+        epilog="Other options override the run's config.yaml, e.g. --data.init_args.root DIR.",
+    )
+    parser.add_argument("--run", required=True, help="a finished calibration's run folder")
+    for flag, kwargs in extra:
+        parser.add_argument(flag, **kwargs)
+    return parser.parse_known_args(args)
+
+
+def _run_cli(run_dir: Path, overrides: list[str]) -> CalibrateCLI:
+    """The run's config.yaml plus the user's overrides (data and trainer options)."""
+    return build_cli(["--config", str(run_dir / CONFIG), "--model.weights", "null",
+                      *overrides])  # fmt: skip
+
+
 def cmd_evaluate(args: list[str]) -> int:
-    if len(args) < 2 or args[0] != "--run":
-        print("usage: attnround-pl evaluate --run <run folder> [calibrate options to override, "
-              "e.g. --data.init_args.root ...]", file=sys.stderr)  # fmt: skip
-        return 2
-    run_dir = Path(args[1])
-    config = run_dir / "config.yaml"
-    if not config.is_file():
-        raise FileNotFoundError(f"{run_dir} holds no config.yaml: not a calibration run folder")
-    if not (run_dir / REPORT).is_file():
-        raise FileNotFoundError(f"{run_dir} holds no {REPORT}: its calibration did not finish")
-    cli = build_cli(["--config", str(config), "--model.weights", "null", *args[2:]])
+    opts, overrides = _run_args("evaluate", args)
+    run_dir = check_run_folder(opts.run)
+    cli = _run_cli(run_dir, overrides)
     qmodel, payload = load_quantized(
         run_dir / CHECKPOINT,
         lambda meta: build_model(meta["arch"], weights=None, num_classes=meta["num_classes"]),
@@ -107,13 +127,27 @@ def cmd_evaluate(args: list[str]) -> int:
     return 0
 
 
+def cmd_export(args: list[str]) -> int:
+    opts, overrides = _run_args(
+        "export", args,
+        ("--format", {"required": True, "help": f"one of: {', '.join(FORMATS)}"}),
+        ("--out", {"default": None, "help": "output file (default: in the run folder)"}),
+    )  # fmt: skip
+    check_format(opts.format)
+    run_dir = check_run_folder(opts.run)
+    cli = _run_cli(run_dir, overrides)
+    result = export_run(run_dir, opts.format, cli.datamodule, opts.out)
+    Console().print(export_table(result))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE)
         return 0 if argv else 2
     command, rest = argv[0], argv[1:]
-    commands = {"calibrate": cmd_calibrate, "evaluate": cmd_evaluate}
+    commands = {"calibrate": cmd_calibrate, "evaluate": cmd_evaluate, "export": cmd_export}
     if command not in commands:
         print(f"attnround-pl: unknown command {command!r}\n{USAGE}", file=sys.stderr)
         return 2

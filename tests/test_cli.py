@@ -42,6 +42,15 @@ def test_calibrate_then_evaluate(tmp_path, tiny_fmnist, capsys):
     assert cli.main(["evaluate", "--run", str(tmp_path / "cli")]) == 0
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert out["quant_top1"] == pytest.approx(report["quant_top1"])
+    assert cli.main(["export", "--run", str(tmp_path / "cli"), "--format", "onnx"]) == 0
+    shown = capsys.readouterr().out
+    assert "onnxruntime top-1" in shown and "differing argmax" in shown
+    exported = json.loads((tmp_path / "cli" / "report.json").read_text())
+    assert exported["onnx_argmax_mismatch"] == 0
+    assert exported["onnx_top1"] == pytest.approx(report["quant_top1"])
+    report = exported
+    assert cli.main(["export", "--run", str(tmp_path / "cli"), "--format", "tflite"]) == 2
+    assert "unknown export format 'tflite'" in capsys.readouterr().err
     # a second calibrate into the same folder is refused, the finished run is kept
     assert cli.main(args) == 2
     assert "already holds a finished run" in capsys.readouterr().err
@@ -56,5 +65,9 @@ def test_clear_errors(tmp_path, capsys):
                      "--run.out_dir", str(tmp_path)]) == 2  # fmt: skip
     assert "unknown model 'vgg11'" in capsys.readouterr().err
     assert cli.main(["evaluate", "--run", str(tmp_path / "nothing")]) == 2
-    assert "not a calibration run folder" in capsys.readouterr().err
+    assert f"run folder {tmp_path / 'nothing'} does not exist" in capsys.readouterr().err
+    (tmp_path / "half").mkdir()
+    (tmp_path / "half" / "config.yaml").write_text("{}")
+    assert cli.main(["export", "--run", str(tmp_path / "half"), "--format", "state"]) == 2
+    assert "holds no report.json: its calibration did not finish" in capsys.readouterr().err
     assert cli.main(["frobnicate"]) == 2

@@ -30,8 +30,13 @@ def test_end_to_end_torchvision_architectures(tmp_path, arch):
     data = ImageFolderDataModule(str(train), str(val), calib_size=6, batch_size=6, num_workers=0,
                                  resize=36, crop=32)  # fmt: skip
     model = FloatModel(arch, weights=None, num_classes=3)
-    report, run_dir = _run(tmp_path, model, data, eval_nearest=False)
+    report, run_dir = _run(tmp_path, model, data, eval_nearest=False, export=["onnx", "state"])
     assert REPORT_KEYS <= set(report)
+    # both exports of every architecture: ONNX in onnxruntime and the reloaded state agree
+    # (random-weight mobilenet_v2 has logits ~1e-10: its argmax is noise, so compare logits)
+    assert report["onnx_max_abs_logit_diff"] < 1e-5 and report["onnx_images"] == 6
+    assert report["state_max_abs_diff"] == 0.0
+    assert (run_dir / "quantized.onnx").is_file() and (run_dir / "quantized_state.pt").is_file()
     assert json.loads((run_dir / "report.json").read_text())["model"] == arch
     assert 0 <= report["quant_top1"] <= 100 and report["quant_top5"] == 100.0  # 3 classes
     units = split_units(quantize_model(model.net, QuantConfig(rounding="nearest")))
@@ -42,8 +47,10 @@ def test_end_to_end_torchvision_architectures(tmp_path, arch):
 @pytest.mark.parametrize("arch", ["resnet20", "mobilenetv2"])
 def test_end_to_end_embedded_architectures(tmp_path, tiny_fmnist, arch):
     data = FashionMNISTDataModule(root=str(tiny_fmnist), calib_size=20, batch_size=30)
-    report, run_dir = _run(tmp_path, FloatModel(arch, weights=None), data, rounding="adaround")
+    report, run_dir = _run(tmp_path, FloatModel(arch, weights=None), data, rounding="adaround",
+                           export=["onnx"])  # fmt: skip
     assert REPORT_KEYS | {"nearest_top1"} <= set(report)
+    assert report["onnx_argmax_mismatch"] == 0 and report["onnx_images"] == 60
     for unit in report["units"]:
         assert {"name", "mse_nearest", "mse_final", "cache_mb"} <= set(unit)
         assert unit["mse_final"] >= 0

@@ -6,14 +6,13 @@ Used by ``attnround-pl calibrate`` and from Python (see README / notebooks).
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import os
 import platform
 import resource
 import time
 import warnings
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,7 @@ from rich.console import Console
 from rich.table import Table
 from torch import nn
 
+from ..atomic import write_json
 from ..data import CalibrationDataModule
 from ..mixed.allocation import size_mb
 from ..mixed.report import mixed_report, mixed_table, save_bits_plot
@@ -37,11 +37,10 @@ from ..quant import (
     save_quantized,
 )
 from .classifier import FloatModel, ImageClassifier
+from .export_job import check_format, export_run
 from .progress import UnitProgressBar
+from .run_folder import CHECKPOINT, CONFIG, REPORT
 from .sequencer import BlockSequencer, ReconConfig
-
-REPORT = "report.json"
-CHECKPOINT = "quantized.pt"
 
 # Trainer settings the reconstruction owns; the user's trainer options set the rest.
 _RECON_TRAINER_KEYS = ("max_steps", "max_epochs", "logger", "callbacks", "enable_checkpointing",
@@ -60,6 +59,8 @@ class RunConfig:
         eval_float: evaluate the float model.
         eval_nearest: evaluate round-to-nearest (no reconstruction) for comparison.
         progress: show rich progress bars (per-unit lines are printed either way).
+        export: formats to export the finished run to (``onnx``, ``state``), each checked
+            against the PyTorch model on the evaluation set (see ``attnround-pl export``).
     """
 
     out_dir: str = "runs"
@@ -67,6 +68,12 @@ class RunConfig:
     eval_float: bool = True
     eval_nearest: bool = True
     progress: bool = True
+    export: list[str] = field(default_factory=list)
+
+    def validate(self) -> RunConfig:
+        for fmt in self.export:
+            check_format(fmt)
+        return self
 
 
 def quiet_lightning() -> None:
@@ -115,12 +122,13 @@ def calibrate(
     trainer_kwargs = dict(trainer_kwargs or {})
     quant.validate()
     recon.validate()
+    run.validate()
     run_dir = Path(run.out_dir) / (run.name or run_name(model, quant))
     if (run_dir / REPORT).exists():
         raise FileExistsError(f"{run_dir} already holds a finished run; choose another run.name")
     run_dir.mkdir(parents=True, exist_ok=True)
     if config_text is not None:
-        (run_dir / "config.yaml").write_text(config_text)
+        (run_dir / CONFIG).write_text(config_text)
     echo = console.print
 
     data.prepare_data()
@@ -204,9 +212,9 @@ def calibrate(
     logger.experiment.add_scalar("eval/quant_top1", report["quant_top1"], 0)
     logger.finalize("success")
     report["run_dir"] = str(run_dir)
-    tmp = run_dir / (REPORT + ".part")
-    tmp.write_text(json.dumps(report, indent=2) + "\n")
-    tmp.replace(run_dir / REPORT)
+    write_json(run_dir / REPORT, report)
+    for fmt in run.export:  # the finished run is on disk; an export error loses nothing
+        report.update(export_run(run_dir, fmt, data))
     console.print(summary_table(report))
     return report
 
@@ -228,4 +236,8 @@ def summary_table(report: dict[str, Any]) -> Table:
     row("float", "float")
     row("round-to-nearest", "nearest")
     row(report["rounding"], "quant", f"{report['calib_seconds']:.0f}")
+    if "onnx_top1" in report:
+        label = (f"{report['rounding']}, ONNX in onnxruntime "
+                 f"({report['onnx_argmax_mismatch']} predictions differ)")  # fmt: skip
+        table.add_row(label, f"{report['onnx_top1']:.2f}", "-", "")
     return table

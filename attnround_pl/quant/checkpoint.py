@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..atomic import write_atomically
 from .config import QuantConfig
 from .model import freeze_model, quant_layers, quantize_model
 
@@ -49,6 +50,18 @@ def layer_summary(qmodel: nn.Module) -> dict[str, dict[str, Any]]:
     return out
 
 
+def cpu_state_dict(module: nn.Module, exclude: tuple[str, ...] = ()) -> dict[str, Any]:
+    """``module.state_dict()`` on the CPU without the keys starting with ``exclude``, keeping
+    its ``_metadata`` (module versions: torchvision's MNASNet refuses to load without them)."""
+    state = module.state_dict()
+    for key in list(state):
+        if exclude and key.startswith(exclude):
+            del state[key]
+        elif isinstance(state[key], torch.Tensor):
+            state[key] = state[key].cpu()
+    return state
+
+
 def save_quantized(
     qmodel: nn.Module, path: str | os.PathLike, quant: QuantConfig, meta: dict[str, Any]
 ) -> Path:
@@ -59,29 +72,34 @@ def save_quantized(
         "quant": quant.to_dict(),
         "meta": meta,
         "layers": layer_summary(qmodel),
-        "state_dict": {
-            k: v.detach().cpu() if isinstance(v, torch.Tensor) else v
-            for k, v in qmodel.state_dict().items()
-        },
+        "state_dict": cpu_state_dict(qmodel),
     }
-    tmp = path.with_name(path.name + ".part")
-    torch.save(payload, tmp)
-    tmp.replace(path)
-    return path
+    return write_atomically(path, lambda tmp: torch.save(payload, tmp))
+
+
+def read_payload(path: str | os.PathLike, fmt: str, what: str) -> dict[str, Any]:
+    """Load a ``torch.save`` dict of format ``fmt``; any problem is one CheckpointError."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{what} {path} does not exist")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - corrupt for any reason
+        raise CheckpointError(f"{what} {path} is corrupt ({exc})") from exc
+    if not isinstance(payload, dict) or payload.get("format") != fmt:
+        raise CheckpointError(f"{path} is not an attnround-pl {what} ({fmt})")
+    return payload
 
 
 def read_quantized(path: str | os.PathLike) -> dict[str, Any]:
     """Load and check a checkpoint file; every problem becomes one CheckpointError."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"quantized checkpoint {path} does not exist")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - corrupt for any reason
-        raise CheckpointError(f"quantized checkpoint {path} is corrupt ({exc})") from exc
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is not an attnround-pl quantized checkpoint ({FORMAT})")
-    return payload
+    return read_payload(path, FORMAT, "quantized checkpoint")
+
+
+def nearest_rebuild_config(quant: dict[str, Any], layer_bits: dict[str, int]) -> QuantConfig:
+    """The config that rebuilds a saved model's layers: saved per-layer bits, no new search of
+    a mixed-precision allocation, nearest rounding (every code comes from the file)."""
+    return QuantConfig(**{**quant, "rounding": "nearest", "layer_w_bits": layer_bits, "mixed": {}})
 
 
 def load_quantized(
@@ -95,9 +113,7 @@ def load_quantized(
     payload = read_quantized(path)
     # The bits each layer ended with; a mixed-precision allocation is not recomputed.
     layer_bits = {name: info["w_bits"] for name, info in payload["layers"].items()}
-    quant = QuantConfig(
-        **{**payload["quant"], "rounding": "nearest", "layer_w_bits": layer_bits, "mixed": {}}
-    )
+    quant = nearest_rebuild_config(payload["quant"], layer_bits)
     qmodel = quantize_model(build_float(payload["meta"]), quant)
     freeze_model(qmodel)
     try:

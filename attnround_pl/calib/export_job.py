@@ -1,0 +1,89 @@
+"""The export job: a finished run folder -> state file or ONNX model, checked against PyTorch.
+
+Used by ``attnround-pl export``; the export itself is in ``attnround_pl.export``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import onnxruntime
+from rich.table import Table
+
+from ..atomic import write_json
+from ..data import CalibrationDataModule
+from ..export import (
+    compare_with_onnx,
+    export_onnx,
+    export_state,
+    load_state,
+    max_output_difference,
+)
+from ..models import build_model
+from ..quant import load_quantized
+from .run_folder import CHECKPOINT, REPORT, check_run_folder
+
+FORMATS = {"onnx": "quantized.onnx", "state": "quantized_state.pt"}
+
+
+def check_format(fmt: str) -> str:
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown export format {fmt!r}; valid: {', '.join(FORMATS)}")
+    return fmt
+
+
+def _build_float(meta: dict[str, Any]):  # noqa: ANN202 - the float architecture, random weights
+    return build_model(meta["arch"], weights=None, num_classes=meta["num_classes"])
+
+
+def export_run(
+    run_dir: str | os.PathLike, fmt: str, data: CalibrationDataModule,
+    out: str | os.PathLike | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """Export a finished run, compare the export with the PyTorch model on the evaluation set,
+    add the comparison to report.json and return it."""
+    check_format(fmt)
+    run_dir = check_run_folder(run_dir, need_config=False)
+    out = Path(out) if out is not None else run_dir / FORMATS[fmt]
+    qmodel, payload = load_quantized(run_dir / CHECKPOINT, _build_float)
+    data.prepare_data()
+    data.setup("test")
+    loader = data.test_dataloader()
+    if fmt == "onnx":
+        example = next(iter(loader))[0][:1]
+        export_onnx(qmodel, example, out)
+        cmp = compare_with_onnx(qmodel, out, loader)
+        result = {"onnx_path": str(out), "onnx_top1": cmp.onnx_top1,
+                  "onnx_argmax_mismatch": cmp.argmax_mismatch, "onnx_torch_top1": cmp.torch_top1,
+                  "onnx_max_abs_logit_diff": cmp.max_abs_logit_diff, "onnx_images": cmp.images,
+                  "onnxruntime": onnxruntime.__version__}  # fmt: skip
+    else:
+        export_state(qmodel, out, payload["quant"], payload["meta"])
+        reloaded, _ = load_state(out, _build_float)
+        images, diff = max_output_difference(qmodel, reloaded, loader)
+        result = {"state_path": str(out), "state_max_abs_diff": diff, "state_images": images}
+    report = json.loads((run_dir / REPORT).read_text())
+    report.update(result)
+    write_json(run_dir / REPORT, report)
+    return result
+
+
+def export_table(result: dict[str, Any]) -> Table:
+    """PyTorch fake-quant and exported model side by side."""
+    if "onnx_top1" in result:
+        table = Table(title=f"{result['onnx_path']} on {result['onnx_images']} images")
+        for col in ("PyTorch top-1 %", "onnxruntime top-1 %", "differing argmax",
+                    "max |logit diff|"):  # fmt: skip
+            table.add_column(col, justify="right")
+        table.add_row(f"{result['onnx_torch_top1']:.2f}", f"{result['onnx_top1']:.2f}",
+                      str(result["onnx_argmax_mismatch"]),
+                      f"{result['onnx_max_abs_logit_diff']:.3g}")  # fmt: skip
+        return table
+    table = Table(title=f"{result['state_path']}: reloaded vs calibrated model")
+    table.add_column("images", justify="right")
+    table.add_column("max |output diff|", justify="right")
+    table.add_row(str(result["state_images"]), f"{result['state_max_abs_diff']:.3g}")
+    return table

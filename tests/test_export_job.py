@@ -1,0 +1,82 @@
+import json
+
+import pytest
+import torch
+import yaml
+
+from attnround_pl.calib import FloatModel, ReconConfig, RunConfig, calibrate
+from attnround_pl.calib.export_job import check_format, export_run
+from attnround_pl.calib.run_folder import RunFolderError, check_run_folder
+from attnround_pl.data import FashionMNISTDataModule
+from attnround_pl.models import build_model
+from attnround_pl.quant import (
+    CheckpointError,
+    QuantConfig,
+    calibrate_activations,
+    freeze_model,
+    quantize_model,
+)
+from attnround_pl.quant.checkpoint import save_quantized
+
+
+def _finished_run(run_dir, data):
+    """A run folder as calibrate leaves it: nearest rounding, no reconstruction."""
+    torch.manual_seed(0)
+    quant = QuantConfig(rounding="nearest")
+    qmodel = quantize_model(build_model("resnet20", weights=None), quant)
+    data.prepare_data()
+    data.setup("test")
+    calibrate_activations(qmodel, [x for x, _ in data.calib_dataloader()])
+    freeze_model(qmodel)
+    run_dir.mkdir()
+    (run_dir / "config.yaml").write_text(yaml.safe_dump({"quant": quant.to_dict()}))
+    (run_dir / "report.json").write_text(json.dumps({"quant_top1": 1.0}))
+    save_quantized(qmodel, run_dir / "quantized.pt", quant, {"arch": "resnet20", "num_classes": 10})
+    return run_dir
+
+
+def test_export_run_writes_both_formats_and_adds_them_to_the_report(tmp_path, tiny_fmnist):
+    data = FashionMNISTDataModule(root=str(tiny_fmnist), calib_size=20, batch_size=30)
+    run_dir = _finished_run(tmp_path / "run", data)
+    onnx_result = export_run(run_dir, "onnx", data)
+    assert onnx_result["onnx_images"] == 60 and onnx_result["onnx_argmax_mismatch"] == 0
+    assert onnx_result["onnx_top1"] == onnx_result["onnx_torch_top1"]
+    state_result = export_run(run_dir, "state", data, out=tmp_path / "elsewhere" / "s.pt")
+    assert state_result["state_max_abs_diff"] == 0.0 and state_result["state_images"] == 60
+    assert (tmp_path / "elsewhere" / "s.pt").is_file()
+    report = json.loads((run_dir / "report.json").read_text())
+    assert report["quant_top1"] == 1.0  # earlier keys kept
+    assert report["onnx_top1"] == onnx_result["onnx_top1"] and "state_max_abs_diff" in report
+    assert sorted(p.name for p in run_dir.iterdir()) == [
+        "config.yaml", "quantized.onnx", "quantized.pt", "report.json"]  # fmt: skip
+
+
+def test_unfinished_or_missing_run_folders_are_refused(tmp_path, tiny_fmnist):
+    with pytest.raises(RunFolderError, match="does not exist"):
+        check_run_folder(tmp_path / "nope")
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    with pytest.raises(RunFolderError, match="no config.yaml: not a calibration run folder"):
+        check_run_folder(run_dir)
+    (run_dir / "config.yaml").write_text("{}")
+    with pytest.raises(RunFolderError, match="no report.json: its calibration did not finish"):
+        check_run_folder(run_dir)
+    (run_dir / "report.json").write_text("{}")
+    with pytest.raises(RunFolderError, match="no quantized.pt"):
+        check_run_folder(run_dir)
+    (run_dir / "quantized.pt").write_bytes(b"not a checkpoint")
+    assert check_run_folder(run_dir) == run_dir
+    data = FashionMNISTDataModule(root=str(tiny_fmnist))
+    with pytest.raises(CheckpointError, match="quantized checkpoint .*quantized.pt is corrupt"):
+        export_run(run_dir, "onnx", data)
+    assert not (run_dir / "quantized.onnx").exists()
+
+
+def test_unknown_format_fails_before_any_calibration(tmp_path, tiny_fmnist):
+    with pytest.raises(ValueError, match="unknown export format 'tflite'; valid: onnx, state"):
+        check_format("tflite")
+    data = FashionMNISTDataModule(root=str(tiny_fmnist), calib_size=20, batch_size=30)
+    run = RunConfig(out_dir=str(tmp_path / "runs"), name="r", export=["tflite"])
+    with pytest.raises(ValueError, match="unknown export format"):
+        calibrate(FloatModel("resnet20", weights=None), data, QuantConfig(), ReconConfig(), run)
+    assert not (tmp_path / "runs").exists()
