@@ -39,6 +39,14 @@ from ..quant import (
 from .classifier import FloatModel, ImageClassifier
 from .export_job import check_format, export_run
 from .progress import UnitProgressBar
+from .resume import (
+    PROGRESS,
+    fingerprint,
+    load_progress,
+    prepare_run_dir,
+    restore_progress,
+    save_progress,
+)
 from .run_folder import CHECKPOINT, CONFIG, REPORT
 from .sequencer import BlockSequencer, ReconConfig
 
@@ -61,6 +69,9 @@ class RunConfig:
         progress: show rich progress bars (per-unit lines are printed either way).
         export: formats to export the finished run to (``onnx``, ``state``), each checked
             against the PyTorch model on the evaluation set (see ``attnround-pl export``).
+        resume: a run folder whose calibration stopped (crash, kill, out of memory): continue
+            it from its last finished unit, with the same config and seed.
+        overwrite: replace a run folder that already holds a finished or unfinished run.
     """
 
     out_dir: str = "runs"
@@ -69,6 +80,8 @@ class RunConfig:
     eval_nearest: bool = True
     progress: bool = True
     export: list[str] = field(default_factory=list)
+    resume: str | None = None
+    overwrite: bool = False
 
     def validate(self) -> RunConfig:
         for fmt in self.export:
@@ -123,11 +136,10 @@ def calibrate(
     quant.validate()
     recon.validate()
     run.validate()
-    run_dir = Path(run.out_dir) / (run.name or run_name(model, quant))
-    if (run_dir / REPORT).exists():
-        raise FileExistsError(f"{run_dir} already holds a finished run; choose another run.name")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if config_text is not None:
+    resuming = run.resume is not None
+    run_dir = Path(run.resume or Path(run.out_dir) / (run.name or run_name(model, quant)))
+    prepare_run_dir(run_dir, resume=resuming, overwrite=run.overwrite)
+    if config_text is not None and not resuming:
         (run_dir / CONFIG).write_text(config_text)
     echo = console.print
 
@@ -135,6 +147,10 @@ def calibrate(
     data.setup("test")
     batches = [x for x, _ in data.calib_dataloader(batch_size=256)]
     float_net = model.net.eval()
+    settings = {"quant": quant.to_dict(), "recon": recon.__dict__, "arch": model.arch,
+                "num_classes": model.num_classes}  # fmt: skip
+    print_ = fingerprint(settings, float_net, batches)
+    progress = load_progress(run_dir, print_) if resuming else None
 
     def score(net: nn.Module) -> tuple[float, float]:
         return evaluate(net, data, trainer_kwargs, run.progress)
@@ -150,10 +166,13 @@ def calibrate(
         "recon": recon.__dict__.copy(),
         "machine": machine(),
     }
-    if run.eval_float:
+    if progress is not None:
+        report.update(progress["report"])
+        echo(f"resuming {run_dir}: {len(progress['units'])} unit(s) already done")
+    if run.eval_float and progress is None:
         report["float_top1"], report["float_top5"] = score(float_net)
         echo(f"float: top-1 {report['float_top1']:.2f} %")
-    if run.eval_nearest:
+    if run.eval_nearest and progress is None:
         nearest = quantize_model(float_net, replace(quant, rounding="nearest"))
         calibrate_activations(nearest, batches)
         report["nearest_top1"], report["nearest_top5"] = score(nearest)
@@ -161,6 +180,7 @@ def calibrate(
         del nearest
 
     started = time.perf_counter()
+    elapsed_before = progress["elapsed"] if progress is not None else 0.0
     qmodel = quantize_model(float_net, quant)
     layers = quant_layers(qmodel).values()
     report["size_mb"] = size_mb([m.layer.weight.numel() for m in layers],
@@ -174,6 +194,8 @@ def calibrate(
     folded = copy.deepcopy(float_net).eval()
     fold_batchnorms(folded)
     units = split_units(qmodel)
+    if progress is not None:
+        restore_progress(qmodel, units, progress)
     logger = TensorBoardLogger(str(run_dir), name="tb", version="", default_hp_metric=False)
     if "mixed" in report:
         title = f"{model.arch} mixed {quant.mixed.bit_list}"
@@ -199,11 +221,20 @@ def calibrate(
             enable_progress_bar=run.progress, default_root_dir=str(run_dir),
         )  # fmt: skip
 
-    sequencer = BlockSequencer(qmodel, folded, units, batches, recon, make_trainer,
-                               seed=quant.seed, logger=logger, echo=echo)  # fmt: skip
+    def checkpoint(results: list[dict[str, Any]]) -> None:
+        elapsed = elapsed_before + time.perf_counter() - started
+        save_progress(run_dir, qmodel, results, report, elapsed, print_)
+
+    sequencer = BlockSequencer(
+        qmodel, folded, units, batches, recon, make_trainer, seed=quant.seed, logger=logger,
+        echo=echo, on_unit_done=checkpoint,
+        resume_hint=f"Finished units are kept: continue with --run.resume {run_dir}",
+    )  # fmt: skip
     echo(f"{len(units)} units, {recon.iters} iterations each at batch {recon.batch_size}")
-    report["units"] = sequencer.run()
-    report["calib_seconds"] = round(time.perf_counter() - started, 2)
+    report["units"] = sequencer.run(done=progress["results"] if progress is not None else None)
+    report["calib_seconds"] = round(elapsed_before + time.perf_counter() - started, 2)
+    if progress is not None:
+        report["resumed_after_units"] = len(progress["units"])
     qmodel.eval()
     report["quant_top1"], report["quant_top5"] = score(qmodel)
     report["peak_rss_mb"] = round(peak_rss_mb(), 1)
@@ -213,6 +244,7 @@ def calibrate(
     logger.finalize("success")
     report["run_dir"] = str(run_dir)
     write_json(run_dir / REPORT, report)
+    (run_dir / PROGRESS).unlink(missing_ok=True)  # quantized.pt holds it all now
     for fmt in run.export:  # the finished run is on disk; an export error loses nothing
         report.update(export_run(run_dir, fmt, data))
     console.print(summary_table(report))

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from ..models import Unit
 from ..quant import freeze_model, output_mse, round_to_nearest
 from .cache import UnitData, build_unit_data, cache_device
+from .memory import available_bytes, check_cache_fits, estimate_cache_bytes
 from .reconstruction import BlockReconstruction
 
 
@@ -78,6 +79,8 @@ class BlockSequencer(Callback):
         self, qmodel: nn.Module, float_model: nn.Module, units: list[Unit],
         batches: list[Tensor], recon: ReconConfig, make_trainer: TrainerFactory,
         seed: int = 0, logger: Any = None, echo: Callable[[str], None] | None = None,
+        on_unit_done: Callable[[list[dict[str, Any]]], None] | None = None,
+        resume_hint: str = "",
     ) -> None:  # fmt: skip
         self.qmodel = qmodel
         self.float_model = float_model
@@ -88,14 +91,25 @@ class BlockSequencer(Callback):
         self.seed = seed
         self.logger = logger
         self.echo = echo or (lambda line: None)
+        self.on_unit_done = on_unit_done
+        self.resume_hint = resume_hint
         self.results: list[dict[str, Any]] = []
         self._current: dict[str, Any] = {}
         self._data: UnitData | None = None
 
-    def run(self, device: torch.device | None = None) -> list[dict[str, Any]]:
+    def run(
+        self, device: torch.device | None = None, done: list[dict[str, Any]] | None = None
+    ) -> list[dict[str, Any]]:
+        """Reconstruct every unit after the ``done`` ones (their results, from a resumed run);
+        ``on_unit_done(results)`` is called after each unit is frozen."""
         device = device or next(self.qmodel.parameters()).device
+        self.results = list(done or [])
         for index, unit in enumerate(self.units):
+            if index < len(self.results):
+                continue
             started = time.perf_counter()
+            needed = estimate_cache_bytes(self.qmodel, self.float_model, unit.path, self.batches)
+            check_cache_fits(unit.name, needed, available_bytes(), self.resume_hint)
             data = build_unit_data(self.qmodel, self.float_model, unit.path, self.batches)
             where = (
                 cache_device(data.nbytes, device) if self.recon.cache_device == "auto" else "cpu"
@@ -145,6 +159,8 @@ class BlockSequencer(Callback):
         result["seconds"] = round(time.perf_counter() - result.pop("started"), 3)
         result["iters"] = self.recon.iters if result["learned"] else 0
         self.results.append(result)
+        if self.on_unit_done is not None:
+            self.on_unit_done(self.results)
         if self.logger is not None:
             exp = self.logger.experiment
             exp.add_scalar(f"recon/{result['name']}/mse_nearest", result["mse_nearest"], 0)

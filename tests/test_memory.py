@@ -1,0 +1,64 @@
+import pytest
+import torch
+
+from attnround_pl.calib import FloatModel, ReconConfig, RunConfig, build_unit_data, calibrate
+from attnround_pl.calib import sequencer as sequencer_module
+from attnround_pl.calib.memory import (
+    CacheMemoryError,
+    available_bytes,
+    check_cache_fits,
+    estimate_cache_bytes,
+)
+from attnround_pl.calib.resume import PROGRESS
+from attnround_pl.data import FashionMNISTDataModule
+from attnround_pl.models import build_model
+from attnround_pl.quant import QuantConfig, calibrate_activations, fold_batchnorms, quantize_model
+
+
+def test_estimate_matches_the_cache_it_predicts():
+    torch.manual_seed(0)
+    net = build_model("resnet20", weights=None).eval()
+    q = quantize_model(net, QuantConfig(rounding="nearest"))
+    batches = [torch.randn(7, 1, 28, 28), torch.randn(5, 1, 28, 28)]
+    calibrate_activations(q, batches)
+    fold_batchnorms(net)
+    for unit in ("conv1", "layer1.0", "layer3.2", "fc"):
+        data = build_unit_data(q, net, unit, batches)
+        peak = data.inputs.nbytes + 2 * data.targets.nbytes
+        assert estimate_cache_bytes(q, net, unit, batches) == peak, unit
+
+
+def test_check_names_unit_bytes_and_key():
+    check_cache_fits("layer1.0", 800, 1000, "")  # 80 % fits
+    check_cache_fits("layer1.0", 10**12, None, "")  # unknown: no guard
+    with pytest.raises(CacheMemoryError) as err:
+        check_cache_fits("layer2.0", 3 * 2**30, 2**30, "continue with --run.resume R")
+    text = str(err.value)
+    assert "unit 'layer2.0' needs about 3072 MiB" in text and "only 1024 MiB" in text
+    assert "--data.init_args.calib_size" in text and "--run.resume R" in text
+    assert available_bytes() is None or available_bytes() > 0
+
+
+def test_guard_stops_before_the_cache_and_keeps_finished_units(tmp_path, tiny_fmnist,
+                                                                monkeypatch):  # fmt: skip
+    calls = {"n": 0}
+
+    def shrinking() -> int:
+        calls["n"] += 1
+        return 2**40 if calls["n"] <= 3 else 1000  # the 4th unit finds no memory left
+
+    monkeypatch.setattr(sequencer_module, "available_bytes", shrinking)
+    data = FashionMNISTDataModule(root=str(tiny_fmnist), calib_size=20, batch_size=30)
+    run = RunConfig(out_dir=str(tmp_path), name="r", progress=False, eval_float=False,
+                    eval_nearest=False)  # fmt: skip
+    args = (FloatModel("resnet20", weights=None), data, QuantConfig(w_bits=3),
+            ReconConfig(iters=2, batch_size=4))  # fmt: skip
+    with pytest.raises(CacheMemoryError, match=r"unit 'layer1.2' needs about .* --run.resume"):
+        calibrate(*args, run, {"accelerator": "cpu"})
+    assert torch.load(tmp_path / "r" / PROGRESS, weights_only=True)["units"] == [
+        "conv1", "layer1.0", "layer1.1"]  # fmt: skip
+    monkeypatch.setattr(sequencer_module, "available_bytes", lambda: 2**40)
+    resumed = RunConfig(progress=False, eval_float=False, eval_nearest=False,
+                        resume=str(tmp_path / "r"))  # fmt: skip
+    report = calibrate(*args, resumed, {"accelerator": "cpu"})
+    assert report["resumed_after_units"] == 3 and len(report["units"]) == 11
