@@ -26,6 +26,7 @@ from rich.console import Console
 
 from .calib import FloatModel, RunConfig, calibrate, evaluate
 from .calib.export_job import FORMATS, check_format, export_run, export_table
+from .calib.memory import CacheMemoryError
 from .calib.pipeline import quiet_lightning
 from .calib.run_folder import CHECKPOINT, CONFIG, RunFolderError, check_run_folder
 from .calib.sequencer import ReconConfig
@@ -45,7 +46,8 @@ USAGE = """usage: attnround-pl {calibrate,evaluate,export} ...
 
 # Errors a user can cause by input: printed as one line, exit status 2.
 USER_ERRORS = (QuantConfigError, ModelLoadError, DataError, CheckpointError, FileExistsError,
-               FileNotFoundError, ValueError, RunFolderError, OnnxExportError)  # fmt: skip
+               FileNotFoundError, ValueError, RunFolderError, OnnxExportError,
+               CacheMemoryError)  # fmt: skip
 
 
 class CalibrateCLI(LightningCLI):

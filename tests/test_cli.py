@@ -71,3 +71,79 @@ def test_clear_errors(tmp_path, capsys):
     assert cli.main(["export", "--run", str(tmp_path / "half"), "--format", "state"]) == 2
     assert "holds no report.json: its calibration did not finish" in capsys.readouterr().err
     assert cli.main(["frobnicate"]) == 2
+
+
+def _bad_input_files(tmp_path: Path, tiny_fmnist: Path) -> dict[str, str]:
+    """Files the bad-input rows point at."""
+    import torch
+
+    from attnround_pl.models import build_model
+
+    files = {"tiny": str(tiny_fmnist)}
+    (tmp_path / "empty").mkdir()
+    files["empty"] = str(tmp_path / "empty")
+    (tmp_path / "corrupt.pt").write_bytes(b"\x00not a torch file")
+    files["corrupt"] = str(tmp_path / "corrupt.pt")
+    torch.save(build_model("mobilenetv2", weights=None).state_dict(), tmp_path / "other.pt")
+    files["other_arch"] = str(tmp_path / "other.pt")
+    state = build_model("resnet20", weights=None).state_dict()
+    state["fc.weight"][0, 0] = float("nan")
+    torch.save(state, tmp_path / "nan.pt")
+    files["nan"] = str(tmp_path / "nan.pt")
+    for name, holds in (("finished", "report.json"), ("unfinished", "progress.pt")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / holds).write_text("{}")
+    files["out"] = str(tmp_path)
+    return files
+
+
+# (row of README's bad-input table, arguments, what the one-line error says)
+BAD_INPUTS = [
+    ("bits outside 2..8", ["--quant.w_bits", "9"], "w_bits=9 is outside 2..8"),
+    ("activation bits outside", ["--quant.a_bits", "1"], "a_bits=1 is outside 2..8"),
+    ("unknown rounding", ["--quant.rounding", "round"], "unknown rounding 'round'; valid names"),
+    ("unknown model", ["--model.arch", "vgg11"], "unknown model 'vgg11'; available:"),
+    ("missing data root", ["--data", "attnround_pl.data.ImageFolderDataModule",
+     "--data.init_args.train_root", "/no/such", "--data.init_args.val_root", "/no/such"],
+     "data.train_root='/no/such' is not a folder"),
+    ("empty data root", ["--data", "attnround_pl.data.ImageFolderDataModule",
+     "--data.init_args.train_root", "{empty}", "--data.init_args.val_root", "{empty}"],
+     "holds no usable images"),
+    ("fewer calibration images than asked", ["--data.init_args.root", "{tiny}",
+     "--data.init_args.calib_size", "5000"], "calibration set: asked for 5000"),
+    ("corrupt checkpoint", ["--model.checkpoint", "{corrupt}"], "is corrupt or not a torch file"),
+    ("checkpoint of another architecture", ["--model.checkpoint", "{other_arch}"],
+     "does not match architecture 'resnet20'"),
+    ("NaN in the weights", ["--model.checkpoint", "{nan}"], "'fc.weight' contains NaN or Inf"),
+    ("finished run folder", ["--run.name", "finished"],
+     "already holds a finished run; choose another run.name or set --run.overwrite true"),
+    ("unfinished run folder", ["--run.name", "unfinished"],
+     "already holds an unfinished run (continue it with --run.resume"),
+    ("resume of a run that never started", ["--run.resume", "{empty}"],
+     "holds no progress.pt: no unit of it finished, nothing to resume"),
+    ("unknown export format", ["--run.export", "[tflite]"], "unknown export format 'tflite'"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("row", BAD_INPUTS, ids=[r[0] for r in BAD_INPUTS])
+def test_bad_input_gives_one_clear_line(tmp_path, tiny_fmnist, capsys, row):
+    _, args, message = row
+    files = _bad_input_files(tmp_path, tiny_fmnist)
+    args = [a.format(**files) for a in args]
+    base = ["calibrate", "--config", str(CONFIG), "--model.weights", "null",
+            "--run.out_dir", files["out"], "--run.progress", "false"]  # fmt: skip
+    if "--data.init_args.root" not in args and "--data" not in args:
+        base += ["--data.init_args.root", files["tiny"], "--data.init_args.calib_size", "20"]
+    assert cli.main(base + args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert err.startswith("attnround-pl calibrate: error: ")
+    assert message in err
+
+
+def test_config_typo_is_lightningclis_message(capsys):
+    with pytest.raises(SystemExit) as stop:
+        cli.main(["calibrate", "--config", str(CONFIG), "--quant.w_bitz", "3"])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert "w_bitz" in err and "Traceback" not in err

@@ -22,6 +22,7 @@ import torchvision
 from torch import nn
 from torchvision.models.regnet import BlockParams, RegNet
 
+from ..torch_files import UnreadableFile, load_tensors
 from .fmnist_nets import mobilenetv2_small, resnet20
 
 CHECKPOINT_DIR = Path(__file__).parent / "checkpoints"
@@ -71,8 +72,8 @@ def load_checkpoint(model: nn.Module, path: str | os.PathLike, arch: str) -> nn.
     if not path.is_file():
         raise ModelLoadError(f"checkpoint file {path} does not exist")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - unreadable for any reason: corrupt or not torch
+        obj = load_tensors(path)
+    except UnreadableFile as exc:
         raise ModelLoadError(f"checkpoint {path} is corrupt or not a torch file ({exc})") from exc
     state = _extract_state_dict(obj, path)
     own = model.state_dict()

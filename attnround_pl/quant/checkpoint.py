@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from ..atomic import write_atomically
+from ..torch_files import UnreadableFile, load_tensors
 from .config import QuantConfig
 from .model import freeze_model, quant_layers, quantize_model
 
@@ -83,8 +84,8 @@ def read_payload(path: str | os.PathLike, fmt: str, what: str) -> dict[str, Any]
     if not path.is_file():
         raise CheckpointError(f"{what} {path} does not exist")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - corrupt for any reason
+        payload = load_tensors(path)
+    except UnreadableFile as exc:
         raise CheckpointError(f"{what} {path} is corrupt ({exc})") from exc
     if not isinstance(payload, dict) or payload.get("format") != fmt:
         raise CheckpointError(f"{path} is not an attnround-pl {what} ({fmt})")

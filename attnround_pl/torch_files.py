@@ -1,0 +1,25 @@
+"""Reading ``torch.save`` files safely (``weights_only=True``) with a one-line reason on failure."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+
+
+class UnreadableFile(ValueError):  # noqa: N818 - reads as "the file is unreadable: <reason>"
+    """A file torch.load(weights_only=True) cannot read; the message is one short line."""
+
+
+def load_tensors(path: str | os.PathLike) -> Any:
+    """``torch.load(path, weights_only=True)`` on the CPU; failures become UnreadableFile."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - unreadable for any reason
+        text = str(exc)
+        marker = "WeightsUnpickler error:"
+        if marker in text:  # torch's message is a page of advice; the reason follows the marker
+            text = "not a plain file of tensors: " + text.split(marker, 1)[1].strip()
+        first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+        raise UnreadableFile(first.split(". ")[0].rstrip(".")) from exc
