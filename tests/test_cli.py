@@ -147,3 +147,16 @@ def test_config_typo_is_lightningclis_message(capsys):
     assert stop.value.code == 2
     err = capsys.readouterr().err
     assert "w_bitz" in err and "Traceback" not in err
+
+
+def test_memory_guard_reaches_the_user_as_one_line(tmp_path, tiny_fmnist, capsys, monkeypatch):
+    from attnround_pl.calib import sequencer
+
+    monkeypatch.setattr(sequencer, "available_bytes", lambda: 1000)
+    assert cli.main(["calibrate", "--config", str(CONFIG), "--model.weights", "null",
+                     "--data.init_args.root", str(tiny_fmnist), "--data.init_args.calib_size",
+                     "20", "--run.out_dir", str(tmp_path), "--run.progress", "false",
+                     "--run.eval_float", "false", "--run.eval_nearest", "false"]) == 2  # fmt: skip
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "error: unit 'conv1' needs about" in err and "--data.init_args.calib_size" in err

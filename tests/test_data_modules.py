@@ -3,7 +3,12 @@ import torch
 from fmnist_fixture import make_fashion_mnist
 from imagefolder_fixture import make_image_folder
 
-from attnround_pl.data import DataError, FashionMNISTDataModule, ImageFolderDataModule
+from attnround_pl.data import (
+    CalibrationDataModule,
+    DataError,
+    FashionMNISTDataModule,
+    ImageFolderDataModule,
+)
 from attnround_pl.data.fashion_mnist_files import raw_dir
 
 
@@ -48,3 +53,29 @@ def test_image_folder_errors(tmp_path):
     train, val = make_image_folder(tmp_path / "small", train_per_class=2)
     with pytest.raises(DataError, match="asked for 1024 calibration images, the data set holds 6"):
         ImageFolderDataModule(str(train), str(val), num_workers=0).setup()
+
+
+class _TensorData(CalibrationDataModule):
+    """Calibration images given as a tensor (e.g. one holding NaN)."""
+
+    def __init__(self, images: torch.Tensor) -> None:
+        super().__init__(calib_size=len(images))
+        self.images = images
+
+    def train_split(self, augment):  # noqa: ANN001, ANN201
+        return torch.utils.data.TensorDataset(self.images, torch.arange(len(self.images)) % 2)
+
+    def train_targets(self, split):  # noqa: ANN001, ANN201
+        return split.tensors[1].tolist()
+
+    def eval_split(self):  # noqa: ANN201
+        return self.train_split(False)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_nan_or_inf_in_calibration_images_is_refused(bad):
+    images = torch.randn(8, 1, 4, 4)
+    _TensorData(images.clone()).setup()  # finite: fine
+    images[3, 0, 1, 2] = bad
+    with pytest.raises(DataError, match="calibration images contain NaN or Inf"):
+        _TensorData(images).setup()
