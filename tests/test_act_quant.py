@@ -94,3 +94,33 @@ def test_nan_in_observed_data_is_named():
     q(torch.tensor([1.0, float("nan")]))
     with pytest.raises(ValueError, match="NaN or Inf"):
         q.finish_observing()
+
+
+def _dropping(p: float, seed: int = 0) -> ActQuantizer:
+    q = ActQuantizer(4, seed=seed, drop_prob=p)
+    q.start_observing()
+    q(torch.randn(64, 8, 8, 8))
+    q.finish_observing()
+    return q
+
+
+def test_qdrop_keeps_float_values_with_its_probability_only_while_dropping():
+    x = torch.randn(64, 8, 8, 8)
+    q = _dropping(0.5)
+    quantized = q(x).detach()
+    q.dropping = True
+    out = q(x).detach()
+    kept = (out == x) & (quantized != x)
+    changed = quantized != x
+    assert 0.48 < kept.sum() / changed.sum() < 0.52
+    assert torch.equal(out[~kept], quantized[~kept])  # the rest stays quantized
+    assert torch.equal(_dropping(0.5)._drop_mask(x), _dropping(0.5)._drop_mask(x))  # seeded
+    assert not torch.equal(_dropping(0.5)._drop_mask(x), _dropping(0.5, seed=1)._drop_mask(x))
+    q.dropping = False
+    assert torch.equal(q(x).detach(), quantized)
+    zero = _dropping(0.0)
+    plain = zero(x)
+    zero.dropping = True
+    assert torch.equal(zero(x), plain)
+    with pytest.raises(QuantConfigError, match=r"drop_prob=1.0 must be in \[0, 1\)"):
+        ActQuantizer(4, drop_prob=1.0)

@@ -19,10 +19,15 @@ def _trainer(steps):
 
 
 def _unit_setup(fmnist_root, rounding, unit="layer2.0", w_bits=4, a_bits=4, n=256):
+    config = QuantConfig(w_bits=w_bits, a_bits=a_bits, rounding=rounding)
+    return _unit_setup_config(fmnist_root, config, unit, n)
+
+
+def _unit_setup_config(fmnist_root, config, unit, n):
     dm = FashionMNISTDataModule(root=str(fmnist_root), calib_size=n)
     batches = [x for x, _ in dm.calib_dataloader(batch_size=128)]
     model = build_model("resnet20")  # the embedded, trained checkpoint
-    q = quantize_model(model, QuantConfig(w_bits=w_bits, a_bits=a_bits, rounding=rounding))
+    q = quantize_model(model, config)
     calibrate_activations(q, batches)
     folded = build_model("resnet20")
     fold_batchnorms(folded)
@@ -64,3 +69,20 @@ def test_optimizer_holds_only_rounding_and_steps(fmnist_root):
     assert not any(p is unit.layer.weight for p in params)
     batches = list(module.train_dataloader())
     assert len(batches) == module.iters and batches[0][0].shape == (64, 64)
+
+
+def test_qdrop_drops_only_while_the_unit_learns(fmnist_root):
+    unit, data = _unit_setup_config(fmnist_root, QuantConfig(drop_prob=0.5), "layer3.0", n=64)
+    quantizers = [m for m in unit.modules() if hasattr(m, "dropping")]
+    seen = []
+    module = BlockReconstruction(unit, data, "layer3.0", iters=3, batch_size=16)
+    original = module.training_step
+
+    def spy(batch, batch_idx):  # noqa: ANN001, ANN202
+        seen.append(all(q.dropping for q in quantizers))
+        return original(batch, batch_idx)
+
+    module.training_step = spy
+    _trainer(3).fit(module)
+    assert seen == [True, True, True] and quantizers
+    assert not any(q.dropping for q in quantizers)

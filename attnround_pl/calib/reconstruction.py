@@ -15,6 +15,7 @@ from ..quant import (
     reconstruction_loss,
     rounding_parameters,
     rounding_regularizer,
+    set_dropping,
     set_progress,
 )
 from .cache import UnitData
@@ -81,6 +82,12 @@ class BlockReconstruction(pl.LightningModule):
         )  # fmt: skip
         batches = BatchSampler(sampler, self.batch_size, drop_last=True)
         return DataLoader(_PairBatches(self.data), sampler=batches, batch_size=None)
+
+    def on_train_start(self) -> None:
+        set_dropping(self.unit, True)  # QDrop (when drop_prob > 0): during learning only
+
+    def on_train_end(self) -> None:
+        set_dropping(self.unit, False)
 
     def on_train_batch_start(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         set_progress(self.unit, self.global_step / max(1, self.iters))

@@ -24,7 +24,9 @@ class ReconConfig:
     """Block reconstruction settings.
 
     Args:
-        iters: optimisation steps per unit.
+        iters: optimisation steps per unit; 0 = no reconstruction (the rounding function's
+            codes and the MSE-initialised activation steps as they are: the floor, ceil,
+            stochastic and round-to-nearest baselines).
         batch_size: samples per step, drawn with replacement from the unit's cache.
         lr: Adam learning rate of the rounding parameters.
         act_lr: Adam learning rate of the activation step sizes.
@@ -41,9 +43,9 @@ class ReconConfig:
     log_every_n_steps: int = 50
 
     def validate(self) -> ReconConfig:
-        if self.iters < 1 or self.batch_size < 1:
-            raise ValueError(f"recon.iters={self.iters} and recon.batch_size={self.batch_size} "
-                             "must be positive")  # fmt: skip
+        if self.iters < 0 or self.batch_size < 1:
+            raise ValueError(f"recon.iters={self.iters} must be >= 0 and recon.batch_size="
+                             f"{self.batch_size} positive")  # fmt: skip
         if self.lr <= 0 or self.act_lr <= 0:
             raise ValueError(f"recon.lr={self.lr} and recon.act_lr={self.act_lr} must be > 0")
         if self.cache_device not in ("cpu", "auto"):
@@ -131,9 +133,9 @@ class BlockSequencer(Callback):
                 "cache_device": where,
                 "mse_nearest": mse_nearest,
                 "started": started,
-                "learned": module.has_learnable(),
+                "learned": module.has_learnable() and self.recon.iters > 0,
             }
-            if module.has_learnable():
+            if self._current["learned"]:
                 self.make_trainer(self).fit(module)
             else:
                 self._finish(module)

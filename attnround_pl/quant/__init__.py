@@ -22,6 +22,7 @@ from .model import (
     round_to_nearest,
     rounding_parameters,
     rounding_regularizer,
+    set_dropping,
     set_progress,
     set_quant_state,
 )
@@ -67,6 +68,7 @@ __all__ = [
     "round_to_nearest",
     "rounding_parameters",
     "rounding_regularizer",
+    "set_dropping",
     "set_progress",
     "calibrate_activations",
     "check_bits",

@@ -37,6 +37,12 @@ def check_act_bits(bits: int, what: str = "a_bits", where: str | None = None) ->
         raise QuantConfigError(f"{exc} (or {FLOAT_BITS} for float activations)") from None
 
 
+def check_drop_prob(p: float) -> float:
+    if not 0.0 <= p < 1.0:
+        raise QuantConfigError(f"drop_prob={p} must be in [0, 1)")
+    return float(p)
+
+
 class ActQuantizer(nn.Module):
     """Quantizes a tensor on a per-tensor grid: ``x_hat = s * clip(round(x / s), qmin, qmax)``.
 
@@ -46,11 +52,14 @@ class ActQuantizer(nn.Module):
     gradient, scaled by ``1 / sqrt(numel * qmax)``. ``bits = 32`` leaves the input unchanged.
     ``border="aquant"`` rounds with AQuant's learned per-channel border (see ``act_border``)
     instead of at 0.5; it is created with the step, after observation, and starts at nearest.
+    ``drop_prob`` is QDrop's random dropping (Wei et al. 2022, eq. 9): while ``dropping`` is
+    on (during a unit's reconstruction only), each element keeps its float value with that
+    probability, drawn from a generator seeded by ``seed``.
     """
 
     def __init__(
         self, bits: int = 8, signed: bool | None = None, seed: int = 0,
-        border: str = "nearest", border_global: bool = False,
+        border: str = "nearest", border_global: bool = False, drop_prob: float = 0.0,
     ) -> None:  # fmt: skip
         super().__init__()
         if border not in BORDERS:
@@ -64,6 +73,9 @@ class ActQuantizer(nn.Module):
         self.enabled = True
         self.observing = False
         self.seed = seed
+        self.drop_prob = check_drop_prob(drop_prob)
+        self.dropping = False
+        self._drop_gen: torch.Generator | None = None
         self.step = nn.Parameter(torch.ones(()))
         self.initialised = False
         self._observed: list[Tensor] = []
@@ -135,7 +147,16 @@ class ActQuantizer(nn.Module):
         g = 1.0 / math.sqrt(x.numel() * grid.qmax)
         step = grad_scale(self.step, g)
         xt = torch.clamp(x / step, grid.qmin, grid.qmax)
-        return (round_ste(xt) if self.border is None else self.border(xt)) * step
+        xq = (round_ste(xt) if self.border is None else self.border(xt)) * step
+        if self.dropping and self.drop_prob > 0:
+            return torch.where(self._drop_mask(x), x, xq)
+        return xq
+
+    def _drop_mask(self, x: Tensor) -> Tensor:
+        """True where the float value is kept (QDrop), from this quantizer's own generator."""
+        if self._drop_gen is None or self._drop_gen.device != x.device:
+            self._drop_gen = torch.Generator(device=x.device).manual_seed(self.seed + 0x5EED)
+        return torch.rand(x.shape, generator=self._drop_gen, device=x.device) < self.drop_prob
 
     def get_extra_state(self) -> dict:
         return {"bits": self.bits, "signed": self.signed, "initialised": self.initialised}

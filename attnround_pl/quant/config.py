@@ -7,7 +7,7 @@ from typing import Any
 
 from ..mixed.config import MixedConfig
 from .act_border import BORDERS
-from .act_quant import check_act_bits
+from .act_quant import check_act_bits, check_drop_prob
 from .errors import QuantConfigError
 from .grid import check_bits
 from .rounding import ROUNDINGS, check_tau
@@ -24,7 +24,8 @@ class QuantConfig:
     bits of named layers; ``mixed`` (with a ``bit_list``) derives them by coding length
     (Algorithm 1). The first/last layer keys win over both. ``act_border="aquant"`` learns
     AQuant's rounding border for every activation quantizer (``act_border_global`` adds the
-    per-sample channel-mean term).
+    per-sample channel-mean term). ``drop_prob`` is QDrop's probability of keeping an
+    activation float during reconstruction (0 = off; QDrop uses 0.5).
     """
 
     w_bits: int = 4
@@ -44,6 +45,7 @@ class QuantConfig:
     adaround_warmup: float = 0.2
     act_border: str = "nearest"
     act_border_global: bool = False
+    drop_prob: float = 0.0
     layer_w_bits: dict[str, int] | None = None
     mixed: MixedConfig = field(default_factory=MixedConfig)
 
@@ -71,6 +73,7 @@ class QuantConfig:
             from ..mixed.allocation import check_mixed
 
             check_mixed(self.mixed)
+        check_drop_prob(self.drop_prob)
         if not 0.0 <= self.adaround_warmup < 1.0:
             raise QuantConfigError(f"adaround_warmup={self.adaround_warmup} must be in [0, 1)")
         if self.adaround_reg_weight < 0:

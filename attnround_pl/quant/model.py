@@ -89,7 +89,8 @@ def quantize_model(model: nn.Module, config: QuantConfig | None = None) -> nn.Mo
             symmetric=config.w_symmetric,
         )
         aq = ActQuantizer(a_bits, seed=config.layer_seed(index), border=config.act_border,
-                          border_global=config.act_border_global)  # fmt: skip
+                          border_global=config.act_border_global,
+                          drop_prob=config.drop_prob)  # fmt: skip
         swaps.append((name, QUANT_LAYER_TYPES[type(layer)](layer, wq, aq)))
     for name, qlayer in swaps:
         set_submodule(qmodel, name, qlayer)
@@ -175,6 +176,12 @@ def act_border_parameters(model: nn.Module) -> list[nn.Parameter]:
         p for q in act_quantizers(model) if q.active and q.border is not None
         for p in q.border.parameters()
     ]  # fmt: skip
+
+
+def set_dropping(model: nn.Module, on: bool) -> None:
+    """Turn QDrop's random dropping of activation quantization on or off inside ``model``."""
+    for q in act_quantizers(model):
+        q.dropping = on
 
 
 def set_progress(model: nn.Module, t: float) -> None:
