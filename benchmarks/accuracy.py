@@ -3,13 +3,24 @@
 Every row is one ``attnround-pl calibrate`` run in its own process (so peak RSS is the row's
 own), in ``benchmarks/runs/<row>/``; a row whose run folder already holds a report is read, not
 re-run, so an interrupted benchmark continues where it stopped. Prints a markdown table and
-writes ``benchmarks/results/accuracy_<suite>.json``.
+writes ``benchmarks/results/accuracy_<suite>.json`` (``benchmarks/plots.py`` draws it).
 
-    .venv/bin/python benchmarks/accuracy.py --suite aquant [--models resnet20] [--seeds 0 1 2]
+    .venv/bin/python benchmarks/accuracy.py --quick          # resnet20, one seed, ~25 min
+    .venv/bin/python benchmarks/accuracy.py --full           # everything below, 3 seeds
+    .venv/bin/python benchmarks/accuracy.py --suite aquant   # one named suite
 
-Suites:
-    aquant   Attention Round with the 0.5 activation border and with AQuant's learned border,
-             W2A2 / W3A3 / W4A4 (the AQuant issue's rows).
+Methods (all on the same calibration set, evaluation and first/last 8-bit layers):
+    nearest, floor, ceil, stochastic   the rounding function alone (no reconstruction; the
+                                       activation steps keep their MSE initialisation)
+    adaround                           AdaRound at our settings (2k iterations, batch 64, 4e-4)
+    brecq                              BRECQ's recipe: AdaRound, 20k iterations, batch 32, lr 1e-3,
+                                       regulariser 0.01, beta 20 -> 2 after 20 % warm-up,
+                                       activation steps at lr 4e-4
+    qdrop                              QDrop's recipe: BRECQ's, activation steps at lr 4e-5,
+                                       activations dropped to float with probability 0.5
+    attention                          Attention Round, the paper's settings (tau 0.5, 2k, 64, 4e-4)
+    attention_tau<t>                   the tau sweep (figure 2 of the paper)
+    attention+aquant                   Attention Round with AQuant's learned activation border
 """
 
 from __future__ import annotations
@@ -25,25 +36,57 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 CLI = [sys.executable, "-m", "attnround_pl.cli"]
 
-SETTINGS = {"W4A32": (4, 32), "W3A32": (3, 32), "W4A4": (4, 4), "W3A3": (3, 3),
-            "W2A4": (2, 4), "W2A2": (2, 2)}  # fmt: skip
+BITS = {"W4A32": (4, 32), "W3A32": (3, 32), "W4A4": (4, 4), "W3A3": (3, 3), "W2A4": (2, 4),
+        "W2A2": (2, 2), "W3A4": (3, 4), "W5A4": (5, 4)}  # fmt: skip
+MIXED = {"MP3456": "[3,4,5,6]", "MP345": "[3,4,5]"}  # mixed weight bits, A4
+
+
+def setting_args(setting: str) -> list[str]:
+    if setting in MIXED:
+        return ["--quant.a_bits", "4", "--quant.mixed.bit_list", MIXED[setting]]
+    w_bits, a_bits = BITS[setting]
+    return ["--quant.w_bits", str(w_bits), "--quant.a_bits", str(a_bits)]
+
+
+NO_RECON = ["--recon.iters", "0"]
+BRECQ = ["--quant.rounding", "adaround", "--recon.iters", "20000", "--recon.batch_size", "32",
+         "--recon.lr", "1e-3", "--recon.act_lr", "4e-4", "--quant.adaround_reg_weight", "0.01",
+         "--quant.adaround_beta_start", "20", "--quant.adaround_beta_end", "2",
+         "--quant.adaround_warmup", "0.2"]  # fmt: skip
+TAUS = ("0", "0.25", "0.75", "1.0")
 
 # method name -> calibrate options on top of configs/<model>_w4a4.yaml
 METHODS = {
-    "attention": [],
-    "attention+aquant": ["--quant.act_border", "aquant"],
-    "attention+aquant+global": [
-        "--quant.act_border",
-        "aquant",
-        "--quant.act_border_global",
-        "true",
-    ],  # fmt: skip
+    **{name: ["--quant.rounding", name, *NO_RECON]
+       for name in ("nearest", "floor", "ceil", "stochastic")},
     "adaround": ["--quant.rounding", "adaround"],
-}
+    "brecq": BRECQ,
+    "qdrop": [*BRECQ, "--recon.act_lr", "4e-5", "--quant.drop_prob", "0.5"],
+    "attention": [],
+    **{f"attention_tau{t}": ["--quant.tau", t] for t in TAUS},
+    "attention+aquant": ["--quant.act_border", "aquant"],
+    "attention+aquant+global": ["--quant.act_border", "aquant", "--quant.act_border_global",
+                                "true"],
+}  # fmt: skip
 
+BASELINES = ["nearest", "floor", "ceil", "stochastic", "adaround"]
+# suite -> (models, [(settings, methods), ...])
 SUITES = {
-    "aquant": (["W2A2", "W3A3", "W4A4"], ["attention", "attention+aquant"]),
-}
+    "quick": (["resnet20"], [
+        (["W4A4"], [*BASELINES, "attention"]),
+        (["W3A3"], ["nearest", "adaround", "attention"]),
+        (["W2A4"], ["nearest", "attention"]),
+    ]),
+    "aquant": (["resnet20"], [(["W2A2", "W3A3", "W4A4"], ["attention", "attention+aquant"])]),
+    "tau": (["resnet20"], [(["W3A3"], ["attention", *(f"attention_tau{t}" for t in TAUS)])]),
+    "mixed": (["resnet20"], [(["MP3456", "MP345", "W3A4", "W4A4", "W5A4"], ["attention"])]),
+    "full": (["resnet20", "mobilenetv2"], [
+        (["W4A32", "W3A32", "W4A4", "W3A3", "W2A4", "W2A2"],
+         [*BASELINES, "brecq", "qdrop", "attention", "attention+aquant"]),
+        (["W3A3"], [f"attention_tau{t}" for t in TAUS]),
+        (["MP3456", "MP345", "W3A4", "W5A4"], ["attention"]),
+    ]),
+}  # fmt: skip
 
 
 def run_row(model: str, setting: str, method: str, seed: int, runs: Path) -> dict:
@@ -51,10 +94,8 @@ def run_row(model: str, setting: str, method: str, seed: int, runs: Path) -> dic
     name = f"{model}_{setting}_{method}_s{seed}".replace("+", "-")
     report = runs / name / "report.json"
     if not report.is_file():
-        w_bits, a_bits = SETTINGS[setting]
         cmd = [*CLI, "calibrate", "--config", str(ROOT / "configs" / f"{model}_w4a4.yaml"),
-               "--quant.w_bits", str(w_bits), "--quant.a_bits", str(a_bits),
-               "--seed_everything", str(seed), *METHODS[method],
+               *setting_args(setting), "--seed_everything", str(seed), *METHODS[method],
                "--run.out_dir", str(runs), "--run.name", name, "--run.progress", "false",
                "--run.eval_float", "false", "--run.export", "[onnx]"]  # fmt: skip
         print(f"# {name}: {' '.join(cmd[2:])}", file=sys.stderr, flush=True)
@@ -77,41 +118,46 @@ def summarise(reports: list[dict], key: str) -> tuple[float, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--suite", choices=sorted(SUITES), required=True)
-    parser.add_argument("--models", nargs="+", default=["resnet20"])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    group = parser.add_mutually_exclusive_group(required=True)
+    group.add_argument("--suite", choices=sorted(SUITES))
+    group.add_argument("--quick", action="store_const", const="quick", dest="suite")
+    group.add_argument("--full", action="store_const", const="full", dest="suite")
+    parser.add_argument("--models", nargs="+", help="default: the suite's")
+    parser.add_argument("--seeds", type=int, nargs="+", help="default: 0 1 2 for --full, else 0")
     parser.add_argument("--runs", type=Path, default=ROOT / "benchmarks" / "runs")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args()
-    settings, methods = SUITES[args.suite]
+    models, plan = SUITES[args.suite]
+    models = args.models or models
+    seeds = args.seeds or ([0, 1, 2] if args.suite == "full" else [0])
     rows = []
     print("| model | setting | method | top-1 % | drop from float | nearest top-1 % | "
           "calibration s | peak RSS MB | ONNX top-1 % (argmax differ) |")  # fmt: skip
     print("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
-    for model in args.models:
+    for model in models:
         fl = float_top1(model)
-        for setting in settings:
-            for method in methods:
-                reports = [run_row(model, setting, method, s, args.runs) for s in args.seeds]
-                top1, spread = summarise(reports, "quant_top1")
-                row = {
-                    "model": model, "setting": setting, "method": method, "seeds": args.seeds,
-                    "float_top1": fl, "top1": top1, "top1_std": spread,
-                    "top5": summarise(reports, "quant_top5")[0], "drop": fl - top1,
-                    "nearest_top1": summarise(reports, "nearest_top1")[0],
-                    "calib_seconds": summarise(reports, "calib_seconds")[0],
-                    "peak_rss_mb": max(r["peak_rss_mb"] for r in reports),
-                    "size_mb": reports[0]["size_mb"],
-                    "onnx_top1": summarise(reports, "onnx_top1")[0],
-                    "onnx_argmax_mismatch": sum(r["onnx_argmax_mismatch"] for r in reports),
-                    "machine": reports[0]["machine"],
-                }  # fmt: skip
-                rows.append(row)
-                pm = f" ± {spread:.2f}" if len(args.seeds) > 1 else ""
-                print(f"| {model} | {setting} | {method} | {top1:.2f}{pm} | {row['drop']:.2f} | "
-                      f"{row['nearest_top1']:.2f} | {row['calib_seconds']:.0f} | "
-                      f"{row['peak_rss_mb']:.0f} | {row['onnx_top1']:.2f} "
-                      f"({row['onnx_argmax_mismatch']}) |", flush=True)  # fmt: skip
+        for setting, method in [(s, m) for settings, methods in plan for s in settings
+                                for m in methods]:  # fmt: skip
+            reports = [run_row(model, setting, method, s, args.runs) for s in seeds]
+            top1, spread = summarise(reports, "quant_top1")
+            row = {
+                "model": model, "setting": setting, "method": method, "seeds": seeds,
+                "float_top1": fl, "top1": top1, "top1_std": spread,
+                "top5": summarise(reports, "quant_top5")[0], "drop": fl - top1,
+                "nearest_top1": summarise(reports, "nearest_top1")[0],
+                "calib_seconds": summarise(reports, "calib_seconds")[0],
+                "peak_rss_mb": max(r["peak_rss_mb"] for r in reports),
+                "size_mb": reports[0]["size_mb"],
+                "onnx_top1": summarise(reports, "onnx_top1")[0],
+                "onnx_argmax_mismatch": sum(r["onnx_argmax_mismatch"] for r in reports),
+                "machine": reports[0]["machine"],
+            }  # fmt: skip
+            rows.append(row)
+            pm = f" ± {spread:.2f}" if len(seeds) > 1 else ""
+            print(f"| {model} | {setting} | {method} | {top1:.2f}{pm} | {row['drop']:.2f} | "
+                  f"{row['nearest_top1']:.2f} | {row['calib_seconds']:.0f} | "
+                  f"{row['peak_rss_mb']:.0f} | {row['onnx_top1']:.2f} "
+                  f"({row['onnx_argmax_mismatch']}) |", flush=True)  # fmt: skip
     args.out.mkdir(parents=True, exist_ok=True)
     command = "python benchmarks/accuracy.py " + " ".join(sys.argv[1:])
     result = {"suite": args.suite, "command": command, "rows": rows}
