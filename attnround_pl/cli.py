@@ -25,6 +25,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from rich.console import Console
 
 from .calib import FloatModel, RunConfig, calibrate, evaluate
+from .calib.distributed import PeerRankError
 from .calib.export_job import FORMATS, check_format, export_run, export_table
 from .calib.memory import CacheMemoryError
 from .calib.pipeline import quiet_lightning
@@ -156,6 +157,8 @@ def main(argv: list[str] | None = None) -> int:
     quiet_lightning()
     try:
         return commands[command](rest)
+    except PeerRankError:
+        return 2  # another DDP rank failed and printed the error; this one only stops
     except USER_ERRORS as exc:
         print(f"attnround-pl {command}: error: {exc}", file=sys.stderr)
         return 2

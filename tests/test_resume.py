@@ -75,6 +75,7 @@ def test_resume_after_sigkill_gives_the_uninterrupted_codes(tmp_path, tiny_fmnis
 def _calibrate(root, out, name, quant, **run):
     data = FashionMNISTDataModule(root=str(root), calib_size=20, batch_size=30)
     run = RunConfig(out_dir=str(out), name=name, progress=False, eval_float=False, **run)
+    torch.manual_seed(0)  # the random float weights (the CLI's seed_everything does this)
     return calibrate(FloatModel("resnet20", weights=None), data, quant,
                      ReconConfig(iters=8, batch_size=4), run, TRAINER)  # fmt: skip
 

@@ -102,6 +102,8 @@ def test_attention_backward_is_phi_formula_both_signs(tau):
     q = r(x, LO, HI)
     assert torch.equal(q, torch.clamp(torch.round(x + r.alpha.detach()), LO, HI))
     (q * upstream).sum().backward()
+    assert torch.equal(r.alpha.grad, upstream)  # raw dL/dq until the gradient is finished
+    r.finish_gradient()
     phi = torch.special.ndtr(r.alpha.detach() / tau)
     expected = torch.where(upstream > 0, upstream * phi, upstream * (1 - phi))
     assert torch.allclose(r.alpha.grad, expected, atol=1e-6)
@@ -120,6 +122,7 @@ def test_attention_backward_at_clip_bounds_lets_only_inward_gradients_pass():
         r.alpha.zero_()
     upstream = torch.tensor([1.0, -1.0, 1.0, -1.0])
     (r(x, LO, HI) * upstream).sum().backward()
+    r.finish_gradient()
     # above hi: g > 0 (descent lowers alpha) passes; g < 0 is blocked. Below lo: the reverse.
     assert r.alpha.grad.tolist() == [0.5, 0.0, 0.0, -0.5]
 
@@ -132,6 +135,7 @@ def _train_to_target(rounding, x, target, steps=400, lr=0.05):
         opt.zero_grad()
         loss = (rounding(x, LO, HI) - target).pow(2).sum() + rounding.regularizer()
         loss.backward()
+        rounding.finish_gradient()
         opt.step()
     return rounding.hard_codes(x, LO, HI)
 

@@ -37,6 +37,7 @@ from ..quant import (
     save_quantized,
 )
 from .classifier import FloatModel, ImageClassifier
+from .distributed import agree, launch, rank_world, shard, wants_ddp
 from .export_job import check_format, export_run
 from .progress import UnitProgressBar
 from .resume import (
@@ -47,8 +48,10 @@ from .resume import (
     restore_progress,
     save_progress,
 )
-from .run_folder import CHECKPOINT, CONFIG, REPORT
+from .run_folder import CHECKPOINT, CONFIG, REPORT, RunFolderError
 from .sequencer import BlockSequencer, ReconConfig
+
+RUN_NAME_ENV = "ATTNROUND_RUN_NAME"  # the run folder name, handed to the other DDP ranks
 
 # Trainer settings the reconstruction owns; the user's trainer options set the rest.
 _RECON_TRAINER_KEYS = ("max_steps", "max_epochs", "logger", "callbacks", "enable_checkpointing",
@@ -137,15 +140,28 @@ def calibrate(
     recon.validate()
     run.validate()
     resuming = run.resume is not None
-    run_dir = Path(run.resume or Path(run.out_dir) / (run.name or run_name(model, quant)))
-    prepare_run_dir(run_dir, resume=resuming, overwrite=run.overwrite)
-    if config_text is not None and not resuming:
-        (run_dir / CONFIG).write_text(config_text)
-    echo = console.print
+    name = run.name or os.environ.get(RUN_NAME_ENV) or run_name(model, quant)
+    run_dir = Path(run.resume or Path(run.out_dir) / name)
+    data.prepare_data()  # before the other ranks exist: one process downloads or unpacks
+    if wants_ddp(trainer_kwargs):
+        os.environ[RUN_NAME_ENV] = name  # the ranks started next write to the same folder
+    launch(trainer_kwargs)
+    os.environ.pop(RUN_NAME_ENV, None)
+    rank, world = rank_world()
+    error = None
+    if rank == 0:  # rank 0 alone touches the run folder; the others stop with it
+        try:
+            prepare_run_dir(run_dir, resume=resuming, overwrite=run.overwrite)
+            if config_text is not None and not resuming:
+                (run_dir / CONFIG).write_text(config_text)
+        except (RunFolderError, FileExistsError) as exc:
+            error = exc
+    agree(error)
+    echo = console.print if rank == 0 else (lambda *args, **kwargs: None)
 
-    data.prepare_data()
     data.setup("test")
     batches = [x for x, _ in data.calib_dataloader(batch_size=256)]
+    shard_batches = shard(batches, rank, world)  # this rank's samples, for the unit caches
     float_net = model.net.eval()
     settings = {"quant": quant.to_dict(), "recon": recon.__dict__, "arch": model.arch,
                 "num_classes": model.num_classes}  # fmt: skip
@@ -189,7 +205,7 @@ def calibrate(
         mixed = mixed_report(qmodel.bit_allocation, quant.mixed.bit_list, quant.mixed.eps2,
                              quant.mixed.budget_mb)  # fmt: skip
         report["mixed"] = mixed
-        console.print(mixed_table(mixed))
+        echo(mixed_table(mixed))
     calibrate_activations(qmodel, batches)
     folded = copy.deepcopy(float_net).eval()
     fold_batchnorms(folded)
@@ -197,7 +213,7 @@ def calibrate(
     if progress is not None:
         restore_progress(qmodel, units, progress)
     logger = TensorBoardLogger(str(run_dir), name="tb", version="", default_hp_metric=False)
-    if "mixed" in report:
+    if "mixed" in report and rank == 0:
         title = f"{model.arch} mixed {quant.mixed.bit_list}"
         figure = save_bits_plot(report["mixed"], title, run_dir / "bits_per_layer.png")
         logger.experiment.add_figure("mixed/bits_per_layer", figure, 0)
@@ -222,13 +238,16 @@ def calibrate(
         )  # fmt: skip
 
     def checkpoint(results: list[dict[str, Any]]) -> None:
+        if rank != 0:
+            return
         elapsed = elapsed_before + time.perf_counter() - started
         save_progress(run_dir, qmodel, results, report, elapsed, print_)
 
     sequencer = BlockSequencer(
-        qmodel, folded, units, batches, recon, make_trainer, seed=quant.seed, logger=logger,
-        echo=echo, on_unit_done=checkpoint,
+        qmodel, folded, units, shard_batches, recon, make_trainer, seed=quant.seed,
+        logger=logger, echo=echo, on_unit_done=checkpoint,
         resume_hint=f"Finished units are kept: continue with --run.resume {run_dir}",
+        total=sum(len(b) for b in batches),
     )  # fmt: skip
     echo(f"{len(units)} units, {recon.iters} iterations each at batch {recon.batch_size}")
     report["units"] = sequencer.run(done=progress["results"] if progress is not None else None)
@@ -238,16 +257,20 @@ def calibrate(
     qmodel.eval()
     report["quant_top1"], report["quant_top5"] = score(qmodel)
     report["peak_rss_mb"] = round(peak_rss_mb(), 1)
-    meta = {"arch": model.arch, "num_classes": model.num_classes}
-    save_quantized(qmodel, run_dir / CHECKPOINT, quant, meta)
+    report["run_dir"] = str(run_dir)
+    if world > 1:
+        report["devices"] = world
     logger.experiment.add_scalar("eval/quant_top1", report["quant_top1"], 0)
     logger.finalize("success")
-    report["run_dir"] = str(run_dir)
+    if rank != 0:  # every rank holds the same frozen model and metrics; rank 0 writes them
+        return report
+    meta = {"arch": model.arch, "num_classes": model.num_classes}
+    save_quantized(qmodel, run_dir / CHECKPOINT, quant, meta)
     write_json(run_dir / REPORT, report)
     (run_dir / PROGRESS).unlink(missing_ok=True)  # quantized.pt holds it all now
     for fmt in run.export:  # the finished run is on disk; an export error loses nothing
         report.update(export_run(run_dir, fmt, data))
-    console.print(summary_table(report))
+    echo(summary_table(report))
     return report
 
 

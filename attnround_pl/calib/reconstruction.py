@@ -7,18 +7,20 @@ import warnings
 import lightning.pytorch as pl
 import torch
 from torch import Tensor, nn
-from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler
+from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, Sampler
 
 from ..quant import (
     act_border_parameters,
     act_step_parameters,
+    finish_rounding_gradients,
     reconstruction_loss,
     rounding_parameters,
     rounding_regularizer,
-    set_dropping,
+    set_learning,
     set_progress,
 )
 from .cache import UnitData
+from .distributed import rank_world
 
 # Units are reconstructed in eval mode on purpose: the behaviour they will have at inference
 # (no dropout); Lightning's warning about it would only confuse.
@@ -35,8 +37,29 @@ class _PairBatches(Dataset):
         return len(self.data)
 
     def __getitem__(self, idx: list[int]) -> tuple[Tensor, Tensor]:
-        index = torch.as_tensor(idx, device=self.data.inputs.device)
+        index = torch.as_tensor(idx, dtype=torch.long, device=self.data.inputs.device)
         return self.data.inputs[index], self.data.targets[index]
+
+
+class ShardBatches(Sampler[list[int]]):
+    """Global batches of ``batch_size`` drawn with replacement from ``total`` samples, seeded
+    (one process draws exactly these); each yields this rank's part as local indices (rank
+    ``r`` of ``w`` holds the samples ``i % w == r`` at ``i // w``)."""
+
+    def __init__(self, total: int, iters: int, batch_size: int, seed: int, rank: int = 0,
+                 world: int = 1) -> None:  # fmt: skip
+        self.total, self.iters, self.batch_size = total, iters, batch_size
+        self.seed, self.rank, self.world = seed, rank, world
+
+    def __len__(self) -> int:
+        return self.iters
+
+    def __iter__(self):  # noqa: ANN204 - Iterator[list[int]]
+        gen = torch.Generator().manual_seed(self.seed)
+        draws = RandomSampler(range(self.total), replacement=True,
+                              num_samples=self.iters * self.batch_size, generator=gen)  # fmt: skip
+        for batch in BatchSampler(draws, self.batch_size, drop_last=True):
+            yield [i // self.world for i in batch if i % self.world == self.rank]
 
 
 class BlockReconstruction(pl.LightningModule):
@@ -44,16 +67,20 @@ class BlockReconstruction(pl.LightningModule):
 
     Adam over the unit's rounding parameters (``lr``) and activation step sizes and AQuant
     border parameters (``act_lr``) only; ``iters`` steps of ``batch_size`` samples drawn with
-    replacement from the cache, seeded.
+    replacement from the cache, seeded. Under DDP ``data`` is this rank's shard of ``total``
+    samples (see ``distributed``); each rank's loss is weighted by its share of the global
+    batch, so the averaged gradient is the global batch's.
     """
 
     def __init__(
         self, unit: nn.Module, data: UnitData, name: str, iters: int = 2000,
         batch_size: int = 64, lr: float = 4e-4, act_lr: float = 4e-4, seed: int = 0,
+        total: int | None = None,
     ) -> None:  # fmt: skip
         super().__init__()
         self.unit = unit
         self.data = data
+        self.total = len(data) if total is None else total
         self.name = name
         self.iters = iters
         self.batch_size = batch_size
@@ -75,28 +102,40 @@ class BlockReconstruction(pl.LightningModule):
         return self.unit(x)
 
     def train_dataloader(self) -> DataLoader:
-        gen = torch.Generator().manual_seed(self.seed)
-        sampler = RandomSampler(
-            range(len(self.data)), replacement=True,
-            num_samples=self.iters * self.batch_size, generator=gen,
-        )  # fmt: skip
-        batches = BatchSampler(sampler, self.batch_size, drop_last=True)
+        rank, world = rank_world()
+        batches = ShardBatches(self.total, self.iters, self.batch_size, self.seed, rank, world)
         return DataLoader(_PairBatches(self.data), sampler=batches, batch_size=None)
 
+    def on_fit_start(self) -> None:
+        # DDP all-reduces the gradient of every parameter that requires one: only the learned
+        # ones may (an A32 layer's unused step would otherwise stall the reduction)
+        learned = {id(p) for group in self.learnable() for p in group}
+        for p in self.unit.parameters():
+            p.requires_grad_(id(p) in learned)
+
     def on_train_start(self) -> None:
-        set_dropping(self.unit, True)  # QDrop (when drop_prob > 0): during learning only
+        set_learning(self.unit, self.batch_size)  # QDrop (if drop_prob > 0) while learning
 
     def on_train_end(self) -> None:
-        set_dropping(self.unit, False)
+        set_learning(self.unit, None)
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        # after backward and, under DDP, after the ranks' gradients are summed
+        finish_rounding_gradients(self.unit)
 
     def on_train_batch_start(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         set_progress(self.unit, self.global_step / max(1, self.iters))
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         x, y = batch
-        rec = reconstruction_loss(self.unit(x), y)
+        _, world = rank_world()
+        if len(x):  # weight: this rank's share of the global batch (1 in one process)
+            rec = reconstruction_loss(self.unit(x), y) * (len(x) * world / self.batch_size)
+        else:  # no sample of this step on this rank: zero gradients, still all-reduced
+            rec = sum(p.sum() for group in self.learnable() for p in group) * 0.0
         reg = rounding_regularizer(self.unit)
-        self.log(f"recon/{self.name}/loss", rec, on_step=True, prog_bar=True, logger=True)
+        self.log(f"recon/{self.name}/loss", rec, on_step=True, prog_bar=True, logger=True,
+                 sync_dist=world > 1)  # fmt: skip
         if reg.requires_grad:
             self.log(f"recon/{self.name}/reg", reg, on_step=True, logger=True)
         return rec + reg

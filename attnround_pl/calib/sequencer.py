@@ -15,7 +15,8 @@ from torch import Tensor, nn
 from ..models import Unit
 from ..quant import freeze_model, output_mse, round_to_nearest
 from .cache import UnitData, build_unit_data, cache_device
-from .memory import available_bytes, check_cache_fits, estimate_cache_bytes
+from .distributed import agree, reduce_sums
+from .memory import CacheMemoryError, available_bytes, check_cache_fits, estimate_cache_bytes
 from .reconstruction import BlockReconstruction
 
 
@@ -55,13 +56,15 @@ class ReconConfig:
 
 @torch.no_grad()
 def unit_mse(unit: nn.Module, data: UnitData, batch_size: int = 256) -> float:
-    """Mean squared error of the unit's output against its float targets over the cache."""
+    """Mean squared error of the unit's output against its float targets over the cache
+    (over every rank's shard under DDP)."""
     total, count = 0.0, 0
     for start in range(0, len(data), batch_size):
         x = data.inputs[start : start + batch_size]
         y = data.targets[start : start + batch_size]
         total += output_mse(unit(x), y).item() * y.numel()
         count += y.numel()
+    total, count = reduce_sums([total, float(count)])
     return total / count
 
 
@@ -82,7 +85,7 @@ class BlockSequencer(Callback):
         batches: list[Tensor], recon: ReconConfig, make_trainer: TrainerFactory,
         seed: int = 0, logger: Any = None, echo: Callable[[str], None] | None = None,
         on_unit_done: Callable[[list[dict[str, Any]]], None] | None = None,
-        resume_hint: str = "",
+        resume_hint: str = "", total: int | None = None,
     ) -> None:  # fmt: skip
         self.qmodel = qmodel
         self.float_model = float_model
@@ -95,6 +98,7 @@ class BlockSequencer(Callback):
         self.echo = echo or (lambda line: None)
         self.on_unit_done = on_unit_done
         self.resume_hint = resume_hint
+        self.total = total if total is not None else sum(len(b) for b in batches)
         self.results: list[dict[str, Any]] = []
         self._current: dict[str, Any] = {}
         self._data: UnitData | None = None
@@ -111,7 +115,11 @@ class BlockSequencer(Callback):
                 continue
             started = time.perf_counter()
             needed = estimate_cache_bytes(self.qmodel, self.float_model, unit.path, self.batches)
-            check_cache_fits(unit.name, needed, available_bytes(), self.resume_hint)
+            try:
+                check_cache_fits(unit.name, needed, available_bytes(), self.resume_hint)
+            except CacheMemoryError as exc:
+                agree(exc)  # every rank stops
+            agree(None)
             data = build_unit_data(self.qmodel, self.float_model, unit.path, self.batches)
             where = (
                 cache_device(data.nbytes, device) if self.recon.cache_device == "auto" else "cpu"
@@ -120,7 +128,7 @@ class BlockSequencer(Callback):
             module = BlockReconstruction(
                 self.qmodel.get_submodule(unit.path), self._data, unit.name,
                 iters=self.recon.iters, batch_size=self.recon.batch_size, lr=self.recon.lr,
-                act_lr=self.recon.act_lr, seed=self.seed * 1_000_003 + index,
+                act_lr=self.recon.act_lr, seed=self.seed * 1_000_003 + index, total=self.total,
             )  # fmt: skip
             module.label = f"unit {index + 1}/{len(self.units)} {unit.name}"
             with round_to_nearest(module.unit):

@@ -75,6 +75,7 @@ class ActQuantizer(nn.Module):
         self.seed = seed
         self.drop_prob = check_drop_prob(drop_prob)
         self.dropping = False
+        self.lsq_batch: int | None = None  # samples the LSQ gradient scale counts (see forward)
         self._drop_gen: torch.Generator | None = None
         self.step = nn.Parameter(torch.ones(()))
         self.initialised = False
@@ -144,7 +145,11 @@ class ActQuantizer(nn.Module):
         if not self.initialised:
             raise RuntimeError("activation quantizer used before its step was initialised")
         grid = self.grid
-        g = 1.0 / math.sqrt(x.numel() * grid.qmax)
+        # LSQ's scale counts the tensor's elements; with ``lsq_batch`` set (the global batch of
+        # a reconstruction) it counts that many samples, so a DDP rank holding part of the
+        # batch learns the step exactly as one process holding all of it
+        count = x.numel() if self.lsq_batch is None else x[0].numel() * self.lsq_batch
+        g = 1.0 / math.sqrt(count * grid.qmax)
         step = grad_scale(self.step, g)
         xt = torch.clamp(x / step, grid.qmin, grid.qmax)
         xq = (round_ste(xt) if self.border is None else self.border(xt)) * step

@@ -178,16 +178,25 @@ def act_border_parameters(model: nn.Module) -> list[nn.Parameter]:
     ]  # fmt: skip
 
 
-def set_dropping(model: nn.Module, on: bool) -> None:
-    """Turn QDrop's random dropping of activation quantization on or off inside ``model``."""
+def set_learning(model: nn.Module, batch_size: int | None) -> None:
+    """Enter (``batch_size``: the global batch) or leave (None) a reconstruction: QDrop's
+    dropping is on inside it, and the LSQ gradient scale counts ``batch_size`` samples."""
     for q in act_quantizers(model):
-        q.dropping = on
+        q.dropping = batch_size is not None
+        q.lsq_batch = batch_size
 
 
 def set_progress(model: nn.Module, t: float) -> None:
     """Tell every rounding inside ``model`` that a fraction ``t`` of the optimisation is done."""
     for rounding in active_roundings(model):
         rounding.set_progress(t)
+
+
+def finish_rounding_gradients(model: nn.Module) -> None:
+    """After backward, before the optimizer step: let every rounding inside ``model`` shape
+    its summed gradient (Attention Round's eq. 6)."""
+    for rounding in active_roundings(model):
+        rounding.finish_gradient()
 
 
 def rounding_regularizer(model: nn.Module) -> Tensor:

@@ -48,6 +48,10 @@ class Rounding(nn.Module):
     def set_progress(self, t: float) -> None:
         """Fraction ``t`` of the optimisation done; only schedules care."""
 
+    def finish_gradient(self) -> None:
+        """Turn the summed raw gradient of the parameters into the rounding's own (call after
+        backward, before the optimizer step; see AttentionRounding)."""
+
     def extra_repr(self) -> str:
         return self.name
 
@@ -183,26 +187,29 @@ def standard_normal_cdf(x: Tensor) -> Tensor:
 
 
 class _AttentionRoundFn(torch.autograd.Function):
-    """Forward: ``clip(round(x + alpha), lo, hi)``. Backward: eq. 6 for ``alpha``."""
+    """Forward: ``clip(round(x + alpha), lo, hi)``. Backward: the raw ``dL/dq`` for ``alpha``;
+    ``AttentionRounding.finish_gradient`` applies eq. 6 to it once it is summed."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, alpha: Tensor, tau: float, lo: Tensor, hi: Tensor) -> Tensor:  # noqa: ANN001
-        raw = torch.round(x + alpha)
-        ctx.save_for_backward(alpha, raw < lo, raw > hi)
-        ctx.tau = tau
-        return torch.clamp(raw, lo, hi)
+    def forward(ctx, x: Tensor, alpha: Tensor, lo: Tensor, hi: Tensor) -> Tensor:  # noqa: ANN001
+        return torch.clamp(torch.round(x + alpha), lo, hi)
 
     @staticmethod
     def backward(ctx, grad: Tensor):  # noqa: ANN001, ANN205
-        alpha, below, above = ctx.saved_tensors
-        if ctx.tau > 0:
-            phi = standard_normal_cdf(alpha / ctx.tau)
-        else:  # the tau -> 0 limit of Phi(alpha / tau): the unit step, 1/2 at alpha = 0
-            phi = (alpha > 0).to(alpha.dtype) + 0.5 * (alpha == 0).to(alpha.dtype)
-        factor = torch.where(grad > 0, phi, 1 - phi)
-        # Past a clipping bound only the gradient that pulls alpha back inside passes.
-        outward = (above & (grad < 0)) | (below & (grad > 0))
-        return None, torch.where(outward, torch.zeros_like(grad), grad * factor), None, None, None
+        return None, grad, None, None
+
+
+def attention_gradient(grad: Tensor, alpha: Tensor, tau: float, below: Tensor,
+                       above: Tensor) -> Tensor:  # fmt: skip
+    """Eq. 6: ``dL/dalpha = dL/dq * Phi(alpha / tau)`` where ``dL/dq > 0``, else times
+    ``1 - Phi``; past a clipping bound only the part that pulls alpha back inside passes."""
+    if tau > 0:
+        phi = standard_normal_cdf(alpha / tau)
+    else:  # the tau -> 0 limit of Phi(alpha / tau): the unit step, 1/2 at alpha = 0
+        phi = (alpha > 0).to(alpha.dtype) + 0.5 * (alpha == 0).to(alpha.dtype)
+    factor = torch.where(grad > 0, phi, 1 - phi)
+    outward = (above & (grad < 0)) | (below & (grad > 0))
+    return torch.where(outward, torch.zeros_like(grad), grad * factor)
 
 
 class AttentionRounding(Rounding):
@@ -219,6 +226,11 @@ class AttentionRounding(Rounding):
     step, so ``alpha`` can only drift back toward 0, never away: tau = 0 stays at nearest.
     Past a clipping bound, gradients that would push ``alpha`` further out are zeroed, the ones
     that pull it back pass, so a weight parked on ``l`` or ``h`` can still return.
+
+    Eq. 6 depends on the sign of ``dL/dq``, so it must see the whole batch's gradient: backward
+    leaves the raw ``dL/dq`` in ``alpha.grad`` and ``finish_gradient`` (called after backward,
+    and under DDP after the gradients of all ranks are summed) applies eq. 6 in place.
+    ``attnround_pl.quant.finish_rounding_gradients(model)`` does it for a whole model.
     """
 
     name = "attention"
@@ -230,6 +242,7 @@ class AttentionRounding(Rounding):
         self.tau = float(tau)
         self.seed = seed
         self.alpha = nn.Parameter(torch.zeros(0))
+        self._clipped: tuple[Tensor, Tensor] | None = None  # (below lo, above hi), last forward
 
     @torch.no_grad()
     def init_state(self, x: Tensor) -> None:
@@ -240,7 +253,18 @@ class AttentionRounding(Rounding):
     def forward(self, x: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
         lo = torch.as_tensor(lo, dtype=x.dtype, device=x.device).expand_as(x)
         hi = torch.as_tensor(hi, dtype=x.dtype, device=x.device).expand_as(x)
-        return _AttentionRoundFn.apply(x.detach(), self.alpha, self.tau, lo, hi)
+        with torch.no_grad():
+            raw = torch.round(x + self.alpha)
+            self._clipped = (raw < lo, raw > hi)
+        return _AttentionRoundFn.apply(x.detach(), self.alpha, lo, hi)
+
+    @torch.no_grad()
+    def finish_gradient(self) -> None:
+        if self.alpha.grad is None or self._clipped is None:
+            return
+        below, above = self._clipped
+        self.alpha.grad.copy_(attention_gradient(self.alpha.grad, self.alpha, self.tau, below,
+                                                 above))  # fmt: skip
 
     def grid_value(self, x: Tensor) -> Tensor:
         return torch.round(x.detach() + self.alpha)
