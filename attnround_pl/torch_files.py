@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -13,7 +14,11 @@ class UnreadableFile(ValueError):  # noqa: N818 - reads as "the file is unreadab
 
 
 def load_tensors(path: str | os.PathLike) -> Any:
-    """``torch.load(path, weights_only=True)`` on the CPU; failures become UnreadableFile."""
+    """``torch.load(path, weights_only=True)`` on the CPU. Failures become UnreadableFile
+    whose message completes "<what> <path> ...": "does not exist" or "is corrupt or not a
+    torch file (<reason>)"."""
+    if not Path(path).is_file():
+        raise UnreadableFile("does not exist")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - unreadable for any reason
@@ -22,4 +27,5 @@ def load_tensors(path: str | os.PathLike) -> Any:
         if marker in text:  # torch's message is a page of advice; the reason follows the marker
             text = "not a plain file of tensors: " + text.split(marker, 1)[1].strip()
         first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
-        raise UnreadableFile(first.split(". ")[0].rstrip(".")) from exc
+        reason = first.split(". ")[0].rstrip(".")
+        raise UnreadableFile(f"is corrupt or not a torch file ({reason})") from exc

@@ -22,3 +22,6 @@ def test_reads_tensors_and_gives_one_short_line_otherwise(tmp_path):
             load_tensors(tmp_path / name)
         assert text in str(err.value) and "\n" not in str(err.value)
         assert len(str(err.value)) < 200
+        assert str(err.value).startswith("is corrupt or not a torch file (")
+    with pytest.raises(UnreadableFile, match="^does not exist$"):
+        load_tensors(tmp_path / "missing.pt")

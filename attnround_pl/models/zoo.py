@@ -69,12 +69,10 @@ def _extract_state_dict(obj: object, path: Path) -> dict[str, torch.Tensor]:
 def load_checkpoint(model: nn.Module, path: str | os.PathLike, arch: str) -> nn.Module:
     """Load a state dict file into ``model``; every problem becomes one ModelLoadError."""
     path = Path(path)
-    if not path.is_file():
-        raise ModelLoadError(f"checkpoint file {path} does not exist")
     try:
         obj = load_tensors(path)
     except UnreadableFile as exc:
-        raise ModelLoadError(f"checkpoint {path} is corrupt or not a torch file ({exc})") from exc
+        raise ModelLoadError(f"checkpoint {path} {exc}") from exc
     state = _extract_state_dict(obj, path)
     own = model.state_dict()
     missing = sorted(set(own) - set(state))

@@ -81,12 +81,10 @@ def save_quantized(
 def read_payload(path: str | os.PathLike, fmt: str, what: str) -> dict[str, Any]:
     """Load a ``torch.save`` dict of format ``fmt``; any problem is one CheckpointError."""
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{what} {path} does not exist")
     try:
         payload = load_tensors(path)
     except UnreadableFile as exc:
-        raise CheckpointError(f"{what} {path} is corrupt ({exc})") from exc
+        raise CheckpointError(f"{what} {path} {exc}") from exc
     if not isinstance(payload, dict) or payload.get("format") != fmt:
         raise CheckpointError(f"{path} is not an attnround-pl {what} ({fmt})")
     return payload
