@@ -65,8 +65,6 @@ METHODS = {
     "attention": [],
     **{f"attention_tau{t}": ["--quant.tau", t] for t in TAUS},
     "attention+aquant": ["--quant.act_border", "aquant"],
-    "attention+aquant+global": ["--quant.act_border", "aquant", "--quant.act_border_global",
-                                "true"],
 }  # fmt: skip
 
 BASELINES = ["nearest", "floor", "ceil", "stochastic", "adaround"]

@@ -1,9 +1,8 @@
 """Unit-level measurement of AQuant's border on the embedded ResNet-20.
 
 For each unit and bit width: reconstruct the unit (Attention Round weights, learned steps) with
-the 0.5 border, with the learned border, and with the learned border plus the global term, and
-compare the unit output MSE. Prints a markdown table and writes
-benchmarks/results/aquant_units.json.
+the 0.5 border and with the learned border, and compare the unit output MSE. Prints a markdown
+table and writes benchmarks/results/aquant_units.json.
 
     .venv/bin/python benchmarks/aquant_units.py [--iters 500] [--units layer1.1 layer2.1 layer3.1]
 """
@@ -24,7 +23,7 @@ from attnround_pl.data import FashionMNISTDataModule
 from attnround_pl.models import build_model
 from attnround_pl.quant import QuantConfig, calibrate_activations, fold_batchnorms, quantize_model
 
-VARIANTS = (("nearest", False), ("aquant", False), ("aquant+global", True))
+VARIANTS = ("nearest", "aquant")
 
 
 def main() -> None:
@@ -40,15 +39,13 @@ def main() -> None:
     folded = build_model("resnet20")
     fold_batchnorms(folded)
     rows = []
-    print("| unit | W/A bits | MSE 0.5 border | learned border | + global term |")
-    print("| --- | --- | ---: | ---: | ---: |")
+    print("| unit | W/A bits | MSE 0.5 border | learned border |")
+    print("| --- | --- | ---: | ---: |")
     for unit_name in args.units:
         for bits in args.bits:
             mse = {}
-            for label, global_term in VARIANTS:
-                border = "nearest" if label == "nearest" else "aquant"
-                cfg = QuantConfig(w_bits=bits, a_bits=bits, rounding="attention",
-                                  act_border=border, act_border_global=global_term)  # fmt: skip
+            for label in VARIANTS:
+                cfg = QuantConfig(w_bits=bits, a_bits=bits, rounding="attention", act_border=label)
                 q = quantize_model(build_model("resnet20"), cfg)
                 calibrate_activations(q, batches)
                 data = build_unit_data(q, folded, unit_name, batches)
@@ -63,8 +60,7 @@ def main() -> None:
             rel = {k: 100 * (v / base - 1) for k, v in mse.items()}
             rows.append({"unit": unit_name, "bits": bits, "mse": mse, "relative_pct": rel})
             print(f"| {unit_name} | W{bits}A{bits} | {base:.4e} | {mse['aquant']:.4e} "
-                  f"({rel['aquant']:+.1f} %) | {mse['aquant+global']:.4e} "
-                  f"({rel['aquant+global']:+.1f} %) |", flush=True)  # fmt: skip
+                  f"({rel['aquant']:+.1f} %) |", flush=True)  # fmt: skip
     args.out.mkdir(parents=True, exist_ok=True)
     result = {"iters": args.iters, "calib_size": 1024, "machine": machine(), "rows": rows,
               "command": "python benchmarks/aquant_units.py"}  # fmt: skip

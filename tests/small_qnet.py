@@ -35,8 +35,7 @@ def small_qnet(seed: int = 0, border: str = "nearest", **quant) -> nn.Module:
     with torch.no_grad():
         net.stem[1].running_mean.uniform_(-0.2, 0.2)
         net.stem[1].running_var.uniform_(0.5, 2.0)
-    config = QuantConfig(rounding="nearest", act_border=border, act_border_global=True,
-                         seed=seed, **quant)  # fmt: skip
+    config = QuantConfig(rounding="nearest", act_border=border, seed=seed, **quant)
     qnet = quantize_model(net, config)
     calibrate_activations(qnet, [torch.randn(16, 3, 16, 16) for _ in range(2)])
     freeze_model(qnet)
@@ -44,7 +43,7 @@ def small_qnet(seed: int = 0, border: str = "nearest", **quant) -> nn.Module:
     with torch.no_grad():
         for m in qnet.modules():
             if getattr(m, "border", None) is not None and hasattr(m.border, "k"):
-                for p in (m.border.k, m.border.c, m.border.g):
+                for p in (m.border.k, m.border.c):
                     p.copy_(0.1 * torch.randn(p.shape, generator=gen))
     qnet.quant_config = config
     return qnet

@@ -34,7 +34,7 @@ def test_file_holds_integer_codes_and_no_float_weights(tmp_path):
     assert conv["zero_point"].dtype == torch.int32 and conv["scale"].shape == (8,)
     assert (conv["w_bits"], conv["a_bits"], conv["a_signed"]) == (4, 4, False)
     border = quant_layers(qnet)["conv_a"].input_quantizer.border
-    k, c, g = border.effective()
+    k, c = border.effective()
     assert torch.allclose(conv["border"]["slope"], 1 - k)
     assert torch.equal(conv["border"]["offset"], c)
     assert payload["layers"]["stem.0"]["a_signed"] is True

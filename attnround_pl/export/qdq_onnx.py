@@ -11,9 +11,8 @@ ONNX ops, opset 13:
   (e.g. 0..15 for unsigned 4 bits). At 8 bits the Clip is left out: QuantizeLinear's own
   saturation is the same clamp;
 - an AQuant border (see ``quant.act_border``) becomes the per-channel affine of its folded form
-  ``round((1 - k) x~ - c)`` between the Clip and QuantizeLinear: ``y = x (1 - k) - c s``
-  (plus ``g s mean_hw(x~)`` for the global term); QuantizeLinear's round-half-to-even is the
-  rounding of the folded form.
+  ``round((1 - k) x~ - c)`` between the Clip and QuantizeLinear: ``y = x (1 - k) - c s``;
+  QuantizeLinear's round-half-to-even is the rounding of the folded form.
 
 Float bias, ReLU/ReLU6, pooling, flatten and residual adds are plain ONNX ops.
 """
@@ -98,16 +97,10 @@ def _act_qdq(g: _Graph, x: str, aq: ActQuantizer, prefix: str, rank: int) -> str
         hi = g.const(f"{prefix}.a_max", _array(grid.qmax * step))
         y = g.op("Clip", [x, lo, hi], f"{prefix}.a_clip")
     if aq.border is not None:
-        k, c, gl = aq.border.effective()
+        k, c = aq.border.effective()
         shape = (1, -1) + (1,) * (rank - 2)
         slope = g.const(f"{prefix}.border_slope", _array(1 - k).reshape(shape))
         offset = g.const(f"{prefix}.border_offset", _array(c * step).reshape(shape))
-        if gl is not None and rank > 2:
-            mean = g.op("ReduceMean", [y], f"{prefix}.border_mean",
-                        axes=list(range(2, rank)), keepdims=1)  # fmt: skip
-            weight = g.const(f"{prefix}.border_global", _array(gl).reshape(shape))
-            offset = g.op("Add", [g.op("Mul", [mean, weight], f"{prefix}.border_g"), offset],
-                          f"{prefix}.border_off")  # fmt: skip
         y = g.op("Sub", [g.op("Mul", [y, slope], f"{prefix}.border_mul"), offset],
                  f"{prefix}.border_affine")  # fmt: skip
     q = g.op("QuantizeLinear", [y, scale, zero], f"{prefix}.a_quant")

@@ -14,8 +14,8 @@ Layout (``format = "attnround-pl/state/1"``, one ``torch.save`` dict, loadable w
         "bias": float32 or None,
         "a_bits" (32 = float input), "a_signed", "a_step": float or None
                  (input = a_step * clip(round(x / a_step), qmin, qmax)),
-        "border": None or {"slope": 1 - k, "offset": c, "global": g or None} per input channel,
-                 the folded AQuant border: codes = round(slope * x~ - offset - global * mean(x~)),
+        "border": None or {"slope": 1 - k, "offset": c} per input channel, the folded AQuant
+                 border: codes = round(slope * x~ - offset),
         "border_params": the border's raw learned parameters (what ``load_state`` restores)}},
      "other": float tensors of the model outside quantized layers (e.g. unfolded norms)}
 
@@ -45,9 +45,8 @@ def _layer_state(layer: QuantLayer) -> dict[str, Any]:
     wq, aq = layer.weight_quantizer, layer.input_quantizer
     border = None
     if aq.border is not None:
-        k, c, g = aq.border.effective()
-        border = {"slope": (1 - k).detach().cpu(), "offset": c.detach().cpu(),
-                  "global": None if g is None else g.detach().cpu()}  # fmt: skip
+        k, c = aq.border.effective()
+        border = {"slope": (1 - k).detach().cpu(), "offset": c.detach().cpu()}
     return {
         "kind": "linear" if isinstance(layer, QuantLinear) else "conv",
         "codes": wq.integer_codes(layer.layer.weight).cpu(),
@@ -124,7 +123,7 @@ def _restore_layer(layer: QuantLayer, name: str, info: dict[str, Any]) -> None:
         aq.initialised = True
         params = info["border_params"]
         if params is not None:
-            aq.border_kind, aq.border_global = "aquant", "g" in params
+            aq.border_kind = "aquant"
             aq._make_border(params["k"].numel())
             aq.border.load_state_dict(params)
 

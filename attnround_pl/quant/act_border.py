@@ -8,12 +8,13 @@ abstract. In step units ``x~ = x / s``, ``n = floor(x~)``, ``frac = x~ - n``, th
 
 ``k`` absorbs the multiplicative error of the already-quantized weights (for one product w*x with
 quantized weight w + dw the balancing border is 0.5 + (dw/w)(n + 0.5), close to 0.5 + (dw/w) x~),
-``c`` the propagated error. Optional "global" term: ``c`` gains ``g * mean(x~)`` over the
-channel's spatial positions of the same sample (``global_term``).
+``c`` the propagated error. (AQuant's "global error" idea was tried in a cheap form, ``c``
+gaining a learned multiple of the per-sample channel mean of ``x~``; it measured no gain and
+was removed after commit 0cbc7a9, see README.)
 
 ``b`` is kept inside (0, 1) by reparametrisation, not clamping: the inputs are clipped to the grid,
-``|x~| <= R``, so ``|b - 0.5| <= (|k| + |g|) R + |c|``; when that bound passes ``0.5 - eps`` the
-learned (k, c, g) are scaled down together to meet it. With the effective parameters the
+``|x~| <= R``, so ``|b - 0.5| <= |k| R + |c|``; when that bound passes ``0.5 - eps`` the
+learned (k, c) are scaled down together to meet it. With the effective parameters the
 rounding equals the folded form ``round((1 - k) x~ - c)`` for every input, a per-channel scale
 and offset before rounding, which deploys as part of the requantisation (dequantise with the
 unchanged step). Exact ties go to the even code in
@@ -31,32 +32,26 @@ BORDER_MARGIN = 1e-3  # b stays in [margin, 1 - margin]
 
 
 class AQuantBorder(nn.Module):
-    """Learned per-channel border ``0.5 + k x~ + c (+ g mean_hw(x~))``; starts at nearest."""
+    """Learned per-channel border ``0.5 + k x~ + c``; starts at nearest."""
 
-    def __init__(self, channels: int, reach: float, global_term: bool = False) -> None:
+    def __init__(self, channels: int, reach: float) -> None:
         super().__init__()
         self.reach = float(reach)  # max |x~| after clipping to the grid
         self.k = nn.Parameter(torch.zeros(channels))
         self.c = nn.Parameter(torch.zeros(channels))
-        self.g = nn.Parameter(torch.zeros(channels)) if global_term else None
 
-    def effective(self) -> tuple[Tensor, Tensor, Tensor | None]:
-        """(k, c, g) scaled per channel so that the border stays in [margin, 1 - margin]."""
-        g = self.g if self.g is not None else torch.zeros_like(self.k)
-        bound = (self.k.abs() + g.abs()) * self.reach + self.c.abs()
+    def effective(self) -> tuple[Tensor, Tensor]:
+        """(k, c) scaled per channel so that the border stays in [margin, 1 - margin]."""
+        bound = self.k.abs() * self.reach + self.c.abs()
         shrink = torch.clamp((0.5 - BORDER_MARGIN) / bound.clamp_min(1e-12), max=1.0)
-        return self.k * shrink, self.c * shrink, None if self.g is None else self.g * shrink
+        return self.k * shrink, self.c * shrink
 
     def _per_channel(self, p: Tensor, x: Tensor) -> Tensor:
         return p.reshape(1, -1, *([1] * (x.dim() - 2)))
 
     def _slope_offset(self, xt: Tensor) -> tuple[Tensor, Tensor]:
-        k, c, g = self.effective()
-        off = self._per_channel(c, xt)
-        if g is not None and xt.dim() > 2:
-            mean = xt.mean(dim=tuple(range(2, xt.dim())), keepdim=True)
-            off = off + self._per_channel(g, xt) * mean
-        return self._per_channel(k, xt), off
+        k, c = self.effective()
+        return self._per_channel(k, xt), self._per_channel(c, xt)
 
     def border(self, xt: Tensor) -> Tensor:
         k, off = self._slope_offset(xt)
@@ -71,7 +66,7 @@ class AQuantBorder(nn.Module):
 
     @torch.no_grad()
     def folded(self, xt: Tensor) -> Tensor:
-        """The deployable form ``round((1 - k) x~ - c')``, with ``c'`` the full offset."""
+        """The deployable form ``round((1 - k) x~ - c)``."""
         k, off = self._slope_offset(xt)
         return torch.round((1 - k) * xt - off)
 

@@ -59,13 +59,12 @@ class ActQuantizer(nn.Module):
 
     def __init__(
         self, bits: int = 8, signed: bool | None = None, seed: int = 0,
-        border: str = "nearest", border_global: bool = False, drop_prob: float = 0.0,
+        border: str = "nearest", drop_prob: float = 0.0,
     ) -> None:  # fmt: skip
         super().__init__()
         if border not in BORDERS:
             raise QuantConfigError(f"unknown act_border {border!r}; valid: {', '.join(BORDERS)}")
         self.border_kind = border
-        self.border_global = border_global
         self.border: AQuantBorder | None = None
         self._channels = 0
         self.bits = check_act_bits(bits)
@@ -134,7 +133,7 @@ class ActQuantizer(nn.Module):
 
     def _make_border(self, channels: int) -> None:
         reach = max(abs(self.grid.qmin), abs(self.grid.qmax))
-        self.border = AQuantBorder(channels, reach, self.border_global).to(self.step.device)
+        self.border = AQuantBorder(channels, reach).to(self.step.device)
 
     def forward(self, x: Tensor) -> Tensor:
         if self.observing:
@@ -180,7 +179,6 @@ class ActQuantizer(nn.Module):
         if key in state_dict and self.border is None:
             extra = state_dict.get(prefix + "_extra_state", {})
             self.signed = extra.get("signed", self.signed)
-            self.border_global = prefix + "border.g" in state_dict
             self._make_border(state_dict[key].numel())
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 

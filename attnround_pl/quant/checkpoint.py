@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -97,7 +98,13 @@ def read_quantized(path: str | os.PathLike) -> dict[str, Any]:
 
 def nearest_rebuild_config(quant: dict[str, Any], layer_bits: dict[str, int]) -> QuantConfig:
     """The config that rebuilds a saved model's layers: saved per-layer bits, no new search of
-    a mixed-precision allocation, nearest rounding (every code comes from the file)."""
+    a mixed-precision allocation, nearest rounding (every code comes from the file). Keys of
+    earlier versions that are gone are dropped while they hold their off value (false)."""
+    known = {f.name for f in fields(QuantConfig)}
+    gone = {k: v for k, v in quant.items() if k not in known}
+    if any(gone.values()):
+        raise CheckpointError(f"the file was made with options this version does not have: {gone}")
+    quant = {k: v for k, v in quant.items() if k in known}
     return QuantConfig(**{**quant, "rounding": "nearest", "layer_w_bits": layer_bits, "mixed": {}})
 
 

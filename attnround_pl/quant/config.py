@@ -23,9 +23,8 @@ class QuantConfig:
     Round's init): layer ``i`` uses ``seed * 1_000_003 + i``. ``layer_w_bits`` sets the weight
     bits of named layers; ``mixed`` (with a ``bit_list``) derives them by coding length
     (Algorithm 1). The first/last layer keys win over both. ``act_border="aquant"`` learns
-    AQuant's rounding border for every activation quantizer (``act_border_global`` adds the
-    per-sample channel-mean term). ``drop_prob`` is QDrop's probability of keeping an
-    activation float during reconstruction (0 = off; QDrop uses 0.5).
+    AQuant's rounding border for every activation quantizer. ``drop_prob`` is QDrop's
+    probability of keeping an activation float during reconstruction (0 = off; QDrop: 0.5).
     """
 
     w_bits: int = 4
@@ -44,7 +43,6 @@ class QuantConfig:
     adaround_beta_end: float = 2.0
     adaround_warmup: float = 0.2
     act_border: str = "nearest"
-    act_border_global: bool = False
     drop_prob: float = 0.0
     layer_w_bits: dict[str, int] | None = None
     mixed: MixedConfig = field(default_factory=MixedConfig)

@@ -89,7 +89,6 @@ def quantize_model(model: nn.Module, config: QuantConfig | None = None) -> nn.Mo
             symmetric=config.w_symmetric,
         )
         aq = ActQuantizer(a_bits, seed=config.layer_seed(index), border=config.act_border,
-                          border_global=config.act_border_global,
                           drop_prob=config.drop_prob)  # fmt: skip
         swaps.append((name, QUANT_LAYER_TYPES[type(layer)](layer, wq, aq)))
     for name, qlayer in swaps:
