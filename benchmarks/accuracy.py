@@ -87,10 +87,14 @@ SUITES = {
 }  # fmt: skip
 
 
-def run_row(model: str, setting: str, method: str, seed: int, runs: Path) -> dict:
-    """One calibration (or its earlier report); returns the report."""
+def run_row(model: str, setting: str, method: str, seed: int, runs: Path,
+            existing_only: bool = False) -> dict | None:  # fmt: skip
+    """One calibration (or its earlier report); returns the report (None: not run and
+    ``existing_only``)."""
     name = f"{model}_{setting}_{method}_s{seed}".replace("+", "-")
     report = runs / name / "report.json"
+    if not report.is_file() and existing_only:
+        return None
     if not report.is_file():
         cmd = [*CLI, "calibrate", "--config", str(ROOT / "configs" / f"{model}_w4a4.yaml"),
                *setting_args(setting), "--seed_everything", str(seed), *METHODS[method],
@@ -123,6 +127,11 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", help="default: the suite's")
     parser.add_argument("--seeds", type=int, nargs="+", help="default: 0 1 2 for --full, else 0")
     parser.add_argument("--runs", type=Path, default=ROOT / "benchmarks" / "runs")
+    parser.add_argument(
+        "--existing-only",
+        action="store_true",
+        help="tabulate the runs already done, start none (seeds: those found)",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args()
     models, plan = SUITES[args.suite]
@@ -136,10 +145,15 @@ def main() -> None:
         fl = float_top1(model)
         for setting, method in [(s, m) for settings, methods in plan for s in settings
                                 for m in methods]:  # fmt: skip
-            reports = [run_row(model, setting, method, s, args.runs) for s in seeds]
+            found = [(s, run_row(model, setting, method, s, args.runs, args.existing_only))
+                     for s in seeds]  # fmt: skip
+            reports = [r for _, r in found if r is not None]
+            if not reports:
+                continue
             top1, spread = summarise(reports, "quant_top1")
             row = {
-                "model": model, "setting": setting, "method": method, "seeds": seeds,
+                "model": model, "setting": setting, "method": method,
+                "seeds": [s for s, r in found if r is not None],
                 "float_top1": fl, "top1": top1, "top1_std": spread,
                 "top5": summarise(reports, "quant_top5")[0], "drop": fl - top1,
                 "nearest_top1": summarise(reports, "nearest_top1")[0],
@@ -151,7 +165,7 @@ def main() -> None:
                 "machine": reports[0]["machine"],
             }  # fmt: skip
             rows.append(row)
-            pm = f" ± {spread:.2f}" if len(seeds) > 1 else ""
+            pm = f" ± {spread:.2f} ({len(reports)} seeds)" if len(reports) > 1 else ""
             print(f"| {model} | {setting} | {method} | {top1:.2f}{pm} | {row['drop']:.2f} | "
                   f"{row['nearest_top1']:.2f} | {row['calib_seconds']:.0f} | "
                   f"{row['peak_rss_mb']:.0f} | {row['onnx_top1']:.2f} "
