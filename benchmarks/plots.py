@@ -1,5 +1,6 @@
-"""Plots from the benchmark JSON: top-1 by setting per method, and calibration time against
-top-1. Reads ``benchmarks/results/accuracy_*.json``, writes PNGs next to them.
+"""Plots and README tables from the benchmark JSON: top-1 by setting per method, calibration
+time against top-1, and one markdown table per suite. Reads
+``benchmarks/results/accuracy_*.json``, writes PNGs next to them, prints the tables.
 
     .venv/bin/python benchmarks/plots.py
 """
@@ -16,6 +17,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
+OFF_SCALE_DROP = 20
 
 
 def load_rows() -> list[dict]:
@@ -33,14 +35,21 @@ def accuracy_by_setting(rows: list[dict], model: str, path: Path) -> None:
     for r in rows:
         if r["model"] == model:
             by_method[r["method"]][r["setting"]] = r
+    float_top1 = next(r["float_top1"] for r in rows if r["model"] == model)
     fig, ax = plt.subplots(figsize=(8, 4.5))
+    off_scale = []
     for method, cells in sorted(by_method.items()):
+        if all(r["top1"] < float_top1 - OFF_SCALE_DROP for r in cells.values()):
+            off_scale.append(method)  # collapsed (floor/ceil): would flatten everything else
+            continue
         xs = [i for i, s in enumerate(settings) if s in cells]
         ax.errorbar(xs, [cells[settings[i]]["top1"] for i in xs],
                     yerr=[cells[settings[i]]["top1_std"] for i in xs], marker="o",
                     capsize=3, label=method)  # fmt: skip
-    float_top1 = next(r["float_top1"] for r in rows if r["model"] == model)
     ax.axhline(float_top1, color="grey", linestyle="--", label="float")
+    if off_scale:
+        label = f"off scale (> {OFF_SCALE_DROP} pp drop): {', '.join(off_scale)}"
+        ax.plot([], [], " ", label=label)
     ax.set_xticks(range(len(settings)), settings)
     ax.set(ylabel="top-1 %", title=f"{model}: top-1 by bit setting (Fashion-MNIST test)")
     ax.legend(fontsize=7)
@@ -62,7 +71,27 @@ def time_vs_accuracy(rows: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def markdown_tables() -> str:
+    """One table per suite file, in README's format."""
+    out = []
+    for path in sorted(RESULTS.glob("accuracy_*.json")):
+        result = json.loads(path.read_text())
+        out.append(f"`{result['command']}` ({path.name}):\n")
+        out.append("| model | setting | method | top-1 % | drop from float | calibration s | "
+                   "peak RSS MB | size MB | ONNX top-1 % (argmax differ) |")  # fmt: skip
+        out.append("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+        for r in result["rows"]:
+            spread = f" ± {r['top1_std']:.2f}" if len(r["seeds"]) > 1 else ""
+            out.append(f"| {r['model']} | {r['setting']} | {r['method']} | {r['top1']:.2f}{spread}"
+                       f" | {r['drop']:.2f} | {r['calib_seconds']:.0f} | {r['peak_rss_mb']:.0f} | "
+                       f"{r['size_mb']:.4f} | {r['onnx_top1']:.2f} ({r['onnx_argmax_mismatch']})"
+                       " |")  # fmt: skip
+        out.append("")
+    return "\n".join(out)
+
+
 def main() -> None:
+    print(markdown_tables())
     rows = load_rows()
     for model in sorted({r["model"] for r in rows}):
         accuracy_by_setting(rows, model, RESULTS / f"accuracy_{model}.png")
