@@ -134,11 +134,19 @@ class BlockReconstruction(pl.LightningModule):
         else:  # no sample of this step on this rank: zero gradients, still all-reduced
             rec = sum(p.sum() for group in self.learnable() for p in group) * 0.0
         reg = rounding_regularizer(self.unit)
-        self.log(f"recon/{self.name}/loss", rec, on_step=True, prog_bar=True, logger=True,
-                 sync_dist=world > 1)  # fmt: skip
-        if reg.requires_grad:
-            self.log(f"recon/{self.name}/reg", reg, on_step=True, logger=True)
+        if self._logging_step():  # self.log costs ~1 ms a call; the logger keeps only these
+            self.log(f"recon/{self.name}/loss", rec, on_step=True, prog_bar=True, logger=True,
+                     sync_dist=world > 1)  # fmt: skip
+            if reg.requires_grad:
+                self.log(f"recon/{self.name}/reg", reg, on_step=True, logger=True)
         return rec + reg
+
+    def _logging_step(self) -> bool:
+        """The steps whose values the Trainer's logger writes (every ``log_every_n_steps``)."""
+        trainer = self._trainer
+        if trainer is None or trainer.log_every_n_steps == 0:
+            return False
+        return (self.global_step + 1) % trainer.log_every_n_steps == 0
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         rounding, steps = self.learnable()
