@@ -127,6 +127,7 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", help="default: the suite's")
     parser.add_argument("--seeds", type=int, nargs="+", help="default: 0 1 2 for --full, else 0")
     parser.add_argument("--runs", type=Path, default=ROOT / "benchmarks" / "runs")
+    parser.add_argument("--settings", nargs="+", help="only these settings of the suite")
     parser.add_argument(
         "--existing-only",
         action="store_true",
@@ -143,8 +144,13 @@ def main() -> None:
     print("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     for model in models:
         fl = float_top1(model)
-        for setting, method in [(s, m) for settings, methods in plan for s in settings
-                                for m in methods]:  # fmt: skip
+        for setting, method in [
+            (s, m)
+            for settings, methods in plan
+            for s in settings
+            for m in methods
+            if not args.settings or s in args.settings
+        ]:
             found = [(s, run_row(model, setting, method, s, args.runs, args.existing_only))
                      for s in seeds]  # fmt: skip
             reports = [r for _, r in found if r is not None]
