@@ -29,11 +29,11 @@ from .calib.distributed import PeerRankError
 from .calib.export_job import FORMATS, check_format, export_run, export_table
 from .calib.memory import CacheMemoryError
 from .calib.pipeline import quiet_lightning
-from .calib.run_folder import CHECKPOINT, CONFIG, RunFolderError, check_run_folder
+from .calib.run_folder import CHECKPOINT, CONFIG, RunFolderError, build_float, check_run_folder
 from .calib.sequencer import ReconConfig
 from .data import CalibrationDataModule, DataError
 from .export import OnnxExportError
-from .models import ModelLoadError, build_model
+from .models import ModelLoadError
 from .quant import CheckpointError, QuantConfig, QuantConfigError, load_quantized
 
 USAGE = """usage: attnround-pl {calibrate,evaluate,export} ...
@@ -121,10 +121,7 @@ def cmd_evaluate(args: list[str]) -> int:
     opts, overrides = _run_args("evaluate", args)
     run_dir = check_run_folder(opts.run)
     cli = _run_cli(run_dir, overrides)
-    qmodel, payload = load_quantized(
-        run_dir / CHECKPOINT,
-        lambda meta: build_model(meta["arch"], weights=None, num_classes=meta["num_classes"]),
-    )
+    qmodel, _ = load_quantized(run_dir / CHECKPOINT, build_float)
     top1, top5 = evaluate(qmodel, cli.datamodule, trainer_kwargs(cli))
     print(json.dumps({"run": str(run_dir), "quant_top1": top1, "quant_top5": top5}))
     return 0

@@ -22,9 +22,8 @@ from ..export import (
     load_state,
     max_output_difference,
 )
-from ..models import build_model
 from ..quant import load_quantized
-from .run_folder import CHECKPOINT, REPORT, check_run_folder
+from .run_folder import CHECKPOINT, REPORT, build_float, check_run_folder
 
 FORMATS = {"onnx": "quantized.onnx", "state": "quantized_state.pt"}
 
@@ -33,10 +32,6 @@ def check_format(fmt: str) -> str:
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format {fmt!r}; valid: {', '.join(FORMATS)}")
     return fmt
-
-
-def _build_float(meta: dict[str, Any]):  # noqa: ANN202 - the float architecture, random weights
-    return build_model(meta["arch"], weights=None, num_classes=meta["num_classes"])
 
 
 def export_run(
@@ -48,7 +43,7 @@ def export_run(
     check_format(fmt)
     run_dir = check_run_folder(run_dir, need_config=False)
     out = Path(out) if out is not None else run_dir / FORMATS[fmt]
-    qmodel, payload = load_quantized(run_dir / CHECKPOINT, _build_float)
+    qmodel, payload = load_quantized(run_dir / CHECKPOINT, build_float)
     data.prepare_data()
     data.setup("test")
     loader = data.test_dataloader()
@@ -62,7 +57,7 @@ def export_run(
                   "onnxruntime": onnxruntime.__version__}  # fmt: skip
     else:
         export_state(qmodel, out, payload["quant"], payload["meta"])
-        reloaded, _ = load_state(out, _build_float)
+        reloaded, _ = load_state(out, build_float)
         images, diff = max_output_difference(qmodel, reloaded, loader)
         result = {"state_path": str(out), "state_max_abs_diff": diff, "state_images": images}
     report = json.loads((run_dir / REPORT).read_text())

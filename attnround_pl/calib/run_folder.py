@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from ..models import build_model
 
 REPORT = "report.json"
 CHECKPOINT = "quantized.pt"
@@ -12,6 +17,12 @@ CONFIG = "config.yaml"
 
 class RunFolderError(RuntimeError):
     """A run folder is missing, or its calibration did not finish."""
+
+
+def build_float(meta: dict[str, Any]) -> nn.Module:
+    """The float architecture a saved quantized model was made from (random weights: every
+    quantized tensor comes from the file)."""
+    return build_model(meta["arch"], weights=None, num_classes=meta["num_classes"])
 
 
 def check_run_folder(run_dir: str | os.PathLike, need_config: bool = True) -> Path:

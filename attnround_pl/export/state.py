@@ -35,7 +35,7 @@ from torch import nn
 
 from ..atomic import write_atomically
 from ..quant import CheckpointError, QuantConfig, QuantLayer, QuantLinear, freeze_model
-from ..quant.checkpoint import cpu_state_dict, nearest_rebuild_config, read_payload
+from ..quant.checkpoint import cpu_state_dict, layer_record, nearest_rebuild_config, read_payload
 from ..quant.model import quant_layers, quantize_model
 
 STATE_FORMAT = "attnround-pl/state/1"
@@ -48,17 +48,10 @@ def _layer_state(layer: QuantLayer) -> dict[str, Any]:
         k, c = aq.border.effective()
         border = {"slope": (1 - k).detach().cpu(), "offset": c.detach().cpu()}
     return {
+        **layer_record(layer),
         "kind": "linear" if isinstance(layer, QuantLinear) else "conv",
-        "codes": wq.integer_codes(layer.layer.weight).cpu(),
-        "w_bits": wq.bits,
         "w_signed": wq.grid.signed,
         "per_channel": wq.per_channel,
-        "scale": wq.scale.detach().cpu().flatten().float(),
-        "zero_point": wq.zero_point.detach().cpu().flatten().round().to(torch.int32),
-        "bias": None if layer.layer.bias is None else layer.layer.bias.detach().cpu(),
-        "a_bits": aq.bits,
-        "a_signed": aq.signed,
-        "a_step": float(aq.step.detach()) if aq.active else None,
         "border": border,
         "border_params": None if aq.border is None else {
             k: v.detach().cpu() for k, v in aq.border.state_dict().items()},

@@ -25,6 +25,7 @@ from torch import nn
 from ..atomic import write_atomically
 from ..torch_files import UnreadableFile, load_tensors
 from .config import QuantConfig
+from .layers import QuantLayer
 from .model import freeze_model, quant_layers, quantize_model
 
 FORMAT = "attnround-pl/quantized/1"
@@ -34,22 +35,24 @@ class CheckpointError(RuntimeError):
     """A quantized checkpoint is missing, corrupt, or does not fit the model."""
 
 
+def layer_record(layer: QuantLayer) -> dict[str, Any]:
+    """One quantized layer: integer codes, scales, zero points, bits, activation step, bias."""
+    wq, aq = layer.weight_quantizer, layer.input_quantizer
+    return {
+        "codes": wq.integer_codes(layer.layer.weight).cpu(),
+        "scale": wq.scale.detach().cpu().flatten().float(),
+        "zero_point": wq.zero_point.detach().cpu().flatten().round().to(torch.int32),
+        "w_bits": wq.bits,
+        "a_bits": aq.bits,
+        "a_step": float(aq.step.detach()) if aq.active else None,
+        "a_signed": aq.signed,
+        "bias": None if layer.layer.bias is None else layer.layer.bias.detach().cpu(),
+    }
+
+
 def layer_summary(qmodel: nn.Module) -> dict[str, dict[str, Any]]:
-    """Per quantized layer: integer codes, scales, zero points, bits, activation step, bias."""
-    out = {}
-    for name, layer in quant_layers(qmodel).items():
-        wq, aq = layer.weight_quantizer, layer.input_quantizer
-        out[name] = {
-            "codes": wq.integer_codes(layer.layer.weight).cpu(),
-            "scale": wq.scale.detach().cpu().flatten(),
-            "zero_point": wq.zero_point.detach().cpu().flatten().to(torch.int32),
-            "w_bits": wq.bits,
-            "a_bits": aq.bits,
-            "a_step": float(aq.step.detach()) if aq.active else None,
-            "a_signed": aq.signed,
-            "bias": None if layer.layer.bias is None else layer.layer.bias.detach().cpu(),
-        }
-    return out
+    """``layer_record`` of every quantized layer, by name."""
+    return {name: layer_record(layer) for name, layer in quant_layers(qmodel).items()}
 
 
 def cpu_state_dict(module: nn.Module, exclude: tuple[str, ...] = ()) -> dict[str, Any]:
