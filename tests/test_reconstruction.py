@@ -1,6 +1,10 @@
+import os
+
 import lightning.pytorch as pl
+import torch
 
 from attnround_pl.calib import BlockReconstruction, build_unit_data, unit_mse
+from attnround_pl.calib.reconstruction import NVML_CHECK, use_runtime_cuda_check
 from attnround_pl.data import FashionMNISTDataModule
 from attnround_pl.models import build_model
 from attnround_pl.quant import (
@@ -86,3 +90,42 @@ def test_qdrop_drops_only_while_the_unit_learns(fmnist_root):
     _trainer(3).fit(module)
     assert seen == [True, True, True] and quantizers
     assert not any(q.dropping for q in quantizers)
+
+
+
+def _learn_with(fmnist_root, foreach):
+    unit, data = _unit_setup(fmnist_root, "attention", unit="layer3.2", n=64)
+    module = BlockReconstruction(unit, data, "layer3.2", iters=30, batch_size=16)
+    opt = module.configure_optimizers()
+    assert opt.defaults["foreach"] is True
+    if not foreach:
+        for group in opt.param_groups:
+            group["foreach"] = False
+    params = [p for group in module.learnable() for p in group]
+    start = [p.detach().clone() for p in params]
+    module.on_fit_start()
+    for step, (x, y) in zip(range(30), module.train_dataloader(), strict=False):
+        opt.zero_grad()
+        module.training_step((x, y), step).backward()
+        module.on_before_optimizer_step(opt)
+        opt.step()
+    return start, [p.detach().clone() for p in params]
+
+
+def test_foreach_adam_learns_exactly_what_the_per_tensor_loop_learns(fmnist_root):
+    start, fast = _learn_with(fmnist_root, foreach=True)
+    _, loop = _learn_with(fmnist_root, foreach=False)
+    assert len(fast) == 4  # two alphas, two activation steps
+    # every tensor learned something
+    assert all(not torch.equal(a, b) for a, b in zip(start, fast, strict=True))
+    assert all(torch.equal(a, b) for a, b in zip(fast, loop, strict=True))
+
+
+def test_runtime_cuda_check_only_without_a_cuda_device(monkeypatch):
+    monkeypatch.setenv(NVML_CHECK, "1")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    use_runtime_cuda_check()
+    assert os.environ[NVML_CHECK] == "1"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    use_runtime_cuda_check()
+    assert NVML_CHECK not in os.environ

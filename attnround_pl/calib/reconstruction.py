@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import warnings
 
 import lightning.pytorch as pl
@@ -25,6 +26,23 @@ from .distributed import rank_world
 # Units are reconstructed in eval mode on purpose: the behaviour they will have at inference
 # (no dropout); Lightning's warning about it would only confuse.
 warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training")
+
+
+NVML_CHECK = "PYTORCH_NVML_BASED_CUDA_CHECK"
+
+
+def use_runtime_cuda_check() -> None:
+    """Stop every ``Adam.step`` from probing NVML on a machine without a CUDA device.
+
+    Lightning sets ``PYTORCH_NVML_BASED_CUDA_CHECK=1`` (a CUDA availability check that does not
+    poison ``fork``); ``torch.optim.Adam.step`` asks ``torch.cuda.is_available()`` on every
+    call, and with that variable set a CUDA build of torch without a GPU tries to load the NVML
+    library each time: 0.18 ms a step, twice Adam's own work on a unit (measured on the 2-core
+    CPU machine). Without a CUDA device there is no CUDA state to protect from ``fork``, so the
+    plain runtime check is used there; machines with a GPU are left as Lightning set them.
+    """
+    if os.environ.get(NVML_CHECK) == "1" and not torch.cuda.is_available():
+        del os.environ[NVML_CHECK]
 
 
 class _PairBatches(Dataset):
@@ -107,6 +125,7 @@ class BlockReconstruction(pl.LightningModule):
         return DataLoader(_PairBatches(self.data), sampler=batches, batch_size=None)
 
     def on_fit_start(self) -> None:
+        use_runtime_cuda_check()
         # DDP all-reduces the gradient of every parameter that requires one: only the learned
         # ones may (an A32 layer's unused step would otherwise stall the reduction)
         learned = {id(p) for group in self.learnable() for p in group}
@@ -151,4 +170,6 @@ class BlockReconstruction(pl.LightningModule):
     def configure_optimizers(self) -> torch.optim.Optimizer:
         rounding, steps = self.learnable()
         groups = [{"params": rounding, "lr": self.lr}, {"params": steps, "lr": self.act_lr}]
-        return torch.optim.Adam([g for g in groups if g["params"]])
+        # foreach: one kernel per state update over all tensors instead of a Python loop over
+        # them (bit-identical results to the loop; ~1 ms less per step on a ResNet-20 block)
+        return torch.optim.Adam([g for g in groups if g["params"]], foreach=True)
