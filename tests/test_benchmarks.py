@@ -19,7 +19,7 @@ def _load(name: str):
 def test_every_suite_row_is_a_valid_calibrate_command(capsys):
     acc = _load("accuracy")
     rows = {(m, s, meth) for models, plan in acc.SUITES.values() for m in models
-            for settings, methods in plan for s in settings for meth in methods}  # fmt: skip
+            for block in plan for s in block.settings for meth in block.methods}  # fmt: skip
     assert ("resnet20", "W4A4", "attention") in rows and len(rows) > 50
     pairs = {(s, "attention") for _, s, _ in rows} | {("W4A4", meth) for _, _, meth in rows}
     for setting, method in sorted(pairs):
