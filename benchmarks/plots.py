@@ -1,6 +1,7 @@
-"""Plots and README tables from the benchmark JSON: top-1 by setting per method, calibration
-time against top-1, and one markdown table per suite. Reads
-``benchmarks/results/accuracy_*.json``, writes PNGs next to them, prints the tables.
+"""Plots and README tables from the benchmark JSON: top-1 by setting per method, top-1 against
+Attention Round's tau (the paper's figure 2), calibration time against top-1, and one markdown
+table per suite. Reads ``benchmarks/results/accuracy_*.json``, writes PNGs next to them,
+prints the tables.
 
     .venv/bin/python benchmarks/plots.py
 """
@@ -20,21 +21,37 @@ RESULTS = Path(__file__).resolve().parent / "results"
 OFF_SCALE_DROP = 20
 
 
+TAU_PREFIX = "attention_tau"
+PAPER_TAU = 0.5  # the plain "attention" rows
+
+
 def load_rows() -> list[dict]:
-    rows = []
+    """Every row of every suite, once per (model, setting, method): the one with most seeds."""
+    unique: dict[tuple[str, str, str], dict] = {}
     for path in sorted(RESULTS.glob("accuracy_*.json")):
-        rows += json.loads(path.read_text())["rows"]
-    unique = {(r["model"], r["setting"], r["method"]): r for r in rows}  # later files win
+        for r in json.loads(path.read_text())["rows"]:
+            key = (r["model"], r["setting"], r["method"])
+            if key not in unique or len(r["seeds"]) > len(unique[key]["seeds"]):
+                unique[key] = r
     return list(unique.values())
 
 
+def tau_of(method: str) -> float | None:
+    """Attention Round's tau of a method name (None: not an Attention Round row)."""
+    if method == "attention":
+        return PAPER_TAU
+    return float(method[len(TAU_PREFIX):]) if method.startswith(TAU_PREFIX) else None
+
+
 def accuracy_by_setting(rows: list[dict], model: str, path: Path) -> None:
-    settings = sorted({r["setting"] for r in rows if r["model"] == model},
-                      key=lambda s: (-int(s[1]) if s[1].isdigit() else 0, s))  # fmt: skip
+    """One line per method over the single-precision settings (tau sweep and mixed apart)."""
+    rows = [r for r in rows if r["model"] == model and r["setting"][1:2].isdigit()
+            and not r["method"].startswith(TAU_PREFIX)]  # fmt: skip
+    settings = sorted({r["setting"] for r in rows},
+                      key=lambda s: (-int(s[1]), -int(s.split("A")[1]), s))  # fmt: skip
     by_method = defaultdict(dict)
     for r in rows:
-        if r["model"] == model:
-            by_method[r["method"]][r["setting"]] = r
+        by_method[r["method"]][r["setting"]] = r
     float_top1 = next(r["float_top1"] for r in rows if r["model"] == model)
     fig, ax = plt.subplots(figsize=(8, 4.5))
     off_scale = []
@@ -56,6 +73,32 @@ def accuracy_by_setting(rows: list[dict], model: str, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def tau_sweep(rows: list[dict], path: Path) -> bool:
+    """Top-1 against tau for every (model, setting) with more than one tau; False: none."""
+    curves = defaultdict(list)
+    for r in rows:
+        tau = tau_of(r["method"])
+        if tau is not None:
+            curves[(r["model"], r["setting"])].append((tau, r))
+    curves = {k: sorted(v, key=lambda p: p[0]) for k, v in curves.items() if len(v) > 1}
+    if not curves:
+        return False
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for (model, setting), points in sorted(curves.items()):
+        ax.errorbar([t for t, _ in points], [r["top1"] for _, r in points],
+                    yerr=[r["top1_std"] for _, r in points], marker="o", capsize=3,
+                    label=f"{model} {setting}")  # fmt: skip
+        nearest = points[0][1]["nearest_top1"]
+        ax.axhline(nearest, linestyle=":", color="grey", label=f"{model} {setting} nearest")
+    ax.set(xlabel="tau (grid steps)", ylabel="top-1 %",
+           title="Attention Round: top-1 against tau (cf. the paper's figure 2)")  # fmt: skip
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
 
 
 def time_vs_accuracy(rows: list[dict], path: Path) -> None:
@@ -95,6 +138,7 @@ def main() -> None:
     rows = load_rows()
     for model in sorted({r["model"] for r in rows}):
         accuracy_by_setting(rows, model, RESULTS / f"accuracy_{model}.png")
+    tau_sweep(rows, RESULTS / "tau_sweep.png")
     time_vs_accuracy(rows, RESULTS / "time_vs_accuracy.png")
     print(f"{len(rows)} rows -> {sorted(p.name for p in RESULTS.glob('*.png'))}")
 

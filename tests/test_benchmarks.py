@@ -34,3 +34,27 @@ def test_every_suite_row_is_a_valid_calibrate_command(capsys):
     qdrop = dict(zip(acc.METHODS["qdrop"][::2], acc.METHODS["qdrop"][1::2], strict=True))
     assert qdrop["--recon.act_lr"] == "4e-5" and qdrop["--quant.drop_prob"] == "0.5"
     assert qdrop["--recon.iters"] == "20000" and qdrop["--quant.rounding"] == "adaround"
+
+
+def _row(method, setting="W3A3", seeds=(0,), top1=90.0):
+    return {"model": "resnet20", "setting": setting, "method": method, "seeds": list(seeds),
+            "top1": top1, "top1_std": 0.0, "nearest_top1": 80.0, "float_top1": 92.0,
+            "calib_seconds": 100.0}  # fmt: skip
+
+
+def test_plots_keep_the_row_with_most_seeds_and_draw_the_tau_sweep(tmp_path, monkeypatch):
+    import json
+
+    plots = _load("plots")
+    monkeypatch.setattr(plots, "RESULTS", tmp_path)
+    one = {"rows": [_row("attention", top1=91.0), _row("attention_tau0", top1=88.0)]}
+    three = {"rows": [_row("attention", seeds=(0, 1, 2), top1=91.5)]}
+    (tmp_path / "accuracy_b.json").write_text(json.dumps(one))  # read after a: must not win
+    (tmp_path / "accuracy_a.json").write_text(json.dumps(three))
+    rows = {r["method"]: r for r in plots.load_rows()}
+    assert rows["attention"]["top1"] == 91.5 and len(rows) == 2
+    assert plots.tau_of("attention") == 0.5 and plots.tau_of("attention_tau0.25") == 0.25
+    assert plots.tau_of("adaround") is None
+    assert plots.tau_sweep(list(rows.values()), tmp_path / "tau.png")
+    assert (tmp_path / "tau.png").stat().st_size > 1000
+    assert not plots.tau_sweep([rows["attention"]], tmp_path / "none.png")
