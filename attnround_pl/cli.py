@@ -21,20 +21,19 @@ from typing import Any
 # Lightning 2.6 still calls jsonargparse APIs deprecated in 4.49; users cannot act on that.
 os.environ.setdefault("JSONARGPARSE_DEPRECATION_WARNINGS", "off")
 
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from rich.console import Console
 
 from .calib import FloatModel, RunConfig, calibrate, evaluate
 from .calib.distributed import PeerRankError
 from .calib.export_job import FORMATS, check_format, export_run, export_table
-from .calib.memory import CacheMemoryError
 from .calib.pipeline import quiet_lightning
-from .calib.run_folder import CHECKPOINT, CONFIG, RunFolderError, build_float, check_run_folder
+from .calib.run_folder import CHECKPOINT, CONFIG, build_float, check_run_folder
 from .calib.sequencer import ReconConfig
-from .data import CalibrationDataModule, DataError
-from .export import OnnxExportError
-from .models import ModelLoadError
-from .quant import CheckpointError, QuantConfig, QuantConfigError, load_quantized
+from .data import CalibrationDataModule
+from .errors import InputError
+from .quant import QuantConfig, load_quantized
 
 USAGE = """usage: attnround-pl {calibrate,evaluate,export} ...
 
@@ -46,9 +45,10 @@ USAGE = """usage: attnround-pl {calibrate,evaluate,export} ...
 'attnround-pl calibrate --help' lists every option."""
 
 # Errors a user can cause by input: printed as one line, exit status 2.
-USER_ERRORS = (QuantConfigError, ModelLoadError, DataError, CheckpointError, FileExistsError,
-               FileNotFoundError, ValueError, RunFolderError, OnnxExportError,
-               CacheMemoryError)  # fmt: skip
+# Lightning's MisconfigurationException: Trainer settings it refuses (``--trainer.devices 0``).
+# Anything else is a bug and keeps its traceback; TRACEBACK_ENV=1 shows it for these too.
+USER_ERRORS = (InputError, FileExistsError, FileNotFoundError, MisconfigurationException)
+TRACEBACK_ENV = "ATTNROUND_PL_TRACEBACK"
 
 
 class CalibrateCLI(LightningCLI):
@@ -157,6 +157,8 @@ def main(argv: list[str] | None = None) -> int:
     except PeerRankError:
         return 2  # another DDP rank failed and printed the error; this one only stops
     except USER_ERRORS as exc:
+        if os.environ.get(TRACEBACK_ENV) == "1":
+            raise
         print(f"attnround-pl {command}: error: {exc}", file=sys.stderr)
         return 2
 

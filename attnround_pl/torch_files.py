@@ -8,8 +8,10 @@ from typing import Any
 
 import torch
 
+from .errors import InputError
 
-class UnreadableFile(ValueError):  # noqa: N818 - reads as "the file is unreadable: <reason>"
+
+class UnreadableFile(InputError, ValueError):  # noqa: N818 - reads as "the file is unreadable: <reason>"
     """A file torch.load(weights_only=True) cannot read; the message is one short line."""
 
 

@@ -40,7 +40,7 @@ def tau_of(method: str) -> float | None:
     """Attention Round's tau of a method name (None: not an Attention Round row)."""
     if method == "attention":
         return PAPER_TAU
-    return float(method[len(TAU_PREFIX):]) if method.startswith(TAU_PREFIX) else None
+    return float(method[len(TAU_PREFIX) :]) if method.startswith(TAU_PREFIX) else None
 
 
 def accuracy_by_setting(rows: list[dict], model: str, path: Path) -> None:

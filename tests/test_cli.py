@@ -122,6 +122,8 @@ BAD_INPUTS = [
     ("resume of a run that never started", ["--run.resume", "{empty}"],
      "holds no progress.pt: no unit of it finished, nothing to resume"),
     ("unknown export format", ["--run.export", "[tflite]"], "unknown export format 'tflite'"),
+    ("Trainer setting Lightning refuses", ["--trainer.devices", "0"],
+     "`Trainer(devices='0')` value is not a valid input"),
 ]  # fmt: skip
 
 
@@ -139,6 +141,28 @@ def test_bad_input_gives_one_clear_line(tmp_path, tiny_fmnist, capsys, row):
     assert len(err.splitlines()) == 1 and "Traceback" not in err, err
     assert err.startswith("attnround-pl calibrate: error: ")
     assert message in err
+
+
+def test_a_bug_keeps_its_traceback_and_input_errors_can_show_theirs(monkeypatch, capsys):
+    from attnround_pl.errors import SettingError
+
+    def broken(args):
+        raise ValueError("not an input error")
+
+    monkeypatch.setattr(cli, "cmd_evaluate", broken)
+    with pytest.raises(ValueError, match="not an input error"):
+        cli.main(["evaluate", "--run", "x"])  # a bug: not swallowed into one line
+
+    def refused(args):
+        raise SettingError("recon.lr=-1 must be > 0")
+
+    monkeypatch.setattr(cli, "cmd_evaluate", refused)
+    assert cli.main(["evaluate", "--run", "x"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "attnround-pl evaluate: error: recon.lr=-1 must be > 0"
+    monkeypatch.setenv(cli.TRACEBACK_ENV, "1")
+    with pytest.raises(SettingError):
+        cli.main(["evaluate", "--run", "x"])
 
 
 def test_config_typo_is_lightningclis_message(capsys):

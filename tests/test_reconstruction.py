@@ -92,7 +92,6 @@ def test_qdrop_drops_only_while_the_unit_learns(fmnist_root):
     assert not any(q.dropping for q in quantizers)
 
 
-
 def _learn_with(fmnist_root, foreach):
     unit, data = _unit_setup(fmnist_root, "attention", unit="layer3.2", n=64)
     module = BlockReconstruction(unit, data, "layer3.2", iters=30, batch_size=16)

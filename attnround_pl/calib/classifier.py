@@ -6,7 +6,7 @@ import lightning.pytorch as pl
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
-from ..models import build_model
+from ..models import ModelLoadError, build_model
 
 
 def num_classes_of(net: nn.Module) -> int:
@@ -16,7 +16,7 @@ def num_classes_of(net: nn.Module) -> int:
             return module.out_features
         if isinstance(module, nn.Conv2d):
             return module.out_channels
-    raise ValueError(f"cannot tell the number of classes of {type(net).__name__}")
+    raise ModelLoadError(f"cannot tell the number of classes of {type(net).__name__}")
 
 
 class ImageClassifier(pl.LightningModule):

@@ -15,6 +15,7 @@ from rich.table import Table
 
 from ..atomic import write_json
 from ..data import CalibrationDataModule
+from ..errors import SettingError
 from ..export import (
     compare_with_onnx,
     export_onnx,
@@ -30,7 +31,7 @@ FORMATS = {"onnx": "quantized.onnx", "state": "quantized_state.pt"}
 
 def check_format(fmt: str) -> str:
     if fmt not in FORMATS:
-        raise ValueError(f"unknown export format {fmt!r}; valid: {', '.join(FORMATS)}")
+        raise SettingError(f"unknown export format {fmt!r}; valid: {', '.join(FORMATS)}")
     return fmt
 
 

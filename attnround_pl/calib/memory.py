@@ -7,12 +7,13 @@ from pathlib import Path
 
 from torch import Tensor, nn
 
+from ..errors import InputError
 from .cache import capture
 
 GUARD_FRACTION = 0.8  # of the available memory a unit's cache may take at its peak
 
 
-class CacheMemoryError(MemoryError):
+class CacheMemoryError(InputError, MemoryError):
     """A unit's activation cache would not fit in the memory left."""
 
 

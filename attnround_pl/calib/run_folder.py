@@ -8,6 +8,7 @@ from typing import Any
 
 from torch import nn
 
+from ..errors import InputError
 from ..models import build_model
 
 REPORT = "report.json"
@@ -15,7 +16,7 @@ CHECKPOINT = "quantized.pt"
 CONFIG = "config.yaml"
 
 
-class RunFolderError(RuntimeError):
+class RunFolderError(InputError, RuntimeError):
     """A run folder is missing, or its calibration did not finish."""
 
 

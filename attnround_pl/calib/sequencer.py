@@ -12,6 +12,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from torch import Tensor, nn
 
+from ..errors import SettingError
 from ..models import Unit
 from ..quant import freeze_model, output_mse, round_to_nearest
 from .cache import UnitData, build_unit_data, cache_device
@@ -45,12 +46,12 @@ class ReconConfig:
 
     def validate(self) -> ReconConfig:
         if self.iters < 0 or self.batch_size < 1:
-            raise ValueError(f"recon.iters={self.iters} must be >= 0 and recon.batch_size="
-                             f"{self.batch_size} positive")  # fmt: skip
+            raise SettingError(f"recon.iters={self.iters} must be >= 0 and recon.batch_size="
+                               f"{self.batch_size} positive")  # fmt: skip
         if self.lr <= 0 or self.act_lr <= 0:
-            raise ValueError(f"recon.lr={self.lr} and recon.act_lr={self.act_lr} must be > 0")
+            raise SettingError(f"recon.lr={self.lr} and recon.act_lr={self.act_lr} must be > 0")
         if self.cache_device not in ("cpu", "auto"):
-            raise ValueError(f"recon.cache_device={self.cache_device!r}: use 'cpu' or 'auto'")
+            raise SettingError(f"recon.cache_device={self.cache_device!r}: use 'cpu' or 'auto'")
         return self
 
 

@@ -14,6 +14,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 from torchvision import datasets, transforms
 
+from ..errors import InputError, SettingError
 from .fashion_mnist_files import DEFAULT_ROOT, prepare
 from .sampling import balanced_indices
 
@@ -21,7 +22,7 @@ FMNIST_MEAN, FMNIST_STD = (0.2860,), (0.3530,)
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
-class DataError(RuntimeError):
+class DataError(InputError, RuntimeError):
     """The data cannot be used: the message names the folder or setting and what is wrong."""
 
 
@@ -60,7 +61,7 @@ class CalibrationDataModule(pl.LightningDataModule):
             targets = self.train_targets(split)
             try:
                 idx = balanced_indices(targets, self.calib_size, self.seed)
-            except ValueError as exc:
+            except SettingError as exc:
                 raise DataError(f"calibration set: {exc}") from None
             subset = Subset(split, idx)
             with torch.random.fork_rng():  # augmentation drawn once, reproducibly

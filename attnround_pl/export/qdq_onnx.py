@@ -33,6 +33,7 @@ from onnx import TensorProto, helper, numpy_helper
 from torch import Tensor, nn
 
 from ..atomic import write_atomically
+from ..errors import InputError
 from ..quant import ActQuantizer, QuantLayer, QuantLinear
 
 OPSET = 13
@@ -41,7 +42,7 @@ INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
 
 
-class OnnxExportError(RuntimeError):
+class OnnxExportError(InputError, RuntimeError):
     """The model holds something the QDQ exporter cannot write."""
 
 

@@ -11,6 +11,7 @@ import onnxruntime as ort
 import torch
 from torch import Tensor, nn
 
+from ..errors import SettingError
 from .qdq_onnx import INPUT_NAME
 
 
@@ -55,7 +56,7 @@ def compare_with_onnx(
         mismatch += int((ref.argmax(1) != got.argmax(1)).sum())
         max_diff = max(max_diff, float((ref - got).abs().max()))
     if images == 0:
-        raise ValueError("no images to compare the ONNX model on")
+        raise SettingError("no images to compare the ONNX model on")
     return Comparison(
         images=images,
         torch_top1=100.0 * torch_correct / images,

@@ -7,6 +7,8 @@ import math
 import torch
 from torch import Tensor
 
+from ..errors import SettingError
+
 
 def weight_vectors(weight: Tensor) -> Tensor:
     """The layer's weights as W (n x m): one n-element column per output channel."""
@@ -20,7 +22,7 @@ def coding_length(weight: Tensor, eps2: float) -> float:
     equals ``det(I_m + c W^T W)``.
     """
     if not eps2 > 0:
-        raise ValueError(f"eps2={eps2} must be > 0")
+        raise SettingError(f"eps2={eps2} must be > 0")
     w = weight_vectors(weight).double()
     n, m = w.shape
     c = n / (m * eps2)

@@ -16,6 +16,8 @@ from torchvision.models.mobilenetv2 import InvertedResidual
 from torchvision.models.resnet import BasicBlock
 from torchvision.ops.misc import Conv2dNormActivation
 
+from ..errors import SettingError
+
 NUM_CLASSES = 10
 
 
@@ -29,7 +31,7 @@ class CifarResNet(nn.Module):
     ):
         super().__init__()
         if (depth - 2) % 6:
-            raise ValueError(f"CIFAR ResNet depth must be 6n + 2, got {depth}")
+            raise SettingError(f"CIFAR ResNet depth must be 6n + 2, got {depth}")
         n = (depth - 2) // 6
         self.conv1 = nn.Conv2d(in_channels, 16, 3, stem_stride, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(16)

@@ -22,6 +22,7 @@ import torchvision
 from torch import nn
 from torchvision.models.regnet import BlockParams, RegNet
 
+from ..errors import InputError
 from ..torch_files import UnreadableFile, load_tensors
 from .fmnist_nets import mobilenetv2_small, resnet20
 
@@ -33,7 +34,7 @@ EMBEDDED: dict[str, Callable[[int], nn.Module]] = {
 TORCHVISION = ("resnet18", "resnet50", "mobilenet_v2", "regnet_x_600mf", "mnasnet1_0")
 
 
-class ModelLoadError(RuntimeError):
+class ModelLoadError(InputError, RuntimeError):
     """A model could not be built or its weights could not be loaded; the message says why."""
 
 

@@ -122,7 +122,7 @@ class ActQuantizer(nn.Module):
         values = torch.cat(self._observed)
         self._observed = []
         if not torch.isfinite(values).all():
-            raise ValueError("activation quantizer observed NaN or Inf values")
+            raise QuantConfigError("activation quantizer observed NaN or Inf values")
         if self.signed is None:
             self.signed = self._observed_min < 0
         scale, _ = search_qparams(values[None, :], self.grid, affine=False)
@@ -167,7 +167,7 @@ class ActQuantizer(nn.Module):
 
     def set_extra_state(self, state: dict) -> None:
         if state["bits"] != self.bits:
-            raise ValueError(
+            raise QuantConfigError(
                 f"activation quantizer has {self.bits} bits, the state {state['bits']}"
             )
         self.signed = state["signed"]

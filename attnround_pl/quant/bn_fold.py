@@ -15,6 +15,7 @@ import warnings
 import torch
 from torch import fx, nn
 
+from .errors import QuantConfigError
 from .tree import set_submodule
 
 
@@ -22,7 +23,7 @@ from .tree import set_submodule
 def fold_bn_into_conv(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
     """Fold ``bn`` (with running statistics) into ``conv`` in place."""
     if bn.running_mean is None or bn.running_var is None:
-        raise ValueError("cannot fold a BatchNorm without running statistics")
+        raise QuantConfigError("cannot fold a BatchNorm without running statistics")
     std = torch.sqrt(bn.running_var + bn.eps)
     gamma = bn.weight if bn.affine else torch.ones_like(std)
     beta = bn.bias if bn.affine else torch.zeros_like(std)

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from ..atomic import write_atomically
+from ..errors import InputError
 from ..torch_files import UnreadableFile, load_tensors
 from .config import QuantConfig
 from .layers import QuantLayer
@@ -31,7 +32,7 @@ from .model import freeze_model, quant_layers, quantize_model
 FORMAT = "attnround-pl/quantized/1"
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(InputError, RuntimeError):
     """A quantized checkpoint is missing, corrupt, or does not fit the model."""
 
 

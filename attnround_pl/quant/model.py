@@ -124,7 +124,7 @@ def calibrate_activations(model: nn.Module, batches: Iterable[Tensor]) -> int:
         for layer, state in saved:
             layer.weight_enabled = state
     if seen == 0:
-        raise ValueError("calibrate_activations got no batches")
+        raise QuantConfigError("calibrate_activations got no batches")
     for q in quantizers:
         q.finish_observing()
     return seen
