@@ -12,6 +12,7 @@ import platform
 import resource
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from rich.console import Console
 from rich.table import Table
-from torch import nn
+from torch import Tensor, nn
 
 from ..atomic import write_json
 from ..data import CalibrationDataModule
@@ -127,21 +128,23 @@ def run_name(model: FloatModel, quant: QuantConfig) -> str:
             f"{time.strftime('%Y%m%d-%H%M%S')}")  # fmt: skip
 
 
-def calibrate(
-    model: FloatModel, data: CalibrationDataModule, quant: QuantConfig, recon: ReconConfig,
-    run: RunConfig, trainer_kwargs: dict[str, Any] | None = None,
-    config_text: str | None = None, console: Console | None = None,
-) -> dict[str, Any]:  # fmt: skip
-    """Quantize ``model`` with block reconstruction; write the run folder; return the report."""
-    console = console or Console()
-    quiet_lightning()
-    trainer_kwargs = dict(trainer_kwargs or {})
-    quant.validate()
-    recon.validate()
-    run.validate()
-    resuming = run.resume is not None
+@dataclass
+class _RunFolder:
+    """Where this process writes (rank 0 alone writes; ``echo`` prints on rank 0 only)."""
+
+    path: Path
+    rank: int
+    world: int
+    echo: Callable[..., None]
+
+
+def _open_run_folder(model: FloatModel, data: CalibrationDataModule, quant: QuantConfig,
+                     run: RunConfig, trainer_kwargs: dict[str, Any], config_text: str | None,
+                     console: Console) -> _RunFolder:  # fmt: skip
+    """Start the DDP ranks (if asked) and prepare the run folder on rank 0; every rank stops
+    with rank 0's error."""
     name = run.name or os.environ.get(RUN_NAME_ENV) or run_name(model, quant)
-    run_dir = Path(run.resume or Path(run.out_dir) / name)
+    path = Path(run.resume or Path(run.out_dir) / name)
     data.prepare_data()  # before the other ranks exist: one process downloads or unpacks
     if wants_ddp(trainer_kwargs):
         os.environ[RUN_NAME_ENV] = name  # the ranks started next write to the same folder
@@ -151,27 +154,19 @@ def calibrate(
     error = None
     if rank == 0:  # rank 0 alone touches the run folder; the others stop with it
         try:
-            prepare_run_dir(run_dir, resume=resuming, overwrite=run.overwrite)
-            if config_text is not None and not resuming:
-                (run_dir / CONFIG).write_text(config_text)
+            prepare_run_dir(path, resume=run.resume is not None, overwrite=run.overwrite)
+            if config_text is not None and run.resume is None:
+                (path / CONFIG).write_text(config_text)
         except (RunFolderError, FileExistsError) as exc:
             error = exc
     agree(error)
     echo = console.print if rank == 0 else (lambda *args, **kwargs: None)
+    return _RunFolder(path, rank, world, echo)
 
-    data.setup("test")
-    batches = [x for x, _ in data.calib_dataloader(batch_size=256)]
-    shard_batches = shard(batches, rank, world)  # this rank's samples, for the unit caches
-    float_net = model.net.eval()
-    settings = {"quant": quant.to_dict(), "recon": recon.__dict__, "arch": model.arch,
-                "num_classes": model.num_classes}  # fmt: skip
-    print_ = fingerprint(settings, float_net, batches)
-    progress = load_progress(run_dir, print_) if resuming else None
 
-    def score(net: nn.Module) -> tuple[float, float]:
-        return evaluate(net, data, trainer_kwargs, run.progress)
-
-    report: dict[str, Any] = {
+def _new_report(model: FloatModel, data: CalibrationDataModule, quant: QuantConfig,
+                recon: ReconConfig) -> dict[str, Any]:  # fmt: skip
+    return {
         "model": model.arch,
         "rounding": quant.rounding,
         "w_bits": quant.w_bits,
@@ -182,21 +177,26 @@ def calibrate(
         "recon": recon.__dict__.copy(),
         "machine": machine(),
     }
-    if progress is not None:
-        report.update(progress["report"])
-        echo(f"resuming {run_dir}: {len(progress['units'])} unit(s) already done")
-    if run.eval_float and progress is None:
+
+
+def _evaluate_baselines(float_net: nn.Module, quant: QuantConfig, run: RunConfig,
+                        batches: list[Tensor], score: Callable[[nn.Module], tuple[float, float]],
+                        report: dict[str, Any], echo: Callable[..., None]) -> None:  # fmt: skip
+    """Float and round-to-nearest top-1/top-5 into ``report`` (as ``run`` asks)."""
+    if run.eval_float:
         report["float_top1"], report["float_top5"] = score(float_net)
         echo(f"float: top-1 {report['float_top1']:.2f} %")
-    if run.eval_nearest and progress is None:
+    if run.eval_nearest:
         nearest = quantize_model(float_net, replace(quant, rounding="nearest"))
         calibrate_activations(nearest, batches)
         report["nearest_top1"], report["nearest_top5"] = score(nearest)
         echo(f"round-to-nearest: top-1 {report['nearest_top1']:.2f} %")
-        del nearest
 
-    started = time.perf_counter()
-    elapsed_before = progress["elapsed"] if progress is not None else 0.0
+
+def _quantize(float_net: nn.Module, quant: QuantConfig, batches: list[Tensor],
+              report: dict[str, Any], echo: Callable[..., None]) -> nn.Module:  # fmt: skip
+    """The quantized copy with its activation steps initialised; size (and the mixed-precision
+    allocation) into ``report``."""
     qmodel = quantize_model(float_net, quant)
     layers = quant_layers(qmodel).values()
     report["size_mb"] = size_mb([m.layer.weight.numel() for m in layers],
@@ -207,46 +207,113 @@ def calibrate(
         report["mixed"] = mixed
         echo(mixed_table(mixed))
     calibrate_activations(qmodel, batches)
-    folded = copy.deepcopy(float_net).eval()
-    fold_batchnorms(folded)
-    units = split_units(qmodel)
-    if progress is not None:
-        restore_progress(qmodel, units, progress)
-    logger = TensorBoardLogger(str(run_dir), name="tb", version="", default_hp_metric=False)
-    if "mixed" in report and rank == 0:
+    return qmodel
+
+
+def _tensorboard(folder: _RunFolder, model: FloatModel, quant: QuantConfig, recon: ReconConfig,
+                 report: dict[str, Any], units: int) -> TensorBoardLogger:  # fmt: skip
+    logger = TensorBoardLogger(str(folder.path), name="tb", version="", default_hp_metric=False)
+    if "mixed" in report and folder.rank == 0:
         title = f"{model.arch} mixed {quant.mixed.bit_list}"
-        figure = save_bits_plot(report["mixed"], title, run_dir / "bits_per_layer.png")
+        figure = save_bits_plot(report["mixed"], title, folder.path / "bits_per_layer.png")
         logger.experiment.add_figure("mixed/bits_per_layer", figure, 0)
     logger.log_hyperparams(
         {**{f"quant/{k}": str(v) if isinstance(v, (dict, list)) else v
             for k, v in quant.to_dict().items()},
          **{f"recon/{k}": v for k, v in recon.__dict__.items()},
-         "model/arch": model.arch, "data/calib_size": len(data.calib_set), "units": len(units)}
+         "model/arch": model.arch, "data/calib_size": report["calib_size"], "units": units}
     )  # fmt: skip
+    return logger
 
-    recon_trainer_kwargs = user_trainer_kwargs(trainer_kwargs)
+
+def _trainer_factory(recon: ReconConfig, run: RunConfig, trainer_kwargs: dict[str, Any],
+                     logger: TensorBoardLogger, path: Path
+                     ) -> Callable[[BlockSequencer], pl.Trainer]:  # fmt: skip
+    """One fresh Trainer per unit: the user's options plus the ones the reconstruction owns."""
+    user = user_trainer_kwargs(trainer_kwargs)
 
     def make_trainer(sequencer: BlockSequencer) -> pl.Trainer:
         callbacks = [sequencer, *([UnitProgressBar()] if run.progress else [])]
         return pl.Trainer(
-            **recon_trainer_kwargs, max_steps=recon.iters, max_epochs=1, logger=logger,
-            callbacks=callbacks,
+            **user, max_steps=recon.iters, max_epochs=1, logger=logger, callbacks=callbacks,
             enable_checkpointing=False, limit_val_batches=0, num_sanity_val_steps=0,
             enable_model_summary=False, use_distributed_sampler=False,
             log_every_n_steps=min(recon.log_every_n_steps, recon.iters),
-            enable_progress_bar=run.progress, default_root_dir=str(run_dir),
+            enable_progress_bar=run.progress, default_root_dir=str(path),
         )  # fmt: skip
 
+    return make_trainer
+
+
+def _write_run(folder: _RunFolder, qmodel: nn.Module, model: FloatModel, quant: QuantConfig,
+               run: RunConfig, data: CalibrationDataModule,
+               report: dict[str, Any]) -> None:  # fmt: skip
+    """quantized.pt, report.json and the exports (rank 0); progress.pt goes."""
+    meta = {"arch": model.arch, "num_classes": model.num_classes}
+    save_quantized(qmodel, folder.path / CHECKPOINT, quant, meta)
+    write_json(folder.path / REPORT, report)
+    (folder.path / PROGRESS).unlink(missing_ok=True)  # quantized.pt holds it all now
+    for fmt in run.export:  # the finished run is on disk; an export error loses nothing
+        report.update(export_run(folder.path, fmt, data))
+
+
+def calibrate(
+    model: FloatModel, data: CalibrationDataModule, quant: QuantConfig, recon: ReconConfig,
+    run: RunConfig, trainer_kwargs: dict[str, Any] | None = None,
+    config_text: str | None = None, console: Console | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """Quantize ``model`` with block reconstruction; write the run folder; return the report.
+
+    Phases: open the run folder (and the DDP ranks), evaluate float and round-to-nearest,
+    quantize, reconstruct unit by unit (``progress.pt`` after each), evaluate, write.
+    """
+    quiet_lightning()
+    trainer_kwargs = dict(trainer_kwargs or {})
+    quant.validate()
+    recon.validate()
+    run.validate()
+    folder = _open_run_folder(model, data, quant, run, trainer_kwargs, config_text,
+                              console or Console())  # fmt: skip
+    echo = folder.echo
+
+    data.setup("test")
+    batches = [x for x, _ in data.calib_dataloader(batch_size=256)]
+    float_net = model.net.eval()
+    settings = {"quant": quant.to_dict(), "recon": recon.__dict__, "arch": model.arch,
+                "num_classes": model.num_classes}  # fmt: skip
+    print_ = fingerprint(settings, float_net, batches)
+    progress = load_progress(folder.path, print_) if run.resume is not None else None
+
+    def score(net: nn.Module) -> tuple[float, float]:
+        return evaluate(net, data, trainer_kwargs, run.progress)
+
+    report = _new_report(model, data, quant, recon)
+    if progress is not None:
+        report.update(progress["report"])
+        echo(f"resuming {folder.path}: {len(progress['units'])} unit(s) already done")
+    if progress is None:  # a resumed run has them in its report already
+        _evaluate_baselines(float_net, quant, run, batches, score, report, echo)
+
+    started = time.perf_counter()
+    elapsed_before = progress["elapsed"] if progress is not None else 0.0
+    qmodel = _quantize(float_net, quant, batches, report, echo)
+    folded = copy.deepcopy(float_net).eval()
+    fold_batchnorms(folded)
+    units = split_units(qmodel)
+    if progress is not None:
+        restore_progress(qmodel, units, progress)
+    logger = _tensorboard(folder, model, quant, recon, report, len(units))
+
     def checkpoint(results: list[dict[str, Any]]) -> None:
-        if rank != 0:
-            return
-        elapsed = elapsed_before + time.perf_counter() - started
-        save_progress(run_dir, qmodel, results, report, elapsed, print_)
+        if folder.rank == 0:
+            elapsed = elapsed_before + time.perf_counter() - started
+            save_progress(folder.path, qmodel, results, report, elapsed, print_)
 
     sequencer = BlockSequencer(
-        qmodel, folded, units, shard_batches, recon, make_trainer, seed=quant.seed,
+        qmodel, folded, units, shard(batches, folder.rank, folder.world), recon,
+        _trainer_factory(recon, run, trainer_kwargs, logger, folder.path), seed=quant.seed,
         logger=logger, echo=echo, on_unit_done=checkpoint,
-        resume_hint=f"Finished units are kept: continue with --run.resume {run_dir}",
+        resume_hint=f"Finished units are kept: continue with --run.resume {folder.path}",
         total=sum(len(b) for b in batches),
     )  # fmt: skip
     echo(f"{len(units)} units, {recon.iters} iterations each at batch {recon.batch_size}")
@@ -257,20 +324,14 @@ def calibrate(
     qmodel.eval()
     report["quant_top1"], report["quant_top5"] = score(qmodel)
     report["peak_rss_mb"] = round(peak_rss_mb(), 1)
-    report["run_dir"] = str(run_dir)
-    if world > 1:
-        report["devices"] = world
+    report["run_dir"] = str(folder.path)
+    if folder.world > 1:
+        report["devices"] = folder.world
     logger.experiment.add_scalar("eval/quant_top1", report["quant_top1"], 0)
     logger.finalize("success")
-    if rank != 0:  # every rank holds the same frozen model and metrics; rank 0 writes them
-        return report
-    meta = {"arch": model.arch, "num_classes": model.num_classes}
-    save_quantized(qmodel, run_dir / CHECKPOINT, quant, meta)
-    write_json(run_dir / REPORT, report)
-    (run_dir / PROGRESS).unlink(missing_ok=True)  # quantized.pt holds it all now
-    for fmt in run.export:  # the finished run is on disk; an export error loses nothing
-        report.update(export_run(run_dir, fmt, data))
-    echo(summary_table(report))
+    if folder.rank == 0:  # every rank holds the same frozen model and metrics
+        _write_run(folder, qmodel, model, quant, run, data, report)
+        echo(summary_table(report))
     return report
 
 
