@@ -132,7 +132,7 @@ def load_state(
     payload = read_state(path)
     layers = payload["layers"]
     config = nearest_rebuild_config(payload["quant"], {n: i["w_bits"] for n, i in layers.items()})
-    qmodel = quantize_model(build_float(payload["meta"]), config)
+    qmodel = quantize_model(build_float(payload["meta"]), config, search_scales=False)
     freeze_model(qmodel)
     have = quant_layers(qmodel)
     if set(have) != set(layers):

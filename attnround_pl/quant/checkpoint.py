@@ -124,7 +124,7 @@ def load_quantized(
     # The bits each layer ended with; a mixed-precision allocation is not recomputed.
     layer_bits = {name: info["w_bits"] for name, info in payload["layers"].items()}
     quant = nearest_rebuild_config(payload["quant"], layer_bits)
-    qmodel = quantize_model(build_float(payload["meta"]), quant)
+    qmodel = quantize_model(build_float(payload["meta"]), quant, search_scales=False)
     freeze_model(qmodel)
     try:
         qmodel.load_state_dict(payload["state_dict"])

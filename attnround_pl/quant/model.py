@@ -43,13 +43,17 @@ def layer_bits(
     return w_bits, a_bits
 
 
-def quantize_model(model: nn.Module, config: QuantConfig | None = None) -> nn.Module:
+def quantize_model(
+    model: nn.Module, config: QuantConfig | None = None, *, search_scales: bool = True
+) -> nn.Module:
     """Return a quantized copy of ``model``; ``model`` itself is never modified.
 
     The copy is put in eval mode, its BatchNorms are folded into the preceding convs, and every
     Conv2d / Linear is replaced by a QuantConv2d / QuantLinear whose weight quantizer is
     initialised by the MSE scale search and the configured rounding function. Input quantizers
     still need ``calibrate_activations`` before the model is used with quantized activations.
+    ``search_scales=False`` skips the MSE search (scales 1, zero points 0): for loaders that
+    overwrite every quantizer's state right after (seconds saved on ResNet-50-sized models).
     Raises QuantConfigError, naming the value or layer, for bad settings or weights.
     """
     config = (config or QuantConfig()).validate()
@@ -87,6 +91,7 @@ def quantize_model(model: nn.Module, config: QuantConfig | None = None) -> nn.Mo
             rounding,
             per_channel=config.w_per_channel,
             symmetric=config.w_symmetric,
+            search=search_scales,
         )
         aq = ActQuantizer(a_bits, seed=config.layer_seed(index), border=config.act_border,
                           drop_prob=config.drop_prob)  # fmt: skip

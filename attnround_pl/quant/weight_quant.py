@@ -16,8 +16,9 @@ class WeightQuantizer(nn.Module):
     """``w_hat = s * (q - z)``, ``q = clip(R(w / s) + z, qmin, qmax)`` with rounding function R.
 
     Scales ``s`` and zero points ``z`` are fixed after the MSE search (per output channel by
-    default). ``symmetric`` uses a signed grid with ``z = 0``; otherwise an unsigned grid with a
-    zero point (asymmetric). After ``freeze()`` the integer codes are stored and the rounding's
+    default; ``search=False``: 1 and 0, for a loader that sets them from a file).
+    ``symmetric`` uses a signed grid with ``z = 0``; otherwise an unsigned grid with a zero
+    point (asymmetric). After ``freeze()`` the integer codes are stored and the rounding's
     parameters dropped; the forward then ignores its input and returns the frozen weights.
     """
 
@@ -32,6 +33,7 @@ class WeightQuantizer(nn.Module):
         rounding: Rounding,
         per_channel: bool = True,
         symmetric: bool = False,
+        search: bool = True,
     ) -> None:
         super().__init__()
         self.grid = UniformGrid(bits, signed=symmetric)
@@ -41,7 +43,10 @@ class WeightQuantizer(nn.Module):
         rows = (
             weight.detach().reshape(weight.shape[0], -1) if per_channel else weight.reshape(1, -1)
         )
-        scale, zero_point = search_qparams(rows, self.grid, affine=not symmetric)
+        if search:
+            scale, zero_point = search_qparams(rows, self.grid, affine=not symmetric)
+        else:  # placeholders: a loader overwrites them with the saved state
+            scale, zero_point = torch.ones(rows.shape[0]), torch.zeros(rows.shape[0])
         shape = (-1,) + (1,) * (weight.dim() - 1) if per_channel else ()
         self.register_buffer("scale", scale.reshape(shape).to(weight.device))
         self.register_buffer("zero_point", zero_point.reshape(shape).to(weight.device))
