@@ -72,6 +72,7 @@ METHODS = {
 BASELINES = ["nearest", "floor", "ceil", "stochastic", "adaround"]
 PEERS = ["brecq", "qdrop"]
 SEEDS3 = (0, 1, 2)
+RECON_TRIO = ("nearest", "adaround", "attention")  # no reconstruction, AdaRound, ours
 
 
 class Block(NamedTuple):
@@ -99,6 +100,8 @@ SUITES = {
         Block(["W2A4"], ["nearest", "adaround", *PEERS, "attention"], (0,)),
     ]),
     "aquant": (["resnet20"], [Block(["W2A2", "W3A3", "W4A4"], ["attention", "attention+aquant"])]),
+    "weights_only": (["resnet20"], [Block(["W4A32", "W3A32"], [*RECON_TRIO])]),
+    "mobilenetv2": (["mobilenetv2"], [Block(["W4A4", "W3A3"], [*RECON_TRIO])]),
     "tau": (["resnet20"], [Block(["W3A3"], ["attention", *(f"attention_tau{t}" for t in TAUS)])]),
     "mixed": (["resnet20"], [Block(["MP3456", "MP345", "W3A4", "W4A4", "W5A4"], ["attention"])]),
     "full": (["resnet20", "mobilenetv2"], [
