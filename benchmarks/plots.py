@@ -102,13 +102,27 @@ def tau_sweep(rows: list[dict], path: Path) -> bool:
 
 
 def time_vs_accuracy(rows: list[dict], path: Path) -> None:
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    """Calibration wall time against top-1: colour per method, marker per setting, collapsed
+    rows (floor/ceil, > OFF_SCALE_DROP pp below float) and the tau sweep left out."""
+    rows = [r for r in rows if r["top1"] >= r["float_top1"] - OFF_SCALE_DROP
+            and not r["method"].startswith(TAU_PREFIX)]  # fmt: skip
+    methods = sorted({r["method"] for r in rows})
+    settings = sorted({(r["model"], r["setting"]) for r in rows})
+    colours = {m: plt.get_cmap("tab10")(i % 10) for i, m in enumerate(methods)}
+    markers = {s: "osD^v<>phX*"[i % 11] for i, s in enumerate(settings)}
+    fig, ax = plt.subplots(figsize=(8, 5))
     for r in rows:
-        ax.scatter(r["calib_seconds"], r["top1"], s=18)
-        ax.annotate(f"{r['model']} {r['setting']} {r['method']}", (r["calib_seconds"], r["top1"]),
-                    fontsize=5)  # fmt: skip
-    ax.set(xlabel="calibration wall time, s (2-core CPU)", ylabel="top-1 %",
+        ax.scatter(r["calib_seconds"], r["top1"], s=30, color=colours[r["method"]],
+                   marker=markers[(r["model"], r["setting"])])  # fmt: skip
+    for m in methods:
+        ax.scatter([], [], color=colours[m], marker="o", label=m)
+    for model, setting in settings:
+        ax.scatter([], [], color="black", marker=markers[(model, setting)],
+                   label=f"{model} {setting}")  # fmt: skip
+    ax.set_xscale("log")
+    ax.set(xlabel="calibration wall time, s (2-core CPU, log scale)", ylabel="top-1 %",
            title="calibration time against accuracy")  # fmt: skip
+    ax.legend(fontsize=6, ncol=2, loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
