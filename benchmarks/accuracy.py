@@ -139,9 +139,27 @@ def float_top1(model: str) -> float:
     return float(embedded_info(model)["float_top1"])
 
 
+def ms_per_iteration(report: dict) -> float | None:
+    """Milliseconds of one reconstruction iteration summed over the units that learned,
+    everything of a unit included (cache, MSE checks, Trainer set-up); None: no
+    reconstruction. ``benchmarks/speed.py`` gives the float forward + backward beside it."""
+    learned = [u for u in report["units"] if u.get("learned") and u.get("iters")]
+    if not learned:
+        return None
+    return 1e3 * sum(u["seconds"] / u["iters"] for u in learned)
+
+
 def summarise(reports: list[dict], key: str) -> tuple[float, float]:
     values = [r[key] for r in reports]
     return statistics.mean(values), (statistics.pstdev(values) if len(values) > 1 else 0.0)
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f}"
+
+
+def _mean_or_none(values: list[float | None]) -> float | None:
+    return None if None in values else statistics.mean(values)
 
 
 def main() -> None:
@@ -168,8 +186,8 @@ def main() -> None:
     default_seeds = list(SEEDS3) if args.suite == "full" else [0]
     rows = []
     print("| model | setting | method | top-1 % | drop from float | nearest top-1 % | "
-          "calibration s | peak RSS MB | ONNX top-1 % (argmax differ) |")  # fmt: skip
-    print("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+          "calibration s | ms/iter | peak RSS MB | ONNX top-1 % (argmax differ) |")  # fmt: skip
+    print("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for model in models:
         fl = float_top1(model)
         for setting, method, seeds in [
@@ -192,6 +210,7 @@ def main() -> None:
                 "top5": summarise(reports, "quant_top5")[0], "drop": fl - top1,
                 "nearest_top1": summarise(reports, "nearest_top1")[0],
                 "calib_seconds": summarise(reports, "calib_seconds")[0],
+                "ms_per_iter": _mean_or_none([ms_per_iteration(r) for r in reports]),
                 "peak_rss_mb": max(r["peak_rss_mb"] for r in reports),
                 "size_mb": reports[0]["size_mb"],
                 "onnx_top1": summarise(reports, "onnx_top1")[0],
@@ -202,7 +221,7 @@ def main() -> None:
             pm = f" ± {spread:.2f} ({len(reports)} seeds)" if len(reports) > 1 else ""
             print(f"| {model} | {setting} | {method} | {top1:.2f}{pm} | {row['drop']:.2f} | "
                   f"{row['nearest_top1']:.2f} | {row['calib_seconds']:.0f} | "
-                  f"{row['peak_rss_mb']:.0f} | {row['onnx_top1']:.2f} "
+                  f"{_ms(row['ms_per_iter'])} | {row['peak_rss_mb']:.0f} | {row['onnx_top1']:.2f} "
                   f"({row['onnx_argmax_mismatch']}) |", flush=True)  # fmt: skip
     args.out.mkdir(parents=True, exist_ok=True)
     command = "python benchmarks/accuracy.py " + " ".join(sys.argv[1:])

@@ -135,12 +135,14 @@ def markdown_tables() -> str:
         result = json.loads(path.read_text())
         out.append(f"`{result['command']}` ({path.name}):\n")
         out.append("| model | setting | method | top-1 % | drop from float | calibration s | "
-                   "peak RSS MB | size MB | ONNX top-1 % (argmax differ) |")  # fmt: skip
-        out.append("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+                   "ms/iter | peak RSS MB | size MB | ONNX top-1 % (argmax differ) |")  # fmt: skip
+        out.append("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
         for r in result["rows"]:
             spread = f" ± {r['top1_std']:.2f}" if len(r["seeds"]) > 1 else ""
+            ms = "-" if r.get("ms_per_iter") is None else f"{r['ms_per_iter']:.0f}"
             out.append(f"| {r['model']} | {r['setting']} | {r['method']} | {r['top1']:.2f}{spread}"
-                       f" | {r['drop']:.2f} | {r['calib_seconds']:.0f} | {r['peak_rss_mb']:.0f} | "
+                       f" | {r['drop']:.2f} | {r['calib_seconds']:.0f} | {ms} | "
+                       f"{r['peak_rss_mb']:.0f} | "
                        f"{r['size_mb']:.4f} | {r['onnx_top1']:.2f} ({r['onnx_argmax_mismatch']})"
                        " |")  # fmt: skip
         out.append("")

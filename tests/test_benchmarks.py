@@ -58,3 +58,12 @@ def test_plots_keep_the_row_with_most_seeds_and_draw_the_tau_sweep(tmp_path, mon
     assert plots.tau_sweep(list(rows.values()), tmp_path / "tau.png")
     assert (tmp_path / "tau.png").stat().st_size > 1000
     assert not plots.tau_sweep([rows["attention"]], tmp_path / "none.png")
+
+
+def test_ms_per_iteration_sums_the_units_that_learned():
+    acc = _load("accuracy")
+    units = [{"learned": True, "iters": 2000, "seconds": 20.0},
+             {"learned": True, "iters": 2000, "seconds": 10.0},
+             {"learned": False, "iters": 0, "seconds": 0.1}]  # fmt: skip
+    assert acc.ms_per_iteration({"units": units}) == 15.0
+    assert acc.ms_per_iteration({"units": units[2:]}) is None
