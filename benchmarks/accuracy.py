@@ -20,6 +20,7 @@ Methods (all on the same calibration set, evaluation and first/last 8-bit layers
     qdrop                              QDrop's recipe: BRECQ's, activation steps at lr 4e-5,
                                        activations dropped to float with probability 0.5
     attention                          Attention Round, the paper's settings (tau 0.5, 2k, 64, 4e-4)
+    attention_20k                      the same with BRECQ's budget: 20k iterations, batch 32
     attention_tau<t>                   the tau sweep (figure 2 of the paper)
     attention+aquant                   Attention Round with AQuant's learned activation border
 """
@@ -65,6 +66,8 @@ METHODS = {
     "brecq": BRECQ,
     "qdrop": [*BRECQ, "--recon.act_lr", "4e-5", "--quant.drop_prob", "0.5"],
     "attention": [],
+    # Attention Round with BRECQ's budget (20k iterations, batch 32), its own learning rates
+    "attention_20k": ["--recon.iters", "20000", "--recon.batch_size", "32"],
     **{f"attention_tau{t}": ["--quant.tau", t] for t in TAUS},
     "attention+aquant": ["--quant.act_border", "aquant"],
 }  # fmt: skip
@@ -97,7 +100,7 @@ SUITES = {
     "main": (["resnet20"], [
         Block(["W4A4"], [*BASELINES, "attention"], SEEDS3),
         Block(["W3A3"], ["nearest", "adaround", "attention"], SEEDS3),
-        Block(["W2A4"], ["nearest", "adaround", *PEERS, "attention"], (0,)),
+        Block(["W2A4"], ["nearest", "adaround", *PEERS, "attention", "attention_20k"], (0,)),
     ]),
     "aquant": (["resnet20"], [Block(["W2A2", "W3A3", "W4A4"], ["attention", "attention+aquant"])]),
     "weights_only": (["resnet20"], [Block(["W4A32", "W3A32"], [*RECON_TRIO])]),
