@@ -91,15 +91,15 @@ class Block(NamedTuple):
 SUITES = {
     "quick": (["resnet20"], [
         Block(["W4A4"], [*BASELINES, "attention"]),
-        Block(["W3A3"], ["nearest", "adaround", "attention"]),
-        Block(["W2A4"], ["nearest", "adaround", "attention"]),
+        Block(["W3A3"], [*RECON_TRIO]),
+        Block(["W2A4"], [*RECON_TRIO]),
     ]),
     # README's main table: 3 seeds where the methods are within 1 pp of each other (W4A4,
     # W3A3), one seed at W2A4 (spread of nearest, AdaRound and Attention Round > 1 pp), with
     # the peers' 20k-iteration recipes there
     "main": (["resnet20"], [
         Block(["W4A4"], [*BASELINES, "attention"], SEEDS3),
-        Block(["W3A3"], ["nearest", "adaround", "attention"], SEEDS3),
+        Block(["W3A3"], [*RECON_TRIO], SEEDS3),
         Block(["W2A4"], ["nearest", "adaround", *PEERS, "attention", "attention_20k"], (0,)),
     ]),
     "aquant": (["resnet20"], [Block(["W2A2", "W3A3", "W4A4"], ["attention", "attention+aquant"])]),

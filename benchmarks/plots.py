@@ -52,7 +52,7 @@ def accuracy_by_setting(rows: list[dict], model: str, path: Path) -> None:
     by_method = defaultdict(dict)
     for r in rows:
         by_method[r["method"]][r["setting"]] = r
-    float_top1 = next(r["float_top1"] for r in rows if r["model"] == model)
+    float_top1 = rows[0]["float_top1"]
     fig, ax = plt.subplots(figsize=(8, 4.5))
     off_scale = []
     for method, cells in sorted(by_method.items()):
