@@ -23,6 +23,7 @@ Methods (all on the same calibration set, evaluation and first/last 8-bit layers
     attention_20k                      the same with BRECQ's budget: 20k iterations, batch 32
     attention_tau<t>                   the tau sweep (figure 2 of the paper)
     attention+aquant                   Attention Round with AQuant's learned activation border
+    adaround+drop, attention+drop      our 2k settings with QDrop's dropping (probability 0.5)
 """
 
 from __future__ import annotations
@@ -70,12 +71,16 @@ METHODS = {
     "attention_20k": ["--recon.iters", "20000", "--recon.batch_size", "32"],
     **{f"attention_tau{t}": ["--quant.tau", t] for t in TAUS},
     "attention+aquant": ["--quant.act_border", "aquant"],
+    # QDrop's dropping alone, at our settings (2k iterations, batch 64, lr 4e-4)
+    **{f"{name}+drop": [*extra, "--quant.drop_prob", "0.5"]
+       for name, extra in (("adaround", ["--quant.rounding", "adaround"]), ("attention", []))},
 }  # fmt: skip
 
 BASELINES = ["nearest", "floor", "ceil", "stochastic", "adaround"]
 PEERS = ["brecq", "qdrop"]
 SEEDS3 = (0, 1, 2)
 RECON_TRIO = ("nearest", "adaround", "attention")  # no reconstruction, AdaRound, ours
+DROPPED = ("adaround+drop", "attention+drop")
 
 
 class Block(NamedTuple):
@@ -94,13 +99,13 @@ SUITES = {
         Block(["W3A3"], [*RECON_TRIO]),
         Block(["W2A4"], [*RECON_TRIO]),
     ]),
-    # README's main table: 3 seeds where the methods are within 1 pp of each other (W4A4,
-    # W3A3), one seed at W2A4 (spread of nearest, AdaRound and Attention Round > 1 pp), with
-    # the peers' 20k-iteration recipes there
+    # README's main table: 3 seeds where the methods are within 1 pp of each other; the
+    # peers' 20k-iteration recipes (17-27 min a run here) with one seed, at W2A4
     "main": (["resnet20"], [
         Block(["W4A4"], [*BASELINES, "attention"], SEEDS3),
         Block(["W3A3"], [*RECON_TRIO], SEEDS3),
-        Block(["W2A4"], ["nearest", "adaround", *PEERS, "attention", "attention_20k"], (0,)),
+        Block(["W2A4", "W2A2"], [*RECON_TRIO, *DROPPED], SEEDS3),
+        Block(["W2A4"], [*PEERS, "attention_20k"], (0,)),
     ]),
     "aquant": (["resnet20"], [Block(["W2A2", "W3A3", "W4A4"], ["attention", "attention+aquant"])]),
     "weights_only": (["resnet20"], [Block(["W4A32", "W3A32"], [*RECON_TRIO])]),
@@ -109,7 +114,7 @@ SUITES = {
     "mixed": (["resnet20"], [Block(["MP3456", "MP345", "W3A4", "W4A4", "W5A4"], ["attention"])]),
     "full": (["resnet20", "mobilenetv2"], [
         Block(["W4A32", "W3A32", "W4A4", "W3A3", "W2A4", "W2A2"],
-              [*BASELINES, *PEERS, "attention", "attention+aquant"]),
+              [*BASELINES, *PEERS, "attention", *DROPPED, "attention+aquant"]),
         Block(["W3A3"], [f"attention_tau{t}" for t in TAUS]),
         Block(["MP3456", "MP345", "W3A4", "W5A4"], ["attention"]),
     ]),
