@@ -1,14 +1,16 @@
 """Plots and README tables from the benchmark JSON: top-1 by setting per method, top-1 against
 Attention Round's tau (the paper's figure 2), calibration time against top-1, and one markdown
 table per suite. Reads ``benchmarks/results/accuracy_*.json``, writes PNGs next to them,
-prints the tables.
+prints the tables, and with ``--readme`` rewrites README's table blocks from the JSON.
 
-    .venv/bin/python benchmarks/plots.py
+    .venv/bin/python benchmarks/plots.py --readme README.md
 """
 
 from __future__ import annotations
 
+import argparse
 import json
+import re
 from collections import defaultdict
 from pathlib import Path
 
@@ -128,29 +130,57 @@ def time_vs_accuracy(rows: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def markdown_tables() -> str:
-    """One table per suite file, in README's format."""
-    out = []
-    for path in sorted(RESULTS.glob("accuracy_*.json")):
-        result = json.loads(path.read_text())
-        out.append(f"`{result['command']}` ({path.name}):\n")
-        out.append("| model | setting | method | top-1 % | drop from float | calibration s | "
-                   "ms/iter | peak RSS MB | size MB | ONNX top-1 % (argmax differ) |")  # fmt: skip
-        out.append("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-        for r in result["rows"]:
-            spread = f" ± {r['top1_std']:.2f}" if len(r["seeds"]) > 1 else ""
-            ms = "-" if r.get("ms_per_iter") is None else f"{r['ms_per_iter']:.0f}"
-            out.append(f"| {r['model']} | {r['setting']} | {r['method']} | {r['top1']:.2f}{spread}"
-                       f" | {r['drop']:.2f} | {r['calib_seconds']:.0f} | {ms} | "
-                       f"{r['peak_rss_mb']:.0f} | "
-                       f"{r['size_mb']:.4f} | {r['onnx_top1']:.2f} ({r['onnx_argmax_mismatch']})"
-                       " |")  # fmt: skip
-        out.append("")
+def suite_table(path: Path) -> str:
+    """The markdown table of one suite's JSON, headed by the command that produced it."""
+    result = json.loads(path.read_text())
+    out = [f"`{result['command']}` ({path.name}):\n",
+           "| model | setting | method | top-1 % | drop from float | calibration s | "
+           "ms/iter | peak RSS MB | size MB | ONNX top-1 % (argmax differ) |",
+           "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]  # fmt: skip
+    for r in result["rows"]:
+        spread = f" ± {r['top1_std']:.2f}" if len(r["seeds"]) > 1 else ""
+        ms = "-" if r.get("ms_per_iter") is None else f"{r['ms_per_iter']:.0f}"
+        out.append(f"| {r['model']} | {r['setting']} | {r['method']} | {r['top1']:.2f}{spread}"
+                   f" | {r['drop']:.2f} | {r['calib_seconds']:.0f} | {ms} | "
+                   f"{r['peak_rss_mb']:.0f} | "
+                   f"{r['size_mb']:.4f} | {r['onnx_top1']:.2f} ({r['onnx_argmax_mismatch']})"
+                   " |")  # fmt: skip
     return "\n".join(out)
 
 
+def markdown_tables() -> str:
+    """One table per suite file, in README's format."""
+    return "\n\n".join(suite_table(p) for p in sorted(RESULTS.glob("accuracy_*.json"))) + "\n"
+
+
+TABLE_MARK = re.compile(r"(<!-- table: (\S+) -->\n)(.*?)(<!-- /table -->)", re.S)
+
+
+def update_readme(readme: Path) -> list[str]:
+    """Rewrite every ``<!-- table: accuracy_X.json -->`` ... ``<!-- /table -->`` block of
+    ``readme`` with that JSON's table; the text around the blocks is left as it is. Returns the
+    JSON names written; a block naming a JSON that does not exist raises FileNotFoundError
+    before anything is written."""
+    text = readme.read_text()
+    names = [m.group(2) for m in TABLE_MARK.finditer(text)]
+    missing = [n for n in names if not (RESULTS / n).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{readme} names tables with no JSON in {RESULTS}: {missing}")
+
+    def table(m: re.Match) -> str:
+        return f"{m.group(1)}{suite_table(RESULTS / m.group(2))}\n{m.group(4)}"
+
+    readme.write_text(TABLE_MARK.sub(table, text))
+    return names
+
+
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--readme", type=Path, help="also rewrite this README's table blocks")
+    args = parser.parse_args()
     print(markdown_tables())
+    if args.readme:
+        print(f"{args.readme}: tables from {', '.join(update_readme(args.readme))}")
     rows = load_rows()
     for model in sorted({r["model"] for r in rows}):
         accuracy_by_setting(rows, model, RESULTS / f"accuracy_{model}.png")

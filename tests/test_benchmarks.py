@@ -67,3 +67,28 @@ def test_ms_per_iteration_sums_the_units_that_learned():
              {"learned": False, "iters": 0, "seconds": 0.1}]  # fmt: skip
     assert acc.ms_per_iteration({"units": units}) == 15.0
     assert acc.ms_per_iteration({"units": units[2:]}) is None
+
+
+def test_readme_tables_are_rewritten_from_the_json_and_nothing_else(tmp_path, monkeypatch):
+    import json
+
+    plots = _load("plots")
+    monkeypatch.setattr(plots, "RESULTS", tmp_path)
+    row = {**_row("attention", seeds=(0, 1, 2), top1=91.234), "top1_std": 0.05, "drop": 0.77,
+           "ms_per_iter": None, "peak_rss_mb": 1000.0, "size_mb": 0.125, "onnx_top1": 91.25,
+           "onnx_argmax_mismatch": 3}  # fmt: skip
+    (tmp_path / "accuracy_x.json").write_text(json.dumps({"command": "cmd x", "rows": [row]}))
+    readme = tmp_path / "README.md"
+    text = "intro\n<!-- table: accuracy_x.json -->\nstale table\n<!-- /table -->\nafter\n"
+    readme.write_text(text)
+    assert plots.update_readme(readme) == ["accuracy_x.json"]
+    new = readme.read_text()
+    assert new.startswith("intro\n<!-- table: accuracy_x.json -->\n`cmd x` (accuracy_x.json):")
+    assert new.endswith("|\n<!-- /table -->\nafter\n") and "stale" not in new
+    assert "| resnet20 | W3A3 | attention | 91.23 ± 0.05 | 0.77 | 100 | - | 1000 |" in new
+    plots.update_readme(readme)
+    assert readme.read_text() == new  # idempotent
+    readme.write_text(text.replace("accuracy_x", "accuracy_missing"))
+    with pytest.raises(FileNotFoundError, match="accuracy_missing.json"):
+        plots.update_readme(readme)
+    assert "stale table" in readme.read_text()  # nothing written
