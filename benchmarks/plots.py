@@ -25,6 +25,7 @@ OFF_SCALE_DROP = 20
 
 TAU_PREFIX = "attention_tau"
 PAPER_TAU = 0.5  # the plain "attention" rows
+MARKERS = "osD^v<>phX*P8Hd"  # one per (model, setting) of the time plot
 
 
 def load_rows() -> list[dict]:
@@ -111,7 +112,7 @@ def time_vs_accuracy(rows: list[dict], path: Path) -> None:
     methods = sorted({r["method"] for r in rows})
     settings = sorted({(r["model"], r["setting"]) for r in rows})
     colours = {m: plt.get_cmap("tab10")(i % 10) for i, m in enumerate(methods)}
-    markers = {s: "osD^v<>phX*"[i % 11] for i, s in enumerate(settings)}
+    markers = {s: MARKERS[i % len(MARKERS)] for i, s in enumerate(settings)}
     fig, ax = plt.subplots(figsize=(8, 5))
     for r in rows:
         ax.scatter(r["calib_seconds"], r["top1"], s=30, color=colours[r["method"]],
