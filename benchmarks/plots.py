@@ -39,6 +39,12 @@ def load_rows() -> list[dict]:
     return list(unique.values())
 
 
+def method_colours(rows: list[dict]) -> dict[str, tuple]:
+    """One colour per method over every row, so a method has the same colour in every plot."""
+    cmap = plt.get_cmap("tab20")
+    return {m: cmap(i % 20) for i, m in enumerate(sorted({r["method"] for r in rows}))}
+
+
 def tau_of(method: str) -> float | None:
     """Attention Round's tau of a method name (None: not an Attention Round row)."""
     if method == "attention":
@@ -46,7 +52,8 @@ def tau_of(method: str) -> float | None:
     return float(method[len(TAU_PREFIX) :]) if method.startswith(TAU_PREFIX) else None
 
 
-def accuracy_by_setting(rows: list[dict], model: str, path: Path) -> None:
+def accuracy_by_setting(rows: list[dict], model: str, path: Path,
+                        colours: dict[str, tuple]) -> None:  # fmt: skip
     """One line per method over the single-precision settings (tau sweep and mixed apart)."""
     rows = [r for r in rows if r["model"] == model and r["setting"][1:2].isdigit()
             and not r["method"].startswith(TAU_PREFIX)]  # fmt: skip
@@ -65,7 +72,7 @@ def accuracy_by_setting(rows: list[dict], model: str, path: Path) -> None:
         xs = [i for i, s in enumerate(settings) if s in cells]
         ax.errorbar(xs, [cells[settings[i]]["top1"] for i in xs],
                     yerr=[cells[settings[i]]["top1_std"] for i in xs], marker="o",
-                    capsize=3, label=method)  # fmt: skip
+                    capsize=3, color=colours[method], label=method)  # fmt: skip
     ax.axhline(float_top1, color="grey", linestyle="--", label="float")
     if off_scale:
         label = f"off scale (> {OFF_SCALE_DROP} pp drop): {', '.join(off_scale)}"
@@ -104,14 +111,13 @@ def tau_sweep(rows: list[dict], path: Path) -> bool:
     return True
 
 
-def time_vs_accuracy(rows: list[dict], path: Path) -> None:
+def time_vs_accuracy(rows: list[dict], path: Path, colours: dict[str, tuple]) -> None:
     """Calibration wall time against top-1: colour per method, marker per setting, collapsed
     rows (floor/ceil, > OFF_SCALE_DROP pp below float) and the tau sweep left out."""
     rows = [r for r in rows if r["top1"] >= r["float_top1"] - OFF_SCALE_DROP
             and not r["method"].startswith(TAU_PREFIX)]  # fmt: skip
     methods = sorted({r["method"] for r in rows})
     settings = sorted({(r["model"], r["setting"]) for r in rows})
-    colours = {m: plt.get_cmap("tab10")(i % 10) for i, m in enumerate(methods)}
     markers = {s: MARKERS[i % len(MARKERS)] for i, s in enumerate(settings)}
     fig, ax = plt.subplots(figsize=(8, 5))
     for r in rows:
@@ -183,10 +189,11 @@ def main() -> None:
     if args.readme:
         print(f"{args.readme}: tables from {', '.join(update_readme(args.readme))}")
     rows = load_rows()
+    colours = method_colours(rows)
     for model in sorted({r["model"] for r in rows}):
-        accuracy_by_setting(rows, model, RESULTS / f"accuracy_{model}.png")
+        accuracy_by_setting(rows, model, RESULTS / f"accuracy_{model}.png", colours)
     tau_sweep(rows, RESULTS / "tau_sweep.png")
-    time_vs_accuracy(rows, RESULTS / "time_vs_accuracy.png")
+    time_vs_accuracy(rows, RESULTS / "time_vs_accuracy.png", colours)
     print(f"{len(rows)} rows -> {sorted(p.name for p in RESULTS.glob('*.png'))}")
 
 

@@ -60,6 +60,12 @@ def test_plots_keep_the_row_with_most_seeds_and_draw_the_tau_sweep(tmp_path, mon
     assert not plots.tau_sweep([rows["attention"]], tmp_path / "none.png")
 
 
+def test_every_benchmark_method_has_its_own_colour():
+    plots, acc = _load("plots"), _load("accuracy")
+    colours = plots.method_colours([_row(m) for m in acc.METHODS])
+    assert len(colours) == len(acc.METHODS) and len(set(colours.values())) == len(acc.METHODS)
+
+
 def test_ms_per_iteration_sums_the_units_that_learned():
     acc = _load("accuracy")
     units = [{"learned": True, "iters": 2000, "seconds": 20.0},
