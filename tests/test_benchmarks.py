@@ -81,6 +81,7 @@ def test_readme_tables_are_rewritten_from_the_json_and_nothing_else(tmp_path, mo
     plots = _load("plots")
     monkeypatch.setattr(plots, "RESULTS", tmp_path)
     row = {**_row("attention", seeds=(0, 1, 2), top1=91.234), "top1_std": 0.05, "drop": 0.77,
+           "top5": 99.871, "machine": "2 CPU cores",
            "ms_per_iter": None, "peak_rss_mb": 1000.0, "size_mb": 0.125, "onnx_top1": 91.25,
            "onnx_argmax_mismatch": 3}  # fmt: skip
     (tmp_path / "accuracy_x.json").write_text(json.dumps({"command": "cmd x", "rows": [row]}))
@@ -89,9 +90,10 @@ def test_readme_tables_are_rewritten_from_the_json_and_nothing_else(tmp_path, mo
     readme.write_text(text)
     assert plots.update_readme(readme) == ["accuracy_x.json"]
     new = readme.read_text()
-    assert new.startswith("intro\n<!-- table: accuracy_x.json -->\n`cmd x` (accuracy_x.json):")
+    head = "intro\n<!-- table: accuracy_x.json -->\n`cmd x` (accuracy_x.json; 2 CPU cores):"
+    assert new.startswith(head)
     assert new.endswith("|\n<!-- /table -->\nafter\n") and "stale" not in new
-    assert "| resnet20 | W3A3 | attention | 91.23 ± 0.05 | 0.77 | 100 | - | 1000 |" in new
+    assert "| resnet20 | W3A3 | attention | 91.23 ± 0.05 | 99.87 | 0.77 | 100 | - | 1000 |" in new
     plots.update_readme(readme)
     assert readme.read_text() == new  # idempotent
     readme.write_text(text.replace("accuracy_x", "accuracy_missing"))
