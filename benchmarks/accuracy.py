@@ -114,7 +114,7 @@ SUITES = {
     "mobilenetv2": (["mobilenetv2"], [
         Block(["W4A4"], [*RECON_TRIO], SEEDS3),
         Block(["W3A3"], [*RECON_TRIO], SEEDS3),
-        Block(["W3A3"], PEERS, (0,)),
+        Block(["W3A3"], [*PEERS, "attention_20k"], (0,)),
         Block(["W2A4"], [*RECON_TRIO], SEEDS3),
     ]),
     "tau": (["resnet20"], [Block(["W3A3"], ["attention", *(f"attention_tau{t}" for t in TAUS)])]),

@@ -21,6 +21,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 OFF_SCALE_DROP = 20
+ZOOM_DROP = 5  # the accuracy plots show float - 5 pp and up: the methods that reconstruct
 
 
 TAU_PREFIX = "attention_tau"
@@ -63,6 +64,7 @@ def accuracy_by_setting(rows: list[dict], model: str, path: Path,
     for r in rows:
         by_method[r["method"]][r["setting"]] = r
     float_top1 = rows[0]["float_top1"]
+    bottom = float_top1 - ZOOM_DROP
     fig, ax = plt.subplots(figsize=(8, 4.5))
     off_scale = []
     for method, cells in sorted(by_method.items()):
@@ -70,15 +72,26 @@ def accuracy_by_setting(rows: list[dict], model: str, path: Path,
             off_scale.append(method)  # collapsed (floor/ceil): would flatten everything else
             continue
         xs = [i for i, s in enumerate(settings) if s in cells]
-        ax.errorbar(xs, [cells[settings[i]]["top1"] for i in xs],
-                    yerr=[cells[settings[i]]["top1_std"] for i in xs], marker="o",
-                    capsize=3, color=colours[method], label=method)  # fmt: skip
+        ys = [cells[settings[i]]["top1"] for i in xs]
+        # below the zoomed axis: drawn on its bottom edge as a triangle with the value written
+        ax.errorbar(xs, [max(y, bottom) for y in ys],
+                    yerr=[cells[settings[i]]["top1_std"] if y >= bottom else 0
+                          for i, y in zip(xs, ys, strict=True)],
+                    marker="o", capsize=3, color=colours[method], label=method)  # fmt: skip
+        for x, y in zip(xs, ys, strict=True):
+            if y < bottom:
+                ax.plot([x], [bottom], marker="v", markersize=9, color=colours[method])
+                ax.annotate(f"{method} {y:.1f}", (x, bottom), textcoords="offset points",
+                            xytext=(6, 4), fontsize=7, color=colours[method])  # fmt: skip
+    ax.set_ylim(bottom - 0.3, float_top1 + 0.5)
+    ax.set_xlim(-0.3, len(settings) - 0.4)  # room for the bottom edge's labels
     ax.axhline(float_top1, color="grey", linestyle="--", label="float")
     if off_scale:
         label = f"off scale (> {OFF_SCALE_DROP} pp drop): {', '.join(off_scale)}"
         ax.plot([], [], " ", label=label)
     ax.set_xticks(range(len(settings)), settings)
-    ax.set(ylabel="top-1 %", title=f"{model}: top-1 by bit setting (Fashion-MNIST test)")
+    ax.set(ylabel="top-1 %", title=f"{model}: top-1 by bit setting (Fashion-MNIST test; "
+           f"values below {bottom:.1f} on the bottom edge)")  # fmt: skip
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

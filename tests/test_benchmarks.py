@@ -66,6 +66,15 @@ def test_every_benchmark_method_has_its_own_colour():
     assert len(colours) == len(acc.METHODS) and len(set(colours.values())) == len(acc.METHODS)
 
 
+def test_accuracy_plot_draws_collapsed_and_off_scale_methods(tmp_path):
+    plots = _load("plots")
+    rows = [_row("attention", "W3A3", top1=91.0), _row("attention", "W2A4", top1=89.5),
+            _row("nearest", "W3A3", top1=80.0), _row("nearest", "W2A4", top1=30.0),
+            _row("floor", "W3A3", top1=10.0)]  # fmt: skip
+    plots.accuracy_by_setting(rows, "resnet20", tmp_path / "acc.png", plots.method_colours(rows))
+    assert (tmp_path / "acc.png").stat().st_size > 1000
+
+
 def test_ms_per_iteration_sums_the_units_that_learned():
     acc = _load("accuracy")
     units = [{"learned": True, "iters": 2000, "seconds": 20.0},
