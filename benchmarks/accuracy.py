@@ -115,7 +115,7 @@ SUITES = {
         Block(["W4A4"], [*RECON_TRIO], SEEDS3),
         Block(["W3A3"], [*RECON_TRIO], SEEDS3),
         Block(["W3A3"], [*PEERS, "attention_20k"], (0,)),
-        Block(["W2A4"], [*RECON_TRIO], SEEDS3),
+        Block(["W2A4", "W2A2"], [*RECON_TRIO], SEEDS3),
     ]),
     "tau": (["resnet20"], [Block(["W3A3"], ["attention", *(f"attention_tau{t}" for t in TAUS)])]),
     "mixed": (["resnet20"], [Block(["MP3456", "MP345", "W3A4", "W4A4", "W5A4"], ["attention"])]),
