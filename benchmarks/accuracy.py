@@ -109,7 +109,7 @@ SUITES = {
     ]),
     "aquant": (["resnet20"], [Block(["W2A2", "W3A3", "W4A4"], ["attention", "attention+aquant"])]),
     # our methods with 3 seeds; on MobileNetV2 the peers' recipes (~30 min a run) once, at
-    # W3A3, where Attention Round is furthest ahead of AdaRound
+    # W3A3 (chosen before W2A2 was run, where Attention Round is now further ahead)
     "weights_only": (["resnet20"], [Block(["W4A32", "W3A32"], [*RECON_TRIO], SEEDS3)]),
     "mobilenetv2": (["mobilenetv2"], [
         Block(["W4A4"], [*RECON_TRIO], SEEDS3),

@@ -71,17 +71,15 @@ def accuracy_by_setting(rows: list[dict], model: str, path: Path,
         if all(r["top1"] < float_top1 - OFF_SCALE_DROP for r in cells.values()):
             off_scale.append(method)  # collapsed (floor/ceil): would flatten everything else
             continue
-        xs = [i for i, s in enumerate(settings) if s in cells]
-        ys = [cells[settings[i]]["top1"] for i in xs]
+        points = [(x, cells[s]) for x, s in enumerate(settings) if s in cells]
         # below the zoomed axis: drawn on its bottom edge as a triangle with the value written
-        ax.errorbar(xs, [max(y, bottom) for y in ys],
-                    yerr=[cells[settings[i]]["top1_std"] if y >= bottom else 0
-                          for i, y in zip(xs, ys, strict=True)],
+        ax.errorbar([x for x, _ in points], [max(r["top1"], bottom) for _, r in points],
+                    yerr=[r["top1_std"] if r["top1"] >= bottom else 0 for _, r in points],
                     marker="o", capsize=3, color=colours[method], label=method)  # fmt: skip
-        for x, y in zip(xs, ys, strict=True):
-            if y < bottom:
+        for x, r in points:
+            if r["top1"] < bottom:
                 ax.plot([x], [bottom], marker="v", markersize=9, color=colours[method])
-                ax.annotate(f"{method} {y:.1f}", (x, bottom), textcoords="offset points",
+                ax.annotate(f"{method} {r['top1']:.1f}", (x, bottom), textcoords="offset points",
                             xytext=(6, 4), fontsize=7, color=colours[method])  # fmt: skip
     ax.set_ylim(bottom - 0.3, float_top1 + 0.5)
     ax.set_xlim(-0.3, len(settings) - 0.4)  # room for the bottom edge's labels
