@@ -38,6 +38,8 @@ import time
 from pathlib import Path
 from typing import NamedTuple
 
+from markdown_table import HEADER, row_line
+
 ROOT = Path(__file__).resolve().parents[1]
 CLI = [sys.executable, "-m", "attnround_pl.cli"]
 
@@ -116,15 +118,21 @@ SUITES = {
     "aquant": (["resnet20"], [Block(["W2A2", "W3A3", "W4A4"], ["attention", "attention+aquant"])]),
     "weights_only": (["resnet20"], [Block(["W4A32", "W3A32"], [*RECON_TRIO], SEEDS3)]),
     # our methods with 3 seeds at all six settings; on MobileNetV2 the peers' recipes (~30 min
-    # a run) once, at W3A3 (chosen before W2A2 was run, where Attention Round is further ahead)
+    # a run) once, at W3A3 (chosen before W2A2 was run, where Attention Round is further ahead);
+    # AQuant's border where it helped (W2A2) and cost (W3A3) on ResNet-20
     "mobilenetv2": (["mobilenetv2"], [
         Block(["W4A32", "W3A32", "W4A4"], [*RECON_TRIO], SEEDS3),
         Block(["W3A3"], [*RECON_TRIO], SEEDS3),
         Block(["W3A3"], [*PEERS, "attention_20k"], (0,)),
         Block(["W2A4", "W2A2"], [*RECON_TRIO], SEEDS3),
+        Block(["W2A2", "W3A3"], ["attention+aquant"], SEEDS3),
     ]),
-    "tau": (["resnet20"], [Block(["W3A3"], ["attention", *(f"attention_tau{t}" for t in TAUS)])]),
-    "mixed": (["resnet20"], [Block(["MP3456", "MP345", "W3A4", "W4A4", "W5A4"], ["attention"])]),
+    "tau": (["resnet20"], [
+        Block(["W3A3"], ["attention", *(f"attention_tau{t}" for t in TAUS)], SEEDS3),
+    ]),
+    "mixed": (["resnet20"], [
+        Block(["MP3456", "MP345", "W3A4", "W4A4", "W5A4"], ["attention"], SEEDS3),
+    ]),
     "full": (["resnet20", "mobilenetv2"], [
         Block(["W4A32", "W3A32", "W4A4", "W3A3", "W2A4", "W2A2"],
               [*BASELINES, *PEERS, "attention", *DROPPED, "attention+aquant", "attention_20k",
@@ -176,10 +184,6 @@ def summarise(reports: list[dict], key: str) -> tuple[float, float]:
     return statistics.mean(values), (statistics.pstdev(values) if len(values) > 1 else 0.0)
 
 
-def _ms(value: float | None) -> str:
-    return "-" if value is None else f"{value:.0f}"
-
-
 def _mean_or_none(values: list[float | None]) -> float | None:
     return None if None in values else statistics.mean(values)
 
@@ -207,9 +211,7 @@ def main() -> None:
     models = args.models or models
     default_seeds = list(SEEDS3) if args.suite == "full" else [0]
     rows = []
-    print("| model | setting | method | top-1 % | drop from float | nearest top-1 % | "
-          "calibration s | ms/iter | peak RSS MB | ONNX top-1 % (argmax differ) |")  # fmt: skip
-    print("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print(HEADER)
     for model in models:
         fl = float_top1(model)
         for setting, method, seeds in [
@@ -240,11 +242,7 @@ def main() -> None:
                 "machine": reports[0]["machine"],
             }  # fmt: skip
             rows.append(row)
-            pm = f" ± {spread:.2f} ({len(reports)} seeds)" if len(reports) > 1 else ""
-            print(f"| {model} | {setting} | {method} | {top1:.2f}{pm} | {row['drop']:.2f} | "
-                  f"{row['nearest_top1']:.2f} | {row['calib_seconds']:.0f} | "
-                  f"{_ms(row['ms_per_iter'])} | {row['peak_rss_mb']:.0f} | {row['onnx_top1']:.2f} "
-                  f"({row['onnx_argmax_mismatch']}) |", flush=True)  # fmt: skip
+            print(row_line(row), flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
     command = "python benchmarks/accuracy.py " + " ".join(sys.argv[1:])
     result = {"suite": args.suite, "command": command, "rows": rows}

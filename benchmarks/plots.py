@@ -18,6 +18,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from markdown_table import HEADER, row_line  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 OFF_SCALE_DROP = 20
@@ -152,18 +153,8 @@ def suite_table(path: Path) -> str:
     """The markdown table of one suite's JSON, headed by the command that produced it."""
     result = json.loads(path.read_text())
     machines = "; ".join(sorted({r["machine"] for r in result["rows"]}))
-    out = [f"`{result['command']}` ({path.name}; {machines}):\n",
-           "| model | setting | method | top-1 % | top-5 % | drop from float | calibration s | "
-           "ms/iter | peak RSS MB | size MB | ONNX top-1 % (argmax differ) |",
-           "| --- | --- | --- |" + " ---: |" * 8]  # fmt: skip
-    for r in result["rows"]:
-        spread = f" ± {r['top1_std']:.2f}" if len(r["seeds"]) > 1 else ""
-        ms = "-" if r.get("ms_per_iter") is None else f"{r['ms_per_iter']:.0f}"
-        out.append(f"| {r['model']} | {r['setting']} | {r['method']} | {r['top1']:.2f}{spread}"
-                   f" | {r['top5']:.2f} | {r['drop']:.2f} | {r['calib_seconds']:.0f} | {ms} | "
-                   f"{r['peak_rss_mb']:.0f} | "
-                   f"{r['size_mb']:.4f} | {r['onnx_top1']:.2f} ({r['onnx_argmax_mismatch']})"
-                   " |")  # fmt: skip
+    out = [f"`{result['command']}` ({path.name}; {machines}):\n", HEADER]
+    out += [row_line(r) for r in result["rows"]]
     return "\n".join(out)
 
 
