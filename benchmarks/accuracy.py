@@ -56,8 +56,9 @@ def setting_args(setting: str) -> list[str]:
 
 
 NO_RECON = ["--recon.iters", "0"]
-BRECQ = ["--quant.rounding", "adaround", "--recon.iters", "20000", "--recon.batch_size", "32",
-         "--recon.lr", "1e-3", "--recon.act_lr", "4e-4", "--quant.adaround_reg_weight", "0.01",
+BUDGET_20K = ["--recon.iters", "20000", "--recon.batch_size", "32"]  # BRECQ's and QDrop's
+BRECQ = ["--quant.rounding", "adaround", *BUDGET_20K, "--recon.lr", "1e-3",
+         "--recon.act_lr", "4e-4", "--quant.adaround_reg_weight", "0.01",
          "--quant.adaround_beta_start", "20", "--quant.adaround_beta_end", "2",
          "--quant.adaround_warmup", "0.2"]  # fmt: skip
 TAUS = ("0", "0.25", "0.75", "1.0")
@@ -71,10 +72,9 @@ METHODS = {
     "qdrop": [*BRECQ, "--recon.act_lr", "4e-5", "--quant.drop_prob", "0.5"],
     "attention": [],
     # Attention Round with BRECQ's budget (20k iterations, batch 32), its own learning rates
-    "attention_20k": ["--recon.iters", "20000", "--recon.batch_size", "32"],
+    "attention_20k": BUDGET_20K,
     # ... and with BRECQ's learning rate for the rounding variables too (1e-3; steps 4e-4)
-    "attention_20k_lr1e-3": ["--recon.iters", "20000", "--recon.batch_size", "32",
-                             "--recon.lr", "1e-3"],
+    "attention_20k_lr1e-3": [*BUDGET_20K, "--recon.lr", "1e-3"],
     **{f"attention_tau{t}": ["--quant.tau", t] for t in TAUS},
     "attention+aquant": ["--quant.act_border", "aquant"],
     # QDrop's dropping alone, at our settings (2k iterations, batch 64, lr 4e-4)
