@@ -45,12 +45,15 @@ CLI = [sys.executable, "-m", "attnround_pl.cli"]
 
 BITS = {"W4A32": (4, 32), "W3A32": (3, 32), "W4A4": (4, 4), "W3A3": (3, 3), "W2A4": (2, 4),
         "W2A2": (2, 2), "W3A4": (3, 4), "W5A4": (5, 4)}  # fmt: skip
-MIXED = {"MP3456": "[3,4,5,6]", "MP345": "[3,4,5]"}  # mixed weight bits, A4
+# mixed weight bits, A4; "<name>@W4": the allocation no larger than uniform W4 (budget_bits)
+MIXED = {"MP3456": "[3,4,5,6]", "MP345": "[3,4,5]"}
 
 
 def setting_args(setting: str) -> list[str]:
-    if setting in MIXED:
-        return ["--quant.a_bits", "4", "--quant.mixed.bit_list", MIXED[setting]]
+    mixed, _, budget_bits = setting.partition("@W")
+    if mixed in MIXED:
+        budget = ["--quant.mixed.budget_bits", budget_bits] if budget_bits else []
+        return ["--quant.a_bits", "4", "--quant.mixed.bit_list", MIXED[mixed], *budget]
     w_bits, a_bits = BITS[setting]
     return ["--quant.w_bits", str(w_bits), "--quant.a_bits", str(a_bits)]
 
@@ -126,19 +129,24 @@ SUITES = {
         Block(["W3A3"], [*PEERS, "attention_20k"], (0,)),
         Block(["W2A4", "W2A2"], [*RECON_TRIO], SEEDS3),
         Block(["W2A2"], ["attention+aquant"], SEEDS3),
+        # the paper's table 4 on this model (see the mixed suite)
+        Block(["MP3456", "MP345", "MP3456@W4", "MP345@W4", "W3A4", "W5A4"], ["attention"], (0,)),
     ]),
     "tau": (["resnet20"], [
         Block(["W3A3"], ["attention", *(f"attention_tau{t}" for t in TAUS)], SEEDS3),
     ]),
+    # the paper's table 4: the allocation as eq. 12 gives it (eps2 1e-3), and the largest one
+    # no larger than uniform W4, against single precision
     "mixed": (["resnet20"], [
-        Block(["MP3456", "MP345", "W3A4", "W4A4", "W5A4"], ["attention"], SEEDS3),
+        Block(["MP3456", "MP345", "MP3456@W4", "MP345@W4", "W3A4", "W4A4", "W5A4"], ["attention"],
+              SEEDS3),
     ]),
     "full": (["resnet20", "mobilenetv2"], [
         Block(["W4A32", "W3A32", "W4A4", "W3A3", "W2A4", "W2A2"],
               [*BASELINES, *PEERS, "attention", *DROPPED, "attention+aquant", "attention_20k",
                "attention_20k_lr1e-3"]),
         Block(["W3A3"], [f"attention_tau{t}" for t in TAUS]),
-        Block(["MP3456", "MP345", "W3A4", "W5A4"], ["attention"]),
+        Block(["MP3456", "MP345", "MP3456@W4", "MP345@W4", "W3A4", "W5A4"], ["attention"]),
     ]),
 }  # fmt: skip
 

@@ -29,19 +29,19 @@ def test_cluster_bits_sorted_centres_get_sorted_bits():
 def test_larger_variance_never_fewer_bits_and_deterministic():
     layers = _layers([0.01, 0.02, 0.5, 0.6, 3.0, 0.015, 2.5])
     cfg = MixedConfig(bit_list=[3, 4, 5], eps2=0.01)
-    rows = allocate_bits(layers, cfg, fixed={})
+    rows = allocate_bits(layers, cfg, fixed={}).rows
     by_name = {r.name: r for r in rows}
     ordered = sorted(rows, key=lambda r: r.length)
     assert [r.bits for r in ordered] == sorted(r.bits for r in rows)
     assert by_name["l4"].bits == 5 and by_name["l0"].bits == 3
     assert by_name["l4"].length > by_name["l2"].length > by_name["l0"].length
-    again = allocate_bits(layers, cfg, fixed={})
+    again = allocate_bits(layers, cfg, fixed={}).rows
     assert [(r.name, r.bits, r.length) for r in again] == [(r.name, r.bits, r.length) for r in rows]
 
 
 def test_fixed_layers_keep_their_bits():
     rows = allocate_bits(_layers([0.1, 1.0, 0.2, 3.0]), MixedConfig(bit_list=[2, 3]),
-                         fixed={"l0": 8, "l3": 8})  # fmt: skip
+                         fixed={"l0": 8, "l3": 8}).rows  # fmt: skip
     assert [(r.name, r.bits, r.fixed) for r in rows if r.fixed] == [
         ("l0", 8, True),
         ("l3", 8, True),
@@ -63,14 +63,38 @@ def test_budget_mode_fits_the_budget_and_uses_it():
     layers = _layers([0.01, 0.02, 0.5, 0.6, 3.0, 0.015, 2.5])
     params = [m.weight.numel() for _, m in layers]
     full = allocate_bits(layers, MixedConfig(bit_list=[3, 4, 5, 6]), fixed={})
-    full_size = size_mb(params, [r.bits for r in full])
+    assert (full.eps2, full.budget_mb, full.top_bits) == (1e-3, None, 6)
+    full_size = full.size_mb()
     budget = (size_mb(params, [3] * 7) + full_size) / 2
-    rows = allocate_bits(layers, MixedConfig(bit_list=[3, 4, 5, 6], budget_mb=budget), fixed={})
-    size = size_mb(params, [r.bits for r in rows])
+    fit = allocate_bits(layers, MixedConfig(bit_list=[3, 4, 5, 6], budget_mb=budget), fixed={})
+    size = size_mb(params, [r.bits for r in fit.rows])
+    assert size == fit.size_mb() and fit.budget_mb == budget
     assert size <= budget
     assert size > size_mb(params, [3] * 7)
+    assert max(r.bits for r in fit.rows) <= fit.top_bits
+    # the recorded eps2 is the one the search used: clustering at it gives the same bits
+    again = allocate_bits(layers, MixedConfig(bit_list=[3, 4, 5, 6], eps2=fit.eps2), fixed={})
+    assert [min(r.bits, fit.top_bits) for r in again.rows] == [r.bits for r in fit.rows]
     with pytest.raises(MixedPrecisionError, match="cannot be met: the smallest allocation"):
         allocate_bits(layers, MixedConfig(bit_list=[3, 4], budget_mb=1e-6), fixed={})
+
+
+def test_budget_bits_is_the_single_precision_size_with_fixed_layers():
+    layers = _layers([0.01, 0.02, 0.5, 0.6, 3.0, 0.015, 2.5, 0.3])
+    params = [m.weight.numel() for _, m in layers]
+    fixed = {"l0": 8, "l7": 8}
+    w4 = size_mb(params, [8, 4, 4, 4, 4, 4, 4, 8])
+    unlimited = allocate_bits(layers, MixedConfig(bit_list=[3, 4, 5, 6]), fixed)
+    assert unlimited.size_mb() > w4  # without the budget this allocation is larger than W4
+    fit = allocate_bits(layers, MixedConfig(bit_list=[3, 4, 5, 6], budget_bits=4), fixed)
+    assert fit.budget_mb == pytest.approx(w4, rel=0, abs=0)
+    assert fit.size_mb() <= w4
+    assert [r.bits for r in fit.rows if r.fixed] == [8, 8]
+    assert len({r.bits for r in fit.rows if not r.fixed}) > 1  # still mixed, not uniform 4 or 3
+    by_mb = allocate_bits(layers, MixedConfig(bit_list=[3, 4, 5, 6], budget_mb=w4), fixed)
+    assert [r.bits for r in by_mb.rows] == [r.bits for r in fit.rows]
+    with pytest.raises(MixedPrecisionError, match=r"budget_bits=2 \(0\.\d+ MB\) cannot be met"):
+        allocate_bits(layers, MixedConfig(bit_list=[3, 4], budget_bits=2), fixed)
 
 
 @pytest.mark.parametrize(
@@ -81,6 +105,8 @@ def test_budget_mode_fits_the_budget_and_uses_it():
         ({"bit_list": [3, 9]}, r"every entry must be in 2\.\.8"),
         ({"bit_list": [3, 4], "eps2": 0.0}, "eps2=0.0 must be > 0"),
         ({"bit_list": [3, 4], "budget_mb": -1.0}, "budget_mb=-1.0 must be > 0"),
+        ({"bit_list": [3, 4], "budget_bits": 9}, r"budget_bits=9 must be an integer in 2\.\.8"),
+        ({"bit_list": [3, 4], "budget_bits": 4, "budget_mb": 0.1}, "both set: give one"),
     ],
 )
 def test_bad_settings(mixed, message):
@@ -101,4 +127,4 @@ def test_quantize_model_mixed_first_last_win_and_table_attached():
     q = quantize_model(model, QuantConfig(mixed={"bit_list": [3, 5]}))
     bits = [m.weight_quantizer.bits for m in quant_layers(q).values()]
     assert bits[0] == 8 and bits[-1] == 8 and set(bits[1:-1]) == {3, 5}
-    assert [r.bits for r in q.bit_allocation] == bits
+    assert [r.bits for r in q.bit_allocation.rows] == bits

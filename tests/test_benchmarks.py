@@ -34,6 +34,9 @@ def test_every_suite_row_is_a_valid_calibrate_command(capsys):
         cfg = yaml.safe_load(capsys.readouterr().out)
         if setting in acc.BITS:
             assert (cfg["quant"]["w_bits"], cfg["quant"]["a_bits"]) == acc.BITS[setting]
+        if "@W" in setting:  # mixed, no larger than uniform W<b>
+            assert cfg["quant"]["mixed"]["budget_bits"] == int(setting.split("@W")[1])
+            assert cfg["quant"]["mixed"]["bit_list"] == [int(c) for c in setting[2:-3]]
     qdrop = dict(zip(acc.METHODS["qdrop"][::2], acc.METHODS["qdrop"][1::2], strict=True))
     assert qdrop["--recon.act_lr"] == "4e-5" and qdrop["--quant.drop_prob"] == "0.5"
     assert qdrop["--recon.iters"] == "20000" and qdrop["--quant.rounding"] == "adaround"

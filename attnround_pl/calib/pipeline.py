@@ -202,8 +202,8 @@ def _quantize(float_net: nn.Module, quant: QuantConfig, batches: list[Tensor],
     report["size_mb"] = size_mb([m.layer.weight.numel() for m in layers],
                                 [m.weight_quantizer.bits for m in layers])  # fmt: skip
     if qmodel.bit_allocation is not None:
-        mixed = mixed_report(qmodel.bit_allocation, quant.mixed.bit_list, quant.mixed.eps2,
-                             quant.mixed.budget_mb)  # fmt: skip
+        mixed = mixed_report(qmodel.bit_allocation, quant.mixed.bit_list,
+                             quant.mixed.budget_bits)  # fmt: skip
         report["mixed"] = mixed
         echo(mixed_table(mixed))
     calibrate_activations(qmodel, batches)

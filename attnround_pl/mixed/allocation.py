@@ -31,6 +31,25 @@ class LayerBits:
     fixed: bool  # first/last layer: bits set by their own keys, not by the clustering
 
 
+@dataclass
+class Allocation:
+    """The per-layer bits and how they were chosen.
+
+    ``eps2`` is the eps^2 the coding lengths were computed at (the configured one, or the one
+    the budget search picked); ``budget_mb`` the size limit in force (None: no budget);
+    ``top_bits`` the widest bits the clusters were given (below ``bit_list[-1]`` when the budget
+    search merged the top clusters down).
+    """
+
+    rows: list[LayerBits]
+    eps2: float
+    budget_mb: float | None
+    top_bits: int
+
+    def size_mb(self) -> float:
+        return size_mb([r.params for r in self.rows], [r.bits for r in self.rows])
+
+
 def check_mixed(config: MixedConfig, layers: int | None = None) -> None:
     """Every check on the settings; ``layers`` (how many get clustered bits) when known."""
     check_bit_list(list(config.bit_list or []), layers)
@@ -38,6 +57,15 @@ def check_mixed(config: MixedConfig, layers: int | None = None) -> None:
         raise MixedPrecisionError(f"quant.mixed.eps2={config.eps2} must be > 0")
     if config.budget_mb is not None and not config.budget_mb > 0:
         raise MixedPrecisionError(f"quant.mixed.budget_mb={config.budget_mb} must be > 0")
+    bits = config.budget_bits
+    if bits is not None and (isinstance(bits, bool) or not isinstance(bits, int)
+                             or not 2 <= bits <= 8):  # fmt: skip
+        raise MixedPrecisionError(f"quant.mixed.budget_bits={bits} must be an integer in 2..8")
+    if bits is not None and config.budget_mb is not None:
+        raise MixedPrecisionError(
+            f"quant.mixed.budget_mb={config.budget_mb} and budget_bits={bits} both set: "
+            "give one size limit"
+        )
 
 
 def check_bit_list(bit_list: list[int], layers: int | None = None) -> list[int]:
@@ -76,14 +104,18 @@ def size_mb(params: list[int], bits: list[int]) -> float:
 def allocate_bits(
     layers: list[tuple[str, nn.Module]], config: MixedConfig, fixed: dict[str, int],
     seed: int = 0,
-) -> list[LayerBits]:  # fmt: skip
-    """Per-layer weight bits for ``layers`` (in order); ``fixed`` layers keep their bits."""
+) -> Allocation:  # fmt: skip
+    """Per-layer weight bits for ``layers`` (in order); ``fixed`` layers keep their bits.
+
+    ``config.budget_bits = b`` is the budget of single precision at b bits (the same ``fixed``
+    layers at their own bits): "no larger than uniform b-bit", the comparison of table 4.
+    """
     bit_list = list(config.bit_list or [])
     free = [(n, m) for n, m in layers if n not in fixed]
     check_mixed(config, len(free))
     params = [m.weight.numel() for _, m in layers]
 
-    def table(eps2: float, bits_free: list[int], lengths: list[float]) -> list[LayerBits]:
+    def table(bits_free: list[int], lengths: list[float]) -> list[LayerBits]:
         it = iter(zip(bits_free, lengths, strict=True))
         rows = []
         for (name, _), p in zip(layers, params, strict=True):
@@ -97,16 +129,21 @@ def allocate_bits(
     def lengths_at(eps2: float) -> list[float]:
         return [coding_length(m.weight, eps2) for _, m in free]
 
-    if config.budget_mb is None:
+    budget, label = config.budget_mb, f"quant.mixed.budget_mb={config.budget_mb}"
+    if config.budget_bits is not None:
+        budget = size_mb(params, [fixed.get(name, config.budget_bits) for name, _ in layers])
+        label = f"quant.mixed.budget_bits={config.budget_bits} ({budget:.4f} MB)"
+    if budget is None:
         lengths = lengths_at(config.eps2)
-        return table(config.eps2, cluster_bits(lengths, bit_list, seed), lengths)
-    return _fit_budget(layers, free, params, bit_list, config.budget_mb, seed, table, lengths_at)
+        rows = table(cluster_bits(lengths, bit_list, seed), lengths)
+        return Allocation(rows, config.eps2, None, bit_list[-1])
+    return _fit_budget(params, bit_list, budget, label, seed, table, lengths_at)
 
 
-def _fit_budget(layers, free, params, bit_list, budget, seed, table, lengths_at):  # noqa: ANN001, ANN202
+def _fit_budget(params, bit_list, budget, label, seed, table, lengths_at):  # noqa: ANN001, ANN202
     """Largest allocation within the budget over an eps2 grid, merging the top clusters down
     (the highest bit widths replaced by the next lower ones) when no plain clustering fits."""
-    best: tuple[float, list[LayerBits]] | None = None
+    best: tuple[float, Allocation] | None = None
     smallest = math.inf
     for eps2 in EPS2_GRID:
         lengths = lengths_at(eps2)
@@ -114,16 +151,16 @@ def _fit_budget(layers, free, params, bit_list, budget, seed, table, lengths_at)
         for drop in range(len(bit_list)):  # drop = how many top bit widths are merged down
             cap = bit_list[len(bit_list) - 1 - drop]
             capped = [min(b, cap) for b in bits]
-            rows = table(eps2, capped, lengths)
+            rows = table(capped, lengths)
             size = size_mb(params, [r.bits for r in rows])
             smallest = min(smallest, size)
             if size <= budget and (best is None or size > best[0]):
-                best = (size, rows)
+                best = (size, Allocation(rows, float(eps2), budget, cap))
             if size <= budget:
                 break
     if best is None:
         raise MixedPrecisionError(
-            f"quant.mixed.budget_mb={budget} cannot be met: the smallest allocation with "
+            f"{label} cannot be met: the smallest allocation with "
             f"bit_list {bit_list} (first/last layers fixed) is {smallest:.4f} MB"
         )
     return best[1]

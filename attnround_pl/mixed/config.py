@@ -14,11 +14,14 @@ class MixedConfig:
         eps2: the distortion eps^2 of eq. 12 (> 0).
         budget_mb: if set, the model size (quantized layers, params x bits / 8, 1 MB = 2^20
             bytes) must not exceed it; eps2 and the cluster-to-bits map are chosen for that.
+        budget_bits: the same with the size of single precision at this many bits as the
+            budget (first/last layers at their own bits): "no larger than uniform b-bit".
     """
 
     bit_list: list[int] | None = None
     eps2: float = 1e-3
     budget_mb: float | None = None
+    budget_bits: int | None = None
 
     @property
     def enabled(self) -> bool:

@@ -13,23 +13,27 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from .allocation import LayerBits, size_mb  # noqa: E402
+from .allocation import Allocation, size_mb  # noqa: E402
 
 
-def mixed_report(rows: list[LayerBits], bit_list: list[int], eps2: float,
-                 budget_mb: float | None) -> dict[str, Any]:  # fmt: skip
+def mixed_report(allocation: Allocation, bit_list: list[int],
+                 budget_bits: int | None = None) -> dict[str, Any]:  # fmt: skip
     """report.json's ``mixed`` entry: the table, the mixed size and single-precision sizes.
 
     Single-precision sizes keep the first/last layers at their own (fixed) bits, as the mixed
-    model does, so the columns compare like with like.
+    model does, so the columns compare like with like. ``eps2`` is the eps^2 the allocation
+    used (in budget mode the one the search picked), ``top_bits`` the widest bits given.
     """
+    rows = allocation.rows
     params = [r.params for r in rows]
     single = {str(b): size_mb(params, [r.bits if r.fixed else b for r in rows]) for b in bit_list}
     return {
         "bit_list": list(bit_list),
-        "eps2": eps2,
-        "budget_mb": budget_mb,
-        "size_mb": size_mb(params, [r.bits for r in rows]),
+        "eps2": allocation.eps2,
+        "budget_mb": allocation.budget_mb,
+        "budget_bits": budget_bits,
+        "top_bits": allocation.top_bits,
+        "size_mb": allocation.size_mb(),
         "single_precision_size_mb": single,
         "layers": [
             {

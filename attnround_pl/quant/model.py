@@ -77,7 +77,7 @@ def quantize_model(
         fixed = {first: config.first_layer_w_bits, last: config.last_layer_w_bits}
         folded = [(name, qmodel.get_submodule(name)) for name, _ in layers]
         allocation = allocate_bits(folded, config.mixed, fixed, seed=config.seed)
-        per_layer = {row.name: row.bits for row in allocation}
+        per_layer = {row.name: row.bits for row in allocation.rows}
     swaps = []
     for index, (name, _) in enumerate(layers):
         layer = qmodel.get_submodule(name)
@@ -98,7 +98,7 @@ def quantize_model(
         swaps.append((name, QUANT_LAYER_TYPES[type(layer)](layer, wq, aq)))
     for name, qlayer in swaps:
         set_submodule(qmodel, name, qlayer)
-    qmodel.bit_allocation = allocation  # the mixed-precision table, None in single precision
+    qmodel.bit_allocation = allocation  # mixed.Allocation; None in single precision
     return qmodel
 
 
