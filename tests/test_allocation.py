@@ -7,6 +7,7 @@ from attnround_pl.mixed.allocation import (
     MixedPrecisionError,
     allocate_bits,
     cluster_bits,
+    cluster_maps,
     size_mb,
 )
 from attnround_pl.quant import QuantConfig, QuantConfigError, quant_layers, quantize_model
@@ -63,7 +64,7 @@ def test_budget_mode_fits_the_budget_and_uses_it():
     layers = _layers([0.01, 0.02, 0.5, 0.6, 3.0, 0.015, 2.5])
     params = [m.weight.numel() for _, m in layers]
     full = allocate_bits(layers, MixedConfig(bit_list=[3, 4, 5, 6]), fixed={})
-    assert (full.eps2, full.budget_mb, full.top_bits) == (1e-3, None, 6)
+    assert (full.eps2, full.budget_mb, full.cluster_bits) == (1e-3, None, [3, 4, 5, 6])
     full_size = full.size_mb()
     budget = (size_mb(params, [3] * 7) + full_size) / 2
     fit = allocate_bits(layers, MixedConfig(bit_list=[3, 4, 5, 6], budget_mb=budget), fixed={})
@@ -71,12 +72,39 @@ def test_budget_mode_fits_the_budget_and_uses_it():
     assert size == fit.size_mb() and fit.budget_mb == budget
     assert size <= budget
     assert size > size_mb(params, [3] * 7)
-    assert max(r.bits for r in fit.rows) <= fit.top_bits
-    # the recorded eps2 is the one the search used: clustering at it gives the same bits
+    assert fit.cluster_bits in cluster_maps([3, 4, 5, 6])
+    # the recorded eps2 and cluster bits are the ones used: clustering at that eps2 and mapping
+    # each cluster to its recorded bits gives the same allocation
     again = allocate_bits(layers, MixedConfig(bit_list=[3, 4, 5, 6], eps2=fit.eps2), fixed={})
-    assert [min(r.bits, fit.top_bits) for r in again.rows] == [r.bits for r in fit.rows]
+    remap = [fit.cluster_bits[[3, 4, 5, 6].index(r.bits)] for r in again.rows]
+    assert remap == [r.bits for r in fit.rows]
     with pytest.raises(MixedPrecisionError, match="cannot be met: the smallest allocation"):
         allocate_bits(layers, MixedConfig(bit_list=[3, 4], budget_mb=1e-6), fixed={})
+
+
+def test_cluster_maps_cap_then_shift_and_keep_the_order():
+    assert cluster_maps([3, 4, 5]) == [[3, 4, 5], [3, 4, 4], [3, 3, 3], [3, 3, 4], [3, 3, 3]]
+    for bits in cluster_maps([2, 3, 5, 6, 8]):
+        assert bits == sorted(bits)
+
+
+def test_shifting_the_clusters_down_fills_a_budget_capping_cannot():
+    # two wide layers in different clusters, six narrow ones: between the W3 and W4 sizes,
+    # capping can only give uniform 3 bits (the wide layers' clusters are merged down together
+    # with narrow ones), shifting gives the widest layer 4 bits and the rest 3
+    gen = torch.Generator().manual_seed(0)
+    layers = []
+    for i, (c, scale) in enumerate([(8, 0.1)] * 6 + [(64, 0.1), (64, 1.0)]):
+        conv = nn.Conv2d(c, c, 3, bias=False)
+        conv.weight.data = torch.randn(c, c, 3, 3, generator=gen) * scale
+        layers.append((f"l{i}", conv))
+    params = [m.weight.numel() for _, m in layers]
+    budget = (size_mb(params, [3] * 8) + size_mb(params, [4] * 8)) / 2
+    fit = allocate_bits(layers, MixedConfig(bit_list=[3, 4, 5, 6], budget_mb=budget), fixed={})
+    assert fit.size_mb() <= budget
+    assert fit.size_mb() > size_mb(params, [3] * 8)
+    assert fit.cluster_bits[0] == fit.cluster_bits[1] == 3 and fit.cluster_bits[-1] > 3
+    assert [r.bits for r in fit.rows][-1] > 3
 
 
 def test_budget_bits_is_the_single_precision_size_with_fixed_layers():

@@ -88,8 +88,8 @@ def test_mixed_precision_run_reports_table_plot_and_reloads(tmp_path, tiny_fmnis
     assert mixed["size_mb"] == pytest.approx(report["size_mb"])
     assert mixed["single_precision_size_mb"]["3"] < mixed["size_mb"]
     assert mixed["size_mb"] < mixed["single_precision_size_mb"]["5"]
-    assert (mixed["eps2"], mixed["budget_mb"], mixed["budget_bits"], mixed["top_bits"]) == (
-        1e-3, None, None, 5)  # fmt: skip
+    assert (mixed["eps2"], mixed["budget_mb"], mixed["budget_bits"], mixed["cluster_bits"]) == (
+        1e-3, None, None, [3, 4, 5])  # fmt: skip
     run_dir = tmp_path / "runs" / "m"
     assert (run_dir / "bits_per_layer.png").stat().st_size > 1000
     qmodel, _ = load_quantized(run_dir / "quantized.pt",

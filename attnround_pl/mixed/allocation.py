@@ -37,14 +37,14 @@ class Allocation:
 
     ``eps2`` is the eps^2 the coding lengths were computed at (the configured one, or the one
     the budget search picked); ``budget_mb`` the size limit in force (None: no budget);
-    ``top_bits`` the widest bits the clusters were given (below ``bit_list[-1]`` when the budget
-    search merged the top clusters down).
+    ``cluster_bits`` the bits of each cluster, clusters sorted by centre (``bit_list`` itself
+    unless the budget search gave clusters fewer bits).
     """
 
     rows: list[LayerBits]
     eps2: float
     budget_mb: float | None
-    top_bits: int
+    cluster_bits: list[int]
 
     def size_mb(self) -> float:
         return size_mb([r.params for r in self.rows], [r.bits for r in self.rows])
@@ -136,28 +136,36 @@ def allocate_bits(
     if budget is None:
         lengths = lengths_at(config.eps2)
         rows = table(cluster_bits(lengths, bit_list, seed), lengths)
-        return Allocation(rows, config.eps2, None, bit_list[-1])
+        return Allocation(rows, config.eps2, None, list(bit_list))
     return _fit_budget(params, bit_list, budget, label, seed, table, lengths_at)
 
 
+def cluster_maps(bit_list: list[int]) -> list[list[int]]:
+    """The bits for the sorted clusters the budget search tries: ``bit_list`` itself, the top
+    d clusters merged down to the next lower width ("cap", d = 1..k-1), and every cluster moved
+    d widths down, the lowest ones staying at ``bit_list[0]`` ("shift"). Both keep the order of
+    Algorithm 1: a layer never gets fewer bits than one with a smaller coding length."""
+    k = len(bit_list)
+    caps = [[min(b, bit_list[k - 1 - d]) for b in bit_list] for d in range(k)]
+    shifts = [[bit_list[max(0, i - d)] for i in range(k)] for d in range(1, k)]
+    return caps + shifts
+
+
 def _fit_budget(params, bit_list, budget, label, seed, table, lengths_at):  # noqa: ANN001, ANN202
-    """Largest allocation within the budget over an eps2 grid, merging the top clusters down
-    (the highest bit widths replaced by the next lower ones) when no plain clustering fits."""
+    """Largest allocation within the budget over the eps2 grid and the cluster maps (the
+    first one found on a tie: smallest eps2, then ``cluster_maps`` order)."""
     best: tuple[float, Allocation] | None = None
     smallest = math.inf
+    maps = cluster_maps(bit_list)
     for eps2 in EPS2_GRID:
         lengths = lengths_at(eps2)
-        bits = cluster_bits(lengths, bit_list, seed)
-        for drop in range(len(bit_list)):  # drop = how many top bit widths are merged down
-            cap = bit_list[len(bit_list) - 1 - drop]
-            capped = [min(b, cap) for b in bits]
-            rows = table(capped, lengths)
+        clusters = [bit_list.index(b) for b in cluster_bits(lengths, bit_list, seed)]
+        for bits_of in maps:
+            rows = table([bits_of[c] for c in clusters], lengths)
             size = size_mb(params, [r.bits for r in rows])
             smallest = min(smallest, size)
             if size <= budget and (best is None or size > best[0]):
-                best = (size, Allocation(rows, float(eps2), budget, cap))
-            if size <= budget:
-                break
+                best = (size, Allocation(rows, float(eps2), budget, bits_of))
     if best is None:
         raise MixedPrecisionError(
             f"{label} cannot be met: the smallest allocation with "

@@ -22,7 +22,7 @@ def mixed_report(allocation: Allocation, bit_list: list[int],
 
     Single-precision sizes keep the first/last layers at their own (fixed) bits, as the mixed
     model does, so the columns compare like with like. ``eps2`` is the eps^2 the allocation
-    used (in budget mode the one the search picked), ``top_bits`` the widest bits given.
+    used (in budget mode the one the search picked), ``cluster_bits`` the bits each cluster got.
     """
     rows = allocation.rows
     params = [r.params for r in rows]
@@ -32,7 +32,7 @@ def mixed_report(allocation: Allocation, bit_list: list[int],
         "eps2": allocation.eps2,
         "budget_mb": allocation.budget_mb,
         "budget_bits": budget_bits,
-        "top_bits": allocation.top_bits,
+        "cluster_bits": allocation.cluster_bits,
         "size_mb": allocation.size_mb(),
         "single_precision_size_mb": single,
         "layers": [
