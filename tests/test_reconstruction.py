@@ -1,11 +1,14 @@
+import math
 import os
 
 import lightning.pytorch as pl
+import pytest
 import torch
 
-from attnround_pl.calib import BlockReconstruction, build_unit_data, unit_mse
+from attnround_pl.calib import BlockReconstruction, ReconConfig, build_unit_data, unit_mse
 from attnround_pl.calib.reconstruction import NVML_CHECK, use_runtime_cuda_check
 from attnround_pl.data import FashionMNISTDataModule
+from attnround_pl.errors import SettingError
 from attnround_pl.models import build_model
 from attnround_pl.quant import (
     QuantConfig,
@@ -128,3 +131,26 @@ def test_runtime_cuda_check_only_without_a_cuda_device(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     use_runtime_cuda_check()
     assert NVML_CHECK not in os.environ
+
+
+def test_cosine_schedule_decays_both_learning_rates_to_zero(fmnist_root):
+    unit, data = _unit_setup(fmnist_root, "attention", unit="fc", n=64)
+    module = BlockReconstruction(unit, data, "fc", iters=10, batch_size=16, lr=4e-4,
+                                 act_lr=1e-5, lr_schedule="cosine")  # fmt: skip
+    seen = []
+    original = module.training_step
+
+    def spy(batch, batch_idx):  # noqa: ANN001, ANN202
+        seen.append([g["lr"] for g in module.trainer.optimizers[0].param_groups])
+        return original(batch, batch_idx)
+
+    module.training_step = spy
+    _trainer(10).fit(module)
+    for k, lrs in enumerate(seen):
+        factor = (1 + math.cos(math.pi * k / 10)) / 2
+        assert lrs == pytest.approx([4e-4 * factor, 1e-5 * factor], rel=1e-9), k
+    assert len(seen) == 10 and seen[-1][0] < 0.03 * 4e-4
+    plain = BlockReconstruction(unit, data, "fc").configure_optimizers()
+    assert isinstance(plain, torch.optim.Adam)  # constant: no scheduler at all
+    with pytest.raises(SettingError, match="recon.lr_schedule='linear': use one of constant"):
+        ReconConfig(lr_schedule="linear").validate()

@@ -18,7 +18,7 @@ from ..quant import freeze_model, output_mse, round_to_nearest
 from .cache import UnitData, build_unit_data, cache_device
 from .distributed import agree, reduce_sums
 from .memory import CacheMemoryError, available_bytes, check_cache_fits, estimate_cache_bytes
-from .reconstruction import BlockReconstruction
+from .reconstruction import LR_SCHEDULES, BlockReconstruction
 
 
 @dataclass
@@ -32,6 +32,8 @@ class ReconConfig:
         batch_size: samples per step, drawn with replacement from the unit's cache.
         lr: Adam learning rate of the rounding parameters.
         act_lr: Adam learning rate of the activation step sizes.
+        lr_schedule: 'constant' (the paper's), or 'cosine': both learning rates follow a half
+            cosine from their value down to 0 over the unit's ``iters`` steps.
         cache_device: 'cpu', or 'auto' (the accelerator when the cache fits in half its free
             memory).
         log_every_n_steps: TensorBoard logging interval of the per-step loss.
@@ -41,6 +43,7 @@ class ReconConfig:
     batch_size: int = 64
     lr: float = 4e-4
     act_lr: float = 4e-4
+    lr_schedule: str = "constant"
     cache_device: str = "cpu"
     log_every_n_steps: int = 50
 
@@ -50,6 +53,9 @@ class ReconConfig:
                                f"{self.batch_size} positive")  # fmt: skip
         if self.lr <= 0 or self.act_lr <= 0:
             raise SettingError(f"recon.lr={self.lr} and recon.act_lr={self.act_lr} must be > 0")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise SettingError(f"recon.lr_schedule={self.lr_schedule!r}: use one of "
+                               f"{', '.join(LR_SCHEDULES)}")  # fmt: skip
         if self.cache_device not in ("cpu", "auto"):
             raise SettingError(f"recon.cache_device={self.cache_device!r}: use 'cpu' or 'auto'")
         return self
@@ -130,6 +136,7 @@ class BlockSequencer(Callback):
                 self.qmodel.get_submodule(unit.path), self._data, unit.name,
                 iters=self.recon.iters, batch_size=self.recon.batch_size, lr=self.recon.lr,
                 act_lr=self.recon.act_lr, seed=self.seed * 1_000_003 + index, total=self.total,
+                lr_schedule=self.recon.lr_schedule,
             )  # fmt: skip
             module.label = f"unit {index + 1}/{len(self.units)} {unit.name}"
             with round_to_nearest(module.unit):
