@@ -123,7 +123,7 @@ BAD_INPUTS = [
      "holds no progress.pt: no unit of it finished, nothing to resume"),
     ("unknown export format", ["--run.export", "[tflite]"], "unknown export format 'tflite'"),
     ("unknown learning-rate schedule", ["--recon.lr_schedule", "linear"],
-     "recon.lr_schedule='linear': use one of constant, cosine"),
+     "recon.lr_schedule='linear': use one of constant, cosine, cosine_act"),
     ("mixed-precision budget no allocation meets", ["--quant.mixed.bit_list", "[3,4]",
      "--quant.mixed.budget_bits", "2"], "quant.mixed.budget_bits=2 (0.0"),
     ("Trainer setting Lightning refuses", ["--trainer.devices", "0"],

@@ -150,7 +150,17 @@ def test_cosine_schedule_decays_both_learning_rates_to_zero(fmnist_root):
         factor = (1 + math.cos(math.pi * k / 10)) / 2
         assert lrs == pytest.approx([4e-4 * factor, 1e-5 * factor], rel=1e-9), k
     assert len(seen) == 10 and seen[-1][0] < 0.03 * 4e-4
+    module = BlockReconstruction(unit, data, "fc", iters=10, batch_size=16, lr=4e-4,
+                                 act_lr=1e-5, lr_schedule="cosine_act")  # fmt: skip
+    seen.clear()
+    module.training_step = spy
+    _trainer(10).fit(module)
+    for k, lrs in enumerate(seen):
+        factor = (1 + math.cos(math.pi * k / 10)) / 2
+        assert lrs == pytest.approx([4e-4, 1e-5 * factor], rel=1e-9), k
     plain = BlockReconstruction(unit, data, "fc").configure_optimizers()
     assert isinstance(plain, torch.optim.Adam)  # constant: no scheduler at all
-    with pytest.raises(SettingError, match="recon.lr_schedule='linear': use one of constant"):
+    with pytest.raises(
+        SettingError, match="recon.lr_schedule='linear': use one of constant, cosine, cosine_act"
+    ):
         ReconConfig(lr_schedule="linear").validate()

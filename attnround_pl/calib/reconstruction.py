@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import warnings
 
@@ -29,7 +30,7 @@ warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the st
 
 
 NVML_CHECK = "PYTORCH_NVML_BASED_CUDA_CHECK"
-LR_SCHEDULES = ("constant", "cosine")
+LR_SCHEDULES = ("constant", "cosine", "cosine_act")
 
 
 def use_runtime_cuda_check() -> None:
@@ -89,7 +90,8 @@ class BlockReconstruction(pl.LightningModule):
     replacement from the cache, seeded. Under DDP ``data`` is this rank's shard of ``total``
     samples (see ``distributed``); each rank's loss is weighted by its share of the global
     batch, so the averaged gradient is the global batch's. ``lr_schedule='cosine'`` decays both
-    learning rates along a half cosine to 0 over ``iters`` steps (not in the paper; an option).
+    learning rates along a half cosine to 0 over ``iters`` steps (not in the paper; an option),
+    ``'cosine_act'`` only the activation parameters' (what BRECQ's and QDrop's code do).
     """
 
     def __init__(
@@ -178,10 +180,22 @@ class BlockReconstruction(pl.LightningModule):
         optimizer = torch.optim.Adam([g for g in groups if g["params"]], foreach=True)
         if self.lr_schedule == "constant":
             return optimizer
-        if self.lr_schedule != "cosine":
+        if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"lr_schedule={self.lr_schedule!r}: one of {LR_SCHEDULES}")
-        cosine = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, self.iters))
+        horizon = max(1, self.iters)
+
+        def cosine(step: int) -> float:
+            return 0.5 * (1.0 + math.cos(math.pi * min(step, horizon) / horizon))
+
+        # groups[0]: rounding (decays with 'cosine'), groups[1]: activations (decay with both)
+        factors = [cosine if self.lr_schedule == "cosine" or i == 1 else _constant
+                   for i, g in enumerate(groups) if g["params"]]  # fmt: skip
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, factors)
         return {
             "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": cosine, "interval": "step", "frequency": 1},
+            "lr_scheduler": {"scheduler": schedule, "interval": "step", "frequency": 1},
         }
+
+
+def _constant(step: int) -> float:
+    return 1.0

@@ -32,8 +32,9 @@ class ReconConfig:
         batch_size: samples per step, drawn with replacement from the unit's cache.
         lr: Adam learning rate of the rounding parameters.
         act_lr: Adam learning rate of the activation step sizes.
-        lr_schedule: 'constant' (the paper's), or 'cosine': both learning rates follow a half
-            cosine from their value down to 0 over the unit's ``iters`` steps.
+        lr_schedule: 'constant' (the paper's); 'cosine': both learning rates follow a half
+            cosine from their value down to 0 over the unit's ``iters`` steps; 'cosine_act':
+            only ``act_lr`` does (BRECQ's and QDrop's code decay their activation steps so).
         cache_device: 'cpu', or 'auto' (the accelerator when the cache fits in half its free
             memory).
         log_every_n_steps: TensorBoard logging interval of the per-step loss.
