@@ -1,7 +1,8 @@
 """Plots and README tables from the benchmark JSON: top-1 by setting per method, top-1 against
-Attention Round's tau (the paper's figure 2), calibration time against top-1, and one markdown
-table per suite. Reads ``benchmarks/results/accuracy_*.json``, writes PNGs next to them,
-prints the tables, and with ``--readme`` rewrites README's table blocks from the JSON.
+Attention Round's tau (the paper's figure 2), calibration time against top-1, top-1 against
+size for mixed precision (the paper's table 4), and one markdown table per suite. Reads
+``benchmarks/results/accuracy_*.json``, writes PNGs next to them, prints the tables, and with
+``--readme`` rewrites README's table blocks from the JSON.
 
     .venv/bin/python benchmarks/plots.py --readme README.md
 """
@@ -28,6 +29,7 @@ ZOOM_DROP = 5  # the accuracy plots show float - 5 pp and up: the methods that r
 TAU_PREFIX = "attention_tau"
 PAPER_TAU = 0.5  # the plain "attention" rows
 MARKERS = "osD^v<>phX*P8Hd"  # one per (model, setting) of the time plot
+SINGLE_A4 = ("W3A4", "W4A4", "W5A4")  # the uniform rows the mixed ones are compared with
 
 
 def load_rows() -> list[dict]:
@@ -149,6 +151,37 @@ def time_vs_accuracy(rows: list[dict], path: Path, colours: dict[str, tuple]) ->
     plt.close(fig)
 
 
+def size_vs_accuracy(rows: list[dict], path: Path) -> bool:
+    """Top-1 against model size for Attention Round at A4, one panel per model: uniform W<b>A4
+    as a line, the mixed allocations as labelled points (the paper's table 4); False: no model
+    with mixed rows."""
+    rows = [r for r in rows if r["method"] == "attention"
+            and (r["setting"].startswith("MP") or r["setting"] in SINGLE_A4)]  # fmt: skip
+    models = sorted({r["model"] for r in rows if r["setting"].startswith("MP")})
+    if not models:
+        return False
+    fig, axes = plt.subplots(1, len(models), figsize=(5.5 * len(models), 4), squeeze=False)
+    for ax, model in zip(axes[0], models, strict=True):
+        mine = [r for r in rows if r["model"] == model]
+        single = sorted((r for r in mine if r["setting"] in SINGLE_A4), key=lambda r: r["size_mb"])
+        ax.errorbar([r["size_mb"] for r in single], [r["top1"] for r in single],
+                    yerr=[r["top1_std"] for r in single], marker="o", capsize=3, color="grey",
+                    label="uniform W3/W4/W5, A4")  # fmt: skip
+        for r in single:
+            ax.annotate(r["setting"], (r["size_mb"], r["top1"]), textcoords="offset points",
+                        xytext=(4, -10), fontsize=7, color="grey")  # fmt: skip
+        for r in (r for r in mine if r["setting"].startswith("MP")):
+            ax.errorbar([r["size_mb"]], [r["top1"]], yerr=[r["top1_std"]], marker="s",
+                        capsize=3, linestyle="none", label=r["setting"])  # fmt: skip
+        ax.set(xlabel="size of the quantized layers, MB", ylabel="top-1 %",
+               title=f"{model}: mixed precision against uniform bits (A4)")  # fmt: skip
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
 def suite_table(path: Path) -> str:
     """The markdown table of one suite's JSON, headed by the command that produced it."""
     result = json.loads(path.read_text())
@@ -197,6 +230,7 @@ def main() -> None:
         accuracy_by_setting(rows, model, RESULTS / f"accuracy_{model}.png", colours)
     tau_sweep(rows, RESULTS / "tau_sweep.png")
     time_vs_accuracy(rows, RESULTS / "time_vs_accuracy.png", colours)
+    size_vs_accuracy(rows, RESULTS / "size_vs_accuracy.png")
     print(f"{len(rows)} rows -> {sorted(p.name for p in RESULTS.glob('*.png'))}")
 
 

@@ -85,6 +85,18 @@ def test_accuracy_plot_draws_collapsed_and_off_scale_methods(tmp_path):
     assert (tmp_path / "acc.png").stat().st_size > 1000
 
 
+def test_size_plot_draws_mixed_against_uniform_bits(tmp_path):
+    plots = _load("plots")
+    rows = [{**_row("attention", s, top1=t), "size_mb": mb}
+            for s, t, mb in [("W3A4", 92.2, 0.097), ("W4A4", 92.5, 0.129), ("W5A4", 92.5, 0.162),
+                             ("MP3456", 92.4, 0.169), ("MP3456@W4", 92.3, 0.128)]]  # fmt: skip
+    rows.append({**_row("adaround", "MP345", top1=92.0), "size_mb": 0.14})  # not Attention Round
+    assert plots.size_vs_accuracy(rows, tmp_path / "size.png")
+    assert (tmp_path / "size.png").stat().st_size > 1000
+    assert not plots.size_vs_accuracy(rows[:3], tmp_path / "none.png")  # no mixed row: no plot
+    assert not (tmp_path / "none.png").exists()
+
+
 def test_ms_per_iteration_sums_the_units_that_learned():
     acc = _load("accuracy")
     units = [{"learned": True, "iters": 2000, "seconds": 20.0},
