@@ -132,3 +132,16 @@ def test_readme_tables_are_rewritten_from_the_json_and_nothing_else(tmp_path, mo
     with pytest.raises(FileNotFoundError, match="accuracy_missing.json"):
         plots.update_readme(readme)
     assert "stale table" in readme.read_text()  # nothing written
+
+
+def test_mixed_sizes_row_fits_its_budget_and_prints_every_layer():
+    sizes = _load("mixed_sizes")
+    row = sizes.allocation_row("resnet20", [3, 4, 5, 6], {"budget_bits": 4})
+    assert row["size_mb"] <= row["uniform_mb"][4] and row["budget_bits"] == 4
+    assert len(row["bits"]) == 22 and row["bits"][0] == row["bits"][-1] == 8
+    assert set(row["bits"][1:-1]) <= {3, 4, 5, 6} and len(set(row["bits"][1:-1])) > 1
+    free = sizes.allocation_row("resnet20", [3, 4, 5, 6], {"eps2": 1e-3})
+    assert free["size_mb"] > free["uniform_mb"][4]  # unbudgeted, eq. 12 gives wide layers more
+    text = sizes.line(row)
+    assert text.startswith("| resnet20 | [3, 4, 5, 6] | ") and "(budget W4)" in text
+    assert text.endswith("`" + "".join(map(str, row["bits"])) + "` |")
