@@ -22,7 +22,7 @@ Methods (all on the same calibration set, evaluation and first/last 8-bit layers
     attention                          Attention Round, the paper's settings (tau 0.5, 2k, 64, 4e-4)
     attention_20k                      the same with BRECQ's budget: 20k iterations, batch 32
     attention_20k_lr1e-3               ... and BRECQ's learning rate 1e-3 for the offsets
-    attention_cosine, attention_20k_cosine   the same two with both learning rates decayed to 0
+    attention_cosine                   Attention Round with both learning rates decayed to 0
                                        along a half cosine (``recon.lr_schedule cosine``)
     attention_tau<t>                   the tau sweep (figure 2 of the paper)
     attention+aquant                   Attention Round with AQuant's learned activation border
@@ -82,7 +82,6 @@ METHODS = {
     "attention_20k_lr1e-3": [*BUDGET_20K, "--recon.lr", "1e-3"],
     # both learning rates decayed to 0 along a half cosine (recon.lr_schedule; not the paper's)
     "attention_cosine": ["--recon.lr_schedule", "cosine"],
-    "attention_20k_cosine": [*BUDGET_20K, "--recon.lr_schedule", "cosine"],
     **{f"attention_tau{t}": ["--quant.tau", t] for t in TAUS},
     "attention+aquant": ["--quant.act_border", "aquant"],
     # QDrop's dropping alone, at our settings (2k iterations, batch 64, lr 4e-4)
@@ -114,8 +113,8 @@ SUITES = {
         Block(["W2A4"], [*RECON_TRIO]),
     ]),
     # README's main table: 3 seeds where the methods are within 1 pp of each other, the
-    # peers' 20k-iteration recipes (21-30 min a run here) included, at W2A4; Attention Round
-    # with their budget once, at its own learning rate and at BRECQ's
+    # peers' 20k-iteration recipes (21-30 min a run here) included, at W2A4 (and W2A2 once);
+    # Attention Round with their budget once, at its own learning rate and at BRECQ's
     "main": (["resnet20"], [
         Block(["W4A4"], [*BASELINES, "attention"], SEEDS3),
         Block(["W3A3"], [*RECON_TRIO], SEEDS3),
@@ -124,7 +123,7 @@ SUITES = {
         Block(["W2A4"], ["attention_20k", "attention_20k_lr1e-3"], (0,)),
         # does a decaying learning rate let the offsets settle? (the W2A4 gap to the peers)
         Block(["W2A4"], ["attention_cosine"], SEEDS3),
-        Block(["W2A4"], ["attention_20k_cosine"], (0,)),
+        Block(["W2A2"], [*PEERS], (0,)),
     ]),
     "aquant": (["resnet20"], [Block(["W2A2", "W3A3", "W4A4"], ["attention", "attention+aquant"])]),
     "weights_only": (["resnet20"], [Block(["W4A32", "W3A32"], [*RECON_TRIO], SEEDS3)]),
@@ -137,8 +136,9 @@ SUITES = {
         Block(["W3A3"], [*PEERS, "attention_20k"], (0,)),
         Block(["W2A4", "W2A2"], [*RECON_TRIO], SEEDS3),
         Block(["W2A2"], ["attention+aquant"], SEEDS3),
-        # the paper's table 4 on this model (see the mixed suite)
-        Block(["MP3456", "MP345", "MP3456@W4", "MP345@W4", "W3A4", "W5A4"], ["attention"], (0,)),
+        # the paper's table 4 on this model at the W4 size (W4A4 above; see the mixed suite)
+        Block(["MP3456@W4", "MP345@W4"], ["attention"], SEEDS3),
+        Block(["W3A4", "W5A4"], ["attention"], (0,)),
     ]),
     "tau": (["resnet20"], [
         Block(["W3A3"], ["attention", *(f"attention_tau{t}" for t in TAUS)], SEEDS3),
@@ -152,7 +152,7 @@ SUITES = {
     "full": (["resnet20", "mobilenetv2"], [
         Block(["W4A32", "W3A32", "W4A4", "W3A3", "W2A4", "W2A2"],
               [*BASELINES, *PEERS, "attention", *DROPPED, "attention+aquant", "attention_20k",
-               "attention_20k_lr1e-3", "attention_cosine", "attention_20k_cosine"]),
+               "attention_20k_lr1e-3", "attention_cosine"]),
         Block(["W3A3"], [f"attention_tau{t}" for t in TAUS]),
         Block(["MP3456", "MP345", "MP3456@W4", "MP345@W4", "W3A4", "W5A4"], ["attention"]),
     ]),
