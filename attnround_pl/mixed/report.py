@@ -49,7 +49,9 @@ def mixed_report(allocation: Allocation, bit_list: list[int],
 
 
 def mixed_table(report: dict[str, Any]) -> Table:
-    table = Table(title=f"mixed precision {report['bit_list']}: {report['size_mb']:.4f} MB")
+    budget = "" if report["budget_mb"] is None else f", budget {report['budget_mb']:.4f} MB"
+    table = Table(title=f"mixed precision {report['bit_list']}: {report['size_mb']:.4f} MB "
+                        f"(eps² {report['eps2']:.3g}{budget})")  # fmt: skip
     for col in ("layer", "params", "L(W) bits", "w_bits"):
         table.add_column(col, justify="left" if col == "layer" else "right")
     for row in report["layers"]:
