@@ -160,6 +160,8 @@ def size_vs_accuracy(rows: list[dict], path: Path) -> bool:
     models = sorted({r["model"] for r in rows if r["setting"].startswith("MP")})
     if not models:
         return False
+    mixed = sorted({r["setting"] for r in rows if r["setting"].startswith("MP")})
+    colour = {m: plt.get_cmap("tab10")(i % 10) for i, m in enumerate(mixed)}  # same in each panel
     fig, axes = plt.subplots(1, len(models), figsize=(5.5 * len(models), 4), squeeze=False)
     for ax, model in zip(axes[0], models, strict=True):
         mine = [r for r in rows if r["model"] == model]
@@ -172,7 +174,8 @@ def size_vs_accuracy(rows: list[dict], path: Path) -> bool:
                         xytext=(4, -10), fontsize=7, color="grey")  # fmt: skip
         for r in (r for r in mine if r["setting"].startswith("MP")):
             ax.errorbar([r["size_mb"]], [r["top1"]], yerr=[r["top1_std"]], marker="s",
-                        capsize=3, linestyle="none", label=r["setting"])  # fmt: skip
+                        capsize=3, linestyle="none", color=colour[r["setting"]],
+                        label=r["setting"])  # fmt: skip
         ax.set(xlabel="size of the quantized layers, MB", ylabel="top-1 %",
                title=f"{model}: mixed precision against uniform bits (A4)")  # fmt: skip
         ax.legend(fontsize=7)
