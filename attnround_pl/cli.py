@@ -26,7 +26,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from rich.console import Console
 
 from .calib import FloatModel, RunConfig, calibrate, evaluate
-from .calib.distributed import PeerRankError
+from .calib.distributed import PeerRankError, close_process_group
 from .calib.export_job import FORMATS, check_format, export_run, export_table
 from .calib.pipeline import quiet_lightning
 from .calib.run_folder import CHECKPOINT, CONFIG, build_float, check_run_folder
@@ -161,6 +161,8 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"attnround-pl {command}: error: {exc}", file=sys.stderr)
         return 2
+    finally:
+        close_process_group()  # DDP: before interpreter shutdown (see its docstring)
 
 
 if __name__ == "__main__":

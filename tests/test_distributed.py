@@ -8,11 +8,19 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.distributed as dist
 from torch.utils.data import BatchSampler, RandomSampler
 
 from attnround_pl.calib import BlockReconstruction, build_unit_data
 from attnround_pl.calib import reconstruction as reconstruction_module
-from attnround_pl.calib.distributed import PeerRankError, agree, rank_world, shard, wants_ddp
+from attnround_pl.calib.distributed import (
+    PeerRankError,
+    agree,
+    close_process_group,
+    rank_world,
+    shard,
+    wants_ddp,
+)
 from attnround_pl.calib.reconstruction import ShardBatches
 from attnround_pl.models import build_model
 from attnround_pl.quant import (
@@ -158,3 +166,23 @@ def test_peer_error_is_silent_in_the_cli(monkeypatch, capsys):
     monkeypatch.setitem(cli.__dict__, "cmd_evaluate", fail)
     assert cli.main(["evaluate", "--run", "x"]) == 2
     assert capsys.readouterr().err == ""
+
+
+def test_close_process_group_tears_down_and_is_a_no_op_without_one(tmp_path):
+    close_process_group()  # no group: nothing to do
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0,
+                            world_size=1)  # fmt: skip
+    assert dist.is_initialized()
+    close_process_group()
+    assert not dist.is_initialized()
+
+
+def test_the_cli_closes_the_process_group_on_every_exit(monkeypatch, capsys, tmp_path):
+    from attnround_pl import cli
+
+    calls = []
+    monkeypatch.setattr(cli, "close_process_group", lambda: calls.append(1))
+    assert cli.main(["evaluate", "--run", str(tmp_path / "none")]) == 2  # an input error
+    monkeypatch.setitem(cli.__dict__, "cmd_evaluate", lambda args: 0)
+    assert cli.main(["evaluate", "--run", "x"]) == 0  # success
+    assert calls == [1, 1]
