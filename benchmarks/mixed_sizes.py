@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import json
 import sys
+from functools import cache
 from pathlib import Path
 
 from attnround_pl.calib.pipeline import machine
-from attnround_pl.mixed.allocation import size_mb
 from attnround_pl.models import build_model
 from attnround_pl.quant import QuantConfig, quantize_model
 
@@ -26,19 +26,22 @@ EPS2 = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)
 UNIFORM = (3, 4, 5)
 
 
+@cache
+def float_model(model: str):  # noqa: ANN201 - nn.Module
+    """The embedded model, built once (quantize_model works on a copy)."""
+    return build_model(model)
+
+
 def allocation_row(model: str, bit_list: list[int], mixed: dict) -> dict:
     """One allocation of ``model`` (the embedded weights) with ``mixed`` settings."""
     config = QuantConfig(mixed={"bit_list": bit_list, **mixed})
-    allocation = quantize_model(build_model(model), config, search_scales=False).bit_allocation
-    rows = allocation.rows
-    params = [r.params for r in rows]
+    allocation = quantize_model(float_model(model), config, search_scales=False).bit_allocation
     return {
         "model": model, "bit_list": bit_list, "eps2": allocation.eps2,
         "budget_bits": mixed.get("budget_bits"), "cluster_bits": allocation.cluster_bits,
         "size_mb": allocation.size_mb(),
-        "uniform_mb": {b: size_mb(params, [r.bits if r.fixed else b for r in rows])
-                       for b in UNIFORM},
-        "bits": [r.bits for r in rows],
+        "uniform_mb": {b: allocation.uniform_size_mb(b) for b in UNIFORM},
+        "bits": [r.bits for r in allocation.rows],
     }  # fmt: skip
 
 

@@ -49,6 +49,11 @@ class Allocation:
     def size_mb(self) -> float:
         return size_mb([r.params for r in self.rows], [r.bits for r in self.rows])
 
+    def uniform_size_mb(self, bits: int) -> float:
+        """Size of single precision at ``bits`` with the fixed layers at their own bits."""
+        return size_mb([r.params for r in self.rows], [r.bits if r.fixed else bits
+                                                        for r in self.rows])  # fmt: skip
+
 
 def check_mixed(config: MixedConfig, layers: int | None = None) -> None:
     """Every check on the settings; ``layers`` (how many get clustered bits) when known."""

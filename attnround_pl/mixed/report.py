@@ -13,7 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from .allocation import Allocation, size_mb  # noqa: E402
+from .allocation import Allocation  # noqa: E402
 
 
 def mixed_report(allocation: Allocation, bit_list: list[int],
@@ -25,8 +25,7 @@ def mixed_report(allocation: Allocation, bit_list: list[int],
     used (in budget mode the one the search picked), ``cluster_bits`` the bits each cluster got.
     """
     rows = allocation.rows
-    params = [r.params for r in rows]
-    single = {str(b): size_mb(params, [r.bits if r.fixed else b for r in rows]) for b in bit_list}
+    single = {str(b): allocation.uniform_size_mb(b) for b in bit_list}
     return {
         "bit_list": list(bit_list),
         "eps2": allocation.eps2,
