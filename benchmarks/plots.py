@@ -24,6 +24,7 @@ from markdown_table import HEADER, row_line  # noqa: E402
 RESULTS = Path(__file__).resolve().parent / "results"
 OFF_SCALE_DROP = 20
 ZOOM_DROP = 5  # the accuracy plots show float - 5 pp and up: the methods that reconstruct
+DODGE = 0.04  # x offset between methods in the accuracy plots, in settings
 
 
 TAU_PREFIX = "attention_tau"
@@ -56,6 +57,12 @@ def tau_of(method: str) -> float | None:
     return float(method[len(TAU_PREFIX) :]) if method.startswith(TAU_PREFIX) else None
 
 
+def dodge(index: int, count: int) -> float:
+    """x offset of the index-th of count methods, centred on the setting, so equal values at
+    one setting do not hide each other."""
+    return DODGE * (index - (count - 1) / 2)
+
+
 def accuracy_by_setting(rows: list[dict], model: str, path: Path,
                         colours: dict[str, tuple]) -> None:  # fmt: skip
     """One line per method over the single-precision settings (tau sweep and mixed apart)."""
@@ -69,12 +76,14 @@ def accuracy_by_setting(rows: list[dict], model: str, path: Path,
     float_top1 = rows[0]["float_top1"]
     bottom = float_top1 - ZOOM_DROP
     fig, ax = plt.subplots(figsize=(8, 4.5))
-    off_scale = []
-    for method, cells in sorted(by_method.items()):
-        if all(r["top1"] < float_top1 - OFF_SCALE_DROP for r in cells.values()):
-            off_scale.append(method)  # collapsed (floor/ceil): would flatten everything else
-            continue
-        points = [(x, cells[s]) for x, s in enumerate(settings) if s in cells]
+    # collapsed methods (floor/ceil) would flatten everything else: listed, not drawn
+    low = float_top1 - OFF_SCALE_DROP
+    off_scale = sorted(m for m, c in by_method.items() if all(r["top1"] < low for r in c.values()))
+    drawn = sorted(m for m in by_method if m not in off_scale)
+    for i, method in enumerate(drawn):
+        cells = by_method[method]
+        shift = dodge(i, len(drawn))
+        points = [(x + shift, cells[s]) for x, s in enumerate(settings) if s in cells]
         # below the zoomed axis: drawn on its bottom edge as a triangle with the value written
         ax.errorbar([x for x, _ in points], [max(r["top1"], bottom) for _, r in points],
                     yerr=[r["top1_std"] if r["top1"] >= bottom else 0 for _, r in points],

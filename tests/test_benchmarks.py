@@ -82,6 +82,14 @@ def test_accuracy_plot_draws_collapsed_and_off_scale_methods(tmp_path):
     assert (tmp_path / "acc.png").stat().st_size > 1000
 
 
+def test_accuracy_plot_sets_methods_apart_around_each_setting():
+    plots = _load("plots")
+    offsets = [plots.dodge(i, 3) for i in range(3)]
+    assert offsets == pytest.approx([-plots.DODGE, 0.0, plots.DODGE])
+    assert plots.dodge(0, 1) == 0.0
+    assert 20 * plots.DODGE < 1  # twenty methods stay within their own setting
+
+
 def test_size_plot_draws_mixed_against_uniform_bits(tmp_path):
     plots = _load("plots")
     rows = [{**_row("attention", s, top1=t), "size_mb": mb}
