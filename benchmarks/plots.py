@@ -80,6 +80,7 @@ def accuracy_by_setting(rows: list[dict], model: str, path: Path,
     low = float_top1 - OFF_SCALE_DROP
     off_scale = sorted(m for m, c in by_method.items() if all(r["top1"] < low for r in c.values()))
     drawn = sorted(m for m in by_method if m not in off_scale)
+    labels_below = defaultdict(int)  # setting -> labels already written on the bottom edge
     for i, method in enumerate(drawn):
         cells = by_method[method]
         shift = dodge(i, len(drawn))
@@ -91,8 +92,10 @@ def accuracy_by_setting(rows: list[dict], model: str, path: Path,
         for x, r in points:
             if r["top1"] < bottom:
                 ax.plot([x], [bottom], marker="v", markersize=9, color=colours[method])
+                up = 4 + 9 * labels_below[round(x)]  # one text line per method at a setting
+                labels_below[round(x)] += 1
                 ax.annotate(f"{method} {r['top1']:.1f}", (x, bottom), textcoords="offset points",
-                            xytext=(6, 4), fontsize=7, color=colours[method])  # fmt: skip
+                            xytext=(6, up), fontsize=7, color=colours[method])  # fmt: skip
     ax.set_ylim(bottom - 0.3, float_top1 + 0.5)
     ax.set_xlim(-0.3, len(settings) - 0.4)  # room for the bottom edge's labels
     ax.axhline(float_top1, color="grey", linestyle="--", label="float")
