@@ -84,18 +84,24 @@ def accuracy_by_setting(rows: list[dict], model: str, path: Path,
     for i, method in enumerate(drawn):
         cells = by_method[method]
         shift = dodge(i, len(drawn))
-        points = [(x + shift, cells[s]) for x, s in enumerate(settings) if s in cells]
+        points = [(x, cells[s]) for x, s in enumerate(settings) if s in cells]
         # below the zoomed axis: drawn on its bottom edge as a triangle with the value written
-        ax.errorbar([x for x, _ in points], [max(r["top1"], bottom) for _, r in points],
+        ax.errorbar([x + shift for x, _ in points], [max(r["top1"], bottom) for _, r in points],
                     yerr=[r["top1_std"] if r["top1"] >= bottom else 0 for _, r in points],
                     marker="o", capsize=3, color=colours[method], label=method)  # fmt: skip
         for x, r in points:
             if r["top1"] < bottom:
-                ax.plot([x], [bottom], marker="v", markersize=9, color=colours[method])
-                up = 4 + 9 * labels_below[round(x)]  # one text line per method at a setting
-                labels_below[round(x)] += 1
-                ax.annotate(f"{method} {r['top1']:.1f}", (x, bottom), textcoords="offset points",
-                            xytext=(6, up), fontsize=7, color=colours[method])  # fmt: skip
+                ax.plot([x + shift], [bottom], marker="v", markersize=9, color=colours[method])
+                up = 4 + 9 * labels_below[x]  # one text line per method at a setting
+                labels_below[x] += 1
+                ax.annotate(
+                    f"{method} {r['top1']:.1f}",
+                    (x + shift, bottom),
+                    xytext=(6, up),
+                    textcoords="offset points",
+                    fontsize=7,
+                    color=colours[method],
+                )
     ax.set_ylim(bottom - 0.3, float_top1 + 0.5)
     ax.set_xlim(-0.3, len(settings) - 0.4)  # room for the bottom edge's labels
     ax.axhline(float_top1, color="grey", linestyle="--", label="float")
