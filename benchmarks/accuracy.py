@@ -3,7 +3,10 @@
 Every row is one ``attnround-pl calibrate`` run in its own process (so peak RSS is the row's
 own), in ``benchmarks/runs/<row>/``; a row whose run folder already holds a report is read, not
 re-run, so an interrupted benchmark continues where it stopped. Prints a markdown table and
-writes ``benchmarks/results/accuracy_<suite>.json`` (``benchmarks/plots.py`` draws it).
+writes ``benchmarks/results/accuracy_<suite>.json`` (``benchmarks/plots.py`` draws it). The
+JSON keeps every seed's numbers (``per_seed``), and a suite's rows already in it are reused
+seed by seed, so a fresh clone (without ``benchmarks/runs``) adds rows or seeds to a committed
+table without re-running it; delete the JSON to start a suite over.
 
     .venv/bin/python benchmarks/accuracy.py --quick          # resnet20, one seed, ~25 min
     .venv/bin/python benchmarks/accuracy.py --suite main     # README's table (~3.5 h)
@@ -14,6 +17,7 @@ Methods (all on the same calibration set, evaluation and first/last 8-bit layers
     nearest, floor, ceil, stochastic   the rounding function alone (no reconstruction; the
                                        activation steps keep their MSE initialisation)
     adaround                           AdaRound at our settings (2k iterations, batch 64, 4e-4)
+    adaround_20k                       AdaRound with BRECQ's budget (20k, batch 32) at our lr 4e-4
     brecq                              BRECQ's recipe: AdaRound, 20k iterations, batch 32, lr 1e-3,
                                        regulariser 0.01, beta 20 -> 2 after 20 % warm-up,
                                        activation steps at lr 4e-4
@@ -73,6 +77,8 @@ METHODS = {
     **{name: ["--quant.rounding", name, *NO_RECON]
        for name in ("nearest", "floor", "ceil", "stochastic")},
     "adaround": ["--quant.rounding", "adaround"],
+    # BRECQ's recipe but for the learning rate (ours, 4e-4; regulariser and beta are the same)
+    "adaround_20k": ["--quant.rounding", "adaround", *BUDGET_20K],
     "brecq": BRECQ,
     "qdrop": [*BRECQ, "--recon.act_lr", "4e-5", "--quant.drop_prob", "0.5"],
     "attention": [],
@@ -125,7 +131,9 @@ SUITES = {
         Block(["W2A4"], ["attention_cosine"], SEEDS3),
         Block(["W2A2", "W3A3"], [*PEERS], (0,)),
     ]),
-    "aquant": (["resnet20"], [Block(["W2A2", "W3A3", "W4A4"], ["attention", "attention+aquant"])]),
+    "aquant": (["resnet20"], [
+        Block(["W2A2", "W3A3", "W4A4"], ["attention", "attention+aquant"], SEEDS3),
+    ]),
     "weights_only": (["resnet20"], [Block(["W4A32", "W3A32"], [*RECON_TRIO], SEEDS3)]),
     # our methods with 3 seeds at all six settings; on MobileNetV2 the peers' recipes (~30 min
     # a run) once, at W3A3 and at W2A2 (where Attention Round is furthest ahead of AdaRound);
@@ -195,13 +203,81 @@ def ms_per_iteration(report: dict) -> float | None:
     return 1e3 * sum(u["seconds"] / u["iters"] for u in learned)
 
 
-def summarise(reports: list[dict], key: str) -> tuple[float, float]:
-    values = [r[key] for r in reports]
-    return statistics.mean(values), (statistics.pstdev(values) if len(values) > 1 else 0.0)
+# what a table row takes from one calibration's report (``ms_per_iter`` is computed)
+RECORD_KEYS = ("quant_top1", "quant_top5", "nearest_top1", "calib_seconds", "peak_rss_mb",
+               "size_mb", "onnx_top1", "onnx_argmax_mismatch", "machine")  # fmt: skip
 
 
-def _mean_or_none(values: list[float | None]) -> float | None:
-    return None if None in values else statistics.mean(values)
+def seed_record(report: dict) -> dict:
+    """The numbers of one seed's calibration that its table row needs, kept in the row's
+    ``per_seed`` so the JSON alone can be extended later (``benchmarks/runs`` is not committed)."""
+    return {**{key: report[key] for key in RECORD_KEYS}, "ms_per_iter": ms_per_iteration(report)}
+
+
+def recorded_seeds(row: dict) -> dict[int, dict]:
+    """The seed records a committed row holds: its ``per_seed``; for a one-seed row written
+    before rows kept them, the row itself (its means are that seed's numbers); else none."""
+    if "per_seed" in row:
+        return {int(seed): record for seed, record in row["per_seed"].items()}
+    if len(row["seeds"]) != 1:
+        return {}
+    renamed = {"quant_top1": "top1", "quant_top5": "top5"}
+    record = {key: row[renamed.get(key, key)] for key in (*RECORD_KEYS, "ms_per_iter")}
+    return {row["seeds"][0]: record}
+
+
+def table_row(model: str, setting: str, method: str, float_top1: float,
+              records: dict[int, dict]) -> dict:  # fmt: skip
+    """One row of the table: means over the seeds' records (spread: population std of top-1)."""
+    seeds = sorted(records)
+    values = [records[s] for s in seeds]
+
+    def mean(key: str) -> float:
+        return statistics.mean(v[key] for v in values)
+
+    top1 = [v["quant_top1"] for v in values]
+    ms = [v["ms_per_iter"] for v in values]
+    return {
+        "model": model, "setting": setting, "method": method, "seeds": seeds,
+        "float_top1": float_top1, "top1": mean("quant_top1"),
+        "top1_std": statistics.pstdev(top1) if len(top1) > 1 else 0.0,
+        "top5": mean("quant_top5"), "drop": float_top1 - mean("quant_top1"),
+        "nearest_top1": mean("nearest_top1"), "calib_seconds": mean("calib_seconds"),
+        "ms_per_iter": None if None in ms else statistics.mean(ms),
+        "peak_rss_mb": max(v["peak_rss_mb"] for v in values), "size_mb": values[0]["size_mb"],
+        "onnx_top1": mean("onnx_top1"),
+        "onnx_argmax_mismatch": sum(v["onnx_argmax_mismatch"] for v in values),
+        "machine": values[0]["machine"], "per_seed": {str(s): records[s] for s in seeds},
+    }  # fmt: skip
+
+
+def suite_row(model: str, setting: str, method: str, seeds: list[int], runs: Path,
+              committed: dict | None, existing_only: bool = False) -> dict | None:  # fmt: skip
+    """A suite's row from, per seed, its run folder, else the committed JSON's record, else a
+    new calibration (none with ``existing_only``; None: nothing to tabulate). A committed row
+    written before rows kept ``per_seed`` is returned as it is while no run folder of its seeds
+    exists (the seeds of a mean cannot be told apart to mix it with new runs)."""
+    local = {s: run_row(model, setting, method, s, runs, existing_only=True) for s in seeds}
+    if (committed is not None and "per_seed" not in committed
+            and sorted(committed["seeds"]) == sorted(seeds)
+            and all(report is None for report in local.values())):  # fmt: skip
+        return committed
+    kept = recorded_seeds(committed) if committed is not None else {}
+    records = {}
+    for seed in seeds:
+        if local[seed] is None and seed in kept:
+            records[seed] = kept[seed]
+            continue
+        report = local[seed] or run_row(model, setting, method, seed, runs, existing_only)
+        if report is not None:
+            records[seed] = seed_record(report)
+    if not records:
+        return None
+    return table_row(model, setting, method, float_top1(model), records)
+
+
+def row_key(row: dict) -> tuple[str, str, str]:
+    return row["model"], row["setting"], row["method"]
 
 
 def main() -> None:
@@ -219,50 +295,38 @@ def main() -> None:
     parser.add_argument(
         "--existing-only",
         action="store_true",
-        help="tabulate the runs already done, start none (seeds: those found)",
+        help="tabulate the runs already done and the JSON's rows, start none",
     )
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args()
-    models, plan = SUITES[args.suite]
-    models = args.models or models
+    suite_models, plan = SUITES[args.suite]
+    models = args.models or suite_models
     default_seeds = list(SEEDS3) if args.suite == "full" else [0]
-    rows = []
+    path = args.out / f"accuracy_{args.suite}.json"
+    # the committed rows: reused seed by seed, and kept where this run does not reach them
+    committed = json.loads(path.read_text())["rows"] if path.is_file() else []
+    by_key = {row_key(row): row for row in committed}
+    plan_rows = [(model, s, m, list(args.seeds or block.seeds or default_seeds))
+                 for model in dict.fromkeys([*suite_models, *models]) for block in plan
+                 for s in block.settings for m in block.methods]  # fmt: skip
+    rows = {}
     print(HEADER)
-    for model in models:
-        fl = float_top1(model)
-        for setting, method, seeds in [
-            (s, m, args.seeds or list(block.seeds or default_seeds))
-            for block in plan
-            for s in block.settings
-            for m in block.methods
-            if not args.settings or s in args.settings
-        ]:
-            found = [(s, run_row(model, setting, method, s, args.runs, args.existing_only))
-                     for s in seeds]  # fmt: skip
-            reports = [r for _, r in found if r is not None]
-            if not reports:
-                continue
-            top1, spread = summarise(reports, "quant_top1")
-            row = {
-                "model": model, "setting": setting, "method": method,
-                "seeds": [s for s, r in found if r is not None],
-                "float_top1": fl, "top1": top1, "top1_std": spread,
-                "top5": summarise(reports, "quant_top5")[0], "drop": fl - top1,
-                "nearest_top1": summarise(reports, "nearest_top1")[0],
-                "calib_seconds": summarise(reports, "calib_seconds")[0],
-                "ms_per_iter": _mean_or_none([ms_per_iteration(r) for r in reports]),
-                "peak_rss_mb": max(r["peak_rss_mb"] for r in reports),
-                "size_mb": reports[0]["size_mb"],
-                "onnx_top1": summarise(reports, "onnx_top1")[0],
-                "onnx_argmax_mismatch": sum(r["onnx_argmax_mismatch"] for r in reports),
-                "machine": reports[0]["machine"],
-            }  # fmt: skip
-            rows.append(row)
+    for model, setting, method, seeds in plan_rows:
+        key = (model, setting, method)
+        if model not in models or (args.settings and setting not in args.settings):
+            if key in by_key:  # outside this run's filter: the committed row stays
+                rows[key] = by_key[key]
+            continue
+        row = suite_row(model, setting, method, seeds, args.runs, by_key.get(key),
+                        args.existing_only) or by_key.get(key)  # fmt: skip
+        if row is not None:
+            rows[key] = row
             print(row_line(row), flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
-    command = "python benchmarks/accuracy.py " + " ".join(sys.argv[1:])
-    result = {"suite": args.suite, "command": command, "rows": rows}
-    path = args.out / f"accuracy_{args.suite}.json"
+    command = f"python benchmarks/accuracy.py --suite {args.suite}"
+    if args.seeds:
+        command += " --seeds " + " ".join(map(str, args.seeds))
+    result = {"suite": args.suite, "command": command, "rows": list(rows.values())}
     path.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {path}", file=sys.stderr)
 

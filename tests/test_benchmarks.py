@@ -111,6 +111,70 @@ def test_ms_per_iteration_sums_the_units_that_learned():
     assert acc.ms_per_iteration({"units": units[2:]}) is None
 
 
+def _report(runs, name, top1, seconds_per_unit=20.0):
+    """A calibration's report.json as ``attnround-pl calibrate`` writes it (the keys rows read)."""
+    import json
+
+    report = {"quant_top1": top1, "quant_top5": 99.0, "nearest_top1": 80.0,
+              "calib_seconds": 100.0, "peak_rss_mb": 900.0, "size_mb": 0.25, "onnx_top1": top1,
+              "onnx_argmax_mismatch": 1, "machine": "2 CPU cores",
+              "units": [{"learned": True, "iters": 2000, "seconds": seconds_per_unit}]}  # fmt: skip
+    (runs / name).mkdir(parents=True)
+    (runs / name / "report.json").write_text(json.dumps(report))
+
+
+def _committed(method, setting, seeds, top1, std=0.0):
+    """A row as accuracy.py wrote it before rows kept their seeds (no ``per_seed``)."""
+    return {**_row(method, setting, seeds, top1), "top1_std": std, "top5": 99.5, "drop": 1.0,
+            "ms_per_iter": 15.0, "peak_rss_mb": 1000.0, "size_mb": 0.25, "onnx_top1": top1,
+            "onnx_argmax_mismatch": 0, "machine": "2 CPU cores"}  # fmt: skip
+
+
+def test_suite_rows_reuse_the_committed_seeds_and_add_new_runs(tmp_path):
+    acc = _load("accuracy")
+    runs = tmp_path / "runs"
+    _report(runs, "resnet20_W3A3_attention_s1", 92.0, seconds_per_unit=20.0)  # 10 ms/iter
+    one_seed = _committed("attention", "W3A3", (0,), 90.0)
+    row = acc.suite_row("resnet20", "W3A3", "attention", [0, 1], runs, one_seed, True)
+    assert row["seeds"] == [0, 1] and row["top1"] == pytest.approx(91.0)
+    assert row["top1_std"] == pytest.approx(1.0) and row["ms_per_iter"] == pytest.approx(12.5)
+    assert row["peak_rss_mb"] == 1000.0 and row["onnx_argmax_mismatch"] == 1
+    assert sorted(row["per_seed"]) == ["0", "1"] and row["per_seed"]["1"]["quant_top1"] == 92.0
+    # the row now carries both seeds: a later table reads them back without any run folder
+    again = acc.suite_row("resnet20", "W3A3", "attention", [0, 1], tmp_path / "none", row, True)
+    assert again == row
+    # several seeds and no per_seed: kept whole while none of its seeds has a run folder
+    three = _committed("attention", "W2A2", (0, 1, 2), 90.4, std=0.15)
+    assert acc.suite_row("resnet20", "W2A2", "attention", [0, 1, 2], runs, three, True) is three
+    _report(runs, "resnet20_W2A2_attention_s0", 89.0)  # ... not mixed with a new run
+    mixed = acc.suite_row("resnet20", "W2A2", "attention", [0, 1, 2], runs, three, True)
+    assert mixed["seeds"] == [0] and mixed["top1"] == 89.0
+    assert acc.suite_row("resnet20", "W4A4", "attention", [0], runs, None, True) is None
+
+
+def test_accuracy_keeps_the_committed_rows_a_filtered_run_does_not_reach(tmp_path, monkeypatch):
+    import json
+
+    acc = _load("accuracy")
+    runs, out = tmp_path / "runs", tmp_path / "results"
+    out.mkdir()
+    _report(runs, "resnet20_W2A2_attention-aquant_s0", 90.7)
+    kept = _committed("attention", "W3A3", (0, 1, 2), 92.2, std=0.02)
+    gone = _committed("ceil", "W3A3", (0,), 10.0)  # no longer in the suite
+    (out / "accuracy_aquant.json").write_text(json.dumps({"command": "x", "rows": [kept, gone]}))
+    argv = ["accuracy.py", "--suite", "aquant", "--settings", "W2A2", "--existing-only",
+            "--runs", str(runs), "--out", str(out)]  # fmt: skip
+    monkeypatch.setattr(sys, "argv", argv)
+    acc.main()
+    result = json.loads((out / "accuracy_aquant.json").read_text())
+    assert result["command"] == "python benchmarks/accuracy.py --suite aquant"
+    rows = {(r["setting"], r["method"]): r for r in result["rows"]}
+    assert set(rows) == {("W2A2", "attention+aquant"), ("W3A3", "attention")}
+    assert rows["W3A3", "attention"] == kept
+    assert rows["W2A2", "attention+aquant"]["top1"] == 90.7
+    assert rows["W2A2", "attention+aquant"]["float_top1"] == acc.float_top1("resnet20")
+
+
 def test_readme_tables_are_rewritten_from_the_json_and_nothing_else(tmp_path, monkeypatch):
     import json
 
