@@ -129,7 +129,9 @@ SUITES = {
         Block(["W2A4"], ["attention_20k", "attention_20k_lr1e-3"], (0,)),
         # does a decaying learning rate let the offsets settle? (the W2A4 gap to the peers)
         Block(["W2A4"], ["attention_cosine"], SEEDS3),
-        Block(["W2A2", "W3A3"], [*PEERS], (0,)),
+        Block(["W2A2", "W3A3", "W4A4"], [*PEERS], (0,)),
+        # AdaRound with the 20k budget at our lr: rounding against rounding at equal budget
+        Block(["W2A4", "W3A3", "W2A2"], ["adaround_20k"], (0,)),
     ]),
     "aquant": (["resnet20"], [
         Block(["W2A2", "W3A3", "W4A4"], ["attention", "attention+aquant"], SEEDS3),
@@ -142,6 +144,9 @@ SUITES = {
         Block(["W4A32", "W3A32", "W4A4"], [*RECON_TRIO], SEEDS3),
         Block(["W3A3"], [*RECON_TRIO], SEEDS3),
         Block(["W3A3", "W2A2"], [*PEERS, "attention_20k"], (0,)),
+        # W2A2, where the peers lead by 4 pp: the budget, the lr and the rounding apart
+        Block(["W2A2"], ["adaround_20k", "attention_20k_lr1e-3"], (0,)),
+        Block(["W4A4"], [*PEERS], (0,)),
         Block(["W2A4", "W2A2"], [*RECON_TRIO], SEEDS3),
         Block(["W2A2"], ["attention+aquant"], SEEDS3),
         # the paper's table 4 on this model at the W4 size (W4A4 above; see the mixed suite)

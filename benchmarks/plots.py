@@ -63,6 +63,18 @@ def dodge(index: int, count: int) -> float:
     return DODGE * (index - (count - 1) / 2)
 
 
+def gapped(points: list[tuple[int, float, float]]) -> tuple[list, list, list]:
+    """(x, y, error) points at integer x as three lists over every x from the first to the
+    last, NaN where a point is missing, so the line breaks there instead of joining the
+    neighbours over a setting the method has no row at."""
+    if not points:
+        return [], [], []
+    known = {x: (y, err) for x, y, err in points}
+    xs = list(range(min(known), max(known) + 1))
+    nan = (float("nan"), float("nan"))
+    return xs, [known.get(x, nan)[0] for x in xs], [known.get(x, nan)[1] for x in xs]
+
+
 def accuracy_by_setting(rows: list[dict], model: str, path: Path,
                         colours: dict[str, tuple]) -> None:  # fmt: skip
     """One line per method over the single-precision settings (tau sweep and mixed apart)."""
@@ -86,9 +98,10 @@ def accuracy_by_setting(rows: list[dict], model: str, path: Path,
         shift = dodge(i, len(drawn))
         points = [(x, cells[s]) for x, s in enumerate(settings) if s in cells]
         # below the zoomed axis: drawn on its bottom edge as a triangle with the value written
-        ax.errorbar([x + shift for x, _ in points], [max(r["top1"], bottom) for _, r in points],
-                    yerr=[r["top1_std"] if r["top1"] >= bottom else 0 for _, r in points],
-                    marker="o", capsize=3, color=colours[method], label=method)  # fmt: skip
+        xs, ys, errs = gapped([(x, max(r["top1"], bottom), r["top1_std"] if r["top1"] >= bottom
+                                else 0.0) for x, r in points])  # fmt: skip
+        ax.errorbar([x + shift for x in xs], ys, yerr=errs, marker="o", capsize=3,
+                    color=colours[method], label=method)  # fmt: skip
         for x, r in points:
             if r["top1"] < bottom:
                 ax.plot([x + shift], [bottom], marker="v", markersize=9, color=colours[method])

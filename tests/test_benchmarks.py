@@ -90,6 +90,15 @@ def test_accuracy_plot_sets_methods_apart_around_each_setting():
     assert 20 * plots.DODGE < 1  # twenty methods stay within their own setting
 
 
+def test_accuracy_plot_breaks_a_line_where_a_method_has_no_row():
+    import math
+
+    xs, ys, errs = _load("plots").gapped([(1, 90.0, 0.1), (3, 91.0, 0.0)])
+    assert xs == [1, 2, 3] and ys[0] == 90.0 and ys[2] == 91.0 and errs[0] == 0.1
+    assert math.isnan(ys[1]) and math.isnan(errs[1])
+    assert _load("plots").gapped([]) == ([], [], [])
+
+
 def test_size_plot_draws_mixed_against_uniform_bits(tmp_path):
     plots = _load("plots")
     rows = [{**_row("attention", s, top1=t), "size_mb": mb}
