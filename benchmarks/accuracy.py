@@ -36,6 +36,7 @@ Methods (all on the same calibration set, evaluation and first/last 8-bit layers
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import statistics
 import subprocess
@@ -193,6 +194,7 @@ def run_row(model: str, setting: str, method: str, seed: int, runs: Path,
     return json.loads(report.read_text())
 
 
+@functools.cache  # read once per model, not once per row
 def float_top1(model: str) -> float:
     from attnround_pl.models import embedded_info
 
@@ -274,7 +276,9 @@ def suite_row(model: str, setting: str, method: str, seeds: list[int], runs: Pat
         if local[seed] is None and seed in kept:
             records[seed] = kept[seed]
             continue
-        report = local[seed] or run_row(model, setting, method, seed, runs, existing_only)
+        report = local[seed]
+        if report is None and not existing_only:
+            report = run_row(model, setting, method, seed, runs)
         if report is not None:
             records[seed] = seed_record(report)
     if not records:
