@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from markdown_table import HEADER, row_line
+from result_json import read_json, read_result
 
 ROOT = Path(__file__).resolve().parents[1]
 CLI = [sys.executable, "-m", "attnround_pl.cli"]
@@ -191,7 +192,7 @@ def run_row(model: str, setting: str, method: str, seed: int, runs: Path,
         started = time.perf_counter()
         subprocess.run(cmd, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
         print(f"# {name}: {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
-    return json.loads(report.read_text())
+    return read_json(report, f"delete the run folder {report.parent} to calibrate it again")
 
 
 @functools.cache  # read once per model, not once per row
@@ -314,7 +315,7 @@ def main() -> None:
     default_seeds = list(SEEDS3) if args.suite == "full" else [0]
     path = args.out / f"accuracy_{args.suite}.json"
     # the committed rows: reused seed by seed, and kept where this run does not reach them
-    committed = json.loads(path.read_text())["rows"] if path.is_file() else []
+    committed = read_result(path)["rows"] if path.is_file() else []
     by_key = {row_key(row): row for row in committed}
     plan_rows = [(model, s, m, list(args.seeds or block.seeds or default_seeds))
                  for model in dict.fromkeys([*suite_models, *models]) for block in plan

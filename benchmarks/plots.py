@@ -10,7 +10,6 @@ size for mixed precision (the paper's table 4), and one markdown table per suite
 from __future__ import annotations
 
 import argparse
-import json
 import re
 from collections import defaultdict
 from pathlib import Path
@@ -20,6 +19,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from markdown_table import HEADER, row_line  # noqa: E402
+from result_json import read_result  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 OFF_SCALE_DROP = 20
@@ -31,13 +31,15 @@ TAU_PREFIX = "attention_tau"
 PAPER_TAU = 0.5  # the plain "attention" rows
 MARKERS = "osD^v<>phX*P8Hd"  # one per (model, setting) of the time plot
 SINGLE_A4 = ("W3A4", "W4A4", "W5A4")  # the uniform rows the mixed ones are compared with
+# the benchmarks issue's settings, drawn by accuracy_by_setting (W3A4/W5A4: the size plot's)
+SETTINGS = ("W4A32", "W3A32", "W4A4", "W3A3", "W2A4", "W2A2")
 
 
 def load_rows() -> list[dict]:
     """Every row of every suite, once per (model, setting, method): the one with most seeds."""
     unique: dict[tuple[str, str, str], dict] = {}
     for path in sorted(RESULTS.glob("accuracy_*.json")):
-        for r in json.loads(path.read_text())["rows"]:
+        for r in read_result(path)["rows"]:
             key = (r["model"], r["setting"], r["method"])
             if key not in unique or len(r["seeds"]) > len(unique[key]["seeds"]):
                 unique[key] = r
@@ -75,59 +77,74 @@ def gapped(points: list[tuple[int, float, float]]) -> tuple[list, list, list]:
     return xs, [known.get(x, nan)[0] for x in xs], [known.get(x, nan)[1] for x in xs]
 
 
+def setting_panels(settings: set[str]) -> list[tuple[str, list[str]]]:
+    """The single-precision settings as (title, settings) panels: weights only (A32) apart from
+    quantized activations, each in falling bits, so a method's line runs over one kind only."""
+    order = sorted(settings, key=lambda s: (-int(s[1]), -int(s.split("A")[1]), s))
+    weights_only = [s for s in order if s.endswith("A32")]
+    quantized = [s for s in order if not s.endswith("A32")]
+    panels = [("weights only (A32)", weights_only), ("weights and activations", quantized)]
+    return [(title, group) for title, group in panels if group]
+
+
 def accuracy_by_setting(rows: list[dict], model: str, path: Path,
                         colours: dict[str, tuple]) -> None:  # fmt: skip
-    """One line per method over the single-precision settings (tau sweep and mixed apart)."""
-    rows = [r for r in rows if r["model"] == model and r["setting"][1:2].isdigit()
+    """One line per method over ``SETTINGS`` (tau sweep, mixed and the size plot's W3A4/W5A4
+    apart), a panel for the weights-only settings and one for quantized activations."""
+    rows = [r for r in rows if r["model"] == model and r["setting"] in SETTINGS
             and not r["method"].startswith(TAU_PREFIX)]  # fmt: skip
-    settings = sorted({r["setting"] for r in rows},
-                      key=lambda s: (-int(s[1]), -int(s.split("A")[1]), s))  # fmt: skip
     by_method = defaultdict(dict)
     for r in rows:
         by_method[r["method"]][r["setting"]] = r
     float_top1 = rows[0]["float_top1"]
     bottom = float_top1 - ZOOM_DROP
-    fig, ax = plt.subplots(figsize=(8, 4.5))
+    panels = setting_panels({r["setting"] for r in rows})
+    fig, axes = plt.subplots(1, len(panels), figsize=(10, 4.8), sharey=True, squeeze=False,
+                             width_ratios=[len(group) + 1 for _, group in panels])  # fmt: skip
     # collapsed methods (floor/ceil) would flatten everything else: listed, not drawn
     low = float_top1 - OFF_SCALE_DROP
     off_scale = sorted(m for m, c in by_method.items() if all(r["top1"] < low for r in c.values()))
-    drawn = sorted(m for m in by_method if m not in off_scale)
-    labels_below = defaultdict(int)  # setting -> labels already written on the bottom edge
-    for i, method in enumerate(drawn):
-        cells = by_method[method]
-        shift = dodge(i, len(drawn))
-        points = [(x, cells[s]) for x, s in enumerate(settings) if s in cells]
-        # below the zoomed axis: drawn on its bottom edge as a triangle with the value written
-        xs, ys, errs = gapped([(x, max(r["top1"], bottom), r["top1_std"] if r["top1"] >= bottom
-                                else 0.0) for x, r in points])  # fmt: skip
-        ax.errorbar([x + shift for x in xs], ys, yerr=errs, marker="o", capsize=3,
-                    color=colours[method], label=method)  # fmt: skip
-        for x, r in points:
-            if r["top1"] < bottom:
-                ax.plot([x + shift], [bottom], marker="v", markersize=9, color=colours[method])
-                up = 4 + 9 * labels_below[x]  # one text line per method at a setting
-                labels_below[x] += 1
-                ax.annotate(
-                    f"{method} {r['top1']:.1f}",
-                    (x + shift, bottom),
-                    xytext=(6, up),
-                    textcoords="offset points",
-                    fontsize=7,
-                    color=colours[method],
-                )
-    ax.set_ylim(bottom - 0.3, float_top1 + 0.5)
-    ax.set_xlim(-0.3, len(settings) - 0.4)  # room for the bottom edge's labels
-    ax.axhline(float_top1, color="grey", linestyle="--", label="float")
+    for ax, (title, settings) in zip(axes[0], panels, strict=True):
+        drawn = sorted(m for m in by_method if m not in off_scale
+                       and any(s in by_method[m] for s in settings))  # fmt: skip
+        for i, method in enumerate(drawn):
+            draw_method(ax, method, by_method[method], settings, dodge(i, len(drawn)), bottom,
+                        colours[method])  # fmt: skip
+        ax.axhline(float_top1, color="grey", linestyle="--", label="float")
+        ax.set_xlim(-0.4, len(settings) - 0.3)  # room for the bottom edge's labels
+        ax.set_xticks(range(len(settings)), settings)
+        ax.set_title(title, fontsize=9)
+    axes[0][0].set_ylim(bottom - 0.3, float_top1 + 0.5)
+    axes[0][0].set_ylabel("top-1 %")
+    handles = {label: h for ax in axes[0] for h, label in zip(*ax.get_legend_handles_labels(),
+                                                              strict=True)}  # fmt: skip
     if off_scale:
         label = f"off scale (> {OFF_SCALE_DROP} pp drop): {', '.join(off_scale)}"
-        ax.plot([], [], " ", label=label)
-    ax.set_xticks(range(len(settings)), settings)
-    ax.set(ylabel="top-1 %", title=f"{model}: top-1 by bit setting (Fashion-MNIST test; "
-           f"values below {bottom:.1f} on the bottom edge)")  # fmt: skip
-    ax.legend(fontsize=7)
-    fig.tight_layout()
+        handles[label] = axes[0][0].plot([], [], " ")[0]
+    fig.suptitle(f"{model}: top-1 by bit setting (Fashion-MNIST test; values below "
+                 f"{bottom:.1f} on the bottom edge)", fontsize=10)  # fmt: skip
+    fig.legend(handles.values(), handles.keys(), fontsize=7, loc="center right")
+    fig.tight_layout(rect=(0, 0, 0.8, 1))  # the legend's column on the right
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def draw_method(ax: plt.Axes, method: str, cells: dict[str, dict], settings: list[str],
+                shift: float, bottom: float, colour: tuple) -> None:  # fmt: skip
+    """One method's line over ``settings`` (x = index + shift), broken where it has no row; a
+    value below ``bottom`` sits on the bottom edge as a triangle with the value written."""
+    points = [(x, cells[s]) for x, s in enumerate(settings) if s in cells]
+    xs, ys, errs = gapped([(x, max(r["top1"], bottom), r["top1_std"] if r["top1"] >= bottom
+                            else 0.0) for x, r in points])  # fmt: skip
+    ax.errorbar([x + shift for x in xs], ys, yerr=errs, marker="o", capsize=3, color=colour,
+                label=method)  # fmt: skip
+    for x, r in points:
+        if r["top1"] < bottom:
+            ax.plot([x + shift], [bottom], marker="v", markersize=9, color=colour)
+            # one text line per method already written at this setting's bottom edge
+            up = 4 + 9 * sum(round(t.xy[0]) == x for t in ax.texts)
+            ax.annotate(f"{method} {r['top1']:.1f}", (x + shift, bottom), xytext=(6, up),
+                        textcoords="offset points", fontsize=7, color=colour)  # fmt: skip
 
 
 def tau_sweep(rows: list[dict], path: Path) -> bool:
@@ -218,7 +235,7 @@ def size_vs_accuracy(rows: list[dict], path: Path) -> bool:
 
 def suite_table(path: Path) -> str:
     """The markdown table of one suite's JSON, headed by the command that produced it."""
-    result = json.loads(path.read_text())
+    result = read_result(path)
     machines = "; ".join(sorted({r["machine"] for r in result["rows"]}))
     out = [f"`{result['command']}` ({path.name}; {machines}):\n", HEADER]
     out += [row_line(r) for r in result["rows"]]

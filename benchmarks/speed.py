@@ -7,6 +7,12 @@ the BN-folded float unit's forward + backward (gradients w.r.t. its weights). Pr
 table and writes ``benchmarks/results/speed_<model>.json``.
 
     .venv/bin/python benchmarks/speed.py [--model resnet20] [--iters 200] [--batch 64]
+
+The embedded models are timed on Fashion-MNIST calibration images. ``--images random`` times
+any model of the zoo on random images of ``--image-size`` pixels with random weights (timing
+does not depend on the values): how the ratio behaves at ImageNet scale, where the convolutions
+are larger than the elementwise work of the quantizers, e.g.
+``--model resnet18 --images random --image-size 224 --iters 10 --calib 64``.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ import torch
 from attnround_pl.calib import BlockReconstruction, build_unit_data
 from attnround_pl.calib.pipeline import machine
 from attnround_pl.data import FashionMNISTDataModule
-from attnround_pl.models import build_model, split_units
+from attnround_pl.models import EMBEDDED, build_model, split_units
 from attnround_pl.quant import (
     QuantConfig,
     calibrate_activations,
@@ -66,21 +72,27 @@ def per_iter(fn, iters: int) -> float:  # noqa: ANN001
     return (time.perf_counter() - started) / iters
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="resnet20")
-    parser.add_argument("--iters", type=int, default=200)
-    parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
-    args = parser.parse_args()
-    warnings.filterwarnings("ignore")
-    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
-    torch.manual_seed(0)
-    batches = [x for x, _ in FashionMNISTDataModule(root=str(ROOT / "data"), calib_size=256)
-               .calib_dataloader(256)]  # fmt: skip
-    qmodel = quantize_model(build_model(args.model), QuantConfig())
+def calibration_batches(model: str, images: str, count: int, size: int) -> list[torch.Tensor]:
+    """``count`` Fashion-MNIST calibration images, or random ones (N(0, 1), ``size`` pixels,
+    3 channels for torchvision models, 1 for the embedded ones), in batches of up to 256."""
+    if images == "fmnist":
+        if model not in EMBEDDED:
+            raise SystemExit(f"{model}: no ImageNet here; time it with --images random")
+        data = FashionMNISTDataModule(root=str(ROOT / "data"), calib_size=count)
+        return [x for x, _ in data.calib_dataloader(256)]
+    channels = 1 if model in EMBEDDED else 3
+    gen = torch.Generator().manual_seed(0)
+    return [torch.randn(min(256, count - i), channels, size, size, generator=gen)
+            for i in range(0, count, 256)]  # fmt: skip
+
+
+def measure(model: str, batches: list[torch.Tensor], iters: int, batch: int,
+            weights: str | None = "DEFAULT") -> list[dict]:  # fmt: skip
+    """Per unit: ms per iteration through Lightning, in a bare loop, and of the float unit's
+    forward + backward; prints one markdown row per unit as it is measured."""
+    qmodel = quantize_model(build_model(model, weights=weights), QuantConfig())
     calibrate_activations(qmodel, batches)
-    folded = build_model(args.model)
+    folded = build_model(model, weights=weights)
     fold_batchnorms(folded)
     rows = []
     print("| unit | Lightning ms/iter | bare loop ms/iter | float fwd+bwd ms | "
@@ -90,41 +102,69 @@ def main() -> None:
         data = build_unit_data(qmodel, folded, unit_spec.path, batches)
         unit = qmodel.get_submodule(unit_spec.path)
         saved = copy.deepcopy(unit.state_dict())
-        module = BlockReconstruction(unit, data, unit_spec.name, iters=args.iters,
-                                     batch_size=args.batch)  # fmt: skip
-        trainer = pl.Trainer(max_steps=args.iters, max_epochs=1, logger=False,
+        module = BlockReconstruction(unit, data, unit_spec.name, iters=iters,
+                                     batch_size=batch)  # fmt: skip
+        trainer = pl.Trainer(max_steps=iters, max_epochs=1, logger=False,
                              enable_checkpointing=False, enable_progress_bar=False,
                              enable_model_summary=False, accelerator="cpu", devices=1)  # fmt: skip
         started = time.perf_counter()
         trainer.fit(module)
-        lightning_s = (time.perf_counter() - started) / args.iters
+        lightning_s = (time.perf_counter() - started) / iters
         unit.load_state_dict(saved)
 
         opt = module.configure_optimizers()
-        x, y = data.inputs[: args.batch], data.targets[: args.batch]
-        set_learning(unit, args.batch)
+        x, y = data.inputs[:batch], data.targets[:batch]
+        set_learning(unit, batch)
 
-        bare_s = per_iter(partial(bare_step, unit, opt, x, y), args.iters)
+        bare_s = per_iter(partial(bare_step, unit, opt, x, y), iters)
         set_learning(unit, None)
         unit.load_state_dict(saved)
         float_unit = folded.get_submodule(unit_spec.path) if unit_spec.path else folded
-        weights = [p.requires_grad_(True) for p in float_unit.parameters()]
-        float_s = per_iter(partial(float_step, float_unit, weights, x, y), args.iters)
+        weights_ = [p.requires_grad_(True) for p in float_unit.parameters()]
+        float_s = per_iter(partial(float_step, float_unit, weights_, x, y), iters)
         row = {"unit": unit_spec.name, "lightning_ms": 1e3 * lightning_s,
                "bare_ms": 1e3 * bare_s, "float_fwd_bwd_ms": 1e3 * float_s,
                "ratio": lightning_s / float_s}  # fmt: skip
         rows.append(row)
         print(f"| {row['unit']} | {row['lightning_ms']:.2f} | {row['bare_ms']:.2f} | "
               f"{row['float_fwd_bwd_ms']:.2f} | {row['ratio']:.2f} |", flush=True)  # fmt: skip
-    total = {k: sum(r[k] for r in rows) for k in ("lightning_ms", "bare_ms", "float_fwd_bwd_ms")}
+    return rows
+
+
+def totals(rows: list[dict]) -> dict[str, float]:
+    return {k: sum(r[k] for r in rows) for k in ("lightning_ms", "bare_ms", "float_fwd_bwd_ms")}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="resnet20")
+    parser.add_argument("--iters", type=int, default=200)
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--images", choices=("fmnist", "random"), default="fmnist")
+    parser.add_argument("--image-size", type=int, default=28)
+    parser.add_argument("--calib", type=int, default=256, help="calibration images cached")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    args = parser.parse_args()
+    if args.calib < args.batch:
+        parser.error(f"--calib {args.calib} holds fewer images than one --batch {args.batch}")
+    warnings.filterwarnings("ignore")
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    torch.manual_seed(0)
+    batches = calibration_batches(args.model, args.images, args.calib, args.image_size)
+    weights = "DEFAULT" if args.images == "fmnist" else None
+    rows = measure(args.model, batches, args.iters, args.batch, weights)
+    total = totals(rows)
     print(f"| all units | {total['lightning_ms']:.2f} | {total['bare_ms']:.2f} | "
           f"{total['float_fwd_bwd_ms']:.2f} | "
           f"{total['lightning_ms'] / total['float_fwd_bwd_ms']:.2f} |")  # fmt: skip
     args.out.mkdir(parents=True, exist_ok=True)
-    result = {"model": args.model, "batch": args.batch, "iters": args.iters, "rows": rows,
-              "total": total, "machine": machine(), "torch_threads": torch.get_num_threads(),
+    result = {"model": args.model, "batch": args.batch, "iters": args.iters,
+              "images": args.images, "image_size": list(batches[0].shape[1:]),
+              "calib": args.calib, "rows": rows, "total": total, "machine": machine(),
+              "torch_threads": torch.get_num_threads(),
               "command": "python benchmarks/speed.py " + " ".join(sys.argv[1:])}  # fmt: skip
-    path = args.out / f"speed_{args.model}.json"
+    suffix = "" if args.images == "fmnist" else f"_random{args.image_size}"
+    path = args.out / f"speed_{args.model}{suffix}.json"
     path.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {path}", file=sys.stderr)
 

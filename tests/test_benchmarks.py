@@ -80,6 +80,18 @@ def test_accuracy_plot_draws_collapsed_and_off_scale_methods(tmp_path):
             _row("floor", "W3A3", top1=10.0)]  # fmt: skip
     plots.accuracy_by_setting(rows, "resnet20", tmp_path / "acc.png", plots.method_colours(rows))
     assert (tmp_path / "acc.png").stat().st_size > 1000
+    rows += [_row("attention", "W4A32", top1=91.9), _row("nearest", "W3A32", top1=85.0)]
+    plots.accuracy_by_setting(rows, "resnet20", tmp_path / "two.png", plots.method_colours(rows))
+    assert (tmp_path / "two.png").stat().st_size > 1000
+
+
+def test_accuracy_plot_puts_weights_only_settings_in_their_own_panel():
+    plots = _load("plots")
+    panels = plots.setting_panels({"W2A2", "W4A32", "W3A3", "W2A4", "W3A32", "W4A4"})
+    assert panels == [("weights only (A32)", ["W4A32", "W3A32"]),
+                      ("weights and activations", ["W4A4", "W3A3", "W2A4", "W2A2"])]  # fmt: skip
+    assert plots.setting_panels({"W3A3", "W4A4"}) == [("weights and activations",
+                                                        ["W4A4", "W3A3"])]  # fmt: skip
 
 
 def test_accuracy_plot_sets_methods_apart_around_each_setting():
@@ -184,6 +196,32 @@ def test_accuracy_keeps_the_committed_rows_a_filtered_run_does_not_reach(tmp_pat
     assert rows["W2A2", "attention+aquant"]["float_top1"] == acc.float_top1("resnet20")
 
 
+def test_a_corrupt_results_file_or_report_stops_with_its_name_and_keeps_the_file(
+    tmp_path, monkeypatch
+):
+    acc = _load("accuracy")
+    runs, out = tmp_path / "runs", tmp_path / "results"
+    out.mkdir()
+    argv = ["accuracy.py", "--suite", "aquant", "--settings", "W2A2", "--existing-only",
+            "--runs", str(runs), "--out", str(out)]  # fmt: skip
+    monkeypatch.setattr(sys, "argv", argv)
+    results = out / "accuracy_aquant.json"
+    for text, what in (('{"rows": [', "unreadable"), ("[1, 2]", "JSON list, not an object"),
+                       ('{"command": "x"}', "no list of 'rows'")):  # fmt: skip
+        results.write_text(text)
+        with pytest.raises(SystemExit, match=what) as stop:
+            acc.main()
+        assert str(results) in str(stop.value) and "git checkout" in str(stop.value)
+        assert results.read_text() == text  # nothing overwritten
+    results.unlink()
+    _report(runs, "resnet20_W2A2_attention-aquant_s0", 90.7)
+    report = runs / "resnet20_W2A2_attention-aquant_s0" / "report.json"
+    report.write_text('{"quant_top1": 9')
+    with pytest.raises(SystemExit, match="delete the run folder") as stop:
+        acc.main()
+    assert str(report) in str(stop.value) and not results.exists()
+
+
 def test_readme_tables_are_rewritten_from_the_json_and_nothing_else(tmp_path, monkeypatch):
     import json
 
@@ -223,3 +261,40 @@ def test_mixed_sizes_row_fits_its_budget_and_prints_every_layer():
     text = sizes.line(row)
     assert text.startswith("| resnet20 | [3, 4, 5, 6] | ") and "(budget W4)" in text
     assert text.endswith("`" + "".join(map(str, row["bits"])) + "` |")
+
+
+def test_speed_times_every_unit_against_its_float_forward_backward(tmp_path, monkeypatch, capsys):
+    import json
+
+    from attnround_pl.models import build_model, split_units
+    from attnround_pl.quant import QuantConfig, quantize_model
+
+    speed = _load("speed")
+    argv = ["speed.py", "--model", "resnet20", "--images", "random", "--iters", "2",
+            "--batch", "8", "--calib", "16", "--out", str(tmp_path)]  # fmt: skip
+    monkeypatch.setattr(sys, "argv", argv)
+    speed.main()
+    result = json.loads((tmp_path / "speed_resnet20_random28.json").read_text())
+    qmodel = quantize_model(build_model("resnet20", weights=None), QuantConfig())
+    units = [u.name for u in split_units(qmodel)]
+    assert [r["unit"] for r in result["rows"]] == units and len(units) == 11
+    for row in result["rows"]:
+        assert min(row["lightning_ms"], row["bare_ms"], row["float_fwd_bwd_ms"]) > 0
+        assert row["ratio"] == pytest.approx(row["lightning_ms"] / row["float_fwd_bwd_ms"])
+    for key, total in result["total"].items():
+        assert total == pytest.approx(sum(r[key] for r in result["rows"]))
+    assert result["image_size"] == [1, 28, 28] and result["images"] == "random"
+    table = capsys.readouterr().out
+    assert table.count("\n| layer") == 9 and "| all units |" in table
+
+
+def test_speed_refuses_imagenet_models_without_random_images_and_too_few_images(monkeypatch):
+    speed = _load("speed")
+    with pytest.raises(SystemExit, match="no ImageNet here"):
+        speed.calibration_batches("resnet18", "fmnist", 64, 224)
+    batches = speed.calibration_batches("resnet18", "random", 300, 32)
+    assert [tuple(b.shape) for b in batches] == [(256, 3, 32, 32), (44, 3, 32, 32)]
+    monkeypatch.setattr(sys, "argv", ["speed.py", "--calib", "32", "--batch", "64"])
+    with pytest.raises(SystemExit) as stop:
+        speed.main()
+    assert stop.value.code == 2

@@ -1,0 +1,27 @@
+"""Reading the benchmarks' JSON files (results and run reports) with errors that name the file."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def read_json(path: Path, fix: str) -> dict:
+    """``path``'s JSON object; a file that is not one stops the script with a message naming
+    the file, what is wrong and ``fix`` (what the user can do), not a bare decoder traceback."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise SystemExit(f"{path}: unreadable ({exc}); {fix}") from None
+    if not isinstance(data, dict):
+        raise SystemExit(f"{path}: holds a JSON {type(data).__name__}, not an object; {fix}")
+    return data
+
+
+def read_result(path: Path) -> dict:
+    """A committed results file (``benchmarks/results/accuracy_*.json``), its ``rows`` checked."""
+    fix = f"restore it with `git checkout -- {path}`, or delete it to make it again"
+    data = read_json(path, fix)
+    if not isinstance(data.get("rows"), list):
+        raise SystemExit(f"{path}: has no list of 'rows'; {fix}")
+    return data
