@@ -121,17 +121,17 @@ SUITES = {
         Block(["W2A4"], [*RECON_TRIO]),
     ]),
     # README's main table: 3 seeds where the methods are within 1 pp of each other, the
-    # peers' 20k-iteration recipes (21-30 min a run here) included, at W2A4 (and W2A2, W3A3 once);
-    # Attention Round with their budget once, at its own learning rate and at BRECQ's
+    # peers' 20k-iteration recipes (10-30 min a run here) included, at W2A4 and W4A4 (and W2A2,
+    # W3A3 once); Attention Round with their budget once, at its own learning rate and BRECQ's
     "main": (["resnet20"], [
         Block(["W4A4"], [*BASELINES, "attention"], SEEDS3),
         Block(["W3A3"], [*RECON_TRIO], SEEDS3),
         Block(["W2A4", "W2A2"], [*RECON_TRIO, *DROPPED], SEEDS3),
-        Block(["W2A4"], [*PEERS], SEEDS3),
+        Block(["W2A4", "W4A4"], [*PEERS], SEEDS3),
         Block(["W2A4"], ["attention_20k", "attention_20k_lr1e-3"], (0,)),
         # does a decaying learning rate let the offsets settle? (the W2A4 gap to the peers)
         Block(["W2A4"], ["attention_cosine"], SEEDS3),
-        Block(["W2A2", "W3A3", "W4A4"], [*PEERS], (0,)),
+        Block(["W2A2", "W3A3"], [*PEERS], (0,)),
         # AdaRound with the 20k budget at our lr: rounding against rounding at equal budget
         Block(["W2A4", "W3A3", "W2A2"], ["adaround_20k"], (0,)),
         Block(["W3A3"], ["attention_20k"], (0,)),
@@ -139,7 +139,10 @@ SUITES = {
     "aquant": (["resnet20"], [
         Block(["W2A2", "W3A3", "W4A4"], ["attention", "attention+aquant"], SEEDS3),
     ]),
-    "weights_only": (["resnet20"], [Block(["W4A32", "W3A32"], [*RECON_TRIO], SEEDS3)]),
+    "weights_only": (["resnet20"], [
+        Block(["W4A32", "W3A32"], [*RECON_TRIO], SEEDS3),
+        Block(["W4A32", "W3A32"], [*PEERS], (0,)),
+    ]),
     # our methods with 3 seeds at all six settings; on MobileNetV2 the peers' recipes (~30 min
     # a run) once, at W3A3 and at W2A2 (where Attention Round is furthest ahead of AdaRound);
     # AQuant's border at W2A2, where it helped on ResNet-20
