@@ -120,8 +120,8 @@ def measure(model: str, batches: list[torch.Tensor], iters: int, batch: int,
         set_learning(unit, None)
         unit.load_state_dict(saved)
         float_unit = folded.get_submodule(unit_spec.path) if unit_spec.path else folded
-        weights_ = [p.requires_grad_(True) for p in float_unit.parameters()]
-        float_s = per_iter(partial(float_step, float_unit, weights_, x, y), iters)
+        float_params = [p.requires_grad_(True) for p in float_unit.parameters()]
+        float_s = per_iter(partial(float_step, float_unit, float_params, x, y), iters)
         row = {"unit": unit_spec.name, "lightning_ms": 1e3 * lightning_s,
                "bare_ms": 1e3 * bare_s, "float_fwd_bwd_ms": 1e3 * float_s,
                "ratio": lightning_s / float_s}  # fmt: skip
