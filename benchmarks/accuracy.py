@@ -134,7 +134,7 @@ SUITES = {
         Block(["W2A2", "W3A3"], [*PEERS], (0,)),
         # AdaRound with the 20k budget at our lr: rounding against rounding at equal budget
         Block(["W2A4", "W3A3", "W2A2"], ["adaround_20k"], (0,)),
-        Block(["W3A3"], ["attention_20k"], (0,)),
+        Block(["W3A3", "W2A2"], ["attention_20k"], (0,)),
     ]),
     "aquant": (["resnet20"], [
         Block(["W2A2", "W3A3", "W4A4"], ["attention", "attention+aquant"], SEEDS3),
