@@ -31,7 +31,8 @@ TAU_PREFIX = "attention_tau"
 PAPER_TAU = 0.5  # the plain "attention" rows
 MARKERS = "osD^v<>phX*P8Hd"  # one per (model, setting) of the time plot
 SINGLE_A4 = ("W3A4", "W4A4", "W5A4")  # the uniform rows the mixed ones are compared with
-# the benchmarks issue's settings, drawn by accuracy_by_setting (W3A4/W5A4: the size plot's)
+# the benchmarks issue's settings in plot order, drawn by accuracy_by_setting (W3A4/W5A4: the
+# size plot's)
 SETTINGS = ("W4A32", "W3A32", "W4A4", "W3A3", "W2A4", "W2A2")
 
 
@@ -79,8 +80,9 @@ def gapped(points: list[tuple[int, float, float]]) -> tuple[list, list, list]:
 
 def setting_panels(settings: set[str]) -> list[tuple[str, list[str]]]:
     """The single-precision settings as (title, settings) panels: weights only (A32) apart from
-    quantized activations, each in falling bits, so a method's line runs over one kind only."""
-    order = sorted(settings, key=lambda s: (-int(s[1]), -int(s.split("A")[1]), s))
+    quantized activations, each in ``SETTINGS``' order (falling bits), so a method's line runs
+    over one kind only."""
+    order = [s for s in SETTINGS if s in settings]
     weights_only = [s for s in order if s.endswith("A32")]
     quantized = [s for s in order if not s.endswith("A32")]
     panels = [("weights only (A32)", weights_only), ("weights and activations", quantized)]
