@@ -7,6 +7,7 @@ the BN-folded float unit's forward + backward (gradients w.r.t. its weights). Pr
 table and writes ``benchmarks/results/speed_<model>.json``.
 
     .venv/bin/python benchmarks/speed.py [--model resnet20] [--iters 200] [--batch 64]
+        [--accelerator cpu|gpu]
 
 The embedded models are timed on Fashion-MNIST calibration images. ``--images random`` times
 any model of the zoo on random images of ``--image-size`` pixels with random weights (timing
@@ -64,11 +65,20 @@ def float_step(unit: torch.nn.Module, weights: list[torch.Tensor], x: torch.Tens
     reconstruction_loss(unit(x), y).backward()
 
 
-def per_iter(fn, iters: int) -> float:  # noqa: ANN001
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued kernels (CUDA runs asynchronously), so a clock read after it
+    counts them."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def per_iter(fn, iters: int, device: torch.device) -> float:  # noqa: ANN001
     fn()  # warm-up
+    synchronize(device)
     started = time.perf_counter()
     for _ in range(iters):
         fn()
+    synchronize(device)
     return (time.perf_counter() - started) / iters
 
 
@@ -87,9 +97,12 @@ def calibration_batches(model: str, images: str, count: int, size: int) -> list[
 
 
 def measure(model: str, batches: list[torch.Tensor], iters: int, batch: int,
-            weights: str | None = "DEFAULT") -> list[dict]:  # fmt: skip
+            weights: str | None = "DEFAULT", accelerator: str = "cpu") -> list[dict]:  # fmt: skip
     """Per unit: ms per iteration through Lightning, in a bare loop, and of the float unit's
-    forward + backward; prints one markdown row per unit as it is measured."""
+    forward + backward; prints one markdown row per unit as it is measured. With
+    ``accelerator='gpu'`` the unit's cache lives on the GPU (as ``recon.cache_device: auto``
+    puts it when it fits) and each unit is moved there for its timings, then back."""
+    device = torch.device("cuda" if accelerator == "gpu" else "cpu")
     qmodel = quantize_model(build_model(model, weights=weights), QuantConfig())
     calibrate_activations(qmodel, batches)
     folded = build_model(model, weights=weights)
@@ -99,29 +112,35 @@ def measure(model: str, batches: list[torch.Tensor], iters: int, batch: int,
           "ratio (Lightning / float) |")  # fmt: skip
     print("| --- | ---: | ---: | ---: | ---: |")
     for unit_spec in split_units(qmodel):
-        data = build_unit_data(qmodel, folded, unit_spec.path, batches)
+        data = build_unit_data(qmodel, folded, unit_spec.path, batches).to(device)
         unit = qmodel.get_submodule(unit_spec.path)
         saved = copy.deepcopy(unit.state_dict())
         module = BlockReconstruction(unit, data, unit_spec.name, iters=iters,
                                      batch_size=batch)  # fmt: skip
         trainer = pl.Trainer(max_steps=iters, max_epochs=1, logger=False,
                              enable_checkpointing=False, enable_progress_bar=False,
-                             enable_model_summary=False, accelerator="cpu", devices=1)  # fmt: skip
+                             enable_model_summary=False, accelerator=accelerator,
+                             devices=1)  # fmt: skip
         started = time.perf_counter()
-        trainer.fit(module)
+        trainer.fit(module)  # the Trainer moves the unit to the device and back
+        synchronize(device)
         lightning_s = (time.perf_counter() - started) / iters
         unit.load_state_dict(saved)
+        unit.to(device)
 
         opt = module.configure_optimizers()
         x, y = data.inputs[:batch], data.targets[:batch]
         set_learning(unit, batch)
 
-        bare_s = per_iter(partial(bare_step, unit, opt, x, y), iters)
+        bare_s = per_iter(partial(bare_step, unit, opt, x, y), iters, device)
         set_learning(unit, None)
         unit.load_state_dict(saved)
+        unit.to("cpu")  # the next unit's cache is captured through the whole model on the host
         float_unit = folded.get_submodule(unit_spec.path) if unit_spec.path else folded
+        float_unit.to(device)
         float_params = [p.requires_grad_(True) for p in float_unit.parameters()]
-        float_s = per_iter(partial(float_step, float_unit, float_params, x, y), iters)
+        float_s = per_iter(partial(float_step, float_unit, float_params, x, y), iters, device)
+        float_unit.to("cpu")
         row = {"unit": unit_spec.name, "lightning_ms": 1e3 * lightning_s,
                "bare_ms": 1e3 * bare_s, "float_fwd_bwd_ms": 1e3 * float_s,
                "ratio": lightning_s / float_s}  # fmt: skip
@@ -143,8 +162,11 @@ def main() -> None:
     parser.add_argument("--images", choices=("fmnist", "random"), default="fmnist")
     parser.add_argument("--image-size", type=int, default=28)
     parser.add_argument("--calib", type=int, default=256, help="calibration images cached")
+    parser.add_argument("--accelerator", choices=("cpu", "gpu"), default="cpu")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args()
+    if args.accelerator == "gpu" and not torch.cuda.is_available():
+        parser.error("--accelerator gpu: torch sees no CUDA device on this machine")
     if args.calib < args.batch:
         parser.error(f"--calib {args.calib} holds fewer images than one --batch {args.batch}")
     warnings.filterwarnings("ignore")
@@ -152,7 +174,7 @@ def main() -> None:
     torch.manual_seed(0)
     batches = calibration_batches(args.model, args.images, args.calib, args.image_size)
     weights = "DEFAULT" if args.images == "fmnist" else None
-    rows = measure(args.model, batches, args.iters, args.batch, weights)
+    rows = measure(args.model, batches, args.iters, args.batch, weights, args.accelerator)
     total = totals(rows)
     print(f"| all units | {total['lightning_ms']:.2f} | {total['bare_ms']:.2f} | "
           f"{total['float_fwd_bwd_ms']:.2f} | "
@@ -160,10 +182,12 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     result = {"model": args.model, "batch": args.batch, "iters": args.iters,
               "images": args.images, "image_size": list(batches[0].shape[1:]),
-              "calib": args.calib, "rows": rows, "total": total, "machine": machine(),
+              "calib": args.calib, "accelerator": args.accelerator, "rows": rows,
+              "total": total, "machine": machine(),
               "torch_threads": torch.get_num_threads(),
               "command": "python benchmarks/speed.py " + " ".join(sys.argv[1:])}  # fmt: skip
     suffix = "" if args.images == "fmnist" else f"_random{args.image_size}"
+    suffix += "_gpu" if args.accelerator == "gpu" else ""
     path = args.out / f"speed_{args.model}{suffix}.json"
     path.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {path}", file=sys.stderr)

@@ -1,7 +1,9 @@
+import pytest
 import torch
 from torch import nn
 
 from attnround_pl.calib import build_unit_data, capture
+from attnround_pl.calib.cache import cache_device
 from attnround_pl.models import build_model
 from attnround_pl.quant import QuantConfig, calibrate_activations, fold_batchnorms, quantize_model
 
@@ -36,3 +38,15 @@ def test_unit_data_inputs_from_quantized_targets_from_float():
     with torch.no_grad():
         assert torch.allclose(f.layer2[0](float_in), data.targets, atol=1e-5)
     assert isinstance(f.bn1, nn.Identity)
+
+
+def test_cache_device_is_the_host_without_an_accelerator():
+    assert cache_device(1, torch.device("cpu")) == "cpu"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cache_device_takes_the_gpu_while_the_cache_fits_in_half_its_free_memory():
+    gpu = torch.device("cuda", 0)
+    assert cache_device(2**20, gpu) == "cuda:0"
+    free, _ = torch.cuda.mem_get_info(gpu)
+    assert cache_device(free, gpu) == "cpu"

@@ -6,7 +6,13 @@ import pytest
 import torch
 
 from attnround_pl.calib import BlockReconstruction, ReconConfig, build_unit_data, unit_mse
-from attnround_pl.calib.reconstruction import NVML_CHECK, use_runtime_cuda_check
+from attnround_pl.calib.cache import UnitData
+from attnround_pl.calib.reconstruction import (
+    NVML_CHECK,
+    ShardBatches,
+    StepBatches,
+    use_runtime_cuda_check,
+)
 from attnround_pl.data import FashionMNISTDataModule
 from attnround_pl.errors import SettingError
 from attnround_pl.models import build_model
@@ -164,3 +170,16 @@ def test_cosine_schedule_decays_both_learning_rates_to_zero(fmnist_root):
         SettingError, match="recon.lr_schedule='linear': use one of constant, cosine, cosine_act"
     ):
         ReconConfig(lr_schedule="linear").validate()
+
+
+def test_step_batches_gather_each_steps_indices_in_order():
+    """Step k of the DataLoader is the cache at ShardBatches' k-th index list (a rank's part
+    may be empty), gathered from one index tensor on the cache's device."""
+    data = UnitData(torch.arange(20.0).view(10, 2), -torch.arange(10.0))
+    for rank in (0, 1):
+        lists = list(ShardBatches(20, 30, 3, seed=5, rank=rank, world=2))
+        assert any(len(b) == 0 for b in lists)  # a step with none of this rank's samples
+        steps = list(torch.utils.data.DataLoader(StepBatches(data, lists), batch_size=None))
+        assert len(steps) == 30
+        for (x, y), idx in zip(steps, lists, strict=True):
+            assert torch.equal(x, data.inputs[idx]) and torch.equal(y, data.targets[idx])

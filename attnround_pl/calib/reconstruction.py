@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import warnings
+from collections.abc import Iterable
 
 import lightning.pytorch as pl
 import torch
@@ -47,17 +49,24 @@ def use_runtime_cuda_check() -> None:
         del os.environ[NVML_CHECK]
 
 
-class _PairBatches(Dataset):
-    """Indexable by a list of indices: one gather per batch instead of one item at a time."""
+class StepBatches(Dataset):
+    """Item ``k``: step ``k``'s (inputs, targets), one gather from the cache. Every step's
+    indices are put on the cache's device once, in one tensor: a step then slices it and
+    gathers on the device, with no host-to-device copy of indices, which on a GPU would make
+    the host wait for the queued kernels every step."""
 
-    def __init__(self, data: UnitData) -> None:
+    def __init__(self, data: UnitData, batches: Iterable[list[int]]) -> None:
         self.data = data
+        batches = list(batches)
+        self.bounds = [0, *itertools.accumulate(len(b) for b in batches)]
+        flat = [i for b in batches for i in b]
+        self.index = torch.tensor(flat, dtype=torch.long, device=data.inputs.device)
 
     def __len__(self) -> int:
-        return len(self.data)
+        return len(self.bounds) - 1
 
-    def __getitem__(self, idx: list[int]) -> tuple[Tensor, Tensor]:
-        index = torch.as_tensor(idx, dtype=torch.long, device=self.data.inputs.device)
+    def __getitem__(self, step: int) -> tuple[Tensor, Tensor]:
+        index = self.index[self.bounds[step] : self.bounds[step + 1]]
         return self.data.inputs[index], self.data.targets[index]
 
 
@@ -127,7 +136,7 @@ class BlockReconstruction(pl.LightningModule):
     def train_dataloader(self) -> DataLoader:
         rank, world = rank_world()
         batches = ShardBatches(self.total, self.iters, self.batch_size, self.seed, rank, world)
-        return DataLoader(_PairBatches(self.data), sampler=batches, batch_size=None)
+        return DataLoader(StepBatches(self.data, batches), batch_size=None)
 
     def on_fit_start(self) -> None:
         use_runtime_cuda_check()

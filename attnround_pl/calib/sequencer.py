@@ -35,8 +35,8 @@ class ReconConfig:
         lr_schedule: 'constant' (the paper's); 'cosine': both learning rates follow a half
             cosine from their value down to 0 over the unit's ``iters`` steps; 'cosine_act':
             only ``act_lr`` does (BRECQ's and QDrop's code decay their activation steps so).
-        cache_device: 'cpu', or 'auto' (the accelerator when the cache fits in half its free
-            memory).
+        cache_device: 'auto' (the Trainer's device when the cache's peak takes at most half
+            its free memory, else the host; always the host on a CPU) or 'cpu'.
         log_every_n_steps: TensorBoard logging interval of the per-step loss.
     """
 
@@ -45,7 +45,7 @@ class ReconConfig:
     lr: float = 4e-4
     act_lr: float = 4e-4
     lr_schedule: str = "constant"
-    cache_device: str = "cpu"
+    cache_device: str = "auto"
     log_every_n_steps: int = 50
 
     def validate(self) -> ReconConfig:
@@ -65,11 +65,13 @@ class ReconConfig:
 @torch.no_grad()
 def unit_mse(unit: nn.Module, data: UnitData, batch_size: int = 256) -> float:
     """Mean squared error of the unit's output against its float targets over the cache
-    (over every rank's shard under DDP)."""
+    (over every rank's shard under DDP). Batches go to the unit's device: the cache may stay
+    on the host while the unit is on the GPU (``cache_device='cpu'``, or too big for it)."""
+    device = next(unit.parameters()).device
     total, count = 0.0, 0
     for start in range(0, len(data), batch_size):
-        x = data.inputs[start : start + batch_size]
-        y = data.targets[start : start + batch_size]
+        x = data.inputs[start : start + batch_size].to(device)
+        y = data.targets[start : start + batch_size].to(device)
         total += output_mse(unit(x), y).item() * y.numel()
         count += y.numel()
     total, count = reduce_sums([total, float(count)])
@@ -110,13 +112,17 @@ class BlockSequencer(Callback):
         self.results: list[dict[str, Any]] = []
         self._current: dict[str, Any] = {}
         self._data: UnitData | None = None
+        self._device = torch.device("cpu")
 
-    def run(
-        self, device: torch.device | None = None, done: list[dict[str, Any]] | None = None
-    ) -> list[dict[str, Any]]:
+    def run(self, done: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
         """Reconstruct every unit after the ``done`` ones (their results, from a resumed run);
-        ``on_unit_done(results)`` is called after each unit is frozen."""
-        device = device or next(self.qmodel.parameters()).device
+        ``on_unit_done(results)`` is called after each unit is frozen.
+
+        Devices: each unit's Trainer names the device (``root_device``: this rank's GPU, or the
+        CPU). For the unit's cache capture, fit and MSEs both models are on that device; between
+        units they are on the host (``on_unit_done`` saves them from there). With
+        ``cache_device='auto'`` the cache is captured straight onto that device when its peak
+        takes at most half the device's free memory."""
         self.results = list(done or [])
         for index, unit in enumerate(self.units):
             if index < len(self.results):
@@ -128,11 +134,16 @@ class BlockSequencer(Callback):
             except CacheMemoryError as exc:
                 agree(exc)  # every rank stops
             agree(None)
-            data = build_unit_data(self.qmodel, self.float_model, unit.path, self.batches)
+            trainer = self.make_trainer(self)
+            self._device = trainer.strategy.root_device
             where = (
-                cache_device(data.nbytes, device) if self.recon.cache_device == "auto" else "cpu"
+                cache_device(needed, self._device) if self.recon.cache_device == "auto" else "cpu"
             )
-            self._data = data.to(where) if where != "cpu" else data
+            self.qmodel.to(self._device)
+            self.float_model.to(self._device)
+            self._data = build_unit_data(
+                self.qmodel, self.float_model, unit.path, self.batches, where
+            )
             module = BlockReconstruction(
                 self.qmodel.get_submodule(unit.path), self._data, unit.name,
                 iters=self.recon.iters, batch_size=self.recon.batch_size, lr=self.recon.lr,
@@ -146,14 +157,14 @@ class BlockSequencer(Callback):
                 "name": unit.name,
                 "kind": unit.kind,
                 "layers": list(unit.layers),
-                "cache_mb": round(data.nbytes / 2**20, 3),
+                "cache_mb": round(self._data.nbytes / 2**20, 3),
                 "cache_device": where,
                 "mse_nearest": mse_nearest,
                 "started": started,
                 "learned": module.has_learnable() and self.recon.iters > 0,
             }
             if self._current["learned"]:
-                self.make_trainer(self).fit(module)
+                trainer.fit(module)
             else:
                 self._finish(module)
         return self.results
@@ -173,8 +184,11 @@ class BlockSequencer(Callback):
     def _finish(self, module: BlockReconstruction) -> None:
         module.unit.eval()
         freeze_model(module.unit)
+        module.unit.to(self._device)  # the Trainer's teardown returned it to the host
         result = dict(self._current)
         result["mse_final"] = unit_mse(module.unit, self._data)
+        self.qmodel.cpu()
+        self.float_model.cpu()
         result["seconds"] = round(time.perf_counter() - result.pop("started"), 3)
         result["iters"] = self.recon.iters if result["learned"] else 0
         self.results.append(result)
