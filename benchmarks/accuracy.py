@@ -144,8 +144,8 @@ SUITES = {
         Block(["W4A32", "W3A32"], [*PEERS], SEEDS3),
     ]),
     # our methods with 3 seeds at all six settings; on MobileNetV2 the peers' recipes (8-38 min
-    # a run) once, at W3A3 and W2A2 (where Attention Round is furthest ahead of AdaRound), W4A4,
-    # W2A4 and W4A32, and with 3 seeds at W3A32;
+    # a run) once, at W3A3 and W2A2 (where Attention Round is furthest ahead of AdaRound), W4A4
+    # and W2A4, and with 3 seeds at W4A32 and W3A32;
     # AQuant's border at W2A2, where it helped on ResNet-20
     "mobilenetv2": (["mobilenetv2"], [
         Block(["W4A32", "W3A32", "W4A4"], [*RECON_TRIO], SEEDS3),
@@ -153,8 +153,8 @@ SUITES = {
         Block(["W3A3", "W2A2"], [*PEERS, "attention_20k"], (0,)),
         # W2A2, where the peers lead by 4 pp: the budget, the lr and the rounding apart
         Block(["W2A2"], ["adaround_20k", "attention_20k_lr1e-3"], (0,)),
-        Block(["W4A4", "W4A32"], [*PEERS], (0,)),
-        Block(["W3A32"], [*PEERS], SEEDS3),  # ahead of ours with seed 0: 3 seeds
+        Block(["W4A4"], [*PEERS], (0,)),
+        Block(["W4A32", "W3A32"], [*PEERS], SEEDS3),  # weights only: 3 seeds
         Block(["W2A4", "W2A2"], [*RECON_TRIO], SEEDS3),
         Block(["W2A4"], [*PEERS], (0,)),
         Block(["W2A2"], ["attention+aquant"], SEEDS3),
