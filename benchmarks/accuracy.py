@@ -121,8 +121,8 @@ SUITES = {
         Block(["W2A4"], [*RECON_TRIO]),
     ]),
     # README's main table: 3 seeds where the methods are within 1 pp of each other, the
-    # peers' 20k-iteration recipes (10-30 min a run here) included, at W2A4 and W4A4 (and W2A2,
-    # W3A3 once); Attention Round with their budget once, at its own learning rate and BRECQ's
+    # peers' 20k-iteration recipes (10-30 min a run here) included, at W2A4, W4A4 and W3A3 (and
+    # W2A2 once); Attention Round with their budget once, at its own learning rate and BRECQ's
     "main": (["resnet20"], [
         Block(["W4A4"], [*BASELINES, "attention"], SEEDS3),
         Block(["W3A3"], [*RECON_TRIO], SEEDS3),
@@ -131,7 +131,8 @@ SUITES = {
         Block(["W2A4"], ["attention_20k", "attention_20k_lr1e-3"], (0,)),
         # does a decaying learning rate let the offsets settle? (the W2A4 gap to the peers)
         Block(["W2A4"], ["attention_cosine"], SEEDS3),
-        Block(["W2A2", "W3A3"], [*PEERS], (0,)),
+        Block(["W3A3"], [*PEERS], SEEDS3),
+        Block(["W2A2"], [*PEERS], (0,)),
         # AdaRound with the 20k budget at our lr: rounding against rounding at equal budget
         Block(["W2A4", "W3A3", "W2A2"], ["adaround_20k"], (0,)),
         Block(["W3A3", "W2A2"], ["attention_20k"], (0,)),
@@ -146,7 +147,7 @@ SUITES = {
     # our methods with 3 seeds at all six settings; on MobileNetV2 the peers' recipes (8-38 min
     # a run) once, at W3A3 and W2A2 (where Attention Round is furthest ahead of AdaRound), W4A4
     # and W2A4, and with 3 seeds at W4A32 and W3A32;
-    # AQuant's border at W2A2, where it helped on ResNet-20
+    # AQuant's border at W4A4, W3A3 and W2A2 (as on ResNet-20)
     "mobilenetv2": (["mobilenetv2"], [
         Block(["W4A32", "W3A32", "W4A4"], [*RECON_TRIO], SEEDS3),
         Block(["W3A3"], [*RECON_TRIO], SEEDS3),
@@ -157,7 +158,7 @@ SUITES = {
         Block(["W4A32", "W3A32"], [*PEERS], SEEDS3),  # weights only: 3 seeds
         Block(["W2A4", "W2A2"], [*RECON_TRIO], SEEDS3),
         Block(["W2A4"], [*PEERS], (0,)),
-        Block(["W2A2"], ["attention+aquant"], SEEDS3),
+        Block(["W4A4", "W3A3", "W2A2"], ["attention+aquant"], SEEDS3),
         # the paper's table 4 on this model at the W4 size (W4A4 above; see the mixed suite)
         Block(["MP3456@W4", "MP345@W4"], ["attention"], SEEDS3),
         Block(["W3A4", "W5A4"], ["attention"], (0,)),
