@@ -112,7 +112,7 @@ def measure(model: str, batches: list[torch.Tensor], iters: int, batch: int,
           "ratio (Lightning / float) |")  # fmt: skip
     print("| --- | ---: | ---: | ---: | ---: |")
     for unit_spec in split_units(qmodel):
-        data = build_unit_data(qmodel, folded, unit_spec.path, batches).to(device)
+        data = build_unit_data(qmodel, folded, unit_spec.path, batches, str(device))
         unit = qmodel.get_submodule(unit_spec.path)
         saved = copy.deepcopy(unit.state_dict())
         module = BlockReconstruction(unit, data, unit_spec.name, iters=iters,

@@ -32,9 +32,6 @@ class UnitData:
     def __len__(self) -> int:
         return self.inputs.shape[0]
 
-    def to(self, device: torch.device | str) -> UnitData:
-        return UnitData(self.inputs.to(device), self.targets.to(device))
-
 
 @torch.no_grad()
 def capture(
