@@ -7,13 +7,18 @@ the BN-folded float unit's forward + backward (gradients w.r.t. its weights). Pr
 table and writes ``benchmarks/results/speed_<model>.json``.
 
     .venv/bin/python benchmarks/speed.py [--model resnet20] [--iters 200] [--batch 64]
-        [--accelerator cpu|gpu]
+        [--accelerator cpu|gpu] [--compile off|default|reduce-overhead|max-autotune]
 
 The embedded models are timed on Fashion-MNIST calibration images. ``--images random`` times
 any model of the zoo on random images of ``--image-size`` pixels with random weights (timing
 does not depend on the values): how the ratio behaves at ImageNet scale, where the convolutions
 are larger than the elementwise work of the quantizers, e.g.
 ``--model resnet18 --images random --image-size 224 --iters 10 --calib 64``.
+
+``--compile MODE`` runs the unit's forward and backward through ``torch.compile`` in both the
+Lightning and the bare loop (``recon.compile`` of ``calibrate``). The Lightning column is the
+whole fit over ``--iters`` (set-up and, with ``--compile``, compilation included); the steady
+column leaves out the first step, which is where set-up and compilation happen.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import logging
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
@@ -33,6 +39,7 @@ import torch
 
 from attnround_pl.calib import BlockReconstruction, build_unit_data
 from attnround_pl.calib.pipeline import machine
+from attnround_pl.calib.reconstruction import COMPILE_MODES
 from attnround_pl.data import FashionMNISTDataModule
 from attnround_pl.models import EMBEDDED, build_model, split_units
 from attnround_pl.quant import (
@@ -48,13 +55,32 @@ from attnround_pl.quant import (
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def bare_step(unit: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor,
-              y: torch.Tensor) -> None:  # fmt: skip
-    """One reconstruction iteration without Lightning."""
+def bare_step(unit: torch.nn.Module, forward: Callable[[torch.Tensor], torch.Tensor],
+              opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor) -> None:  # fmt: skip
+    """One reconstruction iteration without Lightning (``forward``: the unit's, maybe compiled)."""
     opt.zero_grad()
-    reconstruction_loss(unit(x), y).backward()
+    reconstruction_loss(forward(x), y).backward()
     finish_rounding_gradients(unit)
     opt.step()
+
+
+class SteadyClock(pl.Callback):
+    """Seconds from the start of the second training step to the end of the last: the fit
+    without its first step, where set-up and compilation happen."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.started = 0.0
+        self.seconds = 0.0
+
+    def on_train_batch_start(self, trainer: pl.Trainer, *args: object) -> None:
+        if trainer.global_step == 1:
+            synchronize(self.device)
+            self.started = time.perf_counter()
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        synchronize(self.device)
+        self.seconds = time.perf_counter() - self.started
 
 
 def float_step(unit: torch.nn.Module, weights: list[torch.Tensor], x: torch.Tensor,
@@ -97,42 +123,52 @@ def calibration_batches(model: str, images: str, count: int, size: int) -> list[
 
 
 def measure(model: str, batches: list[torch.Tensor], iters: int, batch: int,
-            weights: str | None = "DEFAULT", accelerator: str = "cpu") -> list[dict]:  # fmt: skip
+            weights: str | None = "DEFAULT", accelerator: str = "cpu",
+            compile: str = "off") -> list[dict]:  # fmt: skip
     """Per unit: ms per iteration through Lightning, in a bare loop, and of the float unit's
     forward + backward; prints one markdown row per unit as it is measured. With
     ``accelerator='gpu'`` the unit's cache lives on the GPU (as ``recon.cache_device: auto``
-    puts it when it fits) and each unit is moved there for its timings, then back."""
+    puts it when it fits) and each unit is moved there for its timings, then back. ``compile``:
+    a ``torch.compile`` mode for the unit's forward and backward in both loops, or 'off'."""
+    if iters < 2:
+        raise ValueError(f"iters={iters}: the steady column needs at least 2 steps")
     device = torch.device("cuda" if accelerator == "gpu" else "cpu")
     qmodel = quantize_model(build_model(model, weights=weights), QuantConfig())
     calibrate_activations(qmodel, batches)
     folded = build_model(model, weights=weights)
     fold_batchnorms(folded)
     rows = []
-    print("| unit | Lightning ms/iter | bare loop ms/iter | float fwd+bwd ms | "
-          "ratio (Lightning / float) |")  # fmt: skip
-    print("| --- | ---: | ---: | ---: | ---: |")
+    print("| unit | Lightning ms/iter | steady | bare loop ms/iter | float fwd+bwd ms | "
+          "ratio (steady / float) |")  # fmt: skip
+    print("| --- | ---: | ---: | ---: | ---: | ---: |")
     for unit_spec in split_units(qmodel):
         data = build_unit_data(qmodel, folded, unit_spec.path, batches, str(device))
         unit = qmodel.get_submodule(unit_spec.path)
         saved = copy.deepcopy(unit.state_dict())
         module = BlockReconstruction(unit, data, unit_spec.name, iters=iters,
-                                     batch_size=batch)  # fmt: skip
+                                     batch_size=batch, compile=compile)  # fmt: skip
+        clock = SteadyClock(device)
         trainer = pl.Trainer(max_steps=iters, max_epochs=1, logger=False,
                              enable_checkpointing=False, enable_progress_bar=False,
                              enable_model_summary=False, accelerator=accelerator,
-                             devices=1)  # fmt: skip
+                             devices=1, callbacks=[clock])  # fmt: skip
         started = time.perf_counter()
         trainer.fit(module)  # the Trainer moves the unit to the device and back
         synchronize(device)
         lightning_s = (time.perf_counter() - started) / iters
+        steady_s = clock.seconds / (iters - 1)
         unit.load_state_dict(saved)
         unit.to(device)
 
         opt = module.configure_optimizers()
         x, y = data.inputs[:batch], data.targets[:batch]
         set_learning(unit, batch)
-
-        bare_s = per_iter(partial(bare_step, unit, opt, x, y), iters, device)
+        forward = unit.forward
+        if compile != "off":
+            torch.compiler.reset()
+            forward = torch.compile(unit.forward, mode=compile, dynamic=False)
+        bare_s = per_iter(partial(bare_step, unit, forward, opt, x, y), iters, device)
+        torch.compiler.reset()
         set_learning(unit, None)
         unit.load_state_dict(saved)
         unit.to("cpu")  # the next unit's cache is captured through the whole model on the host
@@ -142,16 +178,19 @@ def measure(model: str, batches: list[torch.Tensor], iters: int, batch: int,
         float_s = per_iter(partial(float_step, float_unit, float_params, x, y), iters, device)
         float_unit.to("cpu")
         row = {"unit": unit_spec.name, "lightning_ms": 1e3 * lightning_s,
-               "bare_ms": 1e3 * bare_s, "float_fwd_bwd_ms": 1e3 * float_s,
-               "ratio": lightning_s / float_s}  # fmt: skip
+               "lightning_steady_ms": 1e3 * steady_s, "bare_ms": 1e3 * bare_s,
+               "float_fwd_bwd_ms": 1e3 * float_s, "ratio": lightning_s / float_s,
+               "ratio_steady": steady_s / float_s}  # fmt: skip
         rows.append(row)
-        print(f"| {row['unit']} | {row['lightning_ms']:.2f} | {row['bare_ms']:.2f} | "
-              f"{row['float_fwd_bwd_ms']:.2f} | {row['ratio']:.2f} |", flush=True)  # fmt: skip
+        print(f"| {row['unit']} | {row['lightning_ms']:.2f} | {row['lightning_steady_ms']:.2f} | "
+              f"{row['bare_ms']:.2f} | {row['float_fwd_bwd_ms']:.2f} | "
+              f"{row['ratio_steady']:.2f} |", flush=True)  # fmt: skip
     return rows
 
 
 def totals(rows: list[dict]) -> dict[str, float]:
-    return {k: sum(r[k] for r in rows) for k in ("lightning_ms", "bare_ms", "float_fwd_bwd_ms")}
+    keys = ("lightning_ms", "lightning_steady_ms", "bare_ms", "float_fwd_bwd_ms")
+    return {k: sum(r[k] for r in rows) for k in keys}
 
 
 def main() -> None:
@@ -163,10 +202,13 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=28)
     parser.add_argument("--calib", type=int, default=256, help="calibration images cached")
     parser.add_argument("--accelerator", choices=("cpu", "gpu"), default="cpu")
+    parser.add_argument("--compile", choices=COMPILE_MODES, default="off")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args()
     if args.accelerator == "gpu" and not torch.cuda.is_available():
         parser.error("--accelerator gpu: torch sees no CUDA device on this machine")
+    if args.iters < 2:
+        parser.error(f"--iters {args.iters}: at least 2 (the steady column leaves out the first)")
     if args.calib < args.batch:
         parser.error(f"--calib {args.calib} holds fewer images than one --batch {args.batch}")
     warnings.filterwarnings("ignore")
@@ -174,20 +216,23 @@ def main() -> None:
     torch.manual_seed(0)
     batches = calibration_batches(args.model, args.images, args.calib, args.image_size)
     weights = "DEFAULT" if args.images == "fmnist" else None
-    rows = measure(args.model, batches, args.iters, args.batch, weights, args.accelerator)
+    rows = measure(args.model, batches, args.iters, args.batch, weights, args.accelerator,
+                   args.compile)  # fmt: skip
     total = totals(rows)
-    print(f"| all units | {total['lightning_ms']:.2f} | {total['bare_ms']:.2f} | "
-          f"{total['float_fwd_bwd_ms']:.2f} | "
-          f"{total['lightning_ms'] / total['float_fwd_bwd_ms']:.2f} |")  # fmt: skip
+    print(f"| all units | {total['lightning_ms']:.2f} | {total['lightning_steady_ms']:.2f} | "
+          f"{total['bare_ms']:.2f} | {total['float_fwd_bwd_ms']:.2f} | "
+          f"{total['lightning_steady_ms'] / total['float_fwd_bwd_ms']:.2f} |")  # fmt: skip
     args.out.mkdir(parents=True, exist_ok=True)
     result = {"model": args.model, "batch": args.batch, "iters": args.iters,
               "images": args.images, "image_size": list(batches[0].shape[1:]),
-              "calib": args.calib, "accelerator": args.accelerator, "rows": rows,
+              "calib": args.calib, "accelerator": args.accelerator, "compile": args.compile,
+              "rows": rows,
               "total": total, "machine": machine(),
               "torch_threads": torch.get_num_threads(),
               "command": "python benchmarks/speed.py " + " ".join(sys.argv[1:])}  # fmt: skip
     suffix = "" if args.images == "fmnist" else f"_random{args.image_size}"
     suffix += "_gpu" if args.accelerator == "gpu" else ""
+    suffix += "" if args.compile == "off" else f"_compile-{args.compile}"
     path = args.out / f"speed_{args.model}{suffix}.json"
     path.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {path}", file=sys.stderr)

@@ -281,9 +281,15 @@ def test_speed_times_every_unit_against_its_float_forward_backward(tmp_path, mon
     for row in result["rows"]:
         assert min(row["lightning_ms"], row["bare_ms"], row["float_fwd_bwd_ms"]) > 0
         assert row["ratio"] == pytest.approx(row["lightning_ms"] / row["float_fwd_bwd_ms"])
+        # the steady clock times step 2 of 2, a part of the whole fit
+        assert 0 < row["lightning_steady_ms"] <= 2 * row["lightning_ms"]
+        assert row["ratio_steady"] == pytest.approx(
+            row["lightning_steady_ms"] / row["float_fwd_bwd_ms"]
+        )
     for key, total in result["total"].items():
         assert total == pytest.approx(sum(r[key] for r in result["rows"]))
     assert result["image_size"] == [1, 28, 28] and result["images"] == "random"
+    assert result["compile"] == "off"
     table = capsys.readouterr().out
     assert table.count("\n| layer") == 9 and "| all units |" in table
 

@@ -7,6 +7,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from attnround_pl.calib import FloatModel, ReconConfig, RunConfig, calibrate
 from attnround_pl.data import FashionMNISTDataModule, ImageFolderDataModule
+from attnround_pl.errors import SettingError
 from attnround_pl.models import build_model, split_units
 from attnround_pl.quant import QuantConfig, load_quantized, quant_layers, quantize_model
 
@@ -131,3 +132,13 @@ def test_cuda_run_agrees_with_the_cpu_run(tmp_path, tiny_fmnist, cache_device):
     assert same / total > 0.99
     assert abs(gpu["quant_top1"] - cpu["quant_top1"]) <= 10.0  # 60 test images: 6 may flip
     assert gpu["onnx_argmax_mismatch"] == 0  # the export (on the host) of a GPU run
+
+
+def test_compile_with_several_devices_is_refused_before_anything_starts(tmp_path):
+    data = FashionMNISTDataModule(root=str(tmp_path / "nowhere"), calib_size=8)
+    run = RunConfig(out_dir=str(tmp_path / "runs"), name="r", progress=False)
+    recon = ReconConfig(iters=2, batch_size=4, compile="default")
+    with pytest.raises(SettingError, match="recon.compile='default' runs in one process only"):
+        calibrate(FloatModel("resnet20"), data, QuantConfig(), recon, run,
+                  {"accelerator": "cpu", "devices": 2})  # fmt: skip
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "nowhere").exists()

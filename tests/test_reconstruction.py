@@ -1,3 +1,4 @@
+import copy
 import math
 import os
 
@@ -183,3 +184,44 @@ def test_step_batches_gather_each_steps_indices_in_order():
         assert len(steps) == 30
         for (x, y), idx in zip(steps, lists, strict=True):
             assert torch.equal(x, data.inputs[idx]) and torch.equal(y, data.targets[idx])
+
+
+def _fit_losses(unit, data, compile, steps=6):
+    module = BlockReconstruction(unit, data, "layer3.2", iters=steps, batch_size=16,
+                                 compile=compile)  # fmt: skip
+    losses, forwards = [], []
+    original = module.training_step
+
+    def spy(batch, batch_idx):  # noqa: ANN001, ANN202
+        forwards.append(module._unit_forward)
+        loss = original(batch, batch_idx)
+        losses.append(float(loss.detach()))
+        return loss
+
+    module.training_step = spy
+    _trainer(steps).fit(module)
+    steps_learned = [float(q.step.detach()) for q in unit.modules() if hasattr(q, "lsq_batch")]
+    return losses, steps_learned, forwards, module
+
+
+def test_compiled_unit_learns_what_the_eager_one_learns(fmnist_root):
+    unit, data = _unit_setup(fmnist_root, "attention", unit="layer3.2", n=64)
+    twin = copy.deepcopy(unit)
+    eager, eager_steps, eager_fwd, plain = _fit_losses(unit, data, "off")
+    compiled, compiled_steps, compiled_fwd, module = _fit_losses(twin, data, "default")
+    assert all(f == plain.unit.forward for f in eager_fwd)
+    # the fit ran the compiled forward, and the module went back to eager after it
+    assert all(f != module.unit.forward for f in compiled_fwd)
+    assert module._unit_forward == module.unit.forward
+    assert len(eager) == len(compiled) == 6 and len(set(eager)) == 6
+    # fused kernels round differently in the last bits; nothing more
+    assert compiled == pytest.approx(eager, rel=1e-4)
+    assert compiled_steps == pytest.approx(eager_steps, rel=1e-4) and len(eager_steps) == 2
+
+
+def test_compile_settings_are_checked(tmp_path):
+    with pytest.raises(SettingError, match="recon.compile='fast': use one of off, default"):
+        ReconConfig(compile="fast").validate()
+    with pytest.raises(ValueError, match="compile='fast'"):
+        BlockReconstruction(torch.nn.Linear(2, 2), UnitData(torch.zeros(1, 2), torch.zeros(1, 2)),
+                            "fc", compile="fast")  # fmt: skip

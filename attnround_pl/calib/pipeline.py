@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from ..atomic import write_json
 from ..data import CalibrationDataModule
+from ..errors import SettingError
 from ..mixed.allocation import size_mb
 from ..mixed.report import mixed_report, mixed_table, save_bits_plot
 from ..models import split_units
@@ -272,6 +273,9 @@ def calibrate(
     quant.validate()
     recon.validate()
     run.validate()
+    if recon.compile != "off" and wants_ddp(trainer_kwargs):
+        raise SettingError(f"recon.compile={recon.compile!r} runs in one process only: set it "
+                           "to 'off' to calibrate with several devices")  # fmt: skip
     folder = _open_run_folder(model, data, quant, run, trainer_kwargs, config_text,
                               console or Console())  # fmt: skip
     echo = folder.echo

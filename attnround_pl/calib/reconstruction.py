@@ -33,6 +33,7 @@ warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the st
 
 NVML_CHECK = "PYTORCH_NVML_BASED_CUDA_CHECK"
 LR_SCHEDULES = ("constant", "cosine", "cosine_act")
+COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")
 
 
 def use_runtime_cuda_check() -> None:
@@ -101,12 +102,18 @@ class BlockReconstruction(pl.LightningModule):
     batch, so the averaged gradient is the global batch's. ``lr_schedule='cosine'`` decays both
     learning rates along a half cosine to 0 over ``iters`` steps (not in the paper; an option),
     ``'cosine_act'`` only the activation parameters' (what BRECQ's and QDrop's code do).
+
+    ``compile`` (not 'off'): the unit's forward (and with it, through AOTAutograd, its backward)
+    runs through ``torch.compile`` in that mode, compiled afresh for each unit once it is on
+    its device; ``'reduce-overhead'`` replays it as CUDA graphs on a GPU. The rounding
+    gradient (eq. 6), the regulariser and Adam stay eager. Compiled kernels fuse elementwise
+    work, so results agree with eager ones to float rounding, not bit for bit.
     """
 
     def __init__(
         self, unit: nn.Module, data: UnitData, name: str, iters: int = 2000,
         batch_size: int = 64, lr: float = 4e-4, act_lr: float = 4e-4, seed: int = 0,
-        total: int | None = None, lr_schedule: str = "constant",
+        total: int | None = None, lr_schedule: str = "constant", compile: str = "off",
     ) -> None:  # fmt: skip
         super().__init__()
         self.unit = unit
@@ -120,6 +127,10 @@ class BlockReconstruction(pl.LightningModule):
         self.lr_schedule = lr_schedule
         self.seed = seed
         self.label = name
+        if compile not in COMPILE_MODES:
+            raise ValueError(f"compile={compile!r}: one of {COMPILE_MODES}")
+        self.compile = compile
+        self._unit_forward = unit.forward
 
     def learnable(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
         """(rounding parameters, activation parameters: step sizes and AQuant borders)."""
@@ -145,12 +156,24 @@ class BlockReconstruction(pl.LightningModule):
         learned = {id(p) for group in self.learnable() for p in group}
         for p in self.unit.parameters():
             p.requires_grad_(id(p) in learned)
+        self._unit_forward = self.unit.forward
+        if self.compile != "off":
+            if rank_world()[1] > 1:
+                raise RuntimeError("recon.compile is not supported with more than one process: "
+                                   "set it to 'off' for DDP")  # fmt: skip
+            # a fresh compile per unit: no unit's guards or cache entries linger for the next
+            torch.compiler.reset()
+            self._unit_forward = torch.compile(self.unit.forward, mode=self.compile,
+                                               dynamic=False)  # fmt: skip
 
     def on_train_start(self) -> None:
         set_learning(self.unit, self.batch_size)  # QDrop (if drop_prob > 0) while learning
 
     def on_train_end(self) -> None:
         set_learning(self.unit, None)
+        if self.compile != "off":  # drop the compiled code and its CUDA graphs' memory
+            self._unit_forward = self.unit.forward
+            torch.compiler.reset()
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         # after backward and, under DDP, after the ranks' gradients are summed
@@ -163,7 +186,8 @@ class BlockReconstruction(pl.LightningModule):
         x, y = batch
         _, world = rank_world()
         if len(x):  # weight: this rank's share of the global batch (1 in one process)
-            rec = reconstruction_loss(self.unit(x), y) * (len(x) * world / self.batch_size)
+            out = self._unit_forward(x)
+            rec = reconstruction_loss(out, y) * (len(x) * world / self.batch_size)
         else:  # no sample of this step on this rank: zero gradients, still all-reduced
             rec = sum(p.sum() for group in self.learnable() for p in group) * 0.0
         reg = rounding_regularizer(self.unit)
