@@ -8,6 +8,7 @@ table and writes ``benchmarks/results/speed_<model>.json``.
 
     .venv/bin/python benchmarks/speed.py [--model resnet20] [--iters 200] [--batch 64]
         [--accelerator cpu|gpu] [--compile off|default|reduce-overhead|max-autotune]
+        [--cuda-graph]
 
 The embedded models are timed on Fashion-MNIST calibration images. ``--images random`` times
 any model of the zoo on random images of ``--image-size`` pixels with random weights (timing
@@ -19,6 +20,8 @@ are larger than the elementwise work of the quantizers, e.g.
 Lightning and the bare loop (``recon.compile`` of ``calibrate``). The Lightning column is the
 whole fit over ``--iters`` (set-up and, with ``--compile``, compilation included); the steady
 column leaves out the first step, which is where set-up and compilation happen.
+``--cuda-graph`` (with ``--accelerator gpu``) replays each unit's whole step from a CUDA graph
+in both loops (``recon.cuda_graph``; the graph is recorded in the first step).
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ import lightning.pytorch as pl
 import torch
 
 from attnround_pl.calib import BlockReconstruction, build_unit_data
+from attnround_pl.calib.graph_step import GraphedStep
 from attnround_pl.calib.pipeline import machine
 from attnround_pl.calib.reconstruction import COMPILE_MODES
 from attnround_pl.data import FashionMNISTDataModule
@@ -73,8 +77,9 @@ class SteadyClock(pl.Callback):
         self.started = 0.0
         self.seconds = 0.0
 
-    def on_train_batch_start(self, trainer: pl.Trainer, *args: object) -> None:
-        if trainer.global_step == 1:
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                             batch: object, batch_idx: int) -> None:  # fmt: skip
+        if batch_idx == 1:
             synchronize(self.device)
             self.started = time.perf_counter()
 
@@ -124,12 +129,13 @@ def calibration_batches(model: str, images: str, count: int, size: int) -> list[
 
 def measure(model: str, batches: list[torch.Tensor], iters: int, batch: int,
             weights: str | None = "DEFAULT", accelerator: str = "cpu",
-            compile: str = "off") -> list[dict]:  # fmt: skip
+            compile: str = "off", cuda_graph: bool = False) -> list[dict]:  # fmt: skip
     """Per unit: ms per iteration through Lightning, in a bare loop, and of the float unit's
     forward + backward; prints one markdown row per unit as it is measured. With
     ``accelerator='gpu'`` the unit's cache lives on the GPU (as ``recon.cache_device: auto``
     puts it when it fits) and each unit is moved there for its timings, then back. ``compile``:
-    a ``torch.compile`` mode for the unit's forward and backward in both loops, or 'off'."""
+    a ``torch.compile`` mode for the unit's forward and backward in both loops, or 'off';
+    ``cuda_graph``: both loops replay the whole step from a CUDA graph."""
     if iters < 2:
         raise ValueError(f"iters={iters}: the steady column needs at least 2 steps")
     device = torch.device("cuda" if accelerator == "gpu" else "cpu")
@@ -146,7 +152,8 @@ def measure(model: str, batches: list[torch.Tensor], iters: int, batch: int,
         unit = qmodel.get_submodule(unit_spec.path)
         saved = copy.deepcopy(unit.state_dict())
         module = BlockReconstruction(unit, data, unit_spec.name, iters=iters,
-                                     batch_size=batch, compile=compile)  # fmt: skip
+                                     batch_size=batch, compile=compile,
+                                     cuda_graph=cuda_graph)  # fmt: skip
         clock = SteadyClock(device)
         trainer = pl.Trainer(max_steps=iters, max_epochs=1, logger=False,
                              enable_checkpointing=False, enable_progress_bar=False,
@@ -158,7 +165,7 @@ def measure(model: str, batches: list[torch.Tensor], iters: int, batch: int,
         lightning_s = (time.perf_counter() - started) / iters
         steady_s = clock.seconds / (iters - 1)
         unit.load_state_dict(saved)
-        unit.to(device)
+        module.to(device)  # the unit, and the module's own idea of its device
 
         opt = module.configure_optimizers()
         x, y = data.inputs[:batch], data.targets[:batch]
@@ -167,7 +174,12 @@ def measure(model: str, batches: list[torch.Tensor], iters: int, batch: int,
         if compile != "off":
             torch.compiler.reset()
             forward = torch.compile(unit.forward, mode=compile, dynamic=False)
-        bare_s = per_iter(partial(bare_step, unit, forward, opt, x, y), iters, device)
+        if cuda_graph:
+            rounding, steps = module.learnable()
+            graphed = GraphedStep(unit, opt, rounding + steps)
+            bare_s = per_iter(partial(graphed, x, y), iters, device)
+        else:
+            bare_s = per_iter(partial(bare_step, unit, forward, opt, x, y), iters, device)
         torch.compiler.reset()
         set_learning(unit, None)
         unit.load_state_dict(saved)
@@ -203,10 +215,13 @@ def main() -> None:
     parser.add_argument("--calib", type=int, default=256, help="calibration images cached")
     parser.add_argument("--accelerator", choices=("cpu", "gpu"), default="cpu")
     parser.add_argument("--compile", choices=COMPILE_MODES, default="off")
+    parser.add_argument("--cuda-graph", action="store_true")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args()
     if args.accelerator == "gpu" and not torch.cuda.is_available():
         parser.error("--accelerator gpu: torch sees no CUDA device on this machine")
+    if args.cuda_graph and (args.accelerator != "gpu" or args.compile != "off"):
+        parser.error("--cuda-graph needs --accelerator gpu and no --compile")
     if args.iters < 2:
         parser.error(f"--iters {args.iters}: at least 2 (the steady column leaves out the first)")
     if args.calib < args.batch:
@@ -217,7 +232,7 @@ def main() -> None:
     batches = calibration_batches(args.model, args.images, args.calib, args.image_size)
     weights = "DEFAULT" if args.images == "fmnist" else None
     rows = measure(args.model, batches, args.iters, args.batch, weights, args.accelerator,
-                   args.compile)  # fmt: skip
+                   args.compile, args.cuda_graph)  # fmt: skip
     total = totals(rows)
     print(f"| all units | {total['lightning_ms']:.2f} | {total['lightning_steady_ms']:.2f} | "
           f"{total['bare_ms']:.2f} | {total['float_fwd_bwd_ms']:.2f} | "
@@ -226,6 +241,7 @@ def main() -> None:
     result = {"model": args.model, "batch": args.batch, "iters": args.iters,
               "images": args.images, "image_size": list(batches[0].shape[1:]),
               "calib": args.calib, "accelerator": args.accelerator, "compile": args.compile,
+              "cuda_graph": args.cuda_graph,
               "rows": rows,
               "total": total, "machine": machine(),
               "torch_threads": torch.get_num_threads(),
@@ -233,6 +249,7 @@ def main() -> None:
     suffix = "" if args.images == "fmnist" else f"_random{args.image_size}"
     suffix += "_gpu" if args.accelerator == "gpu" else ""
     suffix += "" if args.compile == "off" else f"_compile-{args.compile}"
+    suffix += "_cudagraph" if args.cuda_graph else ""
     path = args.out / f"speed_{args.model}{suffix}.json"
     path.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {path}", file=sys.stderr)

@@ -18,10 +18,10 @@ needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 
 
 def _run(tmp_path, model, data, rounding="attention", iters=2, log_every=50, trainer=TRAINER,
-         cache_device="cpu", name="r", **run):  # fmt: skip
+         cache_device="cpu", name="r", cuda_graph=False, **run):  # fmt: skip
     run = RunConfig(out_dir=str(tmp_path / "runs"), name=name, progress=False, **run)
     recon = ReconConfig(iters=iters, batch_size=4, log_every_n_steps=log_every,
-                        cache_device=cache_device)  # fmt: skip
+                        cache_device=cache_device, cuda_graph=cuda_graph)  # fmt: skip
     quant = QuantConfig(w_bits=4, a_bits=4, rounding=rounding)
     report = calibrate(model, data, quant, recon, run, trainer)
     return report, tmp_path / "runs" / name
@@ -105,11 +105,12 @@ def test_mixed_precision_run_reports_table_plot_and_reloads(tmp_path, tiny_fmnis
 
 
 @needs_cuda
-@pytest.mark.parametrize("cache_device", ["cpu", "auto"])
-def test_cuda_run_agrees_with_the_cpu_run(tmp_path, tiny_fmnist, cache_device):
-    """On a GPU, with the unit caches on the host or on the GPU ('auto'), a run learns what the
-    CPU run learns: nearly all integer codes equal (float sums differ in order, as under DDP),
-    the same per-unit MSEs to a few per cent."""
+@pytest.mark.parametrize(("cache_device", "cuda_graph"),
+                         [("cpu", False), ("auto", False), ("auto", True)])  # fmt: skip
+def test_cuda_run_agrees_with_the_cpu_run(tmp_path, tiny_fmnist, cache_device, cuda_graph):
+    """On a GPU, with the unit caches on the host or on the GPU ('auto'), eager or replayed from
+    CUDA graphs, a run learns what the CPU run learns: nearly all integer codes equal (float
+    sums differ in order, as under DDP), the same per-unit MSEs to a few per cent."""
     data = FashionMNISTDataModule(root=str(tiny_fmnist), calib_size=20, batch_size=30)
     torch.manual_seed(0)
     cpu, cpu_dir = _run(tmp_path, FloatModel("resnet20", weights=None), data, iters=10,
@@ -117,7 +118,7 @@ def test_cuda_run_agrees_with_the_cpu_run(tmp_path, tiny_fmnist, cache_device):
     torch.manual_seed(0)  # the same random weights
     gpu, gpu_dir = _run(tmp_path, FloatModel("resnet20", weights=None), data, iters=10,
                         trainer={"accelerator": "gpu", "devices": 1}, cache_device=cache_device,
-                        name="gpu", export=["onnx"])  # fmt: skip
+                        name="gpu", export=["onnx"], cuda_graph=cuda_graph)  # fmt: skip
     where = {u["cache_device"] for u in gpu["units"]}
     assert where == ({"cuda:0"} if cache_device == "auto" else {"cpu"})
     assert [u["name"] for u in gpu["units"]] == [u["name"] for u in cpu["units"]]
@@ -141,4 +142,27 @@ def test_compile_with_several_devices_is_refused_before_anything_starts(tmp_path
     with pytest.raises(SettingError, match="recon.compile='default' runs in one process only"):
         calibrate(FloatModel("resnet20"), data, QuantConfig(), recon, run,
                   {"accelerator": "cpu", "devices": 2})  # fmt: skip
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "nowhere").exists()
+
+
+def test_cuda_graph_settings_it_cannot_record_are_refused_before_anything_starts(
+    tmp_path, monkeypatch
+):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    data = FashionMNISTDataModule(root=str(tmp_path / "nowhere"), calib_size=8)
+    run = RunConfig(out_dir=str(tmp_path / "runs"), name="r", progress=False)
+    recon = ReconConfig(iters=2, batch_size=4, cuda_graph=True)
+    quant = QuantConfig(rounding="adaround", drop_prob=0.5)
+    with pytest.raises(SettingError) as refused:
+        calibrate(FloatModel("resnet20"), data, quant, recon, run,
+                  {"accelerator": "gpu", "devices": 2})  # fmt: skip
+    assert str(refused.value) == (
+        "recon.cuda_graph needs a CUDA device (torch sees none); one process (not several "
+        "devices); a rounding other than adaround (its beta changes every step); "
+        "quant.drop_prob=0 (QDrop's generator is not recorded)"
+    )
+    with pytest.raises(SettingError, match="recon.cuda_graph and recon.compile are exclusive"):
+        ReconConfig(cuda_graph=True, compile="default").validate()
+    with pytest.raises(SettingError, match="needs recon.lr_schedule=constant"):
+        ReconConfig(cuda_graph=True, lr_schedule="cosine_act").validate()
     assert not (tmp_path / "runs").exists() and not (tmp_path / "nowhere").exists()

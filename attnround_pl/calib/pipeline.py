@@ -129,6 +129,29 @@ def run_name(model: FloatModel, quant: QuantConfig) -> str:
             f"{time.strftime('%Y%m%d-%H%M%S')}")  # fmt: skip
 
 
+def check_step_options(quant: QuantConfig, recon: ReconConfig,
+                       trainer_kwargs: dict[str, Any]) -> None:  # fmt: skip
+    """Refuse, before any work, what ``recon.compile`` and ``recon.cuda_graph`` cannot run."""
+    if recon.compile != "off" and wants_ddp(trainer_kwargs):
+        raise SettingError(f"recon.compile={recon.compile!r} runs in one process only: set it "
+                           "to 'off' to calibrate with several devices")  # fmt: skip
+    if not recon.cuda_graph:
+        return
+    problems = []
+    if not torch.cuda.is_available():
+        problems.append("a CUDA device (torch sees none)")
+    elif str(trainer_kwargs.get("accelerator", "auto")) == "cpu":
+        problems.append("a GPU accelerator (trainer.accelerator is cpu)")
+    if wants_ddp(trainer_kwargs):
+        problems.append("one process (not several devices)")
+    if quant.rounding == "adaround":
+        problems.append("a rounding other than adaround (its beta changes every step)")
+    if quant.drop_prob > 0:
+        problems.append("quant.drop_prob=0 (QDrop's generator is not recorded)")
+    if problems:
+        raise SettingError("recon.cuda_graph needs " + "; ".join(problems))
+
+
 @dataclass
 class _RunFolder:
     """Where this process writes (rank 0 alone writes; ``echo`` prints on rank 0 only)."""
@@ -273,9 +296,7 @@ def calibrate(
     quant.validate()
     recon.validate()
     run.validate()
-    if recon.compile != "off" and wants_ddp(trainer_kwargs):
-        raise SettingError(f"recon.compile={recon.compile!r} runs in one process only: set it "
-                           "to 'off' to calibrate with several devices")  # fmt: skip
+    check_step_options(quant, recon, trainer_kwargs)
     folder = _open_run_folder(model, data, quant, run, trainer_kwargs, config_text,
                               console or Console())  # fmt: skip
     echo = folder.echo

@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, Sampler
 
 from ..quant import (
+    AdaRounding,
     act_border_parameters,
     act_step_parameters,
     finish_rounding_gradients,
@@ -25,6 +26,7 @@ from ..quant import (
 )
 from .cache import UnitData
 from .distributed import rank_world
+from .graph_step import GraphedStep
 
 # Units are reconstructed in eval mode on purpose: the behaviour they will have at inference
 # (no dropout); Lightning's warning about it would only confuse.
@@ -108,12 +110,18 @@ class BlockReconstruction(pl.LightningModule):
     its device; ``'reduce-overhead'`` replays it as CUDA graphs on a GPU. The rounding
     gradient (eq. 6), the regulariser and Adam stay eager. Compiled kernels fuse elementwise
     work, so results agree with eager ones to float rounding, not bit for bit.
+
+    ``cuda_graph``: the whole step (forward, backward, eq. 6, Adam) is recorded once as a CUDA
+    graph and replayed (``GraphedStep``; manual optimization). CUDA only, one process, a
+    constant learning rate, no AdaRound (its beta changes every step) and no QDrop dropping
+    (its generator is not recorded).
     """
 
     def __init__(
         self, unit: nn.Module, data: UnitData, name: str, iters: int = 2000,
         batch_size: int = 64, lr: float = 4e-4, act_lr: float = 4e-4, seed: int = 0,
         total: int | None = None, lr_schedule: str = "constant", compile: str = "off",
+        cuda_graph: bool = False,
     ) -> None:  # fmt: skip
         super().__init__()
         self.unit = unit
@@ -131,6 +139,11 @@ class BlockReconstruction(pl.LightningModule):
             raise ValueError(f"compile={compile!r}: one of {COMPILE_MODES}")
         self.compile = compile
         self._unit_forward = unit.forward
+        self.cuda_graph = cuda_graph
+        self._graphed: GraphedStep | None = None
+        if cuda_graph:
+            check_graphable(unit, lr_schedule, compile)
+            self.automatic_optimization = False  # the graph holds backward and Adam's step
 
     def learnable(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
         """(rounding parameters, activation parameters: step sizes and AQuant borders)."""
@@ -151,6 +164,8 @@ class BlockReconstruction(pl.LightningModule):
 
     def on_fit_start(self) -> None:
         use_runtime_cuda_check()
+        if self.cuda_graph and rank_world()[1] > 1:
+            raise RuntimeError("recon.cuda_graph runs in one process only: set it to false for DDP")
         # DDP all-reduces the gradient of every parameter that requires one: only the learned
         # ones may (an A32 layer's unused step would otherwise stall the reduction)
         learned = {id(p) for group in self.learnable() for p in group}
@@ -171,6 +186,7 @@ class BlockReconstruction(pl.LightningModule):
 
     def on_train_end(self) -> None:
         set_learning(self.unit, None)
+        self._graphed = None  # frees the graph's memory pool
         if self.compile != "off":  # drop the compiled code and its CUDA graphs' memory
             self._unit_forward = self.unit.forward
             torch.compiler.reset()
@@ -180,10 +196,12 @@ class BlockReconstruction(pl.LightningModule):
         finish_rounding_gradients(self.unit)
 
     def on_train_batch_start(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        set_progress(self.unit, self.global_step / max(1, self.iters))
+        set_progress(self.unit, batch_idx / max(1, self.iters))  # = global_step: one epoch
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         x, y = batch
+        if self.cuda_graph:
+            return self._graphed_step(x, y, batch_idx)
         _, world = rank_world()
         if len(x):  # weight: this rank's share of the global batch (1 in one process)
             out = self._unit_forward(x)
@@ -191,26 +209,43 @@ class BlockReconstruction(pl.LightningModule):
         else:  # no sample of this step on this rank: zero gradients, still all-reduced
             rec = sum(p.sum() for group in self.learnable() for p in group) * 0.0
         reg = rounding_regularizer(self.unit)
-        if self._logging_step():  # self.log costs ~1 ms a call; the logger keeps only these
+        if self._logging_step(batch_idx):  # self.log costs ~1 ms a call; the logger keeps these
             self.log(f"recon/{self.name}/loss", rec, on_step=True, prog_bar=True, logger=True,
                      sync_dist=world > 1)  # fmt: skip
             if reg.requires_grad:
                 self.log(f"recon/{self.name}/reg", reg, on_step=True, logger=True)
         return rec + reg
 
-    def _logging_step(self) -> bool:
-        """The steps whose values the Trainer's logger writes (every ``log_every_n_steps``)."""
+    def _graphed_step(self, x: Tensor, y: Tensor, batch_idx: int) -> None:
+        if self._graphed is None:
+            rounding, steps = self.learnable()
+            optimizer = self.optimizers(use_pl_optimizer=False)
+            self._graphed = GraphedStep(self.unit, optimizer, rounding + steps)
+        rec, reg = self._graphed(x, y)
+        if self._logging_step(batch_idx):
+            self.log(f"recon/{self.name}/loss", rec, on_step=True, prog_bar=True, logger=True)
+            if reg.requires_grad:
+                self.log(f"recon/{self.name}/reg", reg, on_step=True, logger=True)
+
+    def _logging_step(self, batch_idx: int) -> bool:
+        """The steps whose values the Trainer's logger writes (every ``log_every_n_steps``; a
+        unit's fit is one epoch, so its step ``batch_idx`` counts the optimizer's steps, also
+        under manual optimization, where ``global_step`` does not move)."""
         trainer = self._trainer
         if trainer is None or trainer.log_every_n_steps == 0:
             return False
-        return (self.global_step + 1) % trainer.log_every_n_steps == 0
+        return (batch_idx + 1) % trainer.log_every_n_steps == 0
 
     def configure_optimizers(self) -> torch.optim.Optimizer | dict:
         rounding, steps = self.learnable()
         groups = [{"params": rounding, "lr": self.lr}, {"params": steps, "lr": self.act_lr}]
         # foreach: one kernel per state update over all tensors instead of a Python loop over
         # them (bit-identical results to the loop; ~1 ms less per step on a ResNet-20 block)
-        optimizer = torch.optim.Adam([g for g in groups if g["params"]], foreach=True)
+        if self.cuda_graph and self.device.type != "cuda":
+            raise RuntimeError(f"recon.cuda_graph needs the unit on a CUDA device; the Trainer "
+                               f"put it on {self.device}")  # fmt: skip
+        optimizer = torch.optim.Adam([g for g in groups if g["params"]], foreach=True,
+                                     capturable=self.cuda_graph)  # fmt: skip
         if self.lr_schedule == "constant":
             return optimizer
         if self.lr_schedule not in LR_SCHEDULES:
@@ -232,3 +267,16 @@ class BlockReconstruction(pl.LightningModule):
 
 def _constant(step: int) -> float:
     return 1.0
+
+
+def check_graphable(unit: nn.Module, lr_schedule: str, compile: str) -> None:
+    """Refuse what a recorded CUDA graph step would freeze or miss (see BlockReconstruction)."""
+    if lr_schedule != "constant":
+        raise ValueError(f"cuda_graph needs a constant learning rate, not {lr_schedule!r}")
+    if compile != "off":
+        raise ValueError("cuda_graph and compile are exclusive: the graph records the eager step")
+    for module in unit.modules():
+        if isinstance(getattr(module, "rounding", None), AdaRounding):
+            raise ValueError("cuda_graph cannot run AdaRound: its beta changes every step")
+        if getattr(module, "drop_prob", 0.0) > 0:
+            raise ValueError("cuda_graph cannot run QDrop's dropping (drop_prob > 0)")

@@ -42,6 +42,10 @@ class ReconConfig:
             backward while it learns: 'default', 'reduce-overhead' (CUDA graphs on a GPU),
             'max-autotune'. Results agree with eager ones to float rounding, not bit for bit;
             each unit pays its compile time first. One process only (not with DDP).
+        cuda_graph: record each unit's whole step (forward, backward, eq. 6, Adam) once as a
+            CUDA graph and replay it: the host issues one launch a step instead of ~160
+            kernels. A CUDA device, one process, a constant learning rate; not with AdaRound,
+            QDrop's dropping or ``compile``.
     """
 
     iters: int = 2000
@@ -52,6 +56,7 @@ class ReconConfig:
     cache_device: str = "auto"
     log_every_n_steps: int = 50
     compile: str = "off"
+    cuda_graph: bool = False
 
     def validate(self) -> ReconConfig:
         if self.iters < 0 or self.batch_size < 1:
@@ -67,6 +72,13 @@ class ReconConfig:
         if self.compile not in COMPILE_MODES:
             raise SettingError(f"recon.compile={self.compile!r}: use one of "
                                f"{', '.join(COMPILE_MODES)}")  # fmt: skip
+        if self.cuda_graph and self.compile != "off":
+            raise SettingError("recon.cuda_graph and recon.compile are exclusive: the graph "
+                               "records the eager step; set one of them off")  # fmt: skip
+        if self.cuda_graph and self.lr_schedule != "constant":
+            raise SettingError(f"recon.cuda_graph needs recon.lr_schedule=constant (a "
+                               f"schedule would be frozen in the graph), not "
+                               f"{self.lr_schedule!r}")  # fmt: skip
         return self
 
 
@@ -157,6 +169,7 @@ class BlockSequencer(Callback):
                 iters=self.recon.iters, batch_size=self.recon.batch_size, lr=self.recon.lr,
                 act_lr=self.recon.act_lr, seed=self.seed * 1_000_003 + index, total=self.total,
                 lr_schedule=self.recon.lr_schedule, compile=self.recon.compile,
+                cuda_graph=self.recon.cuda_graph,
             )  # fmt: skip
             module.label = f"unit {index + 1}/{len(self.units)} {unit.name}"
             with round_to_nearest(module.unit):
