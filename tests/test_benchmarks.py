@@ -294,13 +294,19 @@ def test_speed_times_every_unit_against_its_float_forward_backward(tmp_path, mon
     assert table.count("\n| layer") == 9 and "| all units |" in table
 
 
-def test_speed_refuses_imagenet_models_without_random_images_and_too_few_images(monkeypatch):
+def test_speed_refuses_imagenet_models_without_random_images_and_too_few_images(
+    monkeypatch, capsys
+):
     speed = _load("speed")
     with pytest.raises(SystemExit, match="no ImageNet here"):
         speed.calibration_batches("resnet18", "fmnist", 64, 224)
     batches = speed.calibration_batches("resnet18", "random", 300, 32)
     assert [tuple(b.shape) for b in batches] == [(256, 3, 32, 32), (44, 3, 32, 32)]
-    monkeypatch.setattr(sys, "argv", ["speed.py", "--calib", "32", "--batch", "64"])
-    with pytest.raises(SystemExit) as stop:
-        speed.main()
-    assert stop.value.code == 2
+    refusals = {"--calib 32 --batch 64": "holds fewer images than one --batch 64",
+                "--cuda-graph": "--cuda-graph needs --accelerator gpu",
+                "--iters 1": "--iters 1: at least 2"}  # fmt: skip
+    for argv, why in refusals.items():
+        monkeypatch.setattr(sys, "argv", ["speed.py", *argv.split()])
+        with pytest.raises(SystemExit) as stop:
+            speed.main()
+        assert stop.value.code == 2 and why in capsys.readouterr().err, argv
