@@ -121,8 +121,8 @@ SUITES = {
         Block(["W2A4"], [*RECON_TRIO]),
     ]),
     # README's main table: 3 seeds where the methods are within 1 pp of each other, the
-    # peers' 20k-iteration recipes (10-30 min a run here) included, at W2A4, W4A4 and W3A3 (and
-    # W2A2 once); Attention Round with their budget once, at its own learning rate and BRECQ's
+    # peers' 20k-iteration recipes (10-30 min a run here) included, at W2A4, W4A4, W3A3 and
+    # W2A2; Attention Round with their budget once, at its own learning rate and BRECQ's
     "main": (["resnet20"], [
         Block(["W4A4"], [*BASELINES, "attention"], SEEDS3),
         Block(["W3A3"], [*RECON_TRIO], SEEDS3),
@@ -132,7 +132,7 @@ SUITES = {
         # does a decaying learning rate let the offsets settle? (the W2A4 gap to the peers)
         Block(["W2A4"], ["attention_cosine"], SEEDS3),
         Block(["W3A3"], [*PEERS], SEEDS3),
-        Block(["W2A2"], [*PEERS], (0,)),
+        Block(["W2A2"], [*PEERS], SEEDS3),
         # AdaRound with the 20k budget at our lr: rounding against rounding at equal budget
         Block(["W2A4", "W3A3", "W2A2"], ["adaround_20k"], (0,)),
         Block(["W3A3", "W2A2"], ["attention_20k"], (0,)),
