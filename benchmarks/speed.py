@@ -175,9 +175,7 @@ def measure(model: str, batches: list[torch.Tensor], iters: int, batch: int,
             torch.compiler.reset()
             forward = torch.compile(unit.forward, mode=compile, dynamic=False)
         if cuda_graph:
-            rounding, steps = module.learnable()
-            graphed = GraphedStep(unit, opt, rounding + steps)
-            bare_s = per_iter(partial(graphed, x, y), iters, device)
+            bare_s = per_iter(partial(GraphedStep(unit, opt), x, y), iters, device)
         else:
             bare_s = per_iter(partial(bare_step, unit, forward, opt, x, y), iters, device)
         torch.compiler.reset()
@@ -241,9 +239,7 @@ def main() -> None:
     result = {"model": args.model, "batch": args.batch, "iters": args.iters,
               "images": args.images, "image_size": list(batches[0].shape[1:]),
               "calib": args.calib, "accelerator": args.accelerator, "compile": args.compile,
-              "cuda_graph": args.cuda_graph,
-              "rows": rows,
-              "total": total, "machine": machine(),
+              "cuda_graph": args.cuda_graph, "rows": rows, "total": total, "machine": machine(),
               "torch_threads": torch.get_num_threads(),
               "command": "python benchmarks/speed.py " + " ".join(sys.argv[1:])}  # fmt: skip
     suffix = "" if args.images == "fmnist" else f"_random{args.image_size}"

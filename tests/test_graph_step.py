@@ -3,17 +3,14 @@ import copy
 import lightning.pytorch as pl
 import pytest
 import torch
+from unit_fixture import trained_unit
 
-from attnround_pl.calib import BlockReconstruction, build_unit_data, unit_mse
+from attnround_pl.calib import BlockReconstruction, unit_mse
 from attnround_pl.calib.cache import UnitData
 from attnround_pl.calib.graph_step import GraphedStep
-from attnround_pl.data import FashionMNISTDataModule
-from attnround_pl.models import build_model
 from attnround_pl.quant import (
     QuantConfig,
-    calibrate_activations,
     finish_rounding_gradients,
-    fold_batchnorms,
     quantize_model,
     reconstruction_loss,
     round_to_nearest,
@@ -23,23 +20,17 @@ from attnround_pl.quant import (
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
-def _unit(fmnist_root, unit="layer3.2", n=128, **quant):
-    dm = FashionMNISTDataModule(root=str(fmnist_root), calib_size=n)
-    batches = [x for x, _ in dm.calib_dataloader(batch_size=128)]
-    q = quantize_model(build_model("resnet20"), QuantConfig(**quant))
-    calibrate_activations(q, batches)
-    folded = build_model("resnet20")
-    fold_batchnorms(folded)
-    return q.get_submodule(unit), build_unit_data(q, folded, unit, batches)
+def _unit(fmnist_root, unit="layer3.2", n=128):
+    return trained_unit(fmnist_root, QuantConfig(), unit, n)
 
 
 def test_graphed_step_refuses_what_it_cannot_record():
     layer = torch.nn.Linear(2, 2)
     plain = torch.optim.Adam(layer.parameters())
     with pytest.raises(ValueError, match="capturable=True"):
-        GraphedStep(layer, plain, list(layer.parameters()))
-    step = GraphedStep(layer, torch.optim.Adam(layer.parameters(), capturable=True),
-                       list(layer.parameters()))  # fmt: skip
+        GraphedStep(layer, plain)
+    step = GraphedStep(layer, torch.optim.Adam(layer.parameters(), capturable=True))
+    assert step.params == list(layer.parameters())  # the optimizer's parameters
     with pytest.raises(RuntimeError, match="needs the unit on a CUDA device, not cpu"):
         step(torch.zeros(1, 2), torch.zeros(1, 2))
 
@@ -92,8 +83,9 @@ def test_graphed_step_learns_what_the_eager_step_learns(fmnist_root):
     twin = copy.deepcopy(unit)
     eager = _eager_losses(unit, data, 8)
     module = BlockReconstruction(twin, data, "u", cuda_graph=True).cuda()
+    graphed = GraphedStep(twin, module.configure_optimizers())
     rounding, steps = module.learnable()
-    graphed = GraphedStep(twin, module.configure_optimizers(), rounding + steps)
+    assert graphed.params == rounding + steps
     set_learning(twin, 64)
     x, y = data.inputs[:64], data.targets[:64]
     replayed = [float(graphed(x, y)[0]) for _ in range(8)]

@@ -5,8 +5,9 @@ import os
 import lightning.pytorch as pl
 import pytest
 import torch
+from unit_fixture import trained_unit
 
-from attnround_pl.calib import BlockReconstruction, ReconConfig, build_unit_data, unit_mse
+from attnround_pl.calib import BlockReconstruction, ReconConfig, unit_mse
 from attnround_pl.calib.cache import UnitData
 from attnround_pl.calib.reconstruction import (
     NVML_CHECK,
@@ -14,16 +15,8 @@ from attnround_pl.calib.reconstruction import (
     StepBatches,
     use_runtime_cuda_check,
 )
-from attnround_pl.data import FashionMNISTDataModule
 from attnround_pl.errors import SettingError
-from attnround_pl.models import build_model
-from attnround_pl.quant import (
-    QuantConfig,
-    calibrate_activations,
-    fold_batchnorms,
-    quantize_model,
-    round_to_nearest,
-)
+from attnround_pl.quant import QuantConfig, round_to_nearest
 
 
 def _trainer(steps):
@@ -34,19 +27,7 @@ def _trainer(steps):
 
 def _unit_setup(fmnist_root, rounding, unit="layer2.0", w_bits=4, a_bits=4, n=256):
     config = QuantConfig(w_bits=w_bits, a_bits=a_bits, rounding=rounding)
-    return _unit_setup_config(fmnist_root, config, unit, n)
-
-
-def _unit_setup_config(fmnist_root, config, unit, n):
-    dm = FashionMNISTDataModule(root=str(fmnist_root), calib_size=n)
-    batches = [x for x, _ in dm.calib_dataloader(batch_size=128)]
-    model = build_model("resnet20")  # the embedded, trained checkpoint
-    q = quantize_model(model, config)
-    calibrate_activations(q, batches)
-    folded = build_model("resnet20")
-    fold_batchnorms(folded)
-    data = build_unit_data(q, folded, unit, batches)
-    return q.get_submodule(unit), data
+    return trained_unit(fmnist_root, config, unit, n)
 
 
 def test_attention_round_beats_nearest_on_a_trained_block(fmnist_root):
@@ -86,7 +67,7 @@ def test_optimizer_holds_only_rounding_and_steps(fmnist_root):
 
 
 def test_qdrop_drops_only_while_the_unit_learns(fmnist_root):
-    unit, data = _unit_setup_config(fmnist_root, QuantConfig(drop_prob=0.5), "layer3.0", n=64)
+    unit, data = trained_unit(fmnist_root, QuantConfig(drop_prob=0.5), "layer3.0", n=64)
     quantizers = [m for m in unit.modules() if hasattr(m, "dropping")]
     seen = []
     module = BlockReconstruction(unit, data, "layer3.0", iters=3, batch_size=16)

@@ -20,8 +20,8 @@ WARMUP_STEPS = 3
 class GraphedStep:
     """``step(x, y)``: zero the gradients, ``rec = ||unit(x) - y||^2``, ``reg`` (the rounding
     regulariser), backward of ``rec + reg``, eq. 6 (``finish_rounding_gradients``) and
-    ``optimizer.step()``, replayed from a CUDA graph; returns ``(rec, reg)``, tensors the next
-    step overwrites.
+    ``optimizer.step()`` (over its parameters: the learned ones), replayed from a CUDA graph;
+    returns ``(rec, reg)``, tensors the next step overwrites.
 
     The first call records the graph: ``WARMUP_STEPS`` eager steps on a side stream (cuDNN's
     choices, the optimizer's state, the allocator's pool), after which the learned parameters
@@ -31,13 +31,12 @@ class GraphedStep:
     at its recorded value, and the callers refuse those settings.
     """
 
-    def __init__(self, unit: nn.Module, optimizer: torch.optim.Optimizer,
-                 params: list[nn.Parameter]) -> None:  # fmt: skip
+    def __init__(self, unit: nn.Module, optimizer: torch.optim.Optimizer) -> None:
         if not all(group.get("capturable", False) for group in optimizer.param_groups):
             raise ValueError("GraphedStep needs an optimizer made with capturable=True")
         self.unit = unit
         self.optimizer = optimizer
-        self.params = params
+        self.params = [p for group in optimizer.param_groups for p in group["params"]]
         self.graph: torch.cuda.CUDAGraph | None = None
         self.x: Tensor | None = None
         self.y: Tensor | None = None

@@ -218,9 +218,7 @@ class BlockReconstruction(pl.LightningModule):
 
     def _graphed_step(self, x: Tensor, y: Tensor, batch_idx: int) -> None:
         if self._graphed is None:
-            rounding, steps = self.learnable()
-            optimizer = self.optimizers(use_pl_optimizer=False)
-            self._graphed = GraphedStep(self.unit, optimizer, rounding + steps)
+            self._graphed = GraphedStep(self.unit, self.optimizers(use_pl_optimizer=False))
         rec, reg = self._graphed(x, y)
         if self._logging_step(batch_idx):
             self.log(f"recon/{self.name}/loss", rec, on_step=True, prog_bar=True, logger=True)
