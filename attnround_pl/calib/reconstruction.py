@@ -209,30 +209,30 @@ class BlockReconstruction(pl.LightningModule):
         else:  # no sample of this step on this rank: zero gradients, still all-reduced
             rec = sum(p.sum() for group in self.learnable() for p in group) * 0.0
         reg = rounding_regularizer(self.unit)
-        if self._logging_step(batch_idx):  # self.log costs ~1 ms a call; the logger keeps these
-            self.log(f"recon/{self.name}/loss", rec, on_step=True, prog_bar=True, logger=True,
-                     sync_dist=world > 1)  # fmt: skip
-            if reg.requires_grad:
-                self.log(f"recon/{self.name}/reg", reg, on_step=True, logger=True)
+        self._log_losses(rec, reg, batch_idx, world)
         return rec + reg
 
     def _graphed_step(self, x: Tensor, y: Tensor, batch_idx: int) -> None:
         if self._graphed is None:
             self._graphed = GraphedStep(self.unit, self.optimizers(use_pl_optimizer=False))
         rec, reg = self._graphed(x, y)
-        if self._logging_step(batch_idx):
-            self.log(f"recon/{self.name}/loss", rec, on_step=True, prog_bar=True, logger=True)
-            if reg.requires_grad:
-                self.log(f"recon/{self.name}/reg", reg, on_step=True, logger=True)
+        self._log_losses(rec, reg, batch_idx)
 
-    def _logging_step(self, batch_idx: int) -> bool:
-        """The steps whose values the Trainer's logger writes (every ``log_every_n_steps``; a
-        unit's fit is one epoch, so its step ``batch_idx`` counts the optimizer's steps, also
-        under manual optimization, where ``global_step`` does not move)."""
+    def _log_losses(self, rec: Tensor, reg: Tensor, batch_idx: int, world: int = 1) -> None:
+        """Log the step's loss (and regulariser) on the steps the Trainer's logger writes.
+
+        Every ``log_every_n_steps``, counted by ``batch_idx``: a unit's fit is one epoch, so it
+        counts the optimizer's steps, also under manual optimization, where ``global_step`` does
+        not move. Only then, since ``self.log`` costs ~1 ms a call."""
         trainer = self._trainer
         if trainer is None or trainer.log_every_n_steps == 0:
-            return False
-        return (batch_idx + 1) % trainer.log_every_n_steps == 0
+            return
+        if (batch_idx + 1) % trainer.log_every_n_steps:
+            return
+        self.log(f"recon/{self.name}/loss", rec, on_step=True, prog_bar=True, logger=True,
+                 sync_dist=world > 1)  # fmt: skip
+        if reg.requires_grad:
+            self.log(f"recon/{self.name}/reg", reg, on_step=True, logger=True)
 
     def configure_optimizers(self) -> torch.optim.Optimizer | dict:
         rounding, steps = self.learnable()
