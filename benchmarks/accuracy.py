@@ -154,7 +154,7 @@ SUITES = {
         Block(["W3A3", "W2A2"], [*PEERS, "attention_20k"], (0,)),
         # W2A2, where the peers lead by 4 pp: the budget, the lr and the rounding apart
         Block(["W2A2"], ["adaround_20k", "attention_20k_lr1e-3"], (0,)),
-        Block(["W4A4"], [*PEERS], (0,)),
+        Block(["W4A4"], [*PEERS], SEEDS3),
         Block(["W4A32", "W3A32"], [*PEERS], SEEDS3),  # weights only: 3 seeds
         Block(["W2A4", "W2A2"], [*RECON_TRIO], SEEDS3),
         Block(["W2A4"], [*PEERS], (0,)),
