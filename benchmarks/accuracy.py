@@ -147,7 +147,7 @@ SUITES = {
     # our methods with 3 seeds at all six settings; on MobileNetV2 the peers' recipes (8-38 min
     # a run) once, at W3A3 and W2A2 (where Attention Round is furthest ahead of AdaRound) and
     # QDrop's at W2A4, and with 3 seeds at W4A32, W3A32 and W4A4 and BRECQ's at W2A4;
-    # AQuant's border at W4A4, W3A3 and W2A2 (as on ResNet-20)
+    # AQuant's border at W4A4, W3A3, W2A4 and W2A2
     "mobilenetv2": (["mobilenetv2"], [
         Block(["W4A32", "W3A32", "W4A4"], [*RECON_TRIO], SEEDS3),
         Block(["W3A3"], [*RECON_TRIO], SEEDS3),
@@ -159,7 +159,7 @@ SUITES = {
         Block(["W2A4", "W2A2"], [*RECON_TRIO], SEEDS3),
         Block(["W2A4"], ["brecq"], SEEDS3),
         Block(["W2A4"], ["qdrop"], (0,)),
-        Block(["W4A4", "W3A3", "W2A2"], ["attention+aquant"], SEEDS3),
+        Block(["W4A4", "W3A3", "W2A4", "W2A2"], ["attention+aquant"], SEEDS3),
         # the paper's table 4 on this model at the W4 size (W4A4 above; see the mixed suite)
         Block(["MP3456@W4", "MP345@W4"], ["attention"], SEEDS3),
         Block(["W3A4", "W5A4"], ["attention"], (0,)),
