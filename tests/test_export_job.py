@@ -5,7 +5,7 @@ import torch
 import yaml
 
 from attnround_pl.calib import FloatModel, ReconConfig, RunConfig, calibrate
-from attnround_pl.calib.export_job import check_format, export_run
+from attnround_pl.calib.export_job import check_format, export_run, export_table
 from attnround_pl.calib.run_folder import RunFolderError, check_run_folder
 from attnround_pl.data import FashionMNISTDataModule
 from attnround_pl.models import build_model
@@ -41,6 +41,8 @@ def test_export_run_writes_both_formats_and_adds_them_to_the_report(tmp_path, ti
     onnx_result = export_run(run_dir, "onnx", data)
     assert onnx_result["onnx_images"] == 60 and onnx_result["onnx_argmax_mismatch"] == 0
     assert onnx_result["onnx_top1"] == onnx_result["onnx_torch_top1"]
+    div = onnx_result["onnx_code_divergence"]
+    assert div is None or div["float_noise"]
     state_result = export_run(run_dir, "state", data, out=tmp_path / "elsewhere" / "s.pt")
     assert state_result["state_max_abs_diff"] == 0.0 and state_result["state_images"] == 60
     assert (tmp_path / "elsewhere" / "s.pt").is_file()
@@ -49,6 +51,30 @@ def test_export_run_writes_both_formats_and_adds_them_to_the_report(tmp_path, ti
     assert report["onnx_top1"] == onnx_result["onnx_top1"] and "state_max_abs_diff" in report
     assert sorted(p.name for p in run_dir.iterdir()) == [
         "config.yaml", "quantized.onnx", "quantized.pt", "report.json"]  # fmt: skip
+
+
+def test_export_table_says_why_the_logits_differ():
+    result = {
+        "onnx_path": "m.onnx",
+        "onnx_images": 10,
+        "onnx_torch_top1": 90.0,
+        "onnx_top1": 90.0,
+        "onnx_argmax_mismatch": 0,
+        "onnx_max_abs_logit_diff": 0.2,
+    }
+    div = {"layer": "layer2.3.conv2", "index": 7, "quantizers": 20, "differing": 1,
+           "elements": 12288, "max_tie_distance": 9.5e-7, "float_noise": True}  # fmt: skip
+    caption = export_table({**result, "onnx_code_divergence": div}).caption
+    assert "input of 'layer2.3.conv2' (quantizer 8 of 20), 1 of 12288" in caption
+    assert "9.5e-07 step of a rounding tie: float noise" in caption
+    fault = export_table(
+        {**result, "onnx_code_divergence": {**div, "max_tie_distance": 0.31, "float_noise": False}}
+    ).caption
+    assert "up to 0.31 step from a rounding tie" in fault and "export fault" in fault
+    no_div = export_table({**result, "onnx_code_divergence": None}).caption
+    assert "summation order only" in no_div
+    # equal logits, or a report written before the diagnosis existed: no caption
+    assert export_table({**result, "onnx_max_abs_logit_diff": 0.0}).caption is None
 
 
 def test_unfinished_or_missing_run_folders_are_refused(tmp_path, tiny_fmnist):

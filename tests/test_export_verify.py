@@ -1,10 +1,18 @@
 import copy
 
+import numpy as np
+import onnx
 import pytest
 import torch
+from onnx import numpy_helper
 from small_qnet import small_qnet
 
-from attnround_pl.export import compare_with_onnx, export_onnx, max_output_difference
+from attnround_pl.export import (
+    compare_with_onnx,
+    export_onnx,
+    first_code_divergence,
+    max_output_difference,
+)
 
 
 def _batches(n: int = 3):
@@ -24,6 +32,7 @@ def test_compare_with_onnx_counts_images_accuracy_and_mismatches(tmp_path):
     assert cmp.torch_top1 == pytest.approx(100 * correct / 60)
     assert cmp.onnx_top1 == cmp.torch_top1 and cmp.argmax_mismatch == 0
     assert 0 <= cmp.max_abs_logit_diff < 1e-4
+    assert cmp.divergence is None or cmp.divergence.float_noise
     # a different PyTorch model: the comparison sees it
     other = small_qnet(seed=5, border="aquant")
     worse = compare_with_onnx(other, path, batches)
@@ -40,3 +49,55 @@ def test_max_output_difference():
         shifted.head[2].layer.bias += 0.25
     images, diff = max_output_difference(qnet, shifted, _batches(1))
     assert images == 20 and diff == pytest.approx(0.25, abs=1e-5)
+
+
+def _scale_activation_step(path, layer: str, factor: float, out):
+    """A copy of the ONNX file whose input quantizer of ``layer`` has its scale times ``factor``."""
+    model = onnx.load(str(path))
+    name = f"{layer.replace('.', '_')}_a_scale"
+    (init,) = [i for i in model.graph.initializer if i.name == name]
+    scaled = numpy_helper.to_array(init) * np.float32(factor)
+    init.CopyFrom(numpy_helper.from_array(scaled.astype(np.float32), name))
+    onnx.save(model, str(out))
+    return out
+
+
+def test_first_code_divergence_is_none_when_every_code_agrees(tmp_path):
+    qnet = small_qnet()
+    path = export_onnx(qnet, torch.zeros(1, 3, 16, 16), tmp_path / "net.onnx")
+    x = torch.randn(8, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    assert first_code_divergence(qnet, path, x) is None
+
+
+def test_first_code_divergence_names_a_wrong_scale_as_an_export_fault(tmp_path):
+    qnet = small_qnet()
+    path = export_onnx(qnet, torch.zeros(1, 3, 16, 16), tmp_path / "net.onnx")
+    bad = _scale_activation_step(path, "conv_b", 1.3, tmp_path / "bad.onnx")
+    x = torch.randn(8, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    div = first_code_divergence(qnet, bad, x)
+    # the stem and conv_a quantizers come first in the graph and still agree
+    assert (div.layer, div.index, div.quantizers) == ("conv_b", 2, 5)
+    assert div.elements == 8 * 8 * 16 * 16 and div.differing > 100
+    assert div.max_tie_distance > 0.1 and not div.float_noise
+    assert "export fault" in div.explain() and "'conv_b'" in div.explain()
+    # compare_with_onnx runs the same diagnosis on the images that differ most
+    cmp = compare_with_onnx(qnet, bad, _batches())
+    assert cmp.max_abs_logit_diff > 1e-3 and cmp.divergence.layer == "conv_b"
+    assert cmp.as_dict()["divergence"]["layer"] == "conv_b"
+
+
+def test_first_code_divergence_calls_a_flipped_tie_float_noise(tmp_path):
+    qnet = small_qnet()
+    stem = qnet.stem[0].input_quantizer
+    stem.step.data.fill_(1 / 16)  # a power of two: x = (n + 0.5) / 16 gives x / s = n + 0.5 exactly
+    path = export_onnx(qnet, torch.zeros(1, 3, 16, 16), tmp_path / "net.onnx")
+    # onnxruntime's scale a hair smaller: every tie rounds away from zero there, to even here
+    nudged = _scale_activation_step(path, "stem.0", 1 - 1e-5, tmp_path / "nudged.onnx")
+    n = torch.randint(-40, 40, (4, 3, 16, 16), generator=torch.Generator().manual_seed(2))
+    div = first_code_divergence(qnet, nudged, (n + 0.5) / 16)
+    assert (div.layer, div.index) == ("stem.0", 0)
+    # the ties where round-half-to-even goes toward zero: n even and >= 0, n odd and < 0
+    toward_zero = ((n >= 0) & (n % 2 == 0)) | ((n < 0) & (n % 2 != 0))
+    assert div.differing == int(toward_zero.sum()) and div.elements == n.numel()
+    assert div.max_tie_distance == 0.0 and div.float_noise
+    assert "float noise" in div.explain()

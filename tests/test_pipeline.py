@@ -36,14 +36,17 @@ def test_end_to_end_torchvision_architectures(tmp_path, arch):
     # The random weights are seeded here, not left to whatever earlier tests drew: a deep
     # random-weight net amplifies one activation that sits within a rounding error of a tie
     # (PyTorch's x/s = 13.499999 rounds to 13, onnxruntime's code is 14) into logits that
-    # differ by up to 0.9 (resnet50: 11 of seeds 2-39). At this seed none sits that close.
+    # differ by up to 0.9 (resnet50: 11 of seeds 2-39). At this seed none sits that close;
+    # should a kernel change put one there, the code diagnosis tells it from an export fault.
     torch.manual_seed(0)
     model = FloatModel(arch, weights=None, num_classes=3)
     report, run_dir = _run(tmp_path, model, data, eval_nearest=False, export=["onnx", "state"])
     assert REPORT_KEYS <= set(report)
     # both exports of every architecture: ONNX in onnxruntime and the reloaded state agree
     # (random-weight mobilenet_v2 has logits ~1e-10: its argmax is noise, so compare logits)
-    assert report["onnx_max_abs_logit_diff"] < 1e-5 and report["onnx_images"] == 6
+    assert report["onnx_images"] == 6
+    assert (report["onnx_max_abs_logit_diff"] < 1e-5
+            or report["onnx_code_divergence"]["float_noise"])  # fmt: skip
     assert report["state_max_abs_diff"] == 0.0
     assert (run_dir / "quantized.onnx").is_file() and (run_dir / "quantized_state.pt").is_file()
     assert json.loads((run_dir / "report.json").read_text())["model"] == arch

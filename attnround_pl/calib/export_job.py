@@ -17,6 +17,7 @@ from ..atomic import write_json
 from ..data import CalibrationDataModule
 from ..errors import SettingError
 from ..export import (
+    CodeDivergence,
     compare_with_onnx,
     export_onnx,
     export_state,
@@ -55,6 +56,7 @@ def export_run(
         result = {"onnx_path": str(out), "onnx_top1": cmp.onnx_top1,
                   "onnx_argmax_mismatch": cmp.argmax_mismatch, "onnx_torch_top1": cmp.torch_top1,
                   "onnx_max_abs_logit_diff": cmp.max_abs_logit_diff, "onnx_images": cmp.images,
+                  "onnx_code_divergence": cmp.as_dict()["divergence"],
                   "onnxruntime": onnxruntime.__version__}  # fmt: skip
     else:
         export_state(qmodel, out, payload["quant"], payload["meta"])
@@ -77,6 +79,14 @@ def export_table(result: dict[str, Any]) -> Table:
         table.add_row(f"{result['onnx_torch_top1']:.2f}", f"{result['onnx_top1']:.2f}",
                       str(result["onnx_argmax_mismatch"]),
                       f"{result['onnx_max_abs_logit_diff']:.3g}")  # fmt: skip
+        div = result.get("onnx_code_divergence")
+        if div is not None:
+            table.caption = CodeDivergence(**div).explain()
+        elif result["onnx_max_abs_logit_diff"] > 0:
+            table.caption = (
+                "every activation code agrees on the images that differ most: "
+                "the logits differ by float summation order only"
+            )
         return table
     table = Table(title=f"{result['state_path']}: reloaded vs calibrated model")
     table.add_column("images", justify="right")

@@ -1,4 +1,12 @@
-"""Run an exported ONNX model in onnxruntime beside the PyTorch model and compare predictions."""
+"""Run an exported ONNX model in onnxruntime beside the PyTorch model and compare predictions.
+
+When the two disagree, ``first_code_divergence`` says why: it compares the integer codes of
+every activation quantizer (PyTorch's rounding against the graph's QuantizeLinear outputs), in
+graph order, and reports the first quantizer where they differ and how far PyTorch's value sat
+from a rounding tie there. A few millionths of a step is float noise (the convolutions sum in
+another order and a value at ``n + 0.5`` takes the other code); anything larger is an export
+fault.
+"""
 
 from __future__ import annotations
 
@@ -7,63 +15,187 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import torch
+from onnx import helper
 from torch import Tensor, nn
 
 from ..errors import SettingError
+from ..quant import ActQuantizer, QuantLayer
 from .qdq_onnx import INPUT_NAME
+
+TIE_TOLERANCE = 1e-3  # step units: closer to a tie than this, a flipped code is float noise
+DIAGNOSED_IMAGES = 8  # the images with the largest logit differences get the code comparison
+
+
+@dataclass
+class CodeDivergence:
+    """The first activation quantizer, in graph order, whose codes differ between the models.
+
+    ``max_tie_distance`` is the largest ``| frac(v) - 0.5 |`` over the differing elements, ``v``
+    PyTorch's value before rounding in step units (with an AQuant border, its folded form
+    ``(1 - k) x~ - c``). ``float_noise``: every differing code sat within ``TIE_TOLERANCE`` of
+    a tie."""
+
+    layer: str
+    index: int
+    quantizers: int
+    differing: int
+    elements: int
+    max_tie_distance: float
+    float_noise: bool
+
+    def explain(self) -> str:
+        where = (
+            f"first differing activation codes: input of '{self.layer}' (quantizer "
+            f"{self.index + 1} of {self.quantizers}), {self.differing} of {self.elements}"
+        )
+        if self.float_noise:
+            return (
+                f"{where}, all within {self.max_tie_distance:.2g} step of a rounding tie: "
+                "float noise in the accumulation order, not an export fault"
+            )
+        return (
+            f"{where}, up to {self.max_tie_distance:.2g} step from a rounding tie: "
+            "the exported graph computes something else there (an export fault)"
+        )
 
 
 @dataclass
 class Comparison:
-    """Top-1 (percent) of both models on the same images, and how their predictions differ."""
+    """Top-1 (percent) of both models on the same images, and how their predictions differ.
+
+    ``divergence``: where the activation codes first differ on the images whose logits differ
+    most (None when every code agrees, or the logits are equal)."""
 
     images: int
     torch_top1: float
     onnx_top1: float
     argmax_mismatch: int
     max_abs_logit_diff: float
+    divergence: CodeDivergence | None = None
 
-    def as_dict(self) -> dict[str, float | int]:
+    def as_dict(self) -> dict[str, object]:
         return asdict(self)
 
 
-def onnx_session(path: str | os.PathLike) -> ort.InferenceSession:
+def onnx_session(
+    path_or_model: str | os.PathLike | onnx.ModelProto,
+) -> ort.InferenceSession:
     """A CPU onnxruntime session with the default graph optimizations (what a deployment gets)."""
     options = ort.SessionOptions()
     options.log_severity_level = 3  # errors only
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    source = (path_or_model.SerializeToString() if isinstance(path_or_model, onnx.ModelProto)
+              else str(path_or_model))  # fmt: skip
+    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+
+
+def _run(session: ort.InferenceSession, x: Tensor, outputs: list[str] | None = None) -> list:
+    return session.run(outputs, {INPUT_NAME: x.cpu().numpy().astype(np.float32)})
 
 
 @torch.no_grad()
 def compare_with_onnx(
     qmodel: nn.Module, onnx_path: str | os.PathLike, batches: Iterable[tuple[Tensor, Tensor]]
 ) -> Comparison:
-    """Evaluate ``qmodel`` (PyTorch) and the ONNX file on the same labelled batches."""
+    """Evaluate ``qmodel`` (PyTorch) and the ONNX file on the same labelled batches; where the
+    logits differ, run ``first_code_divergence`` on the images that differ most."""
     session = onnx_session(onnx_path)
     device = next(qmodel.parameters()).device
     qmodel = qmodel.eval()
     images = torch_correct = onnx_correct = mismatch = 0
-    max_diff = 0.0
+    worst_x, worst_diff = None, torch.empty(0)
     for x, y in batches:
         ref = qmodel(x.to(device)).float().cpu()
-        (out,) = session.run(None, {INPUT_NAME: x.cpu().numpy().astype(np.float32)})
-        got = torch.from_numpy(out)
+        got = torch.from_numpy(_run(session, x)[0])
         images += len(y)
         torch_correct += int((ref.argmax(1) == y).sum())
         onnx_correct += int((got.argmax(1) == y).sum())
         mismatch += int((ref.argmax(1) != got.argmax(1)).sum())
-        max_diff = max(max_diff, float((ref - got).abs().max()))
+        diff = (ref - got).abs().flatten(1).amax(1)
+        pool_x = x.cpu() if worst_x is None else torch.cat([worst_x, x.cpu()])
+        pool_diff = torch.cat([worst_diff, diff])
+        keep = pool_diff.topk(min(DIAGNOSED_IMAGES, len(pool_diff))).indices
+        worst_x, worst_diff = pool_x[keep], pool_diff[keep]
     if images == 0:
         raise SettingError("no images to compare the ONNX model on")
+    max_diff = float(worst_diff.max())
+    divergence = None
+    if max_diff > 0:
+        divergence = first_code_divergence(qmodel, onnx_path, worst_x[worst_diff > 0])
     return Comparison(
         images=images,
         torch_top1=100.0 * torch_correct / images,
         onnx_top1=100.0 * onnx_correct / images,
         argmax_mismatch=mismatch,
         max_abs_logit_diff=max_diff,
+        divergence=divergence,
     )
+
+
+def _onnx_quant_name(layer: str) -> str:
+    """The QuantizeLinear node (and output) name ``qdq_onnx`` gives a layer's input quantizer."""
+    return f"{layer.replace('.', '_')}_a_quant"
+
+
+@torch.no_grad()
+def _torch_codes(aq: ActQuantizer, x: Tensor, out: Tensor) -> tuple[Tensor, Tensor]:
+    """(codes, value before rounding in step units) of one activation quantizer, from its input
+    and output."""
+    grid = aq.grid
+    xt = torch.clamp(x / aq.step, grid.qmin, grid.qmax)
+    v = xt
+    if aq.border is not None:
+        k, c = aq.border.effective()
+        shape = (1, -1) + (1,) * (x.dim() - 2)
+        v = (1 - k.reshape(shape)) * xt - c.reshape(shape)
+    return torch.round(out / aq.step), v
+
+
+@torch.no_grad()
+def first_code_divergence(
+    qmodel: nn.Module, onnx_path: str | os.PathLike, x: Tensor
+) -> CodeDivergence | None:
+    """Compare every exported activation quantizer's codes on ``x``, PyTorch against
+    onnxruntime, in graph order; the first quantizer where they differ, or None."""
+    qmodel = qmodel.eval()
+    model = onnx.load(str(onnx_path))
+    order = {n.name: i for i, n in enumerate(model.graph.node) if n.op_type == "QuantizeLinear"}
+    layers = sorted(((order[_onnx_quant_name(name)], name, m.input_quantizer)
+                     for name, m in qmodel.named_modules()
+                     if isinstance(m, QuantLayer) and _onnx_quant_name(name) in order),
+                    key=lambda t: t[0])  # fmt: skip
+    if not layers:
+        return None
+    names = [_onnx_quant_name(name) for _, name, _ in layers]
+    known = {o.name for o in model.graph.output}
+    model.graph.output.extend(helper.make_empty_tensor_value_info(n) for n in names
+                              if n not in known)  # fmt: skip
+    onnx_codes = dict(zip(names, _run(onnx_session(model), x, names), strict=True))
+    captured: dict[str, tuple[Tensor, Tensor]] = {}
+    hooks = [aq.register_forward_hook(lambda m, args, out, name=name: captured.__setitem__(
+                 name, _torch_codes(m, args[0], out)))
+             for _, name, aq in layers]  # fmt: skip
+    try:
+        qmodel(x.to(next(qmodel.parameters()).device))
+    finally:
+        for h in hooks:
+            h.remove()
+    for index, (_, name, _) in enumerate(layers):
+        if name not in captured:
+            continue
+        codes, v = captured[name]
+        other = torch.from_numpy(onnx_codes[_onnx_quant_name(name)].astype(np.float32))
+        differ = codes.cpu() != other
+        if differ.any():
+            v = v.cpu()[differ]
+            distance = float(((v - torch.floor(v)) - 0.5).abs().max())
+            return CodeDivergence(layer=name, index=index, quantizers=len(layers),
+                                  differing=int(differ.sum()), elements=differ.numel(),
+                                  max_tie_distance=distance,
+                                  float_noise=distance < TIE_TOLERANCE)  # fmt: skip
+    return None
 
 
 @torch.no_grad()
