@@ -100,4 +100,4 @@ def test_first_code_divergence_calls_a_flipped_tie_float_noise(tmp_path):
     toward_zero = ((n >= 0) & (n % 2 == 0)) | ((n < 0) & (n % 2 != 0))
     assert div.differing == int(toward_zero.sum()) and div.elements == n.numel()
     assert div.max_tie_distance == 0.0 and div.float_noise
-    assert "float noise" in div.explain()
+    assert "all exactly on a rounding tie (x/s = n + 0.5): float noise" in div.explain()

@@ -52,10 +52,12 @@ class CodeDivergence:
             f"{self.index + 1} of {self.quantizers}), {self.differing} of {self.elements}"
         )
         if self.float_noise:
-            return (
-                f"{where}, all within {self.max_tie_distance:.2g} step of a rounding tie: "
-                "float noise in the accumulation order, not an export fault"
+            close = (
+                "all exactly on a rounding tie (x/s = n + 0.5)"
+                if self.max_tie_distance == 0
+                else f"all within {self.max_tie_distance:.2g} step of a rounding tie"
             )
+            return f"{where}, {close}: float noise in the accumulation order, not an export fault"
         return (
             f"{where}, up to {self.max_tie_distance:.2g} step from a rounding tie: "
             "the exported graph computes something else there (an export fault)"
