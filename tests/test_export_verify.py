@@ -4,7 +4,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from onnx import numpy_helper
+from onnx import helper, numpy_helper
 from small_qnet import small_qnet
 
 from attnround_pl.export import (
@@ -67,6 +67,18 @@ def test_first_code_divergence_is_none_when_every_code_agrees(tmp_path):
     path = export_onnx(qnet, torch.zeros(1, 3, 16, 16), tmp_path / "net.onnx")
     x = torch.randn(8, 3, 16, 16, generator=torch.Generator().manual_seed(1))
     assert first_code_divergence(qnet, path, x) is None
+
+
+def test_first_code_divergence_refuses_an_onnx_file_of_another_model(tmp_path):
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["input"], ["logits"])], "other",
+        [helper.make_tensor_value_info("input", onnx.TensorProto.FLOAT, None)],
+        [helper.make_tensor_value_info("logits", onnx.TensorProto.FLOAT, None)],
+    )  # fmt: skip
+    path = tmp_path / "other.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(path))
+    with pytest.raises(ValueError, match="no QuantizeLinear for any of the model's 5 activation"):
+        first_code_divergence(small_qnet(), path, torch.zeros(1, 3, 16, 16))
 
 
 def test_first_code_divergence_names_a_wrong_scale_as_an_export_fault(tmp_path):

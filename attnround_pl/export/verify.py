@@ -160,7 +160,9 @@ def first_code_divergence(
     qmodel: nn.Module, onnx_path: str | os.PathLike, x: Tensor
 ) -> CodeDivergence | None:
     """Compare every exported activation quantizer's codes on ``x``, PyTorch against
-    onnxruntime, in graph order; the first quantizer where they differ, or None."""
+    onnxruntime, in graph order; the first quantizer where they differ, or None. The file
+    must come from ``export_onnx`` of this model (its QuantizeLinear nodes are found by the
+    names it gives them)."""
     qmodel = qmodel.eval()
     model = onnx.load(str(onnx_path))
     order = {n.name: i for i, n in enumerate(model.graph.node) if n.op_type == "QuantizeLinear"}
@@ -169,6 +171,14 @@ def first_code_divergence(
                      if isinstance(m, QuantLayer) and _onnx_quant_name(name) in order),
                     key=lambda t: t[0])  # fmt: skip
     if not layers:
+        quantized = [name for name, m in qmodel.named_modules() if isinstance(m, QuantLayer)
+                     and m.input_quantizer.active and m.input_quantizer.enabled]  # fmt: skip
+        if quantized:
+            raise SettingError(
+                f"{onnx_path} has no QuantizeLinear for any of the model's {len(quantized)} "
+                f"activation quantizers (e.g. '{_onnx_quant_name(quantized[0])}' for "
+                f"'{quantized[0]}'): it was not exported from this model by export_onnx"
+            )
         return None
     names = [_onnx_quant_name(name) for _, name, _ in layers]
     known = {o.name for o in model.graph.output}
