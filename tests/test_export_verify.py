@@ -112,4 +112,8 @@ def test_first_code_divergence_calls_a_flipped_tie_float_noise(tmp_path):
     toward_zero = ((n >= 0) & (n % 2 == 0)) | ((n < 0) & (n % 2 != 0))
     assert div.differing == int(toward_zero.sum()) and div.elements == n.numel()
     assert div.max_tie_distance == 0.0 and div.float_noise
+    # rows: PyTorch runs the whole batch, both sides compare only these images
+    rows = torch.tensor([3, 1])
+    some = first_code_divergence(qnet, nudged, (n + 0.5) / 16, rows)
+    assert some.differing == int(toward_zero[rows].sum()) and some.elements == n[rows].numel()
     assert "all exactly on a rounding tie (x/s = n + 0.5): float noise" in div.explain()
