@@ -4,8 +4,8 @@ When the two disagree, ``first_code_divergence`` says why: it compares the integ
 every activation quantizer (PyTorch's rounding against the graph's QuantizeLinear outputs), in
 graph order, and reports the first quantizer where they differ and how far PyTorch's value sat
 from a rounding tie there. A few millionths of a step is float noise (the convolutions sum in
-another order and a value at ``n + 0.5`` takes the other code); anything larger is an export
-fault.
+another order and a value at ``n + 0.5`` takes the other code); beyond ``TIE_TOLERANCE`` it is
+an export fault.
 """
 
 from __future__ import annotations
