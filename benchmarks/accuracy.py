@@ -145,8 +145,8 @@ SUITES = {
         Block(["W4A32", "W3A32"], [*PEERS], SEEDS3),
     ]),
     # our methods with 3 seeds at all six settings; on MobileNetV2 the peers' recipes (8-38 min
-    # a run) once, at W3A3 and W2A2 (where Attention Round is furthest ahead of AdaRound) and
-    # QDrop's at W2A4, and with 3 seeds at W4A32, W3A32 and W4A4 and BRECQ's at W2A4;
+    # a run) once at W3A3 and W2A2 (where Attention Round is furthest ahead of AdaRound), and
+    # with 3 seeds at W4A32, W3A32, W4A4 and W2A4;
     # AQuant's border at W4A4, W3A3, W2A4 and W2A2
     "mobilenetv2": (["mobilenetv2"], [
         Block(["W4A32", "W3A32", "W4A4"], [*RECON_TRIO], SEEDS3),
@@ -157,8 +157,7 @@ SUITES = {
         Block(["W4A4"], [*PEERS], SEEDS3),
         Block(["W4A32", "W3A32"], [*PEERS], SEEDS3),  # weights only: 3 seeds
         Block(["W2A4", "W2A2"], [*RECON_TRIO], SEEDS3),
-        Block(["W2A4"], ["brecq"], SEEDS3),
-        Block(["W2A4"], ["qdrop"], (0,)),
+        Block(["W2A4"], [*PEERS], SEEDS3),
         Block(["W4A4", "W3A3", "W2A4", "W2A2"], ["attention+aquant"], SEEDS3),
         # the paper's table 4 on this model at the W4 size (W4A4 above; see the mixed suite)
         Block(["MP3456@W4", "MP345@W4"], ["attention"], SEEDS3),
