@@ -146,7 +146,7 @@ SUITES = {
     ]),
     # our methods with 3 seeds at all six settings; on MobileNetV2 the peers' recipes (8-38 min
     # a run) once at W3A3 and W2A2 (where Attention Round is furthest ahead of AdaRound), and
-    # with 3 seeds at W4A32, W3A32, W4A4 and W2A4;
+    # with 3 seeds at W4A32, W3A32, W4A4 and W2A4; mixed precision as in the mixed suite;
     # AQuant's border at W4A4, W3A3, W2A4 and W2A2
     "mobilenetv2": (["mobilenetv2"], [
         Block(["W4A32", "W3A32", "W4A4"], [*RECON_TRIO], SEEDS3),
@@ -159,9 +159,9 @@ SUITES = {
         Block(["W2A4", "W2A2"], [*RECON_TRIO], SEEDS3),
         Block(["W2A4"], [*PEERS], SEEDS3),
         Block(["W4A4", "W3A3", "W2A4", "W2A2"], ["attention+aquant"], SEEDS3),
-        # the paper's table 4 on this model at the W4 size (W4A4 above; see the mixed suite)
-        Block(["MP3456@W4", "MP345@W4"], ["attention"], SEEDS3),
-        Block(["W3A4", "W5A4"], ["attention"], (0,)),
+        # the paper's table 4 on this model (W4A4 above; see the mixed suite)
+        Block(["MP3456", "MP345", "MP3456@W4", "MP345@W4", "W3A4", "W5A4"], ["attention"],
+              SEEDS3),
     ]),
     "tau": (["resnet20"], [
         Block(["W3A3"], ["attention", *(f"attention_tau{t}" for t in TAUS)], SEEDS3),
