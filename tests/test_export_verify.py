@@ -13,6 +13,7 @@ from attnround_pl.export import (
     first_code_divergence,
     max_output_difference,
 )
+from attnround_pl.export.qdq_onnx import onnx_name
 
 
 def _batches(n: int = 3):
@@ -54,7 +55,7 @@ def test_max_output_difference():
 def _scale_activation_step(path, layer: str, factor: float, out):
     """A copy of the ONNX file whose input quantizer of ``layer`` has its scale times ``factor``."""
     model = onnx.load(str(path))
-    name = f"{layer.replace('.', '_')}_a_scale"
+    name = onnx_name(f"{layer}.a_scale")
     (init,) = [i for i in model.graph.initializer if i.name == name]
     scaled = numpy_helper.to_array(init) * np.float32(factor)
     init.CopyFrom(numpy_helper.from_array(scaled.astype(np.float32), name))

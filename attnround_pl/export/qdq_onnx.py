@@ -57,6 +57,12 @@ def _array(t: Tensor | float | list, dtype: np.dtype = np.float32) -> np.ndarray
     return np.asarray(t, dtype=dtype)
 
 
+def onnx_name(hint: str) -> str:
+    """The graph name of a node or initializer named after ``hint`` (a module path and suffix,
+    e.g. ``layer1.0.conv1.a_quant``); a repeated hint gets ``_1``, ``_2``, ... after it."""
+    return hint.replace(".", "_") or "t"
+
+
 class _Graph:
     """Collects ONNX nodes and initializers with unique names."""
 
@@ -66,7 +72,7 @@ class _Graph:
         self._names: set[str] = set()
 
     def name(self, hint: str) -> str:
-        base = hint.replace(".", "_") or "t"
+        base = onnx_name(hint)
         name, i = base, 1
         while name in self._names:
             name, i = f"{base}_{i}", i + 1

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from ..errors import SettingError
 from ..quant import ActQuantizer, QuantLayer
-from .qdq_onnx import INPUT_NAME
+from .qdq_onnx import INPUT_NAME, onnx_name
 
 TIE_TOLERANCE = 1e-3  # step units: closer to a tie than this, a flipped code is float noise
 DIAGNOSED_IMAGES = 8  # the images with the largest logit differences get the code comparison
@@ -137,8 +137,8 @@ def compare_with_onnx(
 
 
 def _onnx_quant_name(layer: str) -> str:
-    """The QuantizeLinear node (and output) name ``qdq_onnx`` gives a layer's input quantizer."""
-    return f"{layer.replace('.', '_')}_a_quant"
+    """The QuantizeLinear node (and output) ``qdq_onnx`` writes for a layer's input quantizer."""
+    return onnx_name(f"{layer}.a_quant")
 
 
 @torch.no_grad()
@@ -146,12 +146,9 @@ def _torch_codes(aq: ActQuantizer, x: Tensor, out: Tensor) -> tuple[Tensor, Tens
     """(codes, value before rounding in step units) of one activation quantizer, from its input
     and output."""
     grid = aq.grid
-    xt = torch.clamp(x / aq.step, grid.qmin, grid.qmax)
-    v = xt
+    v = torch.clamp(x / aq.step, grid.qmin, grid.qmax)
     if aq.border is not None:
-        k, c = aq.border.effective()
-        shape = (1, -1) + (1,) * (x.dim() - 2)
-        v = (1 - k.reshape(shape)) * xt - c.reshape(shape)
+        v = aq.border.folded_value(v)
     return torch.round(out / aq.step), v
 
 
@@ -189,10 +186,8 @@ def first_code_divergence(
             )
         return None
     names = [_onnx_quant_name(name) for _, name, _ in layers]
-    known = {o.name for o in model.graph.output}
-    model.graph.output.extend(helper.make_empty_tensor_value_info(n) for n in names
-                              if n not in known)  # fmt: skip
-    onnx_codes = dict(zip(names, _run(onnx_session(model), x[rows], names), strict=True))
+    model.graph.output.extend(helper.make_empty_tensor_value_info(n) for n in names)
+    onnx_codes = _run(onnx_session(model), x[rows], names)
     captured: dict[str, tuple[Tensor, Tensor]] = {}
 
     def keep_rows(m: ActQuantizer, args: tuple[Tensor], out: Tensor, name: str) -> None:
@@ -206,11 +201,11 @@ def first_code_divergence(
     finally:
         for h in hooks:
             h.remove()
-    for index, (_, name, _) in enumerate(layers):
+    for index, ((_, name, _), other) in enumerate(zip(layers, onnx_codes, strict=True)):
         if name not in captured:
             continue
         codes, v = captured[name]
-        other = torch.from_numpy(onnx_codes[_onnx_quant_name(name)].astype(np.float32))
+        other = torch.from_numpy(other.astype(np.float32))
         differ = codes.cpu() != other
         if differ.any():
             v = v.cpu()[differ]

@@ -65,10 +65,15 @@ class AQuantBorder(nn.Module):
         return (hard - soft).detach() + soft
 
     @torch.no_grad()
+    def folded_value(self, xt: Tensor) -> Tensor:
+        """``(1 - k) x~ - c``: what the deployable form rounds."""
+        k, off = self._slope_offset(xt)
+        return (1 - k) * xt - off
+
+    @torch.no_grad()
     def folded(self, xt: Tensor) -> Tensor:
         """The deployable form ``round((1 - k) x~ - c)``."""
-        k, off = self._slope_offset(xt)
-        return torch.round((1 - k) * xt - off)
+        return torch.round(self.folded_value(xt))
 
 
 def explicit_codes(xt: Tensor, b: Tensor) -> Tensor:
