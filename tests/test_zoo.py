@@ -31,6 +31,16 @@ def test_torchvision_weights_from_cache(tmp_path, monkeypatch):
     assert torch.equal(model.fc.weight, ref.fc.weight)
 
 
+def test_embedded_models_refuse_a_weights_value_they_would_ignore(tmp_path):
+    path = tmp_path / "mine.pt"
+    with pytest.raises(
+        ModelLoadError, match=r"weights '.*mine.pt' for resnet20: .*model.checkpoint"
+    ):
+        build_model("resnet20", weights=str(path))
+    with pytest.raises(ModelLoadError, match="weights 'IMAGENET1K_V1' for mobilenetv2"):
+        build_model("mobilenetv2", weights="IMAGENET1K_V1")
+
+
 def test_checkpoint_errors(tmp_path):
     with pytest.raises(ModelLoadError, match="does not exist"):
         build_model("resnet20", checkpoint=tmp_path / "nope.pt")

@@ -149,6 +149,12 @@ def build_model(
 ) -> nn.Module:
     """Build ``arch`` in eval mode with the requested weights (see the module docstring)."""
     if arch in EMBEDDED:
+        if weights not in (None, "DEFAULT"):
+            raise ModelLoadError(
+                f"weights {weights!r} for {arch}: the embedded models take weights 'DEFAULT' "
+                "(their committed checkpoint) or null (random); a weights file goes in "
+                "model.checkpoint"
+            )
         model = EMBEDDED[arch](num_classes or 10)
         if checkpoint is None and weights is not None:
             checkpoint = embedded_checkpoint(arch)
