@@ -31,7 +31,7 @@ from .calib.export_job import FORMATS, check_format, export_run, export_table
 from .calib.pipeline import quiet_lightning
 from .calib.run_folder import CHECKPOINT, CONFIG, build_float, check_run_folder
 from .calib.sequencer import ReconConfig
-from .data import CalibrationDataModule
+from .data.modules import CalibrationDataModule, check_loader_settings
 from .errors import InputError
 from .quant import QuantConfig, load_quantized
 
@@ -64,6 +64,10 @@ class CalibrateCLI(LightningCLI):
         QuantConfig(**self.config["quant"].as_dict()).validate()
         ReconConfig(**self.config["recon"].as_dict()).validate()
         RunConfig(**self.config["run"].as_dict()).validate()
+        # The data module's own checks would surface wrapped in jsonargparse's usage text.
+        data = self.config["data"].get("init_args") if self.config["data"] else None
+        if data is not None:
+            check_loader_settings(data["calib_size"], data["batch_size"], data["num_workers"])
 
 
 def build_cli(args: list[str]) -> CalibrateCLI:

@@ -111,6 +111,12 @@ BAD_INPUTS = [
      "holds no usable images"),
     ("fewer calibration images than asked", ["--data.init_args.root", "{tiny}",
      "--data.init_args.calib_size", "5000"], "calibration set: asked for 5000"),
+    ("no calibration images asked for", ["--data.init_args.calib_size", "0"],
+     "data.calib_size=0 must be positive"),
+    ("loader batch of 0", ["--data.init_args.batch_size", "0"],
+     "data.batch_size=0 must be positive"),
+    ("embedded model given a weights file", ["--model.weights", "{corrupt}"],
+     "the embedded models take weights 'DEFAULT' (their committed checkpoint) or null"),
     ("corrupt checkpoint", ["--model.checkpoint", "{corrupt}"], "is corrupt or not a torch file"),
     ("checkpoint of another architecture", ["--model.checkpoint", "{other_arch}"],
      "does not match architecture 'resnet20'"),
@@ -139,7 +145,10 @@ def test_bad_input_gives_one_clear_line(tmp_path, tiny_fmnist, capsys, row):
     base = ["calibrate", "--config", str(CONFIG), "--model.weights", "null",
             "--run.out_dir", files["out"], "--run.progress", "false"]  # fmt: skip
     if "--data.init_args.root" not in args and "--data" not in args:
-        base += ["--data.init_args.root", files["tiny"], "--data.init_args.calib_size", "20"]
+        base += ["--data.init_args.root", files["tiny"]]
+        base += (
+            [] if "--data.init_args.calib_size" in args else ["--data.init_args.calib_size", "20"]
+        )
     assert cli.main(base + args) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "Traceback" not in err, err

@@ -10,6 +10,7 @@ from attnround_pl.data import (
     ImageFolderDataModule,
 )
 from attnround_pl.data.fashion_mnist_files import raw_dir
+from attnround_pl.data.modules import check_loader_settings
 
 
 def test_fashion_mnist_module(tmp_path):
@@ -79,3 +80,19 @@ def test_nan_or_inf_in_calibration_images_is_refused(bad):
     images[3, 0, 1, 2] = bad
     with pytest.raises(DataError, match="calibration images contain NaN or Inf"):
         _TensorData(images).setup()
+
+
+@pytest.mark.parametrize(
+    ("sizes", "message"),
+    [
+        ((0, 64, 0), "data.calib_size=0 must be positive"),
+        ((1024, -1, 0), "data.batch_size=-1 must be positive"),
+        ((1024, 64, -2), "data.num_workers=-2 must be >= 0"),
+    ],
+)
+def test_loader_settings_no_loader_can_use_are_refused(sizes, message):
+    with pytest.raises(DataError, match=message):
+        check_loader_settings(*sizes)
+    with pytest.raises(DataError, match=message):
+        FashionMNISTDataModule("unused", *sizes[:1], batch_size=sizes[1], num_workers=sizes[2])
+    check_loader_settings(1, 1, 0)

@@ -26,6 +26,16 @@ class DataError(InputError, RuntimeError):
     """The data cannot be used: the message names the folder or setting and what is wrong."""
 
 
+def check_loader_settings(calib_size: int, batch_size: int, num_workers: int) -> None:
+    """Refuse sizes no loader can use; the CLI calls this before it builds the data module."""
+    if calib_size <= 0:
+        raise DataError(f"data.calib_size={calib_size} must be positive")
+    if batch_size <= 0:
+        raise DataError(f"data.batch_size={batch_size} must be positive")
+    if num_workers < 0:
+        raise DataError(f"data.num_workers={num_workers} must be >= 0")
+
+
 class CalibrationDataModule(pl.LightningDataModule):
     """Base class: subclasses give the training split (with targets) and the evaluation split."""
 
@@ -34,8 +44,7 @@ class CalibrationDataModule(pl.LightningDataModule):
         num_workers: int = 0,
     ) -> None:  # fmt: skip
         super().__init__()
-        if calib_size <= 0:
-            raise DataError(f"data.calib_size={calib_size} must be positive")
+        check_loader_settings(calib_size, batch_size, num_workers)
         self.calib_size = calib_size
         self.seed = seed
         self.augment = augment
