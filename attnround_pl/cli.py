@@ -65,9 +65,12 @@ class CalibrateCLI(LightningCLI):
         ReconConfig(**self.config["recon"].as_dict()).validate()
         RunConfig(**self.config["run"].as_dict()).validate()
         # The data module's own checks would surface wrapped in jsonargparse's usage text.
+        # A user's data module need not take these arguments: a missing one is not checked.
         data = self.config["data"].get("init_args") if self.config["data"] else None
         if data is not None:
-            check_loader_settings(data["calib_size"], data["batch_size"], data["num_workers"])
+            check_loader_settings(
+                data.get("calib_size", 1), data.get("batch_size", 1), data.get("num_workers", 0)
+            )
 
 
 def build_cli(args: list[str]) -> CalibrateCLI:
