@@ -31,7 +31,7 @@ from .calib.export_job import FORMATS, check_format, export_run, export_table
 from .calib.pipeline import quiet_lightning
 from .calib.run_folder import CHECKPOINT, CONFIG, build_float, check_run_folder
 from .calib.sequencer import ReconConfig
-from .data.modules import CalibrationDataModule, check_loader_settings
+from .data import CalibrationDataModule, check_loader_settings
 from .errors import InputError
 from .quant import QuantConfig, load_quantized
 

@@ -151,8 +151,7 @@ SUITES = {
     # AQuant's border at W4A4, W3A3, W2A4 and W2A2
     "mobilenetv2": (["mobilenetv2"], [
         Block(["W4A32", "W3A32", "W4A4"], [*RECON_TRIO], SEEDS3),
-        Block(["W3A3"], [*RECON_TRIO], SEEDS3),
-        Block(["W3A3"], [*PEERS], SEEDS3),
+        Block(["W3A3"], [*RECON_TRIO, *PEERS], SEEDS3),
         Block(["W3A3"], ["attention_20k"], (0,)),
         Block(["W2A2"], ["brecq"], SEEDS3),
         Block(["W2A2"], ["qdrop"], (0, 1)),  # seed 2 waits

@@ -8,9 +8,9 @@ from attnround_pl.data import (
     DataError,
     FashionMNISTDataModule,
     ImageFolderDataModule,
+    check_loader_settings,
 )
 from attnround_pl.data.fashion_mnist_files import raw_dir
-from attnround_pl.data.modules import check_loader_settings
 
 
 def test_fashion_mnist_module(tmp_path):

@@ -5,6 +5,7 @@ from .modules import (
     DataError,
     FashionMNISTDataModule,
     ImageFolderDataModule,
+    check_loader_settings,
 )
 from .sampling import balanced_indices
 
@@ -14,4 +15,5 @@ __all__ = [
     "FashionMNISTDataModule",
     "ImageFolderDataModule",
     "balanced_indices",
+    "check_loader_settings",
 ]
