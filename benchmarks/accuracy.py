@@ -6,12 +6,15 @@ re-run, so an interrupted benchmark continues where it stopped. Prints a markdow
 writes ``benchmarks/results/accuracy_<suite>.json`` (``benchmarks/plots.py`` draws it). The
 JSON keeps every seed's numbers (``per_seed``), and a suite's rows already in it are reused
 seed by seed, so a fresh clone (without ``benchmarks/runs``) adds rows or seeds to a committed
-table without re-running it; delete the JSON to start a suite over.
+table without re-running it; delete the JSON to start a suite over. With ``--reuse-suites`` a
+suite also takes the seeds it lacks from the other suites' JSON (the same row is the same
+command in every suite), as the tau suite's MobileNetV2 tau = 0.5 rows were.
 
     .venv/bin/python benchmarks/accuracy.py --quick          # resnet20, one seed, ~25 min
     .venv/bin/python benchmarks/accuracy.py --suite main     # README's table (~3.5 h)
     .venv/bin/python benchmarks/accuracy.py --full           # everything below, 3 seeds
     .venv/bin/python benchmarks/accuracy.py --suite aquant   # one named suite
+    .venv/bin/python benchmarks/accuracy.py --suite tau --reuse-suites  # tau = 0.5 from the others
 
 Methods (all on the same calibration set, evaluation and first/last 8-bit layers):
     nearest, floor, ceil, stochastic   the rounding function alone (no reconstruction; the
@@ -102,23 +105,17 @@ PEERS = ["brecq", "qdrop"]
 SEEDS3 = (0, 1, 2)
 RECON_TRIO = ("nearest", "adaround", "attention")  # no reconstruction, AdaRound, ours
 DROPPED = ("adaround+drop", "attention+drop")
+ALONE = ("floor", "ceil", "stochastic")  # the rounding functions alone but nearest
 
 
 class Block(NamedTuple):
     """Settings x methods of a suite, run with ``seeds`` (``--seeds`` overrides; None: 0, or
-    0 1 2 for ``--full``)."""
+    0 1 2 for ``--full``) on ``models`` (None: every model of the suite)."""
 
     settings: list[str]
     methods: list[str]
     seeds: tuple[int, ...] | None = None
-
-
-def rounding_alone(settings: list[str]) -> list[Block]:
-    """Floor, ceil and stochastic rounding without reconstruction at ``settings``: floor and
-    ceil with seed 0 (they collapse to chance, tens of pp from every other method, so the
-    3-seed rule for methods within 1 pp does not reach them), stochastic with 3 seeds (its
-    draw is the seed's, and it lands near round-to-nearest)."""
-    return [Block(settings, ["floor", "ceil"], (0,)), Block(settings, ["stochastic"], SEEDS3)]
+    models: tuple[str, ...] | None = None
 
 
 # suite -> (models, blocks)
@@ -135,7 +132,7 @@ SUITES = {
         Block(["W4A4"], [*BASELINES, "attention"], SEEDS3),
         Block(["W3A3"], [*RECON_TRIO], SEEDS3),
         Block(["W2A4", "W2A2"], [*RECON_TRIO, *DROPPED], SEEDS3),
-        *rounding_alone(["W3A3", "W2A4", "W2A2"]),
+        Block(["W3A3", "W2A4", "W2A2"], [*ALONE], SEEDS3),
         Block(["W2A4", "W4A4"], [*PEERS], SEEDS3),
         Block(["W2A4"], ["attention_20k", "attention_20k_lr1e-3"], (0,)),
         # does a decaying learning rate let the offsets settle? (the W2A4 gap to the peers)
@@ -151,7 +148,7 @@ SUITES = {
     ]),
     "weights_only": (["resnet20"], [
         Block(["W4A32", "W3A32"], [*RECON_TRIO], SEEDS3),
-        *rounding_alone(["W4A32", "W3A32"]),
+        Block(["W4A32", "W3A32"], [*ALONE], SEEDS3),
         Block(["W4A32", "W3A32"], [*PEERS], SEEDS3),
     ]),
     # nearest, AdaRound and Attention Round with 3 seeds at all six settings, floor, ceil and
@@ -160,7 +157,7 @@ SUITES = {
     # W2A2
     "mobilenetv2": (["mobilenetv2"], [
         Block(["W4A32", "W3A32", "W4A4"], [*RECON_TRIO], SEEDS3),
-        *rounding_alone(["W4A32", "W3A32", "W4A4", "W3A3", "W2A4", "W2A2"]),
+        Block(["W4A32", "W3A32", "W4A4", "W3A3", "W2A4", "W2A2"], [*ALONE], SEEDS3),
         Block(["W3A3"], [*RECON_TRIO, *PEERS], SEEDS3),
         Block(["W3A3"], ["attention_20k"], (0,)),
         Block(["W2A2"], [*PEERS], SEEDS3),
@@ -176,8 +173,12 @@ SUITES = {
         Block(["MP3456", "MP345", "MP3456@W4", "MP345@W4", "W3A4", "W5A4"], ["attention"],
               SEEDS3),
     ]),
-    "tau": (["resnet20"], [
+    # the paper's figure 2: both models with quantized activations, and on MobileNetV2 (where
+    # the weights alone lose 3.6 pp at 3 bits) with the weights alone
+    "tau": (["resnet20", "mobilenetv2"], [
         Block(["W3A3"], ["attention", *(f"attention_tau{t}" for t in TAUS)], SEEDS3),
+        Block(["W3A32"], ["attention", *(f"attention_tau{t}" for t in TAUS)], SEEDS3,
+              ("mobilenetv2",)),
     ]),
     # the paper's table 4: the allocation as eq. 12 gives it (eps2 1e-3), and the largest one
     # no larger than uniform W4, against single precision
@@ -311,6 +312,22 @@ def row_key(row: dict) -> tuple[str, str, str]:
     return row["model"], row["setting"], row["method"]
 
 
+def other_suites_rows(out: Path, suite: str) -> dict[tuple[str, str, str], dict]:
+    """The rows of the other suites' JSON in ``out``, by (model, setting, method), the one with
+    most seeds where several hold it. A row is one command whatever suite runs it, so a suite
+    reuses another's seeds instead of calibrating them again (``--reuse-suites``: the tau
+    suite's tau = 0.5 rows are the main and MobileNetV2 suites' ``attention`` rows)."""
+    rows: dict[tuple[str, str, str], dict] = {}
+    for path in sorted(out.glob("accuracy_*.json")):
+        if path.name == f"accuracy_{suite}.json":
+            continue
+        for row in read_result(path)["rows"]:
+            key = row_key(row)
+            if key not in rows or len(row["seeds"]) > len(rows[key]["seeds"]):
+                rows[key] = row
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     group = parser.add_mutually_exclusive_group(required=True)
@@ -329,6 +346,12 @@ def main() -> None:
         help="tabulate the runs already done and the JSON's rows, start none",
     )
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument(
+        "--reuse-suites",
+        action="store_true",
+        help="take the seeds this suite's JSON lacks from the other suites' JSON in --out (a "
+        "row is the same command in every suite) instead of calibrating them again",
+    )
     args = parser.parse_args()
     suite_models, plan = SUITES[args.suite]
     models = args.models or suite_models
@@ -337,8 +360,10 @@ def main() -> None:
     # the committed rows: reused seed by seed, and kept where this run does not reach them
     committed = read_result(path)["rows"] if path.is_file() else []
     by_key = {row_key(row): row for row in committed}
+    elsewhere = other_suites_rows(args.out, args.suite) if args.reuse_suites else {}
     plan_rows = [(model, s, m, list(args.seeds or block.seeds or default_seeds))
                  for model in dict.fromkeys([*suite_models, *models]) for block in plan
+                 if block.models is None or model in block.models
                  for s in block.settings for m in block.methods]  # fmt: skip
     rows = {}
     print(HEADER)
@@ -348,8 +373,9 @@ def main() -> None:
             if key in by_key:  # outside this run's filter: the committed row stays
                 rows[key] = by_key[key]
             continue
-        row = suite_row(model, setting, method, seeds, args.runs, by_key.get(key),
-                        args.existing_only) or by_key.get(key)  # fmt: skip
+        reuse = by_key.get(key) or elsewhere.get(key)
+        row = suite_row(model, setting, method, seeds, args.runs, reuse,
+                        args.existing_only) or reuse  # fmt: skip
         if row is not None:
             rows[key] = row
             print(row_line(row), flush=True)
@@ -357,6 +383,8 @@ def main() -> None:
     command = f"python benchmarks/accuracy.py --suite {args.suite}"
     if args.seeds:
         command += " --seeds " + " ".join(map(str, args.seeds))
+    if args.reuse_suites:
+        command += " --reuse-suites"
     result = {"suite": args.suite, "command": command, "rows": list(rows.values())}
     path.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {path}", file=sys.stderr)

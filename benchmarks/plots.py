@@ -149,26 +149,40 @@ def draw_method(ax: plt.Axes, method: str, cells: dict[str, dict], settings: lis
                         textcoords="offset points", fontsize=7, color=colour)  # fmt: skip
 
 
-def tau_sweep(rows: list[dict], path: Path) -> bool:
-    """Top-1 against tau for every (model, setting) with more than one tau; False: none."""
+def tau_curves(rows: list[dict]) -> dict[tuple[str, str], list[tuple[float, dict]]]:
+    """(model, setting) -> its Attention Round rows as (tau, row), by tau; only those with more
+    than one tau."""
     curves = defaultdict(list)
     for r in rows:
         tau = tau_of(r["method"])
         if tau is not None:
             curves[(r["model"], r["setting"])].append((tau, r))
-    curves = {k: sorted(v, key=lambda p: p[0]) for k, v in curves.items() if len(v) > 1}
+    return {k: sorted(v, key=lambda p: p[0]) for k, v in sorted(curves.items()) if len(v) > 1}
+
+
+def tau_sweep(rows: list[dict], path: Path) -> bool:
+    """Top-1 against tau, one panel per (model, setting) with more than one tau (their top-1
+    ranges are pp apart, their tau curves tenths); False: none."""
+    curves = tau_curves(rows)
     if not curves:
         return False
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for (model, setting), points in sorted(curves.items()):
+    fig, axes = plt.subplots(1, len(curves), figsize=(3.6 * len(curves) + 0.6, 3.8),
+                             squeeze=False)  # fmt: skip
+    for ax, ((model, setting), points) in zip(axes[0], curves.items(), strict=True):
         ax.errorbar([t for t, _ in points], [r["top1"] for _, r in points],
                     yerr=[r["top1_std"] for _, r in points], marker="o", capsize=3,
-                    label=f"{model} {setting}")  # fmt: skip
+                    label="Attention Round")  # fmt: skip
         nearest = points[0][1]["nearest_top1"]
-        ax.axhline(nearest, linestyle=":", color="grey", label=f"{model} {setting} nearest")
-    ax.set(xlabel="tau (grid steps)", ylabel="top-1 %",
-           title="Attention Round: top-1 against tau (cf. the paper's figure 2)")  # fmt: skip
-    ax.legend(fontsize=7)
+        label = f"nearest {nearest:.2f}"
+        if nearest >= min(r["top1"] for _, r in points) - 1:  # else it would flatten the curve
+            ax.axhline(nearest, linestyle=":", color="grey", label=label)
+        else:
+            ax.plot([], [], " ", label=f"{label} (below)")
+        ax.set(xlabel="tau (grid steps)", title=f"{model} {setting}")
+        ax.title.set_fontsize(9)
+        ax.legend(fontsize=7)
+    axes[0][0].set_ylabel("top-1 %")
+    fig.suptitle("Attention Round: top-1 against tau (cf. the paper's figure 2)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

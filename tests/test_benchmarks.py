@@ -64,6 +64,13 @@ def test_plots_keep_the_row_with_most_seeds_and_draw_the_tau_sweep(tmp_path, mon
     assert plots.tau_of("adaround") is None
     assert plots.tau_sweep(list(rows.values()), tmp_path / "tau.png")
     assert (tmp_path / "tau.png").stat().st_size > 1000
+    # one panel per (model, setting), taus in order, a setting with one tau left out
+    other = [{**_row(m, "W3A32", top1=t), "model": "mobilenetv2"}
+             for m, t in (("attention_tau1.0", 91.0), ("attention", 91.8))]  # fmt: skip
+    curves = plots.tau_curves([*rows.values(), *other, _row("attention", "W2A2")])
+    assert list(curves) == [("mobilenetv2", "W3A32"), ("resnet20", "W3A3")]
+    assert [t for t, _ in curves["mobilenetv2", "W3A32"]] == [0.5, 1.0]
+    assert plots.tau_sweep([*rows.values(), *other], tmp_path / "tau2.png")
     assert not plots.tau_sweep([rows["attention"]], tmp_path / "none.png")
 
 
@@ -194,6 +201,37 @@ def test_accuracy_keeps_the_committed_rows_a_filtered_run_does_not_reach(tmp_pat
     assert rows["W3A3", "attention"] == kept
     assert rows["W2A2", "attention+aquant"]["top1"] == 90.7
     assert rows["W2A2", "attention+aquant"]["float_top1"] == acc.float_top1("resnet20")
+
+
+def test_a_suite_reuses_other_suites_rows_only_when_asked(tmp_path, monkeypatch):
+    import json
+
+    acc = _load("accuracy")
+    runs, out = tmp_path / "runs", tmp_path / "results"
+    out.mkdir()
+    elsewhere = {**_committed("attention", "W3A3", (0, 1, 2), 89.9, std=0.1),
+                 "model": "mobilenetv2"}  # fmt: skip
+    (out / "accuracy_mobilenetv2.json").write_text(json.dumps({"rows": [elsewhere]}))
+    _report(runs, "mobilenetv2_W3A32_attention_s0", 91.8)
+    argv = ["accuracy.py", "--suite", "tau", "--existing-only", "--runs", str(runs),
+            "--out", str(out)]  # fmt: skip
+    monkeypatch.setattr(sys, "argv", argv)
+    acc.main()
+    tau = json.loads((out / "accuracy_tau.json").read_text())
+    # without --reuse-suites only this suite's own runs; the W3A32 block is MobileNetV2's alone
+    assert [row_key for row_key in map(acc.row_key, tau["rows"])] == [
+        ("mobilenetv2", "W3A32", "attention")]  # fmt: skip
+    (out / "accuracy_tau.json").unlink()
+    monkeypatch.setattr(sys, "argv", [*argv, "--reuse-suites"])
+    acc.main()
+    tau = json.loads((out / "accuracy_tau.json").read_text())
+    rows = {acc.row_key(r): r for r in tau["rows"]}
+    assert set(rows) == {("mobilenetv2", "W3A3", "attention"),
+                         ("mobilenetv2", "W3A32", "attention")}  # fmt: skip
+    assert rows["mobilenetv2", "W3A3", "attention"] == elsewhere
+    assert rows["mobilenetv2", "W3A32", "attention"]["top1"] == 91.8
+    assert tau["command"] == "python benchmarks/accuracy.py --suite tau --reuse-suites"
+    assert not any(b.models and "resnet20" in b.models for b in acc.SUITES["tau"][1][1:])
 
 
 def test_a_corrupt_results_file_or_report_stops_with_its_name_and_keeps_the_file(
