@@ -105,7 +105,7 @@ PEERS = ["brecq", "qdrop"]
 SEEDS3 = (0, 1, 2)
 RECON_TRIO = ("nearest", "adaround", "attention")  # no reconstruction, AdaRound, ours
 DROPPED = ("adaround+drop", "attention+drop")
-ALONE = ("floor", "ceil", "stochastic")  # the rounding functions alone but nearest
+ALONE = ("floor", "ceil", "stochastic")  # the rounding functions alone, nearest apart
 
 
 class Block(NamedTuple):
@@ -144,7 +144,7 @@ SUITES = {
         Block(["W3A3", "W2A2"], ["attention_20k"], (0,)),
     ]),
     "aquant": (["resnet20"], [
-        Block(["W2A2", "W3A3", "W4A4"], ["attention", "attention+aquant"], SEEDS3),
+        Block(["W2A2", "W3A3", "W4A4", "W2A4"], ["attention", "attention+aquant"], SEEDS3),
     ]),
     "weights_only": (["resnet20"], [
         Block(["W4A32", "W3A32"], [*RECON_TRIO], SEEDS3),
@@ -188,9 +188,9 @@ SUITES = {
     ]),
     "full": (["resnet20", "mobilenetv2"], [
         Block(["W4A32", "W3A32", "W4A4", "W3A3", "W2A4", "W2A2"],
-              [*BASELINES, *PEERS, "attention", *DROPPED, "attention+aquant", "attention_20k",
-               "attention_20k_lr1e-3", "attention_cosine"]),
-        Block(["W3A3"], [f"attention_tau{t}" for t in TAUS]),
+              [*BASELINES, *PEERS, "attention", *DROPPED, "attention+aquant", "adaround_20k",
+               "attention_20k", "attention_20k_lr1e-3", "attention_cosine"]),
+        Block(["W3A3", "W3A32"], [f"attention_tau{t}" for t in TAUS]),
         Block(["MP3456", "MP345", "MP3456@W4", "MP345@W4", "W3A4", "W5A4"], ["attention"]),
     ]),
 }  # fmt: skip
