@@ -49,7 +49,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from markdown_table import HEADER, row_line
-from result_json import read_json, read_result
+from result_json import most_seeded_rows, read_json, read_result
 
 ROOT = Path(__file__).resolve().parents[1]
 CLI = [sys.executable, "-m", "attnround_pl.cli"]
@@ -76,6 +76,7 @@ BRECQ = ["--quant.rounding", "adaround", *BUDGET_20K, "--recon.lr", "1e-3",
          "--quant.adaround_beta_start", "20", "--quant.adaround_beta_end", "2",
          "--quant.adaround_warmup", "0.2"]  # fmt: skip
 TAUS = ("0", "0.25", "0.75", "1.0")
+TAU_SWEEP = [f"attention_tau{t}" for t in TAUS]  # beside "attention", tau 0.5
 
 # method name -> calibrate options on top of configs/<model>_w4a4.yaml
 METHODS = {
@@ -176,9 +177,8 @@ SUITES = {
     # the paper's figure 2: both models with quantized activations, and on MobileNetV2 (where
     # the weights alone lose 3.6 pp at 3 bits) with the weights alone
     "tau": (["resnet20", "mobilenetv2"], [
-        Block(["W3A3"], ["attention", *(f"attention_tau{t}" for t in TAUS)], SEEDS3),
-        Block(["W3A32"], ["attention", *(f"attention_tau{t}" for t in TAUS)], SEEDS3,
-              ("mobilenetv2",)),
+        Block(["W3A3"], ["attention", *TAU_SWEEP], SEEDS3),
+        Block(["W3A32"], ["attention", *TAU_SWEEP], SEEDS3, ("mobilenetv2",)),
     ]),
     # the paper's table 4: the allocation as eq. 12 gives it (eps2 1e-3), and the largest one
     # no larger than uniform W4, against single precision
@@ -190,7 +190,7 @@ SUITES = {
         Block(["W4A32", "W3A32", "W4A4", "W3A3", "W2A4", "W2A2"],
               [*BASELINES, *PEERS, "attention", *DROPPED, "attention+aquant", "adaround_20k",
                "attention_20k", "attention_20k_lr1e-3", "attention_cosine"]),
-        Block(["W3A3", "W3A32"], [f"attention_tau{t}" for t in TAUS]),
+        Block(["W3A3", "W3A32"], TAU_SWEEP),
         Block(["MP3456", "MP345", "MP3456@W4", "MP345@W4", "W3A4", "W5A4"], ["attention"]),
     ]),
 }  # fmt: skip
@@ -317,15 +317,8 @@ def other_suites_rows(out: Path, suite: str) -> dict[tuple[str, str, str], dict]
     most seeds where several hold it. A row is one command whatever suite runs it, so a suite
     reuses another's seeds instead of calibrating them again (``--reuse-suites``: the tau
     suite's tau = 0.5 rows are the main and MobileNetV2 suites' ``attention`` rows)."""
-    rows: dict[tuple[str, str, str], dict] = {}
-    for path in sorted(out.glob("accuracy_*.json")):
-        if path.name == f"accuracy_{suite}.json":
-            continue
-        for row in read_result(path)["rows"]:
-            key = row_key(row)
-            if key not in rows or len(row["seeds"]) > len(rows[key]["seeds"]):
-                rows[key] = row
-    return rows
+    own = f"accuracy_{suite}.json"
+    return most_seeded_rows([p for p in sorted(out.glob("accuracy_*.json")) if p.name != own])
 
 
 def main() -> None:

@@ -19,7 +19,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from markdown_table import HEADER, row_line  # noqa: E402
-from result_json import read_result  # noqa: E402
+from result_json import most_seeded_rows, read_result  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 OFF_SCALE_DROP = 20
@@ -38,13 +38,7 @@ SETTINGS = ("W4A32", "W3A32", "W4A4", "W3A3", "W2A4", "W2A2")
 
 def load_rows() -> list[dict]:
     """Every row of every suite, once per (model, setting, method): the one with most seeds."""
-    unique: dict[tuple[str, str, str], dict] = {}
-    for path in sorted(RESULTS.glob("accuracy_*.json")):
-        for r in read_result(path)["rows"]:
-            key = (r["model"], r["setting"], r["method"])
-            if key not in unique or len(r["seeds"]) > len(unique[key]["seeds"]):
-                unique[key] = r
-    return list(unique.values())
+    return list(most_seeded_rows(sorted(RESULTS.glob("accuracy_*.json"))).values())
 
 
 def method_colours(rows: list[dict]) -> dict[str, tuple]:

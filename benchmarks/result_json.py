@@ -25,3 +25,15 @@ def read_result(path: Path) -> dict:
     if not isinstance(data.get("rows"), list):
         raise SystemExit(f"{path}: has no list of 'rows'; {fix}")
     return data
+
+
+def most_seeded_rows(paths: list[Path]) -> dict[tuple[str, str, str], dict]:
+    """The rows of the results files ``paths``, once per (model, setting, method): the one with
+    most seeds (the first read among equals)."""
+    rows: dict[tuple[str, str, str], dict] = {}
+    for path in paths:
+        for row in read_result(path)["rows"]:
+            key = (row["model"], row["setting"], row["method"])
+            if key not in rows or len(row["seeds"]) > len(rows[key]["seeds"]):
+                rows[key] = row
+    return rows

@@ -219,8 +219,7 @@ def test_a_suite_reuses_other_suites_rows_only_when_asked(tmp_path, monkeypatch)
     acc.main()
     tau = json.loads((out / "accuracy_tau.json").read_text())
     # without --reuse-suites only this suite's own runs; the W3A32 block is MobileNetV2's alone
-    assert [row_key for row_key in map(acc.row_key, tau["rows"])] == [
-        ("mobilenetv2", "W3A32", "attention")]  # fmt: skip
+    assert list(map(acc.row_key, tau["rows"])) == [("mobilenetv2", "W3A32", "attention")]
     (out / "accuracy_tau.json").unlink()
     monkeypatch.setattr(sys, "argv", [*argv, "--reuse-suites"])
     acc.main()
