@@ -9,7 +9,7 @@ from .checkpoint import CheckpointError, load_quantized, read_quantized, save_qu
 from .config import QuantConfig
 from .errors import QuantConfigError
 from .grid import UniformGrid, check_bits
-from .layers import QuantConv2d, QuantLayer, QuantLinear
+from .layers import QuantConv1d, QuantConv2d, QuantLayer, QuantLinear
 from .loss import output_mse, reconstruction_loss
 from .model import (
     act_border_parameters,
@@ -55,6 +55,7 @@ __all__ = [
     "NearestRounding",
     "QuantConfig",
     "QuantConfigError",
+    "QuantConv1d",
     "QuantConv2d",
     "QuantLayer",
     "QuantLinear",

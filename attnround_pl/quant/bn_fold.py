@@ -1,4 +1,4 @@
-"""Fold every BatchNorm2d into the Conv2d that feeds it.
+"""Fold every BatchNorm1d/2d into the Conv1d/Conv2d that feeds it.
 
 ``y = gamma (conv(x) - mu) / sqrt(var + eps) + beta`` becomes a conv with weight
 ``W * gamma / sqrt(var + eps)`` (per output channel) and bias
@@ -20,7 +20,7 @@ from .tree import set_submodule
 
 
 @torch.no_grad()
-def fold_bn_into_conv(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
+def fold_bn_into_conv(conv: nn.Conv1d | nn.Conv2d, bn: nn.BatchNorm1d | nn.BatchNorm2d) -> None:
     """Fold ``bn`` (with running statistics) into ``conv`` in place."""
     if bn.running_mean is None or bn.running_var is None:
         raise QuantConfigError("cannot fold a BatchNorm without running statistics")
@@ -34,18 +34,27 @@ def fold_bn_into_conv(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
     conv.bias = nn.Parameter(new_bias.to(conv.weight.dtype))
 
 
+_PAIRS = ((nn.Conv2d, nn.BatchNorm2d), (nn.Conv1d, nn.BatchNorm1d))
+
+
+def _foldable(conv: nn.Module, bn: nn.Module) -> bool:
+    return any(type(conv) is c and type(bn) is b for c, b in _PAIRS)
+
+
 def _pairs_by_tracing(model: nn.Module) -> list[tuple[str, str]]:
     graph = fx.symbolic_trace(model).graph
     modules = dict(model.named_modules())
     pairs = []
     for node in graph.nodes:
-        if node.op != "call_module" or not isinstance(modules[node.target], nn.BatchNorm2d):
+        if node.op != "call_module" or not isinstance(
+            modules[node.target], (nn.BatchNorm1d, nn.BatchNorm2d)
+        ):
             continue
         src = node.args[0]
         if (
             isinstance(src, fx.Node)
             and src.op == "call_module"
-            and isinstance(modules[src.target], nn.Conv2d)
+            and _foldable(modules[src.target], modules[node.target])
             and len(src.users) == 1
         ):
             pairs.append((src.target, node.target))
@@ -59,14 +68,15 @@ def _pairs_in_sequentials(model: nn.Module) -> list[tuple[str, str]]:
             continue
         children = list(module.named_children())
         for (a_name, a), (b_name, b) in zip(children, children[1:], strict=False):
-            if isinstance(a, nn.Conv2d) and isinstance(b, nn.BatchNorm2d):
+            if _foldable(a, b):
                 prefix = f"{name}." if name else ""
                 pairs.append((prefix + a_name, prefix + b_name))
     return pairs
 
 
 def fold_batchnorms(model: nn.Module) -> list[tuple[str, str]]:
-    """Fold every Conv2d -> BatchNorm2d pair of ``model`` in place; return the (conv, bn) names.
+    """Fold every Conv2d -> BatchNorm2d and Conv1d -> BatchNorm1d pair of ``model`` in place;
+    return the (conv, bn) names.
 
     The model must be in eval semantics (running statistics are used). A BatchNorm that follows
     something other than a conv is left in place, with a warning.
@@ -76,7 +86,7 @@ def fold_batchnorms(model: nn.Module) -> list[tuple[str, str]]:
     except Exception as exc:  # noqa: BLE001 - any tracing failure means: use the fallback
         warnings.warn(
             f"torch.fx could not trace {type(model).__name__} ({exc}); folding only "
-            "Conv2d -> BatchNorm2d pairs adjacent inside nn.Sequential",
+            "conv -> BatchNorm pairs adjacent inside nn.Sequential",
             stacklevel=2,
         )
         pairs = _pairs_in_sequentials(model)

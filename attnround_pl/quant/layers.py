@@ -1,4 +1,4 @@
-"""Quantized Conv2d / Linear: a float layer wrapped with a weight and an input quantizer."""
+"""Quantized Conv1d / Conv2d / Linear: a float layer with a weight and an input quantizer."""
 
 from __future__ import annotations
 
@@ -47,12 +47,18 @@ class QuantConv2d(QuantLayer):
         return self.layer._conv_forward(x, weight, self.layer.bias)
 
 
+class QuantConv1d(QuantLayer):
+    def _op(self, x: Tensor, weight: Tensor) -> Tensor:
+        return self.layer._conv_forward(x, weight, self.layer.bias)
+
+
 class QuantLinear(QuantLayer):
     def _op(self, x: Tensor, weight: Tensor) -> Tensor:
         return F.linear(x, weight, self.layer.bias)
 
 
 QUANT_LAYER_TYPES: dict[type[nn.Module], type[QuantLayer]] = {
+    nn.Conv1d: QuantConv1d,
     nn.Conv2d: QuantConv2d,
     nn.Linear: QuantLinear,
 }
