@@ -50,3 +50,24 @@ def test_cache_device_takes_the_gpu_while_the_cache_fits_in_half_its_free_memory
     assert cache_device(2**20, gpu) == "cuda:0"
     free, _ = torch.cuda.mem_get_info(gpu)
     assert cache_device(free, gpu) == "cpu"
+
+
+def test_graph_unit_capture_runs_only_the_prefix_it_needs():
+    from attnround_pl.models import split_units
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3), nn.ReLU(),
+                        nn.Conv2d(4, 4, 3)).eval()  # fmt: skip
+    x = torch.randn(4, 3, 9, 9)
+    q = quantize_model(net, QuantConfig(rounding="nearest"))
+    calibrate_activations(q, [x])
+    units = split_units(q, example=x[:2])
+    assert [u.layers for u in units] == [["0"], ["2"], ["4"]]
+    calls = []
+    q[4].register_forward_hook(lambda m, a, o: calls.append("q"))
+    net[4].register_forward_hook(lambda m, a, o: calls.append("f"))
+    data = build_unit_data(q, net, units[1], [x[:2], x[2:]])
+    assert calls == []  # neither model ran past the unit
+    with torch.no_grad():
+        assert torch.equal(data.inputs, q[0](x))  # the cut after conv 0, before its ReLU
+        assert torch.allclose(data.targets, net[2](net[1](net[0](x))))

@@ -79,15 +79,35 @@ def test_symmetric_weights_export_as_int8(tmp_path):
         assert torch.allclose(_run(path, x), qnet(x), atol=1e-4, rtol=1e-4)
 
 
-def test_unsupported_module_is_named_and_earlier_file_kept(tmp_path):
+class CumMax(nn.Module):
+    """An op torch.onnx has no translation for (aten.cummax)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cummax(x, 1)[0]
+
+
+def test_unsupported_op_is_named_and_earlier_file_kept(tmp_path):
     qnet = small_qnet()
     path = export_onnx(qnet, torch.zeros(1, 3, 16, 16), tmp_path / "net.onnx")
     before = path.read_bytes()
-    qnet.relu6 = nn.SiLU()
-    with pytest.raises(OnnxExportError, match=r"relu6.*SiLU"):
+    qnet.relu6 = CumMax()
+    with pytest.raises(OnnxExportError, match=r"op 'aten\.cummax\.default' of SmallNet") as err:
         export_onnx(qnet, torch.zeros(1, 3, 16, 16), path)
+    assert "\n" not in str(err.value)
     assert path.read_bytes() == before
     assert list(tmp_path.iterdir()) == [path]  # no partial file left
+    assert not any("forward" in m.__dict__ for m in qnet.modules())  # forwards restored
+
+
+def test_float_ops_the_old_exporter_refused_now_export(tmp_path):
+    qnet = small_qnet()
+    qnet.relu6 = nn.SiLU()
+    path = export_onnx(qnet, torch.zeros(1, 3, 16, 16), tmp_path / "net.onnx")
+    x = torch.randn(8, 3, 16, 16, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        ref = qnet(x)
+    assert torch.allclose(_run(path, x), ref, atol=1e-4, rtol=1e-4)
+    assert "Sigmoid" in {n.op_type for n in onnx.load(path).graph.node}  # SiLU = x * sigmoid(x)
 
 
 def test_unfrozen_model_is_refused():

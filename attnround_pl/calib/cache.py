@@ -1,8 +1,10 @@
 """Activation cache: a unit's inputs (from the quantized model) and float targets.
 
 Inputs come from the already-quantized model (earlier units frozen), targets from the float
-model with BatchNorm folded; both are captured with hooks that stop the forward pass as soon
-as the unit is reached, so only the prefix of the network runs.
+model with BatchNorm folded. Only the prefix of the network up to the unit runs: a module
+unit's are captured with hooks that stop the forward pass as soon as the unit is reached; a
+graph unit's by running only the traced graph's nodes its input (or output) needs. The float
+model's graph is matched to the quantized model's node by node (same names, ops, targets).
 """
 
 from __future__ import annotations
@@ -11,7 +13,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
+import torch.fx as fx
 from torch import Tensor, nn
+
+from ..models import Unit
+from ..models.graph_units import check_same_graph, prefix_module
 
 
 class _Reached(Exception):  # noqa: N818 - control flow, not an error
@@ -68,14 +74,45 @@ def capture(
     return torch.cat(store)
 
 
+@torch.no_grad()
+def capture_graph(
+    model: nn.Module, graph: fx.Graph, outputs: list[str], batches: Iterable[Tensor],
+    device: str = "cpu",
+) -> Tensor:  # fmt: skip
+    """Concatenate over ``batches`` the value of the nodes ``outputs`` of ``model``'s traced
+    ``graph`` (several: flattened and joined), running only the nodes they need."""
+    prefix = prefix_module(graph, model, outputs)
+    first = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    try:
+        store = [prefix(batch.to(first)).detach().to(device) for batch in batches]
+    finally:
+        model.train(was_training)
+    if not store:
+        raise RuntimeError(f"no batches to capture {outputs} from")
+    return torch.cat(store)
+
+
 def build_unit_data(
-    qmodel: nn.Module, float_model: nn.Module, path: str, batches: list[Tensor],
+    qmodel: nn.Module, float_model: nn.Module, unit: Unit | str, batches: list[Tensor],
     device: str = "cpu",
 ) -> UnitData:  # fmt: skip
-    """The unit's inputs from ``qmodel`` and its targets from ``float_model``."""
+    """The unit's inputs from ``qmodel`` and its targets from ``float_model``; ``unit`` is a
+    Unit of ``split_units(qmodel)`` or the path of a submodule (a module unit). Raises
+    ``GraphMismatchError`` where a graph unit's nodes are not in ``float_model``'s graph."""
+    region = unit.region if isinstance(unit, Unit) else None
+    if region is None:
+        path = unit.path if isinstance(unit, Unit) else unit
+        return UnitData(
+            capture(qmodel, path, batches, "input", device),
+            capture(float_model, path, batches, "output", device),
+        )
+    fgraph = region.trace.float_graph(float_model)
+    check_same_graph(region.trace.graph, qmodel, fgraph, float_model, region.outputs)
     return UnitData(
-        capture(qmodel, path, batches, "input", device),
-        capture(float_model, path, batches, "output", device),
+        capture_graph(qmodel, region.trace.graph, [region.input], batches, device),
+        capture_graph(float_model, fgraph, region.outputs, batches, device),
     )
 
 

@@ -1,67 +1,62 @@
-"""LightningModules for evaluation: any classifier's top-1 / top-5 through torchmetrics."""
+"""FloatModel: the float model to quantize, as the CLI's ``--model`` group builds it."""
 
 from __future__ import annotations
 
 import lightning.pytorch as pl
 from torch import Tensor, nn
-from torchmetrics.classification import MulticlassAccuracy
 
 from ..models import ModelLoadError, build_model
+from ..models.source import ModelSource, source_of
+from ..models.zoo import load_checkpoint
 
 
-def num_classes_of(net: nn.Module) -> int:
-    """Output width of the last Linear (or the last Conv2d for fully convolutional heads)."""
-    for module in reversed(list(net.modules())):
-        if isinstance(module, nn.Linear):
-            return module.out_features
-        if isinstance(module, nn.Conv2d):
-            return module.out_channels
-    raise ModelLoadError(f"cannot tell the number of classes of {type(net).__name__}")
-
-
-class ImageClassifier(pl.LightningModule):
-    """Wraps a classifier; ``trainer.test`` logs ``top1`` and ``top5`` in percent."""
-
-    def __init__(self, net: nn.Module) -> None:
-        super().__init__()
-        self.net = net
-        classes = num_classes_of(net)
-        self.top1 = MulticlassAccuracy(classes, top_k=1, average="micro")
-        self.top5 = MulticlassAccuracy(classes, top_k=min(5, classes), average="micro")
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.net(x)
-
-    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        x, y = batch
-        logits = self.net(x)
-        self.top1(logits, y)
-        self.top5(logits, y)
-        self.log("top1", self.top1, on_epoch=True)
-        self.log("top5", self.top5, on_epoch=True)
-
-
-class FloatModel(ImageClassifier):
-    """The float model to quantize, built from the zoo (see ``models.build_model``).
+class FloatModel(pl.LightningModule):
+    """The float model to quantize: a zoo name or the user's own ``nn.Module``.
 
     Args:
-        arch: resnet20, mobilenetv2 (embedded, Fashion-MNIST) or resnet18, resnet50,
-            mobilenet_v2, regnet_x_600mf, mnasnet1_0 (torchvision, ImageNet).
-        weights: "DEFAULT" (embedded checkpoint / torchvision's cached ImageNet weights),
-            a torchvision weights name, or null for random weights.
-        checkpoint: a state dict file; wins over ``weights``.
-        num_classes: output classes (default: 10 embedded, 1000 torchvision).
+        arch: a zoo name: resnet20, mobilenetv2 (embedded, Fashion-MNIST), regnet_x_600mf, or
+            any torchvision classification or segmentation CNN (``torchvision.models
+            .list_models()``: resnet34, efficientnet_b0, deeplabv3_mobilenet_v3_large, ...).
+        weights: "DEFAULT" (embedded checkpoint / torchvision's cached pretrained weights),
+            a torchvision weights name, or null for random weights. Zoo models only.
+        checkpoint: a state dict file (or a Lightning checkpoint); wins over ``weights``.
+        num_classes: output classes of a zoo model (default: 10 embedded, 1000 torchvision
+            classification, 21 segmentation).
+        net: the user's own model instead of ``arch``: any ``nn.Module`` or
+            ``LightningModule`` that maps an image batch to a tensor or a dict of tensors. On
+            the command line ``--model.net.class_path my_pkg.MyNet --model.net.init_args.width
+            32`` (the module is imported from the current folder or PYTHONPATH).
+
+    ``source`` records how to rebuild the architecture (``models.source.ModelSource``): the zoo
+    name, or for ``net`` its class path and init args when the CLI built it (set by the CLI),
+    else the object's class.
     """
 
     def __init__(
         self,
-        arch: str = "resnet20",
+        arch: str | None = None,
         weights: str | None = "DEFAULT",
         checkpoint: str | None = None,
         num_classes: int | None = None,
+        net: nn.Module | None = None,
     ) -> None:
-        super().__init__(build_model(arch, weights, checkpoint, num_classes))
-        self.arch = arch
+        super().__init__()
+        if (arch is None) == (net is None):
+            raise ModelLoadError(
+                "give the model as model.arch (a zoo or torchvision name) or as model.net "
+                "(class_path and init_args of your nn.Module), not both and not neither"
+            )
+        if net is not None:
+            if checkpoint is not None:
+                load_checkpoint(net, checkpoint, type(net).__name__)
+            self.net = net.eval()
+            self.source = source_of(net)
+        else:
+            self.net = build_model(arch, weights, checkpoint, num_classes)
+            self.source = ModelSource.zoo(arch, num_classes)
+        self.arch = self.source.label
         self.weights = weights
         self.checkpoint = checkpoint
-        self.num_classes = num_classes_of(self.net)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)

@@ -10,11 +10,13 @@ import os
 from pathlib import Path
 from typing import Any
 
+import lightning.pytorch as pl
 import onnxruntime
 from rich.table import Table
+from torch import nn
 
 from ..atomic import write_json
-from ..data import CalibrationDataModule
+from ..data import calibration_images, evaluation_batches, split_batch
 from ..errors import SettingError
 from ..export import (
     CodeDivergence,
@@ -37,20 +39,29 @@ def check_format(fmt: str) -> str:
 
 
 def export_run(
-    run_dir: str | os.PathLike, fmt: str, data: CalibrationDataModule,
-    out: str | os.PathLike | None = None,
+    run_dir: str | os.PathLike, fmt: str, data: Any, out: str | os.PathLike | None = None,
+    model: nn.Module | None = None,
 ) -> dict[str, Any]:  # fmt: skip
-    """Export a finished run, compare the export with the PyTorch model on the evaluation set,
-    add the comparison to report.json and return it."""
+    """Export a finished run, compare the export with the PyTorch model on the evaluation data
+    (the calibration images when ``data`` has none), add the comparison to report.json and
+    return it. ``model``: the float model object, for a run whose model cannot be rebuilt from
+    its checkpoint (one passed as an object from Python)."""
     check_format(fmt)
     run_dir = check_run_folder(run_dir, need_config=False)
     out = Path(out) if out is not None else run_dir / FORMATS[fmt]
-    qmodel, payload = load_quantized(run_dir / CHECKPOINT, build_float)
-    data.prepare_data()
-    data.setup("test")
-    loader = data.test_dataloader()
+
+    def rebuild(meta: dict[str, Any]) -> nn.Module:
+        return build_float(meta, model)
+
+    qmodel, payload = load_quantized(run_dir / CHECKPOINT, rebuild)
+    if isinstance(data, pl.LightningDataModule):
+        data.prepare_data()
+        data.setup("test")
+    loader = evaluation_batches(data)
+    if loader is None:
+        loader = list(calibration_images(data).split(256))
     if fmt == "onnx":
-        example = next(iter(loader))[0][:1]
+        example = split_batch(next(iter(loader)))[0][:1]
         export_onnx(qmodel, example, out)
         cmp = compare_with_onnx(qmodel, out, loader)
         result = {"onnx_path": str(out), "onnx_top1": cmp.onnx_top1,
@@ -60,7 +71,7 @@ def export_run(
                   "onnxruntime": onnxruntime.__version__}  # fmt: skip
     else:
         export_state(qmodel, out, payload["quant"], payload["meta"])
-        reloaded, _ = load_state(out, build_float)
+        reloaded, _ = load_state(out, rebuild)
         images, diff = max_output_difference(qmodel, reloaded, loader)
         result = {"state_path": str(out), "state_max_abs_diff": diff, "state_images": images}
     report = json.loads((run_dir / REPORT).read_text())

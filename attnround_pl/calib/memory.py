@@ -8,7 +8,8 @@ from pathlib import Path
 from torch import Tensor, nn
 
 from ..errors import InputError
-from .cache import capture
+from ..models import Unit
+from .cache import build_unit_data
 
 GUARD_FRACTION = 0.8  # of the available memory a unit's cache may take at its peak
 
@@ -39,13 +40,13 @@ def available_bytes() -> int | None:
 
 
 def estimate_cache_bytes(
-    qmodel: nn.Module, float_model: nn.Module, path: str, batches: list[Tensor]
+    qmodel: nn.Module, float_model: nn.Module, unit: Unit | str, batches: list[Tensor]
 ) -> int:
-    """Peak bytes of building the unit's cache: inputs held while the targets are captured and
-    concatenated (targets twice). Measured on one sample, scaled to all samples."""
-    first = [batches[0][:1]]
-    x = capture(qmodel, path, first, "input")
-    y = capture(float_model, path, first, "output")
+    """Peak bytes of building the unit's cache (``unit`` as for ``build_unit_data``): inputs
+    held while the targets are captured and concatenated (targets twice). Measured on one
+    sample, scaled to all samples."""
+    one = build_unit_data(qmodel, float_model, unit, [batches[0][:1]])
+    x, y = one.inputs, one.targets
     samples = sum(len(b) for b in batches)
     per_sample = x.element_size() * x[0].numel() + 2 * y.element_size() * y[0].numel()
     return per_sample * samples

@@ -1,6 +1,10 @@
 """The calibration job: float model -> quantized model -> units -> reconstruction -> report.
 
-Used by ``attnround-pl calibrate`` and from Python (see README / notebooks).
+Used by ``attnround-pl calibrate`` and from Python (``attnround_pl.quantize``, which calls
+``run_calibration``). The model is any ``nn.Module`` (or a ``FloatModel``); the data a
+``CalibrationDataModule``, any ``LightningDataModule``, a DataLoader, an iterable of image
+batches or one tensor of images (see ``data.sources``). A run folder is written when a
+``RunConfig`` is given (the CLI always gives one).
 """
 
 from __future__ import annotations
@@ -25,21 +29,27 @@ from rich.table import Table
 from torch import Tensor, nn
 
 from ..atomic import write_json
-from ..data import CalibrationDataModule
-from ..errors import SettingError
+from ..data import CalibrationDataModule, calibration_images, evaluation_batches, split_batch
+from ..errors import InputError, SettingError
 from ..mixed.allocation import size_mb
 from ..mixed.report import mixed_report, mixed_table, save_bits_plot
 from ..models import split_units
+from ..models.source import ModelSource, source_of
 from ..quant import (
     QuantConfig,
+    QuantConfigError,
     calibrate_activations,
     fold_batchnorms,
     quant_layers,
+    quantizable_layers,
     quantize_model,
     save_quantized,
 )
-from .classifier import FloatModel, ImageClassifier
+from ..quant.fidelity import FidelityStats, output_tensors
+from .cache import build_unit_data
+from .classifier import FloatModel
 from .distributed import agree, launch, rank_world, shard, wants_ddp
+from .evaluation import EvalResult, evaluate_model, output_classes
 from .export_job import check_format, export_run
 from .progress import UnitProgressBar
 from .resume import (
@@ -99,6 +109,8 @@ def quiet_lightning() -> None:
     for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
         logging.getLogger(name).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+    # A unit's float ops (unfolded BatchNorm, dropout) stay in eval mode on purpose.
+    warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
 
 
 def peak_rss_mb() -> float:
@@ -115,17 +127,15 @@ def user_trainer_kwargs(trainer_kwargs: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in trainer_kwargs.items() if k not in _RECON_TRAINER_KEYS}
 
 
-def evaluate(net: nn.Module, data: CalibrationDataModule, trainer_kwargs: dict[str, Any],
-             progress: bool = False) -> tuple[float, float]:  # fmt: skip
-    """Top-1 and top-5 (percent) of ``net`` on the evaluation set, through Trainer.test."""
-    trainer = pl.Trainer(**user_trainer_kwargs(trainer_kwargs), logger=False,
-                         enable_progress_bar=progress, enable_model_summary=False)  # fmt: skip
-    (metrics,) = trainer.test(ImageClassifier(net), datamodule=data, verbose=False)
-    return 100.0 * float(metrics["top1"]), 100.0 * float(metrics["top5"])
+def evaluate(net: nn.Module, batches: Any, trainer_kwargs: dict[str, Any],
+             progress: bool = False, reference: nn.Module | None = None) -> EvalResult:  # fmt: skip
+    """Top-1/top-5 (when the batches carry labels and ``net`` returns logits) and fidelity
+    against ``reference`` of ``net`` on ``batches``, through Trainer.test."""
+    return evaluate_model(net, batches, user_trainer_kwargs(trainer_kwargs), reference, progress)
 
 
-def run_name(model: FloatModel, quant: QuantConfig) -> str:
-    return (f"{model.arch}_{quant.rounding}_w{quant.w_bits}a{quant.a_bits}_"
+def run_name(source: ModelSource, quant: QuantConfig) -> str:
+    return (f"{source.label}_{quant.rounding}_w{quant.w_bits}a{quant.a_bits}_"
             f"{time.strftime('%Y%m%d-%H%M%S')}")  # fmt: skip
 
 
@@ -154,29 +164,35 @@ def check_step_options(quant: QuantConfig, recon: ReconConfig,
 
 @dataclass
 class _RunFolder:
-    """Where this process writes (rank 0 alone writes; ``echo`` prints on rank 0 only)."""
+    """Where this process writes (rank 0 alone writes; ``echo`` prints on rank 0 only);
+    ``path`` is None for a run without a folder (Python, ``run=None``)."""
 
-    path: Path
+    path: Path | None
     rank: int
     world: int
     echo: Callable[..., None]
 
+    @property
+    def writes(self) -> bool:
+        return self.path is not None and self.rank == 0
 
-def _open_run_folder(model: FloatModel, data: CalibrationDataModule, quant: QuantConfig,
-                     run: RunConfig, trainer_kwargs: dict[str, Any], config_text: str | None,
+
+def _open_run_folder(source: ModelSource, quant: QuantConfig, run: RunConfig | None,
+                     trainer_kwargs: dict[str, Any], config_text: str | None,
                      console: Console) -> _RunFolder:  # fmt: skip
     """Start the DDP ranks (if asked) and prepare the run folder on rank 0; every rank stops
     with rank 0's error."""
-    name = run.name or os.environ.get(RUN_NAME_ENV) or run_name(model, quant)
-    path = Path(run.resume or Path(run.out_dir) / name)
-    data.prepare_data()  # before the other ranks exist: one process downloads or unpacks
-    if wants_ddp(trainer_kwargs):
-        os.environ[RUN_NAME_ENV] = name  # the ranks started next write to the same folder
+    path = None
+    if run is not None:
+        name = run.name or os.environ.get(RUN_NAME_ENV) or run_name(source, quant)
+        path = Path(run.resume or Path(run.out_dir) / name)
+        if wants_ddp(trainer_kwargs):
+            os.environ[RUN_NAME_ENV] = name  # the ranks started next write to the same folder
     launch(trainer_kwargs)
     os.environ.pop(RUN_NAME_ENV, None)
     rank, world = rank_world()
     error = None
-    if rank == 0:  # rank 0 alone touches the run folder; the others stop with it
+    if rank == 0 and run is not None:  # rank 0 alone touches the run folder
         try:
             prepare_run_dir(path, resume=run.resume is not None, overwrite=run.overwrite)
             if config_text is not None and run.resume is None:
@@ -188,33 +204,127 @@ def _open_run_folder(model: FloatModel, data: CalibrationDataModule, quant: Quan
     return _RunFolder(path, rank, world, echo)
 
 
-def _new_report(model: FloatModel, data: CalibrationDataModule, quant: QuantConfig,
-                recon: ReconConfig) -> dict[str, Any]:  # fmt: skip
+@dataclass
+class CalibrationInputs:
+    """The calibration images in batches of 256 (fixed order) and where evaluation data
+    comes from (None: no evaluation data; fidelity is then measured on the calibration
+    images)."""
+
+    batches: list[Tensor]
+    eval_batches: Any
+    eval_source: str
+
+
+def resolve_model(
+    model: nn.Module | str, source: ModelSource | None
+) -> tuple[nn.Module, ModelSource]:
+    """The float network (eval mode) and how to rebuild it; a string is a zoo name (its
+    default weights: the embedded checkpoint, torchvision's cached pretrained weights)."""
+    if isinstance(model, str):
+        model = FloatModel(arch=model)
+    if not isinstance(model, nn.Module):
+        raise SettingError(
+            f"the model must be a torch nn.Module or a zoo name, not {type(model).__name__}"
+        )
+    if isinstance(model, FloatModel):
+        return model.net.eval(), source or model.source
+    return model.eval(), source or source_of(model)
+
+
+class ModelInputError(InputError, RuntimeError):
+    """The float model does not run on the calibration images, or returns something else
+    than a tensor or a dict of tensors."""
+
+
+def check_model_runs(float_net: nn.Module, batch: Tensor, source: ModelSource) -> int | None:
+    """Run the float model on two calibration images before any work; every failure a user
+    can cause (channels, input size, a forward that takes two inputs, a tuple output) is one
+    line. Returns the number of classes when the output is (N, classes) logits."""
+    shape = tuple(batch[:2].shape)
+    try:
+        with torch.no_grad():
+            output_tensors(float_net(batch[:2]))
+    except TypeError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelInputError(
+            f"{source.label} cannot be called on one image batch of shape {shape}: {first} "
+            "(attnround-pl calls model(images) and takes a tensor or a dict of tensors back)"
+        ) from None
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise ModelInputError(
+            f"{source.label} does not run on the calibration images of shape {shape}: {first}"
+        ) from None
+    return output_classes(float_net, batch)
+
+
+def resolve_data(data: Any, calib_size: int | None, eval_data: Any = None) -> CalibrationInputs:
+    """Calibration batches and evaluation data from anything ``data.sources`` takes."""
+    if isinstance(data, CalibrationDataModule):
+        data.setup("test")
+        size = None  # the data module chose its calibration set
+    else:
+        size = calib_size
+    images = calibration_images(data, size=size)
+    batches = list(images.split(256))
+    if eval_data is not None:
+        return CalibrationInputs(batches, evaluation_batches(eval_data), "evaluation data")
+    if isinstance(data, pl.LightningDataModule):
+        evaluation = evaluation_batches(data)
+        if evaluation is not None:
+            return CalibrationInputs(batches, evaluation, "the data module's evaluation split")
+    return CalibrationInputs(batches, batches, "calibration images (no evaluation data)")
+
+
+def _new_report(source: ModelSource, calib_images: int, quant: QuantConfig, recon: ReconConfig,
+                eval_source: str) -> dict[str, Any]:  # fmt: skip
     return {
-        "model": model.arch,
+        "model": source.label,
+        "model_source": source.to_dict(),
         "rounding": quant.rounding,
         "w_bits": quant.w_bits,
         "a_bits": quant.a_bits,
         "tau": quant.tau if quant.rounding == "attention" else None,
-        "calib_size": len(data.calib_set),
+        "calib_size": calib_images,
+        "eval_data": eval_source,
         "quant": quant.to_dict(),
         "recon": recon.__dict__.copy(),
         "machine": machine(),
     }
 
 
-def _evaluate_baselines(float_net: nn.Module, quant: QuantConfig, run: RunConfig,
-                        batches: list[Tensor], score: Callable[[nn.Module], tuple[float, float]],
+def _record(report: dict[str, Any], key: str, result: EvalResult) -> None:
+    """``<key>_top1``/``<key>_top5`` (with labels) and ``<key>_fidelity`` into ``report``."""
+    if result.top1 is not None:
+        report[f"{key}_top1"], report[f"{key}_top5"] = result.top1, result.top5
+    if result.fidelity:
+        report[f"{key}_fidelity"] = result.fidelity_dict()
+
+
+def _describe(label: str, result: EvalResult) -> str:
+    parts = []
+    if result.top1 is not None:
+        parts.append(f"top-1 {result.top1:.2f} %")
+    if result.fidelity:
+        parts += [f"{name} SQNR {f.sqnr_db:.1f} dB" for name, f in result.fidelity.items()]
+    return f"{label}: {', '.join(parts)}"
+
+
+def _evaluate_baselines(float_net: nn.Module, quant: QuantConfig, run: RunConfig | None,
+                        batches: list[Tensor], score: Callable[..., EvalResult],
                         report: dict[str, Any], echo: Callable[..., None]) -> None:  # fmt: skip
-    """Float and round-to-nearest top-1/top-5 into ``report`` (as ``run`` asks)."""
-    if run.eval_float:
-        report["float_top1"], report["float_top5"] = score(float_net)
-        echo(f"float: top-1 {report['float_top1']:.2f} %")
-    if run.eval_nearest:
+    """Float top-1/top-5 and round-to-nearest's (with its fidelity) into ``report``."""
+    if run is None or run.eval_float:
+        result = score(float_net, None)
+        _record(report, "float", result)
+        if result.top1 is not None:
+            echo(_describe("float", result))
+    if run is None or run.eval_nearest:
         nearest = quantize_model(float_net, replace(quant, rounding="nearest"))
         calibrate_activations(nearest, batches)
-        report["nearest_top1"], report["nearest_top5"] = score(nearest)
-        echo(f"round-to-nearest: top-1 {report['nearest_top1']:.2f} %")
+        result = score(nearest, float_net)
+        _record(report, "nearest", result)
+        echo(_describe("round-to-nearest", result))
 
 
 def _quantize(float_net: nn.Module, quant: QuantConfig, batches: list[Tensor],
@@ -234,89 +344,135 @@ def _quantize(float_net: nn.Module, quant: QuantConfig, batches: list[Tensor],
     return qmodel
 
 
-def _tensorboard(folder: _RunFolder, model: FloatModel, quant: QuantConfig, recon: ReconConfig,
-                 report: dict[str, Any], units: int) -> TensorBoardLogger:  # fmt: skip
+def _tensorboard(folder: _RunFolder, source: ModelSource, quant: QuantConfig,
+                 recon: ReconConfig, report: dict[str, Any], units: int
+                 ) -> TensorBoardLogger | None:  # fmt: skip
+    if folder.path is None:
+        return None
     logger = TensorBoardLogger(str(folder.path), name="tb", version="", default_hp_metric=False)
     if "mixed" in report and folder.rank == 0:
-        title = f"{model.arch} mixed {quant.mixed.bit_list}"
+        title = f"{source.label} mixed {quant.mixed.bit_list}"
         figure = save_bits_plot(report["mixed"], title, folder.path / "bits_per_layer.png")
         logger.experiment.add_figure("mixed/bits_per_layer", figure, 0)
     logger.log_hyperparams(
         {**{f"quant/{k}": str(v) if isinstance(v, (dict, list)) else v
             for k, v in quant.to_dict().items()},
          **{f"recon/{k}": v for k, v in recon.__dict__.items()},
-         "model/arch": model.arch, "data/calib_size": report["calib_size"], "units": units}
+         "model/arch": source.label, "data/calib_size": report["calib_size"], "units": units}
     )  # fmt: skip
     return logger
 
 
-def _trainer_factory(recon: ReconConfig, run: RunConfig, trainer_kwargs: dict[str, Any],
-                     logger: TensorBoardLogger, path: Path
+def _trainer_factory(recon: ReconConfig, progress: bool, trainer_kwargs: dict[str, Any],
+                     logger: TensorBoardLogger | None, path: Path | None
                      ) -> Callable[[BlockSequencer], pl.Trainer]:  # fmt: skip
     """One fresh Trainer per unit: the user's options plus the ones the reconstruction owns."""
     user = user_trainer_kwargs(trainer_kwargs)
 
     def make_trainer(sequencer: BlockSequencer) -> pl.Trainer:
-        callbacks = [sequencer, *([UnitProgressBar()] if run.progress else [])]
+        callbacks = [sequencer, *([UnitProgressBar()] if progress else [])]
         return pl.Trainer(
-            **user, max_steps=recon.iters, max_epochs=1, logger=logger, callbacks=callbacks,
-            enable_checkpointing=False, limit_val_batches=0, num_sanity_val_steps=0,
-            enable_model_summary=False, use_distributed_sampler=False,
+            **user, max_steps=recon.iters, max_epochs=1, logger=logger or False,
+            callbacks=callbacks, enable_checkpointing=False, limit_val_batches=0,
+            num_sanity_val_steps=0, enable_model_summary=False, use_distributed_sampler=False,
             log_every_n_steps=min(recon.log_every_n_steps, recon.iters),
-            enable_progress_bar=run.progress, default_root_dir=str(path),
+            enable_progress_bar=progress,
+            default_root_dir=str(path) if path is not None else None,
         )  # fmt: skip
 
     return make_trainer
 
 
-def _write_run(folder: _RunFolder, qmodel: nn.Module, model: FloatModel, quant: QuantConfig,
-               run: RunConfig, data: CalibrationDataModule,
+def checkpoint_meta(source: ModelSource, classes: int | None) -> dict[str, Any]:
+    """What a saved quantized model records about its float architecture."""
+    return {"arch": source.label, "num_classes": classes, "source": source.to_dict()}
+
+
+def _write_run(folder: _RunFolder, qmodel: nn.Module, source: ModelSource, classes: int | None,
+               quant: QuantConfig, run: RunConfig, data: Any,
                report: dict[str, Any]) -> None:  # fmt: skip
     """quantized.pt, report.json and the exports (rank 0); progress.pt goes."""
-    meta = {"arch": model.arch, "num_classes": model.num_classes}
-    save_quantized(qmodel, folder.path / CHECKPOINT, quant, meta)
+    save_quantized(qmodel, folder.path / CHECKPOINT, quant, checkpoint_meta(source, classes))
     write_json(folder.path / REPORT, report)
     (folder.path / PROGRESS).unlink(missing_ok=True)  # quantized.pt holds it all now
     for fmt in run.export:  # the finished run is on disk; an export error loses nothing
         report.update(export_run(folder.path, fmt, data))
 
 
-def calibrate(
-    model: FloatModel, data: CalibrationDataModule, quant: QuantConfig, recon: ReconConfig,
-    run: RunConfig, trainer_kwargs: dict[str, Any] | None = None,
-    config_text: str | None = None, console: Console | None = None,
-) -> dict[str, Any]:  # fmt: skip
-    """Quantize ``model`` with block reconstruction; write the run folder; return the report.
+@torch.no_grad()
+def unit_fidelity(qmodel: nn.Module, float_folded: nn.Module, units: list[Any],
+                  batches: list[Tensor]) -> list[dict[str, float]]:  # fmt: skip
+    """Per unit: its output in the quantized model (quantized inputs) against the float
+    model's output there, on ``batches``."""
+    rows = []
+    for unit in units:
+        data = build_unit_data(qmodel, float_folded, unit, batches)
+        module = unit.module(qmodel)
+        stats = FidelityStats()
+        for start in range(0, len(data), 256):
+            stats.add(data.targets[start : start + 256],
+                      module(data.inputs[start : start + 256]))  # fmt: skip
+        rows.append({"name": unit.name, **stats.result().to_dict()})
+    return rows
 
-    Phases: open the run folder (and the DDP ranks), evaluate float and round-to-nearest,
-    quantize, reconstruct unit by unit (``progress.pt`` after each), evaluate, write.
+
+@dataclass
+class Calibrated:
+    """A finished calibration: the frozen quantized model and its report."""
+
+    model: nn.Module
+    report: dict[str, Any]
+
+
+def run_calibration(
+    model: nn.Module, data: Any, quant: QuantConfig | None = None,
+    recon: ReconConfig | None = None, run: RunConfig | None = None,
+    trainer_kwargs: dict[str, Any] | None = None, config_text: str | None = None,
+    console: Console | None = None, *, eval_data: Any = None, calib_size: int | None = 1024,
+    source: ModelSource | None = None, unit_eval_images: int = 256, progress: bool = True,
+) -> Calibrated:  # fmt: skip
+    """Quantize ``model`` with block reconstruction; return the quantized model and report.
+
+    Phases: open the run folder (when ``run`` is given) and the DDP ranks, evaluate float and
+    round-to-nearest, quantize, reconstruct unit by unit (``progress.pt`` after each when
+    there is a folder), evaluate, write. ``calib_size``: how many images to take from a
+    loader, iterable or tensor (a ``CalibrationDataModule`` chooses its own); ``eval_data``:
+    evaluation batches when ``data`` has none; ``unit_eval_images``: images of the evaluation
+    data for the per-unit fidelity; ``progress``: progress bars when there is no ``run`` (a
+    ``RunConfig`` has its own).
     """
     quiet_lightning()
     trainer_kwargs = dict(trainer_kwargs or {})
-    quant.validate()
-    recon.validate()
-    run.validate()
+    quant = (quant or QuantConfig()).validate()
+    recon = (recon or ReconConfig()).validate()
+    if run is not None:
+        run.validate()
     check_step_options(quant, recon, trainer_kwargs)
-    folder = _open_run_folder(model, data, quant, run, trainer_kwargs, config_text,
+    float_net, source = resolve_model(model, source)
+    if isinstance(data, pl.LightningDataModule):
+        data.prepare_data()  # before the other ranks exist: one process downloads or unpacks
+    inputs = resolve_data(data, calib_size, eval_data)  # bad data or model: nothing written
+    batches = inputs.batches
+    classes = check_model_runs(float_net, batches[0], source)
+    if not quantizable_layers(float_net):
+        raise QuantConfigError(f"{source.label} has no Conv1d, Conv2d or Linear layer to quantize")
+    folder = _open_run_folder(source, quant, run, trainer_kwargs, config_text,
                               console or Console())  # fmt: skip
     echo = folder.echo
-
-    data.setup("test")
-    batches = [x for x, _ in data.calib_dataloader(batch_size=256)]
-    float_net = model.net.eval()
-    settings = {"quant": quant.to_dict(), "recon": recon.__dict__, "arch": model.arch,
-                "num_classes": model.num_classes}  # fmt: skip
+    settings = {"quant": quant.to_dict(), "recon": recon.__dict__, "source": source.to_dict()}
     print_ = fingerprint(settings, float_net, batches)
-    progress = load_progress(folder.path, print_) if run.resume is not None else None
+    resuming = run is not None and run.resume is not None
+    progress = load_progress(folder.path, print_) if resuming else None
+    show = run.progress if run is not None else progress
 
-    def score(net: nn.Module) -> tuple[float, float]:
-        return evaluate(net, data, trainer_kwargs, run.progress)
+    def score(net: nn.Module, reference: nn.Module | None) -> EvalResult:
+        return evaluate(net, inputs.eval_batches, trainer_kwargs, show, reference)
 
-    report = _new_report(model, data, quant, recon)
+    report = _new_report(source, sum(len(b) for b in batches), quant, recon, inputs.eval_source)
     if progress is not None:
         report.update(progress["report"])
         echo(f"resuming {folder.path}: {len(progress['units'])} unit(s) already done")
-    if progress is None:  # a resumed run has them in its report already
+    else:  # a resumed run has them in its report already
         _evaluate_baselines(float_net, quant, run, batches, score, report, echo)
 
     started = time.perf_counter()
@@ -324,21 +480,24 @@ def calibrate(
     qmodel = _quantize(float_net, quant, batches, report, echo)
     folded = copy.deepcopy(float_net).eval()
     fold_batchnorms(folded)
-    units = split_units(qmodel)
+    units = split_units(qmodel, example=batches[0][:2])
+    report["unit_rules"] = {rule: sum(u.rule == rule for u in units)
+                            for rule in dict.fromkeys(u.rule for u in units)}  # fmt: skip
     if progress is not None:
         restore_progress(qmodel, units, progress)
-    logger = _tensorboard(folder, model, quant, recon, report, len(units))
+    logger = _tensorboard(folder, source, quant, recon, report, len(units))
 
     def checkpoint(results: list[dict[str, Any]]) -> None:
-        if folder.rank == 0:
+        if folder.writes:
             elapsed = elapsed_before + time.perf_counter() - started
             save_progress(folder.path, qmodel, results, report, elapsed, print_)
 
+    hint = f"Finished units are kept: continue with --run.resume {folder.path}"
     sequencer = BlockSequencer(
         qmodel, folded, units, shard(batches, folder.rank, folder.world), recon,
-        _trainer_factory(recon, run, trainer_kwargs, logger, folder.path), seed=quant.seed,
+        _trainer_factory(recon, show, trainer_kwargs, logger, folder.path), seed=quant.seed,
         logger=logger, echo=echo, on_unit_done=checkpoint,
-        resume_hint=f"Finished units are kept: continue with --run.resume {folder.path}",
+        resume_hint=hint if folder.path is not None else "",
         total=sum(len(b) for b in batches),
     )  # fmt: skip
     echo(f"{len(units)} units, {recon.iters} iterations each at batch {recon.batch_size}")
@@ -347,38 +506,83 @@ def calibrate(
     if progress is not None:
         report["resumed_after_units"] = len(progress["units"])
     qmodel.eval()
-    report["quant_top1"], report["quant_top5"] = score(qmodel)
+    _record(report, "quant", score(qmodel, float_net))
+    unit_batches = _first_images(inputs.eval_batches, unit_eval_images)
+    report["unit_fidelity"] = unit_fidelity(qmodel, folded, units, unit_batches)
     report["peak_rss_mb"] = round(peak_rss_mb(), 1)
-    report["run_dir"] = str(folder.path)
+    if folder.path is not None:
+        report["run_dir"] = str(folder.path)
     if folder.world > 1:
         report["devices"] = folder.world
-    logger.experiment.add_scalar("eval/quant_top1", report["quant_top1"], 0)
-    logger.finalize("success")
-    if folder.rank == 0:  # every rank holds the same frozen model and metrics
-        _write_run(folder, qmodel, model, quant, run, data, report)
+    if logger is not None:
+        if "quant_top1" in report:
+            logger.experiment.add_scalar("eval/quant_top1", report["quant_top1"], 0)
+        logger.finalize("success")
+    qmodel.float_source = source  # what save/load record about the float architecture
+    qmodel.output_classes = classes
+    if folder.writes:  # every rank holds the same frozen model and metrics
+        _write_run(folder, qmodel, source, classes, quant, run, data, report)
+    if folder.rank == 0:
         echo(summary_table(report))
-    return report
+    return Calibrated(qmodel, report)
+
+
+def _first_images(batches: Any, count: int) -> list[Tensor]:
+    """The first ``count`` images of evaluation batches (labels dropped)."""
+    out, seen = [], 0
+    for batch in batches:
+        x, _ = split_batch(batch)
+        out.append(x[: count - seen])
+        seen += out[-1].shape[0]
+        if seen >= count:
+            break
+    return out
+
+
+def calibrate(
+    model: nn.Module, data: Any, quant: QuantConfig | None = None,
+    recon: ReconConfig | None = None, run: RunConfig | None = None,
+    trainer_kwargs: dict[str, Any] | None = None, config_text: str | None = None,
+    console: Console | None = None, **kwargs: Any,
+) -> dict[str, Any]:  # fmt: skip
+    """``run_calibration`` with a run folder (``RunConfig()`` when ``run`` is None); returns
+    the report (the CLI's job). ``attnround_pl.quantize`` returns the quantized model."""
+    run = run if run is not None else RunConfig()
+    return run_calibration(model, data, quant, recon, run, trainer_kwargs, config_text,
+                           console, **kwargs).report  # fmt: skip
 
 
 def summary_table(report: dict[str, Any]) -> Table:
-    """Float, round-to-nearest and calibrated top-1 / top-5, with the calibration time."""
+    """Float, round-to-nearest and calibrated top-1 / top-5 (with labels) and output SQNR,
+    with the calibration time."""
     w_bits = report["mixed"]["bit_list"] if "mixed" in report else report["w_bits"]
     title = (f"{report['model']} W{w_bits}A{report['a_bits']}: "
              f"{report['calib_size']} calibration images")  # fmt: skip
     table = Table(title=title)
-    for col in ("model", "top-1 %", "top-5 %", "calibration s"):
+    labelled = "quant_top1" in report
+    columns = ["model", *(["top-1 %", "top-5 %"] if labelled else []), "output SQNR dB",
+               "calibration s"]  # fmt: skip
+    for col in columns:
         table.add_column(col, justify="left" if col == "model" else "right")
 
+    def sqnr(key: str) -> str:
+        fid = report.get(f"{key}_fidelity")
+        return "" if not fid else ", ".join(f"{v['sqnr_db']:.1f}" for v in fid.values())
+
     def row(label: str, key: str, seconds: str = "") -> None:
-        if f"{key}_top1" in report:
-            table.add_row(label, f"{report[f'{key}_top1']:.2f}", f"{report[f'{key}_top5']:.2f}",
-                          seconds)  # fmt: skip
+        if f"{key}_top1" not in report and f"{key}_fidelity" not in report:
+            return
+        tops = []
+        if labelled:
+            has = f"{key}_top1" in report
+            tops = [f"{report[f'{key}_{k}']:.2f}" if has else "" for k in ("top1", "top5")]
+        table.add_row(label, *tops, sqnr(key), seconds)
 
     row("float", "float")
     row("round-to-nearest", "nearest")
     row(report["rounding"], "quant", f"{report['calib_seconds']:.0f}")
-    if "onnx_top1" in report:
+    if "onnx_top1" in report and report["onnx_top1"] is not None:
         label = (f"{report['rounding']}, ONNX in onnxruntime "
                  f"({report['onnx_argmax_mismatch']} predictions differ)")  # fmt: skip
-        table.add_row(label, f"{report['onnx_top1']:.2f}", "-", "")
+        table.add_row(label, f"{report['onnx_top1']:.2f}", "-", "", "")
     return table

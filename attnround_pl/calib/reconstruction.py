@@ -229,10 +229,11 @@ class BlockReconstruction(pl.LightningModule):
             return
         if (batch_idx + 1) % trainer.log_every_n_steps:
             return
-        self.log(f"recon/{self.name}/loss", rec, on_step=True, prog_bar=True, logger=True,
+        logged = bool(trainer.loggers)  # a run without a folder has no logger
+        self.log(f"recon/{self.name}/loss", rec, on_step=True, prog_bar=True, logger=logged,
                  sync_dist=world > 1)  # fmt: skip
         if reg.requires_grad:
-            self.log(f"recon/{self.name}/reg", reg, on_step=True, logger=True)
+            self.log(f"recon/{self.name}/reg", reg, on_step=True, logger=logged)
 
     def configure_optimizers(self) -> torch.optim.Optimizer | dict:
         rounding, steps = self.learnable()

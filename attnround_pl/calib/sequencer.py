@@ -148,7 +148,7 @@ class BlockSequencer(Callback):
             if index < len(self.results):
                 continue
             started = time.perf_counter()
-            needed = estimate_cache_bytes(self.qmodel, self.float_model, unit.path, self.batches)
+            needed = estimate_cache_bytes(self.qmodel, self.float_model, unit, self.batches)
             try:
                 check_cache_fits(unit.name, needed, available_bytes(), self.resume_hint)
             except CacheMemoryError as exc:
@@ -161,11 +161,9 @@ class BlockSequencer(Callback):
             )
             self.qmodel.to(self._device)
             self.float_model.to(self._device)
-            self._data = build_unit_data(
-                self.qmodel, self.float_model, unit.path, self.batches, where
-            )
+            self._data = build_unit_data(self.qmodel, self.float_model, unit, self.batches, where)
             module = BlockReconstruction(
-                self.qmodel.get_submodule(unit.path), self._data, unit.name,
+                unit.module(self.qmodel), self._data, unit.name,
                 iters=self.recon.iters, batch_size=self.recon.batch_size, lr=self.recon.lr,
                 act_lr=self.recon.act_lr, seed=self.seed * 1_000_003 + index, total=self.total,
                 lr_schedule=self.recon.lr_schedule, compile=self.recon.compile,
@@ -177,6 +175,7 @@ class BlockSequencer(Callback):
             self._current = {
                 "name": unit.name,
                 "kind": unit.kind,
+                "rule": unit.rule,
                 "layers": list(unit.layers),
                 "cache_mb": round(self._data.nbytes / 2**20, 3),
                 "cache_device": where,

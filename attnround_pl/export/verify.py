@@ -1,5 +1,7 @@
 """Run an exported ONNX model in onnxruntime beside the PyTorch model and compare predictions.
 
+Every output is compared (one tensor, ``logits``, or each entry of a dict); top-1 and argmax
+agreement only when the batches have labels and the model returns ``(N, classes)`` logits.
 When the two disagree, ``first_code_divergence`` says why: it compares the integer codes of
 every activation quantizer (PyTorch's rounding against the graph's QuantizeLinear outputs), in
 graph order, and reports the first quantizer where they differ and how far PyTorch's value sat
@@ -11,8 +13,9 @@ an export fault.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
 import onnx
@@ -23,10 +26,10 @@ from torch import Tensor, nn
 
 from ..errors import SettingError
 from ..quant import ActQuantizer, QuantLayer
-from .qdq_onnx import INPUT_NAME, onnx_name
+from .qdq_onnx import INPUT_NAME, OUTPUT_NAME, onnx_name
 
 TIE_TOLERANCE = 1e-3  # step units: closer to a tie than this, a flipped code is float noise
-DIAGNOSED_IMAGES = 8  # the images with the largest logit differences get the code comparison
+DIAGNOSED_IMAGES = 8  # the images with the largest output differences get the code comparison
 
 
 @dataclass
@@ -66,20 +69,52 @@ class CodeDivergence:
 
 @dataclass
 class Comparison:
-    """Top-1 (percent) of both models on the same images, and how their predictions differ.
+    """Both models on the same images: their top-1 (percent) and how their outputs differ.
 
-    ``divergence``: where the activation codes first differ on the images whose logits differ
-    most (None when every code agrees, or the logits are equal)."""
+    ``max_abs_logit_diff``: the largest absolute difference over every output (the logits of a
+    classifier); ``max_abs_diff``: the same per graph output (``logits``, or a dict model's
+    keys). ``torch_top1`` / ``onnx_top1`` / ``argmax_mismatch`` are None unless every batch had
+    labels and the model returns one ``(N, classes)`` tensor. ``divergence``: where the
+    activation codes first differ on the images whose outputs differ most (None when every
+    code agrees, or the outputs are equal)."""
 
     images: int
-    torch_top1: float
-    onnx_top1: float
-    argmax_mismatch: int
+    torch_top1: float | None
+    onnx_top1: float | None
+    argmax_mismatch: int | None
     max_abs_logit_diff: float
     divergence: CodeDivergence | None = None
+    max_abs_diff: dict[str, float] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
+
+
+IMAGE_KEYS = ("image", "images", "input")
+LABEL_KEYS = ("label", "labels", "target", "targets")
+
+
+def batch_images(batch: Any) -> tuple[Tensor, Tensor | None]:
+    """(images, labels or None) of one batch: a bare tensor (no labels), a tuple/list (images
+    first, labels second) or a dict (images under "image"/"images"/"input", labels under
+    "label"/"labels"/"target"/"targets"). Labels count only as an integer tensor of shape
+    ``(N,)`` that is not all negative (-1 marks an unlabelled image)."""
+    if isinstance(batch, Tensor):
+        return batch, None
+    if isinstance(batch, (tuple, list)) and batch and isinstance(batch[0], Tensor):
+        images, labels = batch[0], (batch[1] if len(batch) > 1 else None)
+    elif isinstance(batch, Mapping) and any(isinstance(batch.get(k), Tensor) for k in IMAGE_KEYS):
+        images = next(batch[k] for k in IMAGE_KEYS if isinstance(batch.get(k), Tensor))
+        labels = next((batch[k] for k in LABEL_KEYS if k in batch), None)
+    else:
+        raise SettingError(
+            f"a batch is a {type(batch).__name__}: expected an image tensor, (images, labels) "
+            "or a dict with the images under 'image'/'images'/'input'"
+        )
+    labelled = (isinstance(labels, Tensor) and not labels.is_floating_point()
+                and labels.dtype != torch.bool and tuple(labels.shape) == (len(images),)
+                and not bool((labels < 0).all()))  # fmt: skip
+    return images, labels if labelled else None
 
 
 def onnx_session(
@@ -94,32 +129,69 @@ def onnx_session(
 
 
 def _run(session: ort.InferenceSession, x: Tensor, outputs: list[str] | None = None) -> list:
-    return session.run(outputs, {INPUT_NAME: x.cpu().numpy().astype(np.float32)})
+    return session.run(outputs, {INPUT_NAME: x.detach().cpu().numpy().astype(np.float32)})
+
+
+def named_outputs(out: Any) -> dict[str, Tensor]:
+    """A model's output by graph output name: ``logits`` for one tensor, else the dict."""
+    if isinstance(out, Tensor):
+        return {OUTPUT_NAME: out}
+    if isinstance(out, Mapping) and all(isinstance(v, Tensor) for v in out.values()):
+        return dict(out)
+    raise SettingError(
+        f"the model returned a {type(out).__name__}: only a tensor or a dict of tensors compares"
+    )
+
+
+def _row_diff(ref: Tensor, got: Tensor) -> Tensor:
+    """Largest absolute difference per image (first dimension) of two outputs."""
+    return (ref.float() - got.float()).abs().reshape(len(ref), -1).amax(1)
 
 
 @torch.no_grad()
 def compare_with_onnx(
-    qmodel: nn.Module, onnx_path: str | os.PathLike, batches: Iterable[tuple[Tensor, Tensor]]
+    qmodel: nn.Module, onnx_path: str | os.PathLike, batches: Iterable[Any]
 ) -> Comparison:
-    """Evaluate ``qmodel`` (PyTorch) and the ONNX file on the same labelled batches; where the
-    logits differ, run ``first_code_divergence`` on the batch holding the largest difference,
-    for its (up to ``DIAGNOSED_IMAGES``) images that differ most."""
+    """Run ``qmodel`` (PyTorch) and the ONNX file on the same batches (bare image tensors or
+    (images, labels), see ``batch_images``) and compare every output; where they differ, run
+    ``first_code_divergence`` on the batch holding the largest difference, for its (up to
+    ``DIAGNOSED_IMAGES``) images that differ most."""
     session = onnx_session(onnx_path)
+    graph_outputs = [o.name for o in session.get_outputs()]
     device = next(qmodel.parameters()).device
     qmodel = qmodel.eval()
     images = torch_correct = onnx_correct = mismatch = 0
+    classify = True  # labels on every batch and one (N, classes) output
+    per_output: dict[str, float] = {}
     max_diff, worst_x, worst_rows = 0.0, None, None
-    for x, y in batches:
-        ref = qmodel(x.to(device)).float().cpu()
-        got = torch.from_numpy(_run(session, x)[0])
-        images += len(y)
-        torch_correct += int((ref.argmax(1) == y).sum())
-        onnx_correct += int((got.argmax(1) == y).sum())
-        mismatch += int((ref.argmax(1) != got.argmax(1)).sum())
-        diff = (ref - got).abs().flatten(1).amax(1)
-        if float(diff.max()) > max_diff:
-            max_diff, worst_x = float(diff.max()), x.cpu()
-            top = diff.topk(min(DIAGNOSED_IMAGES, len(diff)))
+    for batch in batches:
+        x, y = batch_images(batch)
+        refs = {k: v.float().cpu() for k, v in named_outputs(qmodel(x.to(device))).items()}
+        missing = [k for k in refs if k not in graph_outputs]
+        if missing:
+            raise SettingError(
+                f"{onnx_path} has no output {missing[0]!r} (its outputs: "
+                f"{', '.join(graph_outputs)}): it was not exported from this model"
+            )
+        names = list(refs)
+        gots = dict(zip(names, (torch.from_numpy(a) for a in _run(session, x, names)), strict=True))
+        images += len(x)
+        rows = torch.zeros(len(x))
+        for k in names:
+            diff = _row_diff(refs[k], gots[k])
+            per_output[k] = max(per_output.get(k, 0.0), float(diff.max()))
+            rows = torch.maximum(rows, diff)
+        ref = refs.get(OUTPUT_NAME)
+        classify = classify and y is not None and len(refs) == 1 and ref is not None
+        classify = classify and ref.dim() == 2
+        if classify:
+            got, y = gots[OUTPUT_NAME], y.cpu()
+            torch_correct += int((ref.argmax(1) == y).sum())
+            onnx_correct += int((got.argmax(1) == y).sum())
+            mismatch += int((ref.argmax(1) != got.argmax(1)).sum())
+        if float(rows.max()) > max_diff:
+            max_diff, worst_x = float(rows.max()), x.cpu()
+            top = rows.topk(min(DIAGNOSED_IMAGES, len(rows)))
             worst_rows = top.indices[top.values > 0]
     if images == 0:
         raise SettingError("no images to compare the ONNX model on")
@@ -128,16 +200,17 @@ def compare_with_onnx(
         divergence = first_code_divergence(qmodel, onnx_path, worst_x, worst_rows)
     return Comparison(
         images=images,
-        torch_top1=100.0 * torch_correct / images,
-        onnx_top1=100.0 * onnx_correct / images,
-        argmax_mismatch=mismatch,
+        torch_top1=100.0 * torch_correct / images if classify else None,
+        onnx_top1=100.0 * onnx_correct / images if classify else None,
+        argmax_mismatch=mismatch if classify else None,
         max_abs_logit_diff=max_diff,
         divergence=divergence,
+        max_abs_diff=per_output,
     )
 
 
 def _onnx_quant_name(layer: str) -> str:
-    """The QuantizeLinear node (and output) ``qdq_onnx`` writes for a layer's input quantizer."""
+    """The name of the QuantizeLinear node ``qdq_onnx`` writes for a layer's input quantizer."""
     return onnx_name(f"{layer}.a_quant")
 
 
@@ -170,8 +243,9 @@ def first_code_divergence(
     qmodel = qmodel.eval()
     rows = torch.arange(len(x)) if rows is None else rows.cpu()
     model = onnx.load(str(onnx_path))
-    order = {n.name: i for i, n in enumerate(model.graph.node) if n.op_type == "QuantizeLinear"}
-    layers = sorted(((order[_onnx_quant_name(name)], name, m.input_quantizer)
+    order = {n.name: (i, n.output[0]) for i, n in enumerate(model.graph.node)
+             if n.op_type == "QuantizeLinear"}  # fmt: skip
+    layers = sorted(((*order[_onnx_quant_name(name)], name, m.input_quantizer)
                      for name, m in qmodel.named_modules()
                      if isinstance(m, QuantLayer) and _onnx_quant_name(name) in order),
                     key=lambda t: t[0])  # fmt: skip
@@ -185,7 +259,7 @@ def first_code_divergence(
                 f"'{quantized[0]}'): it was not exported from this model by export_onnx"
             )
         return None
-    names = [_onnx_quant_name(name) for _, name, _ in layers]
+    names = [output for _, output, _, _ in layers]
     model.graph.output.extend(helper.make_empty_tensor_value_info(n) for n in names)
     onnx_codes = _run(onnx_session(model), x[rows], names)
     captured: dict[str, tuple[Tensor, Tensor]] = {}
@@ -195,13 +269,13 @@ def first_code_divergence(
         captured[name] = _torch_codes(m, args[0][on], out[on])
 
     hooks = [aq.register_forward_hook(lambda m, a, out, name=name: keep_rows(m, a, out, name))
-             for _, name, aq in layers]  # fmt: skip
+             for _, _, name, aq in layers]  # fmt: skip
     try:
         qmodel(x.to(next(qmodel.parameters()).device))
     finally:
         for h in hooks:
             h.remove()
-    for index, ((_, name, _), other) in enumerate(zip(layers, onnx_codes, strict=True)):
+    for index, ((_, _, name, _), other) in enumerate(zip(layers, onnx_codes, strict=True)):
         if name not in captured:
             continue
         codes, v = captured[name]
@@ -218,14 +292,19 @@ def first_code_divergence(
 
 
 @torch.no_grad()
-def max_output_difference(
-    a: nn.Module, b: nn.Module, batches: Iterable[tuple[Tensor, Tensor]]
-) -> tuple[int, float]:
-    """(images, largest absolute output difference) of two models on the same batches."""
+def max_output_difference(a: nn.Module, b: nn.Module, batches: Iterable[Any]) -> tuple[int, float]:
+    """(images, largest absolute output difference over every output) of two models on the
+    same batches (as ``compare_with_onnx`` takes them)."""
     device = next(a.parameters()).device
     images, diff = 0, 0.0
-    for x, _ in batches:
-        x = x.to(device)
-        diff = max(diff, float((a.eval()(x) - b.eval()(x)).abs().max()))
+    for batch in batches:
+        x = batch_images(batch)[0].to(device)
+        outs_a, outs_b = named_outputs(a.eval()(x)), named_outputs(b.eval()(x))
+        if outs_a.keys() != outs_b.keys():
+            raise SettingError(
+                f"the models return different outputs: {list(outs_a)}, {list(outs_b)}"
+            )
+        for k, v in outs_a.items():
+            diff = max(diff, float((v - outs_b[k]).abs().max()))
         images += len(x)
     return images, diff

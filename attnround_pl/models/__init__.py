@@ -1,6 +1,7 @@
 """Model zoo and the split of a model into reconstruction units."""
 
-from .units import BLOCK_TYPES, Unit, register_block, split_units
+from .graph_units import GraphMismatchError, GraphRegion
+from .units import BLOCK_TYPES, RULES, EvalFloatOps, Unit, register_block, split_units
 from .zoo import (
     EMBEDDED,
     TORCHVISION,
@@ -13,6 +14,10 @@ from .zoo import (
 __all__ = [
     "BLOCK_TYPES",
     "EMBEDDED",
+    "RULES",
+    "EvalFloatOps",
+    "GraphMismatchError",
+    "GraphRegion",
     "TORCHVISION",
     "ModelLoadError",
     "Unit",

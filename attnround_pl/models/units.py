@@ -1,10 +1,20 @@
 """Split a quantized model into reconstruction units, in forward order.
 
-One registry of block classes: a module of a registered class is one unit (all its quantized
-layers reconstructed together); a quantized layer outside any block is a unit of its own. A model
-with no registered block therefore falls back to one unit per Conv2d/Linear, with a warning.
-Order is module registration order, which is forward order for the supported architectures
-(tests check this against a traced forward pass).
+Three rules, tried in this order (each unit records its ``rule``):
+
+- ``"registry"``: a model holding a module of a registered block class (BasicBlock,
+  Bottleneck, InvertedResidual, the RegNet and MnasNet blocks; ``register_block`` adds one)
+  is walked in registration order: each such block is one unit, and each quantized layer
+  outside every block is a unit of its own (rule ``"layer"``). Registration order is forward
+  order for these architectures (tests check it against a traced forward pass).
+- ``"graph"``: any other model is cut by its traced graph on the example input (see
+  ``graph_units``): a residual ``x + f(x)`` or a concat of branches is one unit, a plain chain
+  one unit per layer. Layers the forward never calls are in no unit (with a warning).
+- ``"child"`` / ``"layer"``: where tracing or shape propagation fails (control flow on tensor
+  values), one unit per child module holding quantized layers, walking down only where one
+  child holds them all; a child that is not called exactly once with one tensor in and one
+  tensor out gives one unit per quantized layer instead. Without an example input: one unit per
+  quantized layer, in registration order. Both with a warning.
 """
 
 from __future__ import annotations
@@ -12,15 +22,25 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass, field
 
-from torch import nn
+from torch import Tensor, nn
 from torchvision.models.mnasnet import _InvertedResidual as MnasNetBlock
 from torchvision.models.mobilenetv2 import InvertedResidual
 from torchvision.models.regnet import ResBottleneckBlock
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
-from ..quant import QuantLayer
+from ..quant import QuantLayer, quant_layers
+from .graph_units import (
+    GraphRegion,
+    analyse,
+    float_pass,
+    graph_regions,
+    keep_float_ops_eval,
+    quant_targets,
+    region_name,
+)
 
 BLOCK_TYPES: dict[type[nn.Module], str] = {}
+RULES = ("registry", "graph", "child", "layer")
 
 
 def register_block(cls: type[nn.Module], kind: str | None = None) -> type[nn.Module]:
@@ -41,15 +61,66 @@ for _cls, _kind in (
 
 @dataclass
 class Unit:
-    """A reconstruction unit: the module at ``path`` and the quantized layers inside it."""
+    """A reconstruction unit: ``layers`` are the paths of its quantized layers.
+
+    Module units (rules 'registry', 'child', 'layer') are the submodule at ``path``; graph
+    units (rule 'graph') are a region of the traced graph (``region``) and have ``path`` ''.
+    ``name`` (a module path, or 'first..last' layer for a region with no common module) is
+    stable and readable; ``kind`` is the block class's kind, 'layer', 'region' or the child's
+    class name. ``module(qmodel)`` is what to reconstruct."""
 
     path: str
     kind: str
     layers: list[str] = field(default_factory=list)
+    name: str = ""
+    rule: str = "registry"
+    region: GraphRegion | None = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            self.name = self.path or "model"
+        if self.rule not in RULES:
+            raise ValueError(f"rule={self.rule!r}: one of {RULES}")
 
     @property
-    def name(self) -> str:
-        return self.path or "model"
+    def is_graph(self) -> bool:
+        return self.region is not None
+
+    def module(self, qmodel: nn.Module) -> nn.Module:
+        """The module computing this unit from its input, sharing ``qmodel``'s quantized
+        layers: the submodule itself (registry and layer units), the submodule wrapped so that
+        its float modules stay in eval mode when it trains (child units), an fx GraphModule of
+        the region (graph units)."""
+        if self.region is not None:
+            return self.region.module(qmodel)
+        module = qmodel.get_submodule(self.path) if self.path else qmodel
+        return EvalFloatOps(module) if self.rule == "child" else module
+
+
+class EvalFloatOps(nn.Module):
+    """Runs ``inner``; ``train()`` switches only its quantized layers (Dropout, an unfolded
+    BatchNorm and Python-level ``self.training`` branches stay as in eval)."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.inner(x)
+
+    def train(self, mode: bool = True) -> EvalFloatOps:
+        super().train(mode)
+        if mode:
+            keep_float_ops_eval(self)
+        return self
+
+
+# registry -----------------------------------------------------------------------------------
+def _holds_block(model: nn.Module) -> bool:
+    return any(
+        type(m) in BLOCK_TYPES and any(isinstance(s, QuantLayer) for s in m.modules())
+        for m in model.modules()
+    )
 
 
 def _walk(module: nn.Module, prefix: str, units: list[Unit]) -> None:
@@ -58,23 +129,137 @@ def _walk(module: nn.Module, prefix: str, units: list[Unit]) -> None:
         if type(child) in BLOCK_TYPES:
             layers = [f"{path}.{n}" for n, m in child.named_modules() if isinstance(m, QuantLayer)]
             if layers:
-                units.append(Unit(path, BLOCK_TYPES[type(child)], layers))
+                units.append(Unit(path, BLOCK_TYPES[type(child)], layers, rule="registry"))
         elif isinstance(child, QuantLayer):
-            units.append(Unit(path, "layer", [path]))
+            units.append(Unit(path, "layer", [path], rule="layer"))
         else:
             _walk(child, path, units)
 
 
-def split_units(model: nn.Module) -> list[Unit]:
-    """Units of a quantized model (see ``quant.quantize_model``) in forward order."""
-    units: list[Unit] = []
-    _walk(model, "", units)
-    if not units:
-        raise ValueError(f"{type(model).__name__} has no quantized layers: quantize it first")
-    if all(u.kind == "layer" for u in units):
+# graph --------------------------------------------------------------------------------------
+def _graph_units(qmodel: nn.Module, example: Tensor) -> list[Unit]:
+    trace = analyse(qmodel, example)
+    units, names = [], set()
+    for region in graph_regions(qmodel, trace):
+        layers = quant_targets(trace, qmodel, region.nodes)
+        name = base = region_name(trace, qmodel, region)
+        k = 2
+        while name in names:
+            name, k = f"{base}#{k}", k + 1
+        names.add(name)
+        kind = "layer" if len(layers) == 1 else "region"
+        units.append(Unit("", kind, layers, name=name, rule="graph", region=region))
+    return units
+
+
+# fallbacks ----------------------------------------------------------------------------------
+def _probe(qmodel: nn.Module, modules: dict[str, nn.Module], example: Tensor) -> dict[str, list]:
+    """Per module path: [first call index, calls, every call one tensor in and out]."""
+    seen: dict[str, list] = {}
+    counter = [0]
+
+    def pre(path: str, args: tuple, kwargs: dict) -> None:
+        ok = len(args) == 1 and not kwargs and isinstance(args[0], Tensor)
+        if path not in seen:
+            seen[path] = [counter[0], 0, True]
+        counter[0] += 1
+        seen[path][1] += 1
+        seen[path][2] = seen[path][2] and ok
+
+    def post(path: str, out: object) -> None:
+        seen[path][2] = seen[path][2] and isinstance(out, Tensor)
+
+    handles = []
+    for path, m in modules.items():
+        handles.append(m.register_forward_pre_hook(
+            lambda mod, a, kw, p=path: pre(p, a, kw), with_kwargs=True))  # fmt: skip
+        handles.append(m.register_forward_hook(lambda mod, a, out, p=path: post(p, out)))
+    try:
+        with float_pass(qmodel):
+            qmodel(example.to(next(qmodel.parameters()).device))
+    finally:
+        for h in handles:
+            h.remove()
+    return seen
+
+
+def _layer_unit(path: str) -> Unit:
+    return Unit(path, "layer", [path], rule="layer")
+
+
+def _fallback_units(qmodel: nn.Module, example: Tensor | None) -> list[Unit]:
+    layers = quant_layers(qmodel)
+    if example is None:
+        return [_layer_unit(path) for path in layers]
+    prefix, level = "", qmodel
+    while True:
+        holders = [
+            (f"{prefix}.{n}" if prefix else n, c) for n, c in level.named_children()
+            if isinstance(c, QuantLayer) or any(isinstance(s, QuantLayer) for s in c.modules())
+        ]  # fmt: skip
+        if len(holders) == 1 and not isinstance(holders[0][1], QuantLayer):
+            prefix, level = holders[0]
+            continue
+        break
+    probe = _probe(qmodel, {**dict(holders), **layers}, example)
+    units: list[tuple[int, Unit]] = []
+    for path, child in holders:
+        if isinstance(child, QuantLayer):
+            if path in probe:
+                units.append((probe[path][0], _layer_unit(path)))
+            continue
+        inside = [n for n in layers if n.startswith(path + ".")]
+        state = probe.get(path)
+        if state is not None and state[1] == 1 and state[2]:
+            ran = [n for n in inside if n in probe]
+            units.append((state[0], Unit(path, type(child).__name__, ran, rule="child")))
+        else:
+            units.extend((probe[n][0], _layer_unit(n)) for n in inside if n in probe)
+    return [u for _, u in sorted(units, key=lambda pair: pair[0]) if u.layers]
+
+
+# --------------------------------------------------------------------------------------------
+def split_units(qmodel: nn.Module, example: Tensor | None = None) -> list[Unit]:
+    """Units of a quantized model (see ``quant.quantize_model``) in forward order.
+
+    ``example``: one calibration batch (two samples are enough), used for the graph rule's
+    shape propagation and the fallbacks' probe; models with registered blocks do not need it.
+    """
+    quantized = quant_layers(qmodel)
+    if not quantized:
+        raise ValueError(f"{type(qmodel).__name__} has no quantized layers: quantize it first")
+    model_name = type(qmodel).__name__
+    if _holds_block(qmodel):
+        units: list[Unit] = []
+        _walk(qmodel, "", units)
+        return units
+    if example is None:
         warnings.warn(
-            f"no registered block in {type(model).__name__}: one reconstruction unit per "
-            "Conv2d/Linear (register_block adds a block class)",
+            f"no example input to split {model_name} by its graph: one reconstruction unit per "
+            "Conv/Linear layer, in registration order (pass split_units(qmodel, example=batch))",
             stacklevel=2,
         )
+        return _fallback_units(qmodel, None)
+    try:
+        units = _graph_units(qmodel, example)
+    except Exception as exc:  # noqa: BLE001 - any failure of trace or propagation: fall back
+        units = _fallback_units(qmodel, example)
+        rules = sorted({u.rule for u in units}, key=RULES.index)
+        warnings.warn(
+            f"cannot split {model_name} by its traced graph ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''}): one reconstruction unit per "
+            f"{' / '.join('child module' if r == 'child' else 'Conv/Linear layer' for r in rules)}"
+            " holding quantized layers",
+            stacklevel=2,
+        )
+    covered = {layer for u in units for layer in u.layers}
+    idle = [name for name in quantized if name not in covered]
+    if idle:
+        warnings.warn(
+            f"quantized layers the forward pass of {model_name} never calls are in no "
+            f"reconstruction unit: {idle}",
+            stacklevel=2,
+        )
+    if not units:
+        raise ValueError(f"the forward pass of {model_name} calls none of its quantized layers")
     return units

@@ -1,4 +1,10 @@
-"""Model zoo: the two embedded Fashion-MNIST models and five torchvision ImageNet models.
+"""Model zoo: the two embedded Fashion-MNIST models, RegNetX-600MF, and every torchvision
+classification and segmentation CNN by name (``torchvision.models.list_models``).
+
+``TORCHVISION`` lists the five ImageNet models whose block classes the unit registry knows (the
+benchmarked ones); every other torchvision CNN gets its units from its traced graph. Vision
+transformers and the detection, video and optical-flow models are refused with a message that
+says so (``UNSUPPORTED``).
 
 Weights:
 - ``weights="DEFAULT"``: the embedded models load their committed checkpoint; torchvision models
@@ -32,6 +38,13 @@ EMBEDDED: dict[str, Callable[[int], nn.Module]] = {
     "mobilenetv2": mobilenetv2_small,
 }
 TORCHVISION = ("resnet18", "resnet50", "mobilenet_v2", "regnet_x_600mf", "mnasnet1_0")
+TRANSFORMER_FAMILIES = ("vit_", "swin_", "maxvit_")
+UNSUPPORTED = {
+    "detection": "a detection model (its input is a list of images, its output boxes)",
+    "video": "a video model (5-D clips)",
+    "optical_flow": "an optical-flow model (two images in, flow fields out)",
+    "quantization": "torchvision's own quantized model (build the float one instead)",
+}
 
 
 class ModelLoadError(InputError, RuntimeError):
@@ -39,7 +52,32 @@ class ModelLoadError(InputError, RuntimeError):
 
 
 def available_models() -> list[str]:
+    """The benchmarked models: the embedded ones and the registry-unit torchvision ones."""
     return sorted(EMBEDDED) + list(TORCHVISION)
+
+
+def torchvision_models() -> list[str]:
+    """Every torchvision classification and segmentation CNN ``build_model`` takes."""
+    names = torchvision.models.list_models(module=torchvision.models)
+    names += torchvision.models.list_models(module=torchvision.models.segmentation)
+    return sorted(n for n in names if not n.startswith(TRANSFORMER_FAMILIES))
+
+
+def _unsupported(arch: str) -> str | None:
+    """Why ``arch`` is refused, or None when it is not a known torchvision name."""
+    if arch.startswith(TRANSFORMER_FAMILIES) and arch in torchvision.models.list_models():
+        return (
+            f"{arch} is a vision transformer: attnround-pl quantizes CNNs (Conv1d/Conv2d/Linear "
+            "layers, blocks found by tracing) and does not support the vit, swin and maxvit "
+            "families"
+        )
+    for module, what in UNSUPPORTED.items():
+        if arch in torchvision.models.list_models(module=getattr(torchvision.models, module)):
+            return (
+                f"{arch} is {what}: attnround-pl takes models that map one image batch to a "
+                "tensor (or a dict of tensors)"
+            )
+    return None
 
 
 def embedded_checkpoint(arch: str) -> Path:
@@ -60,11 +98,18 @@ def _extract_state_dict(obj: object, path: Path) -> dict[str, torch.Tensor]:
                 break
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise ModelLoadError(f"checkpoint {path} does not hold a state dict of tensors")
-    prefixes = ("net.", "model.", "module.")
-    for prefix in prefixes:
-        if obj and all(k.startswith(prefix) for k in obj):
-            obj = {k[len(prefix) :]: v for k, v in obj.items()}
     return obj
+
+
+def _strip_wrapper_prefix(state: dict[str, torch.Tensor], own: set[str]) -> dict[str, torch.Tensor]:
+    """A state dict saved from a wrapper (a LightningModule's ``net.``/``model.``, DDP's
+    ``module.``) with that prefix dropped, when the keys do not match ``own`` as they are."""
+    if set(state) == own:
+        return state
+    for prefix in ("net.", "model.", "module."):
+        if state and all(k.startswith(prefix) for k in state):
+            return {k[len(prefix) :]: v for k, v in state.items()}
+    return state
 
 
 def load_checkpoint(model: nn.Module, path: str | os.PathLike, arch: str) -> nn.Module:
@@ -74,8 +119,8 @@ def load_checkpoint(model: nn.Module, path: str | os.PathLike, arch: str) -> nn.
         obj = load_tensors(path)
     except UnreadableFile as exc:
         raise ModelLoadError(f"checkpoint {path} {exc}") from exc
-    state = _extract_state_dict(obj, path)
     own = model.state_dict()
+    state = _strip_wrapper_prefix(_extract_state_dict(obj, path), set(own))
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     wrong = [
@@ -113,10 +158,21 @@ def regnet_x_600mf(num_classes: int = 1000) -> nn.Module:
     return RegNet(params, num_classes=num_classes)
 
 
-def _torchvision_model(arch: str, num_classes: int) -> nn.Module:
+def _torchvision_model(arch: str, num_classes: int | None) -> nn.Module:
     if arch == "regnet_x_600mf":
-        return regnet_x_600mf(num_classes)
-    return torchvision.models.get_model(arch, weights=None, num_classes=num_classes)
+        return regnet_x_600mf(num_classes or 1000)
+    kwargs: dict = {} if num_classes is None else {"num_classes": num_classes}
+    if arch in torchvision.models.list_models(module=torchvision.models.segmentation):
+        kwargs["weights_backbone"] = None  # never fetch ImageNet backbone weights implicitly
+    return torchvision.models.get_model(arch, weights=None, **kwargs)
+
+
+def _default_classes(arch: str) -> int:
+    return (
+        21
+        if arch in torchvision.models.list_models(module=torchvision.models.segmentation)
+        else 1000
+    )
 
 
 def _torchvision_weights(arch: str, weights: str) -> nn.Module:
@@ -138,7 +194,7 @@ def _torchvision_weights(arch: str, weights: str) -> nn.Module:
             f"here. Put the file {os.path.basename(spec.url)} at {cached} (from {spec.url}), "
             "or set model.checkpoint to a state dict file, or weights: null for random weights."
         )
-    return load_checkpoint(_torchvision_model(arch, 1000), cached, arch)
+    return load_checkpoint(_torchvision_model(arch, None), cached, arch)
 
 
 def build_model(
@@ -158,16 +214,26 @@ def build_model(
         model = EMBEDDED[arch](num_classes or 10)
         if checkpoint is None and weights is not None:
             checkpoint = embedded_checkpoint(arch)
-    elif arch in TORCHVISION:
+    elif arch == "regnet_x_600mf" or arch in torchvision_models():
         if checkpoint is None and weights is not None:
-            if num_classes not in (None, 1000):
+            default = _default_classes(arch)
+            if num_classes not in (None, default):
                 raise ModelLoadError(
-                    f"ImageNet weights for {arch} have 1000 classes, not {num_classes}"
+                    f"the pretrained weights of {arch} have {default} classes, not {num_classes}: "
+                    "set model.weights null (random) or model.checkpoint to your own weights"
                 )
             return _torchvision_weights(arch, weights).eval()
-        model = _torchvision_model(arch, num_classes or 1000)
+        model = _torchvision_model(arch, num_classes)
     else:
-        raise ModelLoadError(f"unknown model {arch!r}; available: {', '.join(available_models())}")
+        why = _unsupported(arch)
+        if why is not None:
+            raise ModelLoadError(why)
+        raise ModelLoadError(
+            f"unknown model {arch!r}; available: {', '.join(sorted(EMBEDDED))}, regnet_x_600mf and "
+            "every torchvision classification or segmentation CNN "
+            "(torchvision.models.list_models()); your own nn.Module goes in model.net "
+            "(class_path and init_args)"
+        )
     if checkpoint is not None:
         load_checkpoint(model, checkpoint, arch)
     return model.eval()

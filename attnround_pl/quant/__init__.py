@@ -27,6 +27,7 @@ from .model import (
     set_progress,
     set_quant_state,
 )
+from .order import LeafTracer, execution_order, float_ops, never_run_layers, trace_graph
 from .rounding import (
     ROUNDINGS,
     AdaRounding,
@@ -74,7 +75,12 @@ __all__ = [
     "set_progress",
     "calibrate_activations",
     "check_bits",
+    "execution_order",
     "fake_quantize",
+    "float_ops",
+    "LeafTracer",
+    "never_run_layers",
+    "trace_graph",
     "fold_batchnorms",
     "fold_bn_into_conv",
     "finish_rounding_gradients",

@@ -15,13 +15,15 @@ from .bn_fold import fold_batchnorms
 from .config import QuantConfig
 from .errors import QuantConfigError
 from .layers import QUANT_LAYER_TYPES, QuantLayer
+from .order import execution_order
 from .rounding import Rounding, make_rounding
 from .tree import set_submodule
 from .weight_quant import WeightQuantizer
 
 
 def quantizable_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """Conv2d / Linear layers of ``model`` in registration order (forward order in usual CNNs)."""
+    """Conv1d / Conv2d / Linear layers of ``model`` in registration order (see
+    ``order.execution_order`` for the order the forward pass calls them)."""
     return [(n, m) for n, m in model.named_modules() if type(m) in QUANT_LAYER_TYPES]
 
 
@@ -55,17 +57,30 @@ def quantize_model(
     ``search_scales=False`` skips the MSE search (scales 1, zero points 0): for loaders that
     overwrite every quantizer's state right after (seconds saved on ResNet-50-sized models).
     Raises QuantConfigError, naming the value or layer, for bad settings or weights.
+
+    Layers are taken in execution order (``order.execution_order`` of the eval-mode copy): the
+    first and last layer to run keep their own bits, and a layer's index (its seeds) counts in
+    that order. Layers the traced forward never calls (an eval-mode aux classifier) stay float
+    (plain Conv/Linear); their names are the returned model's ``never_run_layers`` attribute.
     """
     config = (config or QuantConfig()).validate()
-    layers = quantizable_layers(model)
-    if not layers:
+    if not quantizable_layers(model):
         raise QuantConfigError(
             f"model {type(model).__name__} has no Conv2d or Linear layer to quantize"
+        )
+    qmodel = copy.deepcopy(model).eval()
+    registered = dict(quantizable_layers(qmodel))
+    order = [name for name in execution_order(qmodel) if name in registered]
+    layers = [(name, registered[name]) for name in order]
+    never_run = [name for name in registered if name not in set(order)]
+    if not layers:
+        raise QuantConfigError(
+            f"the forward pass of {type(model).__name__} calls none of its Conv2d or Linear "
+            "layers: nothing to quantize"
         )
     for name, layer in layers:
         if not torch.isfinite(layer.weight).all():
             raise QuantConfigError(f"weights of layer '{name}' contain NaN or Inf")
-    qmodel = copy.deepcopy(model).eval()
     fold_batchnorms(qmodel)
     count = len(layers)
     per_layer = dict(config.layer_w_bits or {})
@@ -99,6 +114,7 @@ def quantize_model(
     for name, qlayer in swaps:
         set_submodule(qmodel, name, qlayer)
     qmodel.bit_allocation = allocation  # mixed.Allocation; None in single precision
+    qmodel.never_run_layers = never_run  # left float: the forward never calls them
     return qmodel
 
 

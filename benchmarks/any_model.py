@@ -1,0 +1,228 @@
+"""Any model: every torchvision classification and segmentation CNN, end to end.
+
+For each model (random weights, random images, small input): calibrate with Attention Round
+W4A4 for a few iterations through ``attnround_pl.quantize``, save and reload the quantized
+model (bit-exact outputs), export it to ONNX and run that in onnxruntime beside PyTorch. One row
+per model: units by the rule that made them, float ops left outside the quantized layers,
+seconds, and the ONNX agreement. Writes ``benchmarks/results/any_model.json`` and
+``any_model.md``. This is a plumbing check (does every architecture go through every step),
+not an accuracy measurement: the weights and images are random.
+
+    .venv/bin/python benchmarks/any_model.py [--models resnet18 vgg11 ...] [--iters 2]
+
+``FAMILIES`` names every family of ``torchvision.models.list_models()`` (classification and
+segmentation) with the model the fast test (tests/test_any_model.py) runs; ``EXCLUDED`` the
+families that are out of scope. A family in neither fails that test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torchvision
+
+import attnround_pl
+from attnround_pl.export import compare_with_onnx, export_onnx
+from attnround_pl.models import build_model
+from attnround_pl.models.source import ModelSource
+from attnround_pl.quant import QuantConfig
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+# family prefix -> the model the fast test runs (the smallest or most typical of the family)
+FAMILIES = {
+    "alexnet": "alexnet",
+    "convnext": "convnext_tiny",
+    "densenet": "densenet121",
+    "efficientnet_b": "efficientnet_b0",
+    "efficientnet_v2": "efficientnet_v2_s",
+    "googlenet": "googlenet",
+    "inception": "inception_v3",
+    "mnasnet": "mnasnet0_5",
+    "mobilenet_v2": "mobilenet_v2",
+    "mobilenet_v3": "mobilenet_v3_small",
+    "regnet_x": "regnet_x_400mf",
+    "regnet_y": "regnet_y_400mf",
+    "resnet": "resnet18",
+    "resnext": "resnext50_32x4d",
+    "shufflenet": "shufflenet_v2_x0_5",
+    "squeezenet": "squeezenet1_1",
+    "vgg": "vgg11",
+    "wide_resnet": "wide_resnet50_2",
+    # segmentation
+    "deeplabv3": "deeplabv3_mobilenet_v3_large",
+    "fcn": "fcn_resnet50",
+    "lraspp": "lraspp_mobilenet_v3_large",
+}
+# out of scope: vision transformers (build_model refuses them with a message saying so)
+EXCLUDED = ("maxvit", "swin", "vit")
+# torchvision modules whose models take other inputs or give other outputs (refused too)
+EXCLUDED_MODULES = ("detection", "video", "optical_flow", "quantization")
+INPUT_SIZE = {"inception_v3": 75}  # its stem needs at least 75 px
+DEFAULT_SIZE = 32
+SEGMENTATION_SIZE = 64
+
+
+def family_of(name: str) -> str | None:
+    """The family prefix of a model name (longest match), or None."""
+    known = [*FAMILIES, *EXCLUDED]
+    matches = [f for f in known if name == f or name.startswith(f + "_") or name.startswith(f)]
+    return max(matches, key=len) if matches else None
+
+
+def in_scope() -> list[str]:
+    """Every classification and segmentation model of the families in ``FAMILIES``."""
+    names = torchvision.models.list_models(module=torchvision.models)
+    names += torchvision.models.list_models(module=torchvision.models.segmentation)
+    return sorted(n for n in names if family_of(n) in FAMILIES)
+
+
+def input_size(name: str) -> int:
+    segmentation = torchvision.models.list_models(module=torchvision.models.segmentation)
+    return INPUT_SIZE.get(name, SEGMENTATION_SIZE if name in segmentation else DEFAULT_SIZE)
+
+
+@dataclass
+class Row:
+    model: str
+    family: str
+    input_px: int
+    units: dict[str, int]
+    quantized_layers: int
+    float_ops: int
+    seconds: float
+    reload_max_diff: float
+    onnx_max_abs_diff: float
+    onnx_float_noise: bool | None
+    output_sqnr_db: float
+
+
+def run_model(name: str, iters: int = 2, images: int = 8, seed: int = 0) -> Row:
+    """Calibrate, save, reload and export ``name``; the row of the table."""
+    from attnround_pl.models import float_ops
+    from attnround_pl.quant import quant_layers
+
+    torch.manual_seed(seed)
+    size = input_size(name)
+    model = build_model(name, weights=None, num_classes=10)
+    x = torch.randn(images, 3, size, size)
+    started = time.perf_counter()
+    qmodel = attnround_pl.quantize(
+        model,
+        x,
+        iters=iters,
+        calib_size=images,
+        progress=False,
+        quant=QuantConfig(w_bits=4, a_bits=4, seed=seed),
+        source=ModelSource.zoo(name, 10),
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        path = attnround_pl.save(qmodel, Path(tmp) / "q.pt")
+        reloaded = attnround_pl.load(path)
+        with torch.no_grad():
+            a, b = qmodel(x[:2]), reloaded(x[:2])
+        pairs = zip(a.values(), b.values(), strict=True) if isinstance(a, dict) else [(a, b)]
+        reload_diff = max(float((p - q).abs().max()) for p, q in pairs)
+        onnx_path = export_onnx(qmodel, x[:1], Path(tmp) / "q.onnx")
+        cmp = compare_with_onnx(qmodel, onnx_path, [x])
+    seconds = time.perf_counter() - started
+    report = qmodel.report
+    rules = report["unit_rules"]
+    fidelity = next(iter(report["quant_fidelity"].values()))
+    return Row(
+        model=name,
+        family=family_of(name) or "",
+        input_px=size,
+        units=rules,
+        quantized_layers=len(quant_layers(qmodel)),
+        float_ops=sum(float_ops(qmodel).values()),
+        seconds=round(seconds, 1),
+        reload_max_diff=reload_diff,
+        onnx_max_abs_diff=cmp.max_abs_logit_diff,
+        onnx_float_noise=None if cmp.divergence is None else cmp.divergence.float_noise,
+        output_sqnr_db=round(fidelity["sqnr_db"], 2),
+    )
+
+
+def onnx_agrees(row: Row, tolerance: float = 1e-4) -> bool:
+    """ONNX in onnxruntime equals PyTorch, or differs only where a code sat at a rounding tie."""
+    return row.onnx_max_abs_diff <= tolerance or bool(row.onnx_float_noise)
+
+
+def markdown_table(header: list[str], body: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "| --- |" + " ---: |" * (len(header) - 1)]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in body])
+
+
+def write_table(rows: list[Row], out: Path = RESULTS) -> None:
+    command = "benchmarks/any_model.py " + " ".join(sys.argv[1:])
+    payload = {
+        "command": command.strip(),
+        "machine": attnround_pl_machine(),
+        "rows": [asdict(r) for r in rows],
+    }
+    (out / "any_model.json").write_text(json.dumps(payload, indent=1) + "\n")
+    header = [
+        "model",
+        "px",
+        "units by rule",
+        "quantized layers",
+        "float ops",
+        "seconds",
+        "reload max diff",
+        "ONNX max diff",
+        "ONNX agrees",
+        "output SQNR dB",
+    ]
+    body = [
+        [
+            r.model,
+            str(r.input_px),
+            ", ".join(f"{k} {v}" for k, v in r.units.items()),
+            str(r.quantized_layers),
+            str(r.float_ops),
+            f"{r.seconds:.1f}",
+            f"{r.reload_max_diff:.3g}",
+            f"{r.onnx_max_abs_diff:.3g}",
+            "yes" if onnx_agrees(r) else "NO",
+            f"{r.output_sqnr_db:.1f}",
+        ]
+        for r in rows
+    ]
+    text = (
+        f"# Any model: every torchvision CNN end to end\n\nRandom weights and images, "
+        f"Attention Round W4A4, {payload['command']}; {payload['machine']}.\n\n"
+        + markdown_table(header, body)
+        + "\n"
+    )
+    (out / "any_model.md").write_text(text)
+
+
+def attnround_pl_machine() -> str:
+    from attnround_pl.calib.pipeline import machine
+
+    return machine()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", nargs="*", default=None, help="default: every in-scope model")
+    parser.add_argument("--iters", type=int, default=2)
+    args = parser.parse_args()
+    rows = []
+    for name in args.models or in_scope():
+        row = run_model(name, iters=args.iters)
+        print(json.dumps(asdict(row)), flush=True)
+        rows.append(row)
+    write_table(rows)
+
+
+if __name__ == "__main__":
+    main()

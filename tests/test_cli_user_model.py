@@ -1,0 +1,109 @@
+"""The CLI with the user's own model (class path) and the user's own LightningDataModule."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+from imagefolder_fixture import make_image_folder
+
+from attnround_pl import cli
+
+USER_CNN = Path(__file__).with_name("user_cnn.py")
+
+USER_DATA = '''
+import lightning.pytorch as pl
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+
+class RandomImages(pl.LightningDataModule):
+    """A user's own data module: labelled 16x16 RGB images."""
+
+    def __init__(self, count: int = 24, classes: int = 4):
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.x = torch.randn(count, 3, 16, 16, generator=g)
+        self.y = torch.randint(0, classes, (count,), generator=g)
+
+    def train_dataloader(self):
+        return DataLoader(TensorDataset(self.x, self.y), batch_size=8)
+
+    def test_dataloader(self):
+        return DataLoader(TensorDataset(self.x, self.y), batch_size=8)
+'''
+
+
+def _config(tmp_path: Path, data: dict) -> Path:
+    config = {
+        "model": {"net": {"class_path": "my_project_cnn.UserCNN",
+                          "init_args": {"width": 8, "classes": 4}}},
+        "data": data,
+        "quant": {"w_bits": 4, "a_bits": 4},
+        "recon": {"iters": 2, "batch_size": 4},
+        "run": {"out_dir": str(tmp_path / "runs"), "name": "user", "progress": False},
+        "trainer": {"accelerator": "cpu"},
+    }  # fmt: skip
+    path = tmp_path / "user.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch):
+    """A user's project folder: their model file next to their config; the CLI runs there."""
+    shutil.copy(USER_CNN, tmp_path / "my_project_cnn.py")
+    (tmp_path / "my_project_data.py").write_text(USER_DATA)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return tmp_path
+
+
+def test_class_path_model_on_an_image_folder_calibrates_evaluates_exports(project, capsys):
+    train, val = make_image_folder(project / "img", classes=4, train_per_class=4,
+                                   val_per_class=2, size=20)  # fmt: skip
+    data = {"class_path": "attnround_pl.data.ImageFolderDataModule",
+            "init_args": {"train_root": str(train), "val_root": str(val), "calib_size": 16,
+                          "batch_size": 8, "num_workers": 0, "resize": 16, "crop": 16}}  # fmt: skip
+    assert cli.main(["calibrate", "--config", str(_config(project, data))]) == 0
+    run = project / "runs" / "user"
+    report = json.loads((run / "report.json").read_text())
+    assert report["model"] == "UserCNN"
+    assert report["model_source"] == {"kind": "import", "name": "my_project_cnn.UserCNN",
+                                      "init_args": {"width": 8, "classes": 4, "in_channels": 3},
+                                      "num_classes": None}  # fmt: skip
+    assert 0 <= report["quant_top1"] <= 100 and report["eval_data"].endswith("evaluation split")
+    units = {u["name"]: u["layers"] for u in report["units"]}
+    assert ["res_a", "res_b"] in units.values()  # the residual written in forward: one unit
+    capsys.readouterr()
+    assert cli.main(["evaluate", "--run", str(run)]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["quant_top1"] == pytest.approx(report["quant_top1"])
+    assert out["quant_fidelity"]["output"]["sqnr_db"] == pytest.approx(
+        report["quant_fidelity"]["output"]["sqnr_db"], rel=1e-5
+    )
+    assert cli.main(["export", "--run", str(run), "--format", "state"]) == 0
+    exported = json.loads((run / "report.json").read_text())
+    assert exported["state_max_abs_diff"] == 0.0 and exported["state_images"] == 8
+
+
+def test_users_own_lightning_data_module(project, capsys):
+    data = {"class_path": "my_project_data.RandomImages", "init_args": {"count": 24}}
+    assert cli.main(["calibrate", "--config", str(_config(project, data))]) == 0
+    report = json.loads((project / "runs" / "user" / "report.json").read_text())
+    assert report["calib_size"] == 24  # its train_dataloader fed calibration
+    assert report["eval_data"] == "the data module's evaluation split"
+    assert report["quant_fidelity"]["output"]["samples"] == 24
+    assert "quant_top1" in report  # its test_dataloader carries labels
+
+
+def test_unknown_class_path_is_one_line(project, capsys):
+    data = {"class_path": "my_project_data.RandomImages"}
+    config = _config(project, data)
+    text = config.read_text().replace("my_project_cnn.UserCNN", "my_project_cnn.NoSuchNet")
+    config.write_text(text)
+    with pytest.raises(SystemExit) as stop:  # jsonargparse refuses it while parsing
+        cli.main(["calibrate", "--config", str(config)])
+    assert stop.value.code == 2
+    assert "my_project_cnn.NoSuchNet" in capsys.readouterr().err
