@@ -1,10 +1,11 @@
 """Every torchvision CNN family end to end: calibrate, fidelity, save, reload, ONNX.
 
-The fast tests run one model per family (``any_model.FAMILIES``); the slow test runs every
-model of those families and writes ``benchmarks/results/any_model.{json,md}``.
+The fast tests run one model per family (``any_model.FAMILIES``; the three heaviest families'
+models are marked slow); the slow test runs every model of those families and writes
+``benchmarks/results/any_model.{json,md}``.
 """
 
-import importlib.util
+import importlib
 import sys
 from pathlib import Path
 
@@ -19,10 +20,7 @@ BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 def _any_model():
     if str(BENCH) not in sys.path:
         sys.path.insert(0, str(BENCH))
-    spec = importlib.util.spec_from_file_location("any_model", BENCH / "any_model.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return importlib.import_module("any_model")
 
 
 AM = _any_model()
@@ -60,7 +58,13 @@ def test_excluded_models_are_refused_with_the_reason(name):
     )
 
 
-@pytest.mark.parametrize("name", sorted(AM.FAMILIES.values()))
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param(name, marks=[pytest.mark.slow] if family in AM.SLOW_FAMILIES else [])
+        for family, name in sorted(AM.FAMILIES.items())
+    ],
+)
 def test_one_model_per_family_end_to_end(name):
     row = AM.run_model(name, iters=1, images=4)
     assert row.quantized_layers > 0 and sum(row.units.values()) > 0

@@ -61,9 +61,9 @@ def test_clear_errors(tmp_path, capsys):
     assert cli.main(["calibrate", "--config", str(CONFIG), "--quant.w_bits", "9",
                      "--run.out_dir", str(tmp_path)]) == 2  # fmt: skip
     assert "w_bits=9 is outside 2..8" in capsys.readouterr().err
-    assert cli.main(["calibrate", "--config", str(CONFIG), "--model.arch", "vgg11",
+    assert cli.main(["calibrate", "--config", str(CONFIG), "--model.arch", "vgg99",
                      "--run.out_dir", str(tmp_path)]) == 2  # fmt: skip
-    assert "unknown model 'vgg11'" in capsys.readouterr().err
+    assert "unknown model 'vgg99'" in capsys.readouterr().err
     assert cli.main(["evaluate", "--run", str(tmp_path / "nothing")]) == 2
     assert f"run folder {tmp_path / 'nothing'} does not exist" in capsys.readouterr().err
     (tmp_path / "half").mkdir()
@@ -102,7 +102,7 @@ BAD_INPUTS = [
     ("bits outside 2..8", ["--quant.w_bits", "9"], "w_bits=9 is outside 2..8"),
     ("activation bits outside", ["--quant.a_bits", "1"], "a_bits=1 is outside 2..8"),
     ("unknown rounding", ["--quant.rounding", "round"], "unknown rounding 'round'; valid names"),
-    ("unknown model", ["--model.arch", "vgg11"], "unknown model 'vgg11'; available:"),
+    ("unknown model", ["--model.arch", "vgg99"], "unknown model 'vgg99'; available:"),
     ("missing data root", ["--data", "attnround_pl.data.ImageFolderDataModule",
      "--data.init_args.train_root", "/no/such", "--data.init_args.val_root", "/no/such"],
      "data.train_root='/no/such' is not a folder"),

@@ -19,12 +19,37 @@ TRAINER = {"accelerator": "cpu", "devices": 1}
 
 
 def _cli(root: Path, out: Path, name: str, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "attnround_pl.cli", "calibrate",
-            "--config", str(REPO / "configs" / "resnet20_w4a4.yaml"), "--model.weights", "null",
-            "--data.init_args.root", str(root), "--data.init_args.calib_size", "20",
-            "--recon.iters", "60", "--recon.batch_size", "4", "--run.out_dir", str(out),
-            "--run.name", name, "--run.progress", "false", "--run.eval_float", "false",
-            "--run.eval_nearest", "false", "--quant.w_bits", "3", *extra]  # fmt: skip
+    return [
+        sys.executable,
+        "-m",
+        "attnround_pl.cli",
+        "calibrate",
+        "--config",
+        str(REPO / "configs" / "resnet20_w4a4.yaml"),
+        "--model.weights",
+        "null",
+        "--data.init_args.root",
+        str(root),
+        "--data.init_args.calib_size",
+        "20",
+        "--recon.iters",
+        "60",
+        "--recon.batch_size",
+        "4",
+        "--run.out_dir",
+        str(out),
+        "--run.name",
+        name,
+        "--run.progress",
+        "false",
+        "--run.eval_float",
+        "false",
+        "--run.eval_nearest",
+        "false",
+        "--quant.w_bits",
+        "3",
+        *extra,
+    ]
 
 
 def _same_codes(a: Path, b: Path) -> None:
@@ -37,10 +62,14 @@ def _same_codes(a: Path, b: Path) -> None:
 
 def test_resume_after_sigkill_gives_the_uninterrupted_codes(tmp_path, tiny_fmnist):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    subprocess.run(_cli(tiny_fmnist, tmp_path, "full"), check=True, env=env,
-                   capture_output=True)  # fmt: skip
-    proc = subprocess.Popen(_cli(tiny_fmnist, tmp_path, "killed"), env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
+    subprocess.run(_cli(tiny_fmnist, tmp_path, "full"), check=True, env=env, capture_output=True)
+    proc = subprocess.Popen(
+        _cli(tiny_fmnist, tmp_path, "killed"),
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     for line in proc.stdout:
         if line.startswith("unit 4/"):  # unit 4 has started learning: kill it there
             proc.send_signal(signal.SIGKILL)
@@ -52,15 +81,20 @@ def test_resume_after_sigkill_gives_the_uninterrupted_codes(tmp_path, tiny_fmnis
     done = torch.load(run / PROGRESS, weights_only=True)["units"]
     assert 3 <= len(done) < 11  # units 1-3 were saved; the killed unit 4 was not (if on time)
     # starting it again without --run.resume is refused; nothing is lost
-    again = subprocess.run(_cli(tiny_fmnist, tmp_path, "killed"), env=env, text=True,
-                           capture_output=True)  # fmt: skip
+    again = subprocess.run(
+        _cli(tiny_fmnist, tmp_path, "killed"), env=env, text=True, capture_output=True
+    )
     assert again.returncode == 2
     assert "already holds an unfinished run (continue it with --run.resume" in " ".join(
         again.stderr.split()
     )
     assert torch.load(run / PROGRESS, weights_only=True)["units"] == done
-    resumed = subprocess.run(_cli(tiny_fmnist, tmp_path, "killed", "--run.resume", str(run)),
-                             env=env, text=True, capture_output=True)  # fmt: skip
+    resumed = subprocess.run(
+        _cli(tiny_fmnist, tmp_path, "killed", "--run.resume", str(run)),
+        env=env,
+        text=True,
+        capture_output=True,
+    )
     assert resumed.returncode == 0, resumed.stderr
     assert f"{len(done)} unit(s) already done" in " ".join(resumed.stdout.split())
     _same_codes(tmp_path / "full" / "quantized.pt", run / "quantized.pt")
@@ -76,8 +110,14 @@ def _calibrate(root, out, name, quant, **run):
     data = FashionMNISTDataModule(root=str(root), calib_size=20, batch_size=30)
     run = RunConfig(out_dir=str(out), name=name, progress=False, eval_float=False, **run)
     torch.manual_seed(0)  # the random float weights (the CLI's seed_everything does this)
-    return calibrate(FloatModel("resnet20", weights=None), data, quant,
-                     ReconConfig(iters=8, batch_size=4), run, TRAINER)  # fmt: skip
+    return calibrate(
+        FloatModel("resnet20", weights=None),
+        data,
+        quant,
+        ReconConfig(iters=8, batch_size=4),
+        run,
+        TRAINER,
+    )
 
 
 def test_two_runs_with_the_same_seed_are_identical(tmp_path, tiny_fmnist):
@@ -87,12 +127,15 @@ def test_two_runs_with_the_same_seed_are_identical(tmp_path, tiny_fmnist):
     _same_codes(tmp_path / "a" / "quantized.pt", tmp_path / "b" / "quantized.pt")
     wall = {"calib_seconds", "peak_rss_mb", "run_dir", "units"}
     assert {k: v for k, v in first.items() if k not in wall} == {
-        k: v for k, v in second.items() if k not in wall}  # fmt: skip
+        k: v for k, v in second.items() if k not in wall
+    }
     for a, b in zip(first["units"], second["units"], strict=True):
         assert {k: v for k, v in a.items() if k != "seconds"} == {
-            k: v for k, v in b.items() if k != "seconds"}  # fmt: skip
-    other = _calibrate(tiny_fmnist, tmp_path, "c", QuantConfig(w_bits=3, a_bits=3,
-                       act_border="aquant", seed=8))  # fmt: skip
+            k: v for k, v in b.items() if k != "seconds"
+        }
+    other = _calibrate(
+        tiny_fmnist, tmp_path, "c", QuantConfig(w_bits=3, a_bits=3, act_border="aquant", seed=8)
+    )
     assert other["units"][1]["mse_final"] != first["units"][1]["mse_final"]
 
 
@@ -101,8 +144,9 @@ def test_resume_refuses_other_settings_and_overwrite_replaces(tmp_path, tiny_fmn
     run.mkdir()
     with pytest.raises(RunFolderError, match="no progress.pt: no unit of it finished"):
         prepare_run_dir(run, resume=True, overwrite=False)
-    torch.save({"format": "attnround-pl/progress/1", "fingerprint": "x", "units": []},
-               run / PROGRESS)  # fmt: skip
+    torch.save(
+        {"format": "attnround-pl/progress/1", "fingerprint": "x", "units": []}, run / PROGRESS
+    )
     with pytest.raises(RunFolderError, match="started with other settings"):
         _calibrate(tiny_fmnist, tmp_path, "ignored", QuantConfig(), resume=str(run))
     (run / "report.json").write_text("{}")
@@ -124,3 +168,45 @@ def test_fingerprint_sees_weights_images_and_settings():
     with torch.no_grad():
         net.weight[0, 0] += 1e-6
     assert fingerprint({"a": 1}, net, batches) != base
+
+
+def test_resume_a_users_model_with_graph_units(tmp_path, monkeypatch):
+    """A model passed as an object, its units from the traced graph: stopped after two units
+    and resumed, it ends with the uninterrupted run's codes."""
+    from user_cnn import UserCNN
+
+    import attnround_pl.calib.pipeline as pipeline
+
+    images = torch.randn(24, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    recon = ReconConfig(iters=3, batch_size=4)
+
+    def run(name, **extra):
+        torch.manual_seed(0)
+        config = RunConfig(out_dir=str(tmp_path), name=name, progress=False, **extra)
+        return calibrate(UserCNN().eval(), images, QuantConfig(w_bits=3), recon, config)
+
+    full = run("full")
+    saved = pipeline.save_progress
+
+    def stop_after_two(run_dir, qmodel, results, *args):
+        saved(run_dir, qmodel, results, *args)
+        if len(results) == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipeline, "save_progress", stop_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        run("stopped")
+    monkeypatch.setattr(pipeline, "save_progress", saved)
+    torch.manual_seed(0)
+    resumed = calibrate(
+        UserCNN().eval(),
+        images,
+        QuantConfig(w_bits=3),
+        recon,
+        RunConfig(resume=str(tmp_path / "stopped"), progress=False),
+    )
+    assert resumed["resumed_after_units"] == 2
+    assert [u["rule"] for u in resumed["units"]] == [u["rule"] for u in full["units"]]
+    assert "graph" in {u["rule"] for u in full["units"]}
+    assert [u["mse_final"] for u in resumed["units"]] == [u["mse_final"] for u in full["units"]]
+    _same_codes(tmp_path / "full" / "quantized.pt", tmp_path / "stopped" / "quantized.pt")

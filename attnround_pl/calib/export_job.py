@@ -81,22 +81,25 @@ def export_run(
 
 
 def export_table(result: dict[str, Any]) -> Table:
-    """PyTorch fake-quant and exported model side by side."""
-    if "onnx_top1" in result:
+    """PyTorch fake-quant and exported model side by side (top-1 where the data has labels)."""
+    if "onnx_path" in result:
         table = Table(title=f"{result['onnx_path']} on {result['onnx_images']} images")
-        for col in ("PyTorch top-1 %", "onnxruntime top-1 %", "differing argmax",
-                    "max |logit diff|"):  # fmt: skip
+        labelled = result.get("onnx_top1") is not None
+        columns = ["PyTorch top-1 %", "onnxruntime top-1 %", "differing argmax"] if labelled else []
+        for col in (*columns, "max |output diff|"):
             table.add_column(col, justify="right")
-        table.add_row(f"{result['onnx_torch_top1']:.2f}", f"{result['onnx_top1']:.2f}",
-                      str(result["onnx_argmax_mismatch"]),
-                      f"{result['onnx_max_abs_logit_diff']:.3g}")  # fmt: skip
+        cells = []
+        if labelled:
+            cells = [f"{result['onnx_torch_top1']:.2f}", f"{result['onnx_top1']:.2f}",
+                     str(result["onnx_argmax_mismatch"])]  # fmt: skip
+        table.add_row(*cells, f"{result['onnx_max_abs_logit_diff']:.3g}")
         div = result.get("onnx_code_divergence")
         if div is not None:
             table.caption = CodeDivergence(**div).explain()
         elif result["onnx_max_abs_logit_diff"] > 0:
             table.caption = (
                 "every activation code agrees on the images that differ most: "
-                "the logits differ by float summation order only"
+                "the outputs differ by float summation order only"
             )
         return table
     table = Table(title=f"{result['state_path']}: reloaded vs calibrated model")

@@ -17,7 +17,7 @@ import resource
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,10 +39,12 @@ from ..quant import (
     QuantConfig,
     QuantConfigError,
     calibrate_activations,
+    float_ops,
     fold_batchnorms,
     quant_layers,
     quantizable_layers,
     quantize_model,
+    round_to_nearest,
     save_quantized,
 )
 from ..quant.fidelity import FidelityStats, output_tensors
@@ -310,19 +312,22 @@ def _describe(label: str, result: EvalResult) -> str:
     return f"{label}: {', '.join(parts)}"
 
 
-def _evaluate_baselines(float_net: nn.Module, quant: QuantConfig, run: RunConfig | None,
-                        batches: list[Tensor], score: Callable[..., EvalResult],
-                        report: dict[str, Any], echo: Callable[..., None]) -> None:  # fmt: skip
-    """Float top-1/top-5 and round-to-nearest's (with its fidelity) into ``report``."""
+def _evaluate_baselines(float_net: nn.Module, qmodel: nn.Module, run: RunConfig | None,
+                        score: Callable[..., EvalResult], report: dict[str, Any],
+                        echo: Callable[..., None]) -> None:  # fmt: skip
+    """Float top-1/top-5 and round-to-nearest's (with its fidelity) into ``report``.
+
+    Round-to-nearest is the quantized model before reconstruction with every weight rounded to
+    nearest: the same scales, activation steps and bits as a model built with rounding
+    'nearest' (the scale search does not depend on the rounding), without a second search."""
     if run is None or run.eval_float:
         result = score(float_net, None)
         _record(report, "float", result)
         if result.top1 is not None:
             echo(_describe("float", result))
     if run is None or run.eval_nearest:
-        nearest = quantize_model(float_net, replace(quant, rounding="nearest"))
-        calibrate_activations(nearest, batches)
-        result = score(nearest, float_net)
+        with round_to_nearest(qmodel):
+            result = score(qmodel, float_net)
         _record(report, "nearest", result)
         echo(_describe("round-to-nearest", result))
 
@@ -472,15 +477,19 @@ def run_calibration(
     if progress is not None:
         report.update(progress["report"])
         echo(f"resuming {folder.path}: {len(progress['units'])} unit(s) already done")
-    else:  # a resumed run has them in its report already
-        _evaluate_baselines(float_net, quant, run, batches, score, report, echo)
 
     started = time.perf_counter()
     elapsed_before = progress["elapsed"] if progress is not None else 0.0
     qmodel = _quantize(float_net, quant, batches, report, echo)
+    if progress is None:  # a resumed run has them in its report already
+        paused = time.perf_counter()
+        _evaluate_baselines(float_net, qmodel, run, score, report, echo)
+        started += time.perf_counter() - paused  # evaluation is not calibration time
     folded = copy.deepcopy(float_net).eval()
     fold_batchnorms(folded)
     units = split_units(qmodel, example=batches[0][:2])
+    report["float_ops"] = float_ops(qmodel)  # what stays float outside Conv/Linear layers
+    report["never_run_layers"] = list(qmodel.never_run_layers)  # no data reaches them: float
     report["unit_rules"] = {rule: sum(u.rule == rule for u in units)
                             for rule in dict.fromkeys(u.rule for u in units)}  # fmt: skip
     if progress is not None:

@@ -87,9 +87,18 @@ def float_ops(model: nn.Module) -> dict[str, int]:
     name, e.g. ``view``, ``mean``). Not counted: placeholders, outputs, ``get_attr``, the
     structural ``getattr`` / ``getitem`` / ``size()`` / ``dim()``, and the modules that are
     no-ops at inference (``Identity``, where folding removed a BatchNorm, and ``Dropout``).
-    Raises what fx raises where the model cannot be traced."""
-    graph = trace_graph(model)
+    Where the model cannot be traced, the leaf modules that are not quantized layers are counted
+    (functions called in ``forward`` are then not seen)."""
     counts: Counter[str] = Counter()
+    try:
+        graph = trace_graph(model)
+    except Exception:  # noqa: BLE001 - untraceable: count what the module tree shows
+        inside = {id(m) for q in model.modules() if isinstance(q, QuantLayer) for m in q.modules()}
+        for module in model.modules():
+            leaf = next(module.children(), None) is None
+            if leaf and id(module) not in inside and not isinstance(module, NO_OP_MODULES):
+                counts[type(module).__name__] += 1
+        return dict(sorted(counts.items()))
     for node in graph.nodes:
         if node.op == "call_module":
             module = model.get_submodule(node.target)
