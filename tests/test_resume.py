@@ -188,13 +188,16 @@ def test_resume_a_users_model_with_graph_units(tmp_path, monkeypatch):
     full = run("full")
     saved = pipeline.save_progress
 
+    class CrashError(RuntimeError):
+        pass
+
     def stop_after_two(run_dir, qmodel, results, *args):
         saved(run_dir, qmodel, results, *args)
         if len(results) == 2:
-            raise KeyboardInterrupt
+            raise CrashError
 
     monkeypatch.setattr(pipeline, "save_progress", stop_after_two)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(CrashError):
         run("stopped")
     monkeypatch.setattr(pipeline, "save_progress", saved)
     torch.manual_seed(0)
