@@ -35,16 +35,16 @@ class RandomImages(pl.LightningDataModule):
 '''
 
 
-def _config(tmp_path: Path, data: dict) -> Path:
+def _config(tmp_path: Path, data: dict, model: dict | None = None) -> Path:
+    net = {"class_path": "my_project_cnn.UserCNN", "init_args": {"width": 8, "classes": 4}}
     config = {
-        "model": {"net": {"class_path": "my_project_cnn.UserCNN",
-                          "init_args": {"width": 8, "classes": 4}}},
+        "model": model or {"net": net},
         "data": data,
         "quant": {"w_bits": 4, "a_bits": 4},
         "recon": {"iters": 2, "batch_size": 4},
         "run": {"out_dir": str(tmp_path / "runs"), "name": "user", "progress": False},
         "trainer": {"accelerator": "cpu"},
-    }  # fmt: skip
+    }
     path = tmp_path / "user.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
@@ -63,9 +63,11 @@ def project(tmp_path, monkeypatch):
 def test_class_path_model_on_an_image_folder_calibrates_evaluates_exports(project, capsys):
     train, val = make_image_folder(project / "img", classes=4, train_per_class=4,
                                    val_per_class=2, size=20)  # fmt: skip
-    data = {"class_path": "attnround_pl.data.ImageFolderDataModule",
-            "init_args": {"train_root": str(train), "val_root": str(val), "calib_size": 16,
-                          "batch_size": 8, "num_workers": 0, "resize": 16, "crop": 16}}  # fmt: skip
+    data = {
+        "class_path": "attnround_pl.data.ImageFolderDataModule",
+        "init_args": {"train_root": str(train), "val_root": str(val), "calib_size": 16,
+                      "batch_size": 8, "num_workers": 0, "resize": 16, "crop": 16},
+    }  # fmt: skip
     assert cli.main(["calibrate", "--config", str(_config(project, data))]) == 0
     run = project / "runs" / "user"
     report = json.loads((run / "report.json").read_text())
@@ -107,3 +109,79 @@ def test_unknown_class_path_is_one_line(project, capsys):
         cli.main(["calibrate", "--config", str(config)])
     assert stop.value.code == 2
     assert "my_project_cnn.NoSuchNet" in capsys.readouterr().err
+
+
+USER_LIT = '''
+import lightning.pytorch as pl
+import torch.nn.functional as F
+
+from my_project_cnn import UserCNN
+
+
+class LitNet(pl.LightningModule):
+    """A user's LightningModule: the network under self.model, hyperparameters saved."""
+
+    def __init__(self, width: int = 8, classes: int = 4):
+        super().__init__()
+        self.save_hyperparameters()
+        self.model = UserCNN(width, classes)
+
+    def forward(self, x):
+        return self.model(x)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return F.cross_entropy(self(x), y)
+'''
+
+
+def test_users_lightning_module_with_its_checkpoint(project, capsys):
+    import torch
+
+    (project / "my_project_lit.py").write_text(USER_LIT)
+    from my_project_lit import LitNet
+
+    torch.manual_seed(1)
+    trained = LitNet(width=8)
+    # what Lightning's ModelCheckpoint writes: the state dict beside other entries
+    torch.save({"state_dict": trained.state_dict(), "epoch": 3}, project / "lit.ckpt")
+    data = {"class_path": "my_project_data.RandomImages", "init_args": {"count": 16}}
+    net = {"class_path": "my_project_lit.LitNet", "init_args": {"width": 8}}
+    config = _config(project, data, {"net": net, "checkpoint": "lit.ckpt"})
+    assert cli.main(["calibrate", "--config", str(config)]) == 0
+    report = json.loads((project / "runs" / "user" / "report.json").read_text())
+    assert report["model"] == "LitNet"
+    assert report["model_source"]["name"] == "my_project_lit.LitNet"
+    x = torch.randn(4, 3, 16, 16)
+    import attnround_pl
+
+    reloaded = attnround_pl.load(project / "runs" / "user")  # rebuilt from the class path
+    assert reloaded.report["model"] == "LitNet"
+    # the checkpoint's weights were calibrated: the quantized model tracks that net, not
+    # another initialisation of the same class
+    torch.manual_seed(2)
+    other = LitNet(width=8).eval()
+    with torch.no_grad():
+        out = reloaded(x)
+        close = torch.nn.functional.cosine_similarity(out, trained.eval()(x)).mean()
+        far = torch.nn.functional.cosine_similarity(out, other(x)).mean()
+    assert close > 0.95 and far < 0.5
+
+
+def test_python_lightning_module_with_saved_hparams_reloads_by_itself(project):
+    import torch
+
+    (project / "my_project_lit.py").write_text(USER_LIT)
+    from my_project_lit import LitNet
+
+    import attnround_pl
+
+    torch.manual_seed(0)
+    qmodel = attnround_pl.quantize(
+        LitNet(width=8), torch.randn(16, 3, 16, 16), iters=1, progress=False
+    )
+    assert qmodel.float_source.kind == "import"
+    assert qmodel.float_source.init_args == {"width": 8, "classes": 4}
+    path = attnround_pl.save(qmodel, project / "lit_q.pt")
+    x = torch.randn(2, 3, 16, 16)
+    assert torch.equal(attnround_pl.load(path)(x), qmodel(x))

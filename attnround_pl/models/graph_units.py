@@ -207,15 +207,19 @@ def _in_place(node: fx.Node, root: nn.Module) -> bool:
     return False
 
 
-class RegionModule(fx.GraphModule):
-    """A graph unit's module. ``train()`` switches only the quantized layers: every other
+class QuantLayersTrain:
+    """Mixin for a unit's module: ``train()`` switches only the quantized layers; every other
     module (an unfolded BatchNorm, a Dropout) stays in eval mode, as in the quantized model."""
 
-    def train(self, mode: bool = True) -> RegionModule:
+    def train(self, mode: bool = True) -> nn.Module:
         super().train(mode)
         if mode:
             keep_float_ops_eval(self)
         return self
+
+
+class RegionModule(QuantLayersTrain, fx.GraphModule):
+    """A graph unit's module: the region of the traced graph, sharing the model's layers."""
 
 
 def keep_float_ops_eval(module: nn.Module) -> None:

@@ -31,10 +31,10 @@ from torchvision.models.resnet import BasicBlock, Bottleneck
 from ..quant import QuantLayer, quant_layers
 from .graph_units import (
     GraphRegion,
+    QuantLayersTrain,
     analyse,
     float_pass,
     graph_regions,
-    keep_float_ops_eval,
     quant_targets,
     region_name,
 )
@@ -97,7 +97,7 @@ class Unit:
         return EvalFloatOps(module) if self.rule == "child" else module
 
 
-class EvalFloatOps(nn.Module):
+class EvalFloatOps(QuantLayersTrain, nn.Module):
     """Runs ``inner``; ``train()`` switches only its quantized layers (Dropout, an unfolded
     BatchNorm and Python-level ``self.training`` branches stay as in eval)."""
 
@@ -107,12 +107,6 @@ class EvalFloatOps(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.inner(x)
-
-    def train(self, mode: bool = True) -> EvalFloatOps:
-        super().train(mode)
-        if mode:
-            keep_float_ops_eval(self)
-        return self
 
 
 # registry -----------------------------------------------------------------------------------
