@@ -185,3 +185,24 @@ def test_python_lightning_module_with_saved_hparams_reloads_by_itself(project):
     path = attnround_pl.save(qmodel, project / "lit_q.pt")
     x = torch.randn(2, 3, 16, 16)
     assert torch.equal(attnround_pl.load(path)(x), qmodel(x))
+
+
+def test_any_torchvision_model_by_name(project, capsys):
+    train, val = make_image_folder(project / "img", classes=4, train_per_class=2,
+                                   val_per_class=1, size=36)  # fmt: skip
+    data = {
+        "class_path": "attnround_pl.data.ImageFolderDataModule",
+        "init_args": {"train_root": str(train), "val_root": str(val), "calib_size": 8,
+                      "batch_size": 4, "num_workers": 0, "resize": 36, "crop": 32},
+    }  # fmt: skip
+    model = {"arch": "squeezenet1_1", "weights": None, "num_classes": 4}
+    assert cli.main(["calibrate", "--config", str(_config(project, data, model))]) == 0
+    run = project / "runs" / "user"
+    report = json.loads((run / "report.json").read_text())
+    assert report["model_source"] == {"kind": "zoo", "name": "squeezenet1_1", "init_args": {},
+                                      "num_classes": 4}  # fmt: skip
+    # first conv, 8 fire modules x (squeeze conv, the concat of its two expand convs), classifier
+    assert report["unit_rules"] == {"graph": 1 + 8 * 2 + 1}
+    assert cli.main(["export", "--run", str(run), "--format", "onnx"]) == 0
+    exported = json.loads((run / "report.json").read_text())
+    assert exported["onnx_argmax_mismatch"] == 0 and exported["onnx_images"] == 4
