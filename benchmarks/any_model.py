@@ -85,10 +85,18 @@ def family_of(name: str) -> str | None:
 
 
 def in_scope() -> list[str]:
-    """Every classification and segmentation model of the families in ``FAMILIES``."""
+    """Every classification and segmentation model of the families in ``FAMILIES``, smallest
+    first (by the parameter count torchvision's weights record; none for regnet_x_600mf)."""
     names = torchvision.models.list_models(module=torchvision.models)
     names += torchvision.models.list_models(module=torchvision.models.segmentation)
-    return sorted(n for n in names if family_of(n) in FAMILIES)
+    return sorted((n for n in names if family_of(n) in FAMILIES), key=lambda n: (params(n), n))
+
+
+def params(name: str) -> int:
+    try:
+        return int(torchvision.models.get_model_weights(name).DEFAULT.meta["num_params"])
+    except (KeyError, ValueError, AttributeError):
+        return 0
 
 
 def input_size(name: str) -> int:
@@ -193,12 +201,16 @@ def run_isolated(name: str, iters: int = 2) -> Row | Failure:
     return Failure(name, family_of(name) or "", tail[:300], round(time.perf_counter() - started, 1))
 
 
-def write_table(rows: list[Row | Failure], command: str, out: Path = RESULTS) -> None:
-    """``any_model.json`` (every row) and ``any_model.md`` (the table) in ``out``."""
+def write_table(
+    rows: list[Row | Failure], command: str, out: Path = RESULTS, missing: list[str] = ()
+) -> None:
+    """``any_model.json`` (every row) and ``any_model.md`` (the table) in ``out``; ``missing``:
+    in-scope models that were not run."""
     payload = {
         "command": command,
         "machine": attnround_pl_machine(),
         "rows": [asdict(r) for r in rows],
+        "not_run": list(missing),
     }
     (out / "any_model.json").write_text(json.dumps(payload, indent=1) + "\n")
     header = [
@@ -245,6 +257,10 @@ def write_table(rows: list[Row | Failure], command: str, out: Path = RESULTS) ->
         "operations outside Conv/Linear layers that stay float. Output SQNR: random weights "
         "and images, so it says nothing about accuracy.\n\n" + markdown_table(header, body) + "\n"
     )
+    if missing:
+        text += (
+            f"\nNot run (the largest, in the run that wrote this table): {', '.join(missing)}.\n"
+        )
     (out / "any_model.md").write_text(text)
 
 
@@ -254,12 +270,27 @@ def attnround_pl_machine() -> str:
     return machine()
 
 
-def run_all(names: list[str], iters: int = 2) -> list[Row | Failure]:
+def run_all(names: list[str], iters: int = 2, jsonl: Path | None = None) -> list[Row | Failure]:
+    """Every model of ``names`` in its own process; each row printed (and appended to
+    ``jsonl``) as it finishes, so a long run can stop and be tabulated from what it has."""
     rows = []
     for name in names:
         row = run_isolated(name, iters)
-        print(json.dumps(asdict(row)), flush=True)
+        line = json.dumps(asdict(row))
+        print(line, flush=True)
+        if jsonl is not None:
+            with jsonl.open("a") as f:
+                f.write(line + "\n")
         rows.append(row)
+    return rows
+
+
+def read_rows(jsonl: Path) -> list[Row | Failure]:
+    """The rows a run appended to ``jsonl``."""
+    rows: list[Row | Failure] = []
+    for line in jsonl.read_text().splitlines():
+        data = json.loads(line)
+        rows.append(Failure(**data) if "error" in data else Row(**data))
     return rows
 
 
@@ -268,12 +299,28 @@ def main() -> None:
     parser.add_argument("--models", nargs="*", default=None, help="default: every in-scope model")
     parser.add_argument("--iters", type=int, default=2)
     parser.add_argument("--one", default=None, help="run one model in this process, print its row")
+    parser.add_argument(
+        "--jsonl",
+        type=Path,
+        default=None,
+        help="append each row to this file; models already in it are skipped",
+    )
+    parser.add_argument(
+        "--tabulate",
+        action="store_true",
+        help="write the table from --jsonl's rows without running anything",
+    )
     args = parser.parse_args()
     if args.one is not None:
         print(json.dumps(asdict(run_model(args.one, iters=args.iters))), flush=True)
         return
-    rows = run_all(args.models or in_scope(), args.iters)
-    write_table(rows, "benchmarks/any_model.py " + " ".join(sys.argv[1:]).strip())
+    command = f"benchmarks/any_model.py --iters {args.iters}"
+    done = read_rows(args.jsonl) if args.jsonl is not None and args.jsonl.is_file() else []
+    if not args.tabulate:
+        seen = {r.model for r in done}
+        todo = [n for n in args.models or in_scope() if n not in seen]
+        done += run_all(todo, args.iters, args.jsonl)
+    write_table(done, command, missing=[n for n in in_scope() if n not in {r.model for r in done}])
 
 
 if __name__ == "__main__":

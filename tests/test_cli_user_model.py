@@ -50,6 +50,18 @@ def _config(tmp_path: Path, data: dict, model: dict | None = None) -> Path:
     return path
 
 
+def _image_folder(root: Path, per_class: int, size: int, crop: int) -> dict:
+    """A labelled image folder of 4 classes (half as many validation images) as --data."""
+    train, val = make_image_folder(root / "img", classes=4, train_per_class=per_class,
+                                   val_per_class=per_class // 2, size=size)  # fmt: skip
+    return {
+        "class_path": "attnround_pl.data.ImageFolderDataModule",
+        "init_args": {"train_root": str(train), "val_root": str(val),
+                      "calib_size": 4 * per_class, "batch_size": 2 * per_class,
+                      "num_workers": 0, "resize": size, "crop": crop},
+    }  # fmt: skip
+
+
 @pytest.fixture
 def project(tmp_path, monkeypatch):
     """A user's project folder: their model file next to their config; the CLI runs there."""
@@ -61,13 +73,7 @@ def project(tmp_path, monkeypatch):
 
 
 def test_class_path_model_on_an_image_folder_calibrates_evaluates_exports(project, capsys):
-    train, val = make_image_folder(project / "img", classes=4, train_per_class=4,
-                                   val_per_class=2, size=20)  # fmt: skip
-    data = {
-        "class_path": "attnround_pl.data.ImageFolderDataModule",
-        "init_args": {"train_root": str(train), "val_root": str(val), "calib_size": 16,
-                      "batch_size": 8, "num_workers": 0, "resize": 16, "crop": 16},
-    }  # fmt: skip
+    data = _image_folder(project, per_class=4, size=20, crop=16)
     assert cli.main(["calibrate", "--config", str(_config(project, data))]) == 0
     run = project / "runs" / "user"
     report = json.loads((run / "report.json").read_text())
@@ -188,13 +194,7 @@ def test_python_lightning_module_with_saved_hparams_reloads_by_itself(project):
 
 
 def test_any_torchvision_model_by_name(project, capsys):
-    train, val = make_image_folder(project / "img", classes=4, train_per_class=2,
-                                   val_per_class=1, size=36)  # fmt: skip
-    data = {
-        "class_path": "attnround_pl.data.ImageFolderDataModule",
-        "init_args": {"train_root": str(train), "val_root": str(val), "calib_size": 8,
-                      "batch_size": 4, "num_workers": 0, "resize": 36, "crop": 32},
-    }  # fmt: skip
+    data = _image_folder(project, per_class=2, size=36, crop=32)
     model = {"arch": "squeezenet1_1", "weights": None, "num_classes": 4}
     assert cli.main(["calibrate", "--config", str(_config(project, data, model))]) == 0
     run = project / "runs" / "user"
