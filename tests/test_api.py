@@ -173,3 +173,15 @@ def test_untraceable_model_falls_back_and_says_so():
     rules = {u["rule"] for u in qmodel.report["units"]}
     assert rules and rules <= {"child", "layer"}
     assert set(qmodel.report["unit_rules"]) == rules
+
+
+def test_unit_fidelity_falls_back_to_calibration_images_of_another_size():
+    torch.manual_seed(0)
+    model = UserCNN().eval()
+    qmodel = attnround_pl.quantize(
+        model, _images(16), iters=0, progress=False, eval_data=[torch.randn(8, 3, 20, 20)]
+    )
+    report = qmodel.report
+    assert report["quant_fidelity"]["output"]["samples"] == 8  # the output: evaluation data
+    assert report["unit_fidelity_data"].startswith("calibration images (evaluation images")
+    assert {u["samples"] for u in report["unit_fidelity"]} == {16}

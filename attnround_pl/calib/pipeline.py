@@ -517,6 +517,11 @@ def run_calibration(
     qmodel.eval()
     _record(report, "quant", score(qmodel, float_net))
     unit_batches = _first_images(inputs.eval_batches, unit_eval_images)
+    report["unit_fidelity_data"] = inputs.eval_source
+    if any(b.shape[1:] != batches[0].shape[1:] for b in unit_batches):
+        # graph units are built for the calibration images' size (sizes baked into regions)
+        unit_batches = _first_images(batches, unit_eval_images)
+        report["unit_fidelity_data"] = "calibration images (evaluation images differ in size)"
     report["unit_fidelity"] = unit_fidelity(qmodel, folded, units, unit_batches)
     report["peak_rss_mb"] = round(peak_rss_mb(), 1)
     if folder.path is not None:
