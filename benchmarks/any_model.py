@@ -164,8 +164,12 @@ def run_model(name: str, iters: int = 2, images: int = 8, seed: int = 0) -> Row:
 
 
 def onnx_agrees(row: Row, tolerance: float = 1e-4) -> bool:
-    """ONNX in onnxruntime equals PyTorch, or differs only where a code sat at a rounding tie."""
-    return row.onnx_max_abs_diff <= tolerance or bool(row.onnx_float_noise)
+    """ONNX in onnxruntime computes what PyTorch does: the outputs are within ``tolerance``, or
+    every activation code is equal on the images that differ most (``onnx_float_noise`` None:
+    the outputs differ by float summation order only, which a deep random-weight net with large
+    logits amplifies), or the first differing code sat at a rounding tie (True). False means
+    an export fault: a code that differs away from a tie."""
+    return row.onnx_max_abs_diff <= tolerance or row.onnx_float_noise is not False
 
 
 def markdown_table(header: list[str], body: list[list[str]]) -> str:
@@ -252,7 +256,10 @@ def write_table(
         f"Random weights and random images, Attention Round W4A4, {command}; "
         f"{payload['machine']}. {len(rows) - failed} of {len(rows)} models went through "
         "calibration, save and reload (bit-exact) and ONNX export (checked in onnxruntime). "
-        "Seconds cover all of that for one model. Units by rule: registry (known block "
+        "Seconds cover all of that for one model. ONNX agrees: outputs within 1e-4, or every "
+        "activation code equal to PyTorch's on the images that differ most (the outputs then "
+        "differ by float summation order only), or the first differing code at a rounding "
+        "tie. Units by rule: registry (known block "
         "classes), graph (regions of the traced graph), child/layer (fallbacks). Float ops: "
         "operations outside Conv/Linear layers that stay float. Output SQNR: random weights "
         "and images, so it says nothing about accuracy.\n\n" + markdown_table(header, body) + "\n"
