@@ -206,15 +206,21 @@ def run_isolated(name: str, iters: int = 2) -> Row | Failure:
 
 
 def write_table(
-    rows: list[Row | Failure], command: str, out: Path = RESULTS, missing: list[str] = ()
+    rows: list[Row | Failure],
+    command: str,
+    out: Path = RESULTS,
+    missing: list[str] = (),
+    note: str = "",
 ) -> None:
-    """``any_model.json`` (every row) and ``any_model.md`` (the table) in ``out``; ``missing``:
-    in-scope models that were not run."""
+    """``any_model.json`` (every row) and ``any_model.md`` (the table, by model name) in
+    ``out``; ``missing``: in-scope models that were not run; ``note``: how the run was taken."""
+    rows = sorted(rows, key=lambda r: r.model)
     payload = {
         "command": command,
         "machine": attnround_pl_machine(),
         "rows": [asdict(r) for r in rows],
         "not_run": list(missing),
+        "note": note,
     }
     (out / "any_model.json").write_text(json.dumps(payload, indent=1) + "\n")
     header = [
@@ -262,7 +268,9 @@ def write_table(
         "tie. Units by rule: registry (known block "
         "classes), graph (regions of the traced graph), child/layer (fallbacks). Float ops: "
         "operations outside Conv/Linear layers that stay float. Output SQNR: random weights "
-        "and images, so it says nothing about accuracy.\n\n" + markdown_table(header, body) + "\n"
+        f"and images, so it says nothing about accuracy. {note}\n\n"
+        + markdown_table(header, body)
+        + "\n"
     )
     if missing:
         text += (
@@ -317,6 +325,7 @@ def main() -> None:
         action="store_true",
         help="write the table from --jsonl's rows without running anything",
     )
+    parser.add_argument("--note", default="", help="how the run was taken, for the table")
     args = parser.parse_args()
     if args.one is not None:
         print(json.dumps(asdict(run_model(args.one, iters=args.iters))), flush=True)
@@ -327,7 +336,8 @@ def main() -> None:
         seen = {r.model for r in done}
         todo = [n for n in args.models or in_scope() if n not in seen]
         done += run_all(todo, args.iters, args.jsonl)
-    write_table(done, command, missing=[n for n in in_scope() if n not in {r.model for r in done}])
+    missing = [n for n in in_scope() if n not in {r.model for r in done}]
+    write_table(done, command, missing=missing, note=args.note)
 
 
 if __name__ == "__main__":
