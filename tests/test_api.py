@@ -185,3 +185,11 @@ def test_unit_fidelity_falls_back_to_calibration_images_of_another_size():
     assert report["quant_fidelity"]["output"]["samples"] == 8  # the output: evaluation data
     assert report["unit_fidelity_data"].startswith("calibration images (evaluation images")
     assert {u["samples"] for u in report["unit_fidelity"]} == {16}
+
+
+def test_progress_bars_follow_the_progress_argument(capsys):
+    torch.manual_seed(0)
+    attnround_pl.quantize(UserCNN().eval(), _images(16), iters=2, progress=False)
+    assert "━" not in capsys.readouterr().out
+    attnround_pl.quantize(UserCNN().eval(), _images(16), iters=2, progress=True)
+    assert "━" in capsys.readouterr().out  # the reconstruction's progress bars

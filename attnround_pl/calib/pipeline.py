@@ -467,21 +467,21 @@ def run_calibration(
     settings = {"quant": quant.to_dict(), "recon": recon.__dict__, "source": source.to_dict()}
     print_ = fingerprint(settings, float_net, batches)
     resuming = run is not None and run.resume is not None
-    progress = load_progress(folder.path, print_) if resuming else None
+    resumed = load_progress(folder.path, print_) if resuming else None
     show = run.progress if run is not None else progress
 
     def score(net: nn.Module, reference: nn.Module | None) -> EvalResult:
         return evaluate(net, inputs.eval_batches, trainer_kwargs, show, reference)
 
     report = _new_report(source, sum(len(b) for b in batches), quant, recon, inputs.eval_source)
-    if progress is not None:
-        report.update(progress["report"])
-        echo(f"resuming {folder.path}: {len(progress['units'])} unit(s) already done")
+    if resumed is not None:
+        report.update(resumed["report"])
+        echo(f"resuming {folder.path}: {len(resumed['units'])} unit(s) already done")
 
     started = time.perf_counter()
-    elapsed_before = progress["elapsed"] if progress is not None else 0.0
+    elapsed_before = resumed["elapsed"] if resumed is not None else 0.0
     qmodel = _quantize(float_net, quant, batches, report, echo)
-    if progress is None:  # a resumed run has them in its report already
+    if resumed is None:  # a resumed run has them in its report already
         paused = time.perf_counter()
         _evaluate_baselines(float_net, qmodel, run, score, report, echo)
         started += time.perf_counter() - paused  # evaluation is not calibration time
@@ -492,8 +492,8 @@ def run_calibration(
     report["never_run_layers"] = list(qmodel.never_run_layers)  # no data reaches them: float
     report["unit_rules"] = {rule: sum(u.rule == rule for u in units)
                             for rule in dict.fromkeys(u.rule for u in units)}  # fmt: skip
-    if progress is not None:
-        restore_progress(qmodel, units, progress)
+    if resumed is not None:
+        restore_progress(qmodel, units, resumed)
     logger = _tensorboard(folder, source, quant, recon, report, len(units))
 
     def checkpoint(results: list[dict[str, Any]]) -> None:
@@ -510,10 +510,10 @@ def run_calibration(
         total=sum(len(b) for b in batches),
     )  # fmt: skip
     echo(f"{len(units)} units, {recon.iters} iterations each at batch {recon.batch_size}")
-    report["units"] = sequencer.run(done=progress["results"] if progress is not None else None)
+    report["units"] = sequencer.run(done=resumed["results"] if resumed is not None else None)
     report["calib_seconds"] = round(elapsed_before + time.perf_counter() - started, 2)
-    if progress is not None:
-        report["resumed_after_units"] = len(progress["units"])
+    if resumed is not None:
+        report["resumed_after_units"] = len(resumed["units"])
     qmodel.eval()
     _record(report, "quant", score(qmodel, float_net))
     unit_batches = _first_images(inputs.eval_batches, unit_eval_images)
