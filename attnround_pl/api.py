@@ -142,10 +142,7 @@ def load(path: str | os.PathLike, model: nn.Module | None = None) -> nn.Module:
     meta = payload["meta"]
     known = {f.name for f in dataclasses.fields(QuantConfig)}
     qmodel.quant_config = QuantConfig(**{k: v for k, v in payload["quant"].items() if k in known})
-    if "source" in meta:
-        qmodel.float_source = ModelSource.from_dict(meta["source"])
-    else:  # files written before sources were recorded name a zoo model
-        qmodel.float_source = ModelSource.zoo(meta["arch"], meta.get("num_classes"))
+    qmodel.float_source = ModelSource.from_meta(meta)
     qmodel.output_classes = meta.get("num_classes")
     if folder is not None and (folder / REPORT).is_file():
         qmodel.report = json.loads((folder / REPORT).read_text())

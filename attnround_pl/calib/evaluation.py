@@ -44,11 +44,9 @@ class EvalResult:
         return {name: f.to_dict() for name, f in self.fidelity.items()}
 
 
-def output_classes(net: nn.Module, example: Tensor) -> int | None:
-    """The number of classes when ``net`` returns (N, classes) logits for ``example``."""
-    with torch.no_grad():
-        out = net(example[:2])
-    return int(out.shape[1]) if isinstance(out, Tensor) and out.dim() == 2 else None
+def classes_of(output: object) -> int | None:
+    """The number of classes when ``output`` is (N, classes) logits, else None."""
+    return int(output.shape[1]) if isinstance(output, Tensor) and output.dim() == 2 else None
 
 
 class ModelEvaluation(pl.LightningModule):
@@ -135,11 +133,9 @@ def evaluate_model(
     if first is None:
         raise EvaluationError("the evaluation data holds no images")
     x, _ = split_batch(first)
-    device = next(net.parameters()).device
-    classes = output_classes(net, x.to(device))
     with torch.no_grad():
-        outputs = list(output_tensors(net(x[:1].to(device))))
-    module = ModelEvaluation(net, reference, classes, outputs)
+        out = net(x[:2].to(next(net.parameters()).device))
+    module = ModelEvaluation(net, reference, classes_of(out), list(output_tensors(out)))
     trainer = pl.Trainer(
         **(trainer_kwargs or {}),
         logger=False,

@@ -51,7 +51,7 @@ from ..quant.fidelity import FidelityStats, output_tensors
 from .cache import build_unit_data
 from .classifier import FloatModel
 from .distributed import agree, launch, rank_world, shard, wants_ddp
-from .evaluation import EvalResult, evaluate_model, output_classes
+from .evaluation import EvalResult, classes_of, evaluate_model
 from .export_job import check_format, export_run
 from .progress import UnitProgressBar
 from .resume import (
@@ -245,7 +245,8 @@ def check_model_runs(float_net: nn.Module, batch: Tensor, source: ModelSource) -
     shape = tuple(batch[:2].shape)
     try:
         with torch.no_grad():
-            output_tensors(float_net(batch[:2]))
+            output = float_net(batch[:2])
+        output_tensors(output)
     except TypeError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelInputError(
@@ -257,7 +258,7 @@ def check_model_runs(float_net: nn.Module, batch: Tensor, source: ModelSource) -
         raise ModelInputError(
             f"{source.label} does not run on the calibration images of shape {shape}: {first}"
         ) from None
-    return output_classes(float_net, batch)
+    return classes_of(output)
 
 
 def resolve_data(data: Any, calib_size: int | None, eval_data: Any = None) -> CalibrationInputs:

@@ -9,7 +9,6 @@ from typing import Any
 from torch import nn
 
 from ..errors import InputError
-from ..models import build_model
 from ..models.source import ModelSource
 
 REPORT = "report.json"
@@ -24,13 +23,8 @@ class RunFolderError(InputError, RuntimeError):
 def build_float(meta: dict[str, Any], model: nn.Module | None = None) -> nn.Module:
     """The float architecture a saved quantized model was made from (random weights: every
     quantized tensor comes from the file), or ``model`` when the caller hands it over (needed
-    for a model that was passed as an object; see ``models.source``). Files written before
-    sources were recorded name a zoo model in ``arch``."""
-    if "source" in meta:
-        return ModelSource.from_dict(meta["source"]).build(model)
-    if model is not None:
-        return model.eval()
-    return build_model(meta["arch"], weights=None, num_classes=meta["num_classes"])
+    for a model that was passed as an object; see ``models.source``)."""
+    return ModelSource.from_meta(meta).build(model)
 
 
 def check_run_folder(run_dir: str | os.PathLike, need_config: bool = True) -> Path:

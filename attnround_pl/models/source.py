@@ -91,6 +91,14 @@ class ModelSource:
     def from_dict(cls, data: dict[str, Any]) -> ModelSource:
         return cls(**data)
 
+    @classmethod
+    def from_meta(cls, meta: dict[str, Any]) -> ModelSource:
+        """The source a saved quantized model records; files written before sources were
+        recorded name a zoo model in ``arch``."""
+        if "source" in meta:
+            return cls.from_dict(meta["source"])
+        return cls.zoo(meta["arch"], meta.get("num_classes"))
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
