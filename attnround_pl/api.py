@@ -26,6 +26,7 @@ from torch import nn
 from .calib.pipeline import RunConfig, checkpoint_meta, run_calibration
 from .calib.run_folder import CHECKPOINT, REPORT, build_float
 from .calib.sequencer import ReconConfig
+from .data.preprocessing import Preprocessing
 from .errors import SettingError
 from .models.source import ModelSource
 from .quant import QuantConfig, load_quantized, save_quantized
@@ -124,7 +125,8 @@ def save(qmodel: nn.Module, path: str | os.PathLike) -> Path:
             "save takes a model returned by attnround_pl.quantize or load; this "
             f"{type(qmodel).__name__} has no {', '.join(missing)}"
         )
-    meta = checkpoint_meta(qmodel.float_source, getattr(qmodel, "output_classes", None))
+    meta = checkpoint_meta(qmodel.float_source, getattr(qmodel, "output_classes", None),
+                           getattr(qmodel, "preprocessing", None))  # fmt: skip
     return save_quantized(qmodel, path, qmodel.quant_config, meta)
 
 
@@ -144,6 +146,8 @@ def load(path: str | os.PathLike, model: nn.Module | None = None) -> nn.Module:
     qmodel.quant_config = QuantConfig(**{k: v for k, v in payload["quant"].items() if k in known})
     qmodel.float_source = ModelSource.from_meta(meta)
     qmodel.output_classes = meta.get("num_classes")
+    recorded = meta.get("preprocessing")  # absent in files saved before it was recorded
+    qmodel.preprocessing = None if recorded is None else Preprocessing.from_dict(recorded)
     if folder is not None and (folder / REPORT).is_file():
         qmodel.report = json.loads((folder / REPORT).read_text())
     return qmodel

@@ -8,6 +8,10 @@ errors too).
 
 from __future__ import annotations
 
+import dataclasses
+import math
+from typing import Any
+
 
 class InputError(Exception):
     """Input a user can fix; the message names the value, the file or the key to change."""
@@ -15,3 +19,16 @@ class InputError(Exception):
 
 class SettingError(InputError, ValueError):
     """A setting out of its range, or unknown; the message names it and what is valid."""
+
+
+def check_finite(settings: Any, group: str, error: type[SettingError] = SettingError) -> None:
+    """Refuse NaN and infinity in the float fields of a settings dataclass, by name.
+
+    ``group`` is the key the fields sit under (``quant``, ``quant.mixed``, ``recon``): the
+    message reads ``quant.tau=nan must be a finite number``. Nested dataclasses and containers
+    are left to their own ``validate``; ``error`` is the subclass of ``SettingError`` to raise.
+    """
+    for f in dataclasses.fields(settings):
+        value = getattr(settings, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise error(f"{group}.{f.name}={value} must be a finite number")

@@ -1,13 +1,16 @@
-"""Reading ``torch.save`` files safely (``weights_only=True``) with a one-line reason on failure."""
+"""``torch.save`` files: written atomically with their size checked against the free space, read
+safely (``weights_only=True``) with a one-line reason on failure."""
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from .atomic import write_bytes
 from .errors import InputError
 
 
@@ -31,3 +34,11 @@ def load_tensors(path: str | os.PathLike) -> Any:
         first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
         reason = first.split(". ")[0].rstrip(".")
         raise UnreadableFile(f"is corrupt or not a torch file ({reason})") from exc
+
+
+def save_tensors(payload: Any, path: str | os.PathLike) -> Path:
+    """``torch.save(payload)`` to ``path`` atomically; serialised in memory first, so a disk
+    too full for it is refused before anything is written (``atomic.DiskFullError``)."""
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    return write_bytes(path, buffer.getvalue())

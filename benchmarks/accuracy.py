@@ -71,10 +71,12 @@ def setting_args(setting: str) -> list[str]:
 
 NO_RECON = ["--recon.iters", "0"]
 BUDGET_20K = ["--recon.iters", "20000", "--recon.batch_size", "32"]  # BRECQ's and QDrop's
+# their code keeps each unit's learned state whatever its error: recon.keep_better false
 BRECQ = ["--quant.rounding", "adaround", *BUDGET_20K, "--recon.lr", "1e-3",
          "--recon.act_lr", "4e-4", "--quant.adaround_reg_weight", "0.01",
          "--quant.adaround_beta_start", "20", "--quant.adaround_beta_end", "2",
-         "--quant.adaround_warmup", "0.2"]  # fmt: skip
+         "--quant.adaround_warmup", "0.2",
+         "--recon.keep_better", "false"]  # fmt: skip
 TAUS = ("0", "0.25", "0.75", "1.0")
 TAU_SWEEP = [f"attention_tau{t}" for t in TAUS]  # beside "attention", tau 0.5
 

@@ -8,6 +8,7 @@ from attnround_pl.calib import FloatModel, ReconConfig, RunConfig, calibrate
 from attnround_pl.calib.export_job import check_format, export_run, export_table
 from attnround_pl.calib.run_folder import RunFolderError, check_run_folder
 from attnround_pl.data import FashionMNISTDataModule
+from attnround_pl.export import read_onnx_metadata, read_state
 from attnround_pl.models import build_model
 from attnround_pl.quant import (
     CheckpointError,
@@ -51,6 +52,12 @@ def test_export_run_writes_both_formats_and_adds_them_to_the_report(tmp_path, ti
     assert report["onnx_top1"] == onnx_result["onnx_top1"] and "state_max_abs_diff" in report
     assert sorted(p.name for p in run_dir.iterdir()) == [
         "config.yaml", "quantized.onnx", "quantized.pt", "report.json"]  # fmt: skip
+    # a checkpoint without recorded preprocessing: what is known, the example's input shape
+    assert read_onnx_metadata(run_dir / "quantized.onnx") == {
+        "input_shape": [1, 28, 28], "num_classes": 10, "input_name": "input"}  # fmt: skip
+    state_meta = read_state(tmp_path / "elsewhere" / "s.pt")["meta"]
+    assert state_meta["preprocessing"] == {"input_shape": [1, 28, 28]}
+    assert state_meta["num_classes"] == 10
 
 
 def test_export_table_says_why_the_logits_differ():

@@ -6,8 +6,9 @@ from attnround_pl.calib import sequencer as sequencer_module
 from attnround_pl.calib.memory import (
     CacheMemoryError,
     available_bytes,
-    check_cache_fits,
+    check_unit_fits,
     estimate_cache_bytes,
+    estimate_step_bytes,
 )
 from attnround_pl.calib.resume import PROGRESS
 from attnround_pl.data import FashionMNISTDataModule
@@ -28,15 +29,33 @@ def test_estimate_matches_the_cache_it_predicts():
         assert estimate_cache_bytes(q, net, unit, batches) == peak, unit
 
 
-def test_check_names_unit_bytes_and_key():
-    check_cache_fits("layer1.0", 800, 1000, "")  # 80 % fits
-    check_cache_fits("layer1.0", 10**12, None, "")  # unknown: no guard
+def test_check_names_unit_bytes_and_keys():
+    check_unit_fits("layer1.0", 500, 300, 1000, "")  # 80 % fits
+    check_unit_fits("layer1.0", 10**12, 0, None, "")  # unknown: no guard
     with pytest.raises(CacheMemoryError) as err:
-        check_cache_fits("layer2.0", 3 * 2**30, 2**30, "continue with --run.resume R")
+        check_unit_fits("layer2.0", 3 * 2**30, 2**30, 2**30, "continue with --run.resume R")
     text = str(err.value)
-    assert "unit 'layer2.0' needs about 3072 MiB" in text and "only 1024 MiB" in text
-    assert "--data.init_args.calib_size" in text and "--run.resume R" in text
+    assert "unit 'layer2.0' needs about 4096 MiB (3072 MiB to cache" in text
+    assert "1024 MiB for a training step" in text and "only 1024 MiB" in text
+    assert "--recon.batch_size" in text and "--data.init_args.calib_size" in text
+    assert "--run.resume R" in text
     assert available_bytes() is None or available_bytes() > 0
+
+
+def test_step_estimate_counts_the_saved_activations_per_sample():
+    torch.manual_seed(0)
+    net = build_model("resnet20", weights=None).eval()
+    q = quantize_model(net, QuantConfig(w_bits=4, a_bits=4))
+    calibrate_activations(q, [torch.randn(8, 1, 28, 28)])
+    fold_batchnorms(net)
+    data = build_unit_data(q, net, "layer1.0", [torch.randn(2, 1, 28, 28)])
+    block = q.get_submodule("layer1.0")
+    small, big = (estimate_step_bytes(block, data.inputs, b) for b in (64, 128))
+    per_sample = (big - small) / 64 / 2  # STEP_FACTOR 2
+    activation = 16 * 28 * 28 * 4  # one float32 feature map of the block, one sample
+    # two convs with quantized inputs, BN-free ReLUs and the residual: a few maps a sample
+    assert 2 * activation <= per_sample <= 20 * activation
+    assert small > 64 * 2 * 2 * activation
 
 
 def test_guard_stops_before_the_cache_and_keeps_finished_units(tmp_path, tiny_fmnist,
@@ -45,7 +64,7 @@ def test_guard_stops_before_the_cache_and_keeps_finished_units(tmp_path, tiny_fm
 
     def shrinking() -> int:
         calls["n"] += 1
-        return 2**40 if calls["n"] <= 3 else 1000  # the 4th unit finds no memory left
+        return 2**40 if calls["n"] <= 4 else 1000  # the preflight, then 3 units; not the 4th
 
     monkeypatch.setattr(sequencer_module, "available_bytes", shrinking)
     data = FashionMNISTDataModule(root=str(tiny_fmnist), calib_size=20, batch_size=30)

@@ -136,7 +136,8 @@ def test_two_runs_with_the_same_seed_are_identical(tmp_path, tiny_fmnist):
     other = _calibrate(
         tiny_fmnist, tmp_path, "c", QuantConfig(w_bits=3, a_bits=3, act_border="aquant", seed=8)
     )
-    assert other["units"][1]["mse_final"] != first["units"][1]["mse_final"]
+    learned = [u.get("mse_learned", u["mse_final"]) for u in (other["units"][1], first["units"][1])]
+    assert learned[0] != learned[1]  # (what a unit kept may be round-to-nearest in both)
 
 
 def test_resume_refuses_other_settings_and_overwrite_replaces(tmp_path, tiny_fmnist):

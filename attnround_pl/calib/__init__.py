@@ -1,27 +1,34 @@
-"""Calibration on Lightning: activation cache, BlockReconstruction, BlockSequencer, the job."""
+"""Calibration on Lightning: activation cache, BlockReconstruction, BlockSequencer, the job.
 
-from .cache import UnitData, build_unit_data, capture
-from .classifier import FloatModel
-from .evaluation import EvalResult, ModelEvaluation, evaluate_model
-from .pipeline import Calibrated, RunConfig, calibrate, evaluate, run_calibration
-from .reconstruction import BlockReconstruction
-from .sequencer import BlockSequencer, ReconConfig, unit_mse
+The names below are imported from their modules on first use, so importing the package
+loads neither torch nor Lightning (the command line's ``--help`` stays fast).
+"""
 
-__all__ = [
-    "BlockReconstruction",
-    "BlockSequencer",
-    "Calibrated",
-    "EvalResult",
-    "FloatModel",
-    "ModelEvaluation",
-    "ReconConfig",
-    "RunConfig",
-    "UnitData",
-    "build_unit_data",
-    "calibrate",
-    "capture",
-    "evaluate",
-    "evaluate_model",
-    "run_calibration",
-    "unit_mse",
-]
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
+
+_EXPORTS = {
+    "cache": ["UnitData", "build_unit_data", "capture"],
+    "classifier": ["FloatModel"],
+    "evaluation": ["EvalResult", "ModelEvaluation", "evaluate_model"],
+    "pipeline": ["Calibrated", "RunConfig", "calibrate", "evaluate", "run_calibration"],
+    "reconstruction": ["BlockReconstruction"],
+    "sequencer": ["BlockSequencer", "ReconConfig", "unit_mse"],
+}
+_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
+
+__all__ = sorted(_MODULE_OF)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _MODULE_OF:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(import_module(f".{_MODULE_OF[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -3,7 +3,8 @@
 ``ModelEvaluation`` (a LightningModule) runs the model under test and, when given, the float
 reference on the same batches. It reports fidelity against the reference for every output
 (SQNR, cosine, max absolute difference; see ``quant.fidelity``) and, when the batches carry
-integer class labels and the model returns (N, classes) logits, top-1 and top-5. Its sums are
+integer class labels and the model returns (N, classes) logits, top-1, and top-5 when there are
+more than five classes. Its sums are
 torchmetrics states, so DDP ranks add up.
 """
 
@@ -27,13 +28,18 @@ from ..quant.fidelity import Fidelity, FidelityStats, output_tensors
 _SUMS = ("signal", "noise", "cosine_sum", "samples")
 
 
+# Top-5 of five classes or fewer is 100 % whatever the model does: it is left out there.
+TOP5_MIN_CLASSES = 5
+
+
 class EvaluationError(InputError, RuntimeError):
     """The evaluation data does not fit the model (labels out of range, no batches)."""
 
 
 @dataclass
 class EvalResult:
-    """Top-1/top-5 in percent (None without labels or logits) and fidelity per output."""
+    """Top-1/top-5 in percent (None without labels or logits; top-5 None for five classes or
+    fewer) and fidelity per output."""
 
     images: int
     top1: float | None = None
@@ -67,7 +73,8 @@ class ModelEvaluation(pl.LightningModule):
         self.top1 = self.top5 = None
         if classes is not None:
             self.top1 = MulticlassAccuracy(classes, top_k=1, average="micro")
-            self.top5 = MulticlassAccuracy(classes, top_k=min(5, classes), average="micro")
+        if classes is not None and classes > TOP5_MIN_CLASSES:
+            self.top5 = MulticlassAccuracy(classes, top_k=5, average="micro")
         self.images = SumMetric()
         self.labelled = SumMetric()
         compared = self.outputs if reference is not None else []
@@ -86,7 +93,8 @@ class ModelEvaluation(pl.LightningModule):
                     f"{self.classes} outputs"
                 )
             self.top1.update(logits, y)
-            self.top5.update(logits, y)
+            if self.top5 is not None:
+                self.top5.update(logits, y)
         self.labelled.update(x.shape[0] if self.top1 is not None and y is not None else 0)
         if self.reference is None:
             return
@@ -104,7 +112,8 @@ class ModelEvaluation(pl.LightningModule):
         result = EvalResult(images)
         if self.top1 is not None and int(self.labelled.compute()) > 0:
             result.top1 = 100.0 * float(self.top1.compute())
-            result.top5 = 100.0 * float(self.top5.compute())
+            if self.top5 is not None:
+                result.top5 = 100.0 * float(self.top5.compute())
         for name in self.max_diff:
             sums = {k: float(self.sums[f"{name}__{k}"].compute()) for k in _SUMS}
             stats = FidelityStats(

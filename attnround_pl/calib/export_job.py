@@ -26,6 +26,7 @@ from ..export import (
     load_state,
     max_output_difference,
 )
+from ..export.metadata import export_meta
 from ..quant import load_quantized
 from .run_folder import CHECKPOINT, REPORT, build_float, check_run_folder
 
@@ -45,7 +46,8 @@ def export_run(
     """Export a finished run, compare the export with the PyTorch model on the evaluation data
     (the calibration images when ``data`` has none), add the comparison to report.json and
     return it. ``model``: the float model object, for a run whose model cannot be rebuilt from
-    its checkpoint (one passed as an object from Python)."""
+    its checkpoint (one passed as an object from Python). Both formats record the checkpoint's
+    preprocessing and class count (see ``export.metadata``)."""
     check_format(fmt)
     run_dir = check_run_folder(run_dir, need_config=False)
     out = Path(out) if out is not None else run_dir / FORMATS[fmt]
@@ -60,9 +62,10 @@ def export_run(
     loader = evaluation_batches(data)
     if loader is None:
         loader = list(calibration_images(data).split(256))
+    example = split_batch(next(iter(loader)))[0][:1]
+    meta = export_meta(payload["meta"], example=example)  # an old checkpoint: the input shape
     if fmt == "onnx":
-        example = split_batch(next(iter(loader)))[0][:1]
-        export_onnx(qmodel, example, out)
+        export_onnx(qmodel, example, out, meta)
         cmp = compare_with_onnx(qmodel, out, loader)
         result = {"onnx_path": str(out), "onnx_top1": cmp.onnx_top1,
                   "onnx_argmax_mismatch": cmp.argmax_mismatch, "onnx_torch_top1": cmp.torch_top1,
@@ -70,7 +73,7 @@ def export_run(
                   "onnx_code_divergence": cmp.as_dict()["divergence"],
                   "onnxruntime": onnxruntime.__version__}  # fmt: skip
     else:
-        export_state(qmodel, out, payload["quant"], payload["meta"])
+        export_state(qmodel, out, payload["quant"], meta)
         reloaded, _ = load_state(out, rebuild)
         images, diff = max_output_difference(qmodel, reloaded, loader)
         result = {"state_path": str(out), "state_max_abs_diff": diff, "state_images": images}

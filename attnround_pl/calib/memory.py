@@ -1,10 +1,12 @@
-"""Memory guard: estimate a unit's activation cache before building it, and stop with a clear
-error (unit, bytes, the key to change) instead of meeting the OOM killer."""
+"""Memory guard: estimate what a unit needs before building its cache (the cache itself and a
+training step at the batch size), and stop with a clear error (unit, bytes, the keys to change)
+instead of meeting the OOM killer."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 from torch import Tensor, nn
 
 from ..errors import InputError
@@ -52,14 +54,52 @@ def estimate_cache_bytes(
     return per_sample * samples
 
 
-def check_cache_fits(unit: str, needed: int, available: int | None, resume_hint: str) -> None:
-    """Raise CacheMemoryError when ``needed`` exceeds GUARD_FRACTION of ``available``."""
+# A step's peak over what its forward saves for backward: backward holds the saved tensors and
+# the gradients flowing through the unit, which are about as large again.
+STEP_FACTOR = 2
+
+
+def _saved_bytes(module: nn.Module, x: Tensor) -> int:
+    """Bytes of the tensors the forward of ``module`` on ``x`` keeps for backward, each storage
+    counted once, plus the output and the loss's difference (held until backward)."""
+    storages: dict[int, int] = {}
+
+    def pack(t: Tensor) -> Tensor:
+        storage = t.untyped_storage()
+        storages[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = module(x)
+    return sum(storages.values()) + 2 * out.element_size() * out.numel()
+
+
+def estimate_step_bytes(module: nn.Module, inputs: Tensor, batch_size: int) -> int:
+    """Peak bytes of one training step of the unit ``module`` at ``batch_size`` samples: what
+    its forward saves for backward, measured on one and on two of ``inputs`` (the unit's cached
+    inputs) so that tensors saved once per step (the weights' rounding) count once, times
+    STEP_FACTOR for the gradients."""
+    one = _saved_bytes(module, inputs[:1])
+    if len(inputs) < 2:
+        return STEP_FACTOR * one * batch_size
+    per_sample = max(0, _saved_bytes(module, inputs[:2]) - one)
+    fixed = max(0, one - per_sample)
+    return STEP_FACTOR * (fixed + per_sample * batch_size)
+
+
+def check_unit_fits(
+    unit: str, cache: int, step: int, available: int | None, resume_hint: str
+) -> None:
+    """Raise CacheMemoryError when the unit's cache and training step together exceed
+    GUARD_FRACTION of ``available``."""
+    needed = cache + step
     if available is None or needed <= GUARD_FRACTION * available:
         return
     mib = 2**20
     raise CacheMemoryError(
-        f"unit '{unit}' needs about {needed / mib:.0f} MiB to cache its inputs and targets, "
-        f"but only {available / mib:.0f} MiB of memory is available (at most "
-        f"{GUARD_FRACTION:.0%} is used): lower --data.init_args.calib_size or free memory. "
+        f"unit '{unit}' needs about {needed / mib:.0f} MiB ({cache / mib:.0f} MiB to cache its "
+        f"inputs and targets, {step / mib:.0f} MiB for a training step), but only "
+        f"{available / mib:.0f} MiB of memory is available (at most {GUARD_FRACTION:.0%} is "
+        "used): lower --recon.batch_size or --data.init_args.calib_size, or free memory. "
         f"{resume_hint}"
     )

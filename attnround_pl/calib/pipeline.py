@@ -10,6 +10,7 @@ batches or one tensor of images (see ``data.sources``). A run folder is written 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import os
 import platform
@@ -28,8 +29,9 @@ from rich.console import Console
 from rich.table import Table
 from torch import Tensor, nn
 
-from ..atomic import write_json
+from ..atomic import DiskFullError, write_json
 from ..data import CalibrationDataModule, calibration_images, evaluation_batches, split_batch
+from ..data.preprocessing import Preprocessing, calibrated_preprocessing
 from ..errors import InputError, SettingError
 from ..mixed.allocation import size_mb
 from ..mixed.report import mixed_report, mixed_table, save_bits_plot
@@ -53,6 +55,7 @@ from .classifier import FloatModel
 from .distributed import agree, launch, rank_world, shard, wants_ddp
 from .evaluation import EvalResult, classes_of, evaluate_model
 from .export_job import check_format, export_run
+from .interrupt import CalibrationInterrupted, stop_on_signals, stopped_message
 from .progress import UnitProgressBar
 from .resume import (
     PROGRESS,
@@ -63,6 +66,7 @@ from .resume import (
     save_progress,
 )
 from .run_folder import CHECKPOINT, CONFIG, REPORT, RunFolderError
+from .run_lock import RunLock
 from .sequencer import BlockSequencer, ReconConfig
 
 RUN_NAME_ENV = "ATTNROUND_RUN_NAME"  # the run folder name, handed to the other DDP ranks
@@ -101,6 +105,9 @@ class RunConfig:
     overwrite: bool = False
 
     def validate(self) -> RunConfig:
+        from ..errors import check_finite
+
+        check_finite(self, "run")  # no float setting today: one added later is covered
         for fmt in self.export:
             check_format(fmt)
         return self
@@ -167,16 +174,46 @@ def check_step_options(quant: QuantConfig, recon: ReconConfig,
 @dataclass
 class _RunFolder:
     """Where this process writes (rank 0 alone writes; ``echo`` prints on rank 0 only);
-    ``path`` is None for a run without a folder (Python, ``run=None``)."""
+    ``path`` is None for a run without a folder (Python, ``run=None``). Rank 0 holds the
+    folder's lock until ``close()``."""
 
     path: Path | None
     rank: int
     world: int
     echo: Callable[..., None]
+    lock: RunLock | None = None
 
     @property
     def writes(self) -> bool:
         return self.path is not None and self.rank == 0
+
+    def close(self) -> None:
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
+
+
+def _take_run_folder(path: Path, run: RunConfig, config_text: str | None) -> RunLock:
+    """Lock the run folder, then check and prepare it; a folder this process cannot write
+    (read-only, no permission) is one line, before any compute."""
+    lock = None
+    try:
+        if run.resume is not None and not path.is_dir():
+            raise RunFolderError(f"run folder {path} does not exist: nothing to resume")
+        lock = RunLock.acquire(path)
+        prepare_run_dir(path, resume=run.resume is not None, overwrite=run.overwrite)
+        if config_text is not None and run.resume is None:
+            (path / CONFIG).write_text(config_text)
+        return lock
+    except BaseException as exc:
+        if lock is not None:
+            lock.release()
+        if isinstance(exc, OSError) and not isinstance(exc, FileExistsError):
+            raise RunFolderError(
+                f"cannot write the run folder {path}: {exc.strerror or exc}; choose a writable "
+                "--run.out_dir"
+            ) from None
+        raise
 
 
 def _open_run_folder(source: ModelSource, quant: QuantConfig, run: RunConfig | None,
@@ -193,17 +230,15 @@ def _open_run_folder(source: ModelSource, quant: QuantConfig, run: RunConfig | N
     launch(trainer_kwargs)
     os.environ.pop(RUN_NAME_ENV, None)
     rank, world = rank_world()
-    error = None
+    error, lock = None, None
     if rank == 0 and run is not None:  # rank 0 alone touches the run folder
         try:
-            prepare_run_dir(path, resume=run.resume is not None, overwrite=run.overwrite)
-            if config_text is not None and run.resume is None:
-                (path / CONFIG).write_text(config_text)
+            lock = _take_run_folder(path, run, config_text)
         except (RunFolderError, FileExistsError) as exc:
             error = exc
     agree(error)
     echo = console.print if rank == 0 else (lambda *args, **kwargs: None)
-    return _RunFolder(path, rank, world, echo)
+    return _RunFolder(path, rank, world, echo, lock)
 
 
 @dataclass
@@ -299,7 +334,9 @@ def _new_report(source: ModelSource, calib_images: int, quant: QuantConfig, reco
 def _record(report: dict[str, Any], key: str, result: EvalResult) -> None:
     """``<key>_top1``/``<key>_top5`` (with labels) and ``<key>_fidelity`` into ``report``."""
     if result.top1 is not None:
-        report[f"{key}_top1"], report[f"{key}_top5"] = result.top1, result.top5
+        report[f"{key}_top1"] = result.top1
+    if result.top5 is not None:
+        report[f"{key}_top5"] = result.top5
     if result.fidelity:
         report[f"{key}_fidelity"] = result.fidelity_dict()
 
@@ -389,16 +426,21 @@ def _trainer_factory(recon: ReconConfig, progress: bool, trainer_kwargs: dict[st
     return make_trainer
 
 
-def checkpoint_meta(source: ModelSource, classes: int | None) -> dict[str, Any]:
-    """What a saved quantized model records about its float architecture."""
-    return {"arch": source.label, "num_classes": classes, "source": source.to_dict()}
+def checkpoint_meta(source: ModelSource, classes: int | None,
+                    preprocessing: Preprocessing | None = None) -> dict[str, Any]:  # fmt: skip
+    """What a saved quantized model records about its float architecture and its input
+    (``preprocessing``, see ``data.Preprocessing``; None: not known)."""
+    recorded = None if preprocessing is None else preprocessing.to_dict()
+    return {"arch": source.label, "num_classes": classes, "source": source.to_dict(),
+            "preprocessing": recorded}  # fmt: skip
 
 
 def _write_run(folder: _RunFolder, qmodel: nn.Module, source: ModelSource, classes: int | None,
                quant: QuantConfig, run: RunConfig, data: Any,
                report: dict[str, Any]) -> None:  # fmt: skip
     """quantized.pt, report.json and the exports (rank 0); progress.pt goes."""
-    save_quantized(qmodel, folder.path / CHECKPOINT, quant, checkpoint_meta(source, classes))
+    meta = checkpoint_meta(source, classes, getattr(qmodel, "preprocessing", None))
+    save_quantized(qmodel, folder.path / CHECKPOINT, quant, meta)
     write_json(folder.path / REPORT, report)
     (folder.path / PROGRESS).unlink(missing_ok=True)  # quantized.pt holds it all now
     for fmt in run.export:  # the finished run is on disk; an export error loses nothing
@@ -447,6 +489,48 @@ def run_calibration(
     data for the per-unit fidelity; ``progress``: progress bars when there is no ``run`` (a
     ``RunConfig`` has its own).
     """
+    with stop_on_signals():
+        tally, folder = _Tally(), None
+        try:
+            job = _resolve_job(
+                model,
+                data,
+                quant,
+                recon,
+                run,
+                trainer_kwargs,
+                eval_data,
+                calib_size,
+                source,
+                unit_eval_images,
+                progress,
+            )
+            folder = _open_run_folder(
+                job.source, job.quant, run, job.trainer_kwargs, config_text, console or Console()
+            )
+            try:
+                return _reconstruct(job, folder, tally)
+            finally:
+                folder.close()
+        except CalibrationInterrupted as exc:
+            run_dir = None if folder is None or folder.path is None else str(folder.path)
+            raise exc.explained(stopped_message(tally.done, tally.total, run_dir)) from None
+
+
+def _resolve_job(
+    model: nn.Module | str,
+    data: Any,
+    quant: QuantConfig | None,
+    recon: ReconConfig | None,
+    run: RunConfig | None,
+    trainer_kwargs: dict[str, Any] | None,
+    eval_data: Any,
+    calib_size: int | None,
+    source: ModelSource | None,
+    unit_eval_images: int,
+    progress: bool,
+) -> _Job:
+    """Check the settings, the model and the data; nothing is written yet."""
     quiet_lightning()
     trainer_kwargs = dict(trainer_kwargs or {})
     quant = (quant or QuantConfig()).validate()
@@ -458,18 +542,70 @@ def run_calibration(
     if isinstance(data, pl.LightningDataModule):
         data.prepare_data()  # before the other ranks exist: one process downloads or unpacks
     inputs = resolve_data(data, calib_size, eval_data)  # bad data or model: nothing written
-    batches = inputs.batches
-    classes = check_model_runs(float_net, batches[0], source)
+    classes = check_model_runs(float_net, inputs.batches[0], source)
     if not quantizable_layers(float_net):
         raise QuantConfigError(f"{source.label} has no Conv1d, Conv2d or Linear layer to quantize")
-    folder = _open_run_folder(source, quant, run, trainer_kwargs, config_text,
-                              console or Console())  # fmt: skip
+    show = run.progress if run is not None else progress
+    preprocessing = calibrated_preprocessing(data, inputs.batches[0].shape)  # checked here
+    return _Job(
+        float_net,
+        source,
+        quant,
+        recon,
+        run,
+        trainer_kwargs,
+        data,
+        inputs,
+        classes,
+        show,
+        unit_eval_images,
+        preprocessing,
+    )
+
+
+@dataclass
+class _Job:
+    """A calibration's inputs, resolved and checked before any run folder is touched."""
+
+    float_net: nn.Module
+    source: ModelSource
+    quant: QuantConfig
+    recon: ReconConfig
+    run: RunConfig | None
+    trainer_kwargs: dict[str, Any]
+    data: Any
+    inputs: CalibrationInputs
+    classes: int | None
+    show: bool  # progress bars
+    unit_eval_images: int
+    preprocessing: Preprocessing | None  # what the model's input is, for the exports
+
+
+@dataclass
+class _Tally:
+    """How far the reconstruction got: units saved (in progress.pt when there is a folder)
+    of ``total`` (None before the units are known)."""
+
+    done: int = 0
+    total: int | None = None
+
+
+def _reconstruct(job: _Job, folder: _RunFolder, tally: _Tally) -> Calibrated:
+    """Evaluate the baselines, reconstruct unit by unit, evaluate and write (see
+    ``run_calibration``)."""
+    float_net, source, quant, recon, run = job.float_net, job.source, job.quant, job.recon, job.run
+    trainer_kwargs, data, inputs, classes = job.trainer_kwargs, job.data, job.inputs, job.classes
+    batches, show, unit_eval_images = inputs.batches, job.show, job.unit_eval_images
     echo = folder.echo
+    images = sum(len(b) for b in batches)
+    if recon.batch_size > images:  # a bigger batch only repeats images and costs memory
+        echo(f"recon.batch_size={recon.batch_size} is more than the {images} calibration "
+             f"images: each step takes {images}")  # fmt: skip
+        recon = dataclasses.replace(recon, batch_size=images)
     settings = {"quant": quant.to_dict(), "recon": recon.__dict__, "source": source.to_dict()}
     print_ = fingerprint(settings, float_net, batches)
     resuming = run is not None and run.resume is not None
     resumed = load_progress(folder.path, print_) if resuming else None
-    show = run.progress if run is not None else progress
 
     def score(net: nn.Module, reference: nn.Module | None) -> EvalResult:
         return evaluate(net, inputs.eval_batches, trainer_kwargs, show, reference)
@@ -482,10 +618,6 @@ def run_calibration(
     started = time.perf_counter()
     elapsed_before = resumed["elapsed"] if resumed is not None else 0.0
     qmodel = _quantize(float_net, quant, batches, report, echo)
-    if resumed is None:  # a resumed run has them in its report already
-        paused = time.perf_counter()
-        _evaluate_baselines(float_net, qmodel, run, score, report, echo)
-        started += time.perf_counter() - paused  # evaluation is not calibration time
     folded = copy.deepcopy(float_net).eval()
     fold_batchnorms(folded)
     units = split_units(qmodel, example=batches[0][:2])
@@ -497,10 +629,16 @@ def run_calibration(
         restore_progress(qmodel, units, resumed)
     logger = _tensorboard(folder, source, quant, recon, report, len(units))
 
+    tally.total, tally.done = len(units), len(resumed["units"]) if resumed is not None else 0
+
     def checkpoint(results: list[dict[str, Any]]) -> None:
         if folder.writes:
             elapsed = elapsed_before + time.perf_counter() - started
-            save_progress(folder.path, qmodel, results, report, elapsed, print_)
+            try:
+                save_progress(folder.path, qmodel, results, report, elapsed, print_)
+            except DiskFullError as exc:
+                raise DiskFullError(f"{exc}; {_kept(tally.done, folder.path)}") from None
+        tally.done = len(results)
 
     hint = f"Finished units are kept: continue with --run.resume {folder.path}"
     sequencer = BlockSequencer(
@@ -510,8 +648,14 @@ def run_calibration(
         resume_hint=hint if folder.path is not None else "",
         total=sum(len(b) for b in batches),
     )  # fmt: skip
+    done = resumed["results"] if resumed is not None else None
+    sequencer.preflight(done)  # every unit's memory, before any evaluation or learning
+    if resumed is None:  # a resumed run has them in its report already
+        paused = time.perf_counter()
+        _evaluate_baselines(float_net, qmodel, run, score, report, echo)
+        started += time.perf_counter() - paused  # evaluation is not calibration time
     echo(f"{len(units)} units, {recon.iters} iterations each at batch {recon.batch_size}")
-    report["units"] = sequencer.run(done=resumed["results"] if resumed is not None else None)
+    report["units"] = sequencer.run(done=done)
     report["calib_seconds"] = round(elapsed_before + time.perf_counter() - started, 2)
     if resumed is not None:
         report["resumed_after_units"] = len(resumed["units"])
@@ -535,11 +679,22 @@ def run_calibration(
         logger.finalize("success")
     qmodel.float_source = source  # what save/load record about the float architecture
     qmodel.output_classes = classes
+    qmodel.preprocessing = job.preprocessing  # what its input is
     if folder.writes:  # every rank holds the same frozen model and metrics
         _write_run(folder, qmodel, source, classes, quant, run, data, report)
     if folder.rank == 0:
         echo(summary_table(report))
     return Calibrated(qmodel, report)
+
+
+def _kept(done: int, run_dir: Path) -> str:
+    """What a stopped run keeps, for an error message."""
+    if done == 0:
+        return "no unit was saved yet: free space and start the run again"
+    kept = "unit 1 is" if done == 1 else f"units 1-{done} are"
+    return (
+        f"{kept} kept in {run_dir / PROGRESS}: free space and continue with --run.resume {run_dir}"
+    )
 
 
 def _first_images(batches: Any, count: int) -> list[Tensor]:
@@ -574,9 +729,8 @@ def summary_table(report: dict[str, Any]) -> Table:
     title = (f"{report['model']} W{w_bits}A{report['a_bits']}: "
              f"{report['calib_size']} calibration images")  # fmt: skip
     table = Table(title=title)
-    labelled = "quant_top1" in report
-    columns = ["model", *(["top-1 %", "top-5 %"] if labelled else []), "output SQNR dB",
-               "calibration s"]  # fmt: skip
+    tops = [k for k in ("top1", "top5") if f"quant_{k}" in report]
+    columns = ["model", *(f"top-{k[3]} %" for k in tops), "output SQNR dB", "calibration s"]
     for col in columns:
         table.add_column(col, justify="left" if col == "model" else "right")
 
@@ -587,11 +741,8 @@ def summary_table(report: dict[str, Any]) -> Table:
     def row(label: str, key: str, seconds: str = "") -> None:
         if f"{key}_top1" not in report and f"{key}_fidelity" not in report:
             return
-        tops = []
-        if labelled:
-            has = f"{key}_top1" in report
-            tops = [f"{report[f'{key}_{k}']:.2f}" if has else "" for k in ("top1", "top5")]
-        table.add_row(label, *tops, sqnr(key), seconds)
+        cells = [f"{report[f'{key}_{k}']:.2f}" if f"{key}_{k}" in report else "" for k in tops]
+        table.add_row(label, *cells, sqnr(key), seconds)
 
     row("float", "float")
     row("round-to-nearest", "nearest")
@@ -599,5 +750,5 @@ def summary_table(report: dict[str, Any]) -> Table:
     if "onnx_top1" in report and report["onnx_top1"] is not None:
         label = (f"{report['rounding']}, ONNX in onnxruntime "
                  f"({report['onnx_argmax_mismatch']} predictions differ)")  # fmt: skip
-        table.add_row(label, f"{report['onnx_top1']:.2f}", "-", "", "")
+        table.add_row(label, f"{report['onnx_top1']:.2f}", *["-"] * (len(tops) - 1), "", "")
     return table

@@ -16,14 +16,14 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
-from ..atomic import write_atomically
 from ..models import Unit
 from ..quant import CheckpointError, quant_layers
 from ..quant.checkpoint import cpu_state_dict, read_payload
+from ..torch_files import save_tensors
 from .run_folder import REPORT, RunFolderError
+from .run_lock import LOCK
 
 PROGRESS = "progress.pt"
 PROGRESS_FORMAT = "attnround-pl/progress/1"
@@ -60,9 +60,15 @@ def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
             f"{run_dir} already holds {what}{hint}; choose another run.name or set "
             "--run.overwrite true"
         )
-    if finished or unfinished:
-        shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    if finished or unfinished:  # everything but this run's lock
+        for child in run_dir.iterdir():
+            if child.name == LOCK:
+                continue
+            if child.is_dir() and not child.is_symlink():
+                shutil.rmtree(child)
+            else:
+                child.unlink()
 
 
 def save_progress(run_dir: Path, qmodel: nn.Module, results: list[dict[str, Any]],
@@ -76,7 +82,7 @@ def save_progress(run_dir: Path, qmodel: nn.Module, results: list[dict[str, Any]
         "elapsed": elapsed,
         "state_dict": cpu_state_dict(qmodel),
     }
-    return write_atomically(run_dir / PROGRESS, lambda tmp: torch.save(payload, tmp))
+    return save_tensors(payload, run_dir / PROGRESS)
 
 
 def load_progress(run_dir: Path, print_: str) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -14,10 +15,16 @@ from torch import Tensor, nn
 
 from ..errors import SettingError
 from ..models import Unit
-from ..quant import freeze_model, output_mse, round_to_nearest
+from ..quant import freeze_model, output_mse, quant_layers, round_to_nearest
 from .cache import UnitData, build_unit_data, cache_device
 from .distributed import agree, reduce_sums
-from .memory import CacheMemoryError, available_bytes, check_cache_fits, estimate_cache_bytes
+from .memory import (
+    CacheMemoryError,
+    available_bytes,
+    check_unit_fits,
+    estimate_cache_bytes,
+    estimate_step_bytes,
+)
 from .reconstruction import COMPILE_MODES, LR_SCHEDULES, BlockReconstruction
 
 
@@ -46,6 +53,10 @@ class ReconConfig:
             CUDA graph and replay it: the host issues one launch a step instead of ~160
             kernels. A CUDA device, one process, a constant learning rate; not with AdaRound,
             QDrop's dropping or ``compile``.
+        keep_better: a unit whose learned state ends with a higher output MSE on the
+            calibration cache than round-to-nearest with the initial activation steps keeps
+            round-to-nearest (said in the log line; ``kept`` in the report). Off: the learned
+            state is kept whatever its error (what BRECQ's and QDrop's code do).
     """
 
     iters: int = 2000
@@ -57,8 +68,12 @@ class ReconConfig:
     log_every_n_steps: int = 50
     compile: str = "off"
     cuda_graph: bool = False
+    keep_better: bool = True
 
     def validate(self) -> ReconConfig:
+        from ..errors import check_finite
+
+        check_finite(self, "recon")
         if self.iters < 0 or self.batch_size < 1:
             raise SettingError(f"recon.iters={self.iters} must be >= 0 and recon.batch_size="
                                f"{self.batch_size} positive")  # fmt: skip
@@ -133,6 +148,8 @@ class BlockSequencer(Callback):
         self._current: dict[str, Any] = {}
         self._data: UnitData | None = None
         self._device = torch.device("cpu")
+        self._layers = quant_layers(qmodel)
+        self._initial: dict[str, dict[str, Any]] = {}
 
     def run(self, done: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
         """Reconstruct every unit after the ``done`` ones (their results, from a resumed run);
@@ -149,8 +166,9 @@ class BlockSequencer(Callback):
                 continue
             started = time.perf_counter()
             needed = estimate_cache_bytes(self.qmodel, self.float_model, unit, self.batches)
+            step = self.step_bytes(unit) if self.recon.iters > 0 else 0
             try:
-                check_cache_fits(unit.name, needed, available_bytes(), self.resume_hint)
+                check_unit_fits(unit.name, needed, step, available_bytes(), self.resume_hint)
             except CacheMemoryError as exc:
                 agree(exc)  # every rank stops
             agree(None)
@@ -172,6 +190,10 @@ class BlockSequencer(Callback):
             module.label = f"unit {index + 1}/{len(self.units)} {unit.name}"
             with round_to_nearest(module.unit):
                 mse_nearest = unit_mse(module.unit, self._data)
+            self._initial = {  # the activation side round-to-nearest was measured with
+                name: copy.deepcopy(self._layers[name].input_quantizer.state_dict())
+                for name in unit.layers
+            }
             self._current = {
                 "name": unit.name,
                 "kind": unit.kind,
@@ -189,14 +211,26 @@ class BlockSequencer(Callback):
                 self._finish(module)
         return self.results
 
-    # Callback hooks ---------------------------------------------------------------------
-    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        c = self._current
-        self.echo(
-            f"{pl_module.label}: {c['kind']}, {len(c['layers'])} layer(s), cache "
-            f"{c['cache_mb']:.1f} MB on {c['cache_device']}, MSE nearest {c['mse_nearest']:.3e}"
-        )
+    def preflight(self, done: list[dict[str, Any]] | None = None) -> None:
+        """Refuse, before any work, a run where some unit after the ``done`` ones would not
+        fit in the memory available now (its cache and a training step)."""
+        available, error = available_bytes(), None
+        for unit in self.units[len(done or []) :]:
+            cache = estimate_cache_bytes(self.qmodel, self.float_model, unit, self.batches)
+            step = self.step_bytes(unit) if self.recon.iters > 0 else 0
+            try:
+                check_unit_fits(unit.name, cache, step, available, "")
+            except CacheMemoryError as exc:
+                error = exc
+                break
+        agree(error)  # every rank stops if one would not fit
 
+    def step_bytes(self, unit: Unit) -> int:
+        """Peak bytes of one training step of ``unit`` (see ``memory.estimate_step_bytes``)."""
+        probe = build_unit_data(self.qmodel, self.float_model, unit, [self.batches[0][:2]])
+        return estimate_step_bytes(unit.module(self.qmodel), probe.inputs, self.recon.batch_size)
+
+    # Callback hooks ---------------------------------------------------------------------
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._finish(pl_module)
 
@@ -207,6 +241,16 @@ class BlockSequencer(Callback):
         module.unit.to(self._device)  # the Trainer's teardown returned it to the host
         result = dict(self._current)
         result["mse_final"] = unit_mse(module.unit, self._data)
+        result["kept"] = "learned" if result["learned"] else "as built"
+        if (
+            result["learned"]
+            and self.recon.keep_better
+            and (result["mse_final"] > result["mse_nearest"])
+        ):
+            self._keep_nearest(result["layers"])
+            result["mse_learned"] = result["mse_final"]
+            result["mse_final"] = unit_mse(module.unit, self._data)
+            result["kept"] = "nearest"
         self.qmodel.cpu()
         self.float_model.cpu()
         result["seconds"] = round(time.perf_counter() - result.pop("started"), 3)
@@ -220,8 +264,33 @@ class BlockSequencer(Callback):
             exp.add_scalar(f"recon/{result['name']}/mse_final", result["mse_final"], 0)
             exp.add_scalar("recon/mse_final_by_unit", result["mse_final"], len(self.results))
             exp.add_scalar("recon/mse_nearest_by_unit", result["mse_nearest"], len(self.results))
-        self.echo(
-            f"  {result['name']}: MSE {result['mse_nearest']:.3e} (nearest) -> "
-            f"{result['mse_final']:.3e} in {result['seconds']:.1f} s"
-        )
+        self.echo(unit_line(len(self.results), len(self.units), result))
         self._data = None
+
+    def _keep_nearest(self, layers: list[str]) -> None:
+        """Round-to-nearest codes and the initial activation steps for ``layers``."""
+        for name in layers:
+            layer = self._layers[name]
+            layer.freeze_nearest()
+            layer.input_quantizer.load_state_dict(self._initial[name])
+
+
+LINE_WIDTH = 79  # one line per unit on an 80-column terminal
+
+
+def unit_line(index: int, total: int, result: dict[str, Any], width: int = LINE_WIDTH) -> str:
+    """'unit 3/11 layer1.1: MSE nearest 1.234e-03 -> 5.678e-04, 2.1 s' (or '... MSE nearest
+    1.234e-03 kept (learned 2.345e-03), ...') within ``width`` characters: a long unit name
+    is shortened in the middle."""
+    if result.get("kept") == "nearest":
+        tail = f"MSE nearest {result['mse_nearest']:.3e} kept (learned {result['mse_learned']:.3e})"
+    else:
+        tail = f"MSE nearest {result['mse_nearest']:.3e} -> {result['mse_final']:.3e}"
+    tail += f", {result['seconds']:.1f} s"
+    head = f"unit {index}/{total} "
+    room = max(8, width - len(head) - len(tail) - 2)
+    name = result["name"]
+    if len(name) > room:
+        keep = room - 1
+        name = name[: keep // 2] + "~" + name[len(name) - (keep - keep // 2) :]
+    return f"{head}{name}: {tail}"

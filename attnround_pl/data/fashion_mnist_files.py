@@ -46,26 +46,49 @@ def unpack_debian(root: Path, source: Path = DEBIAN_DIR) -> bool:
     return True
 
 
+def written(root: Path) -> str:
+    """How many files, how many MB ``raw_dir(root)`` holds, e.g. ``4 files (55 MB)``."""
+    files = [p for p in raw_dir(root).iterdir() if p.is_file()]
+    megabytes = sum(p.stat().st_size for p in files) / 1e6
+    return f"{len(files)} file{'s' * (len(files) != 1)} ({megabytes:.0f} MB)"
+
+
+def _first_missing(root: Path) -> Path | None:
+    """The outermost of ``root``, ``root/FashionMNIST``, ``raw_dir(root)`` that does not exist."""
+    for folder in (root, root / "FashionMNIST", raw_dir(root)):
+        if not folder.exists():
+            return folder
+    return None
+
+
 def prepare(root: Path = DEFAULT_ROOT) -> str:
-    """Make sure the raw files are under ``root``; return where they came from."""
+    """Make sure the raw files are under ``root``; return one line saying what was written where
+    (or that the files were already there).
+
+    Raises RuntimeError (one line) when neither Debian's package nor torchvision's download
+    gives them; the folders this call created are removed again then."""
     root = Path(root)
     if is_prepared(root):
-        return "already present"
+        return f"Fashion-MNIST: already in {raw_dir(root)}"
     if unpack_debian(root):
-        return f"unpacked from {DEBIAN_DIR}"
+        return f"Fashion-MNIST: unpacked {written(root)} into {raw_dir(root)} from {DEBIAN_DIR}"
     from torchvision.datasets import FashionMNIST
 
+    created = _first_missing(root)
     try:
         FashionMNIST(str(root), train=True, download=True)
         FashionMNIST(str(root), train=False, download=True)
     except Exception as exc:  # noqa: BLE001 - any download failure gets the same advice
+        if created is not None and created.exists():
+            shutil.rmtree(created)  # only what this call made: nothing half-written stays
+        reason = " ".join(str(exc).split()) or type(exc).__name__
         raise RuntimeError(
             f"Fashion-MNIST is not in {raw_dir(root)}, Debian's dataset-fashion-mnist is not "
-            f"installed ({DEBIAN_DIR} missing) and torchvision's download failed ({exc}). "
+            f"installed ({DEBIAN_DIR} missing) and torchvision's download failed ({reason}). "
             "Install the package (apt-get install dataset-fashion-mnist) or put the four idx "
             f"files in {raw_dir(root)}."
         ) from exc
-    return "downloaded by torchvision"
+    return f"Fashion-MNIST: downloaded {written(root)} into {raw_dir(root)} with torchvision"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -73,9 +96,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--root", type=Path, default=DEFAULT_ROOT)
     args = parser.parse_args(argv)
     try:
-        how = prepare(args.root)
+        line = prepare(args.root)
     except RuntimeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    print(f"Fashion-MNIST in {raw_dir(args.root)} ({how})")
+    print(line)
     return 0

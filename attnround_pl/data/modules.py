@@ -25,7 +25,7 @@ from torchvision import datasets, transforms
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from ..errors import InputError, SettingError
-from .fashion_mnist_files import DEFAULT_ROOT, prepare
+from .fashion_mnist_files import DEBIAN_DIR, DEFAULT_ROOT, is_prepared, prepare, raw_dir
 from .sampling import balanced_indices
 
 FMNIST_MEAN, FMNIST_STD = (0.2860,), (0.3530,)
@@ -208,19 +208,39 @@ class CalibrationDataModule(pl.LightningDataModule):
 
 
 class FashionMNISTDataModule(CalibrationDataModule):
-    """Fashion-MNIST: calibration from the 60k training images, evaluation on the 10k test set."""
+    """Fashion-MNIST: calibration from the 60k training images, evaluation on the 10k test set.
+
+    The four idx files must be in ``<root>/FashionMNIST/raw`` (``python -m attnround_pl.data
+    --root <root>`` puts them there; ``scripts/setup.sh`` does it for ``data``). Without them
+    ``prepare_data()`` raises DataError and writes nothing, unless ``download`` is True: then it
+    unpacks them there (about 55 MB, from Debian's dataset-fashion-mnist package, else
+    torchvision's download) and prints one line saying what it wrote where.
+    """
 
     def __init__(
         self, root: str = str(DEFAULT_ROOT), calib_size: int = 1024, seed: int = 0,
         augment: bool = False, batch_size: int = 500, num_workers: int = 0,
+        download: bool = False,
     ) -> None:  # fmt: skip
         super().__init__(calib_size, seed, augment, batch_size, num_workers)
         self.root = Path(root)
+        self.download = download
         self.normalize = transforms.Normalize(FMNIST_MEAN, FMNIST_STD)
 
     def prepare_data(self) -> None:
+        """DataError (one line, nothing written) when the files are missing and ``download``
+        is False; with ``download`` True they are unpacked (one line printed)."""
+        if is_prepared(self.root):
+            return
+        if not self.download:
+            raise DataError(
+                f"Fashion-MNIST is not in {raw_dir(self.root)}: set --data.init_args.download "
+                f"true (download=True) to unpack about 55 MB into it from Debian's "
+                f"dataset-fashion-mnist package ({DEBIAN_DIR}) or torchvision's download, or run "
+                f"python -m attnround_pl.data --root {self.root}"
+            )
         try:
-            prepare(self.root)
+            print(prepare(self.root))
         except RuntimeError as exc:
             raise DataError(str(exc)) from None
 

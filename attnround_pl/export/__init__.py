@@ -3,6 +3,7 @@
 Plain PyTorch + onnx/onnxruntime; no Lightning.
 """
 
+from .metadata import read_onnx_metadata
 from .qdq_onnx import OPSET, OnnxExportError, export_onnx, to_onnx
 from .state import STATE_FORMAT, export_state, load_state, read_state, state_payload
 from .verify import (
@@ -27,6 +28,7 @@ __all__ = [
     "load_state",
     "max_output_difference",
     "onnx_session",
+    "read_onnx_metadata",
     "read_state",
     "state_payload",
     "to_onnx",

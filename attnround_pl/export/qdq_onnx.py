@@ -67,6 +67,7 @@ from torch import Tensor, nn
 from ..atomic import write_atomically
 from ..errors import InputError
 from ..quant import ActQuantizer, QuantConv1d, QuantConv2d, QuantLayer, QuantLinear
+from .metadata import export_meta, onnx_metadata, set_onnx_metadata
 
 OPSET = 18
 INPUT_NAME = "input"
@@ -395,14 +396,20 @@ def _batch_example(example: Tensor) -> Tensor:
     return torch.cat([example, example]) if len(example) == 1 else example
 
 
-def to_onnx(qmodel: nn.Module, example: Tensor) -> onnx.ModelProto:
+def to_onnx(
+    qmodel: nn.Module, example: Tensor, meta: Mapping[str, Any] | None = None
+) -> onnx.ModelProto:
     """The QDQ ONNX model of a frozen quantized model; ``example`` is one input batch.
 
     The graph input is ``input`` with a dynamic first dimension ``batch``; the output is
     ``logits`` for a model returning one tensor, one output per key for a dict of tensors.
+    ``metadata_props`` record the input's preprocessing and the class count (see
+    ``export.metadata``) from ``meta`` (a checkpoint's meta), else from the model's
+    ``preprocessing`` / ``output_classes`` attributes, else the input shape of ``example``.
     The model is left as it was (forwards, train/eval mode)."""
     if not isinstance(example, Tensor) or example.dim() < 1:
         raise OnnxExportError("the example input must be a tensor with a batch dimension")
+    entries = onnx_metadata(export_meta(meta, qmodel, example), INPUT_NAME)
     try:
         device = next(qmodel.parameters()).device
     except StopIteration:
@@ -429,11 +436,16 @@ def to_onnx(qmodel: nn.Module, example: Tensor) -> onnx.ModelProto:
         _expand_markers(proto, layers)
     proto.graph.name = "attnround_pl_qdq"
     proto.producer_name = "attnround-pl"
+    set_onnx_metadata(proto, entries)
     onnx.checker.check_model(proto, full_check=True)
     return proto
 
 
-def export_onnx(qmodel: nn.Module, example: Tensor, path: str | os.PathLike) -> Path:
-    """Write the QDQ ONNX model of ``qmodel`` to ``path`` (checked by onnx.checker)."""
-    model = to_onnx(qmodel, example)
+def export_onnx(
+    qmodel: nn.Module, example: Tensor, path: str | os.PathLike,
+    meta: Mapping[str, Any] | None = None,
+) -> Path:  # fmt: skip
+    """Write the QDQ ONNX model of ``qmodel`` to ``path`` (checked by onnx.checker);
+    ``meta``: what ``to_onnx`` records in its ``metadata_props``."""
+    model = to_onnx(qmodel, example, meta)
     return write_atomically(path, lambda tmp: onnx.save_model(model, str(tmp)))

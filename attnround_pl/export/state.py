@@ -3,7 +3,8 @@
 Layout (``format = "attnround-pl/state/1"``, one ``torch.save`` dict, loadable with
 ``weights_only=True``)::
 
-    {"format", "quant": QuantConfig as a dict, "meta": {"arch", "num_classes", ...},
+    {"format", "quant": QuantConfig as a dict,
+     "meta": {"arch", "num_classes", "preprocessing", ...} (see ``export.metadata``),
      "layers": {name: {
         "kind": "conv" | "linear",
         "codes": integer weight codes, one code per byte (not packed): uint8 in 0..2^b-1 for the
@@ -33,10 +34,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..atomic import write_atomically
 from ..quant import CheckpointError, QuantConfig, QuantLayer, QuantLinear, freeze_model
 from ..quant.checkpoint import cpu_state_dict, layer_record, nearest_rebuild_config, read_payload
 from ..quant.model import quant_layers, quantize_model
+from ..torch_files import save_tensors
+from .metadata import export_meta
 
 STATE_FORMAT = "attnround-pl/state/1"
 
@@ -69,7 +71,7 @@ def state_payload(qmodel: nn.Module, quant: QuantConfig | dict, meta: dict[str, 
     return {
         "format": STATE_FORMAT,
         "quant": quant,
-        "meta": dict(meta),
+        "meta": export_meta(meta, qmodel),
         "layers": {name: _layer_state(layer) for name, layer in layers.items()},
         "other": other,
     }
@@ -80,7 +82,7 @@ def export_state(
 ) -> Path:
     """Write the state file (to a temporary name, then renamed into place)."""
     payload = state_payload(qmodel, quant, meta)
-    return write_atomically(path, lambda tmp: torch.save(payload, tmp))
+    return save_tensors(payload, path)
 
 
 def read_state(path: str | os.PathLike) -> dict[str, Any]:

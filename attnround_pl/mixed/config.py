@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..errors import SettingError, check_finite
+
 
 @dataclass
 class MixedConfig:
@@ -26,3 +28,12 @@ class MixedConfig:
     @property
     def enabled(self) -> bool:
         return self.bit_list is not None
+
+    def validate(
+        self, group: str = "quant.mixed", error: type[SettingError] = SettingError
+    ) -> MixedConfig:
+        """Refuse NaN and infinity in ``eps2`` and ``budget_mb`` (enabled or not), as
+        ``error``; the rest of the allocation's settings ``mixed.allocation.check_mixed``
+        checks."""
+        check_finite(self, group, error)
+        return self

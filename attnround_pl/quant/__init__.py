@@ -1,94 +1,68 @@
 """Pure-PyTorch quantization core: grids, scale search, rounding functions, quantizers, layers.
 
 Nothing in this package imports Lightning.
+
+The names below are imported from their modules on first use, so importing the package does
+not load torch until a name is used.
 """
 
-from .act_quant import ActQuantizer
-from .bn_fold import fold_batchnorms, fold_bn_into_conv
-from .checkpoint import CheckpointError, load_quantized, read_quantized, save_quantized
-from .config import QuantConfig
-from .errors import QuantConfigError
-from .grid import UniformGrid, check_bits
-from .layers import QuantConv1d, QuantConv2d, QuantLayer, QuantLinear
-from .loss import output_mse, reconstruction_loss
-from .model import (
-    act_border_parameters,
-    act_step_parameters,
-    calibrate_activations,
-    finish_rounding_gradients,
-    freeze_model,
-    quant_layers,
-    quantizable_layers,
-    quantize_model,
-    round_to_nearest,
-    rounding_parameters,
-    rounding_regularizer,
-    set_learning,
-    set_progress,
-    set_quant_state,
-)
-from .order import LeafTracer, execution_order, float_ops, never_run_layers, trace_graph
-from .rounding import (
-    ROUNDINGS,
-    AdaRounding,
-    AttentionRounding,
-    CeilRounding,
-    FloorRounding,
-    NearestRounding,
-    Rounding,
-    StochasticRounding,
-    make_rounding,
-)
-from .scale_search import fake_quantize, search_qparams
-from .weight_quant import WeightQuantizer
+from __future__ import annotations
 
-__all__ = [
-    "ROUNDINGS",
-    "ActQuantizer",
-    "CheckpointError",
-    "load_quantized",
-    "read_quantized",
-    "save_quantized",
-    "AdaRounding",
-    "AttentionRounding",
-    "CeilRounding",
-    "FloorRounding",
-    "NearestRounding",
-    "QuantConfig",
-    "QuantConfigError",
-    "QuantConv1d",
-    "QuantConv2d",
-    "QuantLayer",
-    "QuantLinear",
-    "Rounding",
-    "StochasticRounding",
-    "UniformGrid",
-    "WeightQuantizer",
-    "act_border_parameters",
-    "act_step_parameters",
-    "output_mse",
-    "reconstruction_loss",
-    "round_to_nearest",
-    "rounding_parameters",
-    "rounding_regularizer",
-    "set_learning",
-    "set_progress",
-    "calibrate_activations",
-    "check_bits",
-    "execution_order",
-    "fake_quantize",
-    "float_ops",
-    "LeafTracer",
-    "never_run_layers",
-    "trace_graph",
-    "fold_batchnorms",
-    "fold_bn_into_conv",
-    "finish_rounding_gradients",
-    "freeze_model",
-    "make_rounding",
-    "quant_layers",
-    "quantizable_layers",
-    "quantize_model",
-    "search_qparams",
-    "set_quant_state",
-]
+from importlib import import_module
+from typing import Any
+
+_EXPORTS = {
+    "act_quant": ["ActQuantizer"],
+    "bn_fold": ["fold_batchnorms", "fold_bn_into_conv"],
+    "checkpoint": ["CheckpointError", "load_quantized", "read_quantized", "save_quantized"],
+    "config": ["QuantConfig"],
+    "errors": ["QuantConfigError"],
+    "grid": ["UniformGrid", "check_bits"],
+    "layers": ["QuantConv1d", "QuantConv2d", "QuantLayer", "QuantLinear"],
+    "loss": ["output_mse", "reconstruction_loss"],
+    "model": [
+        "act_border_parameters",
+        "act_step_parameters",
+        "calibrate_activations",
+        "finish_rounding_gradients",
+        "freeze_model",
+        "quant_layers",
+        "quantizable_layers",
+        "quantize_model",
+        "round_to_nearest",
+        "rounding_parameters",
+        "rounding_regularizer",
+        "set_learning",
+        "set_progress",
+        "set_quant_state",
+    ],
+    "order": ["LeafTracer", "execution_order", "float_ops", "never_run_layers", "trace_graph"],
+    "rounding": [
+        "ROUNDINGS",
+        "AdaRounding",
+        "AttentionRounding",
+        "CeilRounding",
+        "FloorRounding",
+        "NearestRounding",
+        "Rounding",
+        "StochasticRounding",
+        "make_rounding",
+    ],
+    "scale_search": ["fake_quantize", "search_qparams"],
+    "weight_quant": ["WeightQuantizer"],
+}
+_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
+
+__all__ = sorted(_MODULE_OF)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _MODULE_OF:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(import_module(f".{_MODULE_OF[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -22,9 +22,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..atomic import write_atomically
 from ..errors import InputError
-from ..torch_files import UnreadableFile, load_tensors
+from ..torch_files import UnreadableFile, load_tensors, save_tensors
 from .config import QuantConfig
 from .layers import QuantLayer
 from .model import freeze_model, quant_layers, quantize_model
@@ -80,7 +79,7 @@ def save_quantized(
         "layers": layer_summary(qmodel),
         "state_dict": cpu_state_dict(qmodel),
     }
-    return write_atomically(path, lambda tmp: torch.save(payload, tmp))
+    return save_tensors(payload, path)
 
 
 def read_payload(path: str | os.PathLike, fmt: str, what: str) -> dict[str, Any]:

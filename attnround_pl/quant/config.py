@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from ..errors import check_finite
 from ..mixed.config import MixedConfig
 from .act_border import BORDERS
 from .act_quant import check_act_bits, check_drop_prob
@@ -52,6 +53,8 @@ class QuantConfig:
             self.mixed = MixedConfig(**self.mixed)
 
     def validate(self) -> QuantConfig:
+        check_finite(self, "quant", QuantConfigError)
+        self.mixed.validate("quant.mixed", QuantConfigError)
         for key in ("w_bits", "first_layer_w_bits", "last_layer_w_bits"):
             check_bits(getattr(self, key), key)
         for key in ("a_bits", "first_layer_a_bits", "last_layer_a_bits"):

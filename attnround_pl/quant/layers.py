@@ -41,6 +41,10 @@ class QuantLayer(nn.Module):
     def freeze(self) -> None:
         self.weight_quantizer.freeze(self.layer.weight)
 
+    def freeze_nearest(self) -> None:
+        """Freeze to the round-to-nearest codes instead of the learned ones."""
+        self.weight_quantizer.freeze_nearest(self.layer.weight)
+
 
 class QuantConv2d(QuantLayer):
     def _op(self, x: Tensor, weight: Tensor) -> Tensor:

@@ -87,6 +87,19 @@ class WeightQuantizer(nn.Module):
         return (offsets + self.zero_point).to(self.code_dtype)
 
     @torch.no_grad()
+    def nearest_codes(self, weight: Tensor) -> Tensor:
+        """The integers round-to-nearest gives (what ``round_to_nearest`` computes with)."""
+        lo, hi = self._bounds()
+        offsets = _NEAREST.hard_codes(weight.detach() / self.scale, lo, hi)
+        return (offsets + self.zero_point).to(self.code_dtype)
+
+    @torch.no_grad()
+    def freeze_nearest(self, weight: Tensor) -> None:
+        """Store round-to-nearest codes, whatever the rounding learned (frozen or not)."""
+        self.codes = self.nearest_codes(weight)
+        self.rounding = None
+
+    @torch.no_grad()
     def freeze(self, weight: Tensor) -> None:
         """Store the hard integer codes and drop the rounding's learnable state."""
         if self.rounding is None:

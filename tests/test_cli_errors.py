@@ -1,0 +1,244 @@
+"""Bad input a new user hits on the command line (issue 30): one line, exit status 2, nothing
+written; ``calibrate --help`` leads with our groups; ``--help`` loads neither torch nor
+Lightning."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import attnround_pl
+from attnround_pl import cli
+from attnround_pl.calib.pipeline import RunConfig
+from attnround_pl.calib.sequencer import ReconConfig
+from attnround_pl.errors import SettingError, check_finite
+from attnround_pl.mixed.config import MixedConfig
+from attnround_pl.quant import QuantConfig, QuantConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG = REPO / "configs" / "resnet20_w4a4.yaml"
+
+
+def one_error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert err[0].startswith("attnround-pl calibrate: error: "), err
+    return err[0].removeprefix("attnround-pl calibrate: error: ")
+
+
+def refused(capsys, tmp_path, *args: str, yaml: str | None = None) -> str:
+    """Run ``calibrate`` over the shipped config (plus a YAML file, plus options); it must
+    refuse with exit status 2, one line on stderr and no run folder; return the message."""
+    extra = []
+    if yaml is not None:
+        (tmp_path / "typo.yaml").write_text(yaml)
+        extra = ["--config", str(tmp_path / "typo.yaml")]
+    out = tmp_path / "runs"
+    argv = ["calibrate", "--config", str(CONFIG), *extra, "--run.out_dir", str(out), *args]
+    assert cli.main(argv) == 2
+    assert not out.exists()  # refused before anything was written
+    return one_error_line(capsys)
+
+
+def test_a_misspelt_key_in_yaml_names_it_and_the_closest_key(tmp_path, capsys):
+    message = refused(capsys, tmp_path, yaml="quant:\n  w_bit: 4\n")
+    assert message == "unknown key quant.w_bit; did you mean w_bits?"
+    message = refused(capsys, tmp_path, yaml="quant:\n  mixed:\n    bit_lst: [3, 4]\n")
+    assert message == "unknown key quant.mixed.bit_lst; did you mean bit_list?"
+
+
+def test_a_misspelt_option_is_refused_not_expanded(tmp_path, capsys):
+    # argparse's abbreviations would read --quant.w_bit as --quant.w_bits and run
+    assert refused(capsys, tmp_path, "--quant.w_bit", "4") == (
+        "unknown option --quant.w_bit; did you mean w_bits?"
+    )
+    assert refused(capsys, tmp_path, "--quant.w_bit=4") == (
+        "unknown option --quant.w_bit; did you mean w_bits?"
+    )
+    assert refused(capsys, tmp_path, "--trainer.devicez", "1") == (
+        "unknown option --trainer.devicez; did you mean devices?"
+    )
+
+
+def test_an_unknown_key_with_no_close_match_lists_the_valid_ones(tmp_path, capsys):
+    message = refused(capsys, tmp_path, "--foo.bar", "1")
+    assert message == (
+        "unknown option --foo.bar; the top level takes: seed_everything, quant, recon, run, "
+        "trainer, model, data"
+    )
+    message = refused(capsys, tmp_path, "--quant.zzz", "1")
+    assert message.startswith("unknown option --quant.zzz; quant takes: w_bits, a_bits, ")
+
+
+def test_an_unknown_top_level_group(tmp_path, capsys):
+    message = refused(capsys, tmp_path, yaml="quantt:\n  w_bits: 3\n")
+    assert message == "unknown key quantt.w_bits; did you mean quant?"
+
+
+def test_a_misspelt_init_arg_of_the_data_module(tmp_path, capsys):
+    message = refused(capsys, tmp_path, "--data.init_args.calib_sise", "8")
+    assert message == (
+        "unknown key data.init_args.calib_sise (attnround_pl.data.FashionMNISTDataModule does "
+        "not take it); did you mean calib_size?"
+    )
+
+
+WRONG_VALUES = [
+    ("quant:\n  w_bits: four\n", [], "quant.w_bits=four must be an integer"),
+    ("quant:\n  a_bits: 3.5\n", [], "quant.a_bits=3.5 must be an integer"),
+    ("quant:\n  tau: nan\n", [], "quant.tau=nan must be a finite number"),
+    ("quant:\n  tau: .nan\n", [], "quant.tau=nan must be a finite number"),
+    ("quant:\n  tau: inf\n", [], "quant.tau=inf must be a finite number"),
+    ("quant:\n  tau: -.inf\n", [], "quant.tau=-inf must be a finite number"),
+    (None, ["--quant.tau", "nan"], "quant.tau=nan must be a finite number"),
+    (None, ["--quant.tau=-inf"], "quant.tau=-inf must be a finite number"),
+    (None, ["--quant.tau", "abc"], "quant.tau=abc must be a number"),
+    (None, ["--quant.mixed.eps2", ".inf"], "quant.mixed.eps2=inf must be a finite number"),
+    (None, ["--recon.lr", ".nan"], "recon.lr=nan must be a finite number"),
+    (None, ["--run.progress", "maybe"], "run.progress=maybe must be true or false"),
+    (None, ["--quant.mixed.budget_bits", "x"],
+     "quant.mixed.budget_bits=x must be an integer (or null)"),
+    (None, ["--quant.mixed.bit_list", "[a]"],
+     "quant.mixed.bit_list=['a'] must be a list of integers (or null)"),
+    (None, ["--quant.tau", "-inf"],
+     "--quant.tau needs a value (write one that starts with '-' as --quant.tau=VALUE)"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("yaml, args, message", WRONG_VALUES, ids=[r[2] for r in WRONG_VALUES])
+def test_a_value_of_the_wrong_type_is_one_line(tmp_path, capsys, yaml, args, message):
+    assert refused(capsys, tmp_path, *args, yaml=yaml) == message
+
+
+def test_nothing_to_calibrate_says_what_to_give(capsys):
+    assert cli.main(["calibrate"]) == 2
+    message = one_error_line(capsys)
+    assert message.startswith("nothing to calibrate: give --config FILE")
+    assert "--model.arch" in message and "--model.net" in message and "--data" in message
+    assert cli.main(["calibrate", "--model.arch", "resnet20"]) == 2
+    assert one_error_line(capsys).startswith("no data module: give --data CLASS")
+
+
+def test_a_config_file_that_is_not_there(tmp_path, capsys):
+    missing = tmp_path / "nope.yaml"
+    assert cli.main(["calibrate", "--config", str(missing)]) == 2
+    assert one_error_line(capsys) == f"--config file '{missing}' does not exist"
+
+
+def test_a_stray_argument(tmp_path, capsys):
+    assert refused(capsys, tmp_path, "w_bits=3").startswith("unexpected argument 'w_bits=3'")
+
+
+def test_a_data_class_that_does_not_import(tmp_path, capsys):
+    message = refused(capsys, tmp_path, "--data", "no_such_pkg.Data")
+    assert message == "data: class_path 'no_such_pkg.Data': No module named 'no_such_pkg'"
+
+
+def test_calibrate_help_leads_with_our_groups_and_drops_the_optimizer(capsys):
+    with pytest.raises(SystemExit) as stop:
+        cli.main(["calibrate", "--help"])
+    assert stop.value.code == 0
+    shown = capsys.readouterr().out
+    options = [line.split()[0] for line in shown.splitlines() if line.startswith("  -")]
+    groups = [option.rstrip(",") for option in options if "." not in option]
+    assert groups == ["-h", "-c", "--print_config", "--seed_everything", "--quant", "--recon",
+                      "--run", "--trainer", "--model", "--data"]  # fmt: skip
+    assert "--optimizer" not in shown and "--lr_scheduler" not in shown
+    assert "torch.nn.Identity" not in shown  # model.net's list of every nn.Module subclass
+    assert "--quant.w_bits" in shown and "--recon.iters" in shown and "--run.out_dir" in shown
+
+
+def test_export_formats_in_the_help_are_the_export_jobs():
+    from attnround_pl.calib.export_job import FORMATS
+
+    assert tuple(FORMATS) == cli.EXPORT_FORMATS
+
+
+def test_settings_refuse_nan_and_infinity_in_python_too(tmp_path):
+    with pytest.raises(QuantConfigError, match=r"^quant\.tau=nan must be a finite number$"):
+        QuantConfig(tau=float("nan")).validate()
+    with pytest.raises(QuantConfigError, match=r"^quant\.adaround_beta_end=inf must be a fin"):
+        QuantConfig(adaround_beta_end=math.inf).validate()
+    with pytest.raises(QuantConfigError, match=r"^quant\.mixed\.budget_mb=-inf must be a fin"):
+        QuantConfig(mixed=MixedConfig(bit_list=[3, 4], budget_mb=-math.inf)).validate()
+    with pytest.raises(SettingError, match=r"^quant\.mixed\.eps2=nan must be a finite number"):
+        MixedConfig(eps2=float("nan")).validate()  # checked even when mixed is off
+    with pytest.raises(SettingError, match=r"^recon\.act_lr=inf must be a finite number$"):
+        ReconConfig(act_lr=math.inf).validate()
+    assert QuantConfig().validate() == QuantConfig() and ReconConfig().validate().lr > 0
+    assert RunConfig().validate() == RunConfig()
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(144, 2))
+    images = torch.randn(8, 3, 8, 8)
+    with pytest.raises(QuantConfigError, match=r"^quant\.tau=nan must be a finite number$"):
+        attnround_pl.quantize(model, images, quant=QuantConfig(tau=float("nan")),
+                              out_dir=tmp_path, progress=False)  # fmt: skip
+    assert list(tmp_path.iterdir()) == []  # refused before any file
+
+
+def test_check_finite_names_the_group_and_takes_the_error_class():
+    from dataclasses import dataclass
+
+    @dataclass
+    class Settings:
+        ratio: float = 0.5
+        count: int = 3
+        name: str = "x"
+
+    check_finite(Settings(), "demo")  # finite floats, ints and strings pass
+    with pytest.raises(QuantConfigError, match=r"^demo\.ratio=nan must be a finite number$"):
+        check_finite(Settings(ratio=float("nan")), "demo", QuantConfigError)
+
+
+def _modules_after(code: str) -> dict[str, bool]:
+    """Which heavy packages a fresh interpreter has imported after ``code``."""
+    heavy = ("torch", "lightning", "torchvision", "onnx", "onnxruntime", "matplotlib", "rich")
+    env = {k: v for k, v in os.environ.items() if k != "JSONARGPARSE_DEPRECATION_WARNINGS"}
+    probe = (f"{code}\nimport json, os, sys\n"
+             f"print(json.dumps({{m: m in sys.modules for m in {heavy!r}}}))\n"
+             "print(os.environ.get('JSONARGPARSE_DEPRECATION_WARNINGS'))")  # fmt: skip
+    done = subprocess.run([sys.executable, "-c", probe], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    *_, loaded, env_var = done.stdout.strip().splitlines()
+    return {**json.loads(loaded), "env_var_set": env_var != "None"}
+
+
+def test_importing_the_package_and_the_cli_loads_no_heavy_module():
+    loaded = _modules_after(
+        "import attnround_pl, attnround_pl.cli, attnround_pl.calib, attnround_pl.quant, "
+        "attnround_pl.data, attnround_pl.models, attnround_pl.mixed, attnround_pl.errors"
+    )
+    assert not any(loaded.values()), loaded  # no side effect either: the env var is main's
+
+
+def test_help_and_evaluate_help_answer_without_torch_or_lightning():
+    loaded = _modules_after(
+        "import contextlib, io\n"
+        "from attnround_pl.cli import main\n"
+        "with contextlib.redirect_stdout(io.StringIO()):\n"
+        "    assert main(['--help']) == 0\n"
+        "    for command in ('evaluate', 'export'):\n"
+        "        try:\n"
+        "            main([command, '--help'])\n"
+        "        except SystemExit as stop:\n"
+        "            assert stop.code == 0"
+    )
+    assert loaded.pop("env_var_set")  # main() sets it (jsonargparse's deprecation warnings)
+    assert not any(loaded.values()), loaded
+
+
+def test_names_of_the_lazy_packages_resolve():
+    from attnround_pl import calib, data, models, quant
+
+    for package in (calib, data, models, quant):
+        for name in package.__all__:
+            assert getattr(package, name) is not None, (package.__name__, name)
+        assert set(package.__all__) <= set(dir(package))
+        with pytest.raises(AttributeError, match="has no attribute 'nope'"):
+            package.nope  # noqa: B018
