@@ -41,7 +41,8 @@ def test_end_to_end_torchvision_architectures(tmp_path, arch):
     torch.manual_seed(0)
     model = FloatModel(arch, weights=None, num_classes=3)
     report, run_dir = _run(tmp_path, model, data, eval_nearest=False, export=["onnx", "state"])
-    assert REPORT_KEYS <= set(report)
+    assert REPORT_KEYS - {"float_top5", "quant_top5"} <= set(report)
+    assert "quant_top5" not in report  # 3 classes: top-5 would be 100 % whatever the model
     # both exports of every architecture: ONNX in onnxruntime and the reloaded state agree
     # (random-weight mobilenet_v2 has logits ~1e-10: its argmax is noise, so compare logits)
     assert report["onnx_images"] == 6
@@ -50,7 +51,7 @@ def test_end_to_end_torchvision_architectures(tmp_path, arch):
     assert report["state_max_abs_diff"] == 0.0
     assert (run_dir / "quantized.onnx").is_file() and (run_dir / "quantized_state.pt").is_file()
     assert json.loads((run_dir / "report.json").read_text())["model"] == arch
-    assert 0 <= report["quant_top1"] <= 100 and report["quant_top5"] == 100.0  # 3 classes
+    assert 0 <= report["quant_top1"] <= 100
     units = split_units(quantize_model(model.net, QuantConfig(rounding="nearest")))
     assert [u["name"] for u in report["units"]] == [u.name for u in units]
     assert all(u["iters"] == 2 for u in report["units"])
