@@ -23,9 +23,9 @@ from typing import Any
 
 from torch import nn
 
-from .calib.pipeline import RunConfig, checkpoint_meta, run_calibration
+from .calib.pipeline import checkpoint_meta, run_calibration
 from .calib.run_folder import CHECKPOINT, REPORT, build_float
-from .calib.sequencer import ReconConfig
+from .calib.settings import ReconConfig, RunConfig
 from .data.preprocessing import Preprocessing
 from .errors import SettingError
 from .models.source import ModelSource

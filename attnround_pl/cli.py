@@ -37,6 +37,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .calib.settings import FORMATS
+from .early_check import check_settings
 from .errors import InputError, SettingError
 
 if TYPE_CHECKING:
@@ -253,8 +255,7 @@ def calibrate_cli_class() -> type[LightningCLI]:
     it, not by ``attnround-pl --help``."""
     from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-    from .calib.pipeline import RunConfig
-    from .calib.sequencer import ReconConfig
+    from .calib.settings import ReconConfig, RunConfig
     from .data import ImageFolderDataModule, check_image_settings, check_loader_settings
     from .quant import QuantConfig
 
@@ -353,9 +354,10 @@ def model_source(cli: LightningCLI) -> ModelSource:
 
 
 def cmd_calibrate(args: list[str]) -> int:
+    check_settings(args)  # a refused setting of ours answers before Lightning is imported
     cli = build_cli(args)
-    from .calib.pipeline import RunConfig, calibrate
-    from .calib.sequencer import ReconConfig
+    from .calib.pipeline import calibrate
+    from .calib.settings import ReconConfig, RunConfig
     from .quant import QuantConfig
 
     config_text = cli.parser.dump(cli.config, skip_none=False)
@@ -417,14 +419,11 @@ def cmd_evaluate(args: list[str]) -> int:
     return 0
 
 
-# Kept in step with calib.export_job.FORMATS (a test checks): --help needs no export packages.
-EXPORT_FORMATS = ("onnx", "state")
-
 
 def cmd_export(args: list[str]) -> int:
     opts, overrides = _run_args(
         "export", args,
-        ("--format", {"required": True, "help": f"one of: {', '.join(EXPORT_FORMATS)}"}),
+        ("--format", {"required": True, "help": f"one of: {', '.join(FORMATS)}"}),
         ("--out", {"default": None, "help": "output file (default: in the run folder)"}),
     )  # fmt: skip
     from rich.console import Console

@@ -13,9 +13,10 @@ _EXPORTS = {
     "cache": ["UnitData", "build_unit_data", "capture"],
     "classifier": ["FloatModel"],
     "evaluation": ["EvalResult", "ModelEvaluation", "evaluate_model"],
-    "pipeline": ["Calibrated", "RunConfig", "calibrate", "evaluate", "run_calibration"],
+    "pipeline": ["Calibrated", "calibrate", "evaluate", "run_calibration"],
     "reconstruction": ["BlockReconstruction"],
-    "sequencer": ["BlockSequencer", "ReconConfig", "unit_mse"],
+    "sequencer": ["BlockSequencer", "unit_mse"],
+    "settings": ["ReconConfig", "RunConfig"],
 }
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
 

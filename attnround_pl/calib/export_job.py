@@ -17,7 +17,6 @@ from torch import nn
 
 from ..atomic import write_json
 from ..data import calibration_images, evaluation_batches, split_batch
-from ..errors import SettingError
 from ..export import (
     CodeDivergence,
     compare_with_onnx,
@@ -29,14 +28,7 @@ from ..export import (
 from ..export.metadata import export_meta
 from ..quant import load_quantized
 from .run_folder import CHECKPOINT, REPORT, build_float, check_run_folder
-
-FORMATS = {"onnx": "quantized.onnx", "state": "quantized_state.pt"}
-
-
-def check_format(fmt: str) -> str:
-    if fmt not in FORMATS:
-        raise SettingError(f"unknown export format {fmt!r}; valid: {', '.join(FORMATS)}")
-    return fmt
+from .settings import FORMATS, check_format
 
 
 def export_run(

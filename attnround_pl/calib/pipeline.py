@@ -18,7 +18,7 @@ import resource
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +54,7 @@ from .cache import build_unit_data
 from .classifier import FloatModel
 from .distributed import agree, launch, rank_world, shard, wants_ddp
 from .evaluation import EvalResult, classes_of, evaluate_model
-from .export_job import check_format, export_run
+from .export_job import export_run
 from .interrupt import CalibrationInterrupted, stop_on_signals, stopped_message
 from .progress import UnitProgressBar
 from .resume import (
@@ -67,7 +67,8 @@ from .resume import (
 )
 from .run_folder import CHECKPOINT, CONFIG, REPORT, RunFolderError
 from .run_lock import RunLock
-from .sequencer import BlockSequencer, ReconConfig
+from .sequencer import BlockSequencer
+from .settings import ReconConfig, RunConfig
 
 RUN_NAME_ENV = "ATTNROUND_RUN_NAME"  # the run folder name, handed to the other DDP ranks
 
@@ -76,41 +77,6 @@ _RECON_TRAINER_KEYS = ("max_steps", "max_epochs", "logger", "callbacks", "enable
                        "limit_val_batches", "num_sanity_val_steps", "enable_model_summary",
                        "use_distributed_sampler", "log_every_n_steps", "enable_progress_bar",
                        "default_root_dir", "limit_train_batches", "val_check_interval")  # fmt: skip
-
-
-@dataclass
-class RunConfig:
-    """Where a run writes and what it evaluates.
-
-    Args:
-        out_dir: parent folder of run folders.
-        name: run folder name (default: <arch>_<rounding>_w<bits>a<bits>_<date-time>).
-        eval_float: evaluate the float model.
-        eval_nearest: evaluate round-to-nearest (no reconstruction) for comparison.
-        progress: show rich progress bars (per-unit lines are printed either way).
-        export: formats to export the finished run to (``onnx``, ``state``), each checked
-            against the PyTorch model on the evaluation set (see ``attnround-pl export``).
-        resume: a run folder whose calibration stopped (crash, kill, out of memory): continue
-            it from its last finished unit, with the same config and seed.
-        overwrite: replace a run folder that already holds a finished or unfinished run.
-    """
-
-    out_dir: str = "runs"
-    name: str | None = None
-    eval_float: bool = True
-    eval_nearest: bool = True
-    progress: bool = True
-    export: list[str] = field(default_factory=list)
-    resume: str | None = None
-    overwrite: bool = False
-
-    def validate(self) -> RunConfig:
-        from ..errors import check_finite
-
-        check_finite(self, "run")  # no float setting today: one added later is covered
-        for fmt in self.export:
-            check_format(fmt)
-        return self
 
 
 def quiet_lightning() -> None:

@@ -27,6 +27,7 @@ from ..quant import (
 from .cache import UnitData
 from .distributed import rank_world
 from .graph_step import GraphedStep
+from .settings import COMPILE_MODES, LR_SCHEDULES
 
 # Units are reconstructed in eval mode on purpose: the behaviour they will have at inference
 # (no dropout); Lightning's warning about it would only confuse.
@@ -34,8 +35,6 @@ warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the st
 
 
 NVML_CHECK = "PYTORCH_NVML_BASED_CUDA_CHECK"
-LR_SCHEDULES = ("constant", "cosine", "cosine_act")
-COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")
 
 
 def use_runtime_cuda_check() -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import lightning.pytorch as pl
@@ -13,7 +12,6 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from torch import Tensor, nn
 
-from ..errors import SettingError
 from ..models import Unit
 from ..quant import freeze_model, output_mse, quant_layers, round_to_nearest
 from .cache import UnitData, build_unit_data, cache_device
@@ -25,76 +23,8 @@ from .memory import (
     estimate_cache_bytes,
     estimate_step_bytes,
 )
-from .reconstruction import COMPILE_MODES, LR_SCHEDULES, BlockReconstruction
-
-
-@dataclass
-class ReconConfig:
-    """Block reconstruction settings.
-
-    Args:
-        iters: optimisation steps per unit; 0 = no reconstruction (the rounding function's
-            codes and the MSE-initialised activation steps as they are: the floor, ceil,
-            stochastic and round-to-nearest baselines).
-        batch_size: samples per step, drawn with replacement from the unit's cache.
-        lr: Adam learning rate of the rounding parameters.
-        act_lr: Adam learning rate of the activation step sizes.
-        lr_schedule: 'constant' (the paper's); 'cosine': both learning rates follow a half
-            cosine from their value down to 0 over the unit's ``iters`` steps; 'cosine_act':
-            only ``act_lr`` does (BRECQ's and QDrop's code decay their activation steps so).
-        cache_device: 'auto' (the Trainer's device when the cache's peak takes at most half
-            its free memory, else the host; always the host on a CPU) or 'cpu'.
-        log_every_n_steps: TensorBoard logging interval of the per-step loss.
-        compile: 'off' (eager), or a ``torch.compile`` mode for each unit's forward and
-            backward while it learns: 'default', 'reduce-overhead' (CUDA graphs on a GPU),
-            'max-autotune'. Results agree with eager ones to float rounding, not bit for bit;
-            each unit pays its compile time first. One process only (not with DDP).
-        cuda_graph: record each unit's whole step (forward, backward, eq. 6, Adam) once as a
-            CUDA graph and replay it: the host issues one launch a step instead of ~160
-            kernels. A CUDA device, one process, a constant learning rate; not with AdaRound,
-            QDrop's dropping or ``compile``.
-        keep_better: a unit whose learned state ends with a higher output MSE on the
-            calibration cache than round-to-nearest with the initial activation steps keeps
-            round-to-nearest (said in the log line; ``kept`` in the report). Off: the learned
-            state is kept whatever its error (what BRECQ's and QDrop's code do).
-    """
-
-    iters: int = 2000
-    batch_size: int = 64
-    lr: float = 4e-4
-    act_lr: float = 4e-4
-    lr_schedule: str = "constant"
-    cache_device: str = "auto"
-    log_every_n_steps: int = 50
-    compile: str = "off"
-    cuda_graph: bool = False
-    keep_better: bool = True
-
-    def validate(self) -> ReconConfig:
-        from ..errors import check_finite
-
-        check_finite(self, "recon")
-        if self.iters < 0 or self.batch_size < 1:
-            raise SettingError(f"recon.iters={self.iters} must be >= 0 and recon.batch_size="
-                               f"{self.batch_size} positive")  # fmt: skip
-        if self.lr <= 0 or self.act_lr <= 0:
-            raise SettingError(f"recon.lr={self.lr} and recon.act_lr={self.act_lr} must be > 0")
-        if self.lr_schedule not in LR_SCHEDULES:
-            raise SettingError(f"recon.lr_schedule={self.lr_schedule!r}: use one of "
-                               f"{', '.join(LR_SCHEDULES)}")  # fmt: skip
-        if self.cache_device not in ("cpu", "auto"):
-            raise SettingError(f"recon.cache_device={self.cache_device!r}: use 'cpu' or 'auto'")
-        if self.compile not in COMPILE_MODES:
-            raise SettingError(f"recon.compile={self.compile!r}: use one of "
-                               f"{', '.join(COMPILE_MODES)}")  # fmt: skip
-        if self.cuda_graph and self.compile != "off":
-            raise SettingError("recon.cuda_graph and recon.compile are exclusive: the graph "
-                               "records the eager step; set one of them off")  # fmt: skip
-        if self.cuda_graph and self.lr_schedule != "constant":
-            raise SettingError(f"recon.cuda_graph needs recon.lr_schedule=constant (a "
-                               f"schedule would be frozen in the graph), not "
-                               f"{self.lr_schedule!r}")  # fmt: skip
-        return self
+from .reconstruction import BlockReconstruction
+from .settings import ReconConfig
 
 
 @torch.no_grad()
