@@ -6,8 +6,7 @@ loads neither torch nor Lightning (the command line's ``--help`` stays fast).
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import Any
+from ..lazy import lazy_exports
 
 _EXPORTS = {
     "cache": ["UnitData", "build_unit_data", "capture"],
@@ -18,18 +17,4 @@ _EXPORTS = {
     "sequencer": ["BlockSequencer", "unit_mse"],
     "settings": ["ReconConfig", "RunConfig"],
 }
-_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
-
-__all__ = sorted(_MODULE_OF)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _MODULE_OF:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(import_module(f".{_MODULE_OF[name]}", __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
