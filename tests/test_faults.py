@@ -136,6 +136,8 @@ def test_batch_size_above_the_images_is_capped_and_said(tmp_path, tiny_fmnist, c
     assert "recon.batch_size=100000 is more than the 20 calibration images: each step takes 20" \
         in " ".join(out.split())
     assert json.loads((tmp_path / "r" / "report.json").read_text())["recon"]["batch_size"] == 20
+    unit_lines = [line for line in out.splitlines() if line.startswith("unit ")]
+    assert len(unit_lines) == 11 and all(len(line) <= 79 for line in unit_lines)  # one each
 
 
 def test_memory_guard_refuses_before_any_work(tmp_path, tiny_fmnist, capsys, monkeypatch):
@@ -158,16 +160,27 @@ def _start(args: list[str], cwd: Path) -> subprocess.Popen:
 
 
 @pytest.mark.parametrize("signum, status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
-def test_a_signal_stops_after_a_unit_and_says_how_to_resume(tmp_path, tiny_fmnist, signum,
-                                                             status):  # fmt: skip
+def test_a_signal_stops_after_a_unit_and_says_how_to_resume(tmp_path, tiny_fmnist, capsys,
+                                                             signum, status):  # fmt: skip
     args = calibrate_args(tiny_fmnist, tmp_path)
-    args[args.index("--recon.iters") + 1] = "300"  # units long enough to be stopped in
+    args[args.index("--recon.iters") + 1] = "500"  # units long enough to be stopped in
     proc = _start(args, tmp_path)
-    progress = tmp_path / "r" / PROGRESS
-    deadline = time.monotonic() + 300
-    while not progress.exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert progress.exists(), proc.communicate()
+    run = tmp_path / "r"
+
+    def wait_for(path: Path) -> None:
+        deadline = time.monotonic() + 300
+        while not path.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert path.exists(), proc.communicate()
+
+    wait_for(run / LOCK)
+    if signum == signal.SIGINT:  # meanwhile a second run into the same folder is refused
+        assert cli.main(args) == 2
+        assert f"{run} is in use by another calibration (pid {proc.pid}," in (
+            capsys.readouterr().err
+        )
+    progress = run / PROGRESS
+    wait_for(progress)
     proc.send_signal(signum)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == status, err
