@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 
@@ -124,3 +126,50 @@ def test_qdrop_keeps_float_values_with_its_probability_only_while_dropping():
     assert torch.equal(zero(x), plain)
     with pytest.raises(QuantConfigError, match=r"drop_prob=1.0 must be in \[0, 1\)"):
         ActQuantizer(4, drop_prob=1.0)
+
+
+def _composed_lsq(x, step, qmin, qmax, g):
+    """The reference: LSQ written as autograd composes it (what ActQuantizer ran before)."""
+    scaled = (step - step * g).detach() + step * g  # gradient times g
+    xt = torch.clamp(x / scaled, qmin, qmax)
+    return ((torch.round(xt) - xt).detach() + xt) * scaled
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("qmin, qmax", [(0, 15), (-8, 7), (0, 3), (-128, 127)])
+def test_fused_lsq_matches_the_composed_reference(qmin, qmax, dtype):
+    from attnround_pl.quant.act_quant import lsq_round
+
+    torch.manual_seed(0)
+    x = torch.randn(8, 4, 6, 6, dtype=dtype) * 0.8
+    x[0, 0, 0, :3] = torch.tensor([qmin, qmax, 2.5], dtype=dtype) * 0.1  # bounds, a tie
+    weights = torch.rand_like(x)
+    g = 1 / math.sqrt(x.numel() * qmax)
+    results = []
+    for fn in (_composed_lsq, lsq_round):
+        xi = x.clone().requires_grad_()
+        step = torch.tensor(0.1, dtype=dtype, requires_grad=True)
+        out = fn(xi, step, qmin, qmax, g)
+        (out * weights).sum().backward()
+        results.append((out.detach(), xi.grad, step.grad))
+    (ref_out, ref_dx, ref_ds), (out, dx, ds) = results
+    torch.testing.assert_close(out, ref_out, rtol=0, atol=1e-6)
+    torch.testing.assert_close(dx, ref_dx, rtol=0, atol=1e-6)
+    assert torch.equal(dx == 0, ref_dx == 0)  # the same elements pass the gradient
+    # in float32 the reference's gradient-scaling trick moves the step by an ulp, which moves
+    # the planted tie's x/s: the step gradients then agree to 1e-4, in float64 to 1e-12
+    torch.testing.assert_close(ds, ref_ds, rtol=1e-12 if dtype == torch.float64 else 1e-4,
+                               atol=0)  # fmt: skip
+    assert ds.abs() > 0
+
+
+def test_fused_lsq_skips_the_gradients_nobody_needs():
+    from attnround_pl.quant.act_quant import lsq_round
+
+    x = torch.randn(4, 10)
+    step = torch.tensor(0.2, requires_grad=True)
+    lsq_round(x, step, 0, 15, 0.5).sum().backward()  # x needs none
+    assert step.grad is not None and x.grad is None
+    xi = x.clone().requires_grad_()
+    lsq_round(xi, torch.tensor(0.2), 0, 15, 0.5).sum().backward()  # the step needs none
+    assert torch.equal(xi.grad, ((x / 0.2 > 0) & (x / 0.2 < 15)).float())

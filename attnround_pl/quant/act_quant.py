@@ -22,9 +22,43 @@ def grad_scale(x: Tensor, g: float) -> Tensor:
     return (x - x * g).detach() + x * g
 
 
-def round_ste(x: Tensor) -> Tensor:
-    """Round forward, identity backward (straight-through estimator)."""
-    return (torch.round(x) - x).detach() + x
+class _LSQRound(torch.autograd.Function):
+    """``s * clamp(round(x / s), qmin, qmax)`` with LSQ's gradients, in as few passes over the
+    tensor as eager PyTorch allows. The same function as composing ``clamp(x / s)``, a
+    straight-through round and ``* s`` with the step's gradient scaled by ``g`` (values and
+    gradients agree to float rounding; ``tests/test_act_quant.py`` compares them), at less than
+    half its CPU time:
+
+    - input: ``grad`` where ``qmin < x / s < qmax`` (strictly, as ``torch.clamp``'s
+      gradient), else 0;
+    - step: ``g * sum(grad * (q - x / s * inside))`` (``q - x / s`` inside the range, the
+      clipped ``q`` outside): one ``addcmul`` and one dot product.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, step: Tensor, qmin: int, qmax: int, g: float) -> Tensor:  # noqa: ANN001
+        xs = x / step
+        q = torch.round(torch.clamp(xs, qmin, qmax))
+        ctx.save_for_backward(xs, q)
+        ctx.bounds = (qmin, qmax, g)
+        return q * step
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # noqa: ANN001, ANN205
+        xs, q = ctx.saved_tensors
+        qmin, qmax, g = ctx.bounds
+        inside = ((xs > qmin) & (xs < qmax)).to(grad.dtype)
+        grad_x = grad * inside if ctx.needs_input_grad[0] else None
+        grad_step = None
+        if ctx.needs_input_grad[1]:  # d(q s)/ds: q - x/s inside the range, q outside
+            slope = torch.addcmul(q, xs, inside, value=-1)
+            grad_step = torch.dot(grad.reshape(-1), slope.reshape(-1)) * g
+        return grad_x, grad_step, None, None, None
+
+
+def lsq_round(x: Tensor, step: Tensor, qmin: int, qmax: int, g: float) -> Tensor:
+    """LSQ fake quantization of ``x`` with a scalar ``step`` (see ``_LSQRound``)."""
+    return _LSQRound.apply(x, step, qmin, qmax, g)
 
 
 def check_act_bits(bits: int, what: str = "a_bits", where: str | None = None) -> int:
@@ -149,9 +183,11 @@ class ActQuantizer(nn.Module):
         # batch learns the step exactly as one process holding all of it
         count = x.numel() if self.lsq_batch is None else x[0].numel() * self.lsq_batch
         g = 1.0 / math.sqrt(count * grid.qmax)
-        step = grad_scale(self.step, g)
-        xt = torch.clamp(x / step, grid.qmin, grid.qmax)
-        xq = (round_ste(xt) if self.border is None else self.border(xt)) * step
+        if self.border is None:
+            xq = lsq_round(x, self.step, grid.qmin, grid.qmax, g)
+        else:
+            step = grad_scale(self.step, g)
+            xq = self.border(torch.clamp(x / step, grid.qmin, grid.qmax)) * step
         if self.dropping and self.drop_prob > 0:
             return torch.where(self._drop_mask(x), x, xq)
         return xq
