@@ -243,7 +243,8 @@ RECORD_KEYS = ("quant_top1", "quant_top5", "nearest_top1", "calib_seconds", "pea
 def seed_record(report: dict) -> dict:
     """The numbers of one seed's calibration that its table row needs, kept in the row's
     ``per_seed`` so the JSON alone can be extended later (``benchmarks/runs`` is not committed)."""
-    return {**{key: report[key] for key in RECORD_KEYS}, "ms_per_iter": ms_per_iteration(report)}
+    return {**{key: report[key] for key in RECORD_KEYS}, "ms_per_iter": ms_per_iteration(report),
+            "calib_reference_iters": report.get("calib_reference_iters")}  # fmt: skip
 
 
 def recorded_seeds(row: dict) -> dict[int, dict]:
@@ -269,6 +270,7 @@ def table_row(model: str, setting: str, method: str, float_top1: float,
 
     top1 = [v["quant_top1"] for v in values]
     ms = [v["ms_per_iter"] for v in values]
+    refs = [v.get("calib_reference_iters") for v in values]  # None: measured before the index
     return {
         "model": model, "setting": setting, "method": method, "seeds": seeds,
         "float_top1": float_top1, "top1": mean("quant_top1"),
@@ -276,6 +278,7 @@ def table_row(model: str, setting: str, method: str, float_top1: float,
         "top5": mean("quant_top5"), "drop": float_top1 - mean("quant_top1"),
         "nearest_top1": mean("nearest_top1"), "calib_seconds": mean("calib_seconds"),
         "ms_per_iter": None if None in ms else statistics.mean(ms),
+        "calib_reference_iters": None if None in refs else statistics.mean(refs),
         "peak_rss_mb": max(v["peak_rss_mb"] for v in values), "size_mb": values[0]["size_mb"],
         "onnx_top1": mean("onnx_top1"),
         "onnx_argmax_mismatch": sum(v["onnx_argmax_mismatch"] for v in values),

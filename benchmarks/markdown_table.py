@@ -5,8 +5,9 @@ from __future__ import annotations
 
 HEADER = (
     "| model | setting | method | top-1 % | top-5 % | drop from float | calibration s | "
-    "ms/iter | peak RSS MB | size MB | ONNX top-1 % (argmax differ) |\n"
-    "| --- | --- | --- |" + " ---: |" * 8
+    "calibration in reference iterations | ms/iter | peak RSS MB | size MB | "
+    "ONNX top-1 % (argmax differ) |\n"
+    "| --- | --- | --- |" + " ---: |" * 9
 )
 
 
@@ -14,9 +15,13 @@ def row_line(r: dict) -> str:
     """One row of a suite's JSON as a table line (mean ± spread where it has several seeds)."""
     spread = f" ± {r['top1_std']:.2f}" if len(r["seeds"]) > 1 else ""
     ms = "-" if r.get("ms_per_iter") is None else f"{r['ms_per_iter']:.0f}"
+    # the calibration divided by the host speed index (see calib/host_speed.py): comparable
+    # across hosts; "-" for rows measured before reports recorded the index
+    ref = r.get("calib_reference_iters")
+    ref = "-" if ref is None else f"{ref:.0f}"
     return (
         f"| {r['model']} | {r['setting']} | {r['method']} | {r['top1']:.2f}{spread} | "
-        f"{r['top5']:.2f} | {r['drop']:.2f} | {r['calib_seconds']:.0f} | {ms} | "
+        f"{r['top5']:.2f} | {r['drop']:.2f} | {r['calib_seconds']:.0f} | {ref} | {ms} | "
         f"{r['peak_rss_mb']:.0f} | {r['size_mb']:.4f} | {r['onnx_top1']:.2f} "
         f"({r['onnx_argmax_mismatch']}) |"
     )

@@ -55,6 +55,7 @@ from .classifier import FloatModel
 from .distributed import agree, launch, rank_world, shard, wants_ddp
 from .evaluation import EvalResult, classes_of, evaluate_model
 from .export_job import export_run
+from .host_speed import host_speed
 from .interrupt import CalibrationInterrupted, stop_on_signals, stopped_message
 from .progress import UnitProgressBar
 from .resume import (
@@ -581,6 +582,8 @@ def _reconstruct(job: _Job, folder: _RunFolder, tally: _Tally) -> Calibrated:
         report.update(resumed["report"])
         echo(f"resuming {folder.path}: {len(resumed['units'])} unit(s) already done")
 
+    speed = host_speed()  # before the clock starts: not calibration time
+    report["host_speed"] = speed.to_dict()
     started = time.perf_counter()
     elapsed_before = resumed["elapsed"] if resumed is not None else 0.0
     qmodel = _quantize(float_net, quant, batches, report, echo)
@@ -623,6 +626,7 @@ def _reconstruct(job: _Job, folder: _RunFolder, tally: _Tally) -> Calibrated:
     echo(f"{len(units)} units, {recon.iters} iterations each at batch {recon.batch_size}")
     report["units"] = sequencer.run(done=done)
     report["calib_seconds"] = round(elapsed_before + time.perf_counter() - started, 2)
+    report["calib_reference_iters"] = round(speed.reference_iters(report["calib_seconds"]))
     if resumed is not None:
         report["resumed_after_units"] = len(resumed["units"])
     qmodel.eval()
