@@ -187,12 +187,13 @@ def standard_normal_cdf(x: Tensor) -> Tensor:
 
 
 class _AttentionRoundFn(torch.autograd.Function):
-    """Forward: ``clip(round(x + alpha), lo, hi)``. Backward: the raw ``dL/dq`` for ``alpha``;
-    ``AttentionRounding.finish_gradient`` applies eq. 6 to it once it is summed."""
+    """Forward: ``clip(raw, lo, hi)`` with ``raw = round(x + alpha)`` (rounded once, by the
+    caller, which also needs it for the clipping masks). Backward: the raw ``dL/dq`` for
+    ``alpha``; ``AttentionRounding.finish_gradient`` applies eq. 6 to it once it is summed."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, alpha: Tensor, lo: Tensor, hi: Tensor) -> Tensor:  # noqa: ANN001
-        return torch.clamp(torch.round(x + alpha), lo, hi)
+    def forward(ctx, raw: Tensor, alpha: Tensor, lo: Tensor, hi: Tensor) -> Tensor:  # noqa: ANN001
+        return torch.clamp(raw, lo, hi)
 
     @staticmethod
     def backward(ctx, grad: Tensor):  # noqa: ANN001, ANN205
@@ -256,7 +257,7 @@ class AttentionRounding(Rounding):
         with torch.no_grad():
             raw = torch.round(x + self.alpha)
             self._clipped = (raw < lo, raw > hi)
-        return _AttentionRoundFn.apply(x.detach(), self.alpha, lo, hi)
+        return _AttentionRoundFn.apply(raw, self.alpha, lo, hi)
 
     @torch.no_grad()
     def finish_gradient(self) -> None:
