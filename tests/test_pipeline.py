@@ -175,3 +175,16 @@ def test_cuda_graph_settings_it_cannot_record_are_refused_before_anything_starts
     with pytest.raises(SettingError, match="needs recon.lr_schedule=constant"):
         ReconConfig(cuda_graph=True, lr_schedule="cosine_act").validate()
     assert not (tmp_path / "runs").exists() and not (tmp_path / "nowhere").exists()
+
+
+def test_unit_progress_bars_update_every_tenth_step():
+    import lightning.pytorch as pl
+
+    from attnround_pl.calib.pipeline import PROGRESS_REFRESH_STEPS, _trainer_factory
+    from attnround_pl.calib.progress import UnitProgressBar
+
+    make = _trainer_factory(ReconConfig(iters=5), True, TRAINER, None, None)
+    bars = [c for c in make(pl.Callback()).callbacks if isinstance(c, UnitProgressBar)]
+    assert len(bars) == 1 and bars[0].refresh_rate == PROGRESS_REFRESH_STEPS == 10
+    quiet = _trainer_factory(ReconConfig(iters=5), False, TRAINER, None, None)(pl.Callback())
+    assert not [c for c in quiet.callbacks if isinstance(c, UnitProgressBar)]

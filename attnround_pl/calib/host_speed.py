@@ -24,7 +24,7 @@ WORKLOAD = (
     "float forward + backward of the embedded ResNet-20 (random weights) on random 1x28x28 "
     "images, batch 64, CPU"
 )
-BLOCKS, BLOCK_ITERS, WARMUP = 5, 5, 2
+BLOCKS, BLOCK_ITERS, WARMUP = 10, 10, 3
 
 
 @dataclass(frozen=True)
@@ -53,8 +53,11 @@ def _reference_step(net: torch.nn.Module, x: torch.Tensor) -> None:
 
 @functools.cache
 def host_speed() -> HostSpeed:
-    """Measure the reference workload (27 iterations, about 1 s on the 2-core development
-    machine), once per process."""
+    """Measure the reference workload (103 iterations, 2-3 s on the 2-core development
+    machine), once per process. The median of ten blocks of ten iterations: one slow block
+    (another process woke up) does not move it. It samples the host's speed at the start; on a
+    host whose load changes during a run (the development machine's speed varied by 1.8x
+    within minutes) it says how fast the host was then, not throughout."""
     from ..models import build_model
 
     with torch.random.fork_rng(devices=[]):

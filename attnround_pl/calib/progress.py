@@ -7,8 +7,11 @@ from lightning.pytorch.callbacks import RichProgressBar
 
 
 class UnitProgressBar(RichProgressBar):
-    def __init__(self) -> None:
-        super().__init__(leave=True)
+    """``refresh_rate``: steps between updates of the bar (each update renders it and reads
+    the logged metrics)."""
+
+    def __init__(self, refresh_rate: int = 1) -> None:
+        super().__init__(refresh_rate=refresh_rate, leave=True)
         self._label = "reconstruction"
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
