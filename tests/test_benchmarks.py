@@ -277,7 +277,8 @@ def test_readme_tables_are_rewritten_from_the_json_and_nothing_else(tmp_path, mo
     head = "intro\n<!-- table: accuracy_x.json -->\n`cmd x` (accuracy_x.json; 2 CPU cores):"
     assert new.startswith(head)
     assert new.endswith("|\n<!-- /table -->\nafter\n") and "stale" not in new
-    assert "| resnet20 | W3A3 | attention | 91.23 ± 0.05 | 99.87 | 0.77 | 100 | - | - | 1000 |" in new
+    row = "| resnet20 | W3A3 | attention | 91.23 ± 0.05 | 99.87 | 0.77 | 100 | - | - | 1000 |"
+    assert row in new  # no reference iterations, no ms/iter for this row
     plots.update_readme(readme)
     assert readme.read_text() == new  # idempotent
     readme.write_text(text.replace("accuracy_x", "accuracy_missing"))
