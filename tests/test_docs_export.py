@@ -1,13 +1,13 @@
 """docs/export.md's onnxruntime snippet runs as printed, and exported models carry their
 preprocessing (ONNX metadata_props, the state file's meta, the checkpoint)."""
 
-import re
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from doc_blocks import python_block
 from fmnist_fixture import make_fashion_mnist
 from imagefolder_fixture import make_image_folder
 from PIL import Image
@@ -37,12 +37,7 @@ FMNIST_PREPROCESSING = {
 
 
 def snippet() -> str:
-    text = DOC.read_text()
-    match = re.search(
-        r"<!-- onnx-snippet.*?-->\n```python\n(.*?)```\n<!-- /onnx-snippet", text, re.S
-    )
-    assert match, "docs/export.md has no onnx-snippet block"
-    return match.group(1)
+    return python_block(DOC, "onnx-snippet")
 
 
 def run_snippet(folder: Path, monkeypatch, capsys) -> tuple[str, dict]:

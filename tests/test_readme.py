@@ -1,18 +1,14 @@
 """README's Python quickstart runs exactly as printed."""
 
-import re
 from pathlib import Path
+
+from doc_blocks import python_block
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
 def quickstart() -> str:
-    text = README.read_text()
-    match = re.search(
-        r"<!-- python-quickstart.*?-->\n```python\n(.*?)```\n<!-- /python-quickstart", text, re.S
-    )
-    assert match, "README has no python-quickstart block"
-    return match.group(1)
+    return python_block(README, "python-quickstart")
 
 
 def test_python_quickstart_runs_as_printed(tmp_path, monkeypatch, capsys):

@@ -80,6 +80,7 @@ class BlockSequencer(Callback):
         self._device = torch.device("cpu")
         self._layers = quant_layers(qmodel)
         self._initial: dict[str, dict[str, Any]] = {}
+        self._bytes: dict[str, tuple[int, int]] = {}  # unit -> (cache, step) bytes
 
     def run(self, done: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
         """Reconstruct every unit after the ``done`` ones (their results, from a resumed run);
@@ -95,8 +96,7 @@ class BlockSequencer(Callback):
             if index < len(self.results):
                 continue
             started = time.perf_counter()
-            needed = estimate_cache_bytes(self.qmodel, self.float_model, unit, self.batches)
-            step = self.step_bytes(unit) if self.recon.iters > 0 else 0
+            needed, step = self.unit_bytes(unit)
             try:
                 check_unit_fits(unit.name, needed, step, available_bytes(), self.resume_hint)
             except CacheMemoryError as exc:
@@ -146,19 +146,26 @@ class BlockSequencer(Callback):
         fit in the memory available now (its cache and a training step)."""
         available, error = available_bytes(), None
         for unit in self.units[len(done or []) :]:
-            cache = estimate_cache_bytes(self.qmodel, self.float_model, unit, self.batches)
-            step = self.step_bytes(unit) if self.recon.iters > 0 else 0
             try:
-                check_unit_fits(unit.name, cache, step, available, "")
+                check_unit_fits(unit.name, *self.unit_bytes(unit), available, "")
             except CacheMemoryError as exc:
                 error = exc
                 break
         agree(error)  # every rank stops if one would not fit
 
-    def step_bytes(self, unit: Unit) -> int:
-        """Peak bytes of one training step of ``unit`` (see ``memory.estimate_step_bytes``)."""
-        probe = build_unit_data(self.qmodel, self.float_model, unit, [self.batches[0][:2]])
-        return estimate_step_bytes(unit.module(self.qmodel), probe.inputs, self.recon.batch_size)
+    def unit_bytes(self, unit: Unit) -> tuple[int, int]:
+        """Peak bytes of ``unit``'s cache and of one of its training steps (0 without
+        learning; see ``memory``). They depend on shapes only: estimated once per unit, for
+        ``preflight`` and again for the check before the unit starts."""
+        if unit.name not in self._bytes:
+            cache = estimate_cache_bytes(self.qmodel, self.float_model, unit, self.batches)
+            step = 0
+            if self.recon.iters > 0:
+                probe = build_unit_data(self.qmodel, self.float_model, unit, [self.batches[0][:2]])
+                module = unit.module(self.qmodel)
+                step = estimate_step_bytes(module, probe.inputs, self.recon.batch_size)
+            self._bytes[unit.name] = (cache, step)
+        return self._bytes[unit.name]
 
     # Callback hooks ---------------------------------------------------------------------
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
