@@ -8,7 +8,7 @@ table and writes ``benchmarks/results/speed_<model>.json``.
 
     .venv/bin/python benchmarks/speed.py [--model resnet20] [--iters 200] [--batch 64]
         [--accelerator cpu|gpu] [--compile off|default|reduce-overhead|max-autotune]
-        [--cuda-graph]
+        [--cuda-graph] [--as-run]
 
 The embedded models are timed on Fashion-MNIST calibration images. ``--images random`` times
 any model of the zoo on random images of ``--image-size`` pixels with random weights (timing
@@ -20,6 +20,8 @@ are larger than the elementwise work of the quantizers, e.g.
 Lightning and the bare loop (``recon.compile`` of ``calibrate``). The Lightning column is the
 whole fit over ``--iters`` (set-up and, with ``--compile``, compilation included); the steady
 column leaves out the first step, which is where set-up and compilation happen.
+``--as-run`` gives the Lightning fit what ``calibrate`` adds to it: its progress bar and a
+TensorBoard logger (in a temporary folder).
 ``--cuda-graph`` (with ``--accelerator gpu``) replays each unit's whole step from a CUDA graph
 in both loops (``recon.cuda_graph``; the graph is recorded in the first step).
 """
@@ -31,6 +33,7 @@ import copy
 import json
 import logging
 import sys
+import tempfile
 import time
 import warnings
 from collections.abc import Callable
@@ -39,17 +42,20 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.loggers import TensorBoardLogger
 
 from attnround_pl.calib import BlockReconstruction, build_unit_data
 from attnround_pl.calib.graph_step import GraphedStep
-from attnround_pl.calib.pipeline import machine
-from attnround_pl.calib.reconstruction import COMPILE_MODES
+from attnround_pl.calib.pipeline import PROGRESS_REFRESH_PER_SECOND, machine
+from attnround_pl.calib.progress import UnitProgressBar
+from attnround_pl.calib.reconstruction import COMPILE_MODES, STEPS_PER_BATCH
+from attnround_pl.calib.step import Losses, optimizer_step, step_losses
 from attnround_pl.data import FashionMNISTDataModule
 from attnround_pl.models import EMBEDDED, build_model, split_units
 from attnround_pl.quant import (
     QuantConfig,
+    active_roundings,
     calibrate_activations,
-    finish_rounding_gradients,
     fold_batchnorms,
     quantize_model,
     reconstruction_loss,
@@ -59,29 +65,30 @@ from attnround_pl.quant import (
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def bare_step(unit: torch.nn.Module, forward: Callable[[torch.Tensor], torch.Tensor],
+def bare_step(losses: Callable[[torch.Tensor, torch.Tensor], Losses],
               opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor) -> None:  # fmt: skip
-    """One reconstruction iteration without Lightning (``forward``: the unit's, maybe compiled)."""
-    opt.zero_grad()
-    reconstruction_loss(forward(x), y).backward()
-    finish_rounding_gradients(unit)
-    opt.step()
+    """One reconstruction iteration without Lightning: the step ``BlockReconstruction`` runs
+    (``calib.step.optimizer_step``; eq. 6 by the optimizer's pre-hook)."""
+    optimizer_step(losses, opt, x, y)
 
 
 class SteadyClock(pl.Callback):
-    """Seconds from the start of the second training step to the end of the last: the fit
-    without its first step, where set-up and compilation happen."""
+    """Seconds from the start of the second training batch to the end of the last, and the
+    steps they ran: the fit without its first batch (one or ``steps_per_batch`` steps), where
+    set-up and compilation happen."""
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
         self.started = 0.0
         self.seconds = 0.0
+        self.skipped = 1  # steps in the first batch
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
                              batch: object, batch_idx: int) -> None:  # fmt: skip
         if batch_idx == 1:
             synchronize(self.device)
             self.started = time.perf_counter()
+            self.skipped = getattr(pl_module, "steps_per_batch", 1)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         synchronize(self.device)
@@ -129,15 +136,18 @@ def calibration_batches(model: str, images: str, count: int, size: int) -> list[
 
 def measure(model: str, batches: list[torch.Tensor], iters: int, batch: int,
             weights: str | None = "DEFAULT", accelerator: str = "cpu",
-            compile: str = "off", cuda_graph: bool = False) -> list[dict]:  # fmt: skip
+            compile: str = "off", cuda_graph: bool = False, as_run: bool = False,
+            scratch: str | None = None) -> list[dict]:  # fmt: skip
     """Per unit: ms per iteration through Lightning, in a bare loop, and of the float unit's
     forward + backward; prints one markdown row per unit as it is measured. With
     ``accelerator='gpu'`` the unit's cache lives on the GPU (as ``recon.cache_device: auto``
     puts it when it fits) and each unit is moved there for its timings, then back. ``compile``:
     a ``torch.compile`` mode for the unit's forward and backward in both loops, or 'off';
-    ``cuda_graph``: both loops replay the whole step from a CUDA graph."""
-    if iters < 2:
-        raise ValueError(f"iters={iters}: the steady column needs at least 2 steps")
+    ``cuda_graph``: both loops replay the whole step from a CUDA graph; ``as_run``: the
+    Lightning fit shows ``calibrate``'s progress bar and logs to TensorBoard (in ``scratch``)."""
+    if iters <= STEPS_PER_BATCH:
+        raise ValueError(f"iters={iters}: the steady column needs more than the first batch's "
+                         f"{STEPS_PER_BATCH} steps")  # fmt: skip
     device = torch.device("cuda" if accelerator == "gpu" else "cpu")
     qmodel = quantize_model(build_model(model, weights=weights), QuantConfig())
     calibrate_activations(qmodel, batches)
@@ -155,21 +165,25 @@ def measure(model: str, batches: list[torch.Tensor], iters: int, batch: int,
                                      batch_size=batch, compile=compile,
                                      cuda_graph=cuda_graph)  # fmt: skip
         clock = SteadyClock(device)
-        trainer = pl.Trainer(max_steps=iters, max_epochs=1, logger=False,
-                             enable_checkpointing=False, enable_progress_bar=False,
+        # as_run: what ``calibrate`` adds, a progress bar and a TensorBoard logger
+        bar = [UnitProgressBar(PROGRESS_REFRESH_PER_SECOND)] if as_run else []
+        logger = TensorBoardLogger(scratch, name="tb", version=unit_spec.name) if as_run else False
+        trainer = pl.Trainer(max_steps=iters, max_epochs=1, logger=logger,
+                             enable_checkpointing=False, enable_progress_bar=as_run,
                              enable_model_summary=False, accelerator=accelerator,
-                             devices=1, callbacks=[clock])  # fmt: skip
+                             devices=1, callbacks=[clock, *bar], log_every_n_steps=1)  # fmt: skip
         started = time.perf_counter()
         trainer.fit(module)  # the Trainer moves the unit to the device and back
         synchronize(device)
         lightning_s = (time.perf_counter() - started) / iters
-        steady_s = clock.seconds / (iters - 1)
+        steady_s = clock.seconds / (iters - clock.skipped)
         unit.load_state_dict(saved)
         module.to(device)  # the unit, and the module's own idea of its device
 
         opt = module.configure_optimizers()
         x, y = data.inputs[:batch], data.targets[:batch]
         set_learning(unit, batch)
+        roundings = active_roundings(unit)
         forward = unit.forward
         if compile != "off":
             torch.compiler.reset()
@@ -177,7 +191,8 @@ def measure(model: str, batches: list[torch.Tensor], iters: int, batch: int,
         if cuda_graph:
             bare_s = per_iter(partial(GraphedStep(unit, opt), x, y), iters, device)
         else:
-            bare_s = per_iter(partial(bare_step, unit, forward, opt, x, y), iters, device)
+            losses = partial(step_losses, forward, roundings)
+            bare_s = per_iter(partial(bare_step, losses, opt, x, y), iters, device)
         torch.compiler.reset()
         set_learning(unit, None)
         unit.load_state_dict(saved)
@@ -214,14 +229,17 @@ def main() -> None:
     parser.add_argument("--accelerator", choices=("cpu", "gpu"), default="cpu")
     parser.add_argument("--compile", choices=COMPILE_MODES, default="off")
     parser.add_argument("--cuda-graph", action="store_true")
+    parser.add_argument("--as-run", action="store_true",
+                        help="the Lightning fit as calibrate runs it: progress bar, TensorBoard")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args()
     if args.accelerator == "gpu" and not torch.cuda.is_available():
         parser.error("--accelerator gpu: torch sees no CUDA device on this machine")
     if args.cuda_graph and (args.accelerator != "gpu" or args.compile != "off"):
         parser.error("--cuda-graph needs --accelerator gpu and no --compile")
-    if args.iters < 2:
-        parser.error(f"--iters {args.iters}: at least 2 (the steady column leaves out the first)")
+    if args.iters <= STEPS_PER_BATCH:
+        parser.error(f"--iters {args.iters}: more than {STEPS_PER_BATCH} (the steady column "
+                     f"leaves out the first batch's steps)")  # fmt: skip
     if args.calib < args.batch:
         parser.error(f"--calib {args.calib} holds fewer images than one --batch {args.batch}")
     warnings.filterwarnings("ignore")
@@ -229,8 +247,9 @@ def main() -> None:
     torch.manual_seed(0)
     batches = calibration_batches(args.model, args.images, args.calib, args.image_size)
     weights = "DEFAULT" if args.images == "fmnist" else None
-    rows = measure(args.model, batches, args.iters, args.batch, weights, args.accelerator,
-                   args.compile, args.cuda_graph)  # fmt: skip
+    with tempfile.TemporaryDirectory() as scratch:
+        rows = measure(args.model, batches, args.iters, args.batch, weights, args.accelerator,
+                       args.compile, args.cuda_graph, args.as_run, scratch)  # fmt: skip
     total = totals(rows)
     print(f"| all units | {total['lightning_ms']:.2f} | {total['lightning_steady_ms']:.2f} | "
           f"{total['bare_ms']:.2f} | {total['float_fwd_bwd_ms']:.2f} | "
@@ -239,13 +258,15 @@ def main() -> None:
     result = {"model": args.model, "batch": args.batch, "iters": args.iters,
               "images": args.images, "image_size": list(batches[0].shape[1:]),
               "calib": args.calib, "accelerator": args.accelerator, "compile": args.compile,
-              "cuda_graph": args.cuda_graph, "rows": rows, "total": total, "machine": machine(),
+              "cuda_graph": args.cuda_graph, "as_run": args.as_run, "rows": rows,
+              "total": total, "machine": machine(),
               "torch_threads": torch.get_num_threads(),
               "command": "python benchmarks/speed.py " + " ".join(sys.argv[1:])}  # fmt: skip
     suffix = "" if args.images == "fmnist" else f"_random{args.image_size}"
     suffix += "_gpu" if args.accelerator == "gpu" else ""
     suffix += "" if args.compile == "off" else f"_compile-{args.compile}"
     suffix += "_cudagraph" if args.cuda_graph else ""
+    suffix += "_as-run" if args.as_run else ""
     path = args.out / f"speed_{args.model}{suffix}.json"
     path.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {path}", file=sys.stderr)

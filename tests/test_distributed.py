@@ -26,6 +26,7 @@ from attnround_pl.models import build_model
 from attnround_pl.quant import (
     QuantConfig,
     calibrate_activations,
+    finish_rounding_gradients,
     fold_batchnorms,
     quantize_model,
     read_quantized,
@@ -85,10 +86,10 @@ def test_rank_weighted_gradients_average_to_the_global_batch_gradient(monkeypatc
         for p in params:
             p.grad = None
         for idx in parts:
-            module.training_step((data.inputs[idx], data.targets[idx]), 0).backward()
+            sum(module.step_losses(data.inputs[idx], data.targets[idx])).backward()
         for p in params:  # DDP: the mean over ranks; then eq. 6 on the summed gradient
             p.grad /= world
-        module.on_before_optimizer_step(None)
+        finish_rounding_gradients(unit)
         return [p.grad.clone() for p in params]
 
     whole = grads(1, [batch])

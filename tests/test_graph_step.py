@@ -10,7 +10,6 @@ from attnround_pl.calib.cache import UnitData
 from attnround_pl.calib.graph_step import GraphedStep
 from attnround_pl.quant import (
     QuantConfig,
-    finish_rounding_gradients,
     quantize_model,
     reconstruction_loss,
     round_to_nearest,
@@ -68,8 +67,7 @@ def _eager_losses(unit, data, steps):
         opt.zero_grad()
         loss = reconstruction_loss(unit(x), y)
         loss.backward()
-        finish_rounding_gradients(unit)
-        opt.step()
+        opt.step()  # eq. 6 first: the optimizer's pre-hook
         losses.append(float(loss.detach()))
     set_learning(unit, None)
     return losses

@@ -127,6 +127,37 @@ def test_attention_backward_at_clip_bounds_lets_only_inward_gradients_pass():
     assert r.alpha.grad.tolist() == [0.5, 0.0, 0.0, -0.5]
 
 
+def _reference_eq6(grad, alpha, tau, raw, lo, hi):
+    """Eq. 6 as first written (where-based, masks from the clipping bounds)."""
+    if tau > 0:
+        phi = standard_normal_cdf(alpha / tau)
+    else:
+        phi = (alpha > 0).to(alpha.dtype) + 0.5 * (alpha == 0).to(alpha.dtype)
+    factor = torch.where(grad > 0, phi, 1 - phi)
+    outward = ((raw > hi) & (grad < 0)) | ((raw < lo) & (grad > 0))
+    return torch.where(outward, torch.zeros_like(grad), grad * factor)
+
+
+@pytest.mark.parametrize("tau", [0.0, 0.5, 2.0])
+def test_eq6_in_place_matches_the_where_formula_with_clipping(tau):
+    gen = torch.Generator().manual_seed(4)
+    x = torch.randn(20_000, generator=gen) * 6  # a good share beyond [-8, 7]
+    r = AttentionRounding(tau=tau, seed=2)
+    r.init_state(x)
+    if tau == 0:
+        with torch.no_grad():  # tau = 0 starts at 0; give alpha both signs and exact zeros
+            r.alpha.copy_(torch.randn(20_000, generator=gen).round())
+    upstream = torch.randn(20_000, generator=gen)
+    upstream[:100] = 0.0
+    (r(x, LO, HI) * upstream).sum().backward()
+    raw = torch.round(x + r.alpha.detach())
+    expected = _reference_eq6(upstream, r.alpha.detach(), tau, raw, LO, HI)
+    r.finish_gradient()
+    assert ((raw < LO) | (raw > HI)).sum() > 1000
+    torch.testing.assert_close(r.alpha.grad, expected, rtol=1e-6, atol=1e-7)
+    assert torch.equal(r.alpha.grad == 0, expected == 0)
+
+
 def _train_to_target(rounding, x, target, steps=400, lr=0.05):
     rounding.init_state(x)
     opt = torch.optim.Adam(rounding.parameters(), lr=lr)

@@ -49,3 +49,20 @@ def test_adaround_freeze_uses_hard_threshold():
     # before learning, h(V) is the fractional part: hard codes equal nearest
     near = WeightQuantizer(w, 4, make_rounding("nearest"))
     assert torch.equal(wq.integer_codes(w), near.integer_codes(w))
+
+
+def test_learning_keeps_w_over_s_and_the_bounds_until_it_ends():
+    torch.manual_seed(0)
+    w = torch.randn(8, 4, 3, 3)
+    q = WeightQuantizer(w, 4, make_rounding("attention", tau=0.5))
+    plain = q(w)
+    q.set_learning(True)
+    assert torch.equal(q(w), plain) and q._scaled is not None
+    kept = q._scaled[0]
+    assert q(w) is not plain and q._scaled[0] is kept  # computed once while learning
+    q.set_learning(False)
+    assert q._scaled is None
+    w2 = w * 2  # outside learning every call sees its weight
+    assert torch.equal(q(w2), q.scale * q.rounding(w2 / q.scale, *q._bounds()))
+    assert q._scaled is None
+    assert "_scaled" not in str(q.state_dict().keys())

@@ -12,15 +12,16 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ..quant import finish_rounding_gradients, reconstruction_loss, rounding_regularizer
+from ..quant import active_roundings
+from .step import Losses, optimizer_step, step_losses
 
 WARMUP_STEPS = 3
 
 
 class GraphedStep:
-    """``step(x, y)``: zero the gradients, ``rec = ||unit(x) - y||^2``, ``reg`` (the rounding
-    regulariser), backward of ``rec + reg``, eq. 6 (``finish_rounding_gradients``) and
-    ``optimizer.step()`` (over its parameters: the learned ones), replayed from a CUDA graph;
+    """``step(x, y)``: ``calib.step.optimizer_step`` (zero the gradients, ``rec = ||unit(x) -
+    y||^2``, ``reg`` (the rounding regulariser), backward of ``rec + reg``, ``optimizer.step()``
+    over the learned parameters, eq. 6 first by its pre-hook), replayed from a CUDA graph;
     returns ``(rec, reg)``, tensors the next step overwrites.
 
     The first call records the graph: ``WARMUP_STEPS`` eager steps on a side stream (cuDNN's
@@ -37,13 +38,14 @@ class GraphedStep:
         self.unit = unit
         self.optimizer = optimizer
         self.params = [p for group in optimizer.param_groups for p in group["params"]]
+        self.roundings = active_roundings(unit)
         self.graph: torch.cuda.CUDAGraph | None = None
         self.x: Tensor | None = None
         self.y: Tensor | None = None
         self.rec: Tensor | None = None
         self.reg: Tensor | None = None
 
-    def __call__(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+    def __call__(self, x: Tensor, y: Tensor) -> Losses:
         if self.graph is None:
             self._record(x, y)
         if x.shape != self.x.shape:
@@ -54,14 +56,11 @@ class GraphedStep:
         self.graph.replay()
         return self.rec, self.reg
 
-    def _step(self) -> tuple[Tensor, Tensor]:
-        self.optimizer.zero_grad(set_to_none=False)
-        rec = reconstruction_loss(self.unit(self.x), self.y)
-        reg = rounding_regularizer(self.unit)
-        (rec + reg).backward()
-        finish_rounding_gradients(self.unit)
-        self.optimizer.step()
-        return rec, reg
+    def _step(self) -> Losses:
+        return optimizer_step(self._losses, self.optimizer, self.x, self.y, set_to_none=False)
+
+    def _losses(self, x: Tensor, y: Tensor) -> Losses:
+        return step_losses(self.unit, self.roundings, x, y)
 
     def _record(self, x: Tensor, y: Tensor) -> None:
         if x.device.type != "cuda":

@@ -71,9 +71,9 @@ from .run_lock import RunLock
 from .sequencer import BlockSequencer
 from .settings import ReconConfig, RunConfig
 
-# Steps between updates of a unit's progress bar: updating it every step cost about 1 ms of a
-# 5-6 ms ResNet-20 step on the 2-core machine; every 10th step costs nothing measurable.
-PROGRESS_REFRESH_STEPS = 10
+# Redraws per second of a unit's progress bar (rich's refresh rate); the bar's count moves
+# once per Lightning batch, every ``reconstruction.STEPS_PER_BATCH`` steps in one process.
+PROGRESS_REFRESH_PER_SECOND = 10
 RUN_NAME_ENV = "ATTNROUND_RUN_NAME"  # the run folder name, handed to the other DDP ranks
 
 # Trainer settings the reconstruction owns; the user's trainer options set the rest.
@@ -383,12 +383,13 @@ def _trainer_factory(recon: ReconConfig, progress: bool, trainer_kwargs: dict[st
     user = user_trainer_kwargs(trainer_kwargs)
 
     def make_trainer(sequencer: BlockSequencer) -> pl.Trainer:
-        callbacks = [sequencer, *([UnitProgressBar(PROGRESS_REFRESH_STEPS)] if progress else [])]
+        bar = [UnitProgressBar(PROGRESS_REFRESH_PER_SECOND)] if progress else []
+        callbacks = [sequencer, *bar]
         return pl.Trainer(
             **user, max_steps=recon.iters, max_epochs=1, logger=logger or False,
             callbacks=callbacks, enable_checkpointing=False, limit_val_batches=0,
             num_sanity_val_steps=0, enable_model_summary=False, use_distributed_sampler=False,
-            log_every_n_steps=min(recon.log_every_n_steps, recon.iters),
+            log_every_n_steps=1,  # BlockReconstruction logs its steps' losses itself
             enable_progress_bar=progress,
             default_root_dir=str(path) if path is not None else None,
         )  # fmt: skip

@@ -10,6 +10,7 @@ from collections.abc import Iterable
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.plugins.precision import Precision
 from torch import Tensor, nn
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, Sampler
 
@@ -17,17 +18,18 @@ from ..quant import (
     AdaRounding,
     act_border_parameters,
     act_step_parameters,
-    finish_rounding_gradients,
-    reconstruction_loss,
+    active_roundings,
     rounding_parameters,
     rounding_regularizer,
     set_learning,
     set_progress,
+    shape_gradients_before_step,
 )
 from .cache import UnitData
 from .distributed import rank_world
 from .graph_step import GraphedStep
 from .settings import COMPILE_MODES, LR_SCHEDULES
+from .step import Losses, optimizer_step, step_losses
 
 # Units are reconstructed in eval mode on purpose: the behaviour they will have at inference
 # (no dropout); Lightning's warning about it would only confuse.
@@ -35,6 +37,11 @@ warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the st
 
 
 NVML_CHECK = "PYTORCH_NVML_BASED_CUDA_CHECK"
+
+# Reconstruction steps per Lightning training batch when the module steps its own optimizer
+# (one process, 32-bit precision): the Trainer's per-batch machinery (hooks, fetcher, progress
+# tracking; 0.5-0.9 ms on the 2-core CPU machine) then runs once per this many steps.
+STEPS_PER_BATCH = 10
 
 
 def use_runtime_cuda_check() -> None:
@@ -52,22 +59,29 @@ def use_runtime_cuda_check() -> None:
 
 
 class StepBatches(Dataset):
-    """Item ``k``: step ``k``'s (inputs, targets), one gather from the cache. Every step's
-    indices are put on the cache's device once, in one tensor: a step then slices it and
-    gathers on the device, with no host-to-device copy of indices, which on a GPU would make
-    the host wait for the queued kernels every step."""
+    """Item ``k``: the (inputs, targets) of steps ``k * steps`` to ``(k + 1) * steps - 1`` (a
+    list, shorter at the end), one gather from the cache a step. Every step's indices are put
+    on the cache's device once, in one tensor: a step then slices it and gathers on the
+    device, with no host-to-device copy of indices, which on a GPU would make the host wait
+    for the queued kernels every step."""
 
-    def __init__(self, data: UnitData, batches: Iterable[list[int]]) -> None:
+    def __init__(self, data: UnitData, batches: Iterable[list[int]], steps: int = 1) -> None:
         self.data = data
         batches = list(batches)
         self.bounds = [0, *itertools.accumulate(len(b) for b in batches)]
         flat = [i for b in batches for i in b]
         self.index = torch.tensor(flat, dtype=torch.long, device=data.inputs.device)
+        self.steps = steps
 
     def __len__(self) -> int:
-        return len(self.bounds) - 1
+        return math.ceil((len(self.bounds) - 1) / self.steps)
 
-    def __getitem__(self, step: int) -> tuple[Tensor, Tensor]:
+    def __getitem__(self, item: int) -> list[tuple[Tensor, Tensor]]:
+        first = item * self.steps
+        last = min(first + self.steps, len(self.bounds) - 1)
+        return [self._step(step) for step in range(first, last)]
+
+    def _step(self, step: int) -> tuple[Tensor, Tensor]:
         index = self.index[self.bounds[step] : self.bounds[step + 1]]
         return self.data.inputs[index], self.data.targets[index]
 
@@ -104,25 +118,37 @@ class BlockReconstruction(pl.LightningModule):
     learning rates along a half cosine to 0 over ``iters`` steps (not in the paper; an option),
     ``'cosine_act'`` only the activation parameters' (what BRECQ's and QDrop's code do).
 
+    Manual optimization: the module steps Adam itself, whose pre-hook applies eq. 6 to the
+    rounding gradients (``quant.shape_gradients_before_step``). In one process at 32-bit
+    precision each Lightning batch carries ``STEPS_PER_BATCH`` steps, run by
+    ``calib.step.optimizer_step`` (the code the CUDA graph records and the speed benchmark's
+    bare loop runs); under DDP or another precision, one step a batch through Lightning's
+    ``manual_backward`` and optimizer wrapper (gradient all-reduce, loss scaling). The
+    results are the same step for step (``tests/test_reconstruction.py``).
+
     ``compile`` (not 'off'): the unit's forward (and with it, through AOTAutograd, its backward)
     runs through ``torch.compile`` in that mode, compiled afresh for each unit once it is on
     its device; ``'reduce-overhead'`` replays it as CUDA graphs on a GPU. The rounding
     gradient (eq. 6), the regulariser and Adam stay eager. Compiled kernels fuse elementwise
     work, so results agree with eager ones to float rounding, not bit for bit.
 
+    ``log_every_n_steps``: steps between logged losses (the module logs them itself, at their
+    step's number; the Trainer's own setting counts Lightning batches and is not used).
+
     ``cuda_graph``: the whole step (forward, backward, eq. 6, Adam) is recorded once as a CUDA
-    graph and replayed (``GraphedStep``; manual optimization). CUDA only, one process, a
-    constant learning rate, no AdaRound (its beta changes every step) and no QDrop dropping
-    (its generator is not recorded).
+    graph and replayed (``GraphedStep``). CUDA only, one process, a constant learning rate, no
+    AdaRound (its beta changes every step) and no QDrop dropping (its generator is not
+    recorded).
     """
 
     def __init__(
         self, unit: nn.Module, data: UnitData, name: str, iters: int = 2000,
         batch_size: int = 64, lr: float = 4e-4, act_lr: float = 4e-4, seed: int = 0,
         total: int | None = None, lr_schedule: str = "constant", compile: str = "off",
-        cuda_graph: bool = False,
+        cuda_graph: bool = False, log_every_n_steps: int = 50,
     ) -> None:  # fmt: skip
         super().__init__()
+        self.log_every_n_steps = log_every_n_steps
         self.unit = unit
         self.data = data
         self.total = len(data) if total is None else total
@@ -140,9 +166,11 @@ class BlockReconstruction(pl.LightningModule):
         self._unit_forward = unit.forward
         self.cuda_graph = cuda_graph
         self._graphed: GraphedStep | None = None
+        self._roundings = active_roundings(unit)
+        self.steps_per_batch = 1  # set when the fit starts (see own_steps)
         if cuda_graph:
             check_graphable(unit, lr_schedule, compile)
-            self.automatic_optimization = False  # the graph holds backward and Adam's step
+        self.automatic_optimization = False  # the module steps Adam itself
 
     def learnable(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
         """(rounding parameters, activation parameters: step sizes and AQuant borders)."""
@@ -156,10 +184,18 @@ class BlockReconstruction(pl.LightningModule):
     def forward(self, x: Tensor) -> Tensor:
         return self.unit(x)
 
+    def own_steps(self) -> bool:
+        """Whether this fit runs its steps with the plain optimizer, several a Lightning batch:
+        one process and 32-bit precision, where Lightning's wrapper adds nothing but time."""
+        trainer = self._trainer
+        plain = trainer is None or type(trainer.precision_plugin) is Precision
+        return plain and rank_world()[1] == 1
+
     def train_dataloader(self) -> DataLoader:
         rank, world = rank_world()
         batches = ShardBatches(self.total, self.iters, self.batch_size, self.seed, rank, world)
-        return DataLoader(StepBatches(self.data, batches), batch_size=None)
+        self.steps_per_batch = STEPS_PER_BATCH if self.own_steps() else 1
+        return DataLoader(StepBatches(self.data, batches, self.steps_per_batch), batch_size=None)
 
     def on_fit_start(self) -> None:
         use_runtime_cuda_check()
@@ -170,6 +206,7 @@ class BlockReconstruction(pl.LightningModule):
         learned = {id(p) for group in self.learnable() for p in group}
         for p in self.unit.parameters():
             p.requires_grad_(id(p) in learned)
+        self._roundings = active_roundings(self.unit)
         self._unit_forward = self.unit.forward
         if self.compile != "off":
             if rank_world()[1] > 1:
@@ -190,60 +227,71 @@ class BlockReconstruction(pl.LightningModule):
             self._unit_forward = self.unit.forward
             torch.compiler.reset()
 
-    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        # after backward and, under DDP, after the ranks' gradients are summed
-        finish_rounding_gradients(self.unit)
-
-    def on_train_batch_start(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        set_progress(self.unit, batch_idx / max(1, self.iters))  # = global_step: one epoch
-
-    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        x, y = batch
-        if self.cuda_graph:
-            return self._graphed_step(x, y, batch_idx)
+    def step_losses(self, x: Tensor, y: Tensor) -> Losses:
+        """One step's (reconstruction loss, regulariser) on this rank's part of the batch,
+        weighted by its share of the global batch (1 in one process)."""
         _, world = rank_world()
-        if len(x):  # weight: this rank's share of the global batch (1 in one process)
-            out = self._unit_forward(x)
-            rec = reconstruction_loss(out, y) * (len(x) * world / self.batch_size)
-        else:  # no sample of this step on this rank: zero gradients, still all-reduced
-            rec = sum(p.sum() for group in self.learnable() for p in group) * 0.0
-        reg = rounding_regularizer(self.unit)
-        self._log_losses(rec, reg, batch_idx, world)
-        return rec + reg
+        if len(x):
+            return step_losses(self._unit_forward, self._roundings, x, y,
+                               len(x) * world / self.batch_size)  # fmt: skip
+        # no sample of this step on this rank: zero gradients, still all-reduced
+        zero = sum(p.sum() for group in self.learnable() for p in group) * 0.0
+        return zero, rounding_regularizer(self._roundings)
 
-    def _graphed_step(self, x: Tensor, y: Tensor, batch_idx: int) -> None:
-        if self._graphed is None:
-            self._graphed = GraphedStep(self.unit, self.optimizers(use_pl_optimizer=False))
-        rec, reg = self._graphed(x, y)
-        self._log_losses(rec, reg, batch_idx)
+    def training_step(self, batch: list[tuple[Tensor, Tensor]], batch_idx: int) -> None:
+        first = batch_idx * self.steps_per_batch
+        for offset, (x, y) in enumerate(batch):
+            self.reconstruction_step(x, y, first + offset)
 
-    def _log_losses(self, rec: Tensor, reg: Tensor, batch_idx: int, world: int = 1) -> None:
-        """Log the step's loss (and regulariser) on the steps the Trainer's logger writes.
+    def reconstruction_step(self, x: Tensor, y: Tensor, step: int) -> Losses:
+        """Step ``step`` (0-based) of the fit on the batch ``(x, y)``: eq. 6 and Adam's update
+        included, the schedule advanced, the losses logged when due."""
+        set_progress(self._roundings, step / max(1, self.iters))
+        if self.cuda_graph:
+            if self._graphed is None:
+                self._graphed = GraphedStep(self.unit, self.optimizers(use_pl_optimizer=False))
+            rec, reg = self._graphed(x, y)
+        elif self.steps_per_batch > 1 or self.own_steps():
+            rec, reg = optimizer_step(self.step_losses, self.optimizers(use_pl_optimizer=False),
+                                      x, y)  # fmt: skip
+        else:  # Lightning's wrapper: DDP's gradient all-reduce, a precision plugin's scaling
+            optimizer = self.optimizers()
+            optimizer.zero_grad()
+            rec, reg = self.step_losses(x, y)
+            self.manual_backward(rec + reg)
+            optimizer.step()
+        schedule = self.lr_schedulers()
+        if schedule is not None:
+            schedule.step()
+        self._log_losses(rec, reg, step)
+        return rec, reg
 
-        Every ``log_every_n_steps``, counted by ``batch_idx``: a unit's fit is one epoch, so it
-        counts the optimizer's steps, also under manual optimization, where ``global_step`` does
-        not move. Only then, since ``self.log`` costs ~1 ms a call."""
+    def _log_losses(self, rec: Tensor, reg: Tensor, step: int) -> None:
+        """Log the step's loss (and regulariser) every ``log_every_n_steps`` steps (0: never):
+        to the progress bar and, at this step's number, to the Trainer's loggers. Only then,
+        since a logged value waits for the step's kernels and ``self.log`` costs ~1 ms."""
         trainer = self._trainer
-        if trainer is None or trainer.log_every_n_steps == 0:
+        every = self.log_every_n_steps
+        if trainer is None or every == 0 or (step + 1) % every:
             return
-        if (batch_idx + 1) % trainer.log_every_n_steps:
-            return
-        logged = bool(trainer.loggers)  # a run without a folder has no logger
-        self.log(f"recon/{self.name}/loss", rec, on_step=True, prog_bar=True, logger=logged,
-                 sync_dist=world > 1)  # fmt: skip
+        values = {f"recon/{self.name}/loss": rec.detach()}
         if reg.requires_grad:
-            self.log(f"recon/{self.name}/reg", reg, on_step=True, logger=logged)
+            values[f"recon/{self.name}/reg"] = reg.detach()
+        values = {k: trainer.strategy.reduce(v, reduce_op="mean") for k, v in values.items()}
+        self.log(f"recon/{self.name}/loss", values[f"recon/{self.name}/loss"], on_step=True,
+                 prog_bar=True, logger=False)  # fmt: skip
+        for logger in trainer.loggers:
+            logger.log_metrics({k: float(v) for k, v in values.items()}, step=step)
 
     def configure_optimizers(self) -> torch.optim.Optimizer | dict:
         rounding, steps = self.learnable()
         groups = [{"params": rounding, "lr": self.lr}, {"params": steps, "lr": self.act_lr}]
-        # foreach: one kernel per state update over all tensors instead of a Python loop over
-        # them (bit-identical results to the loop; ~1 ms less per step on a ResNet-20 block)
         if self.cuda_graph and self.device.type != "cuda":
             raise RuntimeError(f"recon.cuda_graph needs the unit on a CUDA device; the Trainer "
                                f"put it on {self.device}")  # fmt: skip
-        optimizer = torch.optim.Adam([g for g in groups if g["params"]], foreach=True,
-                                     capturable=self.cuda_graph)  # fmt: skip
+        optimizer = torch.optim.Adam([g for g in groups if g["params"]], **adam_options(
+            self.device, self.cuda_graph))  # fmt: skip
+        shape_gradients_before_step(optimizer, self.unit)
         if self.lr_schedule == "constant":
             return optimizer
         if self.lr_schedule not in LR_SCHEDULES:
@@ -261,6 +309,16 @@ class BlockReconstruction(pl.LightningModule):
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": schedule, "interval": "step", "frequency": 1},
         }
+
+
+def adam_options(device: torch.device, capturable: bool = False) -> dict[str, bool]:
+    """Adam's implementation: ``fused`` (one kernel a tensor for the whole update) on the
+    CPU, ``foreach`` (one kernel per update over all tensors) elsewhere, ``capturable`` for a
+    CUDA graph. Fused and foreach agree to float rounding (``tests/test_reconstruction.py``);
+    on the 2-core CPU machine fused takes about half foreach's time on a ResNet-20 unit."""
+    if device.type == "cpu" and not capturable:
+        return {"fused": True}
+    return {"foreach": True, "capturable": capturable}
 
 
 def _constant(step: int) -> float:

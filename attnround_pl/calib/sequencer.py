@@ -116,6 +116,7 @@ class BlockSequencer(Callback):
                 act_lr=self.recon.act_lr, seed=self.seed * 1_000_003 + index, total=self.total,
                 lr_schedule=self.recon.lr_schedule, compile=self.recon.compile,
                 cuda_graph=self.recon.cuda_graph,
+                log_every_n_steps=min(self.recon.log_every_n_steps, self.recon.iters),
             )  # fmt: skip
             module.label = f"unit {index + 1}/{len(self.units)} {unit.name}"
             with round_to_nearest(module.unit):

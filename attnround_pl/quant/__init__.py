@@ -21,6 +21,7 @@ _EXPORTS = {
     "loss": ["output_mse", "reconstruction_loss"],
     "model": [
         "act_border_parameters",
+        "active_roundings",
         "act_step_parameters",
         "calibrate_activations",
         "finish_rounding_gradients",
@@ -34,6 +35,7 @@ _EXPORTS = {
         "set_learning",
         "set_progress",
         "set_quant_state",
+        "shape_gradients_before_step",
     ],
     "order": ["LeafTracer", "execution_order", "float_ops", "never_run_layers", "trace_graph"],
     "rounding": [

@@ -4,11 +4,12 @@ few operations that act on all quantized layers at once."""
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 
 import torch
 from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
 
 from .act_quant import ActQuantizer
 from .bn_fold import fold_batchnorms
@@ -200,29 +201,55 @@ def act_border_parameters(model: nn.Module) -> list[nn.Parameter]:
 
 def set_learning(model: nn.Module, batch_size: int | None) -> None:
     """Enter (``batch_size``: the global batch) or leave (None) a reconstruction: QDrop's
-    dropping is on inside it, and the LSQ gradient scale counts ``batch_size`` samples."""
+    dropping is on inside it, the LSQ gradient scale counts ``batch_size`` samples, and the
+    weight quantizers keep ``w / s`` from step to step (the float weights, scales and device
+    must not change in between)."""
     for q in act_quantizers(model):
         q.dropping = batch_size is not None
         q.lsq_batch = batch_size
+    for module in model.modules():
+        if isinstance(module, WeightQuantizer):
+            module.set_learning(batch_size is not None)
 
 
-def set_progress(model: nn.Module, t: float) -> None:
-    """Tell every rounding inside ``model`` that a fraction ``t`` of the optimisation is done."""
-    for rounding in active_roundings(model):
+def set_progress(model: nn.Module | Sequence[Rounding], t: float) -> None:
+    """Tell every rounding inside ``model`` (or of a list from ``active_roundings``) that a
+    fraction ``t`` of the optimisation is done."""
+    for rounding in _roundings(model):
         rounding.set_progress(t)
 
 
-def finish_rounding_gradients(model: nn.Module) -> None:
-    """After backward, before the optimizer step: let every rounding inside ``model`` shape
-    its summed gradient (Attention Round's eq. 6)."""
-    for rounding in active_roundings(model):
+def finish_rounding_gradients(model: nn.Module | Sequence[Rounding]) -> None:
+    """After backward, before the optimizer step: let every rounding inside ``model`` (or of a
+    list) shape its summed gradient (Attention Round's eq. 6). Called once per step by the
+    pre-hook ``shape_gradients_before_step`` installs; a loop using such an optimizer must not
+    call it again."""
+    for rounding in _roundings(model):
         rounding.finish_gradient()
 
 
-def rounding_regularizer(model: nn.Module) -> Tensor:
-    """Sum of the rounding regularisers inside ``model`` (zero when none has one)."""
-    terms = [rounding.regularizer() for rounding in active_roundings(model)]
+def shape_gradients_before_step(
+    optimizer: torch.optim.Optimizer, model: nn.Module | Sequence[Rounding]
+) -> RemovableHandle:
+    """Make every ``optimizer.step()`` apply eq. 6 to the roundings' gradients first (an
+    optimizer step pre-hook), so no training loop can skip it or apply it twice. The step runs
+    after backward, after DDP's all-reduce and after a gradient scaler's unscaling: eq. 6 sees
+    the whole batch's gradient, as it must."""
+    roundings = _roundings(model)
+    return optimizer.register_step_pre_hook(
+        lambda opt, args, kwargs: finish_rounding_gradients(roundings)
+    )
+
+
+def rounding_regularizer(model: nn.Module | Sequence[Rounding]) -> Tensor:
+    """Sum of the rounding regularisers inside ``model`` (or of a list); zero when none has
+    one (the roundings without a regulariser are not asked)."""
+    terms = [r.regularizer() for r in _roundings(model) if r.has_regularizer]
     return torch.stack(terms).sum() if terms else torch.zeros(())
+
+
+def _roundings(model: nn.Module | Sequence[Rounding]) -> list[Rounding]:
+    return active_roundings(model) if isinstance(model, nn.Module) else list(model)
 
 
 def freeze_model(model: nn.Module) -> None:

@@ -27,6 +27,7 @@ class Rounding(nn.Module):
 
     name: ClassVar[str] = ""
     learnable: ClassVar[bool] = False
+    has_regularizer: ClassVar[bool] = False  # whether ``regularizer`` can be non-zero
 
     def init_state(self, x: Tensor) -> None:
         """Set up per-element state from the weights in step units; called once, before learning."""
@@ -135,6 +136,7 @@ class AdaRounding(Rounding):
 
     name = "adaround"
     learnable = True
+    has_regularizer = True
     zeta = 1.1
     gamma = -0.1
 
@@ -186,31 +188,20 @@ def standard_normal_cdf(x: Tensor) -> Tensor:
     return 0.5 + 0.5 * torch.erf(x / math.sqrt(2.0))
 
 
-class _AttentionRoundFn(torch.autograd.Function):
-    """Forward: ``clip(raw, lo, hi)`` with ``raw = round(x + alpha)`` (rounded once, by the
-    caller, which also needs it for the clipping masks). Backward: the raw ``dL/dq`` for
-    ``alpha``; ``AttentionRounding.finish_gradient`` applies eq. 6 to it once it is summed."""
-
-    @staticmethod
-    def forward(ctx, raw: Tensor, alpha: Tensor, lo: Tensor, hi: Tensor) -> Tensor:  # noqa: ANN001
-        return torch.clamp(raw, lo, hi)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):  # noqa: ANN001, ANN205
-        return None, grad, None, None
-
-
-def attention_gradient(grad: Tensor, alpha: Tensor, tau: float, below: Tensor,
-                       above: Tensor) -> Tensor:  # fmt: skip
-    """Eq. 6: ``dL/dalpha = dL/dq * Phi(alpha / tau)`` where ``dL/dq > 0``, else times
-    ``1 - Phi``; past a clipping bound only the part that pulls alpha back inside passes."""
-    if tau > 0:
-        phi = standard_normal_cdf(alpha / tau)
+def attention_gradient(grad: Tensor, alpha: Tensor, tau: float, overshoot: Tensor) -> Tensor:
+    """Eq. 6, in place on ``grad`` (``dL/dq``, summed over the batch), returned:
+    ``dL/dalpha = dL/dq * Phi(alpha / tau)`` where ``dL/dq > 0``, else times ``1 - Phi``,
+    written ``Phi(sign(dL/dq) * alpha / tau)`` (``Phi`` is symmetric about 0). Past a clipping
+    bound only the part that pulls alpha back inside passes: ``overshoot`` is ``q - round(x +
+    alpha)``, positive below the lower bound, negative above the upper, 0 inside, and a
+    gradient with the same sign as it would push alpha further out."""
+    blocked = torch.mul(grad, overshoot) > 0
+    toward = torch.sign(grad).mul_(alpha)  # alpha, or -alpha where dL/dq < 0
+    if tau > 0:  # Phi(t) = (1 + erf(t / sqrt 2)) / 2
+        factor = torch.erf(toward.mul_(1.0 / (tau * math.sqrt(2.0)))).add_(1.0).mul_(0.5)
     else:  # the tau -> 0 limit of Phi(alpha / tau): the unit step, 1/2 at alpha = 0
-        phi = (alpha > 0).to(alpha.dtype) + 0.5 * (alpha == 0).to(alpha.dtype)
-    factor = torch.where(grad > 0, phi, 1 - phi)
-    outward = (above & (grad < 0)) | (below & (grad > 0))
-    return torch.where(outward, torch.zeros_like(grad), grad * factor)
+        factor = torch.sign(toward).add_(1.0).mul_(0.5)
+    return grad.mul_(factor).masked_fill_(blocked, 0.0)
 
 
 class AttentionRounding(Rounding):
@@ -243,7 +234,7 @@ class AttentionRounding(Rounding):
         self.tau = float(tau)
         self.seed = seed
         self.alpha = nn.Parameter(torch.zeros(0))
-        self._clipped: tuple[Tensor, Tensor] | None = None  # (below lo, above hi), last forward
+        self._overshoot: Tensor | None = None  # q - round(x + alpha) of the last forward
 
     @torch.no_grad()
     def init_state(self, x: Tensor) -> None:
@@ -252,20 +243,20 @@ class AttentionRounding(Rounding):
         self.alpha = nn.Parameter(noise.to(device=x.device, dtype=x.dtype))
 
     def forward(self, x: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
-        lo = torch.as_tensor(lo, dtype=x.dtype, device=x.device).expand_as(x)
-        hi = torch.as_tensor(hi, dtype=x.dtype, device=x.device).expand_as(x)
+        alpha = self.alpha
         with torch.no_grad():
-            raw = torch.round(x + self.alpha)
-            self._clipped = (raw < lo, raw > hi)
-        return _AttentionRoundFn.apply(raw, self.alpha, lo, hi)
+            raw = torch.round(x + alpha)
+            q = torch.clamp(raw, lo, hi)
+            # a plain attribute (Module.__setattr__ costs more than the subtraction)
+            self.__dict__["_overshoot"] = torch.sub(q, raw)
+        # value q exactly (alpha - alpha is 0); gradient dL/dq passes to alpha unchanged
+        return q + (alpha - alpha.detach())
 
     @torch.no_grad()
     def finish_gradient(self) -> None:
-        if self.alpha.grad is None or self._clipped is None:
+        if self.alpha.grad is None or self._overshoot is None:
             return
-        below, above = self._clipped
-        self.alpha.grad.copy_(attention_gradient(self.alpha.grad, self.alpha, self.tau, below,
-                                                 above))  # fmt: skip
+        attention_gradient(self.alpha.grad, self.alpha, self.tau, self._overshoot)
 
     def grid_value(self, x: Tensor) -> Tensor:
         return torch.round(x.detach() + self.alpha)

@@ -53,6 +53,8 @@ class WeightQuantizer(nn.Module):
         self.register_buffer("codes", torch.zeros(0, dtype=self.code_dtype, device=weight.device))
         self.rounding: Rounding | None = rounding
         self.nearest_override = False
+        self.learning = False  # see set_learning
+        self._scaled: tuple[Tensor, Tensor, Tensor] | None = None  # (w / s, lo, hi)
         rounding.init_state(weight.detach() / self.scale)
 
     @property
@@ -70,12 +72,28 @@ class WeightQuantizer(nn.Module):
     def _bounds(self) -> tuple[Tensor, Tensor]:
         return self.grid.qmin - self.zero_point, self.grid.qmax - self.zero_point
 
+    def set_learning(self, learning: bool) -> None:
+        """While learning (a unit's reconstruction, where the float weight, the scales and
+        the device stay fixed), ``w / s`` and the bounds are computed once, not every step."""
+        self.learning = learning
+        self.__dict__["_scaled"] = None
+
+    def _scaled_weight(self, weight: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        cached = self._scaled
+        if cached is not None and self.learning:
+            return cached
+        lo, hi = self._bounds()
+        scaled = (weight / self.scale, lo, hi)
+        if self.learning and not weight.requires_grad:
+            self.__dict__["_scaled"] = scaled  # a plain attribute: no buffer, not saved
+        return scaled
+
     def forward(self, weight: Tensor) -> Tensor:
         if self.rounding is None:
             return self.scale * (self.codes.to(self.scale.dtype) - self.zero_point)
-        lo, hi = self._bounds()
+        x, lo, hi = self._scaled_weight(weight)
         rounding = _NEAREST if self.nearest_override else self.rounding
-        return self.scale * rounding(weight / self.scale, lo, hi)
+        return self.scale * rounding(x, lo, hi)
 
     @torch.no_grad()
     def integer_codes(self, weight: Tensor) -> Tensor:

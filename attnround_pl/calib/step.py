@@ -1,0 +1,39 @@
+"""One reconstruction step, the code every loop runs: the Lightning module's (eager), the CUDA
+graph's recording and the speed benchmark's bare loop.
+
+Eq. 6 is not called here: the optimizer applies it before each of its steps
+(``quant.shape_gradients_before_step``), so a loop cannot skip it or apply it twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor
+
+from ..quant import Rounding, reconstruction_loss, rounding_regularizer
+
+Losses = tuple[Tensor, Tensor]  # (reconstruction loss, rounding regulariser)
+
+
+def step_losses(forward: Callable[[Tensor], Tensor], roundings: Sequence[Rounding], x: Tensor,
+                y: Tensor, weight: float = 1.0) -> Losses:  # fmt: skip
+    """``(weight * ||forward(x) - y||^2, regulariser)``: ``weight`` is this rank's share of
+    the global batch under DDP (1 in one process)."""
+    rec = reconstruction_loss(forward(x), y)
+    if weight != 1.0:
+        rec = rec * weight
+    return rec, rounding_regularizer(roundings)
+
+
+def optimizer_step(losses: Callable[[Tensor, Tensor], Losses], optimizer: torch.optim.Optimizer,
+                   x: Tensor, y: Tensor, set_to_none: bool = True) -> Losses:  # fmt: skip
+    """Zero the gradients, ``losses(x, y)``, backward of their sum, ``optimizer.step()``;
+    returns the losses. ``set_to_none=False`` keeps the gradient tensors (a CUDA graph needs
+    them to stay where it recorded them)."""
+    optimizer.zero_grad(set_to_none=set_to_none)
+    rec, reg = losses(x, y)
+    (rec + reg).backward()
+    optimizer.step()
+    return rec, reg
