@@ -347,3 +347,33 @@ def test_speed_refuses_imagenet_models_without_random_images_and_too_few_images(
         with pytest.raises(SystemExit) as stop:
             speed.main()
         assert stop.value.code == 2 and why in capsys.readouterr().err, argv
+
+
+def test_speed_table_puts_before_after_and_as_run_side_by_side(tmp_path):
+    import json
+
+    speed_table = _load("speed_table")
+
+    def write(kind, run, steady, floor, name="speed_resnet20.json"):
+        folder = tmp_path / kind / run
+        folder.mkdir(parents=True, exist_ok=True)
+        row = {"unit": "conv1", "lightning_steady_ms": steady, "bare_ms": steady / 2}
+        rows = [{**row, "float_fwd_bwd_ms": floor, "ratio_steady": steady / floor}]
+        total = {"lightning_steady_ms": steady, "bare_ms": steady / 2, "float_fwd_bwd_ms": floor}
+        name = name.replace(".json", "_as-run.json") if kind == "as-run" else name
+        (folder / name).write_text(json.dumps(
+            {"model": "resnet20", "image_size": [1, 28, 28], "rows": rows, "total": total}))
+
+    write("before", "r1", 70.0, 20.0)
+    write("after", "r1", 36.0, 15.0)
+    write("as-run", "r1", 40.0, 16.0)
+    write("before", "r2", 50.0, 10.0)
+    table = speed_table.summary(tmp_path).splitlines()
+    assert table[2] == (
+        "| resnet20 28x28 px, r1 | 70.0 | 20.0 | **3.50x** | 36.0 | 15.0 | "
+        "**2.40x** | 40.0 | 16.0 | **2.50x** |"
+    )
+    assert table[3].startswith("| resnet20 28x28 px, r2 | 50.0 | 10.0 | **5.00x** | - | - | -")
+    units = speed_table.units(tmp_path / "after" / "r1" / "speed_resnet20.json").splitlines()
+    assert units[2] == "| conv1 | 36.00 | 18.00 | 15.00 | 2.40x |"
+    assert units[-1] == "| all units | 36.00 | 18.00 | 15.00 | 2.40x |"

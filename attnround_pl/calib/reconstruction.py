@@ -5,7 +5,6 @@ from __future__ import annotations
 import itertools
 import math
 import os
-import warnings
 from collections.abc import Iterable
 
 import lightning.pytorch as pl
@@ -30,11 +29,6 @@ from .distributed import rank_world
 from .graph_step import GraphedStep
 from .settings import COMPILE_MODES, LR_SCHEDULES
 from .step import Losses, optimizer_step, step_losses
-
-# Units are reconstructed in eval mode on purpose: the behaviour they will have at inference
-# (no dropout); Lightning's warning about it would only confuse.
-warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training")
-
 
 NVML_CHECK = "PYTORCH_NVML_BASED_CUDA_CHECK"
 

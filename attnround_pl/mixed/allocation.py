@@ -7,7 +7,6 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
-from sklearn.cluster import KMeans
 from torch import nn
 
 from ..quant.errors import QuantConfigError
@@ -91,7 +90,13 @@ def check_bit_list(bit_list: list[int], layers: int | None = None) -> list[int]:
 
 
 def cluster_bits(lengths: list[float], bit_list: list[int], seed: int = 0) -> list[int]:
-    """k-means (k = len(bit_list)) on the coding lengths; sorted centres get sorted bits."""
+    """k-means (k = len(bit_list)) on the coding lengths; sorted centres get sorted bits.
+
+    scikit-learn is imported here, not with the module: its import sets OpenMP environment
+    variables (``KMP_DUPLICATE_LIB_OK``, ``KMP_INIT_AT_FORK``), which importing this package
+    must not do."""
+    from sklearn.cluster import KMeans
+
     values = np.asarray(lengths, dtype=np.float64).reshape(-1, 1)
     k = len(bit_list)
     with warnings.catch_warnings():  # fewer distinct lengths than k: some clusters stay empty

@@ -6,14 +6,10 @@ import math
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+from matplotlib.figure import Figure
+from rich.table import Table
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from rich.table import Table  # noqa: E402
-
-from .allocation import Allocation  # noqa: E402
+from .allocation import Allocation
 
 
 def mixed_report(allocation: Allocation, bit_list: list[int],
@@ -62,9 +58,12 @@ def mixed_table(report: dict[str, Any]) -> Table:
 
 
 def bits_figure(report: dict[str, Any], title: str) -> Figure:
-    """Bar plot of weight bits per layer in forward order (the paper's figures 3-5)."""
+    """Bar plot of weight bits per layer in forward order (the paper's figures 3-5). A bare
+    ``Figure``, not pyplot: no backend is chosen and no global state touched (``savefig``
+    renders with Agg for a PNG)."""
     layers = report["layers"]
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.35 * len(layers)), 3.6))
+    fig = Figure(figsize=(max(6.0, 0.35 * len(layers)), 3.6))
+    ax = fig.subplots()
     colors = ["0.6" if row["fixed"] else "tab:blue" for row in layers]
     ax.bar(range(len(layers)), [row["bits"] for row in layers], color=colors)
     ax.set_xticks(range(len(layers)), [row["name"] for row in layers], rotation=90, fontsize=7)

@@ -1,0 +1,46 @@
+#!/bin/bash
+# Time a reconstruction step before and after a change, in one sitting on one host:
+#   bash benchmarks/speed_before_after.sh <before-revision> <out-folder>
+# runs benchmarks/speed.py from a git worktree of <before-revision> and from this working tree,
+# interleaved and one at a time (nothing else should run), on ResNet-20 (twice), the embedded
+# MobileNetV2, and torchvision's ResNet-18 and MobileNetV2 on random 224-pixel images. The
+# working tree is timed twice a model: as speed.py's Lightning column always was ("after") and
+# with calibrate's progress bar and TensorBoard logger ("as-run", --as-run). The JSONs go to
+# <out-folder>/{before,after,as-run}/r<k>/ and each run's table to <out-folder>/logs/.
+set -euo pipefail
+before_rev=${1:?usage: speed_before_after.sh <before-revision> <out-folder>}
+out=$(realpath -m "${2:?usage: speed_before_after.sh <before-revision> <out-folder>}")
+repo=$(cd "$(dirname "$0")/.." && pwd)
+python="$repo/.venv/bin/python"
+worktree=$(mktemp -d)
+trap 'git -C "$repo" worktree remove --force "$worktree"' EXIT
+git -C "$repo" worktree add --detach "$worktree" "$before_rev" >/dev/null
+ln -s "$repo/data" "$worktree/data"  # the Fashion-MNIST files, not in git
+mkdir -p "$out/logs"
+
+run() {  # run <before|after|as-run> <run id> <log name> [speed.py options]
+  local which=$1 id=$2 log=$3
+  shift 3
+  if [ "$which" = before ]; then
+    (cd "$worktree" && PYTHONPATH="$worktree" "$python" benchmarks/speed.py \
+      --out "$out/before/$id" "$@") >"$out/logs/${log}_before.txt" 2>&1
+  elif [ "$which" = after ]; then
+    (cd "$repo" && "$python" benchmarks/speed.py --out "$out/after/$id" "$@") \
+      >"$out/logs/${log}_after.txt" 2>&1
+  else
+    (cd "$repo" && "$python" benchmarks/speed.py --out "$out/as-run/$id" --as-run "$@") \
+      >"$out/logs/${log}_as-run.txt" 2>&1
+  fi
+  grep '| all units' "$out/logs/${log}_${which}.txt" | sed "s/^/${log} ${which}: /"
+}
+
+for k in 1 2; do
+  for which in before after as-run; do run "$which" "r$k" "resnet20_r$k"; done
+done
+for which in before after as-run; do run "$which" r1 mobilenetv2 --model mobilenetv2; done
+for model in resnet18 mobilenet_v2; do
+  for which in before after as-run; do
+    run "$which" r1 "${model}_random224" --model "$model" --images random --image-size 224 \
+      --iters 30 --calib 128
+  done
+done

@@ -1,0 +1,77 @@
+"""Markdown tables of a ``speed_before_after.sh`` folder (the speed page's tables):
+
+    .venv/bin/python benchmarks/speed_table.py <folder> [--units <json>]
+
+The summary: per model and run, the steady milliseconds per iteration summed over the units
+(before, after, as run), the float units' forward + backward measured in the same run, and the
+ratios. ``--units``: one speed JSON's per-unit table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+KINDS = ("before", "after", "as-run")
+
+
+def load_runs(folder: Path) -> dict[tuple[str, str], dict[str, dict]]:
+    """{(JSON file name, run id): {kind: result}} for every run found under ``folder``."""
+    runs: dict[tuple[str, str], dict[str, dict]] = {}
+    for kind in KINDS:
+        for path in sorted((folder / kind).glob("r*/speed_*.json")):
+            name = path.name.replace("_as-run", "")
+            runs.setdefault((name, path.parent.name), {})[kind] = json.loads(path.read_text())
+    return runs
+
+
+def _cell(result: dict | None) -> str:
+    if result is None:
+        return "- | - | -"
+    total = result["total"]
+    steady, floor = total["lightning_steady_ms"], total["float_fwd_bwd_ms"]
+    return f"{steady:.1f} | {floor:.1f} | **{steady / floor:.2f}x**"
+
+
+def summary(folder: Path) -> str:
+    lines = [
+        "| model, run | before: steady ms | float ms | ratio | after: steady ms | float ms | "
+        "ratio | as run: steady ms | float ms | ratio |",
+        "| --- |" + " ---: |" * 9,
+    ]
+    for (_name, run), kinds in load_runs(folder).items():
+        any_result = next(iter(kinds.values()))
+        size = "x".join(map(str, any_result["image_size"][1:]))
+        label = f"{any_result['model']} {size} px, {run}"
+        cells = " | ".join(_cell(kinds.get(kind)) for kind in KINDS)
+        lines.append(f"| {label} | {cells} |")
+    return "\n".join(lines)
+
+
+def units(path: Path) -> str:
+    result = json.loads(path.read_text())
+    lines = [
+        "| unit | steady ms | bare loop ms | float fwd+bwd ms | ratio |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    for r in result["rows"]:
+        lines.append(f"| {r['unit']} | {r['lightning_steady_ms']:.2f} | {r['bare_ms']:.2f} | "
+                     f"{r['float_fwd_bwd_ms']:.2f} | {r['ratio_steady']:.2f}x |")
+    total = result["total"]
+    ratio = total["lightning_steady_ms"] / total["float_fwd_bwd_ms"]
+    lines.append(f"| all units | {total['lightning_steady_ms']:.2f} | {total['bare_ms']:.2f} | "
+                 f"{total['float_fwd_bwd_ms']:.2f} | {ratio:.2f}x |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("folder", type=Path)
+    parser.add_argument("--units", type=Path, help="a speed JSON: its per-unit table instead")
+    args = parser.parse_args()
+    print(units(args.units) if args.units else summary(args.folder))
+
+
+if __name__ == "__main__":
+    main()
