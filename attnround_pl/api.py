@@ -126,7 +126,7 @@ def save(qmodel: nn.Module, path: str | os.PathLike) -> Path:
             f"{type(qmodel).__name__} has no {', '.join(missing)}"
         )
     meta = checkpoint_meta(qmodel.float_source, getattr(qmodel, "output_classes", None),
-                           getattr(qmodel, "preprocessing", None))  # fmt: skip
+                           getattr(qmodel, "preprocessing", None))
     return save_quantized(qmodel, path, qmodel.quant_config, meta)
 
 

@@ -191,11 +191,11 @@ def _missing(names: str, args: list[str]) -> str:
         return ("nothing to calibrate: give --config FILE (a YAML such as "
                 "configs/resnet20_w4a4.yaml), or the model (--model.arch NAME or "
                 "--model.net.class_path CLASS) and the data (--data CLASS); "
-                "'attnround-pl calibrate --help' lists every option")  # fmt: skip
+                "'attnround-pl calibrate --help' lists every option")
     if names.strip() == "data":
         return ("no data module: give --data CLASS (attnround_pl.data.FashionMNISTDataModule, "
                 "attnround_pl.data.ImageFolderDataModule or your LightningDataModule) or a "
-                "--config that sets data")  # fmt: skip
+                "--config that sets data")
     return f"missing required settings: {names.strip()}"
 
 
@@ -210,7 +210,7 @@ def parse_error_message(message: str, parser: Any, args: list[str]) -> str:
         first = match.group(1).split()[0]
         if not first.startswith("-"):
             return (f"unexpected argument {first!r}: calibrate takes options only "
-                    "(--config FILE, --quant.w_bits 3, ...)")  # fmt: skip
+                    "(--config FILE, --quant.w_bits 3, ...)")
         return unknown_key(parser, first.split("=")[0].lstrip("-"), option=True)
     if match := re.match(r"Group '([^']+)' does not accept option '([^']+)'", text):
         return unknown_key(parser, f"{match.group(1)}.{match.group(2)}")
@@ -221,7 +221,7 @@ def parse_error_message(message: str, parser: Any, args: list[str]) -> str:
     if match := re.match(r"argument (--\S+): expected one argument", text):
         option = match.group(1)
         return (f"{option} needs a value (write one that starts with '-' as "
-                f"{option}=VALUE)")  # fmt: skip
+                f"{option}=VALUE)")
     match = re.match(r'Parser key "([^"]+)":\s*(.*)', text, re.S)
     if match is None:
         return _one_line(text)
@@ -295,7 +295,7 @@ def calibrate_cli_class() -> type[LightningCLI]:
                 check_loader_settings(
                     data.get("calib_size", 1), data.get("batch_size", 1),
                     data.get("num_workers", 0),
-                )  # fmt: skip
+                )
                 if issubclass(_imported(self.config["data"]["class_path"]), ImageFolderDataModule):
                     check_image_settings(
                         channels=data.get("channels"),
@@ -366,7 +366,7 @@ def cmd_calibrate(args: list[str]) -> int:
         cli.model, cli.datamodule, QuantConfig(**cfg["quant"].as_dict()),
         ReconConfig(**cfg["recon"].as_dict()), RunConfig(**cfg["run"].as_dict()),
         trainer_kwargs=trainer_kwargs(cli), config_text=config_text, source=model_source(cli),
-    )  # fmt: skip
+    )
     return 0
 
 
@@ -425,7 +425,7 @@ def cmd_export(args: list[str]) -> int:
         "export", args,
         ("--format", {"required": True, "help": f"one of: {', '.join(FORMATS)}"}),
         ("--out", {"default": None, "help": "output file (default: in the run folder)"}),
-    )  # fmt: skip
+    )
     from rich.console import Console
 
     from .calib.export_job import check_format, export_run, export_table

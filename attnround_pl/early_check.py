@@ -107,7 +107,7 @@ def check_settings(args: list[str]) -> None:
     """Validate the ``quant``, ``recon`` and ``run`` settings ``args`` give, when they can be
     read without LightningCLI; a refused one raises its ``SettingError``."""
     if any(arg in ("-h", "--help", "--print_config") or arg.startswith("--print_config=")
-           for arg in args):  # fmt: skip
+           for arg in args):
         return
     try:
         groups = read_settings(args)

@@ -26,7 +26,7 @@ def load_tensors(path: str | os.PathLike) -> Any:
         raise UnreadableFile("does not exist")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - unreadable for any reason
+    except Exception as exc:  # unreadable for any reason
         text = str(exc)
         marker = "WeightsUnpickler error:"
         if marker in text:  # torch's message is a page of advice; the reason follows the marker

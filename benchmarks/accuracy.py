@@ -55,7 +55,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CLI = [sys.executable, "-m", "attnround_pl.cli"]
 
 BITS = {"W4A32": (4, 32), "W3A32": (3, 32), "W4A4": (4, 4), "W3A3": (3, 3), "W2A4": (2, 4),
-        "W2A2": (2, 2), "W3A4": (3, 4), "W5A4": (5, 4)}  # fmt: skip
+        "W2A2": (2, 2), "W3A4": (3, 4), "W5A4": (5, 4)}
 # mixed weight bits, A4; "<name>@W4": the allocation no larger than uniform W4 (budget_bits)
 MIXED = {"MP3456": "[3,4,5,6]", "MP345": "[3,4,5]"}
 
@@ -76,7 +76,7 @@ BRECQ = ["--quant.rounding", "adaround", *BUDGET_20K, "--recon.lr", "1e-3",
          "--recon.act_lr", "4e-4", "--quant.adaround_reg_weight", "0.01",
          "--quant.adaround_beta_start", "20", "--quant.adaround_beta_end", "2",
          "--quant.adaround_warmup", "0.2",
-         "--recon.keep_better", "false"]  # fmt: skip
+         "--recon.keep_better", "false"]
 TAUS = ("0", "0.25", "0.75", "1.0")
 TAU_SWEEP = [f"attention_tau{t}" for t in TAUS]  # beside "attention", tau 0.5
 
@@ -101,7 +101,7 @@ METHODS = {
     # QDrop's dropping alone, at our settings (2k iterations, batch 64, lr 4e-4)
     **{f"{name}+drop": [*extra, "--quant.drop_prob", "0.5"]
        for name, extra in (("adaround", ["--quant.rounding", "adaround"]), ("attention", []))},
-}  # fmt: skip
+}
 
 BASELINES = ["nearest", "floor", "ceil", "stochastic", "adaround"]
 PEERS = ["brecq", "qdrop"]
@@ -195,11 +195,11 @@ SUITES = {
         Block(["W3A3", "W3A32"], TAU_SWEEP),
         Block(["MP3456", "MP345", "MP3456@W4", "MP345@W4", "W3A4", "W5A4"], ["attention"]),
     ]),
-}  # fmt: skip
+}
 
 
 def run_row(model: str, setting: str, method: str, seed: int, runs: Path,
-            existing_only: bool = False) -> dict | None:  # fmt: skip
+            existing_only: bool = False) -> dict | None:
     """One calibration (or its earlier report); returns the report (None: not run and
     ``existing_only``)."""
     name = f"{model}_{setting}_{method}_s{seed}".replace("+", "-")
@@ -210,7 +210,7 @@ def run_row(model: str, setting: str, method: str, seed: int, runs: Path,
         cmd = [*CLI, "calibrate", "--config", str(ROOT / "configs" / f"{model}_w4a4.yaml"),
                *setting_args(setting), "--seed_everything", str(seed), *METHODS[method],
                "--run.out_dir", str(runs), "--run.name", name, "--run.progress", "false",
-               "--run.eval_float", "false", "--run.export", "[onnx]"]  # fmt: skip
+               "--run.eval_float", "false", "--run.export", "[onnx]"]
         print(f"# {name}: {' '.join(cmd[2:])}", file=sys.stderr, flush=True)
         started = time.perf_counter()
         subprocess.run(cmd, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
@@ -237,14 +237,14 @@ def ms_per_iteration(report: dict) -> float | None:
 
 # what a table row takes from one calibration's report (``ms_per_iter`` is computed)
 RECORD_KEYS = ("quant_top1", "quant_top5", "nearest_top1", "calib_seconds", "peak_rss_mb",
-               "size_mb", "onnx_top1", "onnx_argmax_mismatch", "machine")  # fmt: skip
+               "size_mb", "onnx_top1", "onnx_argmax_mismatch", "machine")
 
 
 def seed_record(report: dict) -> dict:
     """The numbers of one seed's calibration that its table row needs, kept in the row's
     ``per_seed`` so the JSON alone can be extended later (``benchmarks/runs`` is not committed)."""
     return {**{key: report[key] for key in RECORD_KEYS}, "ms_per_iter": ms_per_iteration(report),
-            "calib_reference_iters": report.get("calib_reference_iters")}  # fmt: skip
+            "calib_reference_iters": report.get("calib_reference_iters")}
 
 
 def recorded_seeds(row: dict) -> dict[int, dict]:
@@ -260,7 +260,7 @@ def recorded_seeds(row: dict) -> dict[int, dict]:
 
 
 def table_row(model: str, setting: str, method: str, float_top1: float,
-              records: dict[int, dict]) -> dict:  # fmt: skip
+              records: dict[int, dict]) -> dict:
     """One row of the table: means over the seeds' records (spread: population std of top-1)."""
     seeds = sorted(records)
     values = [records[s] for s in seeds]
@@ -283,11 +283,11 @@ def table_row(model: str, setting: str, method: str, float_top1: float,
         "onnx_top1": mean("onnx_top1"),
         "onnx_argmax_mismatch": sum(v["onnx_argmax_mismatch"] for v in values),
         "machine": values[0]["machine"], "per_seed": {str(s): records[s] for s in seeds},
-    }  # fmt: skip
+    }
 
 
 def suite_row(model: str, setting: str, method: str, seeds: list[int], runs: Path,
-              committed: dict | None, existing_only: bool = False) -> dict | None:  # fmt: skip
+              committed: dict | None, existing_only: bool = False) -> dict | None:
     """A suite's row from, per seed, its run folder, else the committed JSON's record, else a
     new calibration (none with ``existing_only``; None: nothing to tabulate). A committed row
     written before rows kept ``per_seed`` is returned as it is while no run folder of its seeds
@@ -295,7 +295,7 @@ def suite_row(model: str, setting: str, method: str, seeds: list[int], runs: Pat
     local = {s: run_row(model, setting, method, s, runs, existing_only=True) for s in seeds}
     if (committed is not None and "per_seed" not in committed
             and sorted(committed["seeds"]) == sorted(seeds)
-            and all(report is None for report in local.values())):  # fmt: skip
+            and all(report is None for report in local.values())):
         return committed
     kept = recorded_seeds(committed) if committed is not None else {}
     records = {}
@@ -335,7 +335,7 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", help="default: the suite's")
     parser.add_argument("--seeds", type=int, nargs="+",
                         help="every row with these seeds (default: the suite's; 0 1 2 for "
-                             "--full, else 0 where the suite names none)")  # fmt: skip
+                             "--full, else 0 where the suite names none)")
     parser.add_argument("--runs", type=Path, default=ROOT / "benchmarks" / "runs")
     parser.add_argument("--settings", nargs="+", help="only these settings of the suite")
     parser.add_argument(
@@ -362,7 +362,7 @@ def main() -> None:
     plan_rows = [(model, s, m, list(args.seeds or block.seeds or default_seeds))
                  for model in dict.fromkeys([*suite_models, *models]) for block in plan
                  if block.models is None or model in block.models
-                 for s in block.settings for m in block.methods]  # fmt: skip
+                 for s in block.settings for m in block.methods]
     rows = {}
     print(HEADER)
     for model, setting, method, seeds in plan_rows:
@@ -373,7 +373,7 @@ def main() -> None:
             continue
         reuse = by_key.get(key) or elsewhere.get(key)
         row = suite_row(model, setting, method, seeds, args.runs, reuse,
-                        args.existing_only) or reuse  # fmt: skip
+                        args.existing_only) or reuse
         if row is not None:
             rows[key] = row
             print(row_line(row), flush=True)

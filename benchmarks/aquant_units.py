@@ -53,17 +53,17 @@ def main() -> None:
                 module = BlockReconstruction(unit, data, unit_name, iters=args.iters)
                 pl.Trainer(max_steps=args.iters, max_epochs=1, logger=False,
                            enable_checkpointing=False, enable_progress_bar=False,
-                           enable_model_summary=False, accelerator="cpu").fit(module)  # fmt: skip
+                           enable_model_summary=False, accelerator="cpu").fit(module)
                 unit.eval()
                 mse[label] = unit_mse(unit, data)
             base = mse["nearest"]
             rel = {k: 100 * (v / base - 1) for k, v in mse.items()}
             rows.append({"unit": unit_name, "bits": bits, "mse": mse, "relative_pct": rel})
             print(f"| {unit_name} | W{bits}A{bits} | {base:.4e} | {mse['aquant']:.4e} "
-                  f"({rel['aquant']:+.1f} %) |", flush=True)  # fmt: skip
+                  f"({rel['aquant']:+.1f} %) |", flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
     result = {"iters": args.iters, "calib_size": 1024, "machine": machine(), "rows": rows,
-              "command": "python benchmarks/aquant_units.py"}  # fmt: skip
+              "command": "python benchmarks/aquant_units.py"}
     (args.out / "aquant_units.json").write_text(json.dumps(result, indent=2) + "\n")
 
 

@@ -27,7 +27,7 @@ UNIFORM = (3, 4, 5)
 
 
 @cache
-def float_model(model: str):  # noqa: ANN201 - nn.Module
+def float_model(model: str):  # nn.Module
     """The embedded model, built once (quantize_model works on a copy)."""
     return build_model(model)
 
@@ -42,7 +42,7 @@ def allocation_row(model: str, bit_list: list[int], mixed: dict) -> dict:
         "size_mb": allocation.size_mb(),
         "uniform_mb": {b: allocation.uniform_size_mb(b) for b in UNIFORM},
         "bits": [r.bits for r in allocation.rows],
-    }  # fmt: skip
+    }
 
 
 def line(row: dict) -> str:
@@ -50,7 +50,7 @@ def line(row: dict) -> str:
     uniform = " / ".join(f"{row['uniform_mb'][b]:.4f}" for b in UNIFORM)
     bits = "".join(str(b) for b in row["bits"])
     return (f"| {row['model']} | {row['bit_list']} | {eps2} | {row['size_mb']:.4f} | {uniform} "
-            f"| {row['cluster_bits']} | `{bits}` |")  # fmt: skip
+            f"| {row['cluster_bits']} | `{bits}` |")
 
 
 def main() -> None:

@@ -17,9 +17,9 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from markdown_table import HEADER, row_line  # noqa: E402
-from result_json import most_seeded_rows, read_result  # noqa: E402
+import matplotlib.pyplot as plt
+from markdown_table import HEADER, row_line
+from result_json import most_seeded_rows, read_result
 
 RESULTS = Path(__file__).resolve().parent / "results"
 OFF_SCALE_DROP = 20
@@ -84,11 +84,11 @@ def setting_panels(settings: set[str]) -> list[tuple[str, list[str]]]:
 
 
 def accuracy_by_setting(rows: list[dict], model: str, path: Path,
-                        colours: dict[str, tuple]) -> None:  # fmt: skip
+                        colours: dict[str, tuple]) -> None:
     """One line per method over ``SETTINGS`` (tau sweep, mixed and the size plot's W3A4/W5A4
     apart), a panel for the weights-only settings and one for quantized activations."""
     rows = [r for r in rows if r["model"] == model and r["setting"] in SETTINGS
-            and not r["method"].startswith(TAU_PREFIX)]  # fmt: skip
+            and not r["method"].startswith(TAU_PREFIX)]
     by_method = defaultdict(dict)
     for r in rows:
         by_method[r["method"]][r["setting"]] = r
@@ -96,16 +96,16 @@ def accuracy_by_setting(rows: list[dict], model: str, path: Path,
     bottom = float_top1 - ZOOM_DROP
     panels = setting_panels({r["setting"] for r in rows})
     fig, axes = plt.subplots(1, len(panels), figsize=(10, 4.8), sharey=True, squeeze=False,
-                             width_ratios=[len(group) + 1 for _, group in panels])  # fmt: skip
+                             width_ratios=[len(group) + 1 for _, group in panels])
     # collapsed methods (floor/ceil) would flatten everything else: listed, not drawn
     low = float_top1 - OFF_SCALE_DROP
     off_scale = sorted(m for m, c in by_method.items() if all(r["top1"] < low for r in c.values()))
     for ax, (title, settings) in zip(axes[0], panels, strict=True):
         drawn = sorted(m for m in by_method if m not in off_scale
-                       and any(s in by_method[m] for s in settings))  # fmt: skip
+                       and any(s in by_method[m] for s in settings))
         for i, method in enumerate(drawn):
             draw_method(ax, method, by_method[method], settings, dodge(i, len(drawn)), bottom,
-                        colours[method])  # fmt: skip
+                        colours[method])
         ax.axhline(float_top1, color="grey", linestyle="--", label="float")
         ax.set_xlim(-0.4, len(settings) - 0.3)  # room for the bottom edge's labels
         ax.set_xticks(range(len(settings)), settings)
@@ -113,12 +113,12 @@ def accuracy_by_setting(rows: list[dict], model: str, path: Path,
     axes[0][0].set_ylim(bottom - 0.3, float_top1 + 0.5)
     axes[0][0].set_ylabel("top-1 %")
     handles = {label: h for ax in axes[0] for h, label in zip(*ax.get_legend_handles_labels(),
-                                                              strict=True)}  # fmt: skip
+                                                              strict=True)}
     if off_scale:
         label = f"off scale (> {OFF_SCALE_DROP} pp drop): {', '.join(off_scale)}"
         handles[label] = axes[0][0].plot([], [], " ")[0]
     fig.suptitle(f"{model}: top-1 by bit setting (Fashion-MNIST test; values below "
-                 f"{bottom:.1f} on the bottom edge)", fontsize=10)  # fmt: skip
+                 f"{bottom:.1f} on the bottom edge)", fontsize=10)
     fig.legend(handles.values(), handles.keys(), fontsize=7, loc="center right")
     fig.tight_layout(rect=(0, 0, 0.8, 1))  # the legend's column on the right
     fig.savefig(path, dpi=110)
@@ -126,21 +126,21 @@ def accuracy_by_setting(rows: list[dict], model: str, path: Path,
 
 
 def draw_method(ax: plt.Axes, method: str, cells: dict[str, dict], settings: list[str],
-                shift: float, bottom: float, colour: tuple) -> None:  # fmt: skip
+                shift: float, bottom: float, colour: tuple) -> None:
     """One method's line over ``settings`` (x = index + shift), broken where it has no row; a
     value below ``bottom`` sits on the bottom edge as a triangle with the value written."""
     points = [(x, cells[s]) for x, s in enumerate(settings) if s in cells]
     xs, ys, errs = gapped([(x, max(r["top1"], bottom), r["top1_std"] if r["top1"] >= bottom
-                            else 0.0) for x, r in points])  # fmt: skip
+                            else 0.0) for x, r in points])
     ax.errorbar([x + shift for x in xs], ys, yerr=errs, marker="o", capsize=3, color=colour,
-                label=method)  # fmt: skip
+                label=method)
     for x, r in points:
         if r["top1"] < bottom:
             ax.plot([x + shift], [bottom], marker="v", markersize=9, color=colour)
             # one text line per method already written at this setting's bottom edge
             up = 4 + 9 * sum(round(t.xy[0]) == x for t in ax.texts)
             ax.annotate(f"{method} {r['top1']:.1f}", (x + shift, bottom), xytext=(6, up),
-                        textcoords="offset points", fontsize=7, color=colour)  # fmt: skip
+                        textcoords="offset points", fontsize=7, color=colour)
 
 
 def tau_curves(rows: list[dict]) -> dict[tuple[str, str], list[tuple[float, dict]]]:
@@ -161,11 +161,11 @@ def tau_sweep(rows: list[dict], path: Path) -> bool:
     if not curves:
         return False
     fig, axes = plt.subplots(1, len(curves), figsize=(3.6 * len(curves) + 0.6, 3.8),
-                             squeeze=False)  # fmt: skip
+                             squeeze=False)
     for ax, ((model, setting), points) in zip(axes[0], curves.items(), strict=True):
         ax.errorbar([t for t, _ in points], [r["top1"] for _, r in points],
                     yerr=[r["top1_std"] for _, r in points], marker="o", capsize=3,
-                    label="Attention Round")  # fmt: skip
+                    label="Attention Round")
         nearest = points[0][1]["nearest_top1"]
         label = f"nearest {nearest:.2f}"
         if nearest >= min(r["top1"] for _, r in points) - 1:  # else it would flatten the curve
@@ -187,22 +187,22 @@ def time_vs_accuracy(rows: list[dict], path: Path, colours: dict[str, tuple]) ->
     """Calibration wall time against top-1: colour per method, marker per setting, collapsed
     rows (floor/ceil, > OFF_SCALE_DROP pp below float) and the tau sweep left out."""
     rows = [r for r in rows if r["top1"] >= r["float_top1"] - OFF_SCALE_DROP
-            and not r["method"].startswith(TAU_PREFIX)]  # fmt: skip
+            and not r["method"].startswith(TAU_PREFIX)]
     methods = sorted({r["method"] for r in rows})
     settings = sorted({(r["model"], r["setting"]) for r in rows})
     markers = {s: MARKERS[i % len(MARKERS)] for i, s in enumerate(settings)}
     fig, ax = plt.subplots(figsize=(8, 5))
     for r in rows:
         ax.scatter(r["calib_seconds"], r["top1"], s=30, color=colours[r["method"]],
-                   marker=markers[(r["model"], r["setting"])])  # fmt: skip
+                   marker=markers[(r["model"], r["setting"])])
     for m in methods:
         ax.scatter([], [], color=colours[m], marker="o", label=m)
     for model, setting in settings:
         ax.scatter([], [], color="black", marker=markers[(model, setting)],
-                   label=f"{model} {setting}")  # fmt: skip
+                   label=f"{model} {setting}")
     ax.set_xscale("log")
     ax.set(xlabel="calibration wall time, s (2-core CPU, log scale)", ylabel="top-1 %",
-           title="calibration time against accuracy")  # fmt: skip
+           title="calibration time against accuracy")
     ax.legend(fontsize=6, ncol=2, loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -214,7 +214,7 @@ def size_vs_accuracy(rows: list[dict], path: Path) -> bool:
     as a line, the mixed allocations as labelled points (the paper's table 4); False: no model
     with mixed rows."""
     rows = [r for r in rows if r["method"] == "attention"
-            and (r["setting"].startswith("MP") or r["setting"] in SINGLE_A4)]  # fmt: skip
+            and (r["setting"].startswith("MP") or r["setting"] in SINGLE_A4)]
     models = sorted({r["model"] for r in rows if r["setting"].startswith("MP")})
     if not models:
         return False
@@ -226,16 +226,16 @@ def size_vs_accuracy(rows: list[dict], path: Path) -> bool:
         single = sorted((r for r in mine if r["setting"] in SINGLE_A4), key=lambda r: r["size_mb"])
         ax.errorbar([r["size_mb"] for r in single], [r["top1"] for r in single],
                     yerr=[r["top1_std"] for r in single], marker="o", capsize=3, color="grey",
-                    label="uniform W3/W4/W5, A4")  # fmt: skip
+                    label="uniform W3/W4/W5, A4")
         for r in single:
             ax.annotate(r["setting"], (r["size_mb"], r["top1"]), textcoords="offset points",
-                        xytext=(4, -10), fontsize=7, color="grey")  # fmt: skip
+                        xytext=(4, -10), fontsize=7, color="grey")
         for r in (r for r in mine if r["setting"].startswith("MP")):
             ax.errorbar([r["size_mb"]], [r["top1"]], yerr=[r["top1_std"]], marker="s",
                         capsize=3, linestyle="none", color=colour[r["setting"]],
-                        label=r["setting"])  # fmt: skip
+                        label=r["setting"])
         ax.set(xlabel="size of the quantized layers, MB", ylabel="top-1 %",
-               title=f"{model}: mixed precision against uniform bits (A4)")  # fmt: skip
+               title=f"{model}: mixed precision against uniform bits (A4)")
         ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -66,7 +66,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def bare_step(losses: Callable[[torch.Tensor, torch.Tensor], Losses],
-              opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor) -> None:  # fmt: skip
+              opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor) -> None:
     """One reconstruction iteration without Lightning: the step ``BlockReconstruction`` runs
     (``calib.step.optimizer_step``; eq. 6 by the optimizer's pre-hook)."""
     optimizer_step(losses, opt, x, y)
@@ -84,7 +84,7 @@ class SteadyClock(pl.Callback):
         self.skipped = 1  # steps in the first batch
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
-                             batch: object, batch_idx: int) -> None:  # fmt: skip
+                             batch: object, batch_idx: int) -> None:
         if batch_idx == 1:
             synchronize(self.device)
             self.started = time.perf_counter()
@@ -96,7 +96,7 @@ class SteadyClock(pl.Callback):
 
 
 def float_step(unit: torch.nn.Module, weights: list[torch.Tensor], x: torch.Tensor,
-               y: torch.Tensor) -> None:  # fmt: skip
+               y: torch.Tensor) -> None:
     """The float unit's forward + backward (gradients w.r.t. its weights)."""
     for p in weights:
         p.grad = None
@@ -110,7 +110,7 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def per_iter(fn, iters: int, device: torch.device) -> float:  # noqa: ANN001
+def per_iter(fn, iters: int, device: torch.device) -> float:
     fn()  # warm-up
     synchronize(device)
     started = time.perf_counter()
@@ -131,13 +131,13 @@ def calibration_batches(model: str, images: str, count: int, size: int) -> list[
     channels = 1 if model in EMBEDDED else 3
     gen = torch.Generator().manual_seed(0)
     return [torch.randn(min(256, count - i), channels, size, size, generator=gen)
-            for i in range(0, count, 256)]  # fmt: skip
+            for i in range(0, count, 256)]
 
 
 def measure(model: str, batches: list[torch.Tensor], iters: int, batch: int,
             weights: str | None = "DEFAULT", accelerator: str = "cpu",
             compile: str = "off", cuda_graph: bool = False, as_run: bool = False,
-            scratch: str | None = None) -> list[dict]:  # fmt: skip
+            scratch: str | None = None) -> list[dict]:
     """Per unit: ms per iteration through Lightning, in a bare loop, and of the float unit's
     forward + backward; prints one markdown row per unit as it is measured. With
     ``accelerator='gpu'`` the unit's cache lives on the GPU (as ``recon.cache_device: auto``
@@ -147,7 +147,7 @@ def measure(model: str, batches: list[torch.Tensor], iters: int, batch: int,
     Lightning fit shows ``calibrate``'s progress bar and logs to TensorBoard (in ``scratch``)."""
     if iters <= STEPS_PER_BATCH:
         raise ValueError(f"iters={iters}: the steady column needs more than the first batch's "
-                         f"{STEPS_PER_BATCH} steps")  # fmt: skip
+                         f"{STEPS_PER_BATCH} steps")
     device = torch.device("cuda" if accelerator == "gpu" else "cpu")
     qmodel = quantize_model(build_model(model, weights=weights), QuantConfig())
     calibrate_activations(qmodel, batches)
@@ -155,7 +155,7 @@ def measure(model: str, batches: list[torch.Tensor], iters: int, batch: int,
     fold_batchnorms(folded)
     rows = []
     print("| unit | Lightning ms/iter | steady | bare loop ms/iter | float fwd+bwd ms | "
-          "ratio (steady / float) |")  # fmt: skip
+          "ratio (steady / float) |")
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
     for unit_spec in split_units(qmodel):
         data = build_unit_data(qmodel, folded, unit_spec.path, batches, str(device))
@@ -163,7 +163,7 @@ def measure(model: str, batches: list[torch.Tensor], iters: int, batch: int,
         saved = copy.deepcopy(unit.state_dict())
         module = BlockReconstruction(unit, data, unit_spec.name, iters=iters,
                                      batch_size=batch, compile=compile,
-                                     cuda_graph=cuda_graph)  # fmt: skip
+                                     cuda_graph=cuda_graph)
         clock = SteadyClock(device)
         # as_run: what ``calibrate`` adds, a progress bar and a TensorBoard logger
         bar = [UnitProgressBar(PROGRESS_REFRESH_PER_SECOND)] if as_run else []
@@ -171,7 +171,7 @@ def measure(model: str, batches: list[torch.Tensor], iters: int, batch: int,
         trainer = pl.Trainer(max_steps=iters, max_epochs=1, logger=logger,
                              enable_checkpointing=False, enable_progress_bar=as_run,
                              enable_model_summary=False, accelerator=accelerator,
-                             devices=1, callbacks=[clock, *bar], log_every_n_steps=1)  # fmt: skip
+                             devices=1, callbacks=[clock, *bar], log_every_n_steps=1)
         started = time.perf_counter()
         trainer.fit(module)  # the Trainer moves the unit to the device and back
         synchronize(device)
@@ -205,11 +205,11 @@ def measure(model: str, batches: list[torch.Tensor], iters: int, batch: int,
         row = {"unit": unit_spec.name, "lightning_ms": 1e3 * lightning_s,
                "lightning_steady_ms": 1e3 * steady_s, "bare_ms": 1e3 * bare_s,
                "float_fwd_bwd_ms": 1e3 * float_s, "ratio": lightning_s / float_s,
-               "ratio_steady": steady_s / float_s}  # fmt: skip
+               "ratio_steady": steady_s / float_s}
         rows.append(row)
         print(f"| {row['unit']} | {row['lightning_ms']:.2f} | {row['lightning_steady_ms']:.2f} | "
               f"{row['bare_ms']:.2f} | {row['float_fwd_bwd_ms']:.2f} | "
-              f"{row['ratio_steady']:.2f} |", flush=True)  # fmt: skip
+              f"{row['ratio_steady']:.2f} |", flush=True)
     return rows
 
 
@@ -239,7 +239,7 @@ def main() -> None:
         parser.error("--cuda-graph needs --accelerator gpu and no --compile")
     if args.iters <= STEPS_PER_BATCH:
         parser.error(f"--iters {args.iters}: more than {STEPS_PER_BATCH} (the steady column "
-                     f"leaves out the first batch's steps)")  # fmt: skip
+                     f"leaves out the first batch's steps)")
     if args.calib < args.batch:
         parser.error(f"--calib {args.calib} holds fewer images than one --batch {args.batch}")
     warnings.filterwarnings("ignore")
@@ -249,11 +249,11 @@ def main() -> None:
     weights = "DEFAULT" if args.images == "fmnist" else None
     with tempfile.TemporaryDirectory() as scratch:
         rows = measure(args.model, batches, args.iters, args.batch, weights, args.accelerator,
-                       args.compile, args.cuda_graph, args.as_run, scratch)  # fmt: skip
+                       args.compile, args.cuda_graph, args.as_run, scratch)
     total = totals(rows)
     print(f"| all units | {total['lightning_ms']:.2f} | {total['lightning_steady_ms']:.2f} | "
           f"{total['bare_ms']:.2f} | {total['float_fwd_bwd_ms']:.2f} | "
-          f"{total['lightning_steady_ms'] / total['float_fwd_bwd_ms']:.2f} |")  # fmt: skip
+          f"{total['lightning_steady_ms'] / total['float_fwd_bwd_ms']:.2f} |")
     args.out.mkdir(parents=True, exist_ok=True)
     result = {"model": args.model, "batch": args.batch, "iters": args.iters,
               "images": args.images, "image_size": list(batches[0].shape[1:]),
@@ -261,7 +261,7 @@ def main() -> None:
               "cuda_graph": args.cuda_graph, "as_run": args.as_run, "rows": rows,
               "total": total, "machine": machine(),
               "torch_threads": torch.get_num_threads(),
-              "command": "python benchmarks/speed.py " + " ".join(sys.argv[1:])}  # fmt: skip
+              "command": "python benchmarks/speed.py " + " ".join(sys.argv[1:])}
     suffix = "" if args.images == "fmnist" else f"_random{args.image_size}"
     suffix += "_gpu" if args.accelerator == "gpu" else ""
     suffix += "" if args.compile == "off" else f"_compile-{args.compile}"

@@ -41,7 +41,7 @@ CASES: dict[str, list[str]] = {
 HEAVY = (
     "torch", "lightning", "torchvision", "torchmetrics", "onnx", "onnxruntime", "onnxscript",
     "matplotlib", "tensorboard", "rich", "sklearn", "scipy",
-)  # fmt: skip
+)
 
 ENTRY = "import sys; from attnround_pl.cli import main; sys.exit(main(sys.argv[1:]))"
 
@@ -60,7 +60,7 @@ def run_once(args: list[str]) -> tuple[float, int]:
 def heavy_imports(args: list[str]) -> list[str]:
     """The heavy top-level packages one process imports (``-X importtime`` log on stderr)."""
     proc = subprocess.run(command(args, importtime=True), cwd=ROOT, capture_output=True,
-                          text=True)  # fmt: skip
+                          text=True)
     found = set()
     for line in proc.stderr.splitlines():
         if not line.startswith("import time:"):
@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeat", type=int, default=3, help="timed runs per case")
     parser.add_argument("--case", action="append", choices=sorted(CASES),
-                        help="run only these cases (repeatable; default: all)")  # fmt: skip
+                        help="run only these cases (repeatable; default: all)")
     opts = parser.parse_args(argv)
     print(f"| case | median s ({opts.repeat} runs) | exit | heavy modules imported |")
     print("|---|---|---|---|")

@@ -9,7 +9,7 @@ from PIL import Image
 
 
 def make_image_folder(root: Path, classes: int = 3, train_per_class: int = 8,
-                      val_per_class: int = 4, size: int = 40) -> tuple[Path, Path]:  # fmt: skip
+                      val_per_class: int = 4, size: int = 40) -> tuple[Path, Path]:
     rng = np.random.default_rng(0)
     for split, n in (("train", train_per_class), ("val", val_per_class)):
         for c in range(classes):
@@ -23,7 +23,7 @@ def make_image_folder(root: Path, classes: int = 3, train_per_class: int = 8,
 
 
 def write_image(path: Path, height: int = 6, width: int = 6,
-                colour: tuple[int, int, int] = (51, 102, 204)) -> Path:  # fmt: skip
+                colour: tuple[int, int, int] = (51, 102, 204)) -> Path:
     """One constant-colour RGB PNG of height x width pixels at ``path`` (folders made)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(np.full((height, width, 3), colour, dtype=np.uint8)).save(path)
@@ -31,7 +31,7 @@ def write_image(path: Path, height: int = 6, width: int = 6,
 
 
 def make_unlabelled_folder(root: Path, count: int = 6, nested: int = 0, height: int = 6,
-                           width: int = 6) -> Path:  # fmt: skip
+                           width: int = 6) -> Path:
     """``count`` PNGs directly in ``root`` and ``nested`` more in ``root/more/deeper``; image i
     (top level first, then nested) has the constant colour (i, 2i, 3i)."""
     for i in range(count + nested):

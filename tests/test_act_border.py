@@ -95,7 +95,7 @@ def test_learned_border_beats_nearest_border_on_a_trained_unit(fmnist_root, a_bi
         module = BlockReconstruction(unit, data, "layer2.1", iters=300, batch_size=64, seed=0)
         pl.Trainer(max_steps=300, max_epochs=1, logger=False, enable_checkpointing=False,
                    enable_progress_bar=False, enable_model_summary=False,
-                   accelerator="cpu", devices=1).fit(module)  # fmt: skip
+                   accelerator="cpu", devices=1).fit(module)
         unit.eval()
         mse[border] = unit_mse(unit, data)
     assert mse["aquant"] < mse["nearest"], mse
@@ -125,8 +125,8 @@ def test_calibration_run_with_the_border(tmp_path, tiny_fmnist):
 
     data = FashionMNISTDataModule(root=str(tiny_fmnist), calib_size=20, batch_size=30)
     run = RunConfig(out_dir=str(tmp_path), name="b", progress=False, eval_float=False,
-                    eval_nearest=False)  # fmt: skip
+                    eval_nearest=False)
     quant = QuantConfig(w_bits=3, a_bits=3, rounding="adaround", act_border="aquant")
     report = calibrate(FloatModel("resnet20", weights=None), data, quant,
-                       ReconConfig(iters=3, batch_size=4), run, {"accelerator": "cpu"})  # fmt: skip
+                       ReconConfig(iters=3, batch_size=4), run, {"accelerator": "cpu"})
     assert report["quant"]["act_border"] == "aquant" and len(report["units"]) == 11

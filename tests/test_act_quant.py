@@ -159,7 +159,7 @@ def test_fused_lsq_matches_the_composed_reference(qmin, qmax, dtype):
     # in float32 the reference's gradient-scaling trick moves the step by an ulp, which moves
     # the planted tie's x/s: the step gradients then agree to 1e-4, in float64 to 1e-12
     torch.testing.assert_close(ds, ref_ds, rtol=1e-12 if dtype == torch.float64 else 1e-4,
-                               atol=0)  # fmt: skip
+                               atol=0)
     assert ds.abs() > 0
 
 

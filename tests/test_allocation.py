@@ -42,7 +42,7 @@ def test_larger_variance_never_fewer_bits_and_deterministic():
 
 def test_fixed_layers_keep_their_bits():
     rows = allocate_bits(_layers([0.1, 1.0, 0.2, 3.0]), MixedConfig(bit_list=[2, 3]),
-                         fixed={"l0": 8, "l3": 8}).rows  # fmt: skip
+                         fixed={"l0": 8, "l3": 8}).rows
     assert [(r.name, r.bits, r.fixed) for r in rows if r.fixed] == [
         ("l0", 8, True),
         ("l3", 8, True),
@@ -52,7 +52,7 @@ def test_fixed_layers_keep_their_bits():
 
 def test_size_arithmetic_exact_on_a_hand_made_model():
     model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Conv2d(4, 8, 1), nn.Flatten(),
-                          nn.Linear(8, 2))  # fmt: skip
+                          nn.Linear(8, 2))
     params = [36, 32, 16]  # weights only: 4*1*3*3, 8*4*1*1, 2*8
     assert size_mb(params, [8, 3, 8]) == (36 * 8 + 32 * 3 + 16 * 8) / 8 / 2**20
     q = quantize_model(model, QuantConfig(w_bits=3))

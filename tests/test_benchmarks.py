@@ -22,12 +22,12 @@ def _load(name: str):
 def test_every_suite_row_is_a_valid_calibrate_command(capsys):
     acc = _load("accuracy")
     rows = {(m, s, meth) for models, plan in acc.SUITES.values() for m in models
-            for block in plan for s in block.settings for meth in block.methods}  # fmt: skip
+            for block in plan for s in block.settings for meth in block.methods}
     assert ("resnet20", "W4A4", "attention") in rows and len(rows) > 50
     pairs = {(s, "attention") for _, s, _ in rows} | {("W4A4", meth) for _, _, meth in rows}
     for setting, method in sorted(pairs):
         args = ["calibrate", "--config", str(BENCH.parent / "configs" / "resnet20_w4a4.yaml"),
-                *acc.setting_args(setting), *acc.METHODS[method], "--print_config"]  # fmt: skip
+                *acc.setting_args(setting), *acc.METHODS[method], "--print_config"]
         with pytest.raises(SystemExit) as stop:
             cli.main(args)
         assert stop.value.code == 0, (setting, method)
@@ -46,7 +46,7 @@ def test_every_suite_row_is_a_valid_calibrate_command(capsys):
 def _row(method, setting="W3A3", seeds=(0,), top1=90.0):
     return {"model": "resnet20", "setting": setting, "method": method, "seeds": list(seeds),
             "top1": top1, "top1_std": 0.0, "nearest_top1": 80.0, "float_top1": 92.0,
-            "calib_seconds": 100.0}  # fmt: skip
+            "calib_seconds": 100.0}
 
 
 def test_plots_keep_the_row_with_most_seeds_and_draw_the_tau_sweep(tmp_path, monkeypatch):
@@ -66,7 +66,7 @@ def test_plots_keep_the_row_with_most_seeds_and_draw_the_tau_sweep(tmp_path, mon
     assert (tmp_path / "tau.png").stat().st_size > 1000
     # one panel per (model, setting), taus in order, a setting with one tau left out
     other = [{**_row(m, "W3A32", top1=t), "model": "mobilenetv2"}
-             for m, t in (("attention_tau1.0", 91.0), ("attention", 91.8))]  # fmt: skip
+             for m, t in (("attention_tau1.0", 91.0), ("attention", 91.8))]
     curves = plots.tau_curves([*rows.values(), *other, _row("attention", "W2A2")])
     assert list(curves) == [("mobilenetv2", "W3A32"), ("resnet20", "W3A3")]
     assert [t for t, _ in curves["mobilenetv2", "W3A32"]] == [0.5, 1.0]
@@ -84,7 +84,7 @@ def test_accuracy_plot_draws_collapsed_and_off_scale_methods(tmp_path):
     plots = _load("plots")
     rows = [_row("attention", "W3A3", top1=91.0), _row("attention", "W2A4", top1=89.5),
             _row("nearest", "W3A3", top1=80.0), _row("nearest", "W2A4", top1=30.0),
-            _row("floor", "W3A3", top1=10.0)]  # fmt: skip
+            _row("floor", "W3A3", top1=10.0)]
     plots.accuracy_by_setting(rows, "resnet20", tmp_path / "acc.png", plots.method_colours(rows))
     assert (tmp_path / "acc.png").stat().st_size > 1000
     rows += [_row("attention", "W4A32", top1=91.9), _row("nearest", "W3A32", top1=85.0)]
@@ -96,9 +96,9 @@ def test_accuracy_plot_puts_weights_only_settings_in_their_own_panel():
     plots = _load("plots")
     panels = plots.setting_panels({"W2A2", "W4A32", "W3A3", "W2A4", "W3A32", "W4A4"})
     assert panels == [("weights only (A32)", ["W4A32", "W3A32"]),
-                      ("weights and activations", ["W4A4", "W3A3", "W2A4", "W2A2"])]  # fmt: skip
+                      ("weights and activations", ["W4A4", "W3A3", "W2A4", "W2A2"])]
     assert plots.setting_panels({"W3A3", "W4A4"}) == [("weights and activations",
-                                                        ["W4A4", "W3A3"])]  # fmt: skip
+                                                        ["W4A4", "W3A3"])]
 
 
 def test_accuracy_plot_sets_methods_apart_around_each_setting():
@@ -122,7 +122,7 @@ def test_size_plot_draws_mixed_against_uniform_bits(tmp_path):
     plots = _load("plots")
     rows = [{**_row("attention", s, top1=t), "size_mb": mb}
             for s, t, mb in [("W3A4", 92.2, 0.097), ("W4A4", 92.5, 0.129), ("W5A4", 92.5, 0.162),
-                             ("MP3456", 92.4, 0.169), ("MP3456@W4", 92.3, 0.128)]]  # fmt: skip
+                             ("MP3456", 92.4, 0.169), ("MP3456@W4", 92.3, 0.128)]]
     rows.append({**_row("adaround", "MP345", top1=92.0), "size_mb": 0.14})  # not Attention Round
     assert plots.size_vs_accuracy(rows, tmp_path / "size.png")
     assert (tmp_path / "size.png").stat().st_size > 1000
@@ -134,7 +134,7 @@ def test_ms_per_iteration_sums_the_units_that_learned():
     acc = _load("accuracy")
     units = [{"learned": True, "iters": 2000, "seconds": 20.0},
              {"learned": True, "iters": 2000, "seconds": 10.0},
-             {"learned": False, "iters": 0, "seconds": 0.1}]  # fmt: skip
+             {"learned": False, "iters": 0, "seconds": 0.1}]
     assert acc.ms_per_iteration({"units": units}) == 15.0
     assert acc.ms_per_iteration({"units": units[2:]}) is None
 
@@ -146,7 +146,7 @@ def _report(runs, name, top1, seconds_per_unit=20.0):
     report = {"quant_top1": top1, "quant_top5": 99.0, "nearest_top1": 80.0,
               "calib_seconds": 100.0, "peak_rss_mb": 900.0, "size_mb": 0.25, "onnx_top1": top1,
               "onnx_argmax_mismatch": 1, "machine": "2 CPU cores",
-              "units": [{"learned": True, "iters": 2000, "seconds": seconds_per_unit}]}  # fmt: skip
+              "units": [{"learned": True, "iters": 2000, "seconds": seconds_per_unit}]}
     (runs / name).mkdir(parents=True)
     (runs / name / "report.json").write_text(json.dumps(report))
 
@@ -155,7 +155,7 @@ def _committed(method, setting, seeds, top1, std=0.0):
     """A row as accuracy.py wrote it before rows kept their seeds (no ``per_seed``)."""
     return {**_row(method, setting, seeds, top1), "top1_std": std, "top5": 99.5, "drop": 1.0,
             "ms_per_iter": 15.0, "peak_rss_mb": 1000.0, "size_mb": 0.25, "onnx_top1": top1,
-            "onnx_argmax_mismatch": 0, "machine": "2 CPU cores"}  # fmt: skip
+            "onnx_argmax_mismatch": 0, "machine": "2 CPU cores"}
 
 
 def test_suite_rows_reuse_the_committed_seeds_and_add_new_runs(tmp_path):
@@ -191,7 +191,7 @@ def test_accuracy_keeps_the_committed_rows_a_filtered_run_does_not_reach(tmp_pat
     gone = _committed("ceil", "W3A3", (0,), 10.0)  # no longer in the suite
     (out / "accuracy_aquant.json").write_text(json.dumps({"command": "x", "rows": [kept, gone]}))
     argv = ["accuracy.py", "--suite", "aquant", "--settings", "W2A2", "--existing-only",
-            "--runs", str(runs), "--out", str(out)]  # fmt: skip
+            "--runs", str(runs), "--out", str(out)]
     monkeypatch.setattr(sys, "argv", argv)
     acc.main()
     result = json.loads((out / "accuracy_aquant.json").read_text())
@@ -210,11 +210,11 @@ def test_a_suite_reuses_other_suites_rows_only_when_asked(tmp_path, monkeypatch)
     runs, out = tmp_path / "runs", tmp_path / "results"
     out.mkdir()
     elsewhere = {**_committed("attention", "W3A3", (0, 1, 2), 89.9, std=0.1),
-                 "model": "mobilenetv2"}  # fmt: skip
+                 "model": "mobilenetv2"}
     (out / "accuracy_mobilenetv2.json").write_text(json.dumps({"rows": [elsewhere]}))
     _report(runs, "mobilenetv2_W3A32_attention_s0", 91.8)
     argv = ["accuracy.py", "--suite", "tau", "--existing-only", "--runs", str(runs),
-            "--out", str(out)]  # fmt: skip
+            "--out", str(out)]
     monkeypatch.setattr(sys, "argv", argv)
     acc.main()
     tau = json.loads((out / "accuracy_tau.json").read_text())
@@ -226,7 +226,7 @@ def test_a_suite_reuses_other_suites_rows_only_when_asked(tmp_path, monkeypatch)
     tau = json.loads((out / "accuracy_tau.json").read_text())
     rows = {acc.row_key(r): r for r in tau["rows"]}
     assert set(rows) == {("mobilenetv2", "W3A3", "attention"),
-                         ("mobilenetv2", "W3A32", "attention")}  # fmt: skip
+                         ("mobilenetv2", "W3A32", "attention")}
     assert rows["mobilenetv2", "W3A3", "attention"] == elsewhere
     assert rows["mobilenetv2", "W3A32", "attention"]["top1"] == 91.8
     assert tau["command"] == "python benchmarks/accuracy.py --suite tau --reuse-suites"
@@ -239,11 +239,11 @@ def test_a_corrupt_results_file_or_report_stops_with_its_name_and_keeps_the_file
     runs, out = tmp_path / "runs", tmp_path / "results"
     out.mkdir()
     argv = ["accuracy.py", "--suite", "aquant", "--settings", "W2A2", "--existing-only",
-            "--runs", str(runs), "--out", str(out)]  # fmt: skip
+            "--runs", str(runs), "--out", str(out)]
     monkeypatch.setattr(sys, "argv", argv)
     results = out / "accuracy_aquant.json"
     for text, what in (('{"rows": [', "unreadable"), ("[1, 2]", "JSON list, not an object"),
-                       ('{"command": "x"}', "no list of 'rows'")):  # fmt: skip
+                       ('{"command": "x"}', "no list of 'rows'")):
         results.write_text(text)
         with pytest.raises(SystemExit, match=what) as stop:
             acc.main()
@@ -266,7 +266,7 @@ def test_readme_tables_are_rewritten_from_the_json_and_nothing_else(tmp_path, mo
     row = {**_row("attention", seeds=(0, 1, 2), top1=91.234), "top1_std": 0.05, "drop": 0.77,
            "top5": 99.871, "machine": "2 CPU cores",
            "ms_per_iter": None, "peak_rss_mb": 1000.0, "size_mb": 0.125, "onnx_top1": 91.25,
-           "onnx_argmax_mismatch": 3}  # fmt: skip
+           "onnx_argmax_mismatch": 3}
     (tmp_path / "accuracy_x.json").write_text(json.dumps({"command": "cmd x", "rows": [row]}))
     readme = tmp_path / "README.md"
     text = "intro\n<!-- table: accuracy_x.json -->\nstale table\n<!-- /table -->\nafter\n"
@@ -308,7 +308,7 @@ def test_speed_times_every_unit_against_its_float_forward_backward(tmp_path, mon
 
     speed = _load("speed")
     argv = ["speed.py", "--model", "resnet20", "--images", "random", "--iters", "12",
-            "--batch", "8", "--calib", "16", "--out", str(tmp_path), "--as-run"]  # fmt: skip
+            "--batch", "8", "--calib", "16", "--out", str(tmp_path), "--as-run"]
     monkeypatch.setattr(sys, "argv", argv)
     speed.main()
     result = json.loads((tmp_path / "speed_resnet20_random28_as-run.json").read_text())
@@ -341,7 +341,7 @@ def test_speed_refuses_imagenet_models_without_random_images_and_too_few_images(
     assert [tuple(b.shape) for b in batches] == [(256, 3, 32, 32), (44, 3, 32, 32)]
     refusals = {"--calib 32 --batch 64": "holds fewer images than one --batch 64",
                 "--cuda-graph": "--cuda-graph needs --accelerator gpu",
-                "--iters 10": "--iters 10: more than 10"}  # fmt: skip
+                "--iters 10": "--iters 10: more than 10"}
     for argv, why in refusals.items():
         monkeypatch.setattr(sys, "argv", ["speed.py", *argv.split()])
         with pytest.raises(SystemExit) as stop:

@@ -57,7 +57,7 @@ def test_graph_unit_capture_runs_only_the_prefix_it_needs():
 
     torch.manual_seed(0)
     net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3), nn.ReLU(),
-                        nn.Conv2d(4, 4, 3)).eval()  # fmt: skip
+                        nn.Conv2d(4, 4, 3)).eval()
     x = torch.randn(4, 3, 9, 9)
     q = quantize_model(net, QuantConfig(rounding="nearest"))
     calibrate_activations(q, [x])

@@ -12,7 +12,7 @@ CONFIG = Path(__file__).resolve().parents[1] / "configs" / "resnet20_w4a4.yaml"
 def test_print_config_with_override(capsys):
     with pytest.raises(SystemExit) as stop:
         cli.main(["calibrate", "--config", str(CONFIG), "--quant.rounding", "adaround",
-                  "--quant.w_bits", "3", "--print_config"])  # fmt: skip
+                  "--quant.w_bits", "3", "--print_config"])
     assert stop.value.code == 0
     cfg = yaml.safe_load(capsys.readouterr().out)
     assert cfg["quant"]["rounding"] == "adaround" and cfg["quant"]["w_bits"] == 3
@@ -32,7 +32,7 @@ def test_calibrate_then_evaluate(tmp_path, tiny_fmnist, capsys):
     args = ["calibrate", "--config", str(CONFIG), "--model.weights", "null",
             "--data.init_args.root", str(tiny_fmnist), "--data.init_args.calib_size", "20",
             "--recon.iters", "2", "--recon.batch_size", "4", "--run.out_dir", str(tmp_path),
-            "--run.name", "cli", "--run.progress", "false", "--quant.w_bits", "3"]  # fmt: skip
+            "--run.name", "cli", "--run.progress", "false", "--quant.w_bits", "3"]
     assert cli.main(args) == 0
     report = json.loads((tmp_path / "cli" / "report.json").read_text())
     assert report["w_bits"] == 3 and report["rounding"] == "attention"
@@ -59,10 +59,10 @@ def test_calibrate_then_evaluate(tmp_path, tiny_fmnist, capsys):
 
 def test_clear_errors(tmp_path, capsys):
     assert cli.main(["calibrate", "--config", str(CONFIG), "--quant.w_bits", "9",
-                     "--run.out_dir", str(tmp_path)]) == 2  # fmt: skip
+                     "--run.out_dir", str(tmp_path)]) == 2
     assert "w_bits=9 is outside 2..8" in capsys.readouterr().err
     assert cli.main(["calibrate", "--config", str(CONFIG), "--model.arch", "vgg99",
-                     "--run.out_dir", str(tmp_path)]) == 2  # fmt: skip
+                     "--run.out_dir", str(tmp_path)]) == 2
     assert "unknown model 'vgg99'" in capsys.readouterr().err
     assert cli.main(["evaluate", "--run", str(tmp_path / "nothing")]) == 2
     assert f"run folder {tmp_path / 'nothing'} does not exist" in capsys.readouterr().err
@@ -134,7 +134,7 @@ BAD_INPUTS = [
      "--quant.mixed.budget_bits", "2"], "quant.mixed.budget_bits=2 (0.0"),
     ("Trainer setting Lightning refuses", ["--trainer.devices", "0"],
      "`Trainer(devices='0')` value is not a valid input"),
-]  # fmt: skip
+]
 
 
 @pytest.mark.parametrize("row", BAD_INPUTS, ids=[r[0] for r in BAD_INPUTS])
@@ -143,7 +143,7 @@ def test_bad_input_gives_one_clear_line(tmp_path, tiny_fmnist, capsys, row):
     files = _bad_input_files(tmp_path, tiny_fmnist)
     args = [a.format(**files) for a in args]
     base = ["calibrate", "--config", str(CONFIG), "--model.weights", "null",
-            "--run.out_dir", files["out"], "--run.progress", "false"]  # fmt: skip
+            "--run.out_dir", files["out"], "--run.progress", "false"]
     if "--data.init_args.root" not in args and "--data" not in args:
         base += ["--data.init_args.root", files["tiny"]]
         base += (
@@ -192,7 +192,7 @@ def test_memory_guard_reaches_the_user_as_one_line(tmp_path, tiny_fmnist, capsys
     assert cli.main(["calibrate", "--config", str(CONFIG), "--model.weights", "null",
                      "--data.init_args.root", str(tiny_fmnist), "--data.init_args.calib_size",
                      "20", "--run.out_dir", str(tmp_path), "--run.progress", "false",
-                     "--run.eval_float", "false", "--run.eval_nearest", "false"]) == 2  # fmt: skip
+                     "--run.eval_float", "false", "--run.eval_nearest", "false"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1
     assert "error: unit 'conv1' needs about" in err and "--data.init_args.calib_size" in err

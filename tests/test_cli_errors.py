@@ -108,7 +108,7 @@ WRONG_VALUES = [
      "quant.mixed.bit_list=['a'] must be a list of integers (or null)"),
     (None, ["--quant.tau", "-inf"],
      "--quant.tau needs a value (write one that starts with '-' as --quant.tau=VALUE)"),
-]  # fmt: skip
+]
 
 
 @pytest.mark.parametrize("yaml, args, message", WRONG_VALUES, ids=[r[2] for r in WRONG_VALUES])
@@ -148,7 +148,7 @@ def test_calibrate_help_leads_with_our_groups_and_drops_the_optimizer(capsys):
     options = [line.split()[0] for line in shown.splitlines() if line.startswith("  -")]
     groups = [option.rstrip(",") for option in options if "." not in option]
     assert groups == ["-h", "-c", "--print_config", "--seed_everything", "--quant", "--recon",
-                      "--run", "--trainer", "--model", "--data"]  # fmt: skip
+                      "--run", "--trainer", "--model", "--data"]
     assert "--optimizer" not in shown and "--lr_scheduler" not in shown
     assert "torch.nn.Identity" not in shown  # model.net's list of every nn.Module subclass
     assert "--quant.w_bits" in shown and "--recon.iters" in shown and "--run.out_dir" in shown
@@ -177,7 +177,7 @@ def test_settings_refuse_nan_and_infinity_in_python_too(tmp_path):
     images = torch.randn(8, 3, 8, 8)
     with pytest.raises(QuantConfigError, match=r"^quant\.tau=nan must be a finite number$"):
         attnround_pl.quantize(model, images, quant=QuantConfig(tau=float("nan")),
-                              out_dir=tmp_path, progress=False)  # fmt: skip
+                              out_dir=tmp_path, progress=False)
     assert list(tmp_path.iterdir()) == []  # refused before any file
 
 
@@ -201,9 +201,9 @@ def _modules_after(code: str) -> dict[str, bool]:
     env = {k: v for k, v in os.environ.items() if k != "JSONARGPARSE_DEPRECATION_WARNINGS"}
     probe = (f"{code}\nimport json, os, sys\n"
              f"print(json.dumps({{m: m in sys.modules for m in {heavy!r}}}))\n"
-             "print(os.environ.get('JSONARGPARSE_DEPRECATION_WARNINGS'))")  # fmt: skip
+             "print(os.environ.get('JSONARGPARSE_DEPRECATION_WARNINGS'))")
     done = subprocess.run([sys.executable, "-c", probe], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=300)  # fmt: skip
+                          capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     *_, loaded, env_var = done.stdout.strip().splitlines()
     return {**json.loads(loaded), "env_var_set": env_var != "None"}

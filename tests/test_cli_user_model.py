@@ -53,13 +53,13 @@ def _config(tmp_path: Path, data: dict, model: dict | None = None) -> Path:
 def _image_folder(root: Path, per_class: int, size: int, crop: int) -> dict:
     """A labelled image folder of 4 classes (half as many validation images) as --data."""
     train, val = make_image_folder(root / "img", classes=4, train_per_class=per_class,
-                                   val_per_class=per_class // 2, size=size)  # fmt: skip
+                                   val_per_class=per_class // 2, size=size)
     return {
         "class_path": "attnround_pl.data.ImageFolderDataModule",
         "init_args": {"train_root": str(train), "val_root": str(val),
                       "calib_size": 4 * per_class, "batch_size": 2 * per_class,
                       "num_workers": 0, "resize": size, "crop": crop},
-    }  # fmt: skip
+    }
 
 
 @pytest.fixture
@@ -80,7 +80,7 @@ def test_class_path_model_on_an_image_folder_calibrates_evaluates_exports(projec
     assert report["model"] == "UserCNN"
     assert report["model_source"] == {"kind": "import", "name": "my_project_cnn.UserCNN",
                                       "init_args": {"width": 8, "classes": 4, "in_channels": 3},
-                                      "num_classes": None}  # fmt: skip
+                                      "num_classes": None}
     assert 0 <= report["quant_top1"] <= 100 and report["eval_data"].endswith("evaluation split")
     units = {u["name"]: u["layers"] for u in report["units"]}
     assert ["res_a", "res_b"] in units.values()  # the residual written in forward: one unit
@@ -201,7 +201,7 @@ def test_any_torchvision_model_by_name(project, capsys):
     run = project / "runs" / "user"
     report = json.loads((run / "report.json").read_text())
     assert report["model_source"] == {"kind": "zoo", "name": "squeezenet1_1", "init_args": {},
-                                      "num_classes": 4}  # fmt: skip
+                                      "num_classes": 4}
     # first conv, 8 fire modules x (squeeze conv, the concat of its two expand convs), classifier
     assert report["unit_rules"] == {"graph": 1 + 8 * 2 + 1}
     assert cli.main(["export", "--run", str(run), "--format", "onnx"]) == 0

@@ -40,7 +40,7 @@ def test_augmentation_is_seeded(tmp_path):
 def test_image_folder_module(tmp_path):
     train, val = make_image_folder(tmp_path, classes=3, train_per_class=8, val_per_class=4)
     dm = ImageFolderDataModule(str(train), str(val), calib_size=12, batch_size=5, num_workers=0,
-                               resize=36, crop=32)  # fmt: skip
+                               resize=36, crop=32)
     dm.setup()
     assert dm.calib_set.tensors[0].shape == (12, 3, 32, 32)
     assert dm.calib_set.tensors[1].bincount().tolist() == [4, 4, 4]
@@ -66,13 +66,13 @@ class _TensorData(CalibrationDataModule):
         super().__init__(calib_size=len(images))
         self.images = images
 
-    def train_split(self, augment):  # noqa: ANN001, ANN201
+    def train_split(self, augment):
         return torch.utils.data.TensorDataset(self.images, torch.arange(len(self.images)) % 2)
 
-    def train_targets(self, split):  # noqa: ANN001, ANN201
+    def train_targets(self, split):
         return split.tensors[1].tolist()
 
-    def eval_split(self):  # noqa: ANN201
+    def eval_split(self):
         return self.train_split(False)
 
 
@@ -102,12 +102,12 @@ def test_loader_settings_no_loader_can_use_are_refused(sizes, message):
 
 
 # ImageFolderDataModule: configurable size, channels, normalisation; unlabelled folders -------
-def _folder_module(train, val=None, **kwargs) -> ImageFolderDataModule:  # noqa: ANN001
+def _folder_module(train, val=None, **kwargs) -> ImageFolderDataModule:
     kwargs = {"calib_size": 2, "num_workers": 0, "resize": None, "crop": None, **kwargs}
     return ImageFolderDataModule(str(train), None if val is None else str(val), **kwargs)
 
 
-def _expected(values, mean, std) -> torch.Tensor:  # noqa: ANN001
+def _expected(values, mean, std) -> torch.Tensor:
     """(value/255 - mean)/std per channel, computed as ToTensor + Normalize do (float32)."""
     pixels = torch.tensor(values, dtype=torch.float32) / 255
     return (pixels - torch.tensor(mean)) / torch.tensor(std)
@@ -178,7 +178,7 @@ def test_unlabelled_folder_gives_a_seeded_random_choice(tmp_path):
 
 def test_labelled_can_be_forced_either_way(tmp_path):
     train, val = make_image_folder(tmp_path, classes=3, train_per_class=4, val_per_class=2,
-                                   size=8)  # fmt: skip
+                                   size=8)
     flat = _folder_module(train, val, calib_size=12, labelled=False)  # classes as plain folders
     flat.setup()
     assert not flat.calib_labelled and flat.calib_set.tensors[1].tolist() == [UNLABELLED] * 12
@@ -296,13 +296,13 @@ class _Ragged(CalibrationDataModule):
     def __init__(self) -> None:
         super().__init__(calib_size=2)
 
-    def train_split(self, augment):  # noqa: ANN001, ANN201
+    def train_split(self, augment):
         return [(torch.zeros(1, 4, 4), 0), (torch.zeros(1, 5, 4), 1)]
 
-    def train_targets(self, split):  # noqa: ANN001, ANN201
+    def train_targets(self, split):
         return [0, 1]
 
-    def eval_split(self):  # noqa: ANN201
+    def eval_split(self):
         return self.train_split(False)
 
 

@@ -116,9 +116,9 @@ def test_lightning_data_module_without_train_loader_is_refused():
 
 def test_calibration_data_module_source_gives_its_seeded_set(tmp_path):
     train, val = make_image_folder(tmp_path, classes=3, train_per_class=4, val_per_class=2,
-                                   size=8)  # fmt: skip
+                                   size=8)
     dm = ImageFolderDataModule(str(train), str(val), calib_size=6, seed=2, num_workers=0,
-                               resize=None, crop=None)  # fmt: skip
+                               resize=None, crop=None)
     got = calibration_images(dm)
     assert torch.equal(got, dm.calib_set.tensors[0]) and got.shape == (6, 3, 8, 8)
     assert torch.equal(calibration_images(dm, size=4), got[:4])
@@ -151,7 +151,7 @@ def test_calibration_data_module_source_gives_its_seeded_set(tmp_path):
         ("photos/", "^calibration_images got a str \\('photos/'\\); pass tensors, a DataLoader"),
         (42, "^calibration_images got a int: pass a tensor of images, a DataLoader"),
     ],
-)  # fmt: skip
+)
 def test_calibration_source_errors_are_one_line(source, message):
     with pytest.raises(DataError, match=message) as info:
         calibration_images(source)
@@ -186,9 +186,9 @@ def test_evaluation_batches_of_lightning_data_modules():
 
 def test_evaluation_batches_of_our_data_modules(tmp_path):
     train, val = make_image_folder(tmp_path, classes=2, train_per_class=2, val_per_class=3,
-                                   size=8)  # fmt: skip
+                                   size=8)
     dm = ImageFolderDataModule(str(train), str(val), calib_size=2, batch_size=4, num_workers=0,
-                               resize=None, crop=None)  # fmt: skip
+                               resize=None, crop=None)
     labels = torch.cat([split_batch(b)[1] for b in evaluation_batches(dm)])
     assert labels.tolist() == [0, 0, 0, 1, 1, 1]
     no_val = ImageFolderDataModule(str(train), None, calib_size=2, resize=None, crop=None)
@@ -196,7 +196,7 @@ def test_evaluation_batches_of_our_data_modules(tmp_path):
     # an unlabelled evaluation folder: images without labels
     flat = make_unlabelled_folder(tmp_path / "flat", count=3)
     dm = ImageFolderDataModule(str(flat), str(flat), calib_size=2, num_workers=0, resize=None,
-                               crop=None)  # fmt: skip
+                               crop=None)
     images, labels = split_batch(next(iter(evaluation_batches(dm))))
     assert images.shape == (3, 3, 6, 6) and labels is None
 
@@ -224,7 +224,7 @@ def test_evaluation_batches_given_explicitly():
 def test_split_batch():
     x, y = _images(3), torch.tensor([2, 0, 1])
     for batch in [(x, y), [x, y], (x, y, "extra"), {"image": x, "label": y},
-                  {"input": x, "targets": y}]:  # fmt: skip
+                  {"input": x, "targets": y}]:
         images, labels = split_batch(batch)
         assert images is x and labels is y
     no_labels = [

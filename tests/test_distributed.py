@@ -39,13 +39,13 @@ REPO = Path(__file__).resolve().parents[1]
 def test_one_process_draws_the_batches_it_always_drew():
     gen = torch.Generator().manual_seed(4)
     old = list(BatchSampler(RandomSampler(range(50), replacement=True, num_samples=30 * 8,
-                                          generator=gen), 8, drop_last=True))  # fmt: skip
+                                          generator=gen), 8, drop_last=True))
     assert list(ShardBatches(50, 30, 8, seed=4)) == old
     # two ranks: their local indices are exactly the global batch, split by i % 2
     ranks = [list(ShardBatches(50, 30, 8, seed=4, rank=r, world=2)) for r in (0, 1)]
     for step, batch in enumerate(old):
         assert sorted(batch) == sorted([2 * j for j in ranks[0][step]] +
-                                       [2 * j + 1 for j in ranks[1][step]])  # fmt: skip
+                                       [2 * j + 1 for j in ranks[1][step]])
 
 
 def test_shard_is_strided_and_disjoint():
@@ -106,7 +106,7 @@ def _cli(root: Path, out: Path, name: str, devices: int, *extra: str) -> list[st
             "--recon.iters", "10", "--recon.batch_size", "4", "--run.out_dir", str(out),
             "--run.name", name, "--run.progress", "false", "--run.eval_nearest", "false",
             "--quant.w_bits", "3", "--trainer.accelerator", "cpu",
-            "--trainer.devices", str(devices), "--trainer.strategy", "ddp", *extra]  # fmt: skip
+            "--trainer.devices", str(devices), "--trainer.strategy", "ddp", *extra]
 
 
 def _our_processes(marker: str) -> list[str]:
@@ -129,7 +129,7 @@ def test_two_cpu_processes_match_one_and_leave_nothing_behind(tmp_path, tiny_fmn
     env = {**os.environ, "MASTER_PORT": "29731"}
     for devices in (1, 2):
         done = subprocess.run(_cli(tiny_fmnist, tmp_path, f"d{devices}", devices), env=env,
-                              capture_output=True, text=True, timeout=600)  # fmt: skip
+                              capture_output=True, text=True, timeout=600)
         assert done.returncode == 0, done.stderr[-2000:]
     one, two = (read_quantized(tmp_path / f"d{d}" / "quantized.pt")["layers"] for d in (1, 2))
     same = sum(int((one[n]["codes"] == two[n]["codes"]).sum()) for n in one)
@@ -149,7 +149,7 @@ def test_a_failure_on_two_processes_is_one_error_and_no_strays(tmp_path, tiny_fm
     (tmp_path / "finished" / "report.json").write_text("{}")
     env = {**os.environ, "MASTER_PORT": "29733"}
     done = subprocess.run(_cli(tiny_fmnist, tmp_path, "finished", 2), env=env,
-                          capture_output=True, text=True, timeout=300)  # fmt: skip
+                          capture_output=True, text=True, timeout=300)
     assert done.returncode == 2
     errors = [ln for ln in done.stderr.splitlines() if "error:" in ln]
     assert len(errors) == 1 and "already holds a finished run" in errors[0], done.stderr
@@ -161,7 +161,7 @@ def test_a_failure_on_two_processes_is_one_error_and_no_strays(tmp_path, tiny_fm
 def test_peer_error_is_silent_in_the_cli(monkeypatch, capsys):
     from attnround_pl import cli
 
-    def fail(args):  # noqa: ANN001, ANN202
+    def fail(args):
         raise PeerRankError("rank 0 failed: ValueError: x")
 
     monkeypatch.setitem(cli.__dict__, "cmd_evaluate", fail)
@@ -172,7 +172,7 @@ def test_peer_error_is_silent_in_the_cli(monkeypatch, capsys):
 def test_close_process_group_tears_down_and_is_a_no_op_without_one(tmp_path):
     close_process_group()  # no group: nothing to do
     dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0,
-                            world_size=1)  # fmt: skip
+                            world_size=1)
     assert dist.is_initialized()
     close_process_group()
     assert not dist.is_initialized()

@@ -57,17 +57,17 @@ def fmnist_run(tmp_path_factory):
     make_fashion_mnist(raw_dir(root / "data"), n_train=200, n_test=60)
     data = FashionMNISTDataModule(root=str(root / "data"), calib_size=20, batch_size=30)
     run = RunConfig(out_dir=str(root / "runs"), name="r", progress=False, eval_float=False,
-                    eval_nearest=False, export=["onnx", "state"])  # fmt: skip
+                    eval_nearest=False, export=["onnx", "state"])
     torch.manual_seed(0)
     calibrate(FloatModel("resnet20"), data, QuantConfig(), ReconConfig(iters=2, batch_size=4),
-              run, {"accelerator": "cpu", "devices": 1})  # fmt: skip
+              run, {"accelerator": "cpu", "devices": 1})
     return root / "runs" / "r", data
 
 
 def test_fashion_mnist_exports_record_its_preprocessing_and_classes(fmnist_run):
     run_dir, _ = fmnist_run
     assert read_onnx_metadata(run_dir / "quantized.onnx") == {
-        **FMNIST_PREPROCESSING, "num_classes": 10, "input_name": "input"}  # fmt: skip
+        **FMNIST_PREPROCESSING, "num_classes": 10, "input_name": "input"}
     state_meta = read_state(run_dir / "quantized_state.pt")["meta"]
     assert state_meta["preprocessing"] == FMNIST_PREPROCESSING
     assert state_meta["num_classes"] == 10 and state_meta["arch"] == "resnet20"
@@ -102,9 +102,9 @@ def test_snippet_resizes_and_crops_an_rgb_image_as_the_image_folder_did(
     tmp_path, monkeypatch, capsys
 ):
     train, val = make_image_folder(tmp_path / "images", classes=3, train_per_class=4,
-                                   val_per_class=2)  # fmt: skip
+                                   val_per_class=2)
     data = ImageFolderDataModule(str(train), str(val), calib_size=12, batch_size=6,
-                                 num_workers=0, resize=36, crop=32)  # fmt: skip
+                                 num_workers=0, resize=36, crop=32)
     torch.manual_seed(0)
     qmodel = attnround_pl.quantize(UserCNN(classes=3).eval(), data, iters=2, progress=False)
     assert qmodel.preprocessing.resize == 36 and qmodel.preprocessing.crop == 32
@@ -120,7 +120,7 @@ def test_snippet_resizes_and_crops_an_rgb_image_as_the_image_folder_did(
     photo.save(folder / "image.png")  # 57 x 41: the resize and the crop both change it
     same = transforms.Compose([transforms.Resize(36), transforms.CenterCrop(32),
                                transforms.ToTensor(),
-                               transforms.Normalize(data.mean, data.std)])  # fmt: skip
+                               transforms.Normalize(data.mean, data.std)])
     expected = same(Image.open(folder / "image.png").convert("RGB"))
     with torch.no_grad():
         predicted = int(qmodel(expected[None]).argmax())

@@ -20,7 +20,7 @@ def test_reads_configs_then_options_in_order(tmp_path):
     extra.write_text("quant:\n  w_bits: 3\nrecon:\n  iters: 5\n")
     groups = read_settings(["--config", CONFIG, "--config", str(extra), "--quant.tau=0.25",
                             "--recon.iters", "7", "--trainer.devices", "1",
-                            "--run.export", "[onnx]"])  # fmt: skip
+                            "--run.export", "[onnx]"])
     assert groups["quant"]["w_bits"] == 3 and groups["quant"]["a_bits"] == 4
     assert groups["quant"]["tau"] == 0.25 and groups["recon"]["iters"] == 7
     assert groups["run"] == {"export": ["onnx"]}
@@ -34,7 +34,7 @@ def test_reads_configs_then_options_in_order(tmp_path):
     (["--quant.tau", ".nan"], QuantConfigError, "quant.tau=nan must be a finite number"),
     (["--recon.lr_schedule", "linear"], SettingError, "recon.lr_schedule='linear': use one of"),
     (["--run.export", "[tflite]"], SettingError, "unknown export format 'tflite'"),
-])  # fmt: skip
+])
 def test_refuses_what_validate_refuses(args, error, message):
     with pytest.raises(error, match=message.replace("(", r"\(").replace("[", r"\[")):
         check_settings(["--config", CONFIG, *args])
@@ -49,9 +49,9 @@ def test_leaves_what_it_cannot_read_to_lightningcli():
 def test_a_refused_setting_does_not_import_lightning():
     code = ("import sys; from attnround_pl.cli import main; "
             f"rc = main(['calibrate', '--config', {CONFIG!r}, '--quant.w_bits', '9']); "
-            "print(rc, 'lightning' in sys.modules, 'torchvision' in sys.modules)")  # fmt: skip
+            "print(rc, 'lightning' in sys.modules, 'torchvision' in sys.modules)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          cwd=REPO, check=True)  # fmt: skip
+                          cwd=REPO, check=True)
     assert done.stdout.split() == ["2", "False", "False"]
     assert done.stderr.strip().splitlines() == [
-        "attnround-pl calibrate: error: w_bits=9 is outside 2..8"]  # fmt: skip
+        "attnround-pl calibrate: error: w_bits=9 is outside 2..8"]

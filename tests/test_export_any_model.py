@@ -41,7 +41,7 @@ class MixedNet(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, stride=2, padding=1), nn.BatchNorm2d(16),
-                                  nn.SiLU())  # fmt: skip
+                                  nn.SiLU())
         self.conv = nn.Conv2d(16, 16, 3, padding=2, dilation=2, groups=4)
         self.relu = nn.ReLU()
         self.bn = nn.BatchNorm2d(16)  # after a ReLU: stays a float BatchNorm
@@ -73,7 +73,7 @@ class TinySeg(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.body = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.ReLU(),
-                                  nn.Conv2d(8, 8, 3, padding=1), nn.ReLU())  # fmt: skip
+                                  nn.Conv2d(8, 8, 3, padding=1), nn.ReLU())
         self.head = nn.Conv2d(8, 3, 1)
         self.aux = nn.Conv2d(8, 3, 1)
 
@@ -180,7 +180,7 @@ def test_weights_activations_and_bias_follow_the_qdq_rules():
         assert dq.op_type == "DequantizeLinear" and list(dq.input)[0] == f"{p}_weight_codes"
         assert dq.attribute[0].name == "axis" and dq.attribute[0].i == 0
         assert {c.op_type for c in consumers[dq.output[0]]} <= {"Conv", "Gemm", "MatMul",
-                                                                 "Transpose"}  # fmt: skip
+                                                                 "Transpose"}
         # activations: [Clip below 8 bits] -> QuantizeLinear -> DequantizeLinear, zero point 0
         aq = layer.input_quantizer
         q = nodes[f"{p}_a_quant"]
@@ -199,14 +199,14 @@ def test_weights_activations_and_bias_follow_the_qdq_rules():
         # the float bias: its own Add after the Conv / Gemm / MatMul, never a Conv input
         add = nodes[f"{p}_add_bias"]
         assert add.op_type == "Add" and producer[add.input[0]].op_type in ("Conv", "Gemm",
-                                                                           "MatMul")  # fmt: skip
+                                                                           "MatMul")
         np.testing.assert_array_equal(inits[add.input[1]].ravel(),
-                                      layer.layer.bias.detach().numpy())  # fmt: skip
+                                      layer.layer.bias.detach().numpy())
     assert all(len(n.input) == 2 for n in model.graph.node if n.op_type == "Conv")
     bits = {path: layer.input_quantizer.bits for path, layer in quant_layers(qnet).items()}
     assert bits["stem.0"] == bits["fc"] == 8 and bits["conv"] == 4  # both branches checked
     assert not any(t.dtype == np.float32 and t.shape == tuple(qnet.conv.layer.weight.shape)
-                   for t in inits.values())  # no float copy of a quantized weight  # fmt: skip
+                   for t in inits.values())  # no float copy of a quantized weight
 
 
 def test_dict_outputs_get_one_graph_output_per_key(tmp_path):
@@ -221,7 +221,7 @@ def test_dict_outputs_get_one_graph_output_per_key(tmp_path):
     assert set(diffs) == {"out", "aux"} and max(diffs.values()) < 1e-4
     # compare_with_onnx on bare image batches: every output compared, no top-1 without labels
     batches = [torch.randn(6, 3, 16, 16, generator=torch.Generator().manual_seed(i))
-               for i in range(2)]  # fmt: skip
+               for i in range(2)]
     cmp = compare_with_onnx(qnet, path, batches)
     assert cmp.images == 12 and set(cmp.max_abs_diff) == {"out", "aux"}
     assert cmp.torch_top1 is None and cmp.onnx_top1 is None and cmp.argmax_mismatch is None
@@ -229,14 +229,14 @@ def test_dict_outputs_get_one_graph_output_per_key(tmp_path):
     assert cmp.divergence is None or cmp.divergence.float_noise
     # labels do not make a dict of maps a classifier
     labelled = compare_with_onnx(qnet, path, [(b, torch.zeros(6, dtype=torch.long))
-                                              for b in batches])  # fmt: skip
+                                              for b in batches])
     assert labelled.torch_top1 is None and labelled.max_abs_diff == cmp.max_abs_diff
 
 
 def test_torchvision_lraspp_exports_with_its_dict_output(tmp_path):
     torch.manual_seed(0)
     net = torchvision.models.get_model("lraspp_mobilenet_v3_large", weights=None,
-                                       weights_backbone=None, num_classes=3)  # fmt: skip
+                                       weights_backbone=None, num_classes=3)
     for m in net.modules():  # fan-in init: activations keep their scale through 15 blocks
         if isinstance(m, nn.Conv2d):
             nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
@@ -254,7 +254,7 @@ def test_compare_with_onnx_takes_bare_image_batches_of_a_classifier(tmp_path):
     qnet = _quantized(MixedNet())
     path = export_onnx(qnet, torch.zeros(1, 3, 16, 16), tmp_path / "mixed.onnx")
     batches = [torch.randn(10, 3, 16, 16, generator=torch.Generator().manual_seed(i))
-               for i in range(2)]  # fmt: skip
+               for i in range(2)]
     cmp = compare_with_onnx(qnet, path, batches)
     assert cmp.images == 20 and list(cmp.max_abs_diff) == ["logits"]
     assert cmp.torch_top1 is None and cmp.argmax_mismatch is None

@@ -51,10 +51,10 @@ def test_export_run_writes_both_formats_and_adds_them_to_the_report(tmp_path, ti
     assert report["quant_top1"] == 1.0  # earlier keys kept
     assert report["onnx_top1"] == onnx_result["onnx_top1"] and "state_max_abs_diff" in report
     assert sorted(p.name for p in run_dir.iterdir()) == [
-        "config.yaml", "quantized.onnx", "quantized.pt", "report.json"]  # fmt: skip
+        "config.yaml", "quantized.onnx", "quantized.pt", "report.json"]
     # a checkpoint without recorded preprocessing: what is known, the example's input shape
     assert read_onnx_metadata(run_dir / "quantized.onnx") == {
-        "input_shape": [1, 28, 28], "num_classes": 10, "input_name": "input"}  # fmt: skip
+        "input_shape": [1, 28, 28], "num_classes": 10, "input_name": "input"}
     state_meta = read_state(tmp_path / "elsewhere" / "s.pt")["meta"]
     assert state_meta["preprocessing"] == {"input_shape": [1, 28, 28]}
     assert state_meta["num_classes"] == 10
@@ -70,7 +70,7 @@ def test_export_table_says_why_the_logits_differ():
         "onnx_max_abs_logit_diff": 0.2,
     }
     div = {"layer": "layer2.3.conv2", "index": 7, "quantizers": 20, "differing": 1,
-           "elements": 12288, "max_tie_distance": 9.5e-7, "float_noise": True}  # fmt: skip
+           "elements": 12288, "max_tie_distance": 9.5e-7, "float_noise": True}
     caption = export_table({**result, "onnx_code_divergence": div}).caption
     assert "input of 'layer2.3.conv2' (quantizer 8 of 20), 1 of 12288" in caption
     assert "9.5e-07 step of a rounding tie: float noise" in caption

@@ -11,7 +11,7 @@ def _build(meta):
 
 
 @pytest.mark.parametrize("quant", [{"border": "aquant"}, {"w_symmetric": True},
-                                   {"layer_w_bits": {"conv_a": 3, "conv_b": 6}}])  # fmt: skip
+                                   {"layer_w_bits": {"conv_a": 3, "conv_b": 6}}])
 def test_round_trip_gives_identical_outputs(tmp_path, quant):
     qnet = small_qnet(**quant)
     path = export_state(qnet, tmp_path / "state.pt", qnet.quant_config, {"arch": "s"})
@@ -70,4 +70,4 @@ def test_corrupt_wrong_format_and_wrong_model_are_clear_errors(tmp_path):
         load_state(other, _build)
     with pytest.raises(CheckpointError, match="layers only in"):
         load_state(path, lambda meta: torch.nn.Sequential(torch.nn.Conv2d(3, 2, 3),
-                                                          torch.nn.Flatten()))  # fmt: skip
+                                                          torch.nn.Flatten()))

@@ -19,7 +19,7 @@ from attnround_pl.export.qdq_onnx import onnx_name
 def _batches(n: int = 3):
     gen = torch.Generator().manual_seed(3)
     return [(torch.randn(20, 3, 16, 16, generator=gen), torch.randint(5, (20,), generator=gen))
-            for _ in range(n)]  # fmt: skip
+            for _ in range(n)]
 
 
 def test_compare_with_onnx_counts_images_accuracy_and_mismatches(tmp_path):
@@ -75,7 +75,7 @@ def test_first_code_divergence_refuses_an_onnx_file_of_another_model(tmp_path):
         [helper.make_node("Identity", ["input"], ["logits"])], "other",
         [helper.make_tensor_value_info("input", onnx.TensorProto.FLOAT, None)],
         [helper.make_tensor_value_info("logits", onnx.TensorProto.FLOAT, None)],
-    )  # fmt: skip
+    )
     path = tmp_path / "other.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(path))
     with pytest.raises(ValueError, match="no QuantizeLinear for any of the model's 5 activation"):

@@ -92,7 +92,7 @@ def test_cli_refuses_a_root_without_the_files_in_one_line(tmp_path, capsys):
     root = tmp_path / "no_such"
     status = main(["calibrate", "--config", str(REPO / "configs" / "resnet20_w4a4.yaml"),
                    "--data.init_args.root", str(root), "--run.out_dir", str(tmp_path / "runs"),
-                   "--trainer.accelerator", "cpu"])  # fmt: skip
+                   "--trainer.accelerator", "cpu"])
     assert status == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1, err

@@ -27,7 +27,7 @@ def calibrate_args(data_root, out_dir, name="r", *extra):
             "--data.init_args.root", str(data_root), "--data.init_args.calib_size", "20",
             "--recon.iters", "2", "--recon.batch_size", "4", "--run.out_dir", str(out_dir),
             "--run.name", name, "--run.progress", "false", "--run.eval_float", "false",
-            "--run.eval_nearest", "false", *extra]  # fmt: skip
+            "--run.eval_nearest", "false", *extra]
 
 
 def one_error_line(capsys) -> str:
@@ -52,7 +52,7 @@ def test_read_only_output_folder_is_one_line_before_any_work(tiny_fmnist, capsys
     assert cli.main(calibrate_args(tiny_fmnist, target)) == 2
     line = one_error_line(capsys)
     assert line.startswith("attnround-pl calibrate: error: cannot write the run folder "
-                           f"{target / 'r'}: ")  # fmt: skip
+                           f"{target / 'r'}: ")
     assert "--run.out_dir" in line
     assert not target.exists()
 
@@ -70,7 +70,7 @@ def test_disk_full_on_the_first_progress_file(tmp_path, tiny_fmnist, capsys):
 
 
 def test_disk_full_later_keeps_the_finished_units_for_resume(tmp_path, tiny_fmnist, capsys,
-                                                             monkeypatch):  # fmt: skip
+                                                             monkeypatch):
     real = resume_module.save_tensors
     calls = {"n": 0}
 
@@ -97,19 +97,19 @@ def test_disk_full_later_keeps_the_finished_units_for_resume(tmp_path, tiny_fmni
 
 
 def test_a_busy_run_folder_is_refused_and_a_stale_lock_taken_over(tmp_path, tiny_fmnist,
-                                                                  capsys):  # fmt: skip
+                                                                  capsys):
     run = tmp_path / "r"
     run.mkdir()
     holder = subprocess.Popen(["sleep", "60"])  # stands for a calibration holding the folder
     try:
         owner = {"pid": holder.pid, "start": process_start(holder.pid),
-                 "host": os.uname().nodename, "since": "2026-12-01 10:00:00"}  # fmt: skip
+                 "host": os.uname().nodename, "since": "2026-12-01 10:00:00"}
         (run / LOCK).write_text(json.dumps(owner))
         assert cli.main(calibrate_args(tiny_fmnist, tmp_path)) == 2
         line = one_error_line(capsys)
         assert line == (f"attnround-pl calibrate: error: {run} is in use by another "
                         f"calibration (pid {holder.pid}, since 2026-12-01 10:00:00); wait for "
-                        "it to finish or choose another run.name")  # fmt: skip
+                        "it to finish or choose another run.name")
         assert sorted(p.name for p in run.iterdir()) == [LOCK]  # nothing written into it
     finally:
         holder.kill()
@@ -156,12 +156,12 @@ def test_memory_guard_refuses_before_any_work(tmp_path, tiny_fmnist, capsys, mon
 def _start(args: list[str], cwd: Path) -> subprocess.Popen:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen([sys.executable, "-m", "attnround_pl.cli", *args], cwd=cwd, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 @pytest.mark.parametrize("signum, status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_a_signal_stops_after_a_unit_and_says_how_to_resume(tmp_path, tiny_fmnist, capsys,
-                                                             signum, status):  # fmt: skip
+                                                             signum, status):
     args = calibrate_args(tiny_fmnist, tmp_path)
     args[args.index("--recon.iters") + 1] = "500"  # units long enough to be stopped in
     proc = _start(args, tmp_path)
@@ -188,7 +188,7 @@ def test_a_signal_stops_after_a_unit_and_says_how_to_resume(tmp_path, tiny_fmnis
     done = torch.load(progress, weights_only=True)["units"]
     assert 1 <= len(done) < 11
     assert lines == [f"attnround-pl calibrate: stopped after unit {len(done)} of 11; continue "
-                     f"with --run.resume {tmp_path / 'r'}"]  # fmt: skip
+                     f"with --run.resume {tmp_path / 'r'}"]
     assert not (tmp_path / "r" / LOCK).exists()
     no_partial_files(tmp_path / "r")
     assert cli.main([*args, "--run.resume", str(tmp_path / "r")]) == 0

@@ -103,7 +103,7 @@ def test_cuda_graph_fit_through_lightning_improves_the_unit(fmnist_root):
     module.log = lambda name, value, **kw: (seen.append(float(value)), original(name, value, **kw))
     trainer = pl.Trainer(max_steps=300, max_epochs=1, logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False,
-                         accelerator="gpu", devices=1, log_every_n_steps=50)  # fmt: skip
+                         accelerator="gpu", devices=1, log_every_n_steps=50)
     trainer.fit(module)
     assert module._graphed is None  # released after the fit
     assert len(seen) == 6 and all(v > 0 for v in seen)  # steps 50, 100, ..., 300

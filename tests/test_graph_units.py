@@ -69,7 +69,7 @@ def _user_models():
 def _call_order(qmodel, x):
     order = []
     hooks = [m.register_forward_pre_hook(lambda mod, a, n=n: order.append(n))
-             for n, m in quant_layers(qmodel).items()]  # fmt: skip
+             for n, m in quant_layers(qmodel).items()]
     state = [(m, m.input_quantizer.enabled) for m in quant_layers(qmodel).values()]
     for m, _ in state:
         m.input_quantizer.enabled = False
@@ -97,7 +97,7 @@ def test_user_cnn_residual_and_concat_are_one_unit_each():
         warnings.simplefilter("error")  # no fallback warning
         units = split_units(q, example=x[:2])
     assert [u.layers for u in units] == [
-        ["stem"], ["f.0", "f.2"], ["left", "right"], ["head"], ["fc"]]  # fmt: skip
+        ["stem"], ["f.0", "f.2"], ["left", "right"], ["head"], ["fc"]]
     assert {u.rule for u in units} == {"graph"}
     assert [u.name for u in units] == ["stem", "f.0..f.2", "left..right", "head", "fc"]
     assert [u.kind for u in units] == ["layer", "region", "region", "layer", "layer"]
@@ -138,7 +138,7 @@ def test_graph_unit_cache_and_module_reproduce_the_models_values():
         assert torch.equal(out, capture_graph(q, region.trace.graph, region.outputs, [x]))
         assert out.shape == data.targets.shape
         assert estimate_cache_bytes(q, f, unit, [x]) == (
-            data.inputs.nbytes + 2 * data.targets.nbytes)  # fmt: skip
+            data.inputs.nbytes + 2 * data.targets.nbytes)
     with torch.no_grad():
         assert torch.equal(data.targets, f(x))  # the last unit's target: the float output
 
@@ -160,7 +160,7 @@ def test_float_ops_counts_what_stays_float():
     # act (ReLU module), f.1 (ReLU), add, cat, relu, pool, reshape, flatten; 'bn' folded
     # (Identity) and size() are not counted
     assert float_ops(q) == {"AdaptiveAvgPool2d": 1, "ReLU": 2, "add": 1, "cat": 1,
-                            "flatten": 1, "relu": 1, "reshape": 1}  # fmt: skip
+                            "flatten": 1, "relu": 1, "reshape": 1}
 
 
 class Reordered(nn.Module):
@@ -181,7 +181,7 @@ def test_first_and_last_layer_by_execution_order_never_run_layers_stay_float():
     assert execution_order(net) == ["stem", "body", "fc"]
     q = quantize_model(net, QuantConfig(w_bits=4, a_bits=4, rounding="nearest"))
     bits = {n: (m.weight_quantizer.bits, m.input_quantizer.bits)
-            for n, m in quant_layers(q).items()}  # fmt: skip
+            for n, m in quant_layers(q).items()}
     assert bits == {"stem": (8, 8), "body": (4, 4), "fc": (8, 8)}
     assert type(q.aux) is nn.Linear and q.never_run_layers == ["aux"]
     units = split_units(q, example=torch.randn(2, 3, 6, 6))
@@ -267,13 +267,13 @@ def test_torchvision_graph_units_cover_every_layer_that_runs(arch):
         aux = "aux" if arch == "googlenet" else "AuxLogits"
         assert q.never_run_layers and all(n.startswith(aux) for n in q.never_run_layers)
         assert not any(isinstance(m, QuantLayer) for n, m in q.named_modules()
-                       if n.startswith(aux))  # fmt: skip
+                       if n.startswith(aux))
     if arch == "googlenet":  # each inception module (4 branches, 6 convs) is one unit
         inception = [u for u in units if u.name.startswith("inception")]
         assert len(inception) == 9 and all(len(u.layers) == 6 for u in inception)
     if arch == "densenet":  # a dense block's concatenations keep every feature live
         assert [u.name for u in units] == ["features.conv0", "features.denseblock1",
-            "features.transition1.conv", "features.denseblock2", "classifier"]  # fmt: skip
+            "features.transition1.conv", "features.denseblock2", "classifier"]
     if arch == "shufflenet_v2_x0_5":  # a stride-1 block: chunk, branch (3 convs), cat
         assert [len(u.layers) for u in units if u.name.startswith("stage2.")] == [5, 3, 3, 3]
     if arch == "lraspp":  # the dict output; size read from the input at the end is baked
@@ -287,7 +287,7 @@ def test_torchvision_graph_units_cover_every_layer_that_runs(arch):
 def test_efficientnet_residual_mbconv_blocks_are_one_unit_each():
     torch.manual_seed(0)
     q = quantize_model(_tv("efficientnet_b0"), QuantConfig(rounding="nearest"),
-                       search_scales=False)  # fmt: skip
+                       search_scales=False)
     x = torch.randn(2, 3, 32, 32)
     units = split_units(q, example=x)
     _check_cover(q, units, x)
@@ -298,11 +298,11 @@ def test_efficientnet_residual_mbconv_blocks_are_one_unit_each():
     assert len(residual) == 9
     assert [u.name for u in residual] == [
         "features.2.1", "features.3.1", "features.4.1", "features.4.2", "features.5.1",
-        "features.5.2", "features.6.1", "features.6.2", "features.6.3"]  # fmt: skip
+        "features.5.2", "features.6.1", "features.6.2", "features.6.3"]
     # the other blocks are chains of units: (expand), depthwise, SE (2 layers), project
     se = [u for u in units if len(u.layers) == 2]
     assert len(se) == 7 and all(u.name.endswith(".block.1") or u.name.endswith(".block.2")
-                                for u in se)  # fmt: skip
+                                for u in se)
 
 
 def test_block_sequencer_reconstructs_graph_units_end_to_end():
@@ -325,12 +325,12 @@ def test_block_sequencer_reconstructs_graph_units_end_to_end():
                           callbacks=[callback], enable_checkpointing=False,
                           limit_val_batches=0, num_sanity_val_steps=0,
                           enable_model_summary=False, enable_progress_bar=False,
-                          use_distributed_sampler=False, log_every_n_steps=1)  # fmt: skip
+                          use_distributed_sampler=False, log_every_n_steps=1)
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # Lightning's notes on workers and eval modules
         results = BlockSequencer(q, f, units, [x[:8], x[8:]], ReconConfig(iters=3, batch_size=4),
-                                 make_trainer).run()  # fmt: skip
+                                 make_trainer).run()
     assert [r["name"] for r in results] == [u.name for u in units]
     assert all(r["learned"] and r["mse_final"] >= 0 for r in results)
     assert all(m.weight_quantizer.rounding is None for m in quant_layers(q).values())  # frozen

@@ -27,9 +27,9 @@ def test_reference_iterations_divide_by_the_index():
 def test_every_report_records_it():
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.Flatten(),
-                                torch.nn.Linear(4 * 6 * 6, 3)).eval()  # fmt: skip
+                                torch.nn.Linear(4 * 6 * 6, 3)).eval()
     report = attnround_pl.quantize(model, torch.randn(16, 3, 8, 8), iters=5, progress=False,
-                                   trainer={"accelerator": "cpu"}).report  # fmt: skip
+                                   trainer={"accelerator": "cpu"}).report
     assert report["host_speed"] == host_speed().to_dict()
     expected = report["calib_seconds"] * 1000 / report["host_speed"]["ms_per_iter"]
     assert report["calib_reference_iters"] == round(expected)

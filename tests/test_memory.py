@@ -59,7 +59,7 @@ def test_step_estimate_counts_the_saved_activations_per_sample():
 
 
 def test_guard_stops_before_the_cache_and_keeps_finished_units(tmp_path, tiny_fmnist,
-                                                                monkeypatch):  # fmt: skip
+                                                                monkeypatch):
     calls = {"n": 0}
 
     def shrinking() -> int:
@@ -69,15 +69,15 @@ def test_guard_stops_before_the_cache_and_keeps_finished_units(tmp_path, tiny_fm
     monkeypatch.setattr(sequencer_module, "available_bytes", shrinking)
     data = FashionMNISTDataModule(root=str(tiny_fmnist), calib_size=20, batch_size=30)
     run = RunConfig(out_dir=str(tmp_path), name="r", progress=False, eval_float=False,
-                    eval_nearest=False)  # fmt: skip
+                    eval_nearest=False)
     args = (FloatModel("resnet20", weights=None), data, QuantConfig(w_bits=3),
-            ReconConfig(iters=2, batch_size=4))  # fmt: skip
+            ReconConfig(iters=2, batch_size=4))
     with pytest.raises(CacheMemoryError, match=r"unit 'layer1.2' needs about .* --run.resume"):
         calibrate(*args, run, {"accelerator": "cpu"})
     assert torch.load(tmp_path / "r" / PROGRESS, weights_only=True)["units"] == [
-        "conv1", "layer1.0", "layer1.1"]  # fmt: skip
+        "conv1", "layer1.0", "layer1.1"]
     monkeypatch.setattr(sequencer_module, "available_bytes", lambda: 2**40)
     resumed = RunConfig(progress=False, eval_float=False, eval_nearest=False,
-                        resume=str(tmp_path / "r"))  # fmt: skip
+                        resume=str(tmp_path / "r"))
     report = calibrate(*args, resumed, {"accelerator": "cpu"})
     assert report["resumed_after_units"] == 3 and len(report["units"]) == 11

@@ -13,9 +13,9 @@ def test_quickstart_notebook_runs(tmp_path, fmnist_root, monkeypatch):
     monkeypatch.setenv("ATTNROUND_QUICKSTART_OUT", str(tmp_path))
     nb = nbformat.read(NOTEBOOK, as_version=4)
     NotebookClient(nb, timeout=600, kernel_name="python3",
-                   resources={"metadata": {"path": str(NOTEBOOK.parent)}}).execute()  # fmt: skip
+                   resources={"metadata": {"path": str(NOTEBOOK.parent)}}).execute()
     text = "\n".join(o.get("text", "") for c in nb.cells if c.cell_type == "code"
-                     for o in c.get("outputs", []))  # fmt: skip
+                     for o in c.get("outputs", []))
     assert "11 loss curves" in text  # every ResNet-20 unit learned and logged
     assert "'layer1.0.conv1': " in text and "size " in text
     images = [o for c in nb.cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})]

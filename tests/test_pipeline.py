@@ -12,27 +12,27 @@ from attnround_pl.models import build_model, split_units
 from attnround_pl.quant import QuantConfig, load_quantized, quant_layers, quantize_model
 
 REPORT_KEYS = {"model", "rounding", "w_bits", "a_bits", "float_top1", "float_top5", "quant_top1",
-               "quant_top5", "calib_seconds", "peak_rss_mb", "units"}  # fmt: skip
+               "quant_top5", "calib_seconds", "peak_rss_mb", "units"}
 TRAINER = {"accelerator": "cpu", "devices": 1}
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
 def _run(tmp_path, model, data, rounding="attention", iters=2, log_every=50, trainer=TRAINER,
-         cache_device="cpu", name="r", cuda_graph=False, **run):  # fmt: skip
+         cache_device="cpu", name="r", cuda_graph=False, **run):
     run = RunConfig(out_dir=str(tmp_path / "runs"), name=name, progress=False, **run)
     recon = ReconConfig(iters=iters, batch_size=4, log_every_n_steps=log_every,
-                        cache_device=cache_device, cuda_graph=cuda_graph)  # fmt: skip
+                        cache_device=cache_device, cuda_graph=cuda_graph)
     quant = QuantConfig(w_bits=4, a_bits=4, rounding=rounding)
     report = calibrate(model, data, quant, recon, run, trainer)
     return report, tmp_path / "runs" / name
 
 
 @pytest.mark.parametrize("arch", ["resnet18", "resnet50", "mobilenet_v2", "regnet_x_600mf",
-                                  "mnasnet1_0"])  # fmt: skip
+                                  "mnasnet1_0"])
 def test_end_to_end_torchvision_architectures(tmp_path, arch):
     train, val = make_image_folder(tmp_path / "img", classes=3, train_per_class=4, val_per_class=2)
     data = ImageFolderDataModule(str(train), str(val), calib_size=6, batch_size=6, num_workers=0,
-                                 resize=36, crop=32)  # fmt: skip
+                                 resize=36, crop=32)
     # The random weights are seeded here, not left to whatever earlier tests drew: a deep
     # random-weight net amplifies one activation that sits within a rounding error of a tie
     # (PyTorch's x/s = 13.499999 rounds to 13, onnxruntime's code is 14) into logits that
@@ -47,7 +47,7 @@ def test_end_to_end_torchvision_architectures(tmp_path, arch):
     # (random-weight mobilenet_v2 has logits ~1e-10: its argmax is noise, so compare logits)
     assert report["onnx_images"] == 6
     assert (report["onnx_max_abs_logit_diff"] < 1e-5
-            or report["onnx_code_divergence"]["float_noise"])  # fmt: skip
+            or report["onnx_code_divergence"]["float_noise"])
     assert report["state_max_abs_diff"] == 0.0
     assert (run_dir / "quantized.onnx").is_file() and (run_dir / "quantized_state.pt").is_file()
     assert json.loads((run_dir / "report.json").read_text())["model"] == arch
@@ -61,7 +61,7 @@ def test_end_to_end_torchvision_architectures(tmp_path, arch):
 def test_end_to_end_embedded_architectures(tmp_path, tiny_fmnist, arch):
     data = FashionMNISTDataModule(root=str(tiny_fmnist), calib_size=20, batch_size=30)
     report, run_dir = _run(tmp_path, FloatModel(arch, weights=None), data, rounding="adaround",
-                           export=["onnx"])  # fmt: skip
+                           export=["onnx"])
     assert REPORT_KEYS | {"nearest_top1"} <= set(report)
     assert report["onnx_argmax_mismatch"] == 0 and report["onnx_images"] == 60
     for unit in report["units"]:
@@ -79,7 +79,7 @@ def test_tensorboard_holds_per_unit_loss_and_refuses_overwrite(tmp_path, tiny_fm
     data = FashionMNISTDataModule(root=str(tiny_fmnist), calib_size=20, batch_size=30)
     model = FloatModel("resnet20", weights=None)
     report, run_dir = _run(tmp_path, model, data, iters=6, log_every=1, eval_float=False,
-                           eval_nearest=False)  # fmt: skip
+                           eval_nearest=False)
     events = EventAccumulator(str(run_dir / "tb")).Reload()
     tags = set(events.Tags()["scalars"])
     for unit in report["units"]:
@@ -103,11 +103,11 @@ def test_mixed_precision_run_reports_table_plot_and_reloads(tmp_path, tiny_fmnis
     assert mixed["single_precision_size_mb"]["3"] < mixed["size_mb"]
     assert mixed["size_mb"] < mixed["single_precision_size_mb"]["5"]
     assert (mixed["eps2"], mixed["budget_mb"], mixed["budget_bits"], mixed["cluster_bits"]) == (
-        1e-3, None, None, [3, 4, 5])  # fmt: skip
+        1e-3, None, None, [3, 4, 5])
     run_dir = tmp_path / "runs" / "m"
     assert (run_dir / "bits_per_layer.png").stat().st_size > 1000
     qmodel, _ = load_quantized(run_dir / "quantized.pt",
-                               lambda meta: build_model(meta["arch"], weights=None))  # fmt: skip
+                               lambda meta: build_model(meta["arch"], weights=None))
     bits = {n: m.weight_quantizer.bits for n, m in quant_layers(qmodel).items()}
     assert bits == {r["name"]: r["bits"] for r in mixed["layers"]}
     images = EventAccumulator(str(run_dir / "tb")).Reload().Tags()["images"]
@@ -116,7 +116,7 @@ def test_mixed_precision_run_reports_table_plot_and_reloads(tmp_path, tiny_fmnis
 
 @needs_cuda
 @pytest.mark.parametrize(("cache_device", "cuda_graph"),
-                         [("cpu", False), ("auto", False), ("auto", True)])  # fmt: skip
+                         [("cpu", False), ("auto", False), ("auto", True)])
 def test_cuda_run_agrees_with_the_cpu_run(tmp_path, tiny_fmnist, cache_device, cuda_graph):
     """On a GPU, with the unit caches on the host or on the GPU ('auto'), eager or replayed from
     CUDA graphs, a run learns what the CPU run learns: nearly all integer codes equal (float
@@ -124,11 +124,11 @@ def test_cuda_run_agrees_with_the_cpu_run(tmp_path, tiny_fmnist, cache_device, c
     data = FashionMNISTDataModule(root=str(tiny_fmnist), calib_size=20, batch_size=30)
     torch.manual_seed(0)
     cpu, cpu_dir = _run(tmp_path, FloatModel("resnet20", weights=None), data, iters=10,
-                        name="cpu", export=[])  # fmt: skip
+                        name="cpu", export=[])
     torch.manual_seed(0)  # the same random weights
     gpu, gpu_dir = _run(tmp_path, FloatModel("resnet20", weights=None), data, iters=10,
                         trainer={"accelerator": "gpu", "devices": 1}, cache_device=cache_device,
-                        name="gpu", export=["onnx"], cuda_graph=cuda_graph)  # fmt: skip
+                        name="gpu", export=["onnx"], cuda_graph=cuda_graph)
     where = {u["cache_device"] for u in gpu["units"]}
     assert where == ({"cuda:0"} if cache_device == "auto" else {"cpu"})
     assert [u["name"] for u in gpu["units"]] == [u["name"] for u in cpu["units"]]
@@ -138,7 +138,7 @@ def test_cuda_run_agrees_with_the_cpu_run(tmp_path, tiny_fmnist, cache_device, c
     _, on_cpu = load_quantized(cpu_dir / "quantized.pt", build)
     _, on_gpu = load_quantized(gpu_dir / "quantized.pt", build)
     same = sum(int((on_cpu["layers"][k]["codes"] == v["codes"]).sum())
-               for k, v in on_gpu["layers"].items())  # fmt: skip
+               for k, v in on_gpu["layers"].items())
     total = sum(v["codes"].numel() for v in on_gpu["layers"].values())
     assert same / total > 0.99
     assert abs(gpu["quant_top1"] - cpu["quant_top1"]) <= 10.0  # 60 test images: 6 may flip
@@ -151,7 +151,7 @@ def test_compile_with_several_devices_is_refused_before_anything_starts(tmp_path
     recon = ReconConfig(iters=2, batch_size=4, compile="default")
     with pytest.raises(SettingError, match="recon.compile='default' runs in one process only"):
         calibrate(FloatModel("resnet20"), data, QuantConfig(), recon, run,
-                  {"accelerator": "cpu", "devices": 2})  # fmt: skip
+                  {"accelerator": "cpu", "devices": 2})
     assert not (tmp_path / "runs").exists() and not (tmp_path / "nowhere").exists()
 
 
@@ -165,7 +165,7 @@ def test_cuda_graph_settings_it_cannot_record_are_refused_before_anything_starts
     quant = QuantConfig(rounding="adaround", drop_prob=0.5)
     with pytest.raises(SettingError) as refused:
         calibrate(FloatModel("resnet20"), data, quant, recon, run,
-                  {"accelerator": "gpu", "devices": 2})  # fmt: skip
+                  {"accelerator": "gpu", "devices": 2})
     assert str(refused.value) == (
         "recon.cuda_graph needs a CUDA device (torch sees none); one process (not several "
         "devices); a rounding other than adaround (its beta changes every step); "

@@ -30,12 +30,12 @@ class OwnData(pl.LightningDataModule):
 def test_our_data_modules_are_known_without_reading_a_file(tmp_path):
     fmnist = preprocessing_of(FashionMNISTDataModule(root=str(tmp_path / "unused")))
     assert fmnist == Preprocessing(input_shape=(1, 28, 28), channel_order="L", mean=FMNIST_MEAN,
-                                   std=FMNIST_STD, pixel_range=(0.0, 1.0))  # fmt: skip
+                                   std=FMNIST_STD, pixel_range=(0.0, 1.0))
     gray = preprocessing_of(ImageFolderDataModule("photos", channels=1, resize=None, crop=64))
     assert gray == Preprocessing(input_shape=(1, 64, 64), channel_order="L", mean=GRAY_MEAN,
-                                 std=GRAY_STD, pixel_range=(0.0, 1.0), crop=64)  # fmt: skip
+                                 std=GRAY_STD, pixel_range=(0.0, 1.0), crop=64)
     rgb = preprocessing_of(ImageFolderDataModule("photos", crop=None, mean=[0.5] * 3,
-                                                 std=[0.25] * 3))  # fmt: skip
+                                                 std=[0.25] * 3))
     assert rgb.input_shape is None  # crop=None: the images' own size, known after setup()
     assert (rgb.channel_order, rgb.mean, rgb.resize, rgb.crop) == ("RGB", (0.5,) * 3, 256, None)
     assert rgb.transform == (
@@ -53,7 +53,7 @@ def test_tensors_and_loaders_record_only_the_calibrated_shape():
     assert recorded == Preprocessing(input_shape=(3, 8, 8))
     assert recorded.to_dict() == {"input_shape": [3, 8, 8], "channel_order": None, "mean": None,
                                   "std": None, "pixel_range": None, "resize": None, "crop": None,
-                                  "transform": None}  # fmt: skip
+                                  "transform": None}
 
 
 def test_a_users_data_module_says_its_own_preprocessing():
@@ -79,7 +79,7 @@ def test_a_users_data_module_says_its_own_preprocessing():
     ({"mean": ["a"], "std": [1]}, "mean=['a'] must be a list of numbers"),
     ({"crop": 0}, "crop=0 must be a positive int or None"),
     ({"pixel_range": [1, 0]}, "pixel_range=[1.0, 0.0] must be [low, high]"),
-])  # fmt: skip
+])
 def test_contradicting_values_are_one_data_error(values, message):
     with pytest.raises(DataError) as refused:
         Preprocessing.from_dict(values)

@@ -114,6 +114,6 @@ def test_unfrozen_model_is_refused():
     torch.manual_seed(0)
     qnet = quantize_model(nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(4 * 14 * 14,
                           2)), QuantConfig(a_bits=32, first_layer_a_bits=32,
-                                           last_layer_a_bits=32))  # fmt: skip
+                                           last_layer_a_bits=32))
     with pytest.raises(OnnxExportError, match="not frozen"):
         to_onnx(qnet, torch.zeros(1, 3, 16, 16))

@@ -30,7 +30,7 @@ from attnround_pl.quant import (
 def _trainer(steps):
     return pl.Trainer(max_steps=steps, max_epochs=1, logger=False, enable_checkpointing=False,
                       enable_progress_bar=False, enable_model_summary=False,
-                      accelerator="cpu", devices=1)  # fmt: skip
+                      accelerator="cpu", devices=1)
 
 
 def _unit_setup(fmnist_root, rounding, unit="layer2.0", w_bits=4, a_bits=4, n=256):
@@ -82,7 +82,7 @@ def test_qdrop_drops_only_while_the_unit_learns(fmnist_root):
     module = BlockReconstruction(unit, data, "layer3.0", iters=3, batch_size=16)
     original = module.reconstruction_step
 
-    def spy(x, y, step):  # noqa: ANN001, ANN202
+    def spy(x, y, step):
         seen.append(all(q.dropping for q in quantizers))
         return original(x, y, step)
 
@@ -135,11 +135,11 @@ def test_runtime_cuda_check_only_without_a_cuda_device(monkeypatch):
 def test_cosine_schedule_decays_both_learning_rates_to_zero(fmnist_root):
     unit, data = _unit_setup(fmnist_root, "attention", unit="fc", n=64)
     module = BlockReconstruction(unit, data, "fc", iters=10, batch_size=16, lr=4e-4,
-                                 act_lr=1e-5, lr_schedule="cosine")  # fmt: skip
+                                 act_lr=1e-5, lr_schedule="cosine")
     seen = []
     original = module.reconstruction_step
 
-    def spy(x, y, step):  # noqa: ANN001, ANN202
+    def spy(x, y, step):
         seen.append([g["lr"] for g in module.trainer.optimizers[0].param_groups])
         return original(x, y, step)
 
@@ -150,7 +150,7 @@ def test_cosine_schedule_decays_both_learning_rates_to_zero(fmnist_root):
         assert lrs == pytest.approx([4e-4 * factor, 1e-5 * factor], rel=1e-9), k
     assert len(seen) == 10 and seen[-1][0] < 0.03 * 4e-4
     module = BlockReconstruction(unit, data, "fc", iters=10, batch_size=16, lr=4e-4,
-                                 act_lr=1e-5, lr_schedule="cosine_act")  # fmt: skip
+                                 act_lr=1e-5, lr_schedule="cosine_act")
     seen.clear()
     original = module.reconstruction_step
     module.reconstruction_step = spy
@@ -185,11 +185,11 @@ def test_step_batches_gather_each_steps_indices_in_order():
 
 def _fit_losses(unit, data, compile, steps=6):
     module = BlockReconstruction(unit, data, "layer3.2", iters=steps, batch_size=16,
-                                 compile=compile)  # fmt: skip
+                                 compile=compile)
     losses, forwards = [], []
     original = module.reconstruction_step
 
-    def spy(x, y, step):  # noqa: ANN001, ANN202
+    def spy(x, y, step):
         forwards.append(module._unit_forward)
         rec, reg = original(x, y, step)
         losses.append(float(rec.detach()))
@@ -221,7 +221,7 @@ def test_compile_settings_are_checked(tmp_path):
         ReconConfig(compile="fast").validate()
     with pytest.raises(ValueError, match="compile='fast'"):
         BlockReconstruction(torch.nn.Linear(2, 2), UnitData(torch.zeros(1, 2), torch.zeros(1, 2)),
-                            "fc", compile="fast")  # fmt: skip
+                            "fc", compile="fast")
 
 
 def _fit_state(unit, data, monkeypatch, own_steps, rounding_calls):
@@ -231,11 +231,11 @@ def _fit_state(unit, data, monkeypatch, own_steps, rounding_calls):
     if not own_steps:
         monkeypatch.setattr(BlockReconstruction, "own_steps", lambda self: False)
     module = BlockReconstruction(unit, data, "layer3.2", iters=23, batch_size=16,
-                                 lr_schedule="cosine")  # fmt: skip
+                                 lr_schedule="cosine")
     batches = []
     original = module.training_step
 
-    def spy(batch, batch_idx):  # noqa: ANN001, ANN202
+    def spy(batch, batch_idx):
         batches.append(len(batch))
         return original(batch, batch_idx)
 
@@ -248,7 +248,7 @@ def _fit_state(unit, data, monkeypatch, own_steps, rounding_calls):
 
 
 def test_steps_in_one_batch_learn_exactly_what_one_step_a_batch_learns(fmnist_root,
-                                                                      monkeypatch):  # fmt: skip
+                                                                      monkeypatch):
     """Several steps a Lightning batch (one process) and Lightning's optimizer wrapper, one
     step a batch, run the same 23 steps bit for bit, and eq. 6 runs exactly once a step on
     each rounding (the optimizer's pre-hook), in both."""
@@ -259,7 +259,7 @@ def test_steps_in_one_batch_learn_exactly_what_one_step_a_batch_learns(fmnist_ro
     calls = []
     finish = AttentionRounding.finish_gradient
 
-    def counted(self):  # noqa: ANN001, ANN202
+    def counted(self):
         calls.append(id(self))
         return finish(self)
 

@@ -14,7 +14,7 @@ def small_cnn() -> nn.Module:
     return nn.Sequential(
         nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 2),
-    )  # fmt: skip
+    )
 
 
 def run(keep_better: bool, lr: float):
@@ -24,7 +24,7 @@ def run(keep_better: bool, lr: float):
     recon = ReconConfig(iters=30, batch_size=8, lr=lr, keep_better=keep_better)
     return attnround_pl.quantize(model, images, w_bits=2, a_bits=4, recon=recon,
                                  eval_data=[(images, labels)], progress=False,
-                                 trainer={"accelerator": "cpu"})  # fmt: skip
+                                 trainer={"accelerator": "cpu"})
 
 
 def test_a_unit_that_learned_worse_keeps_round_to_nearest():
@@ -57,11 +57,11 @@ def test_two_classes_get_top1_and_no_top5():
 def test_unit_line_fits_an_80_column_terminal():
     result = {"name": "features.denseblock3.denselayer24.conv2", "mse_nearest": 6.863e-06,
               "mse_final": 6.863e-06, "mse_learned": 7.612e-06, "kept": "nearest",
-              "seconds": 1234.5}  # fmt: skip
+              "seconds": 1234.5}
     line = unit_line(117, 120, result)
     assert len(line) <= LINE_WIDTH
     assert line.startswith("unit 117/120 fea~onv2: ")
     assert line.endswith(": MSE nearest 6.863e-06 kept (learned 7.612e-06), 1234.5 s")
     short = unit_line(3, 11, {**result, "name": "layer1.1", "kept": "learned",
-                              "mse_final": 1e-6, "seconds": 2.04})  # fmt: skip
+                              "mse_final": 1e-6, "seconds": 2.04})
     assert short == "unit 3/11 layer1.1: MSE nearest 6.863e-06 -> 1.000e-06, 2.0 s"

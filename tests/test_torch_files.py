@@ -16,7 +16,7 @@ def test_reads_tensors_and_gives_one_short_line_otherwise(tmp_path):
     (tmp_path / "cut.pt").write_bytes((tmp_path / "ok.pt").read_bytes()[:100])
     expected = {"junk.pt": "not a plain file of tensors: Unsupported operand 0",
                 "obj.pt": "not a plain file of tensors: Unsupported global: GLOBAL",
-                "cut.pt": "failed reading zip archive"}  # fmt: skip
+                "cut.pt": "failed reading zip archive"}
     for name, text in expected.items():
         with pytest.raises(UnreadableFile) as err:
             load_tensors(tmp_path / name)

@@ -83,4 +83,4 @@ def test_unknown_architecture_with_an_example_is_cut_by_its_graph():
         warnings.simplefilter("error")
         units = split_units(qmodel, example=torch.randn(2, 3, 5, 5))
     assert [(u.name, u.layers, u.rule) for u in units] == [
-        ("0", ["0"], "graph"), ("3", ["3"], "graph")]  # fmt: skip
+        ("0", ["0"], "graph"), ("3", ["3"], "graph")]

@@ -14,7 +14,7 @@ from attnround_pl.quant import QuantConfig, calibrate_activations, fold_batchnor
 
 
 def trained_unit(fmnist_root: Path, config: QuantConfig, unit: str,
-                 n: int) -> tuple[nn.Module, UnitData]:  # fmt: skip
+                 n: int) -> tuple[nn.Module, UnitData]:
     """ResNet-20's ``unit`` quantized with ``config``, activation steps observed on ``n``
     calibration images, and its cache of those images (inputs, float targets)."""
     dm = FashionMNISTDataModule(root=str(fmnist_root), calib_size=n)

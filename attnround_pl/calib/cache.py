@@ -78,7 +78,7 @@ def capture(
 def capture_graph(
     model: nn.Module, graph: fx.Graph, outputs: list[str], batches: Iterable[Tensor],
     device: str = "cpu",
-) -> Tensor:  # fmt: skip
+) -> Tensor:
     """Concatenate over ``batches`` the value of the nodes ``outputs`` of ``model``'s traced
     ``graph`` (several: flattened and joined), running only the nodes they need."""
     prefix = prefix_module(graph, model, outputs)
@@ -97,7 +97,7 @@ def capture_graph(
 def build_unit_data(
     qmodel: nn.Module, float_model: nn.Module, unit: Unit | str, batches: list[Tensor],
     device: str = "cpu",
-) -> UnitData:  # fmt: skip
+) -> UnitData:
     """The unit's inputs from ``qmodel`` and its targets from ``float_model``; ``unit`` is a
     Unit of ``split_units(qmodel)`` or the path of a submodule (a module unit). Raises
     ``GraphMismatchError`` where a graph unit's nodes are not in ``float_model``'s graph."""

@@ -40,7 +40,7 @@ def wants_ddp(trainer_kwargs: dict[str, Any]) -> bool:
     devices = trainer_kwargs.get("devices", 1)
     many = (isinstance(devices, int) and devices > 1) or (
         isinstance(devices, (list, tuple)) and len(devices) > 1
-    ) or (isinstance(devices, str) and devices not in ("1", "auto") and devices != "0")  # fmt: skip
+    ) or (isinstance(devices, str) and devices not in ("1", "auto") and devices != "0")
     return many or int(trainer_kwargs.get("num_nodes", 1) or 1) > 1
 
 

@@ -34,7 +34,7 @@ from .settings import FORMATS, check_format
 def export_run(
     run_dir: str | os.PathLike, fmt: str, data: Any, out: str | os.PathLike | None = None,
     model: nn.Module | None = None,
-) -> dict[str, Any]:  # fmt: skip
+) -> dict[str, Any]:
     """Export a finished run, compare the export with the PyTorch model on the evaluation data
     (the calibration images when ``data`` has none), add the comparison to report.json and
     return it. ``model``: the float model object, for a run whose model cannot be rebuilt from
@@ -63,7 +63,7 @@ def export_run(
                   "onnx_argmax_mismatch": cmp.argmax_mismatch, "onnx_torch_top1": cmp.torch_top1,
                   "onnx_max_abs_logit_diff": cmp.max_abs_logit_diff, "onnx_images": cmp.images,
                   "onnx_code_divergence": cmp.as_dict()["divergence"],
-                  "onnxruntime": onnxruntime.__version__}  # fmt: skip
+                  "onnxruntime": onnxruntime.__version__}
     else:
         export_state(qmodel, out, payload["quant"], meta)
         reloaded, _ = load_state(out, rebuild)
@@ -86,7 +86,7 @@ def export_table(result: dict[str, Any]) -> Table:
         cells = []
         if labelled:
             cells = [f"{result['onnx_torch_top1']:.2f}", f"{result['onnx_top1']:.2f}",
-                     str(result["onnx_argmax_mismatch"])]  # fmt: skip
+                     str(result["onnx_argmax_mismatch"])]
         table.add_row(*cells, f"{result['onnx_max_abs_logit_diff']:.3g}")
         div = result.get("onnx_code_divergence")
         if div is not None:

@@ -50,7 +50,7 @@ class GraphedStep:
             self._record(x, y)
         if x.shape != self.x.shape:
             raise RuntimeError(f"a CUDA graph step was recorded for batches of "
-                               f"{tuple(self.x.shape)}, called with {tuple(x.shape)}")  # fmt: skip
+                               f"{tuple(self.x.shape)}, called with {tuple(x.shape)}")
         self.x.copy_(x, non_blocking=True)
         self.y.copy_(y, non_blocking=True)
         self.graph.replay()

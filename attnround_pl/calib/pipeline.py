@@ -80,7 +80,7 @@ RUN_NAME_ENV = "ATTNROUND_RUN_NAME"  # the run folder name, handed to the other 
 _RECON_TRAINER_KEYS = ("max_steps", "max_epochs", "logger", "callbacks", "enable_checkpointing",
                        "limit_val_batches", "num_sanity_val_steps", "enable_model_summary",
                        "use_distributed_sampler", "log_every_n_steps", "enable_progress_bar",
-                       "default_root_dir", "limit_train_batches", "val_check_interval")  # fmt: skip
+                       "default_root_dir", "limit_train_batches", "val_check_interval")
 
 
 def quiet_lightning() -> None:
@@ -107,7 +107,7 @@ def user_trainer_kwargs(trainer_kwargs: dict[str, Any]) -> dict[str, Any]:
 
 
 def evaluate(net: nn.Module, batches: Any, trainer_kwargs: dict[str, Any],
-             progress: bool = False, reference: nn.Module | None = None) -> EvalResult:  # fmt: skip
+             progress: bool = False, reference: nn.Module | None = None) -> EvalResult:
     """Top-1/top-5 (when the batches carry labels and ``net`` returns logits) and fidelity
     against ``reference`` of ``net`` on ``batches``, through Trainer.test."""
     return evaluate_model(net, batches, user_trainer_kwargs(trainer_kwargs), reference, progress)
@@ -115,15 +115,15 @@ def evaluate(net: nn.Module, batches: Any, trainer_kwargs: dict[str, Any],
 
 def run_name(source: ModelSource, quant: QuantConfig) -> str:
     return (f"{source.label}_{quant.rounding}_w{quant.w_bits}a{quant.a_bits}_"
-            f"{time.strftime('%Y%m%d-%H%M%S')}")  # fmt: skip
+            f"{time.strftime('%Y%m%d-%H%M%S')}")
 
 
 def check_step_options(quant: QuantConfig, recon: ReconConfig,
-                       trainer_kwargs: dict[str, Any]) -> None:  # fmt: skip
+                       trainer_kwargs: dict[str, Any]) -> None:
     """Refuse, before any work, what ``recon.compile`` and ``recon.cuda_graph`` cannot run."""
     if recon.compile != "off" and wants_ddp(trainer_kwargs):
         raise SettingError(f"recon.compile={recon.compile!r} runs in one process only: set it "
-                           "to 'off' to calibrate with several devices")  # fmt: skip
+                           "to 'off' to calibrate with several devices")
     if not recon.cuda_graph:
         return
     problems = []
@@ -188,7 +188,7 @@ def _take_run_folder(path: Path, run: RunConfig, config_text: str | None) -> Run
 
 def _open_run_folder(source: ModelSource, quant: QuantConfig, run: RunConfig | None,
                      trainer_kwargs: dict[str, Any], config_text: str | None,
-                     console: Console) -> _RunFolder:  # fmt: skip
+                     console: Console) -> _RunFolder:
     """Start the DDP ranks (if asked) and prepare the run folder on rank 0; every rank stops
     with rank 0's error."""
     path = None
@@ -285,7 +285,7 @@ def resolve_data(data: Any, calib_size: int | None, eval_data: Any = None) -> Ca
 
 
 def _new_report(source: ModelSource, calib_images: int, quant: QuantConfig, recon: ReconConfig,
-                eval_source: str) -> dict[str, Any]:  # fmt: skip
+                eval_source: str) -> dict[str, Any]:
     return {
         "model": source.label,
         "model_source": source.to_dict(),
@@ -322,7 +322,7 @@ def _describe(label: str, result: EvalResult) -> str:
 
 def _evaluate_baselines(float_net: nn.Module, qmodel: nn.Module, run: RunConfig | None,
                         score: Callable[..., EvalResult], report: dict[str, Any],
-                        echo: Callable[..., None]) -> None:  # fmt: skip
+                        echo: Callable[..., None]) -> None:
     """Float top-1/top-5 and round-to-nearest's (with its fidelity) into ``report``.
 
     Round-to-nearest is the quantized model before reconstruction with every weight rounded to
@@ -341,16 +341,16 @@ def _evaluate_baselines(float_net: nn.Module, qmodel: nn.Module, run: RunConfig 
 
 
 def _quantize(float_net: nn.Module, quant: QuantConfig, batches: list[Tensor],
-              report: dict[str, Any], echo: Callable[..., None]) -> nn.Module:  # fmt: skip
+              report: dict[str, Any], echo: Callable[..., None]) -> nn.Module:
     """The quantized copy with its activation steps initialised; size (and the mixed-precision
     allocation) into ``report``."""
     qmodel = quantize_model(float_net, quant)
     layers = quant_layers(qmodel).values()
     report["size_mb"] = size_mb([m.layer.weight.numel() for m in layers],
-                                [m.weight_quantizer.bits for m in layers])  # fmt: skip
+                                [m.weight_quantizer.bits for m in layers])
     if qmodel.bit_allocation is not None:
         mixed = mixed_report(qmodel.bit_allocation, quant.mixed.bit_list,
-                             quant.mixed.budget_bits)  # fmt: skip
+                             quant.mixed.budget_bits)
         report["mixed"] = mixed
         echo(mixed_table(mixed))
     calibrate_activations(qmodel, batches)
@@ -359,7 +359,7 @@ def _quantize(float_net: nn.Module, quant: QuantConfig, batches: list[Tensor],
 
 def _tensorboard(folder: _RunFolder, source: ModelSource, quant: QuantConfig,
                  recon: ReconConfig, report: dict[str, Any], units: int
-                 ) -> TensorBoardLogger | None:  # fmt: skip
+                 ) -> TensorBoardLogger | None:
     if folder.path is None:
         return None
     logger = TensorBoardLogger(str(folder.path), name="tb", version="", default_hp_metric=False)
@@ -372,13 +372,13 @@ def _tensorboard(folder: _RunFolder, source: ModelSource, quant: QuantConfig,
             for k, v in quant.to_dict().items()},
          **{f"recon/{k}": v for k, v in recon.__dict__.items()},
          "model/arch": source.label, "data/calib_size": report["calib_size"], "units": units}
-    )  # fmt: skip
+    )
     return logger
 
 
 def _trainer_factory(recon: ReconConfig, progress: bool, trainer_kwargs: dict[str, Any],
                      logger: TensorBoardLogger | None, path: Path | None
-                     ) -> Callable[[BlockSequencer], pl.Trainer]:  # fmt: skip
+                     ) -> Callable[[BlockSequencer], pl.Trainer]:
     """One fresh Trainer per unit: the user's options plus the ones the reconstruction owns."""
     user = user_trainer_kwargs(trainer_kwargs)
 
@@ -392,23 +392,23 @@ def _trainer_factory(recon: ReconConfig, progress: bool, trainer_kwargs: dict[st
             log_every_n_steps=1,  # BlockReconstruction logs its steps' losses itself
             enable_progress_bar=progress,
             default_root_dir=str(path) if path is not None else None,
-        )  # fmt: skip
+        )
 
     return make_trainer
 
 
 def checkpoint_meta(source: ModelSource, classes: int | None,
-                    preprocessing: Preprocessing | None = None) -> dict[str, Any]:  # fmt: skip
+                    preprocessing: Preprocessing | None = None) -> dict[str, Any]:
     """What a saved quantized model records about its float architecture and its input
     (``preprocessing``, see ``data.Preprocessing``; None: not known)."""
     recorded = None if preprocessing is None else preprocessing.to_dict()
     return {"arch": source.label, "num_classes": classes, "source": source.to_dict(),
-            "preprocessing": recorded}  # fmt: skip
+            "preprocessing": recorded}
 
 
 def _write_run(folder: _RunFolder, qmodel: nn.Module, source: ModelSource, classes: int | None,
                quant: QuantConfig, run: RunConfig, data: Any,
-               report: dict[str, Any]) -> None:  # fmt: skip
+               report: dict[str, Any]) -> None:
     """quantized.pt, report.json and the exports (rank 0); progress.pt goes."""
     meta = checkpoint_meta(source, classes, getattr(qmodel, "preprocessing", None))
     save_quantized(qmodel, folder.path / CHECKPOINT, quant, meta)
@@ -420,7 +420,7 @@ def _write_run(folder: _RunFolder, qmodel: nn.Module, source: ModelSource, class
 
 @torch.no_grad()
 def unit_fidelity(qmodel: nn.Module, float_folded: nn.Module, units: list[Any],
-                  batches: list[Tensor]) -> list[dict[str, float]]:  # fmt: skip
+                  batches: list[Tensor]) -> list[dict[str, float]]:
     """Per unit: its output in the quantized model (quantized inputs) against the float
     model's output there, on ``batches``."""
     rows = []
@@ -430,7 +430,7 @@ def unit_fidelity(qmodel: nn.Module, float_folded: nn.Module, units: list[Any],
         stats = FidelityStats()
         for start in range(0, len(data), 256):
             stats.add(data.targets[start : start + 256],
-                      module(data.inputs[start : start + 256]))  # fmt: skip
+                      module(data.inputs[start : start + 256]))
         rows.append({"name": unit.name, **stats.result().to_dict()})
     return rows
 
@@ -449,7 +449,7 @@ def run_calibration(
     trainer_kwargs: dict[str, Any] | None = None, config_text: str | None = None,
     console: Console | None = None, *, eval_data: Any = None, calib_size: int | None = 1024,
     source: ModelSource | None = None, unit_eval_images: int = 256, progress: bool = True,
-) -> Calibrated:  # fmt: skip
+) -> Calibrated:
     """Quantize ``model`` with block reconstruction; return the quantized model and report.
 
     Phases: open the run folder (when ``run`` is given) and the DDP ranks, evaluate float and
@@ -571,7 +571,7 @@ def _reconstruct(job: _Job, folder: _RunFolder, tally: _Tally) -> Calibrated:
     images = sum(len(b) for b in batches)
     if recon.batch_size > images:  # a bigger batch only repeats images and costs memory
         echo(f"recon.batch_size={recon.batch_size} is more than the {images} calibration "
-             f"images: each step takes {images}")  # fmt: skip
+             f"images: each step takes {images}")
         recon = dataclasses.replace(recon, batch_size=images)
     settings = {"quant": quant.to_dict(), "recon": recon.__dict__, "source": source.to_dict()}
     print_ = fingerprint(settings, float_net, batches)
@@ -597,7 +597,7 @@ def _reconstruct(job: _Job, folder: _RunFolder, tally: _Tally) -> Calibrated:
     report["float_ops"] = float_ops(qmodel)  # what stays float outside Conv/Linear layers
     report["never_run_layers"] = list(qmodel.never_run_layers)  # no data reaches them: float
     report["unit_rules"] = {rule: sum(u.rule == rule for u in units)
-                            for rule in dict.fromkeys(u.rule for u in units)}  # fmt: skip
+                            for rule in dict.fromkeys(u.rule for u in units)}
     if resumed is not None:
         restore_progress(qmodel, units, resumed)
     logger = _tensorboard(folder, source, quant, recon, report, len(units))
@@ -620,7 +620,7 @@ def _reconstruct(job: _Job, folder: _RunFolder, tally: _Tally) -> Calibrated:
         logger=logger, echo=echo, on_unit_done=checkpoint,
         resume_hint=hint if folder.path is not None else "",
         total=sum(len(b) for b in batches),
-    )  # fmt: skip
+    )
     done = resumed["results"] if resumed is not None else None
     sequencer.preflight(done)  # every unit's memory, before any evaluation or learning
     if resumed is None:  # a resumed run has them in its report already
@@ -688,12 +688,12 @@ def calibrate(
     recon: ReconConfig | None = None, run: RunConfig | None = None,
     trainer_kwargs: dict[str, Any] | None = None, config_text: str | None = None,
     console: Console | None = None, **kwargs: Any,
-) -> dict[str, Any]:  # fmt: skip
+) -> dict[str, Any]:
     """``run_calibration`` with a run folder (``RunConfig()`` when ``run`` is None); returns
     the report (the CLI's job). ``attnround_pl.quantize`` returns the quantized model."""
     run = run if run is not None else RunConfig()
     return run_calibration(model, data, quant, recon, run, trainer_kwargs, config_text,
-                           console, **kwargs).report  # fmt: skip
+                           console, **kwargs).report
 
 
 def summary_table(report: dict[str, Any]) -> Table:
@@ -701,7 +701,7 @@ def summary_table(report: dict[str, Any]) -> Table:
     with the calibration time."""
     w_bits = report["mixed"]["bit_list"] if "mixed" in report else report["w_bits"]
     title = (f"{report['model']} W{w_bits}A{report['a_bits']}: "
-             f"{report['calib_size']} calibration images")  # fmt: skip
+             f"{report['calib_size']} calibration images")
     table = Table(title=title)
     tops = [k for k in ("top1", "top5") if f"quant_{k}" in report]
     columns = ["model", *(f"top-{k[3]} %" for k in tops), "output SQNR dB", "calibration s"]
@@ -723,6 +723,6 @@ def summary_table(report: dict[str, Any]) -> Table:
     row(report["rounding"], "quant", f"{report['calib_seconds']:.0f}")
     if "onnx_top1" in report and report["onnx_top1"] is not None:
         label = (f"{report['rounding']}, ONNX in onnxruntime "
-                 f"({report['onnx_argmax_mismatch']} predictions differ)")  # fmt: skip
+                 f"({report['onnx_argmax_mismatch']} predictions differ)")
         table.add_row(label, f"{report['onnx_top1']:.2f}", *["-"] * (len(tops) - 1), "", "")
     return table

@@ -34,7 +34,7 @@ class UnitProgressBar(RichProgressBar):
         super().on_train_epoch_start(trainer, pl_module)
 
     def _update(self, progress_bar_id: TaskID | None, current: int, visible: bool = True,
-                hard: bool = False) -> None:  # fmt: skip
+                hard: bool = False) -> None:
         if progress_bar_id is not None and progress_bar_id == self.train_progress_bar_id:
             current *= self._steps_per_batch  # batches done -> steps done
             if self._total_steps is not None:

@@ -86,17 +86,17 @@ class ShardBatches(Sampler[list[int]]):
     ``r`` of ``w`` holds the samples ``i % w == r`` at ``i // w``)."""
 
     def __init__(self, total: int, iters: int, batch_size: int, seed: int, rank: int = 0,
-                 world: int = 1) -> None:  # fmt: skip
+                 world: int = 1) -> None:
         self.total, self.iters, self.batch_size = total, iters, batch_size
         self.seed, self.rank, self.world = seed, rank, world
 
     def __len__(self) -> int:
         return self.iters
 
-    def __iter__(self):  # noqa: ANN204 - Iterator[list[int]]
+    def __iter__(self):  # Iterator[list[int]]
         gen = torch.Generator().manual_seed(self.seed)
         draws = RandomSampler(range(self.total), replacement=True,
-                              num_samples=self.iters * self.batch_size, generator=gen)  # fmt: skip
+                              num_samples=self.iters * self.batch_size, generator=gen)
         for batch in BatchSampler(draws, self.batch_size, drop_last=True):
             yield [i // self.world for i in batch if i % self.world == self.rank]
 
@@ -140,7 +140,7 @@ class BlockReconstruction(pl.LightningModule):
         batch_size: int = 64, lr: float = 4e-4, act_lr: float = 4e-4, seed: int = 0,
         total: int | None = None, lr_schedule: str = "constant", compile: str = "off",
         cuda_graph: bool = False, log_every_n_steps: int = 50,
-    ) -> None:  # fmt: skip
+    ) -> None:
         super().__init__()
         self.log_every_n_steps = log_every_n_steps
         self.unit = unit
@@ -205,11 +205,11 @@ class BlockReconstruction(pl.LightningModule):
         if self.compile != "off":
             if rank_world()[1] > 1:
                 raise RuntimeError("recon.compile is not supported with more than one process: "
-                                   "set it to 'off' for DDP")  # fmt: skip
+                                   "set it to 'off' for DDP")
             # a fresh compile per unit: no unit's guards or cache entries linger for the next
             torch.compiler.reset()
             self._unit_forward = torch.compile(self.unit.forward, mode=self.compile,
-                                               dynamic=False)  # fmt: skip
+                                               dynamic=False)
 
     def on_train_start(self) -> None:
         set_learning(self.unit, self.batch_size)  # QDrop (if drop_prob > 0) while learning
@@ -227,7 +227,7 @@ class BlockReconstruction(pl.LightningModule):
         _, world = rank_world()
         if len(x):
             return step_losses(self._unit_forward, self._roundings, x, y,
-                               len(x) * world / self.batch_size)  # fmt: skip
+                               len(x) * world / self.batch_size)
         # no sample of this step on this rank: zero gradients, still all-reduced
         zero = sum(p.sum() for group in self.learnable() for p in group) * 0.0
         return zero, rounding_regularizer(self._roundings)
@@ -247,7 +247,7 @@ class BlockReconstruction(pl.LightningModule):
             rec, reg = self._graphed(x, y)
         elif self.steps_per_batch > 1 or self.own_steps():
             rec, reg = optimizer_step(self.step_losses, self.optimizers(use_pl_optimizer=False),
-                                      x, y)  # fmt: skip
+                                      x, y)
         else:  # Lightning's wrapper: DDP's gradient all-reduce, a precision plugin's scaling
             optimizer = self.optimizers()
             optimizer.zero_grad()
@@ -273,7 +273,7 @@ class BlockReconstruction(pl.LightningModule):
             values[f"recon/{self.name}/reg"] = reg.detach()
         values = {k: trainer.strategy.reduce(v, reduce_op="mean") for k, v in values.items()}
         self.log(f"recon/{self.name}/loss", values[f"recon/{self.name}/loss"], on_step=True,
-                 prog_bar=True, logger=False)  # fmt: skip
+                 prog_bar=True, logger=False)
         for logger in trainer.loggers:
             logger.log_metrics({k: float(v) for k, v in values.items()}, step=step)
 
@@ -282,9 +282,9 @@ class BlockReconstruction(pl.LightningModule):
         groups = [{"params": rounding, "lr": self.lr}, {"params": steps, "lr": self.act_lr}]
         if self.cuda_graph and self.device.type != "cuda":
             raise RuntimeError(f"recon.cuda_graph needs the unit on a CUDA device; the Trainer "
-                               f"put it on {self.device}")  # fmt: skip
+                               f"put it on {self.device}")
         optimizer = torch.optim.Adam([g for g in groups if g["params"]], **adam_options(
-            self.device, self.cuda_graph))  # fmt: skip
+            self.device, self.cuda_graph))
         shape_gradients_before_step(optimizer, self.unit)
         if self.lr_schedule == "constant":
             return optimizer
@@ -297,7 +297,7 @@ class BlockReconstruction(pl.LightningModule):
 
         # groups[0]: rounding (decays with 'cosine'), groups[1]: activations (decay with both)
         factors = [cosine if self.lr_schedule == "cosine" or i == 1 else _constant
-                   for i, g in enumerate(groups) if g["params"]]  # fmt: skip
+                   for i, g in enumerate(groups) if g["params"]]
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, factors)
         return {
             "optimizer": optimizer,

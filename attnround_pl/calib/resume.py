@@ -72,7 +72,7 @@ def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
 
 
 def save_progress(run_dir: Path, qmodel: nn.Module, results: list[dict[str, Any]],
-                  report: dict[str, Any], elapsed: float, print_: str) -> Path:  # fmt: skip
+                  report: dict[str, Any], elapsed: float, print_: str) -> Path:
     payload = {
         "format": PROGRESS_FORMAT,
         "fingerprint": print_,
@@ -106,7 +106,7 @@ def restore_progress(qmodel: nn.Module, units: list[Unit], payload: dict[str, An
     names = [u.name for u in units]
     if payload["units"] != names[: len(payload["units"])]:
         raise RunFolderError(f"cannot resume: the finished units {payload['units']} do not "
-                             f"match this model's {names}")  # fmt: skip
+                             f"match this model's {names}")
     layers = quant_layers(qmodel)
     for unit in units[: len(payload["units"])]:
         for name in unit.layers:

@@ -61,7 +61,7 @@ class BlockSequencer(Callback):
         seed: int = 0, logger: Any = None, echo: Callable[[str], None] | None = None,
         on_unit_done: Callable[[list[dict[str, Any]]], None] | None = None,
         resume_hint: str = "", total: int | None = None,
-    ) -> None:  # fmt: skip
+    ) -> None:
         self.qmodel = qmodel
         self.float_model = float_model
         self.units = units
@@ -117,7 +117,7 @@ class BlockSequencer(Callback):
                 lr_schedule=self.recon.lr_schedule, compile=self.recon.compile,
                 cuda_graph=self.recon.cuda_graph,
                 log_every_n_steps=min(self.recon.log_every_n_steps, self.recon.iters),
-            )  # fmt: skip
+            )
             module.label = f"unit {index + 1}/{len(self.units)} {unit.name}"
             with round_to_nearest(module.unit):
                 mse_nearest = unit_mse(module.unit, self._data)

@@ -69,24 +69,24 @@ class ReconConfig:
         check_finite(self, "recon")
         if self.iters < 0 or self.batch_size < 1:
             raise SettingError(f"recon.iters={self.iters} must be >= 0 and recon.batch_size="
-                               f"{self.batch_size} positive")  # fmt: skip
+                               f"{self.batch_size} positive")
         if self.lr <= 0 or self.act_lr <= 0:
             raise SettingError(f"recon.lr={self.lr} and recon.act_lr={self.act_lr} must be > 0")
         if self.lr_schedule not in LR_SCHEDULES:
             raise SettingError(f"recon.lr_schedule={self.lr_schedule!r}: use one of "
-                               f"{', '.join(LR_SCHEDULES)}")  # fmt: skip
+                               f"{', '.join(LR_SCHEDULES)}")
         if self.cache_device not in ("cpu", "auto"):
             raise SettingError(f"recon.cache_device={self.cache_device!r}: use 'cpu' or 'auto'")
         if self.compile not in COMPILE_MODES:
             raise SettingError(f"recon.compile={self.compile!r}: use one of "
-                               f"{', '.join(COMPILE_MODES)}")  # fmt: skip
+                               f"{', '.join(COMPILE_MODES)}")
         if self.cuda_graph and self.compile != "off":
             raise SettingError("recon.cuda_graph and recon.compile are exclusive: the graph "
-                               "records the eager step; set one of them off")  # fmt: skip
+                               "records the eager step; set one of them off")
         if self.cuda_graph and self.lr_schedule != "constant":
             raise SettingError(f"recon.cuda_graph needs recon.lr_schedule=constant (a "
                                f"schedule would be frozen in the graph), not "
-                               f"{self.lr_schedule!r}")  # fmt: skip
+                               f"{self.lr_schedule!r}")
         return self
 
 

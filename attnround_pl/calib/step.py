@@ -18,7 +18,7 @@ Losses = tuple[Tensor, Tensor]  # (reconstruction loss, rounding regulariser)
 
 
 def step_losses(forward: Callable[[Tensor], Tensor], roundings: Sequence[Rounding], x: Tensor,
-                y: Tensor, weight: float = 1.0) -> Losses:  # fmt: skip
+                y: Tensor, weight: float = 1.0) -> Losses:
     """``(weight * ||forward(x) - y||^2, regulariser)``: ``weight`` is this rank's share of
     the global batch under DDP (1 in one process)."""
     rec = reconstruction_loss(forward(x), y)
@@ -28,7 +28,7 @@ def step_losses(forward: Callable[[Tensor], Tensor], roundings: Sequence[Roundin
 
 
 def optimizer_step(losses: Callable[[Tensor, Tensor], Losses], optimizer: torch.optim.Optimizer,
-                   x: Tensor, y: Tensor, set_to_none: bool = True) -> Losses:  # fmt: skip
+                   x: Tensor, y: Tensor, set_to_none: bool = True) -> Losses:
     """Zero the gradients, ``losses(x, y)``, backward of their sum, ``optimizer.step()``;
     returns the losses. ``set_to_none=False`` keeps the gradient tensors (a CUDA graph needs
     them to stay where it recorded them)."""

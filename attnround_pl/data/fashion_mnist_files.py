@@ -78,7 +78,7 @@ def prepare(root: Path = DEFAULT_ROOT) -> str:
     try:
         FashionMNIST(str(root), train=True, download=True)
         FashionMNIST(str(root), train=False, download=True)
-    except Exception as exc:  # noqa: BLE001 - any download failure gets the same advice
+    except Exception as exc:  # any download failure gets the same advice
         if created is not None and created.exists():
             shutil.rmtree(created)  # only what this call made: nothing half-written stays
         reason = " ".join(str(exc).split()) or type(exc).__name__

@@ -52,7 +52,7 @@ def check_loader_settings(calib_size: int, batch_size: int, num_workers: int) ->
 def check_image_settings(
     channels: int = 3, crop: int | None = 224, resize: int | None = 256,
     mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
-) -> None:  # fmt: skip
+) -> None:
     """Refuse image settings no folder can satisfy (no file is read).
 
     The CLI calls this before it builds an ``ImageFolderDataModule``; the module's ``__init__``
@@ -122,7 +122,7 @@ class CalibrationDataModule(pl.LightningDataModule):
     def __init__(
         self, calib_size: int = 1024, seed: int = 0, augment: bool = False, batch_size: int = 256,
         num_workers: int = 0,
-    ) -> None:  # fmt: skip
+    ) -> None:
         super().__init__()
         check_loader_settings(calib_size, batch_size, num_workers)
         self.calib_size = calib_size
@@ -221,7 +221,7 @@ class FashionMNISTDataModule(CalibrationDataModule):
         self, root: str = str(DEFAULT_ROOT), calib_size: int = 1024, seed: int = 0,
         augment: bool = False, batch_size: int = 500, num_workers: int = 0,
         download: bool = False,
-    ) -> None:  # fmt: skip
+    ) -> None:
         super().__init__(calib_size, seed, augment, batch_size, num_workers)
         self.root = Path(root)
         self.download = download
@@ -291,7 +291,7 @@ class ImageFiles(Dataset):
     """
 
     def __init__(self, paths: Sequence[Path], transform: Callable[[Image.Image], torch.Tensor],
-                 loader: Callable[[str], Image.Image]) -> None:  # fmt: skip
+                 loader: Callable[[str], Image.Image]) -> None:
         self.samples = [(str(p), UNLABELLED) for p in paths]
         self.transform, self.loader = transform, loader
 
@@ -340,7 +340,7 @@ class ImageFolderDataModule(CalibrationDataModule):
         resize: int | None = 256, crop: int | None = 224, channels: int = 3,
         mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
         labelled: bool | None = None,
-    ) -> None:  # fmt: skip
+    ) -> None:
         super().__init__(calib_size, seed, augment, batch_size, num_workers)
         check_image_settings(channels, crop, resize, mean, std)
         self.train_root = Path(train_root)
@@ -422,7 +422,7 @@ class ImageFolderDataModule(CalibrationDataModule):
             else:
                 steps = [transforms.Resize(self.resize)] if self.resize is not None else []
             tf = transforms.Compose([*steps, transforms.RandomHorizontalFlip(),
-                                     transforms.ToTensor(), self.normalize])  # fmt: skip
+                                     transforms.ToTensor(), self.normalize])
         return self._folder(self.train_root, tf, "train_root")
 
     def train_targets(self, split: Dataset) -> list[int] | None:

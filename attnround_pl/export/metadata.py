@@ -63,7 +63,7 @@ def onnx_metadata(meta: Mapping[str, Any], input_name: str) -> dict[str, str]:
     """The ``metadata_props`` entries of an export's meta (see ``export_meta``): every
     preprocessing key, ``num_classes`` and ``input_name``, prefixed, values as JSON."""
     values = {**(meta.get("preprocessing") or {}), "num_classes": meta.get("num_classes"),
-              "input_name": input_name}  # fmt: skip
+              "input_name": input_name}
     return {f"{METADATA_PREFIX}{key}": json.dumps(value) for key, value in values.items()}
 
 

@@ -147,9 +147,9 @@ def _act_qdq(g: _Graph, x: str, aq: ActQuantizer, prefix: str, rank: int, out: s
         k, c = aq.border.effective()
         slope = g.const(f"{prefix}.border_slope", _array(1 - k).reshape(_channel_shape(rank)))
         offset = g.const(f"{prefix}.border_offset",
-                         _array(c * step).reshape(_channel_shape(rank)))  # fmt: skip
+                         _array(c * step).reshape(_channel_shape(rank)))
         y = g.op("Sub", [g.op("Mul", [y, slope], f"{prefix}.border_mul"), offset],
-                 f"{prefix}.border_affine")  # fmt: skip
+                 f"{prefix}.border_affine")
     q = g.op("QuantizeLinear", [y, scale, zero], f"{prefix}.a_quant")
     return g.op("DequantizeLinear", [q, scale, zero], f"{prefix}.a_dequant", out=out)
 
@@ -162,7 +162,7 @@ def _weight(g: _Graph, layer: QuantLayer, prefix: str, out: str) -> str:
     flat = (-1,) if wq.per_channel else ()
     scale = g.const(f"{prefix}.weight_scale", _array(wq.scale).reshape(flat))
     zero = g.const(f"{prefix}.weight_zero_point",
-                   _array(wq.zero_point).round().astype(int_type).reshape(flat))  # fmt: skip
+                   _array(wq.zero_point).round().astype(int_type).reshape(flat))
     return g.op("DequantizeLinear", [codes, scale, zero], f"{prefix}.weight_dq", out=out, axis=0)
 
 
@@ -234,7 +234,7 @@ def _placeholder(op_type: str, attrs: dict[str, Any]) -> Any:
         type_constraints=[("T", ["tensor(float)", "tensor(double)", "tensor(float16)",
                                  "tensor(bfloat16)"], "float tensors")],
         attributes=[OpSchema.Attribute(name, kind, name) for name, kind in attrs.items()],
-    )  # fmt: skip
+    )
     return onnxscript.values.Op(onnxscript.values.Opset(DOMAIN, 1), op_type, schema)
 
 
@@ -427,10 +427,10 @@ def to_onnx(
                     input_names=[INPUT_NAME], output_names=names,
                     dynamic_shapes=({0: torch.export.Dim(BATCH_DIM)},),
                     custom_translation_table=table, verbose=False, report=False,
-                )  # fmt: skip
+                )
         except OnnxExportError:
             raise
-        except Exception as exc:  # noqa: BLE001 - every torch.onnx failure is one user problem
+        except Exception as exc:  # every torch.onnx failure is one user problem
             raise OnnxExportError(_failure(qmodel, exc)) from exc
         proto = program.model_proto
         _expand_markers(proto, layers)
@@ -444,7 +444,7 @@ def to_onnx(
 def export_onnx(
     qmodel: nn.Module, example: Tensor, path: str | os.PathLike,
     meta: Mapping[str, Any] | None = None,
-) -> Path:  # fmt: skip
+) -> Path:
     """Write the QDQ ONNX model of ``qmodel`` to ``path`` (checked by onnx.checker);
     ``meta``: what ``to_onnx`` records in its ``metadata_props``."""
     model = to_onnx(qmodel, example, meta)

@@ -57,7 +57,7 @@ def _layer_state(layer: QuantLayer) -> dict[str, Any]:
         "border": border,
         "border_params": None if aq.border is None else {
             k: v.detach().cpu() for k, v in aq.border.state_dict().items()},
-    }  # fmt: skip
+    }
 
 
 def state_payload(qmodel: nn.Module, quant: QuantConfig | dict, meta: dict[str, Any]) -> dict:
@@ -100,10 +100,10 @@ def _restore_layer(layer: QuantLayer, name: str, info: dict[str, Any]) -> None:
     if (wq.grid.signed, wq.per_channel) != (info["w_signed"], info["per_channel"]):
         grid = ("a symmetric" if info["w_signed"] else "an asymmetric") + " grid"
         raise CheckpointError(f"layer '{name}': {grid} in the state, per-channel="
-                              f"{info['per_channel']}; the rebuilt model differs")  # fmt: skip
+                              f"{info['per_channel']}; the rebuilt model differs")
     if tuple(info["codes"].shape) != tuple(weight.shape):
         raise CheckpointError(f"layer '{name}': weight shape {tuple(weight.shape)} in the model, "
-                              f"{tuple(info['codes'].shape)} in the state")  # fmt: skip
+                              f"{tuple(info['codes'].shape)} in the state")
     device = weight.device
     wq.codes = info["codes"].to(device=device, dtype=wq.code_dtype)
     wq.scale = info["scale"].to(device, wq.scale.dtype).reshape(wq.scale.shape)
@@ -140,7 +140,7 @@ def load_state(
     if set(have) != set(layers):
         missing, extra = sorted(set(layers) - set(have)), sorted(set(have) - set(layers))
         raise CheckpointError(f"state file {path} does not fit the model: layers only in the "
-                              f"file {missing[:5]}, only in the model {extra[:5]}")  # fmt: skip
+                              f"file {missing[:5]}, only in the model {extra[:5]}")
     for name, info in layers.items():
         _restore_layer(have[name], name, info)
     try:
@@ -149,5 +149,5 @@ def load_state(
         raise CheckpointError(f"state file {path} does not fit the model: {exc}") from None
     if result.unexpected_keys:
         raise CheckpointError(f"state file {path} does not fit the model: tensors "
-                              f"{result.unexpected_keys[:5]} have no place in it")  # fmt: skip
+                              f"{result.unexpected_keys[:5]} have no place in it")
     return qmodel.eval(), payload

@@ -113,7 +113,7 @@ def batch_images(batch: Any) -> tuple[Tensor, Tensor | None]:
         )
     labelled = (isinstance(labels, Tensor) and not labels.is_floating_point()
                 and labels.dtype != torch.bool and tuple(labels.shape) == (len(images),)
-                and not bool((labels < 0).all()))  # fmt: skip
+                and not bool((labels < 0).all()))
     return images, labels if labelled else None
 
 
@@ -124,7 +124,7 @@ def onnx_session(
     options = ort.SessionOptions()
     options.log_severity_level = 3  # errors only
     source = (path_or_model.SerializeToString() if isinstance(path_or_model, onnx.ModelProto)
-              else str(path_or_model))  # fmt: skip
+              else str(path_or_model))
     return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
 
 
@@ -244,14 +244,14 @@ def first_code_divergence(
     rows = torch.arange(len(x)) if rows is None else rows.cpu()
     model = onnx.load(str(onnx_path))
     order = {n.name: (i, n.output[0]) for i, n in enumerate(model.graph.node)
-             if n.op_type == "QuantizeLinear"}  # fmt: skip
+             if n.op_type == "QuantizeLinear"}
     layers = sorted(((*order[_onnx_quant_name(name)], name, m.input_quantizer)
                      for name, m in qmodel.named_modules()
                      if isinstance(m, QuantLayer) and _onnx_quant_name(name) in order),
-                    key=lambda t: t[0])  # fmt: skip
+                    key=lambda t: t[0])
     if not layers:
         quantized = [name for name, m in qmodel.named_modules() if isinstance(m, QuantLayer)
-                     and m.input_quantizer.active and m.input_quantizer.enabled]  # fmt: skip
+                     and m.input_quantizer.active and m.input_quantizer.enabled]
         if quantized:
             raise SettingError(
                 f"{onnx_path} has no QuantizeLinear for any of the model's {len(quantized)} "
@@ -269,7 +269,7 @@ def first_code_divergence(
         captured[name] = _torch_codes(m, args[0][on], out[on])
 
     hooks = [aq.register_forward_hook(lambda m, a, out, name=name: keep_rows(m, a, out, name))
-             for _, _, name, aq in layers]  # fmt: skip
+             for _, _, name, aq in layers]
     try:
         qmodel(x.to(next(qmodel.parameters()).device))
     finally:
@@ -287,7 +287,7 @@ def first_code_divergence(
             return CodeDivergence(layer=name, index=index, quantizers=len(layers),
                                   differing=int(differ.sum()), elements=differ.numel(),
                                   max_tie_distance=distance,
-                                  float_noise=distance < TIE_TOLERANCE)  # fmt: skip
+                                  float_noise=distance < TIE_TOLERANCE)
     return None
 
 

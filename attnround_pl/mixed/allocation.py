@@ -51,7 +51,7 @@ class Allocation:
     def uniform_size_mb(self, bits: int) -> float:
         """Size of single precision at ``bits`` with the fixed layers at their own bits."""
         return size_mb([r.params for r in self.rows], [r.bits if r.fixed else bits
-                                                        for r in self.rows])  # fmt: skip
+                                                        for r in self.rows])
 
 
 def check_mixed(config: MixedConfig, layers: int | None = None) -> None:
@@ -63,7 +63,7 @@ def check_mixed(config: MixedConfig, layers: int | None = None) -> None:
         raise MixedPrecisionError(f"quant.mixed.budget_mb={config.budget_mb} must be > 0")
     bits = config.budget_bits
     if bits is not None and (isinstance(bits, bool) or not isinstance(bits, int)
-                             or not 2 <= bits <= 8):  # fmt: skip
+                             or not 2 <= bits <= 8):
         raise MixedPrecisionError(f"quant.mixed.budget_bits={bits} must be an integer in 2..8")
     if bits is not None and config.budget_mb is not None:
         raise MixedPrecisionError(
@@ -114,7 +114,7 @@ def size_mb(params: list[int], bits: list[int]) -> float:
 def allocate_bits(
     layers: list[tuple[str, nn.Module]], config: MixedConfig, fixed: dict[str, int],
     seed: int = 0,
-) -> Allocation:  # fmt: skip
+) -> Allocation:
     """Per-layer weight bits for ``layers`` (in order); ``fixed`` layers keep their bits.
 
     ``config.budget_bits = b`` is the budget of single precision at b bits (the same ``fixed``
@@ -161,7 +161,7 @@ def cluster_maps(bit_list: list[int]) -> list[list[int]]:
     return caps + shifts
 
 
-def _fit_budget(params, bit_list, budget, label, seed, table, lengths_at):  # noqa: ANN001, ANN202
+def _fit_budget(params, bit_list, budget, label, seed, table, lengths_at):
     """Largest allocation within the budget over the eps2 grid and the cluster maps (the
     first one found on a tie: smallest eps2, then ``cluster_maps`` order)."""
     best: tuple[float, Allocation] | None = None

@@ -13,7 +13,7 @@ from .allocation import Allocation
 
 
 def mixed_report(allocation: Allocation, bit_list: list[int],
-                 budget_bits: int | None = None) -> dict[str, Any]:  # fmt: skip
+                 budget_bits: int | None = None) -> dict[str, Any]:
     """report.json's ``mixed`` entry: the table, the mixed size and single-precision sizes.
 
     Single-precision sizes keep the first/last layers at their own (fixed) bits, as the mixed
@@ -39,14 +39,14 @@ def mixed_report(allocation: Allocation, bit_list: list[int],
                 "fixed": r.fixed,
             }
             for r in rows
-        ],  # fmt: skip
+        ],
     }
 
 
 def mixed_table(report: dict[str, Any]) -> Table:
     budget = "" if report["budget_mb"] is None else f", budget {report['budget_mb']:.4f} MB"
     table = Table(title=f"mixed precision {report['bit_list']}: {report['size_mb']:.4f} MB "
-                        f"(eps² {report['eps2']:.3g}{budget})")  # fmt: skip
+                        f"(eps² {report['eps2']:.3g}{budget})")
     for col in ("layer", "params", "L(W) bits", "w_bits"):
         table.add_column(col, justify="left" if col == "layer" else "right")
     for row in report["layers"]:

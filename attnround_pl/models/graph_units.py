@@ -49,7 +49,7 @@ from ..quant.order import trace_graph
 _BAKEABLE = (int, float, bool, str, type(None), torch.dtype, torch.device, slice, type(...))
 _INPLACE_FUNCTIONS = {operator.iadd, operator.isub, operator.imul, operator.itruediv,
                       operator.ifloordiv, operator.imod, operator.ipow, operator.iand,
-                      operator.ior, operator.ixor, operator.ilshift, operator.irshift}  # fmt: skip
+                      operator.ior, operator.ixor, operator.ilshift, operator.irshift}
 
 
 class GraphUnitError(RuntimeError):
@@ -98,7 +98,7 @@ def _plain(value: Any) -> Any:
 def _same(a: Any, b: Any) -> bool:
     try:
         return bool(a == b) and type(a) is type(b)
-    except Exception:  # noqa: BLE001 - values that do not compare are not constants
+    except Exception:  # values that do not compare are not constants
         return False
 
 
@@ -176,7 +176,7 @@ class GraphRegion:
             if n.name in trace.constants:
                 return _plain(trace.constants[n.name])
             raise GraphUnitError(f"node {n.name!r} is used by the region {self.outputs} but "
-                                 "is neither its input nor a constant")  # fmt: skip
+                                 "is neither its input nor a constant")
 
         skip = trace.independent | set(trace.constants)  # copied or baked where used
         for name in self.nodes:
@@ -201,7 +201,7 @@ def _in_place(node: fx.Node, root: nn.Module) -> bool:
     if node.op == "call_function":
         name = getattr(node.target, "__name__", "")
         return node.target in _INPLACE_FUNCTIONS or (name.endswith("_") and
-                                                      not name.endswith("__"))  # fmt: skip
+                                                      not name.endswith("__"))
     if node.op == "call_method":
         return node.target.endswith("_") and not node.target.endswith("__")
     return False
@@ -252,7 +252,7 @@ def prefix_module(graph: fx.Graph, root: nn.Module, outputs: list[str]) -> fx.Gr
 def check_same_graph(
     qgraph: fx.Graph, qmodel: nn.Module, fgraph: fx.Graph, float_model: nn.Module,
     outputs: list[str],
-) -> None:  # fmt: skip
+) -> None:
     """Raise GraphMismatchError unless every node that ``outputs`` need in the quantized
     model's graph is in the float model's graph under the same name, op and target, calling a
     module of the same class (a quantized layer: its float layer's class)."""
@@ -310,7 +310,7 @@ def analyse(qmodel: nn.Module, example: Tensor) -> GraphTrace:
     constants = {
         name: value for name, value in a.plain.items()
         if name not in independent and name in b.plain and _same(value, b.plain[name])
-    }  # fmt: skip
+    }
     needed: set[str] = set()
     for n in reversed(graph.nodes):
         real = [u for u in n.users if u.name in needed and u.name not in constants]
@@ -328,7 +328,7 @@ def _cuts(trace: GraphTrace) -> Iterator[tuple[int, str]]:
         n.name: max((index[u.name] for u in n.users
                      if u.name in trace.needed and u.name not in trace.constants), default=-1)
         for n in order
-    }  # fmt: skip
+    }
     live: set[str] = set()
     for i, n in enumerate(order):
         if n.op == "output":

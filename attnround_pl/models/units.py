@@ -166,7 +166,7 @@ def _probe(qmodel: nn.Module, modules: dict[str, nn.Module], example: Tensor) ->
     handles = []
     for path, m in modules.items():
         handles.append(m.register_forward_pre_hook(
-            lambda mod, a, kw, p=path: pre(p, a, kw), with_kwargs=True))  # fmt: skip
+            lambda mod, a, kw, p=path: pre(p, a, kw), with_kwargs=True))
         handles.append(m.register_forward_hook(lambda mod, a, out, p=path: post(p, out)))
     try:
         with float_pass(qmodel):
@@ -190,7 +190,7 @@ def _fallback_units(qmodel: nn.Module, example: Tensor | None) -> list[Unit]:
         holders = [
             (f"{prefix}.{n}" if prefix else n, c) for n, c in level.named_children()
             if isinstance(c, QuantLayer) or any(isinstance(s, QuantLayer) for s in c.modules())
-        ]  # fmt: skip
+        ]
         if len(holders) == 1 and not isinstance(holders[0][1], QuantLayer):
             prefix, level = holders[0]
             continue
@@ -236,7 +236,7 @@ def split_units(qmodel: nn.Module, example: Tensor | None = None) -> list[Unit]:
         return _fallback_units(qmodel, None)
     try:
         units = _graph_units(qmodel, example)
-    except Exception as exc:  # noqa: BLE001 - any failure of trace or propagation: fall back
+    except Exception as exc:  # any failure of trace or propagation: fall back
         units = _fallback_units(qmodel, example)
         rules = sorted({u.rule for u in units}, key=RULES.index)
         warnings.warn(

@@ -38,7 +38,7 @@ class _LSQRound(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x: Tensor, step: Tensor, qmin: int, qmax: int, g: float) -> Tensor:  # noqa: ANN001
+    def forward(ctx, x: Tensor, step: Tensor, qmin: int, qmax: int, g: float) -> Tensor:
         xs = x / step
         q = torch.clamp(xs, qmin, qmax).round_()
         ctx.save_for_backward(xs, q)
@@ -46,7 +46,7 @@ class _LSQRound(torch.autograd.Function):
         return q * step
 
     @staticmethod
-    def backward(ctx, grad: Tensor):  # noqa: ANN001, ANN205
+    def backward(ctx, grad: Tensor):
         xs, q = ctx.saved_tensors
         qmin, qmax, g = ctx.bounds
         grad_x = torch.ops.aten.hardtanh_backward(grad, xs, qmin, qmax)
@@ -54,7 +54,7 @@ class _LSQRound(torch.autograd.Function):
         if ctx.needs_input_grad[1]:  # d(q s)/ds: q - x/s inside the range, q outside
             flat = grad.reshape(-1)
             grad_step = (torch.dot(flat, q.reshape(-1))
-                         - torch.dot(grad_x.reshape(-1), xs.reshape(-1))) * g  # fmt: skip
+                         - torch.dot(grad_x.reshape(-1), xs.reshape(-1))) * g
         return (grad_x if ctx.needs_input_grad[0] else None), grad_step, None, None, None
 
 
@@ -96,7 +96,7 @@ class ActQuantizer(nn.Module):
     def __init__(
         self, bits: int = 8, signed: bool | None = None, seed: int = 0,
         border: str = "nearest", drop_prob: float = 0.0,
-    ) -> None:  # fmt: skip
+    ) -> None:
         super().__init__()
         if border not in BORDERS:
             raise QuantConfigError(f"unknown act_border {border!r}; valid: {', '.join(BORDERS)}")
@@ -211,7 +211,7 @@ class ActQuantizer(nn.Module):
         self.signed = state["signed"]
         self.initialised = state["initialised"]
 
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # A learned border exists only after observation: rebuild it from the saved shapes.
         key = prefix + "border.k"
         if key in state_dict and self.border is None:

@@ -83,7 +83,7 @@ def fold_batchnorms(model: nn.Module) -> list[tuple[str, str]]:
     """
     try:
         pairs = _pairs_by_tracing(model)
-    except Exception as exc:  # noqa: BLE001 - any tracing failure means: use the fallback
+    except Exception as exc:  # any tracing failure means: use the fallback
         warnings.warn(
             f"torch.fx could not trace {type(model).__name__} ({exc}); folding only "
             "conv -> BatchNorm pairs adjacent inside nn.Sequential",

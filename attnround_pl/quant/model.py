@@ -110,7 +110,7 @@ def quantize_model(
             search=search_scales,
         )
         aq = ActQuantizer(a_bits, seed=config.layer_seed(index), border=config.act_border,
-                          drop_prob=config.drop_prob)  # fmt: skip
+                          drop_prob=config.drop_prob)
         swaps.append((name, QUANT_LAYER_TYPES[type(layer)](layer, wq, aq)))
     for name, qlayer in swaps:
         set_submodule(qmodel, name, qlayer)
@@ -196,7 +196,7 @@ def act_border_parameters(model: nn.Module) -> list[nn.Parameter]:
     return [
         p for q in act_quantizers(model) if q.active and q.border is not None
         for p in q.border.parameters()
-    ]  # fmt: skip
+    ]
 
 
 def set_learning(model: nn.Module, batch_size: int | None) -> None:
