@@ -161,7 +161,8 @@ class BlockReconstruction(pl.LightningModule):
         self.cuda_graph = cuda_graph
         self._graphed: GraphedStep | None = None
         self._roundings = active_roundings(unit)
-        self.steps_per_batch = 1  # set when the fit starts (see own_steps)
+        self.steps_per_batch = 1  # set with the fit's data (see own_steps)
+        self._plain_steps = False  # ditto: whether the steps use the plain optimizer
         if cuda_graph:
             check_graphable(unit, lr_schedule, compile)
         self.automatic_optimization = False  # the module steps Adam itself
@@ -188,7 +189,8 @@ class BlockReconstruction(pl.LightningModule):
     def train_dataloader(self) -> DataLoader:
         rank, world = rank_world()
         batches = ShardBatches(self.total, self.iters, self.batch_size, self.seed, rank, world)
-        self.steps_per_batch = STEPS_PER_BATCH if self.own_steps() else 1
+        self._plain_steps = self.own_steps()  # decided once a fit, not every step
+        self.steps_per_batch = STEPS_PER_BATCH if self._plain_steps else 1
         return DataLoader(StepBatches(self.data, batches, self.steps_per_batch), batch_size=None)
 
     def on_fit_start(self) -> None:
@@ -245,7 +247,7 @@ class BlockReconstruction(pl.LightningModule):
             if self._graphed is None:
                 self._graphed = GraphedStep(self.unit, self.optimizers(use_pl_optimizer=False))
             rec, reg = self._graphed(x, y)
-        elif self.steps_per_batch > 1 or self.own_steps():
+        elif self._plain_steps:
             rec, reg = optimizer_step(self.step_losses, self.optimizers(use_pl_optimizer=False),
                                       x, y)
         else:  # Lightning's wrapper: DDP's gradient all-reduce, a precision plugin's scaling
