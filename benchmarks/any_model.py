@@ -14,7 +14,7 @@ Each model runs in its own process, so one that runs out of memory is a failed r
 end of the table.
 
 ``FAMILIES`` names every family of ``torchvision.models.list_models()`` (classification and
-segmentation) with the model the fast test (tests/test_any_model.py) runs; ``EXCLUDED`` the
+segmentation) with the model the fast test (tests/models/test_any_model.py) runs; ``EXCLUDED`` the
 families that are out of scope. A family in neither fails that test.
 """
 

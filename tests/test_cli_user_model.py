@@ -10,7 +10,7 @@ from imagefolder_fixture import make_image_folder
 
 from attnround_pl import cli
 
-USER_CNN = Path(__file__).with_name("user_cnn.py")
+USER_CNN = Path(__file__).parent / "support" / "user_cnn.py"
 
 USER_DATA = '''
 import lightning.pytorch as pl

@@ -118,7 +118,7 @@ class BlockReconstruction(pl.LightningModule):
     ``calib.step.optimizer_step`` (the code the CUDA graph records and the speed benchmark's
     bare loop runs); under DDP or another precision, one step a batch through Lightning's
     ``manual_backward`` and optimizer wrapper (gradient all-reduce, loss scaling). The
-    results are the same step for step (``tests/test_reconstruction.py``).
+    results are the same step for step (``tests/calib/test_reconstruction.py``).
 
     ``compile`` (not 'off'): the unit's forward (and with it, through AOTAutograd, its backward)
     runs through ``torch.compile`` in that mode, compiled afresh for each unit once it is on
@@ -310,7 +310,7 @@ class BlockReconstruction(pl.LightningModule):
 def adam_options(device: torch.device, capturable: bool = False) -> dict[str, bool]:
     """Adam's implementation: ``fused`` (one kernel a tensor for the whole update) on the
     CPU, ``foreach`` (one kernel per update over all tensors) elsewhere, ``capturable`` for a
-    CUDA graph. Fused and foreach agree to float rounding (``tests/test_reconstruction.py``);
+    CUDA graph. Fused and foreach agree to float rounding (``tests/calib/test_reconstruction.py``);
     on the 2-core CPU machine fused takes about half foreach's time on a ResNet-20 unit."""
     if device.type == "cpu" and not capturable:
         return {"fused": True}

@@ -26,8 +26,8 @@ class _LSQRound(torch.autograd.Function):
     """``s * clamp(round(x / s), qmin, qmax)`` with LSQ's gradients, in as few passes over the
     tensor as eager PyTorch allows. The same function as composing ``clamp(x / s)``, a
     straight-through round and ``* s`` with the step's gradient scaled by ``g`` (values and
-    gradients agree to float rounding; ``tests/test_act_quant.py`` compares them), at a fraction
-    of its CPU time:
+    gradients agree to float rounding; ``tests/quant/test_act_quant.py`` compares them), at a
+    fraction of its CPU time:
 
     - input: ``grad`` where ``qmin < x / s < qmax`` (strictly, as ``torch.clamp``'s
       gradient), else 0: one ``hardtanh_backward``, a single float kernel (comparisons that

@@ -4,7 +4,7 @@ from pathlib import Path
 
 from doc_blocks import python_block
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 def quickstart() -> str:

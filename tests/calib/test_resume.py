@@ -14,7 +14,7 @@ from attnround_pl.calib.run_folder import RunFolderError
 from attnround_pl.data import FashionMNISTDataModule
 from attnround_pl.quant import QuantConfig, read_quantized
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TRAINER = {"accelerator": "cpu", "devices": 1}
 
 

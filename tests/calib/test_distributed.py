@@ -33,7 +33,7 @@ from attnround_pl.quant import (
     set_learning,
 )
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_one_process_draws_the_batches_it_always_drew():

@@ -23,7 +23,7 @@ from attnround_pl.data.modules import FMNIST_MEAN, FMNIST_STD
 from attnround_pl.export import export_onnx, read_onnx_metadata, read_state
 from attnround_pl.quant import QuantConfig, read_quantized
 
-DOC = Path(__file__).resolve().parents[1] / "docs" / "export.md"
+DOC = Path(__file__).resolve().parents[2] / "docs" / "export.md"
 FMNIST_PREPROCESSING = {
     "input_shape": [1, 28, 28],
     "channel_order": "L",

@@ -14,7 +14,7 @@ import torchvision
 
 from attnround_pl.models import ModelLoadError, build_model
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
 
 
 def _any_model():

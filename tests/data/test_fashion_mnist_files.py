@@ -6,7 +6,7 @@ from attnround_pl.data import DataError, FashionMNISTDataModule
 from attnround_pl.data import fashion_mnist_files as fm
 from attnround_pl.errors import InputError
 
-REPO = fm.Path(__file__).resolve().parents[1]
+REPO = fm.Path(__file__).resolve().parents[2]
 
 
 def test_unpacks_debian_layout_into_torchvision_layout(tmp_path):

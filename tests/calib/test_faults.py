@@ -18,7 +18,7 @@ from attnround_pl.calib import sequencer as sequencer_module
 from attnround_pl.calib.resume import PROGRESS
 from attnround_pl.calib.run_lock import LOCK, process_start
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "configs" / "resnet20_w4a4.yaml"
 
 

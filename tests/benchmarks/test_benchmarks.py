@@ -7,7 +7,7 @@ import yaml
 
 from attnround_pl import cli
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
 
 
 def _load(name: str):
