@@ -3,10 +3,11 @@
 The public API (imported on first use, so ``import attnround_pl`` stays light):
 
 - ``quantize(model, data, w_bits=4, a_bits=4, ...)``: any ``nn.Module`` and calibration images
-  in, the quantized model out, with ``.report`` (see ``attnround_pl.api``);
+  in, the quantized model out, with ``.report``, a ``Report`` (see ``attnround_pl.api``);
 - ``save(qmodel, path)`` / ``load(path, model=None)``;
 - ``export_onnx(qmodel, example, path)`` / ``export_state(...)``: deployment files;
-- ``QuantConfig``, ``ReconConfig``, ``RunConfig``: every setting, as the CLI's YAML has them.
+- ``QuantConfig``, ``MixedConfig``, ``ReconConfig``, ``RunConfig``: every setting, as the CLI's
+  YAML has them (``quant:``, ``mixed:``, ``recon:``, ``run:``).
 """
 
 from __future__ import annotations
@@ -21,9 +22,11 @@ _API = {
     "save": "attnround_pl.api",
     "load": "attnround_pl.api",
     "QuantConfig": "attnround_pl.quant",
+    "MixedConfig": "attnround_pl.mixed.config",
     "ReconConfig": "attnround_pl.calib.settings",
     "RunConfig": "attnround_pl.calib.settings",
     "ModelSource": "attnround_pl.models.source",
+    "Report": "attnround_pl.calib.report",
     "export_onnx": "attnround_pl.export",
     "export_state": "attnround_pl.export",
     "load_state": "attnround_pl.export",

@@ -2,7 +2,7 @@
 
     import attnround_pl
     qmodel = attnround_pl.quantize(model, loader, w_bits=4, a_bits=4)
-    qmodel.report["quant_fidelity"]          # SQNR, cosine, max |diff| against the float model
+    qmodel.report.quantized.fidelity         # SQNR, cosine, max |diff| against the float model
     attnround_pl.save(qmodel, "model_w4a4.pt")
     qmodel = attnround_pl.load("model_w4a4.pt", model=MyNet())   # MyNet: rebuilt from the file
                                                                  # when it was a zoo/import model
@@ -16,7 +16,6 @@ ignored for calibration; when the evaluation data carries them, the report has t
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -24,12 +23,15 @@ from typing import Any
 from torch import nn
 
 from .calib.pipeline import checkpoint_meta, run_calibration
+from .calib.report import Report
 from .calib.run_folder import CHECKPOINT, REPORT, build_float
 from .calib.settings import ReconConfig, RunConfig
 from .data.preprocessing import Preprocessing
 from .errors import SettingError
+from .export.checkpoint import load_quantized, save_quantized
+from .mixed.config import MixedConfig
 from .models.source import ModelSource
-from .quant import QuantConfig, load_quantized, save_quantized
+from .quant import QuantConfig
 
 
 def _with(config: Any, **overrides: Any) -> Any:
@@ -50,6 +52,7 @@ def quantize(
     eval_data: Any = None,
     quant: QuantConfig | None = None,
     recon: ReconConfig | None = None,
+    mixed: MixedConfig | dict[str, Any] | None = None,
     out_dir: str | os.PathLike | None = None,
     name: str | None = None,
     overwrite: bool = False,
@@ -64,9 +67,13 @@ def quantize(
         model: the float model (never modified; a quantized copy is returned).
         data: calibration images (see the module docstring).
         w_bits, a_bits, rounding, seed: override ``quant`` (default ``QuantConfig()``: W4A4,
-            Attention Round, first and last layer 8-bit).
+            Attention Round with tau 0.5, first and last layer 8-bit; the rounding's own
+            settings are ``QuantConfig(rounding_args={"tau": 0.25})``).
         iters: optimisation steps per unit, overrides ``recon`` (default ``ReconConfig()``:
             2,000 at batch 64).
+        mixed: per-layer weight bits by coding length, a ``MixedConfig`` or its dict
+            (``{"bit_list": [3, 4, 5, 6]}``); default: single precision. The allocation is
+            ``qmodel.bit_allocation``, its table the report's ``mixed``.
         calib_size: images taken from ``data`` (the first ones; None: all).
         eval_data: evaluation batches for the report (top-1 with labels, fidelity always);
             default: the data module's evaluation split, else the calibration images.
@@ -79,13 +86,15 @@ def quantize(
         source: how a saved copy rebuilds the float architecture (default: from the object;
             see ``models.source``).
 
-    Returns the frozen quantized model in eval mode; ``.report`` holds the report (float,
+    Returns the frozen quantized model in eval mode; ``.report`` holds the ``Report`` (float,
     round-to-nearest and quantized fidelity and top-1, per-unit errors, time).
     """
     quant = _with(
         quant or QuantConfig(), w_bits=w_bits, a_bits=a_bits, rounding=rounding, seed=seed
     )
     recon = _with(recon or ReconConfig(), iters=iters)
+    if isinstance(mixed, dict):
+        mixed = MixedConfig(**mixed)
     run = None
     if out_dir is not None:
         run = RunConfig(out_dir=str(out_dir), name=name, progress=progress, overwrite=overwrite)
@@ -103,6 +112,7 @@ def quantize(
         eval_data=eval_data,
         source=source,
         progress=progress,
+        mixed=mixed,
     )
     qmodel = result.model
     qmodel.report = result.report
@@ -142,12 +152,11 @@ def load(path: str | os.PathLike, model: nn.Module | None = None) -> nn.Module:
     file = path / CHECKPOINT if folder is not None else path
     qmodel, payload = load_quantized(file, lambda meta: build_float(meta, model))
     meta = payload["meta"]
-    known = {f.name for f in dataclasses.fields(QuantConfig)}
-    qmodel.quant_config = QuantConfig(**{k: v for k, v in payload["quant"].items() if k in known})
+    qmodel.quant_config = QuantConfig.from_dict(payload["quant"])  # any version's keys
     qmodel.float_source = ModelSource.from_meta(meta)
     qmodel.output_classes = meta.get("num_classes")
     recorded = meta.get("preprocessing")  # absent in files saved before it was recorded
     qmodel.preprocessing = None if recorded is None else Preprocessing.from_dict(recorded)
     if folder is not None and (folder / REPORT).is_file():
-        qmodel.report = json.loads((folder / REPORT).read_text())
+        qmodel.report = Report.read(folder / REPORT)
     return qmodel

@@ -1,15 +1,21 @@
 """``attnround-pl`` command line, on LightningCLI.
 
-    attnround-pl calibrate --config configs/resnet20_w4a4.yaml [--quant.w_bits 3 ...]
+    attnround-pl calibrate --config configs/models/resnet20.yaml \
+        --config configs/recipes/attention.yaml [--quant.w_bits 3 ...]
     attnround-pl evaluate --run runs/<run folder>
     attnround-pl export --run runs/<run folder> --format onnx|state [--out FILE]
 
-``calibrate`` takes every LightningCLI option: ``--print_config``, ``--model.*`` (FloatModel:
-``--model.arch`` a zoo or torchvision name, or ``--model.net.class_path`` / ``init_args`` of
-the user's own nn.Module or LightningModule), ``--data`` (any LightningDataModule: ours, or the
-user's own, whose train_dataloader feeds calibration and val/test_dataloader evaluation),
-``--trainer.*`` and our groups ``--quant.*``, ``--recon.*`` and ``--run.*``. One seed
-(``--seed_everything``) seeds everything. Class paths resolve against the current folder and
+``calibrate`` composes its settings from several ``--config`` files, a later one overriding an
+earlier one, then the options: a model file (``configs/models/``: model, data, trainer), a
+recipe (``configs/recipes/``: rounding and its settings, reconstruction) and, optionally, a
+precision file (``configs/precision/``: bits, mixed precision). It takes every LightningCLI
+option: ``--print_config``, ``--model.*`` (FloatModel: ``--model.arch`` a zoo or torchvision
+name, or ``--model.net.class_path`` / ``init_args`` of the user's own nn.Module or
+LightningModule), ``--data`` (any LightningDataModule: ours, or the user's own, whose
+train_dataloader feeds calibration and val/test_dataloader evaluation), ``--trainer.*`` and our
+groups ``--quant.*`` (the rounding's own settings: ``--quant.rounding_args.tau 0.25``),
+``--mixed.*``, ``--recon.*`` and ``--run.*``. One seed (``--seed_everything``) seeds
+everything. Class paths resolve against the current folder and
 PYTHONPATH. Lightning's optimizer and learning-rate scheduler options are left out: the
 reconstruction sets its own (``--recon.lr``, ``--recon.lr_schedule``).
 
@@ -19,7 +25,8 @@ the export packages are imported by the command that needs them, so ``attnround-
 
 An option or config key jsonargparse refuses (unknown, of the wrong type, a missing config
 file) is reduced to one line, with the closest valid key when there is one
-(``unknown option --quant.w_bit; did you mean w_bits?``).
+(``unknown option --quant.w_bit; did you mean w_bits?``); a key of an earlier version says
+which key replaced it (``quant.tau is now quant.rounding_args.tau: ...``).
 """
 
 from __future__ import annotations
@@ -57,8 +64,9 @@ USAGE = """usage: attnround-pl {calibrate,evaluate,export} ...
 
 TRACEBACK_ENV = "ATTNROUND_PL_TRACEBACK"
 
-CALIBRATE_USAGE = """attnround-pl calibrate [--config FILE] [--print_config] [--seed_everything N]
-                              [--quant.* ...] [--recon.* ...] [--run.* ...]
+CALIBRATE_USAGE = """attnround-pl calibrate [--config FILE ...] [--print_config]
+                              [--seed_everything N] [--quant.* ...] [--mixed.* ...]
+                              [--recon.* ...] [--run.* ...]
                               [--trainer.* ...] [--model.* ...] [--data CLASS --data.* ...]"""
 
 # A misspelt option is refused, not expanded (argparse would read --quant.w_bit as
@@ -68,7 +76,8 @@ PARSER_KWARGS = {
     "allow_abbrev": False,
     "usage": CALIBRATE_USAGE,
     "description": "Quantize a model with block reconstruction. Settings come from --config "
-    "YAML files (configs/*.yaml) and the options below; a later one wins.",
+    "YAML files (a model: configs/models/*.yaml, a recipe: configs/recipes/*.yaml, bits: "
+    "configs/precision/*.yaml) and the options below; a later one wins.",
 }
 
 
@@ -108,14 +117,15 @@ def close_process_group() -> None:
 
 # ---- jsonargparse's errors, reduced to one line ----
 
-_KINDS = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string"}
+_KINDS = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string",
+          "dict": "a mapping ({key: value})"}
 _PLURALS = {"int": "integers", "float": "numbers", "bool": "booleans", "str": "strings"}
 # Parser keys that are not settings a config file holds.
 _NOT_KEYS = {"help", "config", "print_config", "print_shtab", argparse.SUPPRESS}
 
 
 def _keys(parser: Any) -> list[str]:
-    """Every key the parser takes, dotted (``quant``, ``quant.w_bits``, ``quant.mixed.eps2``),
+    """Every key the parser takes, dotted (``quant``, ``quant.w_bits``, ``quant.drop.prob``),
     in its order."""
     return [action.dest for action in parser._actions if action.dest not in _NOT_KEYS]
 
@@ -136,7 +146,13 @@ def did_you_mean(name: str, valid: list[str], where: str) -> str:
 
 
 def unknown_key(parser: Any, key: str, option: bool = False) -> str:
-    """One line for a key the parser does not take, with the closest one of its group."""
+    """One line for a key the parser does not take: the key that replaced it when it is one of
+    an earlier version, else the closest one of its group."""
+    from .quant.config import moved_key_message
+
+    moved = moved_key_message(key)
+    if moved is not None:
+        return moved
     keys = _keys(parser)
     parts = key.split(".")
     depth = 0  # the leading parts that name a group the parser has
@@ -188,8 +204,9 @@ def _missing(names: str, args: list[str]) -> str:
     """What to give when a required key (the data module) is missing."""
     given = [a for a in args if a.startswith("-")]
     if not any(a in ("-c", "--config") or a.startswith(("--config=", "--model")) for a in given):
-        return ("nothing to calibrate: give --config FILE (a YAML such as "
-                "configs/resnet20_w4a4.yaml), or the model (--model.arch NAME or "
+        return ("nothing to calibrate: give --config FILE (a model such as "
+                "configs/models/resnet20.yaml, then a recipe such as "
+                "configs/recipes/attention.yaml), or the model (--model.arch NAME or "
                 "--model.net.class_path CLASS) and the data (--data CLASS); "
                 "'attnround-pl calibrate --help' lists every option")
     if names.strip() == "data":
@@ -203,9 +220,37 @@ def _one_line(text: str) -> str:
     return " ".join(line.strip() for line in text.splitlines() if line.strip())
 
 
+def _config_files(args: list[str]) -> list[str]:
+    """The ``--config`` values of ``args``, in order."""
+    found = []
+    for i, arg in enumerate(args):
+        if arg.startswith("--config="):
+            found.append(arg.split("=", 1)[1])
+        elif arg in ("--config", "-c") and i + 1 < len(args):
+            found.append(args[i + 1])
+    return found
+
+
+def _bad_config(args: list[str]) -> str | None:
+    """One line for the first ``--config`` file of ``args`` that is not a YAML mapping."""
+    from .early_check import ConfigFileError, read_config_file
+
+    for value in _config_files(args):
+        if Path(value).is_file():
+            try:
+                read_config_file(value)
+            except ConfigFileError as exc:
+                return str(exc)
+    return None
+
+
 def parse_error_message(message: str, parser: Any, args: list[str]) -> str:
     """jsonargparse's (often multi-line) parse error as the one line a user acts on."""
     text = message.strip()
+    if text.startswith(("Problems parsing config", "Unexpected config")):
+        bad = _bad_config(args)
+        if bad is not None:
+            return bad
     if match := re.match(r"unrecognized arguments: (.*)", text, re.S):
         first = match.group(1).split()[0]
         if not first.startswith("-"):
@@ -257,6 +302,7 @@ def calibrate_cli_class() -> type[LightningCLI]:
 
     from .calib.settings import ReconConfig, RunConfig
     from .data import ImageFolderDataModule, check_image_settings, check_loader_settings
+    from .mixed.config import MixedConfig
     from .quant import QuantConfig
 
     class CalibrateCLI(LightningCLI):
@@ -264,6 +310,7 @@ def calibrate_cli_class() -> type[LightningCLI]:
             # Ours first: --help lists them after --config and --seed_everything, before the
             # Trainer's fifty options.
             parser.add_class_arguments(QuantConfig, "quant")
+            parser.add_class_arguments(MixedConfig, "mixed")
             parser.add_class_arguments(ReconConfig, "recon")
             parser.add_class_arguments(RunConfig, "run")
             super().add_core_arguments_to_parser(parser)
@@ -286,6 +333,7 @@ def calibrate_cli_class() -> type[LightningCLI]:
         def before_instantiate_classes(self) -> None:
             # Bad settings fail here, before any model or data is loaded.
             QuantConfig(**self.config["quant"].as_dict()).validate()
+            MixedConfig(**self.config["mixed"].as_dict()).validate()
             ReconConfig(**self.config["recon"].as_dict()).validate()
             RunConfig(**self.config["run"].as_dict()).validate()
             # The data module's own checks would surface wrapped in jsonargparse's usage text.
@@ -358,6 +406,7 @@ def cmd_calibrate(args: list[str]) -> int:
     cli = build_cli(args)
     from .calib.pipeline import calibrate
     from .calib.settings import ReconConfig, RunConfig
+    from .mixed.config import MixedConfig
     from .quant import QuantConfig
 
     config_text = cli.parser.dump(cli.config, skip_none=False)
@@ -366,6 +415,7 @@ def cmd_calibrate(args: list[str]) -> int:
         cli.model, cli.datamodule, QuantConfig(**cfg["quant"].as_dict()),
         ReconConfig(**cfg["recon"].as_dict()), RunConfig(**cfg["run"].as_dict()),
         trainer_kwargs=trainer_kwargs(cli), config_text=config_text, source=model_source(cli),
+        mixed=MixedConfig(**cfg["mixed"].as_dict()),
     )
     return 0
 
@@ -385,13 +435,40 @@ def _run_args(command: str, args: list[str], *extra: tuple[str, dict]) -> tuple[
     return parser.parse_known_args(args)
 
 
+def current_config(config: dict[str, Any]) -> dict[str, Any]:
+    """A run folder's config.yaml (as a dict) in this version's keys: the quant keys of an
+    earlier version moved where they are now (``QuantConfig.from_dict``), ``quant.mixed`` to
+    the ``mixed`` section. A config without old keys is returned as it is."""
+    from .quant.config import MOVED_KEYS, QuantConfig
+
+    quant = config.get("quant")
+    old = [k for k in MOVED_KEYS if k.startswith("quant.")]
+    if not isinstance(quant, dict) or not any(k.split(".", 1)[1] in quant for k in old):
+        return config
+    mixed = quant.get("mixed")
+    config = {**config, "quant": QuantConfig.from_dict(quant).to_dict()}
+    if isinstance(mixed, dict) and config.get("mixed") is None:
+        config["mixed"] = mixed
+    return config
+
+
 def _run_cli(run_dir: Path, overrides: list[str], float_weights: bool = False) -> LightningCLI:
     """The run's config.yaml plus the user's overrides (data and trainer options); the float
-    model's weights are loaded only when asked (evaluate compares with them)."""
+    model's weights are loaded only when asked (evaluate compares with them). A config.yaml of
+    an earlier version is read in this version's keys (``current_config``)."""
+    import yaml
+
     from .calib.run_folder import CONFIG
 
     weights = [] if float_weights else ["--model.weights", "null", "--model.checkpoint", "null"]
-    return build_cli(["--config", str(run_dir / CONFIG), *weights, *overrides])
+    config: Any = str(run_dir / CONFIG)
+    try:
+        saved = yaml.safe_load((run_dir / CONFIG).read_text())
+    except (OSError, yaml.YAMLError):
+        saved = None
+    if isinstance(saved, dict) and current_config(saved) is not saved:
+        config = yaml.safe_dump(current_config(saved), sort_keys=False)
+    return build_cli(["--config", config, *weights, *overrides])
 
 
 def cmd_evaluate(args: list[str]) -> int:
@@ -399,7 +476,7 @@ def cmd_evaluate(args: list[str]) -> int:
     from .calib.evaluation import evaluate_model
     from .calib.run_folder import CHECKPOINT, build_float, check_run_folder
     from .data import calibration_images, evaluation_batches
-    from .quant import load_quantized
+    from .export.checkpoint import load_quantized
 
     run_dir = check_run_folder(opts.run)
     cli = _run_cli(run_dir, overrides, float_weights=True)
@@ -425,16 +502,24 @@ def cmd_export(args: list[str]) -> int:
         "export", args,
         ("--format", {"required": True, "help": f"one of: {', '.join(FORMATS)}"}),
         ("--out", {"default": None, "help": "output file (default: in the run folder)"}),
+        ("--opset", {"type": int, "default": None,
+                     "help": "ONNX opset, 18 to 21 (default: 21 when a grid has 4 bits or "
+                             "fewer, INT4/UINT4 codes; 18: 8-bit types for older runtimes)"}),
     )
     from rich.console import Console
 
     from .calib.export_job import check_format, export_run, export_table
     from .calib.run_folder import check_run_folder
+    from .calib.settings import RunConfig
 
     check_format(opts.format)
+    if opts.opset is not None:
+        if opts.format != "onnx":
+            raise SettingError(f"--opset is an ONNX setting; --format {opts.format} has none")
+        RunConfig(onnx_opset=opts.opset).validate()
     run_dir = check_run_folder(opts.run)
     cli = _run_cli(run_dir, overrides)
-    result = export_run(run_dir, opts.format, cli.datamodule, opts.out)
+    result = export_run(run_dir, opts.format, cli.datamodule, opts.out, opset=opts.opset)
     Console().print(export_table(result))
     return 0
 

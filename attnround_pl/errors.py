@@ -24,8 +24,8 @@ class SettingError(InputError, ValueError):
 def check_finite(settings: Any, group: str, error: type[SettingError] = SettingError) -> None:
     """Refuse NaN and infinity in the float fields of a settings dataclass, by name.
 
-    ``group`` is the key the fields sit under (``quant``, ``quant.mixed``, ``recon``): the
-    message reads ``quant.tau=nan must be a finite number``. Nested dataclasses and containers
+    ``group`` is the key the fields sit under (``quant``, ``quant.drop``, ``mixed``, ``recon``):
+    the message reads ``recon.lr=nan must be a finite number``. Nested dataclasses and containers
     are left to their own ``validate``; ``error`` is the subclass of ``SettingError`` to raise.
     """
     for f in dataclasses.fields(settings):

@@ -11,29 +11,37 @@ suite also takes the seeds it lacks from the other suites' JSON (the same row is
 command in every suite), as the tau suite's MobileNetV2 tau = 0.5 rows were.
 
     .venv/bin/python benchmarks/accuracy.py --quick          # resnet20, one seed, ~25 min
-    .venv/bin/python benchmarks/accuracy.py --suite main     # README's table (~3.5 h)
+    .venv/bin/python benchmarks/accuracy.py --suite main     # docs/benchmarks.md's table (~3.5 h)
     .venv/bin/python benchmarks/accuracy.py --full           # everything below, 3 seeds
     .venv/bin/python benchmarks/accuracy.py --suite aquant   # one named suite
     .venv/bin/python benchmarks/accuracy.py --suite tau --reuse-suites  # tau = 0.5 from the others
 
-Methods (all on the same calibration set, evaluation and first/last 8-bit layers):
-    nearest, floor, ceil, stochastic   the rounding function alone (no reconstruction; the
-                                       activation steps keep their MSE initialisation)
-    adaround                           AdaRound at our settings (2k iterations, batch 64, 4e-4)
+A row runs what a user runs: ``attnround-pl calibrate --config configs/models/<model>.yaml
+--config configs/recipes/<recipe>.yaml`` plus the setting's bits and the method's options
+(``calibrate_args``). Methods (all on the same calibration set, evaluation and first/last 8-bit
+layers), with their recipe:
+    nearest, floor, ceil, stochastic   nearest.yaml (+ --quant.rounding): the rounding function
+                                       alone (no reconstruction; the activation steps keep
+                                       their MSE initialisation)
+    adaround                           adaround.yaml: AdaRound at our settings (2k iterations,
+                                       batch 64, 4e-4)
     adaround_20k                       AdaRound with BRECQ's budget (20k, batch 32) at our lr 4e-4
-    brecq                              BRECQ's recipe: AdaRound, 20k iterations, batch 32, lr 1e-3,
-                                       regulariser 0.01, beta 20 -> 2 after 20 % warm-up,
-                                       activation steps at lr 4e-4
-    qdrop                              QDrop's recipe: BRECQ's, activation steps at lr 4e-5,
-                                       activations dropped to float with probability 0.5
-    attention                          Attention Round, the paper's settings (tau 0.5, 2k, 64, 4e-4)
+    brecq                              brecq.yaml, BRECQ's recipe: AdaRound, 20k iterations,
+                                       batch 32, lr 1e-3, regulariser 0.01, beta 20 -> 2 after
+                                       20 % warm-up, activation steps at lr 4e-4
+    qdrop                              qdrop.yaml, QDrop's recipe: BRECQ's, activation steps at
+                                       lr 4e-5, activations dropped to float with probability 0.5
+    attention                          attention.yaml, Attention Round, the paper's settings
+                                       (tau 0.5, 2k, 64, 4e-4); the rows below are it plus options
     attention_20k                      the same with BRECQ's budget: 20k iterations, batch 32
     attention_20k_lr1e-3               ... and BRECQ's learning rate 1e-3 for the offsets
     attention_cosine                   Attention Round with both learning rates decayed to 0
                                        along a half cosine (``recon.lr_schedule cosine``)
-    attention_tau<t>                   the tau sweep (figure 2 of the paper)
+    attention_tau<t>                   the tau sweep (figure 2 of the paper):
+                                       --quant.rounding_args.tau <t>
     attention+aquant                   Attention Round with AQuant's learned activation border
-    adaround+drop, attention+drop      our 2k settings with QDrop's dropping (probability 0.5)
+    adaround+drop, attention+drop      our 2k settings with QDrop's dropping (probability 0.5,
+                                       --quant.drop.prob 0.5)
 """
 
 from __future__ import annotations
@@ -49,10 +57,13 @@ from pathlib import Path
 from typing import NamedTuple
 
 from markdown_table import HEADER, row_line
-from result_json import most_seeded_rows, read_json, read_result
+from result_json import most_seeded_rows, read_result
+
+from attnround_pl.calib.report import Report, ReportError
 
 ROOT = Path(__file__).resolve().parents[1]
 CLI = [sys.executable, "-m", "attnround_pl.cli"]
+CONFIGS = ROOT / "configs"
 
 BITS = {"W4A32": (4, 32), "W3A32": (3, 32), "W4A4": (4, 4), "W3A3": (3, 3), "W2A4": (2, 4),
         "W2A2": (2, 2), "W3A4": (3, 4), "W5A4": (5, 4)}
@@ -63,45 +74,58 @@ MIXED = {"MP3456": "[3,4,5,6]", "MP345": "[3,4,5]"}
 def setting_args(setting: str) -> list[str]:
     mixed, _, budget_bits = setting.partition("@W")
     if mixed in MIXED:
-        budget = ["--quant.mixed.budget_bits", budget_bits] if budget_bits else []
-        return ["--quant.a_bits", "4", "--quant.mixed.bit_list", MIXED[mixed], *budget]
+        budget = ["--mixed.budget_bits", budget_bits] if budget_bits else []
+        return ["--quant.a_bits", "4", "--mixed.bit_list", MIXED[mixed], *budget]
     w_bits, a_bits = BITS[setting]
     return ["--quant.w_bits", str(w_bits), "--quant.a_bits", str(a_bits)]
 
 
-NO_RECON = ["--recon.iters", "0"]
-BUDGET_20K = ["--recon.iters", "20000", "--recon.batch_size", "32"]  # BRECQ's and QDrop's
-# their code keeps each unit's learned state whatever its error: recon.keep_better false
-BRECQ = ["--quant.rounding", "adaround", *BUDGET_20K, "--recon.lr", "1e-3",
-         "--recon.act_lr", "4e-4", "--quant.adaround_reg_weight", "0.01",
-         "--quant.adaround_beta_start", "20", "--quant.adaround_beta_end", "2",
-         "--quant.adaround_warmup", "0.2",
-         "--recon.keep_better", "false"]
+class Method(NamedTuple):
+    """A table row's method: a recipe (``configs/recipes/<recipe>.yaml``) and calibrate options
+    on top of it."""
+
+    recipe: str
+    args: tuple[str, ...] = ()
+
+
+BUDGET_20K = ("--recon.iters", "20000", "--recon.batch_size", "32")  # BRECQ's and QDrop's
+DROP = ("--quant.drop.prob", "0.5")  # QDrop's dropping, its probability
 TAUS = ("0", "0.25", "0.75", "1.0")
 TAU_SWEEP = [f"attention_tau{t}" for t in TAUS]  # beside "attention", tau 0.5
 
-# method name -> calibrate options on top of configs/<model>_w4a4.yaml
+# method name -> recipe and options on top of it (after the model file and the setting's bits)
 METHODS = {
-    **{name: ["--quant.rounding", name, *NO_RECON]
-       for name in ("nearest", "floor", "ceil", "stochastic")},
-    "adaround": ["--quant.rounding", "adaround"],
+    "nearest": Method("nearest"),
+    **{name: Method("nearest", ("--quant.rounding", name)) for name in ("floor", "ceil",
+                                                                         "stochastic")},
+    "adaround": Method("adaround"),
     # BRECQ's recipe but for the learning rate (ours, 4e-4; regulariser and beta are the same)
-    "adaround_20k": ["--quant.rounding", "adaround", *BUDGET_20K],
-    "brecq": BRECQ,
-    "qdrop": [*BRECQ, "--recon.act_lr", "4e-5", "--quant.drop_prob", "0.5"],
-    "attention": [],
+    "adaround_20k": Method("adaround", BUDGET_20K),
+    "brecq": Method("brecq"),
+    "qdrop": Method("qdrop"),
+    "attention": Method("attention"),
     # Attention Round with BRECQ's budget (20k iterations, batch 32), its own learning rates
-    "attention_20k": BUDGET_20K,
+    "attention_20k": Method("attention", BUDGET_20K),
     # ... and with BRECQ's learning rate for the rounding variables too (1e-3; steps 4e-4)
-    "attention_20k_lr1e-3": [*BUDGET_20K, "--recon.lr", "1e-3"],
+    "attention_20k_lr1e-3": Method("attention", (*BUDGET_20K, "--recon.lr", "1e-3")),
     # both learning rates decayed to 0 along a half cosine (recon.lr_schedule; not the paper's)
-    "attention_cosine": ["--recon.lr_schedule", "cosine"],
-    **{f"attention_tau{t}": ["--quant.tau", t] for t in TAUS},
-    "attention+aquant": ["--quant.act_border", "aquant"],
+    "attention_cosine": Method("attention", ("--recon.lr_schedule", "cosine")),
+    **{f"attention_tau{t}": Method("attention", ("--quant.rounding_args.tau", t)) for t in TAUS},
+    "attention+aquant": Method("attention", ("--quant.act_border", "aquant")),
     # QDrop's dropping alone, at our settings (2k iterations, batch 64, lr 4e-4)
-    **{f"{name}+drop": [*extra, "--quant.drop_prob", "0.5"]
-       for name, extra in (("adaround", ["--quant.rounding", "adaround"]), ("attention", []))},
+    "adaround+drop": Method("adaround", DROP),
+    "attention+drop": Method("attention", DROP),
 }
+
+
+def calibrate_args(model: str, setting: str, method: str, seed: int) -> list[str]:
+    """The ``attnround-pl calibrate`` arguments of a row (without the run folder's): the model
+    file, the method's recipe, the setting's bits, the seed and the method's options."""
+    recipe, extra = METHODS[method]
+    return ["--config", str(CONFIGS / "models" / f"{model}.yaml"),
+            "--config", str(CONFIGS / "recipes" / f"{recipe}.yaml"),
+            *setting_args(setting), "--seed_everything", str(seed), *extra]
+
 
 BASELINES = ["nearest", "floor", "ceil", "stochastic", "adaround"]
 PEERS = ["brecq", "qdrop"]
@@ -128,9 +152,10 @@ SUITES = {
         Block(["W3A3"], [*RECON_TRIO]),
         Block(["W2A4"], [*RECON_TRIO]),
     ]),
-    # README's main table: 3 seeds where the methods are within 1 pp of each other, the
-    # peers' 20k-iteration recipes (10-30 min a run here) included, at W2A4, W4A4, W3A3 and
-    # W2A2; Attention Round with their budget once, at its own learning rate and BRECQ's
+    # docs/benchmarks.md's main table (and README's headline): 3 seeds where the methods are
+    # within 1 pp of each other, the peers' 20k-iteration recipes (10-30 min a run here)
+    # included, at W2A4, W4A4, W3A3 and W2A2; Attention Round with their budget once, at its
+    # own learning rate and BRECQ's
     "main": (["resnet20"], [
         Block(["W4A4"], [*BASELINES, "attention"], SEEDS3),
         Block(["W3A3"], [*RECON_TRIO], SEEDS3),
@@ -199,7 +224,7 @@ SUITES = {
 
 
 def run_row(model: str, setting: str, method: str, seed: int, runs: Path,
-            existing_only: bool = False) -> dict | None:
+            existing_only: bool = False) -> Report | None:
     """One calibration (or its earlier report); returns the report (None: not run and
     ``existing_only``)."""
     name = f"{model}_{setting}_{method}_s{seed}".replace("+", "-")
@@ -207,15 +232,18 @@ def run_row(model: str, setting: str, method: str, seed: int, runs: Path,
     if not report.is_file() and existing_only:
         return None
     if not report.is_file():
-        cmd = [*CLI, "calibrate", "--config", str(ROOT / "configs" / f"{model}_w4a4.yaml"),
-               *setting_args(setting), "--seed_everything", str(seed), *METHODS[method],
+        cmd = [*CLI, "calibrate", *calibrate_args(model, setting, method, seed),
                "--run.out_dir", str(runs), "--run.name", name, "--run.progress", "false",
                "--run.eval_float", "false", "--run.export", "[onnx]"]
         print(f"# {name}: {' '.join(cmd[2:])}", file=sys.stderr, flush=True)
         started = time.perf_counter()
         subprocess.run(cmd, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
         print(f"# {name}: {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
-    return read_json(report, f"delete the run folder {report.parent} to calibrate it again")
+    try:
+        return Report.read(report)
+    except ReportError as exc:
+        raise SystemExit(f"{exc}; delete the run folder {report.parent} to calibrate it again"
+                         ) from None
 
 
 @functools.cache  # read once per model, not once per row
@@ -225,14 +253,14 @@ def float_top1(model: str) -> float:
     return float(embedded_info(model)["float_top1"])
 
 
-def ms_per_iteration(report: dict) -> float | None:
+def ms_per_iteration(report: Report) -> float | None:
     """Milliseconds of one reconstruction iteration summed over the units that learned,
     everything of a unit included (cache, MSE checks, Trainer set-up); None: no
     reconstruction. ``benchmarks/speed.py`` gives the float forward + backward beside it."""
-    learned = [u for u in report["units"] if u.get("learned") and u.get("iters")]
+    learned = [u for u in report.units if u.learned and u.iters]
     if not learned:
         return None
-    return 1e3 * sum(u["seconds"] / u["iters"] for u in learned)
+    return 1e3 * sum(u.seconds / u.iters for u in learned)
 
 
 # what a table row takes from one calibration's report (``ms_per_iter`` is computed)
@@ -240,11 +268,22 @@ RECORD_KEYS = ("quant_top1", "quant_top5", "nearest_top1", "calib_seconds", "pea
                "size_mb", "onnx_top1", "onnx_argmax_mismatch", "machine")
 
 
-def seed_record(report: dict) -> dict:
+def seed_record(report: Report) -> dict:
     """The numbers of one seed's calibration that its table row needs, kept in the row's
-    ``per_seed`` so the JSON alone can be extended later (``benchmarks/runs`` is not committed)."""
-    return {**{key: report[key] for key in RECORD_KEYS}, "ms_per_iter": ms_per_iteration(report),
-            "calib_reference_iters": report.get("calib_reference_iters")}
+    ``per_seed`` so the JSON alone can be extended later (``benchmarks/runs`` is not committed).
+    Its keys are ``RECORD_KEYS`` (the row JSON's), ``ms_per_iter`` and
+    ``calib_reference_iters``."""
+    quantized, nearest, onnx = report.quantized, report.nearest, report.onnx
+    return {
+        "quant_top1": quantized.top1, "quant_top5": quantized.top5,
+        "nearest_top1": nearest.top1 if nearest is not None else None,
+        "calib_seconds": report.calib_seconds, "peak_rss_mb": report.peak_rss_mb,
+        "size_mb": report.size_mb,
+        "onnx_top1": onnx.top1 if onnx is not None else None,
+        "onnx_argmax_mismatch": onnx.argmax_mismatch if onnx is not None else None,
+        "machine": report.machine, "ms_per_iter": ms_per_iteration(report),
+        "calib_reference_iters": report.calib_reference_iters,
+    }
 
 
 def recorded_seeds(row: dict) -> dict[int, dict]:

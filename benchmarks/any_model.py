@@ -146,8 +146,8 @@ def run_model(name: str, iters: int = 2, images: int = 8, seed: int = 0) -> Row:
         cmp = compare_with_onnx(qmodel, onnx_path, [x])
     seconds = time.perf_counter() - started
     report = qmodel.report
-    rules = report["unit_rules"]
-    fidelity = next(iter(report["quant_fidelity"].values()))
+    rules = report.unit_rules
+    fidelity = next(iter(report.quantized.fidelity.values()))
     return Row(
         model=name,
         family=family_of(name) or "",
@@ -159,7 +159,7 @@ def run_model(name: str, iters: int = 2, images: int = 8, seed: int = 0) -> Row:
         reload_max_diff=reload_diff,
         onnx_max_abs_diff=cmp.max_abs_logit_diff,
         onnx_float_noise=None if cmp.divergence is None else cmp.divergence.float_noise,
-        output_sqnr_db=round(fidelity["sqnr_db"], 2),
+        output_sqnr_db=round(fidelity.sqnr_db, 2),
     )
 
 

@@ -1,5 +1,5 @@
 """The one markdown table format of the benchmarks: ``accuracy.py`` prints each row as it
-finishes, ``plots.py`` writes README's tables from the JSON, both with these lines."""
+finishes, ``plots.py`` writes docs/benchmarks.md's tables from the JSON, both with these lines."""
 
 from __future__ import annotations
 
@@ -9,6 +9,15 @@ HEADER = (
     "ONNX top-1 % (argmax differ) |\n"
     "| --- | --- | --- |" + " ---: |" * 9
 )
+
+# what a row must hold for its line (ms_per_iter and calib_reference_iters may be absent: "-")
+COLUMNS = ("model", "setting", "method", "seeds", "top1", "top1_std", "top5", "drop",
+           "calib_seconds", "peak_rss_mb", "size_mb", "onnx_top1", "onnx_argmax_mismatch")
+
+
+def missing_columns(r: dict) -> list[str]:
+    """The keys of ``COLUMNS`` that row ``r`` lacks (a JSON older than this table)."""
+    return [k for k in COLUMNS if k not in r]
 
 
 def row_line(r: dict) -> str:

@@ -16,8 +16,10 @@ from functools import cache
 from pathlib import Path
 
 from attnround_pl.calib.pipeline import machine
+from attnround_pl.mixed.allocation import allocate_model
+from attnround_pl.mixed.config import MixedConfig
 from attnround_pl.models import build_model
-from attnround_pl.quant import QuantConfig, quantize_model
+from attnround_pl.quant import QuantConfig
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MODELS = ("resnet20", "mobilenetv2")
@@ -28,14 +30,14 @@ UNIFORM = (3, 4, 5)
 
 @cache
 def float_model(model: str):  # nn.Module
-    """The embedded model, built once (quantize_model works on a copy)."""
+    """The embedded model, built once (the allocation works on a copy)."""
     return build_model(model)
 
 
 def allocation_row(model: str, bit_list: list[int], mixed: dict) -> dict:
     """One allocation of ``model`` (the embedded weights) with ``mixed`` settings."""
-    config = QuantConfig(mixed={"bit_list": bit_list, **mixed})
-    allocation = quantize_model(float_model(model), config, search_scales=False).bit_allocation
+    config = MixedConfig(bit_list=bit_list, **mixed).validate()
+    allocation = allocate_model(float_model(model), config, QuantConfig())
     return {
         "model": model, "bit_list": bit_list, "eps2": allocation.eps2,
         "budget_bits": mixed.get("budget_bits"), "cluster_bits": allocation.cluster_bits,

@@ -1,10 +1,13 @@
-"""Plots and README tables from the benchmark JSON: top-1 by setting per method, top-1 against
-Attention Round's tau (the paper's figure 2), calibration time against top-1, top-1 against
-size for mixed precision (the paper's table 4), and one markdown table per suite. Reads
-``benchmarks/results/accuracy_*.json``, writes PNGs next to them, prints the tables, and with
-``--readme`` rewrites README's table blocks from the JSON.
+"""Plots and the benchmark tables from the benchmark JSON: top-1 by setting per method, top-1
+against Attention Round's tau (the paper's figure 2), calibration time against top-1, top-1
+against size for mixed precision (the paper's table 4), one markdown table per suite, and
+README's headline table. Reads ``benchmarks/results/accuracy_*.json``, writes PNGs next to
+them, prints the tables and rewrites docs/benchmarks.md's table blocks from the JSON (README is
+never written: ``--headline`` prints its block, which tests/docs/test_readme.py compares).
 
-    .venv/bin/python benchmarks/plots.py --readme README.md
+    .venv/bin/python benchmarks/plots.py              # plots + docs/benchmarks.md's tables
+    .venv/bin/python benchmarks/plots.py --headline   # README's headline block, printed
+    .venv/bin/python benchmarks/plots.py --check      # exit 1 if docs/benchmarks.md is stale
 """
 
 from __future__ import annotations
@@ -18,10 +21,11 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
-from markdown_table import HEADER, row_line
+from markdown_table import HEADER, missing_columns, row_line
 from result_json import most_seeded_rows, read_result
 
 RESULTS = Path(__file__).resolve().parent / "results"
+DOC = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
 OFF_SCALE_DROP = 20
 ZOOM_DROP = 5  # the accuracy plots show float - 5 pp and up: the methods that reconstruct
 DODGE = 0.04  # x offset between methods in the accuracy plots, in settings
@@ -243,9 +247,26 @@ def size_vs_accuracy(rows: list[dict], path: Path) -> bool:
     return True
 
 
+def table_result(path: Path) -> dict:
+    """A suite's JSON checked for what the tables print: its command and rows, each row with
+    every column (a file written by an older ``accuracy.py`` stops with its name and the keys
+    it lacks, instead of a KeyError half-way through a page)."""
+    result = read_result(path)
+    fix = "re-run its suite (benchmarks/accuracy.py)"
+    if "command" not in result or not result["rows"]:
+        raise SystemExit(f"{path}: holds no command or no rows; {fix}")
+    for i, r in enumerate(result["rows"]):
+        missing = missing_columns(r) + [k for k in ("machine", "float_top1") if k not in r]
+        if missing:
+            raise SystemExit(f"{path}: row {i} ({r.get('model')} {r.get('setting')} "
+                             f"{r.get('method')}) has no {', '.join(missing)}: written by an "
+                             f"older benchmarks/accuracy.py; {fix}")
+    return result
+
+
 def suite_table(path: Path) -> str:
     """The markdown table of one suite's JSON, headed by the command that produced it."""
-    result = read_result(path)
+    result = table_result(path)
     machines = "; ".join(sorted({r["machine"] for r in result["rows"]}))
     out = [f"`{result['command']}` ({path.name}; {machines}):\n", HEADER]
     out += [row_line(r) for r in result["rows"]]
@@ -253,38 +274,139 @@ def suite_table(path: Path) -> str:
 
 
 def markdown_tables() -> str:
-    """One table per suite file, in README's format."""
+    """One table per suite file, in docs/benchmarks.md's format."""
     return "\n\n".join(suite_table(p) for p in sorted(RESULTS.glob("accuracy_*.json"))) + "\n"
 
 
 TABLE_MARK = re.compile(r"(<!-- table: (\S+) -->\n)(.*?)(<!-- /table -->)", re.S)
 
 
-def update_readme(readme: Path) -> list[str]:
+def update_doc(doc: Path) -> list[str]:
     """Rewrite every ``<!-- table: accuracy_X.json -->`` ... ``<!-- /table -->`` block of
-    ``readme`` with that JSON's table; the text around the blocks is left as it is. Returns the
-    JSON names written; a block naming a JSON that does not exist raises FileNotFoundError
-    before anything is written."""
-    text = readme.read_text()
+    ``doc`` with that JSON's table; the text around the blocks is left as it is. Returns the
+    JSON names written. A block naming a JSON that does not exist raises FileNotFoundError,
+    and a JSON that cannot make its table (unreadable, no rows, rows without a column the
+    table needs) stops with a message naming it, in both cases before anything is written."""
+    text = doc.read_text()
     names = [m.group(2) for m in TABLE_MARK.finditer(text)]
     missing = [n for n in names if not (RESULTS / n).is_file()]
     if missing:
-        raise FileNotFoundError(f"{readme} names tables with no JSON in {RESULTS}: {missing}")
+        raise FileNotFoundError(f"{doc} names tables with no JSON in {RESULTS}: {missing}")
+    tables = {n: suite_table(RESULTS / n) for n in names}  # every table made before writing
 
     def table(m: re.Match) -> str:
-        return f"{m.group(1)}{suite_table(RESULTS / m.group(2))}\n{m.group(4)}"
+        return f"{m.group(1)}{tables[m.group(2)]}\n{m.group(4)}"
 
-    readme.write_text(TABLE_MARK.sub(table, text))
+    new = TABLE_MARK.sub(table, text)
+    if new != text:
+        doc.write_text(new)
     return names
+
+
+def stale_tables(doc: Path) -> list[str]:
+    """The JSON names of ``doc``'s table blocks whose text is not what ``update_doc`` would
+    write now (nothing is written)."""
+    text = doc.read_text()
+    return [m.group(2) for m in TABLE_MARK.finditer(text)
+            if m.group(3) != suite_table(RESULTS / m.group(2)) + "\n"]
+
+
+# README's headline table: both embedded models, the recipes the benchmarks compare, the
+# settings with quantized activations; only rows with HEADLINE_SEEDS seeds or more
+HEADLINE_MODELS = {"resnet20": "ResNet-20", "mobilenetv2": "MobileNetV2"}
+HEADLINE_RECIPES = {"nearest": "round-to-nearest", "adaround": "AdaRound",
+                    "attention": "Attention Round", "brecq": "BRECQ's recipe",
+                    "qdrop": "QDrop's recipe"}
+HEADLINE_SETTINGS = ("W4A4", "W3A3", "W2A4", "W2A2")
+HEADLINE_SEEDS = 3
+HEADLINE_SUITES = ("accuracy_main.json", "accuracy_mobilenetv2.json")  # read first: their rows
+
+
+def headline_rows() -> dict[tuple[str, str, str], tuple[dict, str]]:
+    """(model, setting, recipe) -> (row, JSON name) for the headline's cells that have a row
+    with at least ``HEADLINE_SEEDS`` seeds in some suite: the models' own tables
+    (``HEADLINE_SUITES``) first, then the other files in name order."""
+    cells: dict[tuple[str, str, str], tuple[dict, str]] = {}
+    paths = sorted(RESULTS.glob("accuracy_*.json"), key=lambda p: (p.name not in HEADLINE_SUITES,
+                                                                     p.name))
+    for path in paths:
+        for r in table_result(path)["rows"]:
+            key = (r["model"], r["setting"], r["method"])
+            if (r["model"] in HEADLINE_MODELS and r["setting"] in HEADLINE_SETTINGS
+                    and r["method"] in HEADLINE_RECIPES and len(r["seeds"]) >= HEADLINE_SEEDS
+                    and key not in cells):
+                cells[key] = (r, path.name)
+    return cells
+
+
+def minutes(seconds: float) -> str:
+    """A calibration time in minutes, one decimal ("< 0.1" below 6 s)."""
+    return "< 0.1" if seconds < 6 else f"{seconds / 60:.1f}"
+
+
+def headline_table() -> str:
+    """README's headline block: top-1 (mean ± spread over the seeds) and calibration minutes
+    for every model x recipe x setting, "-" where no row has enough seeds, then where the
+    numbers come from (the JSON files, their commands and machines) and which cells are "-"."""
+    cells = headline_rows()
+    settings = " | ".join(HEADLINE_SETTINGS)
+    out = [f"| model (float top-1 %) | recipe | {settings} |",
+           "| --- | --- |" + " ---: |" * len(HEADLINE_SETTINGS)]
+    empty = []
+    for model, model_name in HEADLINE_MODELS.items():
+        floats = {r["float_top1"] for (m, _, _), (r, _) in cells.items() if m == model}
+        float_top1 = " / ".join(f"{f:.2f}" for f in sorted(floats)) or "-"
+        for method, recipe in HEADLINE_RECIPES.items():
+            line = [f"{model_name} ({float_top1})", recipe]
+            for setting in HEADLINE_SETTINGS:
+                if (model, setting, method) not in cells:
+                    line.append("-")
+                    empty.append(f"{model} {setting} {method}")
+                    continue
+                r = cells[model, setting, method][0]
+                line.append(f"{r['top1']:.2f} ± {r['top1_std']:.2f} "
+                            f"({minutes(r['calib_seconds'])} min)")
+            out.append("| " + " | ".join(line) + " |")
+    sources = sorted({name for _, name in cells.values()})
+    commands = [f"`{table_result(RESULTS / n)['command']}`" for n in sources]
+    machines = sorted({r["machine"] for r, _ in cells.values()})
+    seeds = sorted({len(r["seeds"]) for r, _ in cells.values()})
+    out += ["", "Top-1 % on the 10k Fashion-MNIST test images, mean ± spread (population "
+            "standard deviation)",
+            f"over {'-'.join(map(str, seeds)) or HEADLINE_SEEDS} seeds, and the calibration's "
+            "wall time in minutes (mean over the seeds).",
+            f"From {', '.join(f'`benchmarks/results/{n}`' for n in sources) or 'no JSON'}",
+            f"({', '.join(commands) or 'no command'}).",
+            f"Machine (the JSON's `machine`): {'; '.join(machines) or '-'}."]
+    if empty:
+        out += ["", f"`-`: no row with {HEADLINE_SEEDS} seeds in the JSON "
+                f"({', '.join(empty)})."]
+    else:
+        out += [f"Every cell has a row with {HEADLINE_SEEDS} seeds (a cell without one would "
+                "show `-`)."]
+    return "\n".join(out) + "\n"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--readme", type=Path, help="also rewrite this README's table blocks")
+    parser.add_argument("--doc", type=Path, default=DOC,
+                        help="the page whose table blocks are rewritten (default: %(default)s)")
+    parser.add_argument("--headline", action="store_true",
+                        help="print README's headline block and stop (nothing is written)")
+    parser.add_argument("--check", action="store_true",
+                        help="exit 1 if --doc's tables are not what the JSON gives (no writing)")
     args = parser.parse_args()
+    if args.headline:
+        print(headline_table(), end="")
+        return
+    if args.check:
+        stale = stale_tables(args.doc)
+        if stale:
+            raise SystemExit(f"{args.doc}: stale tables {stale}; run benchmarks/plots.py")
+        print(f"{args.doc}: every table is the JSON's")
+        return
     print(markdown_tables())
-    if args.readme:
-        print(f"{args.readme}: tables from {', '.join(update_readme(args.readme))}")
+    print(f"{args.doc}: tables from {', '.join(update_doc(args.doc))}")
     rows = load_rows()
     colours = method_colours(rows)
     for model in sorted({r["model"] for r in rows}):

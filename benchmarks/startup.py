@@ -8,9 +8,10 @@ importtime overhead). The cases:
     help            attnround-pl --help
     evaluate-help   attnround-pl evaluate --help
     calibrate-help  attnround-pl calibrate --help
-    refused         attnround-pl calibrate --config configs/resnet20_w4a4.yaml --quant.w_bits 9
+    refused         attnround-pl calibrate --config configs/models/resnet20.yaml
+                        --config configs/recipes/attention.yaml --quant.w_bits 9
 
-Run from the repository root (the refused case reads ``configs/resnet20_w4a4.yaml``):
+Run from the repository root (the refused case reads ``configs/``):
 
     .venv/bin/python benchmarks/startup.py              # every case, 3 runs each
     .venv/bin/python benchmarks/startup.py --repeat 5 --case help --case refused
@@ -35,7 +36,8 @@ CASES: dict[str, list[str]] = {
     "help": ["--help"],
     "evaluate-help": ["evaluate", "--help"],
     "calibrate-help": ["calibrate", "--help"],
-    "refused": ["calibrate", "--config", "configs/resnet20_w4a4.yaml", "--quant.w_bits", "9"],
+    "refused": ["calibrate", "--config", "configs/models/resnet20.yaml", "--config",
+                "configs/recipes/attention.yaml", "--quant.w_bits", "9"],
 }
 
 HEAVY = (

@@ -5,4 +5,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-exec .venv/bin/attnround-pl calibrate --config configs/resnet20_w4a4.yaml "$@"
+exec .venv/bin/attnround-pl calibrate --config configs/models/resnet20.yaml \
+    --config configs/recipes/attention.yaml "$@"

@@ -33,16 +33,16 @@ def test_quantize_returns_a_ready_model_with_its_report(quantized):
     assert out.shape == (4, 4) and torch.isfinite(out).all()
     assert not any(isinstance(m, QuantLayer) for m in model.modules())  # the float model is kept
     report = qmodel.report
-    assert report["calib_size"] == 48
-    assert report["eval_data"].startswith("calibration images")  # no evaluation data given
-    assert "quant_top1" not in report  # labels are ignored for calibration; none to evaluate
-    fid = report["quant_fidelity"]["output"]
-    assert fid["samples"] == 48 and -1.0 <= fid["cosine"] <= 1.0 and fid["max_abs_diff"] > 0
-    assert report["nearest_fidelity"]["output"]["samples"] == 48
+    assert report.calib_size == 48
+    assert report.eval_data.startswith("calibration images")  # no evaluation data given
+    assert report.quantized.top1 is None  # labels are ignored for calibration; none to evaluate
+    fid = report.quantized.fidelity["output"]
+    assert fid.samples == 48 and -1.0 <= fid.cosine <= 1.0 and fid.max_abs_diff > 0
+    assert report.nearest.fidelity["output"].samples == 48
     # the residual written in forward is one unit: both of its convs learned together
-    layers = {u["name"]: u["layers"] for u in report["units"]}
+    layers = {u.name: u.layers for u in report.units}
     assert ["res_a", "res_b"] in layers.values()
-    assert [u["name"] for u in report["unit_fidelity"]] == list(layers)
+    assert [u.name for u in report.unit_fidelity] == list(layers)
     # the first and last layers to run keep 8 bits, the others 4
     bits = {
         n: m.weight_quantizer.bits for n, m in qmodel.named_modules() if isinstance(m, QuantLayer)
@@ -76,10 +76,10 @@ def test_tensor_source_with_labelled_eval_data_reports_top1():
         quant=attnround_pl.QuantConfig(w_bits=8, a_bits=8, rounding="nearest"),
     )
     report = qmodel.report
-    assert report["calib_size"] == 16
-    assert report["float_top1"] == 100.0
-    assert report["quant_top1"] > 80.0  # 8-bit nearest keeps nearly every prediction
-    assert report["quant_fidelity"]["output"]["sqnr_db"] > 20.0
+    assert report.calib_size == 16
+    assert report.float_model.top1 == 100.0
+    assert report.quantized.top1 > 80.0  # 8-bit nearest keeps nearly every prediction
+    assert report.quantized.fidelity["output"].sqnr_db > 20.0
 
 
 def test_zoo_model_saves_and_loads_without_the_object(tmp_path):
@@ -170,9 +170,9 @@ def test_untraceable_model_falls_back_and_says_so():
         qmodel = attnround_pl.quantize(
             _Untraceable(), torch.randn(16, 3, 8, 8), iters=1, progress=False
         )
-    rules = {u["rule"] for u in qmodel.report["units"]}
+    rules = {u.rule for u in qmodel.report.units}
     assert rules and rules <= {"child", "layer"}
-    assert set(qmodel.report["unit_rules"]) == rules
+    assert set(qmodel.report.unit_rules) == rules
 
 
 def test_unit_fidelity_falls_back_to_calibration_images_of_another_size():
@@ -182,9 +182,9 @@ def test_unit_fidelity_falls_back_to_calibration_images_of_another_size():
         model, _images(16), iters=0, progress=False, eval_data=[torch.randn(8, 3, 20, 20)]
     )
     report = qmodel.report
-    assert report["quant_fidelity"]["output"]["samples"] == 8  # the output: evaluation data
-    assert report["unit_fidelity_data"].startswith("calibration images (evaluation images")
-    assert {u["samples"] for u in report["unit_fidelity"]} == {16}
+    assert report.quantized.fidelity["output"].samples == 8  # the output: evaluation data
+    assert report.unit_fidelity_data.startswith("calibration images (evaluation images")
+    assert {u.fidelity.samples for u in report.unit_fidelity} == {16}
 
 
 def test_progress_bars_follow_the_progress_argument(capsys):
@@ -193,3 +193,19 @@ def test_progress_bars_follow_the_progress_argument(capsys):
     assert "━" not in capsys.readouterr().out
     attnround_pl.quantize(UserCNN().eval(), _images(16), iters=2, progress=True)
     assert "━" in capsys.readouterr().out  # the reconstruction's progress bars
+
+
+def test_mixed_precision_and_rounding_settings_from_python():
+    """The allocation is a step before quantization: ``mixed`` beside ``quant``; the chosen
+    rounding's own settings in ``rounding_args``."""
+    torch.manual_seed(0)
+    quant = attnround_pl.QuantConfig(rounding="adaround", rounding_args={"warmup": 0.5})
+    qmodel = attnround_pl.quantize(UserCNN().eval(), _images(32), iters=2, progress=False,
+                                   quant=quant, mixed=attnround_pl.MixedConfig(bit_list=[3, 5]))
+    bits = {n: m.weight_quantizer.bits for n, m in qmodel.named_modules()
+            if isinstance(m, QuantLayer)}
+    assert qmodel.bit_allocation.layer_bits() == bits
+    assert bits["stem"] == 8 and bits["head"] == 8 and set(bits.values()) <= {3, 5, 8}
+    assert qmodel.report.mixed.bit_list == [3, 5]
+    assert qmodel.report.quant["rounding_args"] == {
+        "reg_weight": 0.01, "beta_start": 20.0, "beta_end": 2.0, "warmup": 0.5}

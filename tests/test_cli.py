@@ -3,33 +3,71 @@ from pathlib import Path
 
 import pytest
 import yaml
+from main_config import CONFIGS, MAIN
 
 from attnround_pl import cli
 
-CONFIG = Path(__file__).resolve().parents[1] / "configs" / "resnet20_w4a4.yaml"
+
+def _print_config(capsys, *args: str) -> dict:
+    with pytest.raises(SystemExit) as stop:
+        cli.main(["calibrate", *args, "--print_config"])
+    assert stop.value.code == 0, args
+    return yaml.safe_load(capsys.readouterr().out)
 
 
 def test_print_config_with_override(capsys):
-    with pytest.raises(SystemExit) as stop:
-        cli.main(["calibrate", "--config", str(CONFIG), "--quant.rounding", "adaround",
-                  "--quant.w_bits", "3", "--print_config"])
-    assert stop.value.code == 0
-    cfg = yaml.safe_load(capsys.readouterr().out)
+    cfg = _print_config(capsys, *MAIN, "--quant.rounding", "adaround", "--quant.w_bits", "3")
     assert cfg["quant"]["rounding"] == "adaround" and cfg["quant"]["w_bits"] == 3
+    assert cfg["quant"]["rounding_args"] is None  # AdaRound's defaults
     assert cfg["quant"]["a_bits"] == 4 and cfg["recon"]["iters"] == 2000
     assert cfg["model"]["arch"] == "resnet20"
 
 
-def test_every_config_parses(capsys):
-    for path in sorted(CONFIG.parent.glob("*.yaml")):
-        with pytest.raises(SystemExit) as stop:
-            cli.main(["calibrate", "--config", str(path), "--print_config"])
-        assert stop.value.code == 0, path
-        assert "quant:" in capsys.readouterr().out
+def test_every_model_recipe_and_precision_file_composes(capsys):
+    """Every model file with the default recipe, every recipe and precision file on the main
+    model: later files override earlier ones."""
+    models = sorted((CONFIGS / "models").glob("*.yaml"))
+    recipes = sorted((CONFIGS / "recipes").glob("*.yaml"))
+    precisions = sorted((CONFIGS / "precision").glob("*.yaml"))
+    assert {p.stem for p in recipes} >= {"attention", "adaround", "brecq", "qdrop", "nearest"}
+    assert {p.stem for p in models} >= {"resnet20", "mobilenetv2", "resnet18", "resnet50",
+                                         "mobilenet_v2", "mnasnet1_0", "regnet_x_600mf"}
+    for path in models:
+        cfg = _print_config(capsys, "--config", str(path), "--config", str(recipes[0]))
+        assert cfg["model"]["arch"] == path.stem
+    for path in recipes:
+        cfg = _print_config(capsys, *MAIN, "--config", str(path))
+        assert cfg["quant"]["rounding"] == yaml.safe_load(path.read_text())["quant"]["rounding"]
+    for path in precisions:
+        cfg = _print_config(capsys, *MAIN, "--config", str(path))
+        given = yaml.safe_load(path.read_text())
+        assert cfg["quant"]["w_bits"] == given["quant"]["w_bits"]
+        assert cfg["mixed"]["bit_list"] == given.get("mixed", {}).get("bit_list")
+    # a later recipe replaces an earlier one's settings completely
+    cfg = _print_config(capsys, *MAIN, "--config", str(CONFIGS / "recipes" / "qdrop.yaml"),
+                        "--config", str(CONFIGS / "recipes" / "attention.yaml"))
+    assert cfg["quant"]["rounding_args"] is None and cfg["quant"]["drop"]["prob"] == 0.0
+    assert cfg["recon"]["keep_better"] is True and cfg["recon"]["iters"] == 2000
+
+
+def test_the_rounding_settings_from_the_command_line_and_yaml(capsys, tmp_path):
+    for args in (["--quant.rounding_args.tau", "0.25"], ["--quant.rounding_args", "{tau: 0.25}"],
+                 ["--quant.rounding_args={tau: 0.25}"]):
+        cfg = _print_config(capsys, *MAIN, *args)
+        assert cfg["quant"]["rounding_args"] == {"tau": 0.25}, args
+    (tmp_path / "tau.yaml").write_text("quant:\n  rounding_args:\n    tau: 0.75\n")
+    cfg = _print_config(capsys, *MAIN, "--config", str(tmp_path / "tau.yaml"))
+    assert cfg["quant"]["rounding_args"] == {"tau": 0.75}
+    cfg = _print_config(capsys, *MAIN, "--config", str(CONFIGS / "recipes" / "brecq.yaml"),
+                        "--quant.rounding_args.warmup", "0.3", "--quant.drop.prob", "0.5",
+                        "--mixed.bit_list", "[3,4]")
+    assert cfg["quant"]["rounding_args"] == {"reg_weight": 0.01, "beta_start": 20.0,
+                                             "beta_end": 2.0, "warmup": 0.3}
+    assert cfg["quant"]["drop"] == {"prob": 0.5} and cfg["mixed"]["bit_list"] == [3, 4]
 
 
 def test_calibrate_then_evaluate(tmp_path, tiny_fmnist, capsys):
-    args = ["calibrate", "--config", str(CONFIG), "--model.weights", "null",
+    args = ["calibrate", *MAIN, "--model.weights", "null",
             "--data.init_args.root", str(tiny_fmnist), "--data.init_args.calib_size", "20",
             "--recon.iters", "2", "--recon.batch_size", "4", "--run.out_dir", str(tmp_path),
             "--run.name", "cli", "--run.progress", "false", "--quant.w_bits", "3"]
@@ -42,13 +80,34 @@ def test_calibrate_then_evaluate(tmp_path, tiny_fmnist, capsys):
     assert cli.main(["evaluate", "--run", str(tmp_path / "cli")]) == 0
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert out["quant_top1"] == pytest.approx(report["quant_top1"])
+    # a run folder of an earlier version: its config.yaml has the flat keys
+    (tmp_path / "cli" / "config.yaml").write_text(yaml.safe_dump(old_keys(saved)))
+    assert cli.main(["evaluate", "--run", str(tmp_path / "cli")]) == 0
+    again = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert again["quant_top1"] == out["quant_top1"]
     assert cli.main(["export", "--run", str(tmp_path / "cli"), "--format", "onnx"]) == 0
     shown = capsys.readouterr().out
     assert "onnxruntime top-1" in shown and "differing argmax" in shown
     exported = json.loads((tmp_path / "cli" / "report.json").read_text())
     assert exported["onnx_argmax_mismatch"] == 0
     assert exported["onnx_top1"] == pytest.approx(report["quant_top1"])
-    report = exported
+    # W3A3: opset 21 by default, the codes in 4-bit types; opset 18 keeps 8-bit ones
+    assert exported["onnx_opset"] == 21 and "opset 21" in shown
+    run = ["export", "--run", str(tmp_path / "cli"), "--format", "onnx"]
+    assert cli.main([*run, "--opset", "18", "--out", str(tmp_path / "q18.onnx")]) == 0
+    capsys.readouterr()
+    old = json.loads((tmp_path / "cli" / "report.json").read_text())
+    assert old["onnx_opset"] == 18 and old["onnx_path"].endswith("q18.onnx")
+    assert old["onnx_weight_code_bytes"] > 1.9 * exported["onnx_weight_code_bytes"]
+    assert old["onnx_top1"] == exported["onnx_top1"]
+    state = ["export", "--run", str(tmp_path / "cli"), "--format", "state"]
+    for bad, why in (([*run, "--opset", "13"], "run.onnx_opset=13: the ONNX export writes"),
+                     ([*state, "--opset", "18"], "--opset is an ONNX setting")):
+        assert cli.main(bad) == 2
+        assert why in capsys.readouterr().err
+    assert cli.main([*run]) == 0  # back to the default export
+    capsys.readouterr()
+    report = json.loads((tmp_path / "cli" / "report.json").read_text())
     assert cli.main(["export", "--run", str(tmp_path / "cli"), "--format", "tflite"]) == 2
     assert "unknown export format 'tflite'" in capsys.readouterr().err
     # a second calibrate into the same folder is refused, the finished run is kept
@@ -57,11 +116,35 @@ def test_calibrate_then_evaluate(tmp_path, tiny_fmnist, capsys):
     assert json.loads((tmp_path / "cli" / "report.json").read_text()) == report
 
 
+def old_keys(config: dict) -> dict:
+    """A config in the keys of the version before rounding_args (quant.tau, adaround_*,
+    drop_prob, quant.mixed)."""
+    quant = {k: v for k, v in config["quant"].items() if k not in ("rounding_args", "drop")}
+    quant |= {"tau": 0.5, "adaround_reg_weight": 0.01, "adaround_beta_start": 20.0,
+              "adaround_beta_end": 2.0, "adaround_warmup": 0.2, "drop_prob": 0.0,
+              "mixed": config["mixed"]}
+    return {k: v for k, v in config.items() if k != "mixed"} | {"quant": quant}
+
+
+def test_a_config_of_an_earlier_version_reads_in_this_versions_keys():
+    config = {"seed_everything": 0, "quant": {"w_bits": 3, "rounding": "adaround", "tau": 0.5,
+                                              "adaround_warmup": 0.3, "drop_prob": 0.5,
+                                              "mixed": {"bit_list": [3, 4], "eps2": 0.01}}}
+    now = cli.current_config(config)
+    assert now["quant"]["rounding_args"] == {"reg_weight": 0.01, "beta_start": 20.0,
+                                             "beta_end": 2.0, "warmup": 0.3}
+    assert now["quant"]["drop"] == {"prob": 0.5} and now["quant"]["w_bits"] == 3
+    assert "tau" not in now["quant"] and "mixed" not in now["quant"]
+    assert now["mixed"] == {"bit_list": [3, 4], "eps2": 0.01}
+    current = {"quant": {"w_bits": 3, "rounding_args": None}}
+    assert cli.current_config(current) is current  # nothing to move: as it is
+
+
 def test_clear_errors(tmp_path, capsys):
-    assert cli.main(["calibrate", "--config", str(CONFIG), "--quant.w_bits", "9",
+    assert cli.main(["calibrate", *MAIN, "--quant.w_bits", "9",
                      "--run.out_dir", str(tmp_path)]) == 2
     assert "w_bits=9 is outside 2..8" in capsys.readouterr().err
-    assert cli.main(["calibrate", "--config", str(CONFIG), "--model.arch", "vgg99",
+    assert cli.main(["calibrate", *MAIN, "--model.arch", "vgg99",
                      "--run.out_dir", str(tmp_path)]) == 2
     assert "unknown model 'vgg99'" in capsys.readouterr().err
     assert cli.main(["evaluate", "--run", str(tmp_path / "nothing")]) == 2
@@ -97,7 +180,7 @@ def _bad_input_files(tmp_path: Path, tiny_fmnist: Path) -> dict[str, str]:
     return files
 
 
-# (row of README's bad-input table, arguments, what the one-line error says)
+# (row of docs/reliability.md's bad-input table, arguments, what the one-line error says)
 BAD_INPUTS = [
     ("bits outside 2..8", ["--quant.w_bits", "9"], "w_bits=9 is outside 2..8"),
     ("activation bits outside", ["--quant.a_bits", "1"], "a_bits=1 is outside 2..8"),
@@ -130,8 +213,8 @@ BAD_INPUTS = [
     ("unknown export format", ["--run.export", "[tflite]"], "unknown export format 'tflite'"),
     ("unknown learning-rate schedule", ["--recon.lr_schedule", "linear"],
      "recon.lr_schedule='linear': use one of constant, cosine, cosine_act"),
-    ("mixed-precision budget no allocation meets", ["--quant.mixed.bit_list", "[3,4]",
-     "--quant.mixed.budget_bits", "2"], "quant.mixed.budget_bits=2 (0.0"),
+    ("mixed-precision budget no allocation meets", ["--mixed.bit_list", "[3,4]",
+     "--mixed.budget_bits", "2"], "mixed.budget_bits=2 (0.0"),
     ("Trainer setting Lightning refuses", ["--trainer.devices", "0"],
      "`Trainer(devices='0')` value is not a valid input"),
 ]
@@ -142,7 +225,7 @@ def test_bad_input_gives_one_clear_line(tmp_path, tiny_fmnist, capsys, row):
     _, args, message = row
     files = _bad_input_files(tmp_path, tiny_fmnist)
     args = [a.format(**files) for a in args]
-    base = ["calibrate", "--config", str(CONFIG), "--model.weights", "null",
+    base = ["calibrate", *MAIN, "--model.weights", "null",
             "--run.out_dir", files["out"], "--run.progress", "false"]
     if "--data.init_args.root" not in args and "--data" not in args:
         base += ["--data.init_args.root", files["tiny"]]
@@ -179,7 +262,7 @@ def test_a_bug_keeps_its_traceback_and_input_errors_can_show_theirs(monkeypatch,
 
 
 def test_config_typo_is_one_line(capsys):
-    assert cli.main(["calibrate", "--config", str(CONFIG), "--quant.w_bitz", "3"]) == 2
+    assert cli.main(["calibrate", *MAIN, "--quant.w_bitz", "3"]) == 2
     err = capsys.readouterr().err
     prefix = "attnround-pl calibrate: error: "
     assert err == prefix + "unknown option --quant.w_bitz; did you mean w_bits?\n"
@@ -189,10 +272,33 @@ def test_memory_guard_reaches_the_user_as_one_line(tmp_path, tiny_fmnist, capsys
     from attnround_pl.calib import sequencer
 
     monkeypatch.setattr(sequencer, "available_bytes", lambda: 1000)
-    assert cli.main(["calibrate", "--config", str(CONFIG), "--model.weights", "null",
+    assert cli.main(["calibrate", *MAIN, "--model.weights", "null",
                      "--data.init_args.root", str(tiny_fmnist), "--data.init_args.calib_size",
                      "20", "--run.out_dir", str(tmp_path), "--run.progress", "false",
                      "--run.eval_float", "false", "--run.eval_nearest", "false"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1
     assert "error: unit 'conv1' needs about" in err and "--data.init_args.calib_size" in err
+
+
+def test_the_main_job_composes_the_settings_of_the_single_file_it_replaced(capsys):
+    """models/resnet20.yaml + recipes/attention.yaml: every setting as the old
+    configs/resnet20_w4a4.yaml gave it (its --print_config, kept in tests/support); the quant
+    keys renamed, mixed out of quant, nothing else changed."""
+    before = yaml.safe_load((Path(__file__).parent / "support" /
+                             "resnet20_w4a4_print_config_before.yaml").read_text())
+    now = _print_config(capsys, *MAIN)
+    for section in ("seed_everything", "model", "data", "recon", "run"):
+        assert now[section] == before[section], section
+    assert {k: now["trainer"].get(k) for k in before["trainer"]} == before["trainer"]
+    old = dict(before["quant"])
+    assert now["mixed"] == old.pop("mixed")
+    assert old.pop("tau") == 0.5 and old.pop("drop_prob") == 0.0
+    assert [old.pop(k) for k in ("adaround_reg_weight", "adaround_beta_start",
+                                 "adaround_beta_end", "adaround_warmup")] == [0.01, 20.0, 2.0, 0.2]
+    quant = dict(now["quant"])
+    assert quant.pop("rounding_args") is None and quant.pop("drop") == {"prob": 0.0}
+    assert quant == old
+    from attnround_pl.quant import QuantConfig
+
+    assert QuantConfig(**now["quant"]).validate().rounding_settings().tau == 0.5

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from main_config import MAIN
 from torch import nn
 
 import attnround_pl
@@ -22,7 +23,6 @@ from attnround_pl.mixed.config import MixedConfig
 from attnround_pl.quant import QuantConfig, QuantConfigError
 
 REPO = Path(__file__).resolve().parents[1]
-CONFIG = REPO / "configs" / "resnet20_w4a4.yaml"
 
 
 def one_error_line(capsys) -> str:
@@ -40,7 +40,7 @@ def refused(capsys, tmp_path, *args: str, yaml: str | None = None) -> str:
         (tmp_path / "typo.yaml").write_text(yaml)
         extra = ["--config", str(tmp_path / "typo.yaml")]
     out = tmp_path / "runs"
-    argv = ["calibrate", "--config", str(CONFIG), *extra, "--run.out_dir", str(out), *args]
+    argv = ["calibrate", *MAIN, *extra, "--run.out_dir", str(out), *args]
     assert cli.main(argv) == 2
     assert not out.exists()  # refused before anything was written
     return one_error_line(capsys)
@@ -49,8 +49,67 @@ def refused(capsys, tmp_path, *args: str, yaml: str | None = None) -> str:
 def test_a_misspelt_key_in_yaml_names_it_and_the_closest_key(tmp_path, capsys):
     message = refused(capsys, tmp_path, yaml="quant:\n  w_bit: 4\n")
     assert message == "unknown key quant.w_bit; did you mean w_bits?"
-    message = refused(capsys, tmp_path, yaml="quant:\n  mixed:\n    bit_lst: [3, 4]\n")
-    assert message == "unknown key quant.mixed.bit_lst; did you mean bit_list?"
+    message = refused(capsys, tmp_path, yaml="mixed:\n  bit_lst: [3, 4]\n")
+    assert message == "unknown key mixed.bit_lst; did you mean bit_list?"
+    message = refused(capsys, tmp_path, yaml="quant:\n  drop:\n    prob: 0.5\n    probb: 1\n")
+    assert message == "unknown key quant.drop.probb; did you mean prob?"
+
+
+# a key of an earlier version -> the one line naming the key that replaced it
+MOVED = [
+    ("quant:\n  tau: 0.25\n", [], "quant.tau is now quant.rounding_args.tau: write "
+     "--quant.rounding_args.tau VALUE, or quant: {rounding_args: {tau: VALUE}} in YAML"),
+    (None, ["--quant.tau", "0.25"], "quant.tau is now quant.rounding_args.tau: write "
+     "--quant.rounding_args.tau VALUE, or quant: {rounding_args: {tau: VALUE}} in YAML"),
+    (None, ["--quant.adaround_beta_end=3"], "quant.adaround_beta_end is now "
+     "quant.rounding_args.beta_end: write --quant.rounding_args.beta_end VALUE, or "
+     "quant: {rounding_args: {beta_end: VALUE}} in YAML"),
+    ("quant:\n  drop_prob: 0.5\n", [], "quant.drop_prob is now quant.drop.prob: write "
+     "--quant.drop.prob VALUE, or quant: {drop: {prob: VALUE}} in YAML"),
+    ("quant:\n  mixed:\n    bit_list: [3, 4]\n", [], "quant.mixed.bit_list is now "
+     "mixed.bit_list: write --mixed.bit_list VALUE, or mixed: {bit_list: VALUE} in YAML"),
+    (None, ["--quant.mixed.budget_bits", "4"], "quant.mixed.budget_bits is now "
+     "mixed.budget_bits: write --mixed.budget_bits VALUE, or mixed: {budget_bits: VALUE} in YAML"),
+]
+
+
+@pytest.mark.parametrize("yaml, args, message", MOVED, ids=[str(r[1] or r[0]) for r in MOVED])
+def test_a_key_of_an_earlier_version_names_the_key_now(tmp_path, capsys, yaml, args, message):
+    assert refused(capsys, tmp_path, *args, yaml=yaml) == message
+
+
+def test_moved_keys_are_named_by_the_full_parse_too(tmp_path, capsys):
+    """--print_config skips the early check: LightningCLI's refusal says the same."""
+    (tmp_path / "old.yaml").write_text("quant:\n  tau: 0.25\n")
+    for extra in (["--config", str(tmp_path / "old.yaml")], ["--quant.drop_prob", "0.5"]):
+        assert cli.main(["calibrate", *MAIN, *extra, "--print_config"]) == 2
+        assert " is now quant." in one_error_line(capsys)
+
+
+def test_rounding_settings_of_another_rounding_are_refused_with_the_valid_keys(tmp_path, capsys):
+    message = refused(capsys, tmp_path, "--quant.rounding", "adaround",
+                      "--quant.rounding_args.tau", "0.3")
+    assert message == (
+        "quant.rounding_args: rounding 'adaround' has no setting 'tau'; valid keys: reg_weight, "
+        "beta_start, beta_end, warmup (tau is attention's: after changing quant.rounding give "
+        "its own rounding_args, or null for its defaults)"
+    )
+    assert refused(capsys, tmp_path, "--quant.rounding", "floor", "--quant.rounding_args",
+                   "{warmup: 0.1}") == (
+        "quant.rounding_args: rounding 'floor' has no setting 'warmup'; it takes none (warmup "
+        "is adaround's: after changing quant.rounding give its own rounding_args, or null for "
+        "its defaults)")
+
+
+def test_a_bad_config_file_is_one_line(tmp_path, capsys):
+    (tmp_path / "bad.yaml").write_text("quant:\n  w_bits: [3\n")
+    (tmp_path / "list.yaml").write_text("- 1\n")
+    for name, message in (("bad.yaml", "is not valid YAML: expected ',' or ']'"),
+                          ("list.yaml", "holds a YAML list, not a mapping of settings")):
+        for extra in ([], ["--print_config"]):  # early check, and the full parse
+            assert cli.main(["calibrate", *MAIN, "--config", str(tmp_path / name), *extra]) == 2
+            assert one_error_line(capsys) .startswith(f"--config file '{tmp_path / name}' "
+                                                      f"{message}")
 
 
 def test_a_misspelt_option_is_refused_not_expanded(tmp_path, capsys):
@@ -69,8 +128,8 @@ def test_a_misspelt_option_is_refused_not_expanded(tmp_path, capsys):
 def test_an_unknown_key_with_no_close_match_lists_the_valid_ones(tmp_path, capsys):
     message = refused(capsys, tmp_path, "--foo.bar", "1")
     assert message == (
-        "unknown option --foo.bar; the top level takes: seed_everything, quant, recon, run, "
-        "trainer, model, data"
+        "unknown option --foo.bar; the top level takes: seed_everything, quant, mixed, recon, "
+        "run, trainer, model, data"
     )
     message = refused(capsys, tmp_path, "--quant.zzz", "1")
     assert message.startswith("unknown option --quant.zzz; quant takes: w_bits, a_bits, ")
@@ -92,22 +151,31 @@ def test_a_misspelt_init_arg_of_the_data_module(tmp_path, capsys):
 WRONG_VALUES = [
     ("quant:\n  w_bits: four\n", [], "quant.w_bits=four must be an integer"),
     ("quant:\n  a_bits: 3.5\n", [], "quant.a_bits=3.5 must be an integer"),
-    ("quant:\n  tau: nan\n", [], "quant.tau=nan must be a finite number"),
-    ("quant:\n  tau: .nan\n", [], "quant.tau=nan must be a finite number"),
-    ("quant:\n  tau: inf\n", [], "quant.tau=inf must be a finite number"),
-    ("quant:\n  tau: -.inf\n", [], "quant.tau=-inf must be a finite number"),
-    (None, ["--quant.tau", "nan"], "quant.tau=nan must be a finite number"),
-    (None, ["--quant.tau=-inf"], "quant.tau=-inf must be a finite number"),
-    (None, ["--quant.tau", "abc"], "quant.tau=abc must be a number"),
-    (None, ["--quant.mixed.eps2", ".inf"], "quant.mixed.eps2=inf must be a finite number"),
+    ("quant:\n  rounding_args:\n    tau: nan\n", [],
+     "quant.rounding_args.tau=nan must be a finite number"),
+    ("quant:\n  rounding_args: {tau: .nan}\n", [],
+     "quant.rounding_args.tau=nan must be a finite number"),
+    ("quant:\n  rounding_args: {tau: inf}\n", [],
+     "quant.rounding_args.tau=inf must be a finite number"),
+    ("quant:\n  rounding_args: {tau: -.inf}\n", [],
+     "quant.rounding_args.tau=-inf must be a finite number"),
+    ("quant:\n  rounding_args: 0.5\n", [],
+     "quant.rounding_args=0.5 must be a mapping ({key: value}) (or null)"),
+    (None, ["--quant.rounding_args.tau", "nan"],
+     "quant.rounding_args.tau=nan must be a finite number"),
+    (None, ["--quant.rounding_args.tau=-inf"],
+     "quant.rounding_args.tau=-inf must be a finite number"),
+    (None, ["--quant.rounding_args.tau", "abc"], "quant.rounding_args.tau=abc must be a number"),
+    (None, ["--quant.drop.prob", "abc"], "quant.drop.prob=abc must be a number"),
+    (None, ["--quant.drop.prob", ".nan"], "quant.drop.prob=nan must be a finite number"),
+    (None, ["--mixed.eps2", ".inf"], "mixed.eps2=inf must be a finite number"),
     (None, ["--recon.lr", ".nan"], "recon.lr=nan must be a finite number"),
     (None, ["--run.progress", "maybe"], "run.progress=maybe must be true or false"),
-    (None, ["--quant.mixed.budget_bits", "x"],
-     "quant.mixed.budget_bits=x must be an integer (or null)"),
-    (None, ["--quant.mixed.bit_list", "[a]"],
-     "quant.mixed.bit_list=['a'] must be a list of integers (or null)"),
-    (None, ["--quant.tau", "-inf"],
-     "--quant.tau needs a value (write one that starts with '-' as --quant.tau=VALUE)"),
+    (None, ["--mixed.budget_bits", "x"], "mixed.budget_bits=x must be an integer (or null)"),
+    (None, ["--mixed.bit_list", "[a]"],
+     "mixed.bit_list=['a'] must be a list of integers (or null)"),
+    (None, ["--recon.lr", "-inf"],
+     "--recon.lr needs a value (write one that starts with '-' as --recon.lr=VALUE)"),
 ]
 
 
@@ -147,11 +215,13 @@ def test_calibrate_help_leads_with_our_groups_and_drops_the_optimizer(capsys):
     shown = capsys.readouterr().out
     options = [line.split()[0] for line in shown.splitlines() if line.startswith("  -")]
     groups = [option.rstrip(",") for option in options if "." not in option]
-    assert groups == ["-h", "-c", "--print_config", "--seed_everything", "--quant", "--recon",
-                      "--run", "--trainer", "--model", "--data"]
+    assert groups == ["-h", "-c", "--print_config", "--seed_everything", "--quant", "--mixed",
+                      "--recon", "--run", "--trainer", "--model", "--data"]
     assert "--optimizer" not in shown and "--lr_scheduler" not in shown
     assert "torch.nn.Identity" not in shown  # model.net's list of every nn.Module subclass
     assert "--quant.w_bits" in shown and "--recon.iters" in shown and "--run.out_dir" in shown
+    assert "--quant.rounding_args" in shown and "--quant.drop.prob" in shown
+    assert "--mixed.bit_list" in shown
 
 
 def test_export_formats_in_the_help_are_the_export_jobs(capsys):
@@ -161,13 +231,14 @@ def test_export_formats_in_the_help_are_the_export_jobs(capsys):
 
 
 def test_settings_refuse_nan_and_infinity_in_python_too(tmp_path):
-    with pytest.raises(QuantConfigError, match=r"^quant\.tau=nan must be a finite number$"):
-        QuantConfig(tau=float("nan")).validate()
-    with pytest.raises(QuantConfigError, match=r"^quant\.adaround_beta_end=inf must be a fin"):
-        QuantConfig(adaround_beta_end=math.inf).validate()
-    with pytest.raises(QuantConfigError, match=r"^quant\.mixed\.budget_mb=-inf must be a fin"):
-        QuantConfig(mixed=MixedConfig(bit_list=[3, 4], budget_mb=-math.inf)).validate()
-    with pytest.raises(SettingError, match=r"^quant\.mixed\.eps2=nan must be a finite number"):
+    nan_tau = r"^quant\.rounding_args\.tau=nan must be a finite number$"
+    with pytest.raises(QuantConfigError, match=nan_tau):
+        QuantConfig(rounding_args={"tau": float("nan")}).validate()
+    with pytest.raises(QuantConfigError, match=r"^quant\.rounding_args\.beta_end=inf must be a"):
+        QuantConfig(rounding="adaround", rounding_args={"beta_end": math.inf}).validate()
+    with pytest.raises(SettingError, match=r"^mixed\.budget_mb=-inf must be a fin"):
+        MixedConfig(bit_list=[3, 4], budget_mb=-math.inf).validate()
+    with pytest.raises(SettingError, match=r"^mixed\.eps2=nan must be a finite number"):
         MixedConfig(eps2=float("nan")).validate()  # checked even when mixed is off
     with pytest.raises(SettingError, match=r"^recon\.act_lr=inf must be a finite number$"):
         ReconConfig(act_lr=math.inf).validate()
@@ -175,9 +246,12 @@ def test_settings_refuse_nan_and_infinity_in_python_too(tmp_path):
     assert RunConfig().validate() == RunConfig()
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(144, 2))
     images = torch.randn(8, 3, 8, 8)
-    with pytest.raises(QuantConfigError, match=r"^quant\.tau=nan must be a finite number$"):
-        attnround_pl.quantize(model, images, quant=QuantConfig(tau=float("nan")),
+    with pytest.raises(QuantConfigError, match=nan_tau):
+        attnround_pl.quantize(model, images, quant=QuantConfig(rounding_args={"tau": math.nan}),
                               out_dir=tmp_path, progress=False)
+    with pytest.raises(SettingError, match=r"^mixed\.bit_list=\[4, 3\] must be strictly"):
+        attnround_pl.quantize(model, images, mixed={"bit_list": [4, 3]}, out_dir=tmp_path,
+                              progress=False)
     assert list(tmp_path.iterdir()) == []  # refused before any file
 
 
@@ -212,7 +286,8 @@ def _modules_after(code: str) -> dict[str, bool]:
 def test_importing_the_package_and_the_cli_loads_no_heavy_module():
     loaded = _modules_after(
         "import attnround_pl, attnround_pl.cli, attnround_pl.calib, attnround_pl.quant, "
-        "attnround_pl.data, attnround_pl.models, attnround_pl.mixed, attnround_pl.errors"
+        "attnround_pl.data, attnround_pl.models, attnround_pl.mixed, attnround_pl.errors, "
+        "attnround_pl.export"
     )
     assert not any(loaded.values()), loaded  # no side effect either: the env var is main's
 
@@ -234,9 +309,9 @@ def test_help_and_evaluate_help_answer_without_torch_or_lightning():
 
 
 def test_names_of_the_lazy_packages_resolve():
-    from attnround_pl import calib, data, models, quant
+    from attnround_pl import calib, data, export, mixed, models, quant
 
-    for package in (calib, data, models, quant):
+    for package in (calib, data, export, mixed, models, quant):
         for name in package.__all__:
             assert getattr(package, name) is not None, (package.__name__, name)
         assert set(package.__all__) <= set(dir(package))

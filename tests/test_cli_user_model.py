@@ -163,7 +163,7 @@ def test_users_lightning_module_with_its_checkpoint(project, capsys):
     import attnround_pl
 
     reloaded = attnround_pl.load(project / "runs" / "user")  # rebuilt from the class path
-    assert reloaded.report["model"] == "LitNet"
+    assert reloaded.report.model == "LitNet"
     # the checkpoint's weights were calibrated: the quantized model tracks that net, not
     # another initialisation of the same class
     torch.manual_seed(2)

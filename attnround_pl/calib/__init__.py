@@ -14,6 +14,8 @@ _EXPORTS = {
     "evaluation": ["EvalResult", "ModelEvaluation", "evaluate_model"],
     "pipeline": ["Calibrated", "calibrate", "evaluate", "run_calibration"],
     "reconstruction": ["BlockReconstruction"],
+    "report": ["OnnxCheck", "Report", "ReportError", "Scores", "StateCheck", "UnitFidelity",
+               "UnitResult"],
     "sequencer": ["BlockSequencer", "unit_mse"],
     "settings": ["ReconConfig", "RunConfig"],
 }

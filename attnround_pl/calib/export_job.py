@@ -5,7 +5,6 @@ Used by ``attnround-pl export``; the export itself is in ``attnround_pl.export``
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -15,7 +14,6 @@ import onnxruntime
 from rich.table import Table
 from torch import nn
 
-from ..atomic import write_json
 from ..data import calibration_images, evaluation_batches, split_batch
 from ..export import (
     CodeDivergence,
@@ -24,22 +22,25 @@ from ..export import (
     export_state,
     load_state,
     max_output_difference,
+    onnx_size,
 )
+from ..export.checkpoint import load_quantized
 from ..export.metadata import export_meta
-from ..quant import load_quantized
+from .report import OnnxCheck, Report, StateCheck
 from .run_folder import CHECKPOINT, REPORT, build_float, check_run_folder
 from .settings import FORMATS, check_format
 
 
 def export_run(
     run_dir: str | os.PathLike, fmt: str, data: Any, out: str | os.PathLike | None = None,
-    model: nn.Module | None = None,
-) -> dict[str, Any]:
+    model: nn.Module | None = None, opset: int | None = None,
+) -> OnnxCheck | StateCheck:
     """Export a finished run, compare the export with the PyTorch model on the evaluation data
     (the calibration images when ``data`` has none), add the comparison to report.json and
     return it. ``model``: the float model object, for a run whose model cannot be rebuilt from
     its checkpoint (one passed as an object from Python). Both formats record the checkpoint's
-    preprocessing and class count (see ``export.metadata``)."""
+    preprocessing and class count (see ``export.metadata``). ``opset``: the ONNX opset (None:
+    the lowest that holds the model's bit widths, see ``export.qdq_onnx``)."""
     check_format(fmt)
     run_dir = check_run_folder(run_dir, need_config=False)
     out = Path(out) if out is not None else run_dir / FORMATS[fmt]
@@ -57,48 +58,53 @@ def export_run(
     example = split_batch(next(iter(loader)))[0][:1]
     meta = export_meta(payload["meta"], example=example)  # an old checkpoint: the input shape
     if fmt == "onnx":
-        export_onnx(qmodel, example, out, meta)
+        export_onnx(qmodel, example, out, meta, opset=opset)
         cmp = compare_with_onnx(qmodel, out, loader)
-        result = {"onnx_path": str(out), "onnx_top1": cmp.onnx_top1,
-                  "onnx_argmax_mismatch": cmp.argmax_mismatch, "onnx_torch_top1": cmp.torch_top1,
-                  "onnx_max_abs_logit_diff": cmp.max_abs_logit_diff, "onnx_images": cmp.images,
-                  "onnx_code_divergence": cmp.as_dict()["divergence"],
-                  "onnxruntime": onnxruntime.__version__}
+        size = onnx_size(out)
+        result = OnnxCheck(
+            path=str(out), top1=cmp.onnx_top1, argmax_mismatch=cmp.argmax_mismatch,
+            torch_top1=cmp.torch_top1, max_abs_logit_diff=cmp.max_abs_logit_diff,
+            images=cmp.images, code_divergence=cmp.as_dict()["divergence"],
+            onnxruntime=onnxruntime.__version__, opset=size.opset,
+            file_bytes=size.file_bytes, weight_code_bytes=size.weight_code_bytes,
+        )
     else:
         export_state(qmodel, out, payload["quant"], meta)
         reloaded, _ = load_state(out, rebuild)
         images, diff = max_output_difference(qmodel, reloaded, loader)
-        result = {"state_path": str(out), "state_max_abs_diff": diff, "state_images": images}
-    report = json.loads((run_dir / REPORT).read_text())
-    report.update(result)
-    write_json(run_dir / REPORT, report)
+        result = StateCheck(path=str(out), max_abs_diff=diff, images=images)
+    report = Report.read(run_dir / REPORT)
+    report.add_check(result)
+    report.write(run_dir / REPORT)
     return result
 
 
-def export_table(result: dict[str, Any]) -> Table:
+def export_table(result: OnnxCheck | StateCheck) -> Table:
     """PyTorch fake-quant and exported model side by side (top-1 where the data has labels)."""
-    if "onnx_path" in result:
-        table = Table(title=f"{result['onnx_path']} on {result['onnx_images']} images")
-        labelled = result.get("onnx_top1") is not None
+    if isinstance(result, OnnxCheck):
+        size = ("" if result.file_bytes is None else
+                f" (opset {result.opset}: {result.file_bytes / 1024:.1f} KiB, weight codes "
+                f"{result.weight_code_bytes / 1024:.1f} KiB)")
+        table = Table(title=f"{result.path}{size} on {result.images} images")
+        labelled = result.top1 is not None
         columns = ["PyTorch top-1 %", "onnxruntime top-1 %", "differing argmax"] if labelled else []
         for col in (*columns, "max |output diff|"):
             table.add_column(col, justify="right")
         cells = []
         if labelled:
-            cells = [f"{result['onnx_torch_top1']:.2f}", f"{result['onnx_top1']:.2f}",
-                     str(result["onnx_argmax_mismatch"])]
-        table.add_row(*cells, f"{result['onnx_max_abs_logit_diff']:.3g}")
-        div = result.get("onnx_code_divergence")
-        if div is not None:
-            table.caption = CodeDivergence(**div).explain()
-        elif result["onnx_max_abs_logit_diff"] > 0:
+            cells = [f"{result.torch_top1:.2f}", f"{result.top1:.2f}",
+                     str(result.argmax_mismatch)]
+        table.add_row(*cells, f"{result.max_abs_logit_diff:.3g}")
+        if result.code_divergence is not None:
+            table.caption = CodeDivergence(**result.code_divergence).explain()
+        elif result.max_abs_logit_diff > 0:
             table.caption = (
                 "every activation code agrees on the images that differ most: "
                 "the outputs differ by float summation order only"
             )
         return table
-    table = Table(title=f"{result['state_path']}: reloaded vs calibrated model")
+    table = Table(title=f"{result.path}: reloaded vs calibrated model")
     table.add_column("images", justify="right")
     table.add_column("max |output diff|", justify="right")
-    table.add_row(str(result["state_images"]), f"{result['state_max_abs_diff']:.3g}")
+    table.add_row(str(result.images), f"{result.max_abs_diff:.3g}")
     return table

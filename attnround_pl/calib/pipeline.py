@@ -29,11 +29,13 @@ from rich.console import Console
 from rich.table import Table
 from torch import Tensor, nn
 
-from ..atomic import DiskFullError, write_json
+from ..atomic import DiskFullError
 from ..data import CalibrationDataModule, calibration_images, evaluation_batches, split_batch
 from ..data.preprocessing import Preprocessing, calibrated_preprocessing
 from ..errors import InputError, SettingError
-from ..mixed.allocation import size_mb
+from ..export.checkpoint import save_quantized
+from ..mixed.allocation import allocate_model, size_mb
+from ..mixed.config import MixedConfig
 from ..mixed.report import mixed_report, mixed_table, save_bits_plot
 from ..models import split_units
 from ..models.source import ModelSource, source_of
@@ -47,7 +49,6 @@ from ..quant import (
     quantizable_layers,
     quantize_model,
     round_to_nearest,
-    save_quantized,
 )
 from ..quant.fidelity import FidelityStats, output_tensors
 from .cache import build_unit_data
@@ -58,6 +59,7 @@ from .export_job import export_run
 from .host_speed import host_speed
 from .interrupt import CalibrationInterrupted, stop_on_signals, stopped_message
 from .progress import UnitProgressBar
+from .report import Report, Scores, UnitFidelity, UnitResult
 from .resume import (
     PROGRESS,
     fingerprint,
@@ -135,8 +137,8 @@ def check_step_options(quant: QuantConfig, recon: ReconConfig,
         problems.append("one process (not several devices)")
     if quant.rounding == "adaround":
         problems.append("a rounding other than adaround (its beta changes every step)")
-    if quant.drop_prob > 0:
-        problems.append("quant.drop_prob=0 (QDrop's generator is not recorded)")
+    if quant.drop.prob > 0:
+        problems.append("quant.drop.prob=0 (QDrop's generator is not recorded)")
     if problems:
         raise SettingError("recon.cuda_graph needs " + "; ".join(problems))
 
@@ -285,30 +287,24 @@ def resolve_data(data: Any, calib_size: int | None, eval_data: Any = None) -> Ca
 
 
 def _new_report(source: ModelSource, calib_images: int, quant: QuantConfig, recon: ReconConfig,
-                eval_source: str) -> dict[str, Any]:
-    return {
-        "model": source.label,
-        "model_source": source.to_dict(),
-        "rounding": quant.rounding,
-        "w_bits": quant.w_bits,
-        "a_bits": quant.a_bits,
-        "tau": quant.tau if quant.rounding == "attention" else None,
-        "calib_size": calib_images,
-        "eval_data": eval_source,
-        "quant": quant.to_dict(),
-        "recon": recon.__dict__.copy(),
-        "machine": machine(),
-    }
+                eval_source: str) -> Report:
+    return Report(
+        model=source.label,
+        model_source=source.to_dict(),
+        rounding=quant.rounding,
+        w_bits=quant.w_bits,
+        a_bits=quant.a_bits,
+        tau=quant.rounding_settings().tau if quant.rounding == "attention" else None,
+        calib_size=calib_images,
+        eval_data=eval_source,
+        quant=quant.to_dict(),
+        recon=recon.__dict__.copy(),
+        machine=machine(),
+    )
 
 
-def _record(report: dict[str, Any], key: str, result: EvalResult) -> None:
-    """``<key>_top1``/``<key>_top5`` (with labels) and ``<key>_fidelity`` into ``report``."""
-    if result.top1 is not None:
-        report[f"{key}_top1"] = result.top1
-    if result.top5 is not None:
-        report[f"{key}_top5"] = result.top5
-    if result.fidelity:
-        report[f"{key}_fidelity"] = result.fidelity_dict()
+def _scores(result: EvalResult) -> Scores:
+    return Scores(result.top1, result.top5, dict(result.fidelity))
 
 
 def _describe(label: str, result: EvalResult) -> str:
@@ -321,7 +317,7 @@ def _describe(label: str, result: EvalResult) -> str:
 
 
 def _evaluate_baselines(float_net: nn.Module, qmodel: nn.Module, run: RunConfig | None,
-                        score: Callable[..., EvalResult], report: dict[str, Any],
+                        score: Callable[..., EvalResult], report: Report,
                         echo: Callable[..., None]) -> None:
     """Float top-1/top-5 and round-to-nearest's (with its fidelity) into ``report``.
 
@@ -330,48 +326,53 @@ def _evaluate_baselines(float_net: nn.Module, qmodel: nn.Module, run: RunConfig 
     'nearest' (the scale search does not depend on the rounding), without a second search."""
     if run is None or run.eval_float:
         result = score(float_net, None)
-        _record(report, "float", result)
+        report.float_model = _scores(result)
         if result.top1 is not None:
             echo(_describe("float", result))
     if run is None or run.eval_nearest:
         with round_to_nearest(qmodel):
             result = score(qmodel, float_net)
-        _record(report, "nearest", result)
+        report.nearest = _scores(result)
         echo(_describe("round-to-nearest", result))
 
 
-def _quantize(float_net: nn.Module, quant: QuantConfig, batches: list[Tensor],
-              report: dict[str, Any], echo: Callable[..., None]) -> nn.Module:
+def _quantize(float_net: nn.Module, quant: QuantConfig, mixed: MixedConfig,
+              batches: list[Tensor], report: Report, echo: Callable[..., None]) -> nn.Module:
     """The quantized copy with its activation steps initialised; size (and the mixed-precision
-    allocation) into ``report``."""
-    qmodel = quantize_model(float_net, quant)
+    allocation, a step before quantization: ``qmodel.bit_allocation``) into ``report``. Bits
+    the user gave per layer (``quant.layer_w_bits``) win over an allocation."""
+    allocation = None
+    if mixed.enabled and not quant.layer_w_bits:
+        allocation = allocate_model(float_net, mixed, quant)
+    qmodel = quantize_model(float_net, quant, layer_w_bits=(
+        allocation.layer_bits() if allocation is not None else None))
+    qmodel.bit_allocation = allocation  # mixed.Allocation; None in single precision
     layers = quant_layers(qmodel).values()
-    report["size_mb"] = size_mb([m.layer.weight.numel() for m in layers],
+    report.size_mb = size_mb([m.layer.weight.numel() for m in layers],
                                 [m.weight_quantizer.bits for m in layers])
-    if qmodel.bit_allocation is not None:
-        mixed = mixed_report(qmodel.bit_allocation, quant.mixed.bit_list,
-                             quant.mixed.budget_bits)
-        report["mixed"] = mixed
-        echo(mixed_table(mixed))
+    if allocation is not None:
+        table = mixed_report(allocation, mixed.bit_list, mixed.budget_bits)
+        report.mixed = table
+        echo(mixed_table(table))
     calibrate_activations(qmodel, batches)
     return qmodel
 
 
 def _tensorboard(folder: _RunFolder, source: ModelSource, quant: QuantConfig,
-                 recon: ReconConfig, report: dict[str, Any], units: int
+                 recon: ReconConfig, report: Report, units: int
                  ) -> TensorBoardLogger | None:
     if folder.path is None:
         return None
     logger = TensorBoardLogger(str(folder.path), name="tb", version="", default_hp_metric=False)
-    if "mixed" in report and folder.rank == 0:
-        title = f"{source.label} mixed {quant.mixed.bit_list}"
-        figure = save_bits_plot(report["mixed"], title, folder.path / "bits_per_layer.png")
+    if report.mixed is not None and folder.rank == 0:
+        title = f"{source.label} mixed {report.mixed.bit_list}"
+        figure = save_bits_plot(report.mixed, title, folder.path / "bits_per_layer.png")
         logger.experiment.add_figure("mixed/bits_per_layer", figure, 0)
     logger.log_hyperparams(
         {**{f"quant/{k}": str(v) if isinstance(v, (dict, list)) else v
             for k, v in quant.to_dict().items()},
          **{f"recon/{k}": v for k, v in recon.__dict__.items()},
-         "model/arch": source.label, "data/calib_size": report["calib_size"], "units": units}
+         "model/arch": source.label, "data/calib_size": report.calib_size, "units": units}
     )
     return logger
 
@@ -408,19 +409,19 @@ def checkpoint_meta(source: ModelSource, classes: int | None,
 
 def _write_run(folder: _RunFolder, qmodel: nn.Module, source: ModelSource, classes: int | None,
                quant: QuantConfig, run: RunConfig, data: Any,
-               report: dict[str, Any]) -> None:
+               report: Report) -> None:
     """quantized.pt, report.json and the exports (rank 0); progress.pt goes."""
     meta = checkpoint_meta(source, classes, getattr(qmodel, "preprocessing", None))
     save_quantized(qmodel, folder.path / CHECKPOINT, quant, meta)
-    write_json(folder.path / REPORT, report)
+    report.write(folder.path / REPORT)
     (folder.path / PROGRESS).unlink(missing_ok=True)  # quantized.pt holds it all now
     for fmt in run.export:  # the finished run is on disk; an export error loses nothing
-        report.update(export_run(folder.path, fmt, data))
+        report.add_check(export_run(folder.path, fmt, data, opset=run.onnx_opset))
 
 
 @torch.no_grad()
 def unit_fidelity(qmodel: nn.Module, float_folded: nn.Module, units: list[Any],
-                  batches: list[Tensor]) -> list[dict[str, float]]:
+                  batches: list[Tensor]) -> list[UnitFidelity]:
     """Per unit: its output in the quantized model (quantized inputs) against the float
     model's output there, on ``batches``."""
     rows = []
@@ -431,7 +432,7 @@ def unit_fidelity(qmodel: nn.Module, float_folded: nn.Module, units: list[Any],
         for start in range(0, len(data), 256):
             stats.add(data.targets[start : start + 256],
                       module(data.inputs[start : start + 256]))
-        rows.append({"name": unit.name, **stats.result().to_dict()})
+        rows.append(UnitFidelity(unit.name, stats.result()))
     return rows
 
 
@@ -440,7 +441,7 @@ class Calibrated:
     """A finished calibration: the frozen quantized model and its report."""
 
     model: nn.Module
-    report: dict[str, Any]
+    report: Report
 
 
 def run_calibration(
@@ -449,6 +450,7 @@ def run_calibration(
     trainer_kwargs: dict[str, Any] | None = None, config_text: str | None = None,
     console: Console | None = None, *, eval_data: Any = None, calib_size: int | None = 1024,
     source: ModelSource | None = None, unit_eval_images: int = 256, progress: bool = True,
+    mixed: MixedConfig | None = None,
 ) -> Calibrated:
     """Quantize ``model`` with block reconstruction; return the quantized model and report.
 
@@ -458,7 +460,8 @@ def run_calibration(
     loader, iterable or tensor (a ``CalibrationDataModule`` chooses its own); ``eval_data``:
     evaluation batches when ``data`` has none; ``unit_eval_images``: images of the evaluation
     data for the per-unit fidelity; ``progress``: progress bars when there is no ``run`` (a
-    ``RunConfig`` has its own).
+    ``RunConfig`` has its own); ``mixed``: per-layer weight bits by coding length, chosen
+    before quantization (None or no ``bit_list``: single precision).
     """
     with stop_on_signals():
         tally, folder = _Tally(), None
@@ -475,6 +478,7 @@ def run_calibration(
                 source,
                 unit_eval_images,
                 progress,
+                mixed,
             )
             folder = _open_run_folder(
                 job.source, job.quant, run, job.trainer_kwargs, config_text, console or Console()
@@ -500,11 +504,13 @@ def _resolve_job(
     source: ModelSource | None,
     unit_eval_images: int,
     progress: bool,
+    mixed: MixedConfig | None = None,
 ) -> _Job:
     """Check the settings, the model and the data; nothing is written yet."""
     quiet_lightning()
     trainer_kwargs = dict(trainer_kwargs or {})
     quant = (quant or QuantConfig()).validate()
+    mixed = (mixed or MixedConfig()).validate()
     recon = (recon or ReconConfig()).validate()
     if run is not None:
         run.validate()
@@ -531,6 +537,7 @@ def _resolve_job(
         show,
         unit_eval_images,
         preprocessing,
+        mixed,
     )
 
 
@@ -550,6 +557,7 @@ class _Job:
     show: bool  # progress bars
     unit_eval_images: int
     preprocessing: Preprocessing | None  # what the model's input is, for the exports
+    mixed: MixedConfig = dataclasses.field(default_factory=MixedConfig)  # the bit allocation
 
 
 @dataclass
@@ -573,7 +581,8 @@ def _reconstruct(job: _Job, folder: _RunFolder, tally: _Tally) -> Calibrated:
         echo(f"recon.batch_size={recon.batch_size} is more than the {images} calibration "
              f"images: each step takes {images}")
         recon = dataclasses.replace(recon, batch_size=images)
-    settings = {"quant": quant.to_dict(), "recon": recon.__dict__, "source": source.to_dict()}
+    settings = {"quant": quant.to_dict(), "mixed": job.mixed.to_dict(), "recon": recon.__dict__,
+                "source": source.to_dict()}
     print_ = fingerprint(settings, float_net, batches)
     resuming = run is not None and run.resume is not None
     resumed = load_progress(folder.path, print_) if resuming else None
@@ -583,20 +592,20 @@ def _reconstruct(job: _Job, folder: _RunFolder, tally: _Tally) -> Calibrated:
 
     report = _new_report(source, sum(len(b) for b in batches), quant, recon, inputs.eval_source)
     if resumed is not None:
-        report.update(resumed["report"])
+        report = Report.from_dict(resumed["report"])
         echo(f"resuming {folder.path}: {len(resumed['units'])} unit(s) already done")
 
     speed = host_speed()  # before the clock starts: not calibration time
-    report["host_speed"] = speed.to_dict()
+    report.host_speed = speed
     started = time.perf_counter()
     elapsed_before = resumed["elapsed"] if resumed is not None else 0.0
-    qmodel = _quantize(float_net, quant, batches, report, echo)
+    qmodel = _quantize(float_net, quant, job.mixed, batches, report, echo)
     folded = copy.deepcopy(float_net).eval()
     fold_batchnorms(folded)
     units = split_units(qmodel, example=batches[0][:2])
-    report["float_ops"] = float_ops(qmodel)  # what stays float outside Conv/Linear layers
-    report["never_run_layers"] = list(qmodel.never_run_layers)  # no data reaches them: float
-    report["unit_rules"] = {rule: sum(u.rule == rule for u in units)
+    report.float_ops = float_ops(qmodel)  # what stays float outside Conv/Linear layers
+    report.never_run_layers = list(qmodel.never_run_layers)  # no data reaches them: float
+    report.unit_rules = {rule: sum(u.rule == rule for u in units)
                             for rule in dict.fromkeys(u.rule for u in units)}
     if resumed is not None:
         restore_progress(qmodel, units, resumed)
@@ -604,7 +613,7 @@ def _reconstruct(job: _Job, folder: _RunFolder, tally: _Tally) -> Calibrated:
 
     tally.total, tally.done = len(units), len(resumed["units"]) if resumed is not None else 0
 
-    def checkpoint(results: list[dict[str, Any]]) -> None:
+    def checkpoint(results: list[UnitResult]) -> None:
         if folder.writes:
             elapsed = elapsed_before + time.perf_counter() - started
             try:
@@ -621,35 +630,36 @@ def _reconstruct(job: _Job, folder: _RunFolder, tally: _Tally) -> Calibrated:
         resume_hint=hint if folder.path is not None else "",
         total=sum(len(b) for b in batches),
     )
-    done = resumed["results"] if resumed is not None else None
+    done = ([UnitResult.from_dict(r) for r in resumed["results"]]
+            if resumed is not None else None)
     sequencer.preflight(done)  # every unit's memory, before any evaluation or learning
     if resumed is None:  # a resumed run has them in its report already
         paused = time.perf_counter()
         _evaluate_baselines(float_net, qmodel, run, score, report, echo)
         started += time.perf_counter() - paused  # evaluation is not calibration time
     echo(f"{len(units)} units, {recon.iters} iterations each at batch {recon.batch_size}")
-    report["units"] = sequencer.run(done=done)
-    report["calib_seconds"] = round(elapsed_before + time.perf_counter() - started, 2)
-    report["calib_reference_iters"] = round(speed.reference_iters(report["calib_seconds"]))
+    report.units = sequencer.run(done=done)
+    report.calib_seconds = round(elapsed_before + time.perf_counter() - started, 2)
+    report.calib_reference_iters = round(speed.reference_iters(report.calib_seconds))
     if resumed is not None:
-        report["resumed_after_units"] = len(resumed["units"])
+        report.resumed_after_units = len(resumed["units"])
     qmodel.eval()
-    _record(report, "quant", score(qmodel, float_net))
+    report.quantized = _scores(score(qmodel, float_net))
     unit_batches = _first_images(inputs.eval_batches, unit_eval_images)
-    report["unit_fidelity_data"] = inputs.eval_source
+    report.unit_fidelity_data = inputs.eval_source
     if any(b.shape[1:] != batches[0].shape[1:] for b in unit_batches):
         # graph units are built for the calibration images' size (sizes baked into regions)
         unit_batches = _first_images(batches, unit_eval_images)
-        report["unit_fidelity_data"] = "calibration images (evaluation images differ in size)"
-    report["unit_fidelity"] = unit_fidelity(qmodel, folded, units, unit_batches)
-    report["peak_rss_mb"] = round(peak_rss_mb(), 1)
+        report.unit_fidelity_data = "calibration images (evaluation images differ in size)"
+    report.unit_fidelity = unit_fidelity(qmodel, folded, units, unit_batches)
+    report.peak_rss_mb = round(peak_rss_mb(), 1)
     if folder.path is not None:
-        report["run_dir"] = str(folder.path)
+        report.run_dir = str(folder.path)
     if folder.world > 1:
-        report["devices"] = folder.world
+        report.devices = folder.world
     if logger is not None:
-        if "quant_top1" in report:
-            logger.experiment.add_scalar("eval/quant_top1", report["quant_top1"], 0)
+        if report.quantized.top1 is not None:
+            logger.experiment.add_scalar("eval/quant_top1", report.quantized.top1, 0)
         logger.finalize("success")
     qmodel.float_source = source  # what save/load record about the float architecture
     qmodel.output_classes = classes
@@ -688,7 +698,7 @@ def calibrate(
     recon: ReconConfig | None = None, run: RunConfig | None = None,
     trainer_kwargs: dict[str, Any] | None = None, config_text: str | None = None,
     console: Console | None = None, **kwargs: Any,
-) -> dict[str, Any]:
+) -> Report:
     """``run_calibration`` with a run folder (``RunConfig()`` when ``run`` is None); returns
     the report (the CLI's job). ``attnround_pl.quantize`` returns the quantized model."""
     run = run if run is not None else RunConfig()
@@ -696,33 +706,32 @@ def calibrate(
                            console, **kwargs).report
 
 
-def summary_table(report: dict[str, Any]) -> Table:
+def summary_table(report: Report) -> Table:
     """Float, round-to-nearest and calibrated top-1 / top-5 (with labels) and output SQNR,
     with the calibration time."""
-    w_bits = report["mixed"]["bit_list"] if "mixed" in report else report["w_bits"]
-    title = (f"{report['model']} W{w_bits}A{report['a_bits']}: "
-             f"{report['calib_size']} calibration images")
+    w_bits = report.mixed.bit_list if report.mixed is not None else report.w_bits
+    title = f"{report.model} W{w_bits}A{report.a_bits}: {report.calib_size} calibration images"
     table = Table(title=title)
-    tops = [k for k in ("top1", "top5") if f"quant_{k}" in report]
+    quantized = report.quantized or Scores()
+    tops = [k for k in ("top1", "top5") if getattr(quantized, k) is not None]
     columns = ["model", *(f"top-{k[3]} %" for k in tops), "output SQNR dB", "calibration s"]
     for col in columns:
         table.add_column(col, justify="left" if col == "model" else "right")
 
-    def sqnr(key: str) -> str:
-        fid = report.get(f"{key}_fidelity")
-        return "" if not fid else ", ".join(f"{v['sqnr_db']:.1f}" for v in fid.values())
-
-    def row(label: str, key: str, seconds: str = "") -> None:
-        if f"{key}_top1" not in report and f"{key}_fidelity" not in report:
+    def row(label: str, scores: Scores | None, seconds: str = "") -> None:
+        if scores is None or (scores.top1 is None and not scores.fidelity):
             return
-        cells = [f"{report[f'{key}_{k}']:.2f}" if f"{key}_{k}" in report else "" for k in tops]
-        table.add_row(label, *cells, sqnr(key), seconds)
+        cells = [f"{getattr(scores, k):.2f}" if getattr(scores, k) is not None else ""
+                 for k in tops]
+        sqnr = ", ".join(f"{f.sqnr_db:.1f}" for f in scores.fidelity.values())
+        table.add_row(label, *cells, sqnr, seconds)
 
-    row("float", "float")
-    row("round-to-nearest", "nearest")
-    row(report["rounding"], "quant", f"{report['calib_seconds']:.0f}")
-    if "onnx_top1" in report and report["onnx_top1"] is not None:
-        label = (f"{report['rounding']}, ONNX in onnxruntime "
-                 f"({report['onnx_argmax_mismatch']} predictions differ)")
-        table.add_row(label, f"{report['onnx_top1']:.2f}", *["-"] * (len(tops) - 1), "", "")
+    row("float", report.float_model)
+    row("round-to-nearest", report.nearest)
+    row(report.rounding, report.quantized, f"{report.calib_seconds:.0f}")
+    onnx = report.onnx
+    if onnx is not None and onnx.top1 is not None:
+        label = (f"{report.rounding}, ONNX in onnxruntime "
+                 f"({onnx.argmax_mismatch} predictions differ)")
+        table.add_row(label, f"{onnx.top1:.2f}", *["-"] * (len(tops) - 1), "", "")
     return table

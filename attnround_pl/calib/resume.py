@@ -18,10 +18,11 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from ..export.checkpoint import CheckpointError, cpu_state_dict, read_payload
 from ..models import Unit
-from ..quant import CheckpointError, quant_layers
-from ..quant.checkpoint import cpu_state_dict, read_payload
+from ..quant import quant_layers
 from ..torch_files import save_tensors
+from .report import Report, UnitResult
 from .run_folder import REPORT, RunFolderError
 from .run_lock import LOCK
 
@@ -71,14 +72,14 @@ def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
                 child.unlink()
 
 
-def save_progress(run_dir: Path, qmodel: nn.Module, results: list[dict[str, Any]],
-                  report: dict[str, Any], elapsed: float, print_: str) -> Path:
+def save_progress(run_dir: Path, qmodel: nn.Module, results: list[UnitResult],
+                  report: Report, elapsed: float, print_: str) -> Path:
     payload = {
         "format": PROGRESS_FORMAT,
         "fingerprint": print_,
-        "units": [r["name"] for r in results],
-        "results": results,
-        "report": report,
+        "units": [r.name for r in results],
+        "results": [r.to_dict() for r in results],
+        "report": report.to_dict(),
         "elapsed": elapsed,
         "state_dict": cpu_state_dict(qmodel),
     }

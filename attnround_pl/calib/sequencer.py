@@ -24,6 +24,7 @@ from .memory import (
     estimate_step_bytes,
 )
 from .reconstruction import BlockReconstruction
+from .report import UnitResult
 from .settings import ReconConfig
 
 
@@ -59,7 +60,7 @@ class BlockSequencer(Callback):
         self, qmodel: nn.Module, float_model: nn.Module, units: list[Unit],
         batches: list[Tensor], recon: ReconConfig, make_trainer: TrainerFactory,
         seed: int = 0, logger: Any = None, echo: Callable[[str], None] | None = None,
-        on_unit_done: Callable[[list[dict[str, Any]]], None] | None = None,
+        on_unit_done: Callable[[list[UnitResult]], None] | None = None,
         resume_hint: str = "", total: int | None = None,
     ) -> None:
         self.qmodel = qmodel
@@ -74,15 +75,16 @@ class BlockSequencer(Callback):
         self.on_unit_done = on_unit_done
         self.resume_hint = resume_hint
         self.total = total if total is not None else sum(len(b) for b in batches)
-        self.results: list[dict[str, Any]] = []
-        self._current: dict[str, Any] = {}
+        self.results: list[UnitResult] = []
+        self._current: UnitResult | None = None
+        self._started = 0.0
         self._data: UnitData | None = None
         self._device = torch.device("cpu")
         self._layers = quant_layers(qmodel)
         self._initial: dict[str, dict[str, Any]] = {}
         self._bytes: dict[str, tuple[int, int]] = {}  # unit -> (cache, step) bytes
 
-    def run(self, done: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    def run(self, done: list[UnitResult] | None = None) -> list[UnitResult]:
         """Reconstruct every unit after the ``done`` ones (their results, from a resumed run);
         ``on_unit_done(results)`` is called after each unit is frozen.
 
@@ -125,24 +127,24 @@ class BlockSequencer(Callback):
                 name: copy.deepcopy(self._layers[name].input_quantizer.state_dict())
                 for name in unit.layers
             }
-            self._current = {
-                "name": unit.name,
-                "kind": unit.kind,
-                "rule": unit.rule,
-                "layers": list(unit.layers),
-                "cache_mb": round(self._data.nbytes / 2**20, 3),
-                "cache_device": where,
-                "mse_nearest": mse_nearest,
-                "started": started,
-                "learned": module.has_learnable() and self.recon.iters > 0,
-            }
-            if self._current["learned"]:
+            self._started = started
+            self._current = UnitResult(
+                name=unit.name,
+                kind=unit.kind,
+                rule=unit.rule,
+                layers=list(unit.layers),
+                cache_mb=round(self._data.nbytes / 2**20, 3),
+                cache_device=where,
+                mse_nearest=mse_nearest,
+                learned=module.has_learnable() and self.recon.iters > 0,
+            )
+            if self._current.learned:
                 trainer.fit(module)
             else:
                 self._finish(module)
         return self.results
 
-    def preflight(self, done: list[dict[str, Any]] | None = None) -> None:
+    def preflight(self, done: list[UnitResult] | None = None) -> None:
         """Refuse, before any work, a run where some unit after the ``done`` ones would not
         fit in the memory available now (its cache and a training step)."""
         available, error = available_bytes(), None
@@ -177,31 +179,27 @@ class BlockSequencer(Callback):
         module.unit.eval()
         freeze_model(module.unit)
         module.unit.to(self._device)  # the Trainer's teardown returned it to the host
-        result = dict(self._current)
-        result["mse_final"] = unit_mse(module.unit, self._data)
-        result["kept"] = "learned" if result["learned"] else "as built"
-        if (
-            result["learned"]
-            and self.recon.keep_better
-            and (result["mse_final"] > result["mse_nearest"])
-        ):
-            self._keep_nearest(result["layers"])
-            result["mse_learned"] = result["mse_final"]
-            result["mse_final"] = unit_mse(module.unit, self._data)
-            result["kept"] = "nearest"
+        result = self._current
+        result.mse_final = unit_mse(module.unit, self._data)
+        result.kept = "learned" if result.learned else "as built"
+        if result.learned and self.recon.keep_better and result.mse_final > result.mse_nearest:
+            self._keep_nearest(result.layers)
+            result.mse_learned = result.mse_final
+            result.mse_final = unit_mse(module.unit, self._data)
+            result.kept = "nearest"
         self.qmodel.cpu()
         self.float_model.cpu()
-        result["seconds"] = round(time.perf_counter() - result.pop("started"), 3)
-        result["iters"] = self.recon.iters if result["learned"] else 0
+        result.seconds = round(time.perf_counter() - self._started, 3)
+        result.iters = self.recon.iters if result.learned else 0
         self.results.append(result)
         if self.on_unit_done is not None:
             self.on_unit_done(self.results)
         if self.logger is not None:
             exp = self.logger.experiment
-            exp.add_scalar(f"recon/{result['name']}/mse_nearest", result["mse_nearest"], 0)
-            exp.add_scalar(f"recon/{result['name']}/mse_final", result["mse_final"], 0)
-            exp.add_scalar("recon/mse_final_by_unit", result["mse_final"], len(self.results))
-            exp.add_scalar("recon/mse_nearest_by_unit", result["mse_nearest"], len(self.results))
+            exp.add_scalar(f"recon/{result.name}/mse_nearest", result.mse_nearest, 0)
+            exp.add_scalar(f"recon/{result.name}/mse_final", result.mse_final, 0)
+            exp.add_scalar("recon/mse_final_by_unit", result.mse_final, len(self.results))
+            exp.add_scalar("recon/mse_nearest_by_unit", result.mse_nearest, len(self.results))
         self.echo(unit_line(len(self.results), len(self.units), result))
         self._data = None
 
@@ -216,18 +214,18 @@ class BlockSequencer(Callback):
 LINE_WIDTH = 79  # one line per unit on an 80-column terminal
 
 
-def unit_line(index: int, total: int, result: dict[str, Any], width: int = LINE_WIDTH) -> str:
+def unit_line(index: int, total: int, result: UnitResult, width: int = LINE_WIDTH) -> str:
     """'unit 3/11 layer1.1: MSE nearest 1.234e-03 -> 5.678e-04, 2.1 s' (or '... MSE nearest
     1.234e-03 kept (learned 2.345e-03), ...') within ``width`` characters: a long unit name
     is shortened in the middle."""
-    if result.get("kept") == "nearest":
-        tail = f"MSE nearest {result['mse_nearest']:.3e} kept (learned {result['mse_learned']:.3e})"
+    if result.kept == "nearest":
+        tail = f"MSE nearest {result.mse_nearest:.3e} kept (learned {result.mse_learned:.3e})"
     else:
-        tail = f"MSE nearest {result['mse_nearest']:.3e} -> {result['mse_final']:.3e}"
-    tail += f", {result['seconds']:.1f} s"
+        tail = f"MSE nearest {result.mse_nearest:.3e} -> {result.mse_final:.3e}"
+    tail += f", {result.seconds:.1f} s"
     head = f"unit {index}/{total} "
     room = max(8, width - len(head) - len(tail) - 2)
-    name = result["name"]
+    name = result.name
     if len(name) > room:
         keep = room - 1
         name = name[: keep // 2] + "~" + name[len(name) - (keep - keep // 2) :]

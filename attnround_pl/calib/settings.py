@@ -15,6 +15,7 @@ LR_SCHEDULES = ("constant", "cosine", "cosine_act")
 COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")
 # export format -> the file it writes in the run folder
 FORMATS = {"onnx": "quantized.onnx", "state": "quantized_state.pt"}
+ONNX_OPSETS = range(18, 22)  # what export.qdq_onnx writes (its OPSETS)
 
 
 def check_format(fmt: str) -> str:
@@ -102,6 +103,9 @@ class RunConfig:
         progress: show rich progress bars (per-unit lines are printed either way).
         export: formats to export the finished run to (``onnx``, ``state``), each checked
             against the PyTorch model on the evaluation set (see ``attnround-pl export``).
+        onnx_opset: the ONNX export's opset, 18 to 21; None: 21 when a weight or activation
+            grid has 4 bits or fewer (INT4/UINT4 codes), else 18 (8-bit types, for older
+            runtimes).
         resume: a run folder whose calibration stopped (crash, kill, out of memory): continue
             it from its last finished unit, with the same config and seed.
         overwrite: replace a run folder that already holds a finished or unfinished run.
@@ -113,6 +117,7 @@ class RunConfig:
     eval_nearest: bool = True
     progress: bool = True
     export: list[str] = field(default_factory=list)
+    onnx_opset: int | None = None
     resume: str | None = None
     overwrite: bool = False
 
@@ -120,4 +125,10 @@ class RunConfig:
         check_finite(self, "run")  # no float setting today: one added later is covered
         for fmt in self.export:
             check_format(fmt)
+        opset = self.onnx_opset
+        if opset is not None and (isinstance(opset, bool) or opset not in ONNX_OPSETS):
+            raise SettingError(
+                f"run.onnx_opset={opset!r}: the ONNX export writes opsets "
+                f"{ONNX_OPSETS[0]} to {ONNX_OPSETS[-1]} (null: the lowest that holds the bits)"
+            )
         return self

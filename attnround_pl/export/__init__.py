@@ -1,35 +1,39 @@
-"""Export of a frozen quantized model: the integer state file and the ONNX QDQ graph.
+"""File formats of a quantized model and their export: the quantized checkpoint
+(``checkpoint``: ``save_quantized``/``load_quantized``, a run folder's ``quantized.pt``), the
+integer state file (``state``) and the ONNX QDQ graph (``qdq_onnx``), checked against PyTorch
+(``verify``).
 
-Plain PyTorch + onnx/onnxruntime; no Lightning.
+Plain PyTorch + onnx/onnxruntime; no Lightning. The names below are imported from their modules
+on first use, so reading a checkpoint does not load onnx.
 """
 
-from .metadata import read_onnx_metadata
-from .qdq_onnx import OPSET, OnnxExportError, export_onnx, to_onnx
-from .state import STATE_FORMAT, export_state, load_state, read_state, state_payload
-from .verify import (
-    CodeDivergence,
-    Comparison,
-    compare_with_onnx,
-    first_code_divergence,
-    max_output_difference,
-    onnx_session,
-)
+from __future__ import annotations
 
-__all__ = [
-    "OPSET",
-    "STATE_FORMAT",
-    "CodeDivergence",
-    "Comparison",
-    "OnnxExportError",
-    "compare_with_onnx",
-    "export_onnx",
-    "export_state",
-    "first_code_divergence",
-    "load_state",
-    "max_output_difference",
-    "onnx_session",
-    "read_onnx_metadata",
-    "read_state",
-    "state_payload",
-    "to_onnx",
-]
+from ..lazy import lazy_exports
+
+_EXPORTS = {
+    "checkpoint": ["CheckpointError", "load_quantized", "read_quantized", "save_quantized"],
+    "metadata": ["read_onnx_metadata"],
+    "qdq_onnx": [
+        "INT4_OPSET",
+        "OPSET",
+        "OPSETS",
+        "OnnxExportError",
+        "check_opset",
+        "container_bits",
+        "default_opset",
+        "export_onnx",
+        "to_onnx",
+    ],
+    "size": ["OnnxSize", "onnx_size"],
+    "state": ["STATE_FORMAT", "export_state", "load_state", "read_state", "state_payload"],
+    "verify": [
+        "CodeDivergence",
+        "Comparison",
+        "compare_with_onnx",
+        "first_code_divergence",
+        "max_output_difference",
+        "onnx_session",
+    ],
+}
+__all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

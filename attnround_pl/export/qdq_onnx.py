@@ -14,17 +14,39 @@ replaces each placeholder by the QDQ ops below, with initializers and nodes name
 module path (``onnx_name``), so ``verify.first_code_divergence`` finds a layer's activation
 QuantizeLinear as ``onnx_name(f"{path}.a_quant")``. No placeholder is left in the written model:
 
-- weights: integer codes stored as uint8/int8 initializers (asymmetric / symmetric grid), then
-  ``DequantizeLinear`` with per-output-channel scale and zero point (``axis=0``);
+- weights: integer codes as an initializer of the container type (below), then
+  ``DequantizeLinear`` with per-output-channel scale and zero point (``axis=0``) of that type;
 - activation quantizers: ``Clip(x, qmin*s, qmax*s)`` -> ``QuantizeLinear(s, 0)`` ->
-  ``DequantizeLinear(s, 0)``. ONNX's integer types are 8-bit; a b-bit grid (b < 8) is the same
-  8-bit type with the float ``Clip`` limiting the codes to ``[qmin, qmax]`` of the b-bit grid
-  (e.g. 0..15 for unsigned 4 bits). At 8 bits the Clip is left out: QuantizeLinear's own
-  saturation is the same clamp;
+  ``DequantizeLinear(s, 0)``. The Clip limits the codes to ``[qmin, qmax]`` of a b-bit grid
+  narrower than its container (e.g. 0..7 for unsigned 3 bits in uint8); where the grid fills
+  the container, QuantizeLinear's own saturation is the same clamp and the Clip is left out;
 - an AQuant border (see ``quant.act_border``) becomes the per-channel affine of its folded form
   ``round((1 - k) x~ - c)`` between the Clip and QuantizeLinear: ``y = x (1 - k) - c s``;
   QuantizeLinear's round-half-to-even is the rounding of the folded form;
 - the float bias is a separate ``Add`` after the Conv / Gemm / MatMul (see ``_bias``).
+
+Two opsets (``opset`` of ``to_onnx`` / ``export_onnx``; ``default_opset``): the container
+of a b-bit grid is the narrowest ONNX integer type the opset has for it (``container_bits``):
+
+- opset 21 (``INT4_OPSET``, the default when any weight or activation grid has 4 bits or
+  fewer): INT4 / UINT4 (QuantizeLinear / DequantizeLinear 21) for weight grids of 2..4 bits,
+  stored two codes a byte, so W4 weight codes take half the bytes of opset 18 (``size``);
+  a 4-bit activation grid is quantized to uint4 / int4, no Clip. onnxruntime 1.32 runs
+  those (per-axis int4 / uint4 weights, per-tensor uint4 / int4 activations, with Conv, Gemm
+  and MatMul), but its default graph optimizations fail on a 4-bit QuantizeLinear after a
+  Clip (ClipQuantFusion) or a MaxPool (Q/DQ propagation) and mishandle a signed one after a
+  Relu, so such an activation, and every 2- or 3-bit activation grid (which needs the Clip),
+  keeps an 8-bit container (``_act_container``): the same codes either way. Grids of 5..8
+  bits are 8-bit. torch.onnx writes its op library's opset-18 graph at 21 with onnxscript's
+  version converter (it raises each op's version, with an adapter for the few whose meaning
+  changed, e.g. GroupNormalization 21); the QDQ ops are added after that, at the model's
+  opset, and the result passes ``onnx.checker`` (full check);
+- opset 18 (``OPSET``, the default when every grid has more than 4 bits, and the choice for a
+  runtime without INT4 QuantizeLinear / DequantizeLinear: onnxruntime's CPU kernels gained
+  them after 1.18, microsoft/onnxruntime#20362): every grid in an 8-bit container,
+  int8 / uint8 with the Clip rule above. Opsets 19 and 20 write the same as 18. Below 18 is
+  refused: torch.onnx's op library is written for opset 18 and the ONNX version converter
+  cannot take its graphs lower (no adapter for Mul 14 -> 13; ReduceMean's axes input).
 
 Why the dynamo exporter: torch 2.14.1 still ships the TorchScript exporter (``dynamo=False``)
 but warns that it is legacy (a DeprecationWarning since torch 2.9, when the dynamo exporter
@@ -35,12 +57,10 @@ names its nodes by scope just the same, so the placeholder expansion would stay)
 a float torchvision ResNet-50 at 32x32 px took 4 s against 1.8 s with the TorchScript exporter
 on the 2-core development CPU (shared, times vary); a frozen W4A4 ResNet-50 (10 classes, same
 size) exports in 4.6 s, a small CNN in about 1 s after the first export of a process (3 s, the
-exporter's imports and op registry). Opset 18 (``OPSET``) is the one the dynamo exporter's op
-library is written for (any other is converted from it); its QuantizeLinear / DequantizeLinear
-(version 13) take int8/uint8 with a per-axis scale, all a 2..8-bit grid needs.
+exporter's imports and op registry).
 
 onnxruntime caveat: its ClipQuantFusion drops a Clip whose range lies within float epsilon
-(absolute, 1.2e-7) of the QuantizeLinear's 8-bit range, so an activation step below about
+(absolute, 1.2e-7) of an 8-bit QuantizeLinear's range, so an activation step below about
 1e-9 (a degenerate random-weight net) loses its b-bit Clip in onnxruntime;
 ``verify.first_code_divergence`` then reports codes outside the b-bit grid as an export fault.
 """
@@ -69,7 +89,9 @@ from ..errors import InputError
 from ..quant import ActQuantizer, QuantConv1d, QuantConv2d, QuantLayer, QuantLinear
 from .metadata import export_meta, onnx_metadata, set_onnx_metadata
 
-OPSET = 18
+OPSET = 18  # torch.onnx's op library: 8-bit containers for every grid
+INT4_OPSET = 21  # the first opset with INT4 / UINT4 (QuantizeLinear / DequantizeLinear 21)
+OPSETS = range(OPSET, INT4_OPSET + 1)  # the opsets this exporter writes
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"  # the graph output of a model returning one tensor
 BATCH_DIM = "batch"
@@ -116,6 +138,12 @@ class _Graph:
         self.initializers.append(numpy_helper.from_array(value, name))
         return name
 
+    def ints(self, hint: str, values: np.ndarray, bits: int, signed: bool) -> str:
+        """An integer initializer in the ``bits``-wide container (see ``_int_tensor``)."""
+        name = self.name(hint)
+        self.initializers.append(_int_tensor(name, values, bits, signed))
+        return name
+
     def op(
         self, op_type: str, inputs: list[str], hint: str, out: str | None = None, **attrs: Any
     ) -> str:
@@ -126,20 +154,114 @@ class _Graph:
         return out
 
 
+_TYPES = {  # (container bits, signed) -> ONNX element type
+    (8, False): onnx.TensorProto.UINT8, (8, True): onnx.TensorProto.INT8,
+    (4, False): onnx.TensorProto.UINT4, (4, True): onnx.TensorProto.INT4,
+}
+
+
+def container_bits(bits: int, opset: int) -> int:
+    """The width of the ONNX integer type that holds a ``bits``-bit grid at ``opset``: 4 for a
+    grid of 4 bits or fewer from ``INT4_OPSET`` on, else 8."""
+    return 4 if bits <= 4 and opset >= INT4_OPSET else 8
+
+
+def _grid_bits(qmodel: nn.Module) -> list[int]:
+    """The bit widths of every weight and activation grid the export writes."""
+    bits = []
+    for m in qmodel.modules():
+        if isinstance(m, QuantLayer):
+            if m.weight_enabled:
+                bits.append(m.weight_quantizer.bits)
+            aq = m.input_quantizer
+            if aq.active and aq.enabled:
+                bits.append(aq.bits)
+    return bits
+
+
+def default_opset(qmodel: nn.Module) -> int:
+    """The lowest opset that holds the model's grids in their own width: ``INT4_OPSET`` (21)
+    when any weight or activation grid has 4 bits or fewer, else ``OPSET`` (18)."""
+    return INT4_OPSET if any(b <= 4 for b in _grid_bits(qmodel)) else OPSET
+
+
+def check_opset(opset: Any) -> int:
+    """``opset`` if the exporter writes it (``OPSETS``: 18..21), else an OnnxExportError."""
+    if isinstance(opset, bool) or not isinstance(opset, int) or opset not in OPSETS:
+        raise OnnxExportError(
+            f"opset={opset!r} is not one the ONNX export writes: {OPSET} (every grid in an "
+            f"8-bit type) to {INT4_OPSET} (INT4/UINT4 for grids of 4 bits or fewer); torch.onnx "
+            f"writes opset {OPSET} and the ONNX version converter cannot take it lower"
+        )
+    return opset
+
+
+# ops that move data only: onnxruntime moves a QuantizeLinear up through them (its
+# QDQPropagationTransformer: MaxPool, Reshape, Transpose, Squeeze, Unsqueeze, Slice)
+_MOVES_DATA = {"Reshape", "Transpose", "Squeeze", "Unsqueeze", "Slice", "Flatten", "Identity"}
+
+
+def _source(x: str, producers: Mapping[str, onnx.NodeProto]) -> onnx.NodeProto | None:
+    """The node that computes the tensor ``x``, past ops that only move data (None: an input)."""
+    node = producers.get(x)
+    while node is not None and node.op_type in _MOVES_DATA:
+        node = producers.get(node.input[0])
+    return node
+
+
+def _act_container(
+    aq: ActQuantizer, x: str, producers: Mapping[str, onnx.NodeProto], opset: int
+) -> int:
+    """The container width (8 or 4) of the QuantizeLinear of an activation quantizer with
+    input ``x``: 4 for a 4-bit grid from ``INT4_OPSET`` on, except where onnxruntime's graph
+    optimizations (on by default) break a 4-bit QuantizeLinear (1.32, CPU):
+
+    - after a Clip (ReLU6, Hardtanh, or our own Clip of a 2- or 3-bit grid), ClipQuantFusion
+      throws "Unexpected data type for QuantizeLinear input y_zero_point of 21";
+    - after a MaxPool, the QuantizeLinear is moved up onto the MaxPool's input and the DQ/Q
+      pair around the MaxPool dropped, which leaves the MaxPool on uint4: "INVALID_GRAPH : ...
+      Type 'tensor(uint4)' of input parameter (..._q_to_dq) of operator (MaxPool) ...";
+    - a signed grid after a Relu: ReluQuantFusion drops the Relu before any zero point that is
+      not 8-bit, which is right for uint4 (saturates at 0) but not for int4 (saturates at -8).
+
+    There the grid keeps an 8-bit container (with the Clip, as at opset 18): same codes."""
+    if aq.bits != 4 or opset < INT4_OPSET:
+        return 8
+    source = _source(x, producers)
+    op = source.op_type if source is not None else ""
+    if op in ("Clip", "MaxPool") or (op == "Relu" and aq.grid.signed):
+        return 8
+    return 4
+
+
+def _int_tensor(name: str, values: np.ndarray, bits: int, signed: bool) -> onnx.TensorProto:
+    """An integer initializer of the ``bits``-wide ONNX type (8 or 4): a 4-bit one packs two
+    values a byte, the first in the low nibble (the ONNX layout), padded to a whole byte."""
+    if bits == 8:
+        return numpy_helper.from_array(values.astype(np.int8 if signed else np.uint8), name)
+    nibbles = values.astype(np.int16).ravel() & 0xF  # two's complement for a signed value
+    if nibbles.size % 2:
+        nibbles = np.append(nibbles, 0)
+    packed = (nibbles[0::2] | (nibbles[1::2] << 4)).astype(np.uint8).tobytes()
+    return helper.make_tensor(name, _TYPES[bits, signed], values.shape, packed, raw=True)
+
+
 def _channel_shape(rank: int) -> tuple[int, ...]:
     """Shape of a per-channel tensor (channels on axis 1) broadcast against a rank-``rank``
     activation."""
     return (1, -1) + (1,) * (rank - 2)
 
 
-def _act_qdq(g: _Graph, x: str, aq: ActQuantizer, prefix: str, rank: int, out: str) -> str:
-    """Q/DQ pair of one activation quantizer (with the folded AQuant border if it has one)."""
+def _act_qdq(
+    g: _Graph, x: str, aq: ActQuantizer, prefix: str, rank: int, out: str, width: int
+) -> str:
+    """Q/DQ pair of one activation quantizer (with the folded AQuant border if it has one) in
+    a ``width``-bit container (8 or 4)."""
     grid, step = aq.grid, float(aq.step.detach())
-    int_type = np.int8 if grid.signed else np.uint8
     scale = g.const(f"{prefix}.a_scale", _array(step))
-    zero = g.const(f"{prefix}.a_zero_point", np.zeros((), dtype=int_type))
+    zero = g.ints(f"{prefix}.a_zero_point", np.zeros((), np.int8), width, grid.signed)
     y = x
-    if grid.bits < 8 or aq.border is not None:
+    if grid.bits < width or aq.border is not None:  # the container's saturation is not the grid
         lo = g.const(f"{prefix}.a_min", _array(grid.qmin * step))
         hi = g.const(f"{prefix}.a_max", _array(grid.qmax * step))
         y = g.op("Clip", [x, lo, hi], f"{prefix}.a_clip")
@@ -154,15 +276,15 @@ def _act_qdq(g: _Graph, x: str, aq: ActQuantizer, prefix: str, rank: int, out: s
     return g.op("DequantizeLinear", [q, scale, zero], f"{prefix}.a_dequant", out=out)
 
 
-def _weight(g: _Graph, layer: QuantLayer, prefix: str, out: str) -> str:
+def _weight(g: _Graph, layer: QuantLayer, prefix: str, out: str, opset: int) -> str:
     """Dequantized weight: integer codes + per-channel (or per-tensor) scale and zero point."""
     wq = layer.weight_quantizer
-    int_type = np.int8 if wq.grid.signed else np.uint8
-    codes = g.const(f"{prefix}.weight_codes", wq.codes.cpu().numpy().astype(int_type))
+    width, signed = container_bits(wq.grid.bits, opset), wq.grid.signed
+    codes = g.ints(f"{prefix}.weight_codes", wq.codes.cpu().numpy(), width, signed)
     flat = (-1,) if wq.per_channel else ()
     scale = g.const(f"{prefix}.weight_scale", _array(wq.scale).reshape(flat))
-    zero = g.const(f"{prefix}.weight_zero_point",
-                   _array(wq.zero_point).round().astype(int_type).reshape(flat))
+    zero = g.ints(f"{prefix}.weight_zero_point",
+                  _array(wq.zero_point).round().astype(np.int16).reshape(flat), width, signed)
     return g.op("DequantizeLinear", [codes, scale, zero], f"{prefix}.weight_dq", out=out, axis=0)
 
 
@@ -359,12 +481,14 @@ def _failure(model: nn.Module, exc: BaseException) -> str:
     return f"torch.onnx cannot export {where} ({why})"
 
 
-def _expand_markers(proto: onnx.ModelProto, layers: dict[str, QuantLayer]) -> None:
-    """Replace each placeholder node by its QDQ ops, in place; drop what they left unused."""
+def _expand_markers(proto: onnx.ModelProto, layers: dict[str, QuantLayer], opset: int) -> None:
+    """Replace each placeholder node by its QDQ ops for ``opset``, in place; drop what they left
+    unused."""
     graph = proto.graph
     taken = {n.name for n in graph.node} | {o for n in graph.node for o in n.output}
     taken |= {t.name for t in graph.initializer} | {v.name for v in graph.input}
     g = _Graph(taken)
+    producers = {o: n for n in graph.node for o in n.output}
     for node in graph.node:
         if node.domain != DOMAIN:
             g.nodes.append(node)
@@ -373,9 +497,10 @@ def _expand_markers(proto: onnx.ModelProto, layers: dict[str, QuantLayer]) -> No
         path = attrs["layer"].decode()
         layer, x, out = layers[path], node.input[0], node.output[0]
         if node.op_type == "ActQDQ":
-            _act_qdq(g, x, layer.input_quantizer, path, attrs["rank"], out)
+            aq = layer.input_quantizer
+            _act_qdq(g, x, aq, path, attrs["rank"], out, _act_container(aq, x, producers, opset))
         elif node.op_type == "WeightDQ":
-            _weight(g, layer, path, out)
+            _weight(g, layer, path, out, opset)
         else:
             _bias(g, x, layer, path, attrs["rank"], out)
     for node in g.nodes:
@@ -397,16 +522,21 @@ def _batch_example(example: Tensor) -> Tensor:
 
 
 def to_onnx(
-    qmodel: nn.Module, example: Tensor, meta: Mapping[str, Any] | None = None
+    qmodel: nn.Module, example: Tensor, meta: Mapping[str, Any] | None = None,
+    opset: int | None = None,
 ) -> onnx.ModelProto:
     """The QDQ ONNX model of a frozen quantized model; ``example`` is one input batch.
 
+    ``opset``: one of ``OPSETS`` (18..21); None takes ``default_opset(qmodel)``, 21 when a
+    weight or activation grid has 4 bits or fewer (INT4/UINT4 containers), else 18. Opset 18
+    holds every grid in an 8-bit type, for runtimes without opset 21.
     The graph input is ``input`` with a dynamic first dimension ``batch``; the output is
     ``logits`` for a model returning one tensor, one output per key for a dict of tensors.
     ``metadata_props`` record the input's preprocessing and the class count (see
     ``export.metadata``) from ``meta`` (a checkpoint's meta), else from the model's
     ``preprocessing`` / ``output_classes`` attributes, else the input shape of ``example``.
     The model is left as it was (forwards, train/eval mode)."""
+    opset = default_opset(qmodel) if opset is None else check_opset(opset)
     if not isinstance(example, Tensor) or example.dim() < 1:
         raise OnnxExportError("the example input must be a tensor with a batch dimension")
     entries = onnx_metadata(export_meta(meta, qmodel, example), INPUT_NAME)
@@ -423,7 +553,7 @@ def to_onnx(
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 program = torch.onnx.export(
-                    qmodel, (example,), dynamo=True, opset_version=OPSET,
+                    qmodel, (example,), dynamo=True, opset_version=opset,
                     input_names=[INPUT_NAME], output_names=names,
                     dynamic_shapes=({0: torch.export.Dim(BATCH_DIM)},),
                     custom_translation_table=table, verbose=False, report=False,
@@ -433,7 +563,13 @@ def to_onnx(
         except Exception as exc:  # every torch.onnx failure is one user problem
             raise OnnxExportError(_failure(qmodel, exc)) from exc
         proto = program.model_proto
-        _expand_markers(proto, layers)
+        written = {o.domain: o.version for o in proto.opset_import}.get("", None)
+        if written != opset:
+            raise OnnxExportError(
+                f"torch.onnx wrote {type(qmodel).__name__} at opset {written}, not the "
+                f"requested {opset} (its version converter failed): export with opset={OPSET}"
+            )
+        _expand_markers(proto, layers, opset)
     proto.graph.name = "attnround_pl_qdq"
     proto.producer_name = "attnround-pl"
     set_onnx_metadata(proto, entries)
@@ -443,9 +579,10 @@ def to_onnx(
 
 def export_onnx(
     qmodel: nn.Module, example: Tensor, path: str | os.PathLike,
-    meta: Mapping[str, Any] | None = None,
+    meta: Mapping[str, Any] | None = None, opset: int | None = None,
 ) -> Path:
     """Write the QDQ ONNX model of ``qmodel`` to ``path`` (checked by onnx.checker);
-    ``meta``: what ``to_onnx`` records in its ``metadata_props``."""
-    model = to_onnx(qmodel, example, meta)
+    ``meta``: what ``to_onnx`` records in its ``metadata_props``; ``opset``: see ``to_onnx``
+    (None: ``default_opset``)."""
+    model = to_onnx(qmodel, example, meta, opset)
     return write_atomically(path, lambda tmp: onnx.save_model(model, str(tmp)))

@@ -34,10 +34,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..quant import CheckpointError, QuantConfig, QuantLayer, QuantLinear, freeze_model
-from ..quant.checkpoint import cpu_state_dict, layer_record, nearest_rebuild_config, read_payload
+from ..quant import QuantConfig, QuantLayer, QuantLinear, freeze_model
 from ..quant.model import quant_layers, quantize_model
 from ..torch_files import save_tensors
+from .checkpoint import (
+    CheckpointError,
+    cpu_state_dict,
+    layer_record,
+    nearest_rebuild_config,
+    read_payload,
+)
 from .metadata import export_meta
 
 STATE_FORMAT = "attnround-pl/state/1"

@@ -225,6 +225,25 @@ def _torch_codes(aq: ActQuantizer, x: Tensor, out: Tensor) -> tuple[Tensor, Tens
     return torch.round(out / aq.step), v
 
 
+# element types onnxruntime's Python API cannot return ("No corresponding Numpy type for Tensor
+# Type. UInt4x2"): a QuantizeLinear output of these types is read through a Cast to float
+_NO_NUMPY_TYPE = {onnx.TensorProto.INT4, onnx.TensorProto.UINT4}
+
+
+def _readable_codes(model: onnx.ModelProto, q: onnx.NodeProto, types: dict[str, int]) -> str:
+    """The name under which onnxruntime returns the codes of the QuantizeLinear ``q``: its
+    output, or for a 4-bit one (opset 21) a Cast of it to float appended to ``model``
+    (``types``: the element type of each initializer, the zero point's among them)."""
+    zero = q.input[2] if len(q.input) > 2 else ""
+    if types.get(zero) not in _NO_NUMPY_TYPE:
+        return q.output[0]
+    out = f"{q.output[0]}_codes"
+    model.graph.node.append(
+        helper.make_node("Cast", [q.output[0]], [out], name=out, to=onnx.TensorProto.FLOAT)
+    )
+    return out
+
+
 @torch.no_grad()
 def first_code_divergence(
     qmodel: nn.Module, onnx_path: str | os.PathLike, x: Tensor, rows: Tensor | None = None
@@ -238,13 +257,15 @@ def first_code_divergence(
     its batch of 500 and alone, through one code at a tie), so a re-run of the rows alone could
     hide the difference being explained. onnxruntime runs on the rows only (it gave the same
     logits for a batch of 10,000 and the same images in 8). The file must come from
-    ``export_onnx`` of this model: its QuantizeLinear nodes are found by the names it gives them.
+    ``export_onnx`` of this model, at any opset: its QuantizeLinear nodes are found by the names
+    it gives them, and a 4-bit one's codes (opset 21) read through a Cast to float.
     """
     qmodel = qmodel.eval()
     rows = torch.arange(len(x)) if rows is None else rows.cpu()
     model = onnx.load(str(onnx_path))
-    order = {n.name: (i, n.output[0]) for i, n in enumerate(model.graph.node)
-             if n.op_type == "QuantizeLinear"}
+    types = {t.name: t.data_type for t in model.graph.initializer}
+    quants = [(i, n) for i, n in enumerate(model.graph.node) if n.op_type == "QuantizeLinear"]
+    order = {n.name: (i, _readable_codes(model, n, types)) for i, n in quants}
     layers = sorted(((*order[_onnx_quant_name(name)], name, m.input_quantizer)
                      for name, m in qmodel.named_modules()
                      if isinstance(m, QuantLayer) and _onnx_quant_name(name) in order),

@@ -1,4 +1,9 @@
-"""Assign per-layer weight bits by clustering coding lengths (Algorithm 1), with a size budget."""
+"""Assign per-layer weight bits by clustering coding lengths (Algorithm 1), with a size budget.
+
+A step before quantization: ``allocate_model`` measures the float model's layers (BatchNorms
+folded, in execution order, as ``quant.quantize_model`` takes them) and its ``Allocation``
+gives ``quantize_model`` the bits per layer (``layer_bits()``) and the report its table.
+"""
 
 from __future__ import annotations
 
@@ -9,16 +14,16 @@ from dataclasses import dataclass
 import numpy as np
 from torch import nn
 
-from ..quant.errors import QuantConfigError
+from ..quant.config import QuantConfig
+from ..quant.model import folded_copy
 from .coding_length import coding_length
-from .config import MixedConfig
+from .config import MixedConfig, MixedPrecisionError, check_bit_list, check_mixed
 
 MB = 2**20
 EPS2_GRID = [10.0**e for e in np.arange(-6.0, 2.01, 0.25)]
 
-
-class MixedPrecisionError(QuantConfigError):
-    """Bad mixed-precision settings, or a budget no allocation meets."""
+__all__ = ["Allocation", "LayerBits", "MixedPrecisionError", "allocate_bits", "allocate_model",
+           "check_bit_list", "check_mixed", "cluster_bits", "cluster_maps", "size_mb"]
 
 
 @dataclass
@@ -53,40 +58,9 @@ class Allocation:
         return size_mb([r.params for r in self.rows], [r.bits if r.fixed else bits
                                                         for r in self.rows])
 
-
-def check_mixed(config: MixedConfig, layers: int | None = None) -> None:
-    """Every check on the settings; ``layers`` (how many get clustered bits) when known."""
-    check_bit_list(list(config.bit_list or []), layers)
-    if not config.eps2 > 0:
-        raise MixedPrecisionError(f"quant.mixed.eps2={config.eps2} must be > 0")
-    if config.budget_mb is not None and not config.budget_mb > 0:
-        raise MixedPrecisionError(f"quant.mixed.budget_mb={config.budget_mb} must be > 0")
-    bits = config.budget_bits
-    if bits is not None and (isinstance(bits, bool) or not isinstance(bits, int)
-                             or not 2 <= bits <= 8):
-        raise MixedPrecisionError(f"quant.mixed.budget_bits={bits} must be an integer in 2..8")
-    if bits is not None and config.budget_mb is not None:
-        raise MixedPrecisionError(
-            f"quant.mixed.budget_mb={config.budget_mb} and budget_bits={bits} both set: "
-            "give one size limit"
-        )
-
-
-def check_bit_list(bit_list: list[int], layers: int | None = None) -> list[int]:
-    if not bit_list:
-        raise MixedPrecisionError("quant.mixed.bit_list is empty")
-    if any(isinstance(b, bool) or not isinstance(b, int) or not 2 <= b <= 8 for b in bit_list):
-        raise MixedPrecisionError(f"quant.mixed.bit_list={bit_list}: every entry must be in 2..8")
-    if list(bit_list) != sorted(set(bit_list)):
-        raise MixedPrecisionError(
-            f"quant.mixed.bit_list={bit_list} must be strictly ascending (e.g. [3, 4, 5, 6])"
-        )
-    if layers is not None and len(bit_list) > layers:
-        raise MixedPrecisionError(
-            f"quant.mixed.bit_list has {len(bit_list)} bit widths for {layers} layer(s) to "
-            "assign: use fewer bit widths than layers"
-        )
-    return list(bit_list)
+    def layer_bits(self) -> dict[str, int]:
+        """{layer name: weight bits}: what ``quantize_model`` takes as ``layer_w_bits``."""
+        return {r.name: r.bits for r in self.rows}
 
 
 def cluster_bits(lengths: list[float], bit_list: list[int], seed: int = 0) -> list[int]:
@@ -139,15 +113,27 @@ def allocate_bits(
     def lengths_at(eps2: float) -> list[float]:
         return [coding_length(m.weight, eps2) for _, m in free]
 
-    budget, label = config.budget_mb, f"quant.mixed.budget_mb={config.budget_mb}"
+    budget, label = config.budget_mb, f"mixed.budget_mb={config.budget_mb}"
     if config.budget_bits is not None:
         budget = size_mb(params, [fixed.get(name, config.budget_bits) for name, _ in layers])
-        label = f"quant.mixed.budget_bits={config.budget_bits} ({budget:.4f} MB)"
+        label = f"mixed.budget_bits={config.budget_bits} ({budget:.4f} MB)"
     if budget is None:
         lengths = lengths_at(config.eps2)
         rows = table(cluster_bits(lengths, bit_list, seed), lengths)
         return Allocation(rows, config.eps2, None, list(bit_list))
     return _fit_budget(params, bit_list, budget, label, seed, table, lengths_at)
+
+
+def allocate_model(model: nn.Module, config: MixedConfig, quant: QuantConfig) -> Allocation:
+    """The allocation of ``model``'s layers as ``quantize_model(model, quant)`` takes them (an
+    eval-mode copy, BatchNorms folded, execution order; ``model`` is not modified): the first
+    and last layer keep ``quant``'s first/last-layer weight bits, the others are clustered;
+    k-means is seeded with ``quant.seed``. Hand ``layer_bits()`` of the result to
+    ``quantize_model(..., layer_w_bits=...)``."""
+    folded, order, _ = folded_copy(model)
+    layers = [(name, folded.get_submodule(name)) for name in order]
+    fixed = {order[0]: quant.first_layer_w_bits, order[-1]: quant.last_layer_w_bits}
+    return allocate_bits(layers, config, fixed, seed=quant.seed)
 
 
 def cluster_maps(bit_list: list[int]) -> list[list[int]]:

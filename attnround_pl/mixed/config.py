@@ -1,15 +1,24 @@
-"""Settings of the mixed-precision bit allocation (a plain dataclass, no imports from quant/)."""
+"""Settings of the mixed-precision bit allocation: the ``mixed`` section of a config (a plain
+dataclass and its checks; no torch, numpy or scikit-learn)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from typing import Any
 
 from ..errors import SettingError, check_finite
+
+GROUP = "mixed"  # the config section: mixed.bit_list, --mixed.bit_list
+
+
+class MixedPrecisionError(SettingError):
+    """Bad mixed-precision settings, or a budget no allocation meets."""
 
 
 @dataclass
 class MixedConfig:
-    """Per-layer weight bits by coding length (Algorithm 1 of the paper).
+    """Per-layer weight bits by coding length (Algorithm 1 of the paper), chosen before
+    quantization and handed to ``quantize_model`` as per-layer weight bits.
 
     Args:
         bit_list: candidate weight bits, ascending (e.g. [3, 4, 5, 6]); null = single precision.
@@ -29,11 +38,48 @@ class MixedConfig:
     def enabled(self) -> bool:
         return self.bit_list is not None
 
-    def validate(
-        self, group: str = "quant.mixed", error: type[SettingError] = SettingError
-    ) -> MixedConfig:
-        """Refuse NaN and infinity in ``eps2`` and ``budget_mb`` (enabled or not), as
-        ``error``; the rest of the allocation's settings ``mixed.allocation.check_mixed``
-        checks."""
-        check_finite(self, group, error)
+    def validate(self) -> MixedConfig:
+        """Refuse NaN and infinity in ``eps2`` and ``budget_mb`` (enabled or not); when
+        enabled, every check of ``check_mixed``. Raises MixedPrecisionError."""
+        check_finite(self, GROUP, MixedPrecisionError)
+        if self.enabled:
+            check_mixed(self)
         return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def check_mixed(config: MixedConfig, layers: int | None = None) -> None:
+    """Every check on the settings; ``layers`` (how many get clustered bits) when known."""
+    check_bit_list(list(config.bit_list or []), layers)
+    if not config.eps2 > 0:
+        raise MixedPrecisionError(f"{GROUP}.eps2={config.eps2} must be > 0")
+    if config.budget_mb is not None and not config.budget_mb > 0:
+        raise MixedPrecisionError(f"{GROUP}.budget_mb={config.budget_mb} must be > 0")
+    bits = config.budget_bits
+    if bits is not None and (isinstance(bits, bool) or not isinstance(bits, int)
+                             or not 2 <= bits <= 8):
+        raise MixedPrecisionError(f"{GROUP}.budget_bits={bits} must be an integer in 2..8")
+    if bits is not None and config.budget_mb is not None:
+        raise MixedPrecisionError(
+            f"{GROUP}.budget_mb={config.budget_mb} and budget_bits={bits} both set: "
+            "give one size limit"
+        )
+
+
+def check_bit_list(bit_list: list[int], layers: int | None = None) -> list[int]:
+    if not bit_list:
+        raise MixedPrecisionError(f"{GROUP}.bit_list is empty")
+    if any(isinstance(b, bool) or not isinstance(b, int) or not 2 <= b <= 8 for b in bit_list):
+        raise MixedPrecisionError(f"{GROUP}.bit_list={bit_list}: every entry must be in 2..8")
+    if list(bit_list) != sorted(set(bit_list)):
+        raise MixedPrecisionError(
+            f"{GROUP}.bit_list={bit_list} must be strictly ascending (e.g. [3, 4, 5, 6])"
+        )
+    if layers is not None and len(bit_list) > layers:
+        raise MixedPrecisionError(
+            f"{GROUP}.bit_list has {len(bit_list)} bit widths for {layers} layer(s) to "
+            "assign: use fewer bit widths than layers"
+        )
+    return list(bit_list)

@@ -1,6 +1,8 @@
 """Pure-PyTorch quantization core: grids, scale search, rounding functions, quantizers, layers.
 
-Nothing in this package imports Lightning.
+Nothing in this package imports Lightning, nor the packages around it (``mixed``, ``export``,
+``calib``): a mixed-precision allocation comes in as per-layer bits, file formats are in
+``export``.
 
 The names below are imported from their modules on first use, so importing the package does
 not load torch until a name is used.
@@ -11,9 +13,8 @@ from __future__ import annotations
 from ..lazy import lazy_exports
 
 _EXPORTS = {
-    "act_quant": ["ActQuantizer"],
+    "act_quant": ["ActQuantizer", "DropSettings"],
     "bn_fold": ["fold_batchnorms", "fold_bn_into_conv"],
-    "checkpoint": ["CheckpointError", "load_quantized", "read_quantized", "save_quantized"],
     "config": ["QuantConfig"],
     "errors": ["QuantConfigError"],
     "grid": ["UniformGrid", "check_bits"],
@@ -40,14 +41,17 @@ _EXPORTS = {
     "order": ["LeafTracer", "execution_order", "float_ops", "never_run_layers", "trace_graph"],
     "rounding": [
         "ROUNDINGS",
+        "AdaRoundSettings",
         "AdaRounding",
         "AttentionRounding",
+        "AttentionSettings",
         "CeilRounding",
         "FloorRounding",
         "NearestRounding",
         "Rounding",
         "StochasticRounding",
         "make_rounding",
+        "rounding_settings",
     ],
     "scale_search": ["fake_quantize", "search_qparams"],
     "weight_quant": ["WeightQuantizer"],

@@ -10,7 +10,7 @@ abstract. In step units ``x~ = x / s``, ``n = floor(x~)``, ``frac = x~ - n``, th
 quantized weight w + dw the balancing border is 0.5 + (dw/w)(n + 0.5), close to 0.5 + (dw/w) x~),
 ``c`` the propagated error. (AQuant's "global error" idea was tried in a cheap form, ``c``
 gaining a learned multiple of the per-sample channel mean of ``x~``; it measured no gain and
-was removed after commit 0cbc7a9, see README.)
+was removed after commit 0cbc7a9, see docs/methods.md.)
 
 ``b`` is kept inside (0, 1) by reparametrisation, not clamping: the inputs are clipped to the grid,
 ``|x~| <= R``, so ``|b - 0.5| <= |k| R + |c|``; when that bound passes ``0.5 - eps`` the

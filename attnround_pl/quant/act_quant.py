@@ -1,12 +1,15 @@
-"""Per-tensor activation quantizer with a learned step size (LSQ, Esser et al. 2020)."""
+"""Per-tensor activation quantizer with a learned step size (LSQ, Esser et al. 2020), and
+QDrop's random dropping of quantization during reconstruction (``DropSettings``)."""
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
+from ..errors import check_finite
 from .act_border import BORDERS, AQuantBorder
 from .errors import QuantConfigError
 from .grid import UniformGrid, check_bits
@@ -73,10 +76,27 @@ def check_act_bits(bits: int, what: str = "a_bits", where: str | None = None) ->
         raise QuantConfigError(f"{exc} (or {FLOAT_BITS} for float activations)") from None
 
 
-def check_drop_prob(p: float) -> float:
-    if not 0.0 <= p < 1.0:
-        raise QuantConfigError(f"drop_prob={p} must be in [0, 1)")
+def check_drop_prob(p: float, key: str = "drop_prob") -> float:
+    if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p < 1.0:
+        raise QuantConfigError(f"{key}={p} must be in [0, 1)")
     return float(p)
+
+
+@dataclass
+class DropSettings:
+    """QDrop's random dropping (Wei et al. 2022, eq. 9), ``quant.drop`` in the config.
+
+    Args:
+        prob: while a unit reconstructs, each element of an activation quantizer's input keeps
+            its float value with this probability, in [0, 1) (0 = off; QDrop's recipe: 0.5).
+    """
+
+    prob: float = 0.0
+
+    def validate(self, where: str = "quant.drop") -> DropSettings:
+        check_finite(self, where, QuantConfigError)
+        check_drop_prob(self.prob, f"{where}.prob")
+        return self
 
 
 class ActQuantizer(nn.Module):

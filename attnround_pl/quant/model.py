@@ -15,9 +15,10 @@ from .act_quant import ActQuantizer
 from .bn_fold import fold_batchnorms
 from .config import QuantConfig
 from .errors import QuantConfigError
+from .grid import check_bits
 from .layers import QUANT_LAYER_TYPES, QuantLayer
 from .order import execution_order
-from .rounding import Rounding, make_rounding
+from .rounding import Rounding, build_rounding
 from .tree import set_submodule
 from .weight_quant import WeightQuantizer
 
@@ -37,7 +38,8 @@ def layer_bits(
     config: QuantConfig, index: int, count: int, per_layer: int | None = None
 ) -> tuple[int, int]:
     """(weight bits, input bits) of layer ``index`` of ``count``: first and last keep their own;
-    ``per_layer`` (mixed precision or ``layer_w_bits``) sets the others' weight bits."""
+    ``per_layer`` (``layer_w_bits``, e.g. a mixed-precision allocation) sets the others'
+    weight bits."""
     w_bits, a_bits = per_layer or config.w_bits, config.a_bits
     if index == 0:
         w_bits, a_bits = config.first_layer_w_bits, config.first_layer_a_bits
@@ -46,8 +48,34 @@ def layer_bits(
     return w_bits, a_bits
 
 
+def folded_copy(model: nn.Module) -> tuple[nn.Module, list[str], list[str]]:
+    """An eval-mode copy of ``model`` with its BatchNorms folded, the names of the layers to
+    quantize in execution order and the names of those the forward never calls; refused as
+    QuantConfigError when there is no layer to quantize or a weight is NaN or Inf. What
+    ``quantize_model`` works on, and what a mixed-precision allocation measures."""
+    if not quantizable_layers(model):
+        raise QuantConfigError(
+            f"model {type(model).__name__} has no Conv2d or Linear layer to quantize"
+        )
+    qmodel = copy.deepcopy(model).eval()
+    registered = dict(quantizable_layers(qmodel))
+    order = [name for name in execution_order(qmodel) if name in registered]
+    never_run = [name for name in registered if name not in set(order)]
+    if not order:
+        raise QuantConfigError(
+            f"the forward pass of {type(model).__name__} calls none of its Conv2d or Linear "
+            "layers: nothing to quantize"
+        )
+    for name in order:
+        if not torch.isfinite(registered[name].weight).all():
+            raise QuantConfigError(f"weights of layer '{name}' contain NaN or Inf")
+    fold_batchnorms(qmodel)
+    return qmodel, order, never_run
+
+
 def quantize_model(
-    model: nn.Module, config: QuantConfig | None = None, *, search_scales: bool = True
+    model: nn.Module, config: QuantConfig | None = None, *,
+    layer_w_bits: dict[str, int] | None = None, search_scales: bool = True,
 ) -> nn.Module:
     """Return a quantized copy of ``model``; ``model`` itself is never modified.
 
@@ -55,6 +83,8 @@ def quantize_model(
     Conv2d / Linear is replaced by a QuantConv2d / QuantLinear whose weight quantizer is
     initialised by the MSE scale search and the configured rounding function. Input quantizers
     still need ``calibrate_activations`` before the model is used with quantized activations.
+    ``layer_w_bits`` ({layer name: weight bits}, e.g. ``mixed.allocate_model(...).layer_bits()``)
+    adds to (and wins over) ``config.layer_w_bits``; the first and last layer keep their own.
     ``search_scales=False`` skips the MSE search (scales 1, zero points 0): for loaders that
     overwrite every quantizer's state right after (seconds saved on ResNet-50-sized models).
     Raises QuantConfigError, naming the value or layer, for bad settings or weights.
@@ -65,42 +95,17 @@ def quantize_model(
     (plain Conv/Linear); their names are the returned model's ``never_run_layers`` attribute.
     """
     config = (config or QuantConfig()).validate()
-    if not quantizable_layers(model):
-        raise QuantConfigError(
-            f"model {type(model).__name__} has no Conv2d or Linear layer to quantize"
-        )
-    qmodel = copy.deepcopy(model).eval()
-    registered = dict(quantizable_layers(qmodel))
-    order = [name for name in execution_order(qmodel) if name in registered]
-    layers = [(name, registered[name]) for name in order]
-    never_run = [name for name in registered if name not in set(order)]
-    if not layers:
-        raise QuantConfigError(
-            f"the forward pass of {type(model).__name__} calls none of its Conv2d or Linear "
-            "layers: nothing to quantize"
-        )
-    for name, layer in layers:
-        if not torch.isfinite(layer.weight).all():
-            raise QuantConfigError(f"weights of layer '{name}' contain NaN or Inf")
-    fold_batchnorms(qmodel)
-    count = len(layers)
-    per_layer = dict(config.layer_w_bits or {})
-    allocation = None
-    if config.mixed.enabled and not per_layer:
-        from ..mixed.allocation import allocate_bits
-
-        first, last = layers[0][0], layers[-1][0]
-        fixed = {first: config.first_layer_w_bits, last: config.last_layer_w_bits}
-        folded = [(name, qmodel.get_submodule(name)) for name, _ in layers]
-        allocation = allocate_bits(folded, config.mixed, fixed, seed=config.seed)
-        per_layer = {row.name: row.bits for row in allocation.rows}
+    for name, bits in (layer_w_bits or {}).items():
+        check_bits(bits, "layer_w_bits", name)
+    qmodel, order, never_run = folded_copy(model)
+    count = len(order)
+    per_layer = {**(config.layer_w_bits or {}), **(layer_w_bits or {})}
+    settings = config.rounding_settings()
     swaps = []
-    for index, (name, _) in enumerate(layers):
+    for index, name in enumerate(order):
         layer = qmodel.get_submodule(name)
         w_bits, a_bits = layer_bits(config, index, count, per_layer.get(name))
-        rounding = make_rounding(
-            config.rounding, seed=config.layer_seed(index), **config.rounding_kwargs()
-        )
+        rounding = build_rounding(config.rounding, settings, seed=config.layer_seed(index))
         wq = WeightQuantizer(
             layer.weight,
             w_bits,
@@ -110,11 +115,10 @@ def quantize_model(
             search=search_scales,
         )
         aq = ActQuantizer(a_bits, seed=config.layer_seed(index), border=config.act_border,
-                          drop_prob=config.drop_prob)
+                          drop_prob=config.drop.prob)
         swaps.append((name, QUANT_LAYER_TYPES[type(layer)](layer, wq, aq)))
     for name, qlayer in swaps:
         set_submodule(qmodel, name, qlayer)
-    qmodel.bit_allocation = allocation  # mixed.Allocation; None in single precision
     qmodel.never_run_layers = never_run  # left float: the forward never calls them
     return qmodel
 

@@ -9,25 +9,59 @@ The weight quantizer then returns ``s * q`` (eq. 3 of the Attention Round paper)
 - ``hard_codes(x, lo, hi)`` gives the final integers a frozen layer keeps.
 - ``regularizer()`` is the extra loss term (AdaRound only) and ``set_progress(t)`` tells the
   rounding how far the optimisation is, ``t`` in ``[0, 1]`` (AdaRound's beta annealing).
+
+Each rounding's own settings are a small dataclass beside it (``AttentionSettings``,
+``AdaRoundSettings``; ``NoSettings`` for the roundings without any), named by its
+``settings_class`` attribute and built from ``QuantConfig.rounding_args`` by
+``rounding_settings``. A new rounding is one class here (with its settings and
+``from_settings``) added to ``ROUNDINGS``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from typing import ClassVar
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
 from .errors import QuantConfigError
 
+SETTINGS_KEY = "quant.rounding_args"  # where the chosen rounding's settings sit in the config
+
+
+def _key(where: str, name: str) -> str:
+    return f"{where}.{name}" if where else name
+
+
+@dataclass(frozen=True)
+class NoSettings:
+    """The settings of a rounding that has none (nearest, floor, ceil, stochastic: stochastic
+    rounding takes its seed from ``quant.seed``)."""
+
+    def validate(self, where: str = SETTINGS_KEY) -> NoSettings:
+        return self
+
 
 class Rounding(nn.Module):
-    """Base class: subclasses give ``grid_value`` (unclipped, possibly soft grid value)."""
+    """Base class: subclasses give ``grid_value`` (unclipped, possibly soft grid value).
+
+    ``settings_class`` is the dataclass of the rounding's own settings
+    (``QuantConfig.rounding_args`` are checked against its fields); ``from_settings`` builds
+    the rounding of one layer from them and the layer's seed."""
 
     name: ClassVar[str] = ""
     learnable: ClassVar[bool] = False
     has_regularizer: ClassVar[bool] = False  # whether ``regularizer`` can be non-zero
+    settings_class: ClassVar[type] = NoSettings
+
+    @classmethod
+    def from_settings(cls, settings: Any, seed: int = 0) -> Rounding:
+        return cls()
 
     def init_state(self, x: Tensor) -> None:
         """Set up per-element state from the weights in step units; called once, before learning."""
@@ -117,11 +151,39 @@ class StochasticRounding(_FixedDecision):
         super().__init__()
         self.seed = seed
 
+    @classmethod
+    def from_settings(cls, settings: NoSettings, seed: int = 0) -> StochasticRounding:
+        return cls(seed=seed)
+
     @torch.no_grad()
     def init_state(self, x: Tensor) -> None:
         gen = torch.Generator(device="cpu").manual_seed(self.seed)
         frac = (x - torch.floor(x)).detach().cpu()
         self.up = (torch.rand(frac.shape, generator=gen) < frac).to(x.dtype).to(x.device)
+
+
+@dataclass(frozen=True)
+class AdaRoundSettings:
+    """AdaRound's settings (Nagel et al. 2020; BRECQ's and QDrop's code use the same).
+
+    Args:
+        reg_weight: lambda, the weight of the rounding regulariser (>= 0).
+        beta_start: beta of the regulariser when it starts (after the warm-up).
+        beta_end: beta at the end of the unit's optimisation (annealed linearly).
+        warmup: fraction of the optimisation without the regulariser, in [0, 1).
+    """
+
+    reg_weight: float = 0.01
+    beta_start: float = 20.0
+    beta_end: float = 2.0
+    warmup: float = 0.2
+
+    def validate(self, where: str = SETTINGS_KEY) -> AdaRoundSettings:
+        if not 0.0 <= self.warmup < 1.0:
+            raise QuantConfigError(f"{_key(where, 'warmup')}={self.warmup} must be in [0, 1)")
+        if self.reg_weight < 0:
+            raise QuantConfigError(f"{_key(where, 'reg_weight')}={self.reg_weight} must be >= 0")
+        return self
 
 
 class AdaRounding(Rounding):
@@ -137,6 +199,7 @@ class AdaRounding(Rounding):
     name = "adaround"
     learnable = True
     has_regularizer = True
+    settings_class = AdaRoundSettings
     zeta = 1.1
     gamma = -0.1
 
@@ -155,6 +218,10 @@ class AdaRounding(Rounding):
         self.beta = beta_start
         self.reg_active = False
         self.v = nn.Parameter(torch.zeros(0))
+
+    @classmethod
+    def from_settings(cls, settings: AdaRoundSettings, seed: int = 0) -> AdaRounding:
+        return cls(**dataclasses.asdict(settings))
 
     @torch.no_grad()
     def init_state(self, x: Tensor) -> None:
@@ -204,6 +271,23 @@ def attention_gradient(grad: Tensor, alpha: Tensor, tau: float, overshoot: Tenso
     return grad.mul_(factor).masked_fill_(blocked, 0.0)
 
 
+@dataclass(frozen=True)
+class AttentionSettings:
+    """Attention Round's settings.
+
+    Args:
+        tau: the standard deviation of alpha's initialisation ``N(0, tau^2)`` and the width
+            of eq. 6's ``Phi(alpha / tau)``, in grid steps (>= 0; the paper's 0.5; 0 means
+            round-to-nearest: alpha starts at 0 and never moves away).
+    """
+
+    tau: float = 0.5
+
+    def validate(self, where: str = SETTINGS_KEY) -> AttentionSettings:
+        check_tau(self.tau, _key(where, "tau"))
+        return self
+
+
 class AttentionRounding(Rounding):
     """Attention Round (eqs. 3-7): ``q = clip(round(x + alpha), l, h)``, ``alpha`` trainable.
 
@@ -227,6 +311,7 @@ class AttentionRounding(Rounding):
 
     name = "attention"
     learnable = True
+    settings_class = AttentionSettings
 
     def __init__(self, tau: float = 0.5, seed: int = 0) -> None:
         super().__init__()
@@ -235,6 +320,10 @@ class AttentionRounding(Rounding):
         self.seed = seed
         self.alpha = nn.Parameter(torch.zeros(0))
         self._overshoot: Tensor | None = None  # q - round(x + alpha) of the last forward
+
+    @classmethod
+    def from_settings(cls, settings: AttentionSettings, seed: int = 0) -> AttentionRounding:
+        return cls(tau=settings.tau, seed=seed)
 
     @torch.no_grad()
     def init_state(self, x: Tensor) -> None:
@@ -265,12 +354,12 @@ class AttentionRounding(Rounding):
         return f"{self.name}, tau={self.tau}"
 
 
-def check_tau(tau: float) -> float:
+def check_tau(tau: float, key: str = "tau") -> float:
     if not isinstance(tau, (int, float)) or isinstance(tau, bool) or not math.isfinite(tau):
-        raise QuantConfigError(f"tau={tau!r} must be a finite number >= 0 (grid-step units)")
+        raise QuantConfigError(f"{key}={tau!r} must be a finite number >= 0 (grid-step units)")
     if tau < 0:
         raise QuantConfigError(
-            f"tau={tau} must be >= 0 (grid-step units; 0 means round-to-nearest)"
+            f"{key}={tau} must be >= 0 (grid-step units; 0 means round-to-nearest)"
         )
     return float(tau)
 
@@ -288,17 +377,85 @@ ROUNDINGS: dict[str, type[Rounding]] = {
 }
 
 
-def make_rounding(name: str, *, tau: float = 0.5, seed: int = 0, **adaround: float) -> Rounding:
-    """Build a rounding by name; ``tau`` is for attention, ``seed`` for stochastic and attention."""
+def rounding_class(name: str) -> type[Rounding]:
+    """The rounding registered as ``name``; an unknown name is one QuantConfigError."""
     if name not in ROUNDINGS:
         raise QuantConfigError(
             f"unknown rounding {name!r}; valid names: {', '.join(sorted(ROUNDINGS))}"
         )
-    check_tau(tau)
-    if name == "attention":
-        return AttentionRounding(tau=tau, seed=seed)
-    if name == "stochastic":
-        return StochasticRounding(seed=seed)
-    if name == "adaround":
-        return AdaRounding(**adaround)
-    return ROUNDINGS[name]()
+    return ROUNDINGS[name]
+
+
+def setting_names(name: str) -> list[str]:
+    """The keys ``rounding_args`` takes for the rounding ``name``."""
+    return [f.name for f in dataclasses.fields(rounding_class(name).settings_class)]
+
+
+def _setting_value(value: Any, hint: Any, key: str) -> Any:
+    """``value`` as the field's type: numbers for float fields (a string that reads as one,
+    as a command line gives ``1e-3`` or ``nan``, is read), integers for int fields."""
+    if hint is float or hint is int:
+        number = value
+        if isinstance(value, str):
+            try:
+                number = float(value) if hint is float else int(value)
+            except ValueError:
+                number = None
+        if isinstance(number, bool) or not isinstance(number, (int, float)):
+            kind = "a number" if hint is float else "an integer"
+            raise QuantConfigError(f"{key}={value} must be {kind}")
+        if hint is int and isinstance(number, float):
+            if not number.is_integer():
+                raise QuantConfigError(f"{key}={value} must be an integer")
+            number = int(number)
+        if not math.isfinite(number):
+            raise QuantConfigError(f"{key}={value} must be a finite number")
+        return hint(number)
+    if hint is bool and not isinstance(value, bool):
+        raise QuantConfigError(f"{key}={value} must be true or false")
+    if hint is str and not isinstance(value, str):
+        raise QuantConfigError(f"{key}={value} must be a string")
+    return value
+
+
+def rounding_settings(
+    name: str, args: Mapping[str, Any] | None = None, where: str = SETTINGS_KEY
+) -> Any:
+    """The settings of rounding ``name`` from ``args`` (None or missing keys: the defaults),
+    checked: a key the rounding does not take is refused naming the rounding and its keys;
+    values are read as their field's type. ``where`` is the key ``args`` sit under, for the
+    messages (``quant.rounding_args.tau=nan must be a finite number``)."""
+    cls = rounding_class(name).settings_class
+    if args is None:
+        args = {}
+    if not isinstance(args, Mapping):
+        raise QuantConfigError(
+            f"{where}={args!r} must be a mapping of {name}'s settings ({{key: value}}) or null"
+        )
+    valid = [f.name for f in dataclasses.fields(cls)]
+    unknown = [str(k) for k in args if k not in valid]
+    if unknown:
+        takes = f"valid keys: {', '.join(valid)}" if valid else "it takes none"
+        others = [other for other, rounding in ROUNDINGS.items() if other != name
+                  and unknown[0] in {f.name for f in dataclasses.fields(rounding.settings_class)}]
+        hint = (f" ({unknown[0]} is {others[0]}'s: after changing quant.rounding give its own "
+                "rounding_args, or null for its defaults)") if others and where else ""
+        prefix = f"{where}: " if where else ""
+        raise QuantConfigError(
+            f"{prefix}rounding {name!r} has no setting {unknown[0]!r}; {takes}{hint}"
+        )
+    hints = typing.get_type_hints(cls)
+    values = {k: _setting_value(v, hints[k], _key(where, k)) for k, v in args.items()}
+    return cls(**values).validate(where)
+
+
+def build_rounding(name: str, settings: Any, seed: int = 0) -> Rounding:
+    """One layer's rounding from checked settings (``rounding_settings``) and its seed."""
+    return rounding_class(name).from_settings(settings, seed)
+
+
+def make_rounding(name: str, *, seed: int = 0, **args: Any) -> Rounding:
+    """Build a rounding by name with its own settings as keywords (``tau`` for attention;
+    ``reg_weight``, ``beta_start``, ``beta_end``, ``warmup`` for adaround); ``seed`` is for
+    stochastic and attention. A keyword the rounding does not take is refused."""
+    return build_rounding(name, rounding_settings(name, args, where=""), seed)

@@ -1,11 +1,13 @@
 import importlib.util
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import yaml
 
 from attnround_pl import cli
+from attnround_pl.calib.report import OnnxCheck, Report, Scores, UnitResult
 
 BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
 
@@ -19,28 +21,171 @@ def _load(name: str):
     return module
 
 
-def test_every_suite_row_is_a_valid_calibrate_command(capsys):
+# ---- the rows as the benchmark ran them before recipes were files, literally ----
+# configs/<model>_w4a4.yaml (resnet20 and mobilenetv2 alike but for model.arch)
+OLD_W4A4 = {
+    "seed_everything": 0,
+    "model": {"weights": "DEFAULT"},
+    "data": {"class_path": "attnround_pl.data.FashionMNISTDataModule",
+             "init_args": {"root": "data", "calib_size": 1024}},
+    "quant": {"w_bits": 4, "a_bits": 4, "rounding": "attention", "tau": 0.5},
+    "recon": {"iters": 2000, "batch_size": 64, "lr": 0.0004, "act_lr": 0.0004},
+    "trainer": {"accelerator": "auto", "devices": 1},
+}
+# QuantConfig's fields and defaults then (flat; mixed inside quant)
+OLD_QUANT = {
+    "w_bits": 4, "a_bits": 4, "rounding": "attention", "tau": 0.5, "seed": 0,
+    "first_layer_w_bits": 8, "first_layer_a_bits": 8, "last_layer_w_bits": 8,
+    "last_layer_a_bits": 8, "w_per_channel": True, "w_symmetric": False,
+    "adaround_reg_weight": 0.01, "adaround_beta_start": 20.0, "adaround_beta_end": 2.0,
+    "adaround_warmup": 0.2, "act_border": "nearest", "drop_prob": 0.0, "layer_w_bits": None,
+    "mixed": {"bit_list": None, "eps2": 1e-3, "budget_mb": None, "budget_bits": None},
+}
+OLD_BITS = {"W4A32": (4, 32), "W3A32": (3, 32), "W4A4": (4, 4), "W3A3": (3, 3), "W2A4": (2, 4),
+            "W2A2": (2, 2), "W3A4": (3, 4), "W5A4": (5, 4)}
+OLD_MIXED = {"MP3456": "[3,4,5,6]", "MP345": "[3,4,5]"}
+
+
+def old_setting_args(setting: str) -> list[str]:
+    mixed, _, budget_bits = setting.partition("@W")
+    if mixed in OLD_MIXED:
+        budget = ["--quant.mixed.budget_bits", budget_bits] if budget_bits else []
+        return ["--quant.a_bits", "4", "--quant.mixed.bit_list", OLD_MIXED[mixed], *budget]
+    w_bits, a_bits = OLD_BITS[setting]
+    return ["--quant.w_bits", str(w_bits), "--quant.a_bits", str(a_bits)]
+
+
+OLD_NO_RECON = ["--recon.iters", "0"]
+OLD_BUDGET_20K = ["--recon.iters", "20000", "--recon.batch_size", "32"]
+OLD_BRECQ = ["--quant.rounding", "adaround", *OLD_BUDGET_20K, "--recon.lr", "1e-3",
+             "--recon.act_lr", "4e-4", "--quant.adaround_reg_weight", "0.01",
+             "--quant.adaround_beta_start", "20", "--quant.adaround_beta_end", "2",
+             "--quant.adaround_warmup", "0.2", "--recon.keep_better", "false"]
+OLD_TAUS = ("0", "0.25", "0.75", "1.0")
+OLD_METHODS = {
+    **{name: ["--quant.rounding", name, *OLD_NO_RECON]
+       for name in ("nearest", "floor", "ceil", "stochastic")},
+    "adaround": ["--quant.rounding", "adaround"],
+    "adaround_20k": ["--quant.rounding", "adaround", *OLD_BUDGET_20K],
+    "brecq": OLD_BRECQ,
+    "qdrop": [*OLD_BRECQ, "--recon.act_lr", "4e-5", "--quant.drop_prob", "0.5"],
+    "attention": [],
+    "attention_20k": OLD_BUDGET_20K,
+    "attention_20k_lr1e-3": [*OLD_BUDGET_20K, "--recon.lr", "1e-3"],
+    "attention_cosine": ["--recon.lr_schedule", "cosine"],
+    **{f"attention_tau{t}": ["--quant.tau", t] for t in OLD_TAUS},
+    "attention+aquant": ["--quant.act_border", "aquant"],
+    **{f"{name}+drop": [*extra, "--quant.drop_prob", "0.5"]
+       for name, extra in (("adaround", ["--quant.rounding", "adaround"]), ("attention", []))},
+}
+
+
+def _typed(text: str, like):
+    """A command-line value read as the type of the field's old default, as jsonargparse did."""
+    if isinstance(like, bool):
+        return {"true": True, "false": False}[text]
+    if isinstance(like, float):
+        return float(text)
+    if isinstance(like, int):
+        return int(text)
+    return yaml.safe_load(text) if text.startswith("[") or like is None else text
+
+
+def old_row_settings(model: str, setting: str, method: str, seed: int) -> dict:
+    """quant (flat, old keys), recon overrides and the rest of a row as the old command gave."""
+    import copy
+
+    from attnround_pl.calib.settings import ReconConfig
+
+    cfg = copy.deepcopy(OLD_W4A4)
+    cfg["model"]["arch"] = model
+    cfg["seed_everything"] = seed
+    quant = {**copy.deepcopy(OLD_QUANT), **cfg.pop("quant")}
+    quant["seed"] = seed  # the command line links seed_everything to quant.seed (then as now)
+    recon = {**ReconConfig().__dict__, **cfg.pop("recon")}
+    args = [*old_setting_args(setting), *OLD_METHODS[method]]
+    for flag, text in zip(args[::2], args[1::2], strict=True):
+        group, *path = flag.removeprefix("--").split(".")
+        target = quant if group == "quant" else recon
+        for part in path[:-1]:
+            target = target[part]
+        target[path[-1]] = _typed(text, target[path[-1]])
+    return {"quant": quant, "recon": recon, **cfg}
+
+
+def new_form(old_quant: dict) -> tuple[dict, dict]:
+    """The old flat quant settings written in this version's keys, by hand: the chosen
+    rounding's own keys into rounding_args, drop_prob into drop, mixed out of quant."""
+    quant = {k: v for k, v in old_quant.items()
+             if k not in ("tau", "drop_prob", "mixed") and not k.startswith("adaround_")}
+    rounding_args = {
+        "attention": {"tau": old_quant["tau"]},
+        "adaround": {"reg_weight": old_quant["adaround_reg_weight"],
+                     "beta_start": old_quant["adaround_beta_start"],
+                     "beta_end": old_quant["adaround_beta_end"],
+                     "warmup": old_quant["adaround_warmup"]},
+    }.get(old_quant["rounding"], {})
+    quant |= {"rounding_args": rounding_args, "drop": {"prob": old_quant["drop_prob"]}}
+    return quant, old_quant["mixed"]
+
+
+def test_every_suite_row_composes_the_settings_its_old_arguments_gave():
+    """Each row is now a model file, a recipe file and options (``calibrate_args``); parsed by
+    the command line's own parser, it gives exactly what the old argument lists on top of
+    configs/<model>_w4a4.yaml gave: same quant (in this version's keys), mixed, recon,
+    model, data, trainer and seed."""
+    from main_config import MAIN
+
+    from attnround_pl.calib.settings import ReconConfig
+    from attnround_pl.mixed.config import MixedConfig
+    from attnround_pl.quant import QuantConfig
+
     acc = _load("accuracy")
+    assert set(acc.METHODS) == set(OLD_METHODS)
     rows = {(m, s, meth) for models, plan in acc.SUITES.values() for m in models
             for block in plan for s in block.settings for meth in block.methods}
     assert ("resnet20", "W4A4", "attention") in rows and len(rows) > 50
-    pairs = {(s, "attention") for _, s, _ in rows} | {("W4A4", meth) for _, _, meth in rows}
-    for setting, method in sorted(pairs):
-        args = ["calibrate", "--config", str(BENCH.parent / "configs" / "resnet20_w4a4.yaml"),
-                *acc.setting_args(setting), *acc.METHODS[method], "--print_config"]
-        with pytest.raises(SystemExit) as stop:
-            cli.main(args)
-        assert stop.value.code == 0, (setting, method)
-        cfg = yaml.safe_load(capsys.readouterr().out)
-        if setting in acc.BITS:
-            assert (cfg["quant"]["w_bits"], cfg["quant"]["a_bits"]) == acc.BITS[setting]
-        if "@W" in setting:  # mixed, no larger than uniform W<b>
-            assert cfg["quant"]["mixed"]["budget_bits"] == int(setting.split("@W")[1])
-            assert cfg["quant"]["mixed"]["bit_list"] == [int(c) for c in setting[2:-3]]
-    qdrop = dict(zip(acc.METHODS["qdrop"][::2], acc.METHODS["qdrop"][1::2], strict=True))
-    assert qdrop["--recon.act_lr"] == "4e-5" and qdrop["--quant.drop_prob"] == "0.5"
-    assert qdrop["--recon.iters"] == "20000" and qdrop["--quant.rounding"] == "adaround"
-    assert acc.METHODS["attention_cosine"] == ["--recon.lr_schedule", "cosine"]
+    parser = cli.build_cli(MAIN).parser  # built once: each row is a parse
+    for model, setting, method in sorted(rows):
+        seed = 1
+        args = acc.calibrate_args(model, setting, method, seed)
+        assert args[:4] == ["--config", str(BENCH.parent / "configs" / "models" / f"{model}.yaml"),
+                            "--config", str(BENCH.parent / "configs" / "recipes"
+                                            / f"{acc.METHODS[method].recipe}.yaml")]
+        cfg = parser.parse_args(args)
+        old = old_row_settings(model, setting, method, seed)
+        quant, mixed = new_form(old["quant"])
+        row = (model, setting, method)
+        assert QuantConfig(**cfg["quant"].as_dict()).validate().to_dict() == quant, row
+        assert MixedConfig(**cfg["mixed"].as_dict()).validate().to_dict() == mixed, row
+        assert ReconConfig(**cfg["recon"].as_dict()).validate().__dict__ == old["recon"], row
+        assert cfg["seed_everything"] == seed
+        assert {k: cfg["model"][k] for k in old["model"]} == old["model"], row
+        assert cfg["data"]["class_path"] == old["data"]["class_path"]
+        init_args = cfg["data"]["init_args"]
+        assert {k: init_args[k] for k in old["data"]["init_args"]} == old["data"]["init_args"]
+        assert {k: cfg["trainer"][k] for k in old["trainer"]} == old["trainer"], row
+
+
+def test_a_row_runs_the_command_a_user_runs(tmp_path, monkeypatch):
+    acc = _load("accuracy")
+    ran = []
+
+    class RanError(Exception):
+        pass
+
+    def run(cmd, **kwargs):
+        ran.append(cmd)
+        raise RanError
+
+    monkeypatch.setattr(acc.subprocess, "run", run)
+    with pytest.raises(RanError):
+        acc.run_row("mobilenetv2", "W2A4", "qdrop", 2, tmp_path)
+    assert ran[0][:4] == [*acc.CLI, "calibrate"]
+    assert ran[0][4:4 + 10] == acc.calibrate_args("mobilenetv2", "W2A4", "qdrop", 2)
+    assert acc.calibrate_args("resnet20", "MP345@W4", "attention_tau0.25", 0)[4:] == [
+        "--quant.a_bits", "4", "--mixed.bit_list", "[3,4,5]", "--mixed.budget_bits", "4",
+        "--seed_everything", "0", "--quant.rounding_args.tau", "0.25"]
 
 
 def _row(method, setting="W3A3", seeds=(0,), top1=90.0):
@@ -132,23 +277,28 @@ def test_size_plot_draws_mixed_against_uniform_bits(tmp_path):
 
 def test_ms_per_iteration_sums_the_units_that_learned():
     acc = _load("accuracy")
-    units = [{"learned": True, "iters": 2000, "seconds": 20.0},
-             {"learned": True, "iters": 2000, "seconds": 10.0},
-             {"learned": False, "iters": 0, "seconds": 0.1}]
-    assert acc.ms_per_iteration({"units": units}) == 15.0
-    assert acc.ms_per_iteration({"units": units[2:]}) is None
+    units = [_unit(True, 2000, 20.0), _unit(True, 2000, 10.0), _unit(False, 0, 0.1)]
+    report = Report("resnet20", "attention", 4, 4, 1024, units=units)
+    assert acc.ms_per_iteration(report) == 15.0
+    assert acc.ms_per_iteration(replace(report, units=units[2:])) is None
+
+
+def _unit(learned: bool, iters: int, seconds: float) -> UnitResult:
+    return UnitResult(name="u", kind="block", rule="registry", layers=["u"], cache_mb=1.0,
+                      cache_device="cpu", mse_nearest=1.0, learned=learned, mse_final=0.5,
+                      kept="learned" if learned else "as built", seconds=seconds, iters=iters)
 
 
 def _report(runs, name, top1, seconds_per_unit=20.0):
-    """A calibration's report.json as ``attnround-pl calibrate`` writes it (the keys rows read)."""
-    import json
-
-    report = {"quant_top1": top1, "quant_top5": 99.0, "nearest_top1": 80.0,
-              "calib_seconds": 100.0, "peak_rss_mb": 900.0, "size_mb": 0.25, "onnx_top1": top1,
-              "onnx_argmax_mismatch": 1, "machine": "2 CPU cores",
-              "units": [{"learned": True, "iters": 2000, "seconds": seconds_per_unit}]}
+    """A calibration's report.json as ``attnround-pl calibrate`` writes it (what rows read)."""
+    onnx = OnnxCheck(path="q.onnx", top1=top1, argmax_mismatch=1, torch_top1=top1,
+                     max_abs_logit_diff=0.0, images=10000)
+    report = Report("resnet20", "attention", 4, 4, 1024, machine="2 CPU cores",
+                    quantized=Scores(top1, 99.0), nearest=Scores(80.0), calib_seconds=100.0,
+                    peak_rss_mb=900.0, size_mb=0.25, onnx=onnx,
+                    units=[_unit(True, 2000, seconds_per_unit)])
     (runs / name).mkdir(parents=True)
-    (runs / name / "report.json").write_text(json.dumps(report))
+    report.write(runs / name / "report.json")
 
 
 def _committed(method, setting, seeds, top1, std=0.0):
@@ -258,7 +408,7 @@ def test_a_corrupt_results_file_or_report_stops_with_its_name_and_keeps_the_file
     assert str(report) in str(stop.value) and not results.exists()
 
 
-def test_readme_tables_are_rewritten_from_the_json_and_nothing_else(tmp_path, monkeypatch):
+def test_doc_tables_are_rewritten_from_the_json_and_nothing_else(tmp_path, monkeypatch):
     import json
 
     plots = _load("plots")
@@ -268,23 +418,46 @@ def test_readme_tables_are_rewritten_from_the_json_and_nothing_else(tmp_path, mo
            "ms_per_iter": None, "peak_rss_mb": 1000.0, "size_mb": 0.125, "onnx_top1": 91.25,
            "onnx_argmax_mismatch": 3}
     (tmp_path / "accuracy_x.json").write_text(json.dumps({"command": "cmd x", "rows": [row]}))
-    readme = tmp_path / "README.md"
+    doc = tmp_path / "benchmarks.md"
     text = "intro\n<!-- table: accuracy_x.json -->\nstale table\n<!-- /table -->\nafter\n"
-    readme.write_text(text)
-    assert plots.update_readme(readme) == ["accuracy_x.json"]
-    assert _load("accuracy").HEADER in readme.read_text()  # accuracy.py prints the same table
-    new = readme.read_text()
+    doc.write_text(text)
+    assert plots.stale_tables(doc) == ["accuracy_x.json"]
+    assert plots.update_doc(doc) == ["accuracy_x.json"]
+    assert _load("accuracy").HEADER in doc.read_text()  # accuracy.py prints the same table
+    new = doc.read_text()
     head = "intro\n<!-- table: accuracy_x.json -->\n`cmd x` (accuracy_x.json; 2 CPU cores):"
     assert new.startswith(head)
     assert new.endswith("|\n<!-- /table -->\nafter\n") and "stale" not in new
-    row = "| resnet20 | W3A3 | attention | 91.23 ± 0.05 | 99.87 | 0.77 | 100 | - | - | 1000 |"
-    assert row in new  # no reference iterations, no ms/iter for this row
-    plots.update_readme(readme)
-    assert readme.read_text() == new  # idempotent
-    readme.write_text(text.replace("accuracy_x", "accuracy_missing"))
+    line = "| resnet20 | W3A3 | attention | 91.23 ± 0.05 | 99.87 | 0.77 | 100 | - | - | 1000 |"
+    assert line in new  # no reference iterations, no ms/iter for this row
+    assert plots.stale_tables(doc) == []
+    plots.update_doc(doc)
+    assert doc.read_text() == new  # idempotent
+    doc.write_text(text.replace("accuracy_x", "accuracy_missing"))
     with pytest.raises(FileNotFoundError, match="accuracy_missing.json"):
-        plots.update_readme(readme)
-    assert "stale table" in readme.read_text()  # nothing written
+        plots.update_doc(doc)
+    assert "stale table" in doc.read_text()  # nothing written
+    # a JSON that cannot make its table (older format, broken file) stops before any writing
+    two = text + text.replace("accuracy_x", "accuracy_old")
+    doc.write_text(two)
+    del row["onnx_top1"]
+    (tmp_path / "accuracy_old.json").write_text(json.dumps({"command": "old", "rows": [row]}))
+    with pytest.raises(SystemExit, match="accuracy_old.json.*onnx_top1"):
+        plots.update_doc(doc)
+    (tmp_path / "accuracy_old.json").write_text('{"rows": ')
+    with pytest.raises(SystemExit, match="accuracy_old.json"):
+        plots.update_doc(doc)
+    assert doc.read_text() == two  # the good table before it was not written either
+
+
+def test_docs_benchmarks_tables_are_the_committed_json():
+    plots = _load("plots")
+    assert plots.DOC.name == "benchmarks.md" and plots.DOC.parent.name == "docs"
+    names = [m.group(2) for m in plots.TABLE_MARK.finditer(plots.DOC.read_text())]
+    assert {f"accuracy_{s}.json" for s in ("main", "mobilenetv2", "tau", "mixed", "aquant",
+                                            "weights_only", "quick")} <= set(names)
+    assert plots.stale_tables(plots.DOC) == [], "run .venv/bin/python benchmarks/plots.py"
+    assert "--readme" not in plots.__doc__ and not hasattr(plots, "update_readme")
 
 
 def test_mixed_sizes_row_fits_its_budget_and_prints_every_layer():

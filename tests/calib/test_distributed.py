@@ -22,6 +22,7 @@ from attnround_pl.calib.distributed import (
     wants_ddp,
 )
 from attnround_pl.calib.reconstruction import ShardBatches
+from attnround_pl.export import read_quantized
 from attnround_pl.models import build_model
 from attnround_pl.quant import (
     QuantConfig,
@@ -29,7 +30,6 @@ from attnround_pl.quant import (
     finish_rounding_gradients,
     fold_batchnorms,
     quantize_model,
-    read_quantized,
     set_learning,
 )
 
@@ -101,7 +101,9 @@ def test_rank_weighted_gradients_average_to_the_global_batch_gradient(monkeypatc
 
 def _cli(root: Path, out: Path, name: str, devices: int, *extra: str) -> list[str]:
     return [sys.executable, "-m", "attnround_pl.cli", "calibrate",
-            "--config", str(REPO / "configs" / "resnet20_w4a4.yaml"), "--model.weights", "null",
+            "--config", str(REPO / "configs" / "models" / "resnet20.yaml"),
+            "--config", str(REPO / "configs" / "recipes" / "attention.yaml"),
+            "--model.weights", "null",
             "--data.init_args.root", str(root), "--data.init_args.calib_size", "20",
             "--recon.iters", "10", "--recon.batch_size", "4", "--run.out_dir", str(out),
             "--run.name", name, "--run.progress", "false", "--run.eval_nearest", "false",

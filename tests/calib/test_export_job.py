@@ -1,4 +1,5 @@
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -6,18 +7,17 @@ import yaml
 
 from attnround_pl.calib import FloatModel, ReconConfig, RunConfig, calibrate
 from attnround_pl.calib.export_job import check_format, export_run, export_table
+from attnround_pl.calib.report import OnnxCheck, Report, Scores
 from attnround_pl.calib.run_folder import RunFolderError, check_run_folder
 from attnround_pl.data import FashionMNISTDataModule
-from attnround_pl.export import read_onnx_metadata, read_state
+from attnround_pl.export import CheckpointError, read_onnx_metadata, read_state, save_quantized
 from attnround_pl.models import build_model
 from attnround_pl.quant import (
-    CheckpointError,
     QuantConfig,
     calibrate_activations,
     freeze_model,
     quantize_model,
 )
-from attnround_pl.quant.checkpoint import save_quantized
 
 
 def _finished_run(run_dir, data):
@@ -31,7 +31,8 @@ def _finished_run(run_dir, data):
     freeze_model(qmodel)
     run_dir.mkdir()
     (run_dir / "config.yaml").write_text(yaml.safe_dump({"quant": quant.to_dict()}))
-    (run_dir / "report.json").write_text(json.dumps({"quant_top1": 1.0}))
+    Report("resnet20", "nearest", 4, 4, 20, quantized=Scores(top1=1.0)).write(
+        run_dir / "report.json")
     save_quantized(qmodel, run_dir / "quantized.pt", quant, {"arch": "resnet20", "num_classes": 10})
     return run_dir
 
@@ -40,16 +41,17 @@ def test_export_run_writes_both_formats_and_adds_them_to_the_report(tmp_path, ti
     data = FashionMNISTDataModule(root=str(tiny_fmnist), calib_size=20, batch_size=30)
     run_dir = _finished_run(tmp_path / "run", data)
     onnx_result = export_run(run_dir, "onnx", data)
-    assert onnx_result["onnx_images"] == 60 and onnx_result["onnx_argmax_mismatch"] == 0
-    assert onnx_result["onnx_top1"] == onnx_result["onnx_torch_top1"]
-    div = onnx_result["onnx_code_divergence"]
+    assert onnx_result.images == 60 and onnx_result.argmax_mismatch == 0
+    assert onnx_result.top1 == onnx_result.torch_top1
+    div = onnx_result.code_divergence
     assert div is None or div["float_noise"]
     state_result = export_run(run_dir, "state", data, out=tmp_path / "elsewhere" / "s.pt")
-    assert state_result["state_max_abs_diff"] == 0.0 and state_result["state_images"] == 60
+    assert state_result.max_abs_diff == 0.0 and state_result.images == 60
     assert (tmp_path / "elsewhere" / "s.pt").is_file()
     report = json.loads((run_dir / "report.json").read_text())
     assert report["quant_top1"] == 1.0  # earlier keys kept
-    assert report["onnx_top1"] == onnx_result["onnx_top1"] and "state_max_abs_diff" in report
+    assert report["onnx_top1"] == onnx_result.top1 and "state_max_abs_diff" in report
+    assert Report.read(run_dir / "report.json").onnx == onnx_result
     assert sorted(p.name for p in run_dir.iterdir()) == [
         "config.yaml", "quantized.onnx", "quantized.pt", "report.json"]
     # a checkpoint without recorded preprocessing: what is known, the example's input shape
@@ -61,27 +63,22 @@ def test_export_run_writes_both_formats_and_adds_them_to_the_report(tmp_path, ti
 
 
 def test_export_table_says_why_the_logits_differ():
-    result = {
-        "onnx_path": "m.onnx",
-        "onnx_images": 10,
-        "onnx_torch_top1": 90.0,
-        "onnx_top1": 90.0,
-        "onnx_argmax_mismatch": 0,
-        "onnx_max_abs_logit_diff": 0.2,
-    }
+    result = OnnxCheck(path="m.onnx", top1=90.0, argmax_mismatch=0, torch_top1=90.0,
+                       max_abs_logit_diff=0.2, images=10, code_divergence=None,
+                       onnxruntime="1")
     div = {"layer": "layer2.3.conv2", "index": 7, "quantizers": 20, "differing": 1,
            "elements": 12288, "max_tie_distance": 9.5e-7, "float_noise": True}
-    caption = export_table({**result, "onnx_code_divergence": div}).caption
+    caption = export_table(replace(result, code_divergence=div)).caption
     assert "input of 'layer2.3.conv2' (quantizer 8 of 20), 1 of 12288" in caption
     assert "9.5e-07 step of a rounding tie: float noise" in caption
     fault = export_table(
-        {**result, "onnx_code_divergence": {**div, "max_tie_distance": 0.31, "float_noise": False}}
+        replace(result, code_divergence={**div, "max_tie_distance": 0.31, "float_noise": False})
     ).caption
     assert "up to 0.31 step from a rounding tie" in fault and "export fault" in fault
-    no_div = export_table({**result, "onnx_code_divergence": None}).caption
+    no_div = export_table(result).caption
     assert "summation order only" in no_div
     # equal logits, or a report written before the diagnosis existed: no caption
-    assert export_table({**result, "onnx_max_abs_logit_diff": 0.0}).caption is None
+    assert export_table(replace(result, max_abs_logit_diff=0.0)).caption is None
 
 
 def test_unfinished_or_missing_run_folders_are_refused(tmp_path, tiny_fmnist):

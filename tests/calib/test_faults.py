@@ -19,11 +19,12 @@ from attnround_pl.calib.resume import PROGRESS
 from attnround_pl.calib.run_lock import LOCK, process_start
 
 REPO = Path(__file__).resolve().parents[2]
-CONFIG = REPO / "configs" / "resnet20_w4a4.yaml"
+CONFIGS = ["--config", str(REPO / "configs" / "models" / "resnet20.yaml"),
+           "--config", str(REPO / "configs" / "recipes" / "attention.yaml")]
 
 
 def calibrate_args(data_root, out_dir, name="r", *extra):
-    return ["calibrate", "--config", str(CONFIG), "--model.weights", "null",
+    return ["calibrate", *CONFIGS, "--model.weights", "null",
             "--data.init_args.root", str(data_root), "--data.init_args.calib_size", "20",
             "--recon.iters", "2", "--recon.batch_size", "4", "--run.out_dir", str(out_dir),
             "--run.name", name, "--run.progress", "false", "--run.eval_float", "false",

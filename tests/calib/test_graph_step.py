@@ -50,7 +50,7 @@ def test_cuda_graph_refuses_adaround_dropping_schedules_and_compile():
     with pytest.raises(ValueError, match="cannot run AdaRound"):
         BlockReconstruction(*_tiny(rounding="adaround"), "u", cuda_graph=True)
     with pytest.raises(ValueError, match="QDrop's dropping"):
-        BlockReconstruction(*_tiny(drop_prob=0.5), "u", cuda_graph=True)
+        BlockReconstruction(*_tiny(drop={"prob": 0.5}), "u", cuda_graph=True)
     module = BlockReconstruction(unit, data, "u", cuda_graph=True)
     assert not module.automatic_optimization
     with pytest.raises(RuntimeError, match="needs the unit on a CUDA device; the Trainer put it"):

@@ -6,10 +6,13 @@ from imagefolder_fixture import make_image_folder
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from attnround_pl.calib import FloatModel, ReconConfig, RunConfig, calibrate
+from attnround_pl.calib.report import Report
 from attnround_pl.data import FashionMNISTDataModule, ImageFolderDataModule
 from attnround_pl.errors import SettingError
+from attnround_pl.export import load_quantized
+from attnround_pl.mixed import MixedConfig
 from attnround_pl.models import build_model, split_units
-from attnround_pl.quant import QuantConfig, load_quantized, quant_layers, quantize_model
+from attnround_pl.quant import QuantConfig, quant_layers, quantize_model
 
 REPORT_KEYS = {"model", "rounding", "w_bits", "a_bits", "float_top1", "float_top5", "quant_top1",
                "quant_top5", "calib_seconds", "peak_rss_mb", "units"}
@@ -24,7 +27,9 @@ def _run(tmp_path, model, data, rounding="attention", iters=2, log_every=50, tra
                         cache_device=cache_device, cuda_graph=cuda_graph)
     quant = QuantConfig(w_bits=4, a_bits=4, rounding=rounding)
     report = calibrate(model, data, quant, recon, run, trainer)
-    return report, tmp_path / "runs" / name
+    run_dir = tmp_path / "runs" / name
+    assert Report.read(run_dir / "report.json") == report  # the file is what was returned
+    return report, run_dir
 
 
 @pytest.mark.parametrize("arch", ["resnet18", "resnet50", "mobilenet_v2", "regnet_x_600mf",
@@ -41,20 +46,19 @@ def test_end_to_end_torchvision_architectures(tmp_path, arch):
     torch.manual_seed(0)
     model = FloatModel(arch, weights=None, num_classes=3)
     report, run_dir = _run(tmp_path, model, data, eval_nearest=False, export=["onnx", "state"])
-    assert REPORT_KEYS - {"float_top5", "quant_top5"} <= set(report)
-    assert "quant_top5" not in report  # 3 classes: top-5 would be 100 % whatever the model
+    assert REPORT_KEYS - {"float_top5", "quant_top5"} <= set(report.to_dict())
+    assert report.quantized.top5 is None  # 3 classes: top-5 would be 100 % whatever the model
     # both exports of every architecture: ONNX in onnxruntime and the reloaded state agree
     # (random-weight mobilenet_v2 has logits ~1e-10: its argmax is noise, so compare logits)
-    assert report["onnx_images"] == 6
-    assert (report["onnx_max_abs_logit_diff"] < 1e-5
-            or report["onnx_code_divergence"]["float_noise"])
-    assert report["state_max_abs_diff"] == 0.0
+    assert report.onnx.images == 6
+    assert report.onnx.max_abs_logit_diff < 1e-5 or report.onnx.code_divergence["float_noise"]
+    assert report.state.max_abs_diff == 0.0
     assert (run_dir / "quantized.onnx").is_file() and (run_dir / "quantized_state.pt").is_file()
     assert json.loads((run_dir / "report.json").read_text())["model"] == arch
-    assert 0 <= report["quant_top1"] <= 100
+    assert 0 <= report.quantized.top1 <= 100
     units = split_units(quantize_model(model.net, QuantConfig(rounding="nearest")))
-    assert [u["name"] for u in report["units"]] == [u.name for u in units]
-    assert all(u["iters"] == 2 for u in report["units"])
+    assert [u.name for u in report.units] == [u.name for u in units]
+    assert all(u.iters == 2 for u in report.units)
 
 
 @pytest.mark.parametrize("arch", ["resnet20", "mobilenetv2"])
@@ -62,11 +66,10 @@ def test_end_to_end_embedded_architectures(tmp_path, tiny_fmnist, arch):
     data = FashionMNISTDataModule(root=str(tiny_fmnist), calib_size=20, batch_size=30)
     report, run_dir = _run(tmp_path, FloatModel(arch, weights=None), data, rounding="adaround",
                            export=["onnx"])
-    assert REPORT_KEYS | {"nearest_top1"} <= set(report)
-    assert report["onnx_argmax_mismatch"] == 0 and report["onnx_images"] == 60
-    for unit in report["units"]:
-        assert {"name", "mse_nearest", "mse_final", "cache_mb"} <= set(unit)
-        assert unit["mse_final"] >= 0
+    assert REPORT_KEYS | {"nearest_top1"} <= set(report.to_dict())
+    assert report.onnx.argmax_mismatch == 0 and report.onnx.images == 60
+    for unit in report.units:
+        assert unit.mse_final >= 0 and unit.mse_nearest >= 0 and unit.cache_mb > 0
     qmodel, payload = load_quantized(
         run_dir / "quantized.pt", lambda meta: build_model(meta["arch"], weights=None)
     )
@@ -82,9 +85,9 @@ def test_tensorboard_holds_per_unit_loss_and_refuses_overwrite(tmp_path, tiny_fm
                            eval_nearest=False)
     events = EventAccumulator(str(run_dir / "tb")).Reload()
     tags = set(events.Tags()["scalars"])
-    for unit in report["units"]:
-        assert f"recon/{unit['name']}/loss" in tags
-        assert f"recon/{unit['name']}/mse_final" in tags
+    for unit in report.units:
+        assert f"recon/{unit.name}/loss" in tags
+        assert f"recon/{unit.name}/mse_final" in tags
     # every step's loss at its step number, though 10 steps make one Lightning batch
     assert [e.step for e in events.Scalars("recon/layer1.0/loss")] == [0, 1, 2, 3, 4, 5]
     with pytest.raises(FileExistsError, match="already holds a finished run"):
@@ -95,21 +98,22 @@ def test_mixed_precision_run_reports_table_plot_and_reloads(tmp_path, tiny_fmnis
     data = FashionMNISTDataModule(root=str(tiny_fmnist), calib_size=20, batch_size=30)
     model = FloatModel("resnet20", weights=None)
     run = RunConfig(out_dir=str(tmp_path / "runs"), name="m", progress=False, eval_float=False)
-    quant = QuantConfig(w_bits=4, a_bits=4, rounding="nearest", mixed={"bit_list": [3, 4, 5]})
-    report = calibrate(model, data, quant, ReconConfig(iters=2, batch_size=4), run, TRAINER)
-    mixed = report["mixed"]
-    assert len(mixed["layers"]) == 22 and {r["bits"] for r in mixed["layers"]} == {3, 4, 5, 8}
-    assert mixed["size_mb"] == pytest.approx(report["size_mb"])
-    assert mixed["single_precision_size_mb"]["3"] < mixed["size_mb"]
-    assert mixed["size_mb"] < mixed["single_precision_size_mb"]["5"]
-    assert (mixed["eps2"], mixed["budget_mb"], mixed["budget_bits"], mixed["cluster_bits"]) == (
+    quant = QuantConfig(w_bits=4, a_bits=4, rounding="nearest")
+    report = calibrate(model, data, quant, ReconConfig(iters=2, batch_size=4), run, TRAINER,
+                       mixed=MixedConfig(bit_list=[3, 4, 5]))
+    mixed = report.mixed
+    assert len(mixed.layers) == 22 and {r.bits for r in mixed.layers} == {3, 4, 5, 8}
+    assert mixed.size_mb == pytest.approx(report.size_mb)
+    assert mixed.single_precision_size_mb["3"] < mixed.size_mb
+    assert mixed.size_mb < mixed.single_precision_size_mb["5"]
+    assert (mixed.eps2, mixed.budget_mb, mixed.budget_bits, mixed.cluster_bits) == (
         1e-3, None, None, [3, 4, 5])
     run_dir = tmp_path / "runs" / "m"
     assert (run_dir / "bits_per_layer.png").stat().st_size > 1000
     qmodel, _ = load_quantized(run_dir / "quantized.pt",
                                lambda meta: build_model(meta["arch"], weights=None))
     bits = {n: m.weight_quantizer.bits for n, m in quant_layers(qmodel).items()}
-    assert bits == {r["name"]: r["bits"] for r in mixed["layers"]}
+    assert bits == mixed.layer_bits()
     images = EventAccumulator(str(run_dir / "tb")).Reload().Tags()["images"]
     assert "mixed/bits_per_layer" in images
 
@@ -129,11 +133,11 @@ def test_cuda_run_agrees_with_the_cpu_run(tmp_path, tiny_fmnist, cache_device, c
     gpu, gpu_dir = _run(tmp_path, FloatModel("resnet20", weights=None), data, iters=10,
                         trainer={"accelerator": "gpu", "devices": 1}, cache_device=cache_device,
                         name="gpu", export=["onnx"], cuda_graph=cuda_graph)
-    where = {u["cache_device"] for u in gpu["units"]}
+    where = {u.cache_device for u in gpu.units}
     assert where == ({"cuda:0"} if cache_device == "auto" else {"cpu"})
-    assert [u["name"] for u in gpu["units"]] == [u["name"] for u in cpu["units"]]
-    for a, b in zip(cpu["units"], gpu["units"], strict=True):
-        assert b["mse_final"] == pytest.approx(a["mse_final"], rel=0.05, abs=1e-8)
+    assert [u.name for u in gpu.units] == [u.name for u in cpu.units]
+    for a, b in zip(cpu.units, gpu.units, strict=True):
+        assert b.mse_final == pytest.approx(a.mse_final, rel=0.05, abs=1e-8)
     build = lambda meta: build_model(meta["arch"], weights=None)  # noqa: E731
     _, on_cpu = load_quantized(cpu_dir / "quantized.pt", build)
     _, on_gpu = load_quantized(gpu_dir / "quantized.pt", build)
@@ -141,8 +145,8 @@ def test_cuda_run_agrees_with_the_cpu_run(tmp_path, tiny_fmnist, cache_device, c
                for k, v in on_gpu["layers"].items())
     total = sum(v["codes"].numel() for v in on_gpu["layers"].values())
     assert same / total > 0.99
-    assert abs(gpu["quant_top1"] - cpu["quant_top1"]) <= 10.0  # 60 test images: 6 may flip
-    assert gpu["onnx_argmax_mismatch"] == 0  # the export (on the host) of a GPU run
+    assert abs(gpu.quantized.top1 - cpu.quantized.top1) <= 10.0  # 60 test images: 6 may flip
+    assert gpu.onnx.argmax_mismatch == 0  # the export (on the host) of a GPU run
 
 
 def test_compile_with_several_devices_is_refused_before_anything_starts(tmp_path):
@@ -162,14 +166,14 @@ def test_cuda_graph_settings_it_cannot_record_are_refused_before_anything_starts
     data = FashionMNISTDataModule(root=str(tmp_path / "nowhere"), calib_size=8)
     run = RunConfig(out_dir=str(tmp_path / "runs"), name="r", progress=False)
     recon = ReconConfig(iters=2, batch_size=4, cuda_graph=True)
-    quant = QuantConfig(rounding="adaround", drop_prob=0.5)
+    quant = QuantConfig(rounding="adaround", drop={"prob": 0.5})
     with pytest.raises(SettingError) as refused:
         calibrate(FloatModel("resnet20"), data, quant, recon, run,
                   {"accelerator": "gpu", "devices": 2})
     assert str(refused.value) == (
         "recon.cuda_graph needs a CUDA device (torch sees none); one process (not several "
         "devices); a rounding other than adaround (its beta changes every step); "
-        "quant.drop_prob=0 (QDrop's generator is not recorded)"
+        "quant.drop.prob=0 (QDrop's generator is not recorded)"
     )
     with pytest.raises(SettingError, match="recon.cuda_graph and recon.compile are exclusive"):
         ReconConfig(cuda_graph=True, compile="default").validate()

@@ -76,7 +76,7 @@ def test_optimizer_holds_only_rounding_and_steps(fmnist_root):
 
 
 def test_qdrop_drops_only_while_the_unit_learns(fmnist_root):
-    unit, data = trained_unit(fmnist_root, QuantConfig(drop_prob=0.5), "layer3.0", n=64)
+    unit, data = trained_unit(fmnist_root, QuantConfig(drop={"prob": 0.5}), "layer3.0", n=64)
     quantizers = [m for m in unit.modules() if hasattr(m, "dropping")]
     seen = []
     module = BlockReconstruction(unit, data, "layer3.0", iters=3, batch_size=16)

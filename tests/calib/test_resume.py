@@ -12,7 +12,8 @@ from attnround_pl.calib import FloatModel, ReconConfig, RunConfig, calibrate
 from attnround_pl.calib.resume import PROGRESS, fingerprint, prepare_run_dir
 from attnround_pl.calib.run_folder import RunFolderError
 from attnround_pl.data import FashionMNISTDataModule
-from attnround_pl.quant import QuantConfig, read_quantized
+from attnround_pl.export import read_quantized
+from attnround_pl.quant import QuantConfig
 
 REPO = Path(__file__).resolve().parents[2]
 TRAINER = {"accelerator": "cpu", "devices": 1}
@@ -25,7 +26,9 @@ def _cli(root: Path, out: Path, name: str, *extra: str) -> list[str]:
         "attnround_pl.cli",
         "calibrate",
         "--config",
-        str(REPO / "configs" / "resnet20_w4a4.yaml"),
+        str(REPO / "configs" / "models" / "resnet20.yaml"),
+        "--config",
+        str(REPO / "configs" / "recipes" / "attention.yaml"),
         "--model.weights",
         "null",
         "--data.init_args.root",
@@ -122,8 +125,8 @@ def _calibrate(root, out, name, quant, **run):
 
 def test_two_runs_with_the_same_seed_are_identical(tmp_path, tiny_fmnist):
     quant = QuantConfig(w_bits=3, a_bits=3, act_border="aquant", seed=7)
-    first = _calibrate(tiny_fmnist, tmp_path, "a", quant)
-    second = _calibrate(tiny_fmnist, tmp_path, "b", quant)
+    first = _calibrate(tiny_fmnist, tmp_path, "a", quant).to_dict()
+    second = _calibrate(tiny_fmnist, tmp_path, "b", quant).to_dict()
     _same_codes(tmp_path / "a" / "quantized.pt", tmp_path / "b" / "quantized.pt")
     wall = {"calib_seconds", "calib_reference_iters", "host_speed", "peak_rss_mb", "run_dir",
             "units"}  # wall times, and what is derived from them
@@ -136,7 +139,7 @@ def test_two_runs_with_the_same_seed_are_identical(tmp_path, tiny_fmnist):
         }
     other = _calibrate(
         tiny_fmnist, tmp_path, "c", QuantConfig(w_bits=3, a_bits=3, act_border="aquant", seed=8)
-    )
+    ).to_dict()
     learned = [u.get("mse_learned", u["mse_final"]) for u in (other["units"][1], first["units"][1])]
     assert learned[0] != learned[1]  # (what a unit kept may be round-to-nearest in both)
 
@@ -210,8 +213,8 @@ def test_resume_a_users_model_with_graph_units(tmp_path, monkeypatch):
         recon,
         RunConfig(resume=str(tmp_path / "stopped"), progress=False),
     )
-    assert resumed["resumed_after_units"] == 2
-    assert [u["rule"] for u in resumed["units"]] == [u["rule"] for u in full["units"]]
-    assert "graph" in {u["rule"] for u in full["units"]}
-    assert [u["mse_final"] for u in resumed["units"]] == [u["mse_final"] for u in full["units"]]
+    assert resumed.resumed_after_units == 2
+    assert [u.rule for u in resumed.units] == [u.rule for u in full.units]
+    assert "graph" in {u.rule for u in full.units}
+    assert [u.mse_final for u in resumed.units] == [u.mse_final for u in full.units]
     _same_codes(tmp_path / "full" / "quantized.pt", tmp_path / "stopped" / "quantized.pt")

@@ -90,7 +90,8 @@ def test_download_unpacks_debian_package_and_says_so(tmp_path, capsys):
 
 def test_cli_refuses_a_root_without_the_files_in_one_line(tmp_path, capsys):
     root = tmp_path / "no_such"
-    status = main(["calibrate", "--config", str(REPO / "configs" / "resnet20_w4a4.yaml"),
+    status = main(["calibrate", "--config", str(REPO / "configs" / "models" / "resnet20.yaml"),
+                   "--config", str(REPO / "configs" / "recipes" / "attention.yaml"),
                    "--data.init_args.root", str(root), "--run.out_dir", str(tmp_path / "runs"),
                    "--trainer.accelerator", "cpu"])
     assert status == 2

@@ -20,8 +20,8 @@ from attnround_pl.calib import FloatModel, ReconConfig, RunConfig, calibrate
 from attnround_pl.data import FashionMNISTDataModule, ImageFolderDataModule, Preprocessing
 from attnround_pl.data.fashion_mnist_files import raw_dir
 from attnround_pl.data.modules import FMNIST_MEAN, FMNIST_STD
-from attnround_pl.export import export_onnx, read_onnx_metadata, read_state
-from attnround_pl.quant import QuantConfig, read_quantized
+from attnround_pl.export import export_onnx, read_onnx_metadata, read_quantized, read_state
+from attnround_pl.quant import QuantConfig
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "export.md"
 FMNIST_PREPROCESSING = {

@@ -1,10 +1,19 @@
-"""README's Python quickstart runs exactly as printed."""
+"""README's Python quickstart runs exactly as printed, and its headline table is exactly what
+``benchmarks/plots.py --headline`` prints from the benchmark JSON."""
 
+import importlib.util
+import json
+import re
+import sys
 from pathlib import Path
 
+import pytest
 from doc_blocks import python_block
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+ROOT = Path(__file__).resolve().parents[2]
+README = ROOT / "README.md"
+BENCH = ROOT / "benchmarks"
+HEADLINE = re.compile(r"<!-- headline[^\n]*-->\n(.*?)<!-- /headline -->", re.S)
 
 
 def quickstart() -> str:
@@ -17,7 +26,75 @@ def test_python_quickstart_runs_as_printed(tmp_path, monkeypatch, capsys):
     exec(compile(quickstart(), "README.md", "exec"), namespace)
     qmodel = namespace["qmodel"]
     assert (tmp_path / "resnet18_w4a4.pt").is_file()
-    fidelity = qmodel.report["quant_fidelity"]["output"]
-    assert fidelity["samples"] == 64 and fidelity["sqnr_db"] < float("inf")
-    assert "'sqnr_db'" in capsys.readouterr().out
-    assert all(u["iters"] == 100 for u in qmodel.report["units"] if u["learned"])
+    fidelity = qmodel.report.quantized.fidelity["output"]
+    assert fidelity.samples == 64 and fidelity.sqnr_db < float("inf")
+    assert "sqnr_db=" in capsys.readouterr().out
+    assert all(u.iters == 100 for u in qmodel.report.units if u.learned)
+
+
+def load_plots():
+    if str(BENCH) not in sys.path:  # plots.py imports its siblings
+        sys.path.insert(0, str(BENCH))
+    spec = importlib.util.spec_from_file_location("plots", BENCH / "plots.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def readme_headline() -> str:
+    blocks = HEADLINE.findall(README.read_text())
+    assert len(blocks) == 1, "README needs exactly one <!-- headline --> block"
+    return blocks[0]
+
+
+def test_readme_headline_is_what_plots_prints_from_the_json():
+    expected = load_plots().headline_table()
+    assert readme_headline() == expected, (
+        "README's headline table differs from the JSON: paste the output of "
+        "`.venv/bin/python benchmarks/plots.py --headline` between its headline marks")
+
+
+def _row(model, setting, method, seeds, top1, seconds=150.0):
+    return {"model": model, "setting": setting, "method": method, "seeds": list(seeds),
+            "top1": top1, "top1_std": 0.123, "float_top1": 92.0, "calib_seconds": seconds,
+            "machine": "test host", "top5": 99.0, "drop": 92.0 - top1, "peak_rss_mb": 1000.0,
+            "size_mb": 0.1, "onnx_top1": top1, "onnx_argmax_mismatch": 0}
+
+
+def test_headline_shows_a_dash_where_no_row_has_three_seeds(tmp_path, monkeypatch):
+    plots = load_plots()
+    monkeypatch.setattr(plots, "RESULTS", tmp_path)
+    rows = [_row("resnet20", "W4A4", "attention", (0, 1, 2), 91.5, 143.0),
+            _row("resnet20", "W4A4", "nearest", (0, 1, 2), 90.0, 2.0),
+            _row("resnet20", "W3A3", "attention", (0,), 91.0),  # one seed: not shown
+            _row("resnet20", "W4A32", "attention", (0, 1, 2), 92.0)]  # not a headline setting
+    (tmp_path / "accuracy_main.json").write_text(json.dumps({"command": "cmd main",
+                                                             "rows": rows}))
+    # the same cell with three seeds in another suite: the model's own suite is read first
+    other = [_row("resnet20", "W4A4", "attention", (0, 1, 2), 11.0)]
+    (tmp_path / "accuracy_a.json").write_text(json.dumps({"command": "cmd a", "rows": other}))
+    text = plots.headline_table()
+    lines = text.splitlines()
+    assert lines[0] == "| model (float top-1 %) | recipe | W4A4 | W3A3 | W2A4 | W2A2 |"
+    assert "| ResNet-20 (92.00) | Attention Round | 91.50 ± 0.12 (2.4 min) | - | - | - |" in lines
+    nearest = "| ResNet-20 (92.00) | round-to-nearest | 90.00 ± 0.12 (< 0.1 min) | - | - | - |"
+    assert nearest in lines
+    assert "| MobileNetV2 (-) | AdaRound | - | - | - | - |" in lines
+    assert "`benchmarks/results/accuracy_main.json`" in text and "`cmd main`" in text
+    assert "accuracy_a.json" not in text and "11.00" not in text
+    assert "test host" in text and "91.00" not in text
+    assert "resnet20 W3A3 attention" in text  # the dashes are named, never filled in
+    assert text == plots.headline_table()  # the same JSON, the same block
+
+
+def test_headline_refuses_a_broken_json(tmp_path, monkeypatch):
+    plots = load_plots()
+    monkeypatch.setattr(plots, "RESULTS", tmp_path)
+    (tmp_path / "accuracy_main.json").write_text('{"rows": ')
+    with pytest.raises(SystemExit, match="accuracy_main.json"):
+        plots.headline_table()
+    row = _row("resnet20", "W4A4", "attention", (0, 1, 2), 91.5)
+    del row["calib_seconds"]  # a JSON older than the table's columns
+    (tmp_path / "accuracy_main.json").write_text(json.dumps({"command": "c", "rows": [row]}))
+    with pytest.raises(SystemExit, match="accuracy_main.json: row 0 .* has no calib_seconds"):
+        plots.headline_table()

@@ -165,7 +165,7 @@ def test_mixed_float_ops_export_and_agree_with_pytorch(tmp_path, border):
 
 def test_weights_activations_and_bias_follow_the_qdq_rules():
     qnet = _quantized(MixedNet())
-    model = to_onnx(qnet, torch.zeros(2, 3, 16, 16))
+    model = to_onnx(qnet, torch.zeros(2, 3, 16, 16), opset=18)  # the 8-bit containers
     inits, producer, consumers = _graph(model)
     nodes = {n.name: n for n in model.graph.node}
     for path, layer in quant_layers(qnet).items():

@@ -2,8 +2,8 @@ import pytest
 import torch
 from small_qnet import SmallNet, small_qnet
 
-from attnround_pl.export import export_state, load_state, read_state
-from attnround_pl.quant import CheckpointError, quant_layers
+from attnround_pl.export import CheckpointError, export_state, load_state, read_state
+from attnround_pl.quant import quant_layers
 
 
 def _build(meta):

@@ -8,6 +8,8 @@ from onnx import helper, numpy_helper
 from small_qnet import small_qnet
 
 from attnround_pl.export import (
+    INT4_OPSET,
+    OPSET,
     compare_with_onnx,
     export_onnx,
     first_code_divergence,
@@ -22,9 +24,10 @@ def _batches(n: int = 3):
             for _ in range(n)]
 
 
-def test_compare_with_onnx_counts_images_accuracy_and_mismatches(tmp_path):
+@pytest.mark.parametrize("opset", [OPSET, INT4_OPSET])
+def test_compare_with_onnx_counts_images_accuracy_and_mismatches(tmp_path, opset):
     qnet = small_qnet(border="aquant")
-    path = export_onnx(qnet, torch.zeros(1, 3, 16, 16), tmp_path / "net.onnx")
+    path = export_onnx(qnet, torch.zeros(1, 3, 16, 16), tmp_path / "net.onnx", opset=opset)
     batches = _batches()
     cmp = compare_with_onnx(qnet, path, batches)
     with torch.no_grad():
@@ -63,9 +66,10 @@ def _scale_activation_step(path, layer: str, factor: float, out):
     return out
 
 
-def test_first_code_divergence_is_none_when_every_code_agrees(tmp_path):
+@pytest.mark.parametrize("opset", [OPSET, INT4_OPSET])
+def test_first_code_divergence_is_none_when_every_code_agrees(tmp_path, opset):
     qnet = small_qnet()
-    path = export_onnx(qnet, torch.zeros(1, 3, 16, 16), tmp_path / "net.onnx")
+    path = export_onnx(qnet, torch.zeros(1, 3, 16, 16), tmp_path / "net.onnx", opset=opset)
     x = torch.randn(8, 3, 16, 16, generator=torch.Generator().manual_seed(1))
     assert first_code_divergence(qnet, path, x) is None
 
@@ -82,9 +86,14 @@ def test_first_code_divergence_refuses_an_onnx_file_of_another_model(tmp_path):
         first_code_divergence(small_qnet(), path, torch.zeros(1, 3, 16, 16))
 
 
-def test_first_code_divergence_names_a_wrong_scale_as_an_export_fault(tmp_path):
+@pytest.mark.parametrize(("opset", "code_type"),
+                         [(OPSET, onnx.TensorProto.UINT8), (INT4_OPSET, onnx.TensorProto.UINT4)])
+def test_first_code_divergence_names_a_wrong_scale_as_an_export_fault(tmp_path, opset, code_type):
     qnet = small_qnet()
-    path = export_onnx(qnet, torch.zeros(1, 3, 16, 16), tmp_path / "net.onnx")
+    path = export_onnx(qnet, torch.zeros(1, 3, 16, 16), tmp_path / "net.onnx", opset=opset)
+    # conv_b's codes: uint4 at opset 21, read back through a Cast (onnxruntime returns no uint4)
+    zero = onnx_name("conv_b.a_zero_point")
+    assert {t.name: t.data_type for t in onnx.load(path).graph.initializer}[zero] == code_type
     bad = _scale_activation_step(path, "conv_b", 1.3, tmp_path / "bad.onnx")
     x = torch.randn(8, 3, 16, 16, generator=torch.Generator().manual_seed(1))
     div = first_code_divergence(qnet, bad, x)

@@ -6,11 +6,12 @@ from attnround_pl.mixed import MixedConfig
 from attnround_pl.mixed.allocation import (
     MixedPrecisionError,
     allocate_bits,
+    allocate_model,
     cluster_bits,
     cluster_maps,
     size_mb,
 )
-from attnround_pl.quant import QuantConfig, QuantConfigError, quant_layers, quantize_model
+from attnround_pl.quant import QuantConfig, quant_layers, quantize_model
 
 
 def _layers(scales, seed=0):
@@ -138,21 +139,50 @@ def test_budget_bits_is_the_single_precision_size_with_fixed_layers():
     ],
 )
 def test_bad_settings(mixed, message):
-    with pytest.raises(QuantConfigError, match=message):
-        QuantConfig(mixed=mixed).validate()
+    with pytest.raises(MixedPrecisionError, match=f"^mixed\\..*{message}"):
+        MixedConfig(**mixed).validate()
 
 
 def test_more_bit_widths_than_layers():
     model = nn.Sequential(nn.Conv2d(1, 2, 1), nn.Conv2d(2, 2, 1), nn.Conv2d(2, 2, 1))
     with pytest.raises(MixedPrecisionError, match="4 bit widths for 1 layer"):
-        quantize_model(model, QuantConfig(mixed={"bit_list": [3, 4, 5, 6]}))
+        allocate_model(model, MixedConfig(bit_list=[3, 4, 5, 6]), QuantConfig())
 
 
-def test_quantize_model_mixed_first_last_win_and_table_attached():
+def test_allocation_before_quantization_first_last_win():
     model = nn.Sequential(*[nn.Conv2d(4, 4, 3, padding=1) for _ in range(6)])
     for i, conv in enumerate(model):
         conv.weight.data.mul_(1 + 3 * (i % 2))
-    q = quantize_model(model, QuantConfig(mixed={"bit_list": [3, 5]}))
+    before = [conv.weight.clone() for conv in model]
+    allocation = allocate_model(model, MixedConfig(bit_list=[3, 5]), QuantConfig(seed=3))
+    assert all(torch.equal(a, conv.weight) for a, conv in zip(before, model, strict=True))
+    q = quantize_model(model, QuantConfig(seed=3), layer_w_bits=allocation.layer_bits())
     bits = [m.weight_quantizer.bits for m in quant_layers(q).values()]
     assert bits[0] == 8 and bits[-1] == 8 and set(bits[1:-1]) == {3, 5}
-    assert [r.bits for r in q.bit_allocation.rows] == bits
+    assert [r.bits for r in allocation.rows] == bits
+    assert [r.name for r in allocation.rows] == list(quant_layers(q))
+
+
+def test_allocation_measures_the_folded_weights_in_execution_order():
+    class Net(nn.Module):  # registered b, a; run a, b: the first to run keeps 8 bits
+        def __init__(self):
+            super().__init__()
+            self.b = nn.Conv2d(8, 8, 3, padding=1)
+            self.bn = nn.BatchNorm2d(8)
+            self.a = nn.Conv2d(3, 8, 3, padding=1)
+            self.c = nn.Conv2d(8, 8, 3, padding=1)
+            self.d = nn.Conv2d(8, 4, 1)
+
+        def forward(self, x):
+            return self.d(self.c(self.bn(self.b(self.a(x)))))
+
+    net = Net().eval()
+    net.bn.running_var.uniform_(0.1, 4.0)
+    allocation = allocate_model(net, MixedConfig(bit_list=[3, 4]), QuantConfig())
+    assert [r.name for r in allocation.rows] == ["a", "b", "c", "d"]
+    assert [r.fixed for r in allocation.rows] == [True, False, False, True]
+    from attnround_pl.mixed.coding_length import coding_length
+
+    folded = coding_length(net.b.weight * (net.bn.weight / (net.bn.running_var + net.bn.eps)
+                                           .sqrt()).reshape(-1, 1, 1, 1), 1e-3)
+    assert allocation.rows[1].length == pytest.approx(folded, rel=1e-5)

@@ -4,7 +4,7 @@ import pytest
 from rich.console import Console
 
 from attnround_pl.mixed.allocation import Allocation, LayerBits
-from attnround_pl.mixed.report import mixed_report, mixed_table
+from attnround_pl.mixed.report import MixedReport, mixed_report, mixed_table
 
 
 def _allocation(budget_mb=None):
@@ -20,11 +20,15 @@ def _allocation(budget_mb=None):
 def test_report_sizes_compare_like_with_like_and_record_the_choice():
     report = mixed_report(_allocation(budget_mb=0.002), [3, 4, 5], budget_bits=4)
     mb = 8 * 2**20
-    assert report["size_mb"] == pytest.approx((100 * 8 + 1000 * 3 + 3000 * 4 + 50 * 8) / mb)
-    assert report["single_precision_size_mb"]["4"] == pytest.approx((150 * 8 + 4000 * 4) / mb)
-    assert (report["eps2"], report["budget_mb"], report["budget_bits"]) == (0.0316, 0.002, 4)
-    assert report["cluster_bits"] == [3, 4, 4]
-    assert [r["coding_length"] for r in report["layers"]] == [None, 12.5, 40.0, None]
+    assert report.size_mb == pytest.approx((100 * 8 + 1000 * 3 + 3000 * 4 + 50 * 8) / mb)
+    assert report.single_precision_size_mb["4"] == pytest.approx((150 * 8 + 4000 * 4) / mb)
+    assert (report.eps2, report.budget_mb, report.budget_bits) == (0.0316, 0.002, 4)
+    assert report.cluster_bits == [3, 4, 4]
+    assert [r.coding_length for r in report.layers] == [None, 12.5, 40.0, None]
+    written = report.to_dict()  # report.json's "mixed" entry, and back
+    assert written["layers"][1] == {"name": "a", "params": 1000, "coding_length": 12.5,
+                                    "bits": 3, "fixed": False}
+    assert MixedReport.from_dict(written) == report
 
 
 def test_table_title_names_the_eps2_used_and_the_budget():

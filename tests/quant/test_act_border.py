@@ -102,7 +102,8 @@ def test_learned_border_beats_nearest_border_on_a_trained_unit(fmnist_root, a_bi
 
 
 def test_border_survives_the_checkpoint_round_trip(tmp_path):
-    from attnround_pl.quant import freeze_model, load_quantized, quant_layers, save_quantized
+    from attnround_pl.export import load_quantized, save_quantized
+    from attnround_pl.quant import freeze_model, quant_layers
 
     model = build_model("resnet20", weights=None)
     x = torch.randn(8, 1, 28, 28)
@@ -129,4 +130,4 @@ def test_calibration_run_with_the_border(tmp_path, tiny_fmnist):
     quant = QuantConfig(w_bits=3, a_bits=3, rounding="adaround", act_border="aquant")
     report = calibrate(FloatModel("resnet20", weights=None), data, quant,
                        ReconConfig(iters=3, batch_size=4), run, {"accelerator": "cpu"})
-    assert report["quant"]["act_border"] == "aquant" and len(report["units"]) == 11
+    assert report.quant["act_border"] == "aquant" and len(report.units) == 11

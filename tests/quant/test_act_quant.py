@@ -173,3 +173,13 @@ def test_fused_lsq_skips_the_gradients_nobody_needs():
     xi = x.clone().requires_grad_()
     lsq_round(xi, torch.tensor(0.2), 0, 15, 0.5).sum().backward()  # the step needs none
     assert torch.equal(xi.grad, ((x / 0.2 > 0) & (x / 0.2 < 15)).float())
+
+
+def test_drop_settings_are_checked_by_their_key():
+    from attnround_pl.quant import DropSettings
+
+    assert DropSettings().validate().prob == 0.0
+    with pytest.raises(QuantConfigError, match=r"^quant\.drop\.prob=1\.0 must be in \[0, 1\)"):
+        DropSettings(prob=1.0).validate()
+    with pytest.raises(QuantConfigError, match=r"^quant\.drop\.prob=nan must be a finite"):
+        DropSettings(prob=math.nan).validate()

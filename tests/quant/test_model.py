@@ -112,7 +112,7 @@ def test_lower_bits_more_error():
 def test_freeze_model_keeps_outputs():
     model = _net()
     x = torch.randn(4, 3, 8, 8)
-    q = quantize_model(model, QuantConfig(rounding="attention", tau=0.5))
+    q = quantize_model(model, QuantConfig(rounding="attention", rounding_args={"tau": 0.5}))
     calibrate_activations(q, [x])
     with torch.no_grad():
         before = q(x)
@@ -138,7 +138,17 @@ def test_seed_reproducible_and_layers_differ():
         (QuantConfig(a_bits=1), r"a_bits=1 is outside 2\.\.8"),
         (QuantConfig(last_layer_w_bits=16), r"last_layer_w_bits=16"),
         (QuantConfig(rounding="adaroundd"), r"unknown rounding 'adaroundd'; valid names: adaround"),
-        (QuantConfig(tau=-1.0), r"tau=-1.0 must be >= 0"),
+        (QuantConfig(rounding_args={"tau": -1.0}), r"quant\.rounding_args\.tau=-1.0 must be >= 0"),
+        (QuantConfig(rounding="adaround", rounding_args={"tau": 0.5}),
+         r"quant\.rounding_args: rounding 'adaround' has no setting 'tau'; valid keys: "
+         r"reg_weight, beta_start, beta_end, warmup \(tau is attention's"),
+        (QuantConfig(rounding="nearest", rounding_args={"tau": 0.5}),
+         r"rounding 'nearest' has no setting 'tau'; it takes none"),
+        (QuantConfig(rounding="adaround", rounding_args={"warmup": 1.0}),
+         r"quant\.rounding_args\.warmup=1.0 must be in \[0, 1\)"),
+        (QuantConfig(rounding_args={"tau": "abc"}),
+         r"quant\.rounding_args\.tau=abc must be a number"),
+        (QuantConfig(drop={"prob": 1.0}), r"quant\.drop\.prob=1.0 must be in \[0, 1\)"),
     ],
 )
 def test_bad_config_clear_error_nothing_swapped(config, message):
@@ -170,3 +180,25 @@ def test_quant_package_does_not_import_lightning():
         "assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_rounding_args_reach_every_layer_and_read_numbers_from_strings():
+    config = QuantConfig(rounding="adaround", rounding_args={"beta_start": "1e1", "warmup": 0})
+    settings = config.validate().rounding_settings()
+    assert settings.beta_start == 10.0 and isinstance(settings.warmup, float)
+    q = quantize_model(_net(), config)
+    roundings = [m.weight_quantizer.rounding for m in quant_layers(q).values()]
+    assert all(r.beta_start == 10.0 and r.warmup == 0.0 and r.reg_weight == 0.01
+               for r in roundings)
+    q = quantize_model(_net(), QuantConfig(rounding_args={"tau": 0}))
+    assert all(m.weight_quantizer.rounding.tau == 0.0 for m in quant_layers(q).values())
+
+
+def test_explicit_layer_bits_win_over_the_config_and_first_last_keep_theirs():
+    names = list(quant_layers(quantize_model(_net(), QuantConfig())))
+    given = {name: 5 for name in names}
+    q = quantize_model(_net(), QuantConfig(layer_w_bits={names[1]: 3}), layer_w_bits=given)
+    bits = [m.weight_quantizer.bits for m in quant_layers(q).values()]
+    assert bits[0] == 8 and bits[-1] == 8 and set(bits[1:-1]) == {5}
+    with pytest.raises(QuantConfigError, match="layer_w_bits"):
+        quantize_model(_net(), QuantConfig(), layer_w_bits={names[1]: 9})

@@ -191,3 +191,22 @@ def test_unknown_rounding_lists_valid_names():
 def test_bad_tau(tau):
     with pytest.raises(QuantConfigError, match="tau="):
         make_rounding("attention", tau=tau)
+
+
+def test_every_rounding_has_its_settings_with_defaults_and_checks():
+    from attnround_pl.quant import AdaRoundSettings, AttentionSettings, rounding_settings
+
+    assert rounding_settings("attention", None) == AttentionSettings(tau=0.5)
+    assert rounding_settings("adaround", {}) == AdaRoundSettings(0.01, 20.0, 2.0, 0.2)
+    for name, cls in ROUNDINGS.items():
+        settings = rounding_settings(name, None)
+        assert isinstance(settings, cls.settings_class)
+        assert cls.from_settings(settings, seed=3).name == name
+    with pytest.raises(QuantConfigError, match=r"^rounding 'floor' has no setting 'tau'; it "):
+        make_rounding("floor", tau=0.5)
+    with pytest.raises(QuantConfigError, match=r"quant\.rounding_args\.reg_weight=-1\.0 must"):
+        rounding_settings("adaround", {"reg_weight": -1.0})
+    with pytest.raises(QuantConfigError, match=r"quant\.rounding_args=\[1\] must be a mapping"):
+        rounding_settings("attention", [1])
+    ada = make_rounding("adaround", beta_start=10, warmup=0.1)
+    assert (ada.beta_start, ada.warmup, ada.beta_end) == (10.0, 0.1, 2.0)

@@ -13,9 +13,9 @@ Layout (``format = "attnround-pl/quantized/1"``)::
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +23,11 @@ import torch
 from torch import nn
 
 from ..errors import InputError
+from ..quant.config import QuantConfig
+from ..quant.errors import QuantConfigError
+from ..quant.layers import QuantLayer
+from ..quant.model import freeze_model, quant_layers, quantize_model
 from ..torch_files import UnreadableFile, load_tensors, save_tensors
-from .config import QuantConfig
-from .layers import QuantLayer
-from .model import freeze_model, quant_layers, quantize_model
 
 FORMAT = "attnround-pl/quantized/1"
 
@@ -100,15 +101,17 @@ def read_quantized(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def nearest_rebuild_config(quant: dict[str, Any], layer_bits: dict[str, int]) -> QuantConfig:
-    """The config that rebuilds a saved model's layers: saved per-layer bits, no new search of
-    a mixed-precision allocation, nearest rounding (every code comes from the file). Keys of
-    earlier versions that are gone are dropped while they hold their off value (false)."""
-    known = {f.name for f in fields(QuantConfig)}
-    gone = {k: v for k, v in quant.items() if k not in known}
-    if any(gone.values()):
-        raise CheckpointError(f"the file was made with options this version does not have: {gone}")
-    quant = {k: v for k, v in quant.items() if k in known}
-    return QuantConfig(**{**quant, "rounding": "nearest", "layer_w_bits": layer_bits, "mixed": {}})
+    """The config that rebuilds a saved model's layers: saved per-layer bits (a mixed-precision
+    allocation is not searched again), nearest rounding (every code comes from the file). The
+    saved settings are read by ``QuantConfig.from_dict`` (keys of earlier versions included;
+    gone ones are dropped while they hold their off value)."""
+    try:
+        config = QuantConfig.from_dict(quant)
+    except QuantConfigError as exc:
+        raise CheckpointError(f"the file was made with {exc}") from None
+    return dataclasses.replace(
+        config, rounding="nearest", rounding_args=None, layer_w_bits=layer_bits
+    )
 
 
 def load_quantized(
