@@ -80,4 +80,4 @@ def test_guard_stops_before_the_cache_and_keeps_finished_units(tmp_path, tiny_fm
     resumed = RunConfig(progress=False, eval_float=False, eval_nearest=False,
                         resume=str(tmp_path / "r"))
     report = calibrate(*args, resumed, {"accelerator": "cpu"})
-    assert report["resumed_after_units"] == 3 and len(report["units"]) == 11
+    assert report.resumed_after_units == 3 and len(report.units) == 11

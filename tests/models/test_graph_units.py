@@ -331,8 +331,8 @@ def test_block_sequencer_reconstructs_graph_units_end_to_end():
         warnings.simplefilter("ignore")  # Lightning's notes on workers and eval modules
         results = BlockSequencer(q, f, units, [x[:8], x[8:]], ReconConfig(iters=3, batch_size=4),
                                  make_trainer).run()
-    assert [r["name"] for r in results] == [u.name for u in units]
-    assert all(r["learned"] and r["mse_final"] >= 0 for r in results)
+    assert [r.name for r in results] == [u.name for u in units]
+    assert all(r.learned and r.mse_final >= 0 for r in results)
     assert all(m.weight_quantizer.rounding is None for m in quant_layers(q).values())  # frozen
     assert all(not m.training for m in q.modules())  # the model is left in eval mode
     with torch.no_grad():
