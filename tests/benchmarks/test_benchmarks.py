@@ -550,3 +550,20 @@ def test_speed_table_puts_before_after_and_as_run_side_by_side(tmp_path):
     units = speed_table.units(tmp_path / "after" / "r1" / "speed_resnet20.json").splitlines()
     assert units[2] == "| conv1 | 36.00 | 18.00 | 15.00 | 2.40x |"
     assert units[-1] == "| all units | 36.00 | 18.00 | 15.00 | 2.40x |"
+
+
+def test_export_sizes_rows_and_table_come_from_the_reports():
+    sizes = _load("export_sizes")
+    checks = {opset: OnnxCheck(path=f"q{opset}.onnx", top1=91.5, argmax_mismatch=mismatch,
+                               torch_top1=91.5, max_abs_logit_diff=0.2, images=10000,
+                               opset=opset, file_bytes=file_bytes, weight_code_bytes=codes)
+              for opset, mismatch, file_bytes, codes in ((21, 0, 224_144, 135_696),
+                                                        (18, 1, 363_260, 270_608))}
+    report = Report("resnet20", "nearest", 4, 4, 1024, size_mb=0.125,
+                    quantized=Scores(top1=91.5))
+    row = sizes.row("resnet20", "W4A4", report, checks)
+    assert row["opset21"]["weight_code_bytes"] == 135_696 and row["opset18"]["argmax_mismatch"] == 1
+    table = sizes.markdown([row]).splitlines()
+    assert len(table) == 3 and table[0].count("|") == table[1].count("|") == table[2].count("|")
+    assert table[2] == ("| resnet20 | W4A4 | 128.0 | 218.9 | 132.5 | 354.7 | 264.3 | "
+                        "91.50 / 91.50; 91.50 | 0; 1 |")
