@@ -349,7 +349,7 @@ def _quantize(float_net: nn.Module, quant: QuantConfig, mixed: MixedConfig,
     qmodel.bit_allocation = allocation  # mixed.Allocation; None in single precision
     layers = quant_layers(qmodel).values()
     report.size_mb = size_mb([m.layer.weight.numel() for m in layers],
-                                [m.weight_quantizer.bits for m in layers])
+                             [m.weight_quantizer.bits for m in layers])
     if allocation is not None:
         table = mixed_report(allocation, mixed.bit_list, mixed.budget_bits)
         report.mixed = table
