@@ -33,7 +33,7 @@ import torch
 import torchvision
 
 import attnround_pl
-from attnround_pl.export import compare_with_onnx, export_onnx
+from attnround_pl.export import compare_with_onnx, export_onnx, export_state, load_state
 from attnround_pl.models import build_model
 from attnround_pl.models.source import ModelSource
 from attnround_pl.quant import QuantConfig, float_ops, quant_layers
@@ -121,6 +121,7 @@ class Row:
     onnx_max_abs_diff: float
     onnx_float_noise: bool | None
     output_sqnr_db: float
+    state_reload_max_diff: float | None = None  # None: a row of a run before the state file
 
 
 def run_model(name: str, iters: int = 2, images: int = 8, seed: int = 0) -> Row:
@@ -146,6 +147,13 @@ def run_model(name: str, iters: int = 2, images: int = 8, seed: int = 0) -> Row:
             a, b = qmodel(x[:2]), reloaded(x[:2])
         pairs = zip(a.values(), b.values(), strict=True) if isinstance(a, dict) else [(a, b)]
         reload_diff = max(float((p - q).abs().max()) for p, q in pairs)
+        state_path = export_state(qmodel, Path(tmp) / "q.safetensors", qmodel.quant_config, {})
+        from_state, _ = load_state(
+            state_path, lambda meta: build_model(name, weights=None, num_classes=10))
+        with torch.no_grad():
+            c = from_state(x[:2])
+        pairs = zip(a.values(), c.values(), strict=True) if isinstance(a, dict) else [(a, c)]
+        state_diff = max(float((p - q).abs().max()) for p, q in pairs)
         onnx_path = export_onnx(qmodel, x[:1], Path(tmp) / "q.onnx")
         cmp = compare_with_onnx(qmodel, onnx_path, [x])
     seconds = time.perf_counter() - started
@@ -164,6 +172,7 @@ def run_model(name: str, iters: int = 2, images: int = 8, seed: int = 0) -> Row:
         onnx_max_abs_diff=cmp.max_abs_logit_diff,
         onnx_float_noise=None if cmp.divergence is None else cmp.divergence.float_noise,
         output_sqnr_db=round(fidelity.sqnr_db, 2),
+        state_reload_max_diff=state_diff,
     )
 
 
@@ -235,6 +244,7 @@ def write_table(
         "float ops",
         "seconds",
         "reload max diff",
+        "state file max diff",
         "ONNX max diff",
         "ONNX agrees",
         "output SQNR dB",
@@ -243,7 +253,7 @@ def write_table(
     for r in rows:
         if isinstance(r, Failure):
             body.append(
-                [r.model, "", f"failed: {r.error}", "", "", f"{r.seconds:.1f}", "", "", "", ""]
+                [r.model, "", f"failed: {r.error}", "", "", f"{r.seconds:.1f}", "", "", "", "", ""]
             )
             continue
         body.append(
@@ -255,6 +265,7 @@ def write_table(
                 str(r.float_ops),
                 f"{r.seconds:.1f}",
                 f"{r.reload_max_diff:.3g}",
+                "" if r.state_reload_max_diff is None else f"{r.state_reload_max_diff:.3g}",
                 f"{r.onnx_max_abs_diff:.3g}",
                 "yes" if onnx_agrees(r) else "NO",
                 f"{r.output_sqnr_db:.1f}",
@@ -265,7 +276,8 @@ def write_table(
         "# Any model: every torchvision CNN end to end\n\n"
         f"Random weights and random images, Attention Round W4A4, {command}; "
         f"{payload['machine']}. {len(rows) - failed} of {len(rows)} models went through "
-        "calibration, save and reload (bit-exact) and ONNX export (checked in onnxruntime). "
+        "calibration, save and reload (bit-exact), the state file written and reloaded "
+        "(bit-exact), and ONNX export (checked in onnxruntime). "
         "Seconds cover all of that for one model. ONNX agrees: outputs within 1e-4, or every "
         "activation code equal to PyTorch's on the images that differ most (the outputs then "
         "differ by float summation order only), or the first differing code at a rounding "

@@ -1,10 +1,12 @@
-"""ONNX file sizes and agreement with PyTorch: both embedded models, opset 21 against 18.
+"""Export file sizes and agreement with PyTorch: both embedded models, ONNX at opset 21 and 18,
+the packed state file.
 
 For ResNet-20 and MobileNetV2 (Fashion-MNIST) at W4A4, W2A4 and mixed [3,4,5,6] (A4), one
 calibration with the ``nearest`` recipe (no reconstruction: file sizes do not depend on the
 rounding, and the check is of the export path), then ``attnround-pl export --format onnx`` at
 opset 21 (the default below 5 bits: INT4/UINT4 codes) and at opset 18 (8-bit types). Each
-export is compared with the PyTorch model on the 10k test images in onnxruntime. Prints a
+export is compared with the PyTorch model on the 10k test images in onnxruntime; the state file
+(``--format state``: codes packed at their bits) is reloaded and compared the same way. Prints a
 markdown table and writes ``benchmarks/results/export_sizes.json``; runs go to
 ``benchmarks/runs/export_sizes/`` (a finished calibration there is reused).
 
@@ -19,7 +21,7 @@ import sys
 from pathlib import Path
 
 from attnround_pl.calib.pipeline import machine
-from attnround_pl.calib.report import OnnxCheck, Report
+from attnround_pl.calib.report import OnnxCheck, Report, StateCheck
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -55,7 +57,14 @@ def exported(run_dir: Path, opset: int) -> OnnxCheck:
     return Report.read(run_dir / "report.json").onnx
 
 
-def row(model: str, setting: str, report: Report, checks: dict[int, OnnxCheck]) -> dict:
+def exported_state(run_dir: Path) -> StateCheck:
+    """Export ``run_dir``'s state file and return its check (from the run's report)."""
+    _run(["export", "--run", str(run_dir), "--format", "state"])
+    return Report.read(run_dir / "report.json").state
+
+
+def row(model: str, setting: str, report: Report, checks: dict[int, OnnxCheck],
+        state: StateCheck) -> dict:
     """One table row: the model's weight size at its bits and each opset's file and agreement."""
     return {
         "model": model, "setting": setting, "size_mb": report.size_mb,
@@ -64,22 +73,27 @@ def row(model: str, setting: str, report: Report, checks: dict[int, OnnxCheck]) 
                          "onnx_top1": c.top1, "argmax_mismatch": c.argmax_mismatch,
                          "max_abs_logit_diff": c.max_abs_logit_diff, "images": c.images}
            for o, c in checks.items()},
+        "state": {"file_bytes": state.file_bytes, "weight_code_bytes": state.weight_code_bytes,
+                  "max_abs_diff": state.max_abs_diff, "images": state.images},
     }
 
 
 def markdown(rows: list[dict]) -> str:
     head = ["model", "setting", "weights at their bits (KiB)", "ONNX opset 21 (KiB)",
             "weight codes 21 (KiB)", "ONNX opset 18 (KiB)", "weight codes 18 (KiB)",
-            "PyTorch / onnxruntime top-1 % (21; 18)", "differing predictions (21; 18)"]
-    lines = ["| " + " | ".join(head) + " |", "| " + " | ".join(["---"] * 2 + ["---:"] * 7) + " |"]
+            "PyTorch / onnxruntime top-1 % (21; 18)", "differing predictions (21; 18)",
+            "state file (KiB)", "state weight codes (KiB)", "state reload max diff"]
+    lines = ["| " + " | ".join(head) + " |", "| " + " | ".join(["---"] * 2 + ["---:"] * 10) + " |"]
     for r in rows:
-        a, b = r["opset21"], r["opset18"]
+        a, b, st = r["opset21"], r["opset18"], r["state"]
         lines.append("| " + " | ".join([
             r["model"], r["setting"], f"{r['size_mb'] * 1024:.1f}",
             f"{a['file_bytes'] / 1024:.1f}", f"{a['weight_code_bytes'] / 1024:.1f}",
             f"{b['file_bytes'] / 1024:.1f}", f"{b['weight_code_bytes'] / 1024:.1f}",
             f"{r['torch_top1']:.2f} / {a['onnx_top1']:.2f}; {b['onnx_top1']:.2f}",
-            f"{a['argmax_mismatch']}; {b['argmax_mismatch']}"]) + " |")
+            f"{a['argmax_mismatch']}; {b['argmax_mismatch']}",
+            f"{st['file_bytes'] / 1024:.1f}", f"{st['weight_code_bytes'] / 1024:.1f}",
+            f"{st['max_abs_diff']:.3g}"]) + " |")
     return "\n".join(lines)
 
 
@@ -89,7 +103,8 @@ def main() -> None:
         for setting in SETTINGS:
             run_dir = calibrated(model, setting)
             checks = {opset: exported(run_dir, opset) for opset in OPSETS}
-            rows.append(row(model, setting, Report.read(run_dir / "report.json"), checks))
+            state = exported_state(run_dir)
+            rows.append(row(model, setting, Report.read(run_dir / "report.json"), checks, state))
             print(f"# {model} {setting}: done", file=sys.stderr, flush=True)
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / "export_sizes.json"

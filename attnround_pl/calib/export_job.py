@@ -23,6 +23,7 @@ from ..export import (
     load_state,
     max_output_difference,
     onnx_size,
+    state_size,
 )
 from ..export.checkpoint import load_quantized
 from ..export.metadata import export_meta
@@ -72,7 +73,9 @@ def export_run(
         export_state(qmodel, out, payload["quant"], meta)
         reloaded, _ = load_state(out, rebuild)
         images, diff = max_output_difference(qmodel, reloaded, loader)
-        result = StateCheck(path=str(out), max_abs_diff=diff, images=images)
+        size = state_size(out)
+        result = StateCheck(path=str(out), max_abs_diff=diff, images=images,
+                            file_bytes=size.file_bytes, weight_code_bytes=size.weight_code_bytes)
     report = Report.read(run_dir / REPORT)
     report.add_check(result)
     report.write(run_dir / REPORT)
@@ -103,7 +106,10 @@ def export_table(result: OnnxCheck | StateCheck) -> Table:
                 "the outputs differ by float summation order only"
             )
         return table
-    table = Table(title=f"{result.path}: reloaded vs calibrated model")
+    size = ("" if result.file_bytes is None else
+            f" ({result.file_bytes / 1024:.1f} KiB, weight codes "
+            f"{result.weight_code_bytes / 1024:.1f} KiB)")
+    table = Table(title=f"{result.path}{size}: reloaded vs calibrated model")
     table.add_column("images", justify="right")
     table.add_column("max |output diff|", justify="right")
     table.add_row(str(result.images), f"{result.max_abs_diff:.3g}")

@@ -135,6 +135,8 @@ class StateCheck:
     path: str
     max_abs_diff: float
     images: int
+    file_bytes: int | None = None  # None: a report written before sizes were recorded
+    weight_code_bytes: int | None = None  # the packed weight codes
 
 
 _CHECKS: dict[str, type] = {"onnx": OnnxCheck, "state": StateCheck}

@@ -14,7 +14,7 @@ from ..errors import SettingError, check_finite
 LR_SCHEDULES = ("constant", "cosine", "cosine_act")
 COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")
 # export format -> the file it writes in the run folder
-FORMATS = {"onnx": "quantized.onnx", "state": "quantized_state.pt"}
+FORMATS = {"onnx": "quantized.onnx", "state": "quantized_state.safetensors"}
 ONNX_OPSETS = range(18, 22)  # what export.qdq_onnx writes (its OPSETS)
 
 

@@ -25,8 +25,12 @@ _EXPORTS = {
         "export_onnx",
         "to_onnx",
     ],
-    "size": ["OnnxSize", "onnx_size"],
-    "state": ["STATE_FORMAT", "export_state", "load_state", "read_state", "state_payload"],
+    "size": ["OnnxSize", "StateSize", "onnx_size", "state_size"],
+    "packing": ["pack_codes", "unpack_codes"],
+    "state": [
+        "STATE_FORMAT", "TORCH_STATE_FORMAT", "export_state", "load_state", "read_state",
+        "state_payload",
+    ],
     "verify": [
         "CodeDivergence",
         "Comparison",

@@ -43,7 +43,8 @@ of a b-bit grid is the narrowest ONNX integer type the opset has for it (``conta
   opset, and the result passes ``onnx.checker`` (full check);
 - opset 18 (``OPSET``, the default when every grid has more than 4 bits, and the choice for a
   runtime without INT4 QuantizeLinear / DequantizeLinear: onnxruntime's CPU kernels gained
-  them after 1.18, microsoft/onnxruntime#20362): every grid in an 8-bit container,
+  them in 1.19, microsoft/onnxruntime#20362; 1.18.1 refuses an opset-21 export, "tensor type
+  21 is not supported", ``benchmarks/onnxruntime_versions.sh``): every grid in an 8-bit container,
   int8 / uint8 with the Clip rule above. Opsets 19 and 20 write the same as 18. Below 18 is
   refused: torch.onnx's op library is written for opset 18 and the ONNX version converter
   cannot take its graphs lower (no adapter for Mul 14 -> 13; ReduceMean's axes input).

@@ -1,10 +1,12 @@
-"""The size of an ONNX QDQ model and where its bytes go: integer weight codes against the rest.
+"""The size of an exported model and where its bytes go: integer weight codes against the rest.
 
+ONNX (``onnx_size``):
 A weight code initializer is one that a DequantizeLinear dequantizes (its first input); the
 activation codes are computed at run time, so every other initializer (scales, zero points,
 float biases, clip limits, AQuant border constants, BatchNorm and other float parameters) and
 the graph itself count as the rest. At opset 21 a grid of 4 bits or fewer is stored 4 bits a
-code (two codes a byte), at opset 18 one code a byte (see ``qdq_onnx``).
+code (two codes a byte), at opset 18 one code a byte (see ``qdq_onnx``). The state file
+(``state_size``) packs every layer's codes at its own bit width (see ``packing``).
 """
 
 from __future__ import annotations
@@ -80,3 +82,39 @@ def onnx_size(path_or_model: str | os.PathLike | onnx.ModelProto) -> OnnxSize:
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
     return OnnxSize(file_bytes=file_bytes, weight_code_bytes=sum(by_type.values()),
                     weight_codes=codes, code_bytes_by_type=by_type, opset=opset)
+
+
+@dataclass(frozen=True)
+class StateSize:
+    """Bytes of a state file (``export.state``): ``file_bytes`` the file, ``weight_code_bytes``
+    its packed weight codes (``{layer}.weight_codes``), ``weight_codes`` how many codes they
+    hold; ``other_bytes`` the rest (scales, zero points, biases, borders, the JSON header)."""
+
+    file_bytes: int
+    weight_code_bytes: int
+    weight_codes: int
+
+    @property
+    def other_bytes(self) -> int:
+        return self.file_bytes - self.weight_code_bytes
+
+    @property
+    def bits_per_weight_code(self) -> float:
+        return 8 * self.weight_code_bytes / self.weight_codes if self.weight_codes else 0.0
+
+
+def state_size(path: str | os.PathLike) -> StateSize:
+    """The size of a safetensors state file with its weight code bytes apart, read from the
+    file's header only (see ``StateSize``)."""
+    import json
+
+    with open(path, "rb") as f:
+        index = json.loads(f.read(int.from_bytes(f.read(8), "little")))
+    header = json.loads(index.pop("__metadata__")["attnround_pl"])
+    code_bytes = sum(end - start for key, entry in index.items()
+                     if key.endswith(".weight_codes")
+                     for start, end in [entry["data_offsets"]])
+    codes = sum(int(np.prod(layer["shape"], dtype=np.int64))
+                for layer in header["layers"].values())
+    return StateSize(file_bytes=os.path.getsize(path), weight_code_bytes=code_bytes,
+                     weight_codes=codes)

@@ -1,42 +1,56 @@
-"""The deployment state file: integer weights and quantizer parameters, no float weights.
+"""The deployment state file: safetensors with packed integer weight codes, no float weights.
 
-Layout (``format = "attnround-pl/state/1"``, one ``torch.save`` dict, loadable with
-``weights_only=True``)::
+Format ``attnround-pl/state/2`` (``STATE_FORMAT``), a ``.safetensors`` file that any safetensors
+reader opens (or a few lines of numpy, see docs/export.md): its ``__metadata__`` holds
+``"format"`` and ``"attnround_pl"``, a JSON header::
 
-    {"format", "quant": QuantConfig as a dict,
-     "meta": {"arch", "num_classes", "preprocessing", ...} (see ``export.metadata``),
-     "layers": {name: {
-        "kind": "conv" | "linear",
-        "codes": integer weight codes, one code per byte (not packed): uint8 in 0..2^b-1 for the
-                 asymmetric grid (the default), int8 in -2^(b-1)..2^(b-1)-1 for the symmetric one,
-        "w_bits", "w_signed", "per_channel",
-        "scale": float32 [out_channels] (or [1]), "zero_point": int32, same shape
-                 (weight = scale * (codes - zero_point), per output channel),
-        "bias": float32 or None,
-        "a_bits" (32 = float input), "a_signed", "a_step": float or None
-                 (input = a_step * clip(round(x / a_step), qmin, qmax)),
-        "border": None or {"slope": 1 - k, "offset": c} per input channel, the folded AQuant
-                 border: codes = round(slope * x~ - offset),
-        "border_params": the border's raw learned parameters (what ``load_state`` restores)}},
-     "other": float tensors of the model outside quantized layers (e.g. unfolded norms)}
+    {"format": "attnround-pl/state/2", "code_layout": "lsb-first",
+     "quant": QuantConfig as a dict, "meta": {"arch", "num_classes", "preprocessing", ...}
+     (see ``export.metadata``),
+     "layers": {name: {"kind": "conv" | "linear", "shape": the weight's shape,
+                       "w_bits", "w_signed", "per_channel", "a_bits" (32: float input),
+                       "a_signed", "a_step" (float or null), "bias", "border" (bools),
+                       "border_params": the raw AQuant parameters' names}},
+     "other": names of the float tensors outside quantized layers (unfolded norms),
+     "module_versions": {module path: {"version": n}} (what their loaders check)}
 
-``load_state`` rebuilds the fake-quantized model from it; its outputs equal the calibrated
-model's bit for bit.
+and its tensors, per quantized layer ``name``:
+
+- ``{name}.weight_codes``: uint8, the weight's integer codes packed ``w_bits`` bits each in
+  the ``packing.LAYOUT`` bit stream (C order over ``shape``; a signed grid in two's
+  complement), ``ceil(numel * w_bits / 8)`` bytes;
+- ``{name}.weight_scale`` float32 and ``{name}.weight_zero_point`` int32, ``[out_channels]``
+  (or ``[1]``): ``weight = scale * (code - zero_point)`` along axis 0;
+- ``{name}.bias`` float32 when the layer has one;
+- ``{name}.border_slope`` / ``{name}.border_offset`` float32 per input channel, AQuant's folded
+  border (``codes = round(slope * x / a_step - offset)``), and ``{name}.border.{param}``, its
+  raw learned parameters (what ``load_state`` restores);
+
+plus the ``other`` tensors under their state-dict names. A grid is unsigned
+``[0, 2^b - 1]`` (the asymmetric default) or signed ``[-2^(b-1), 2^(b-1) - 1]``; an input
+quantizer maps ``x`` to ``a_step * clip(round(x / a_step), qmin, qmax)``.
+
+``read_state`` and ``load_state`` also read format ``attnround-pl/state/1``, the ``torch.save``
+dict of earlier versions (one code per byte); ``load_state`` rebuilds the fake-quantized model,
+whose outputs equal the calibrated model's bit for bit.
 """
 
 from __future__ import annotations
 
+import json
 import os
+from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
-from torch import nn
+from torch import Tensor, nn
 
+from ..atomic import write_bytes
 from ..quant import QuantConfig, QuantLayer, QuantLinear, freeze_model
 from ..quant.model import quant_layers, quantize_model
-from ..torch_files import save_tensors
 from .checkpoint import (
     CheckpointError,
     cpu_state_dict,
@@ -45,8 +59,12 @@ from .checkpoint import (
     read_payload,
 )
 from .metadata import export_meta
+from .packing import LAYOUT, pack_codes, unpack_codes
 
-STATE_FORMAT = "attnround-pl/state/1"
+STATE_FORMAT = "attnround-pl/state/2"
+TORCH_STATE_FORMAT = "attnround-pl/state/1"  # earlier versions' torch.save dict: still read
+HEADER_KEY = "attnround_pl"  # the safetensors __metadata__ entry holding the JSON header
+_ZIP_MAGIC = b"PK\x03\x04"  # torch.save files are zip archives
 
 
 def _layer_state(layer: QuantLayer) -> dict[str, Any]:
@@ -67,7 +85,11 @@ def _layer_state(layer: QuantLayer) -> dict[str, Any]:
 
 
 def state_payload(qmodel: nn.Module, quant: QuantConfig | dict, meta: dict[str, Any]) -> dict:
-    """The state dict-of-tensors of a frozen quantized model (see the module docstring)."""
+    """What the state file holds, in memory: ``{"format", "quant", "meta", "layers": {name:
+    {"codes" (unpacked: uint8 / int8 of the weight's shape), "scale", "zero_point", "bias",
+    "w_bits", "w_signed", "per_channel", "a_bits", "a_signed", "a_step", "kind", "border":
+    {"slope", "offset"} or None, "border_params"}}, "other": state dict}``; ``read_state``
+    returns the same from a file."""
     layers = quant_layers(qmodel)
     not_frozen = [n for n, m in layers.items() if not m.weight_quantizer.frozen]
     if not_frozen:
@@ -83,16 +105,145 @@ def state_payload(qmodel: nn.Module, quant: QuantConfig | dict, meta: dict[str, 
     }
 
 
+def _contiguous(t: Tensor) -> Tensor:
+    return t.detach().cpu().contiguous().clone()  # safetensors refuses shared storage
+
+
+def _layer_tensors(name: str, info: dict[str, Any]) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """One layer's tensors (codes packed) and its header entry."""
+    codes = info["codes"]
+    packed = pack_codes(codes.numpy(), info["w_bits"], info["w_signed"])
+    tensors = {
+        f"{name}.weight_codes": torch.from_numpy(packed),
+        f"{name}.weight_scale": _contiguous(info["scale"]).float(),
+        f"{name}.weight_zero_point": _contiguous(info["zero_point"]).to(torch.int32),
+    }
+    if info["bias"] is not None:
+        tensors[f"{name}.bias"] = _contiguous(info["bias"]).float()
+    if info["border"] is not None:
+        tensors[f"{name}.border_slope"] = _contiguous(info["border"]["slope"]).float()
+        tensors[f"{name}.border_offset"] = _contiguous(info["border"]["offset"]).float()
+    params = info["border_params"] or {}
+    for key, value in params.items():
+        tensors[f"{name}.border.{key}"] = _contiguous(value)
+    header = {
+        "kind": info["kind"], "shape": list(codes.shape), "w_bits": info["w_bits"],
+        "w_signed": info["w_signed"], "per_channel": info["per_channel"],
+        "a_bits": info["a_bits"], "a_signed": info["a_signed"], "a_step": info["a_step"],
+        "bias": info["bias"] is not None, "border": info["border"] is not None,
+        "border_params": list(params),
+    }
+    return tensors, header
+
+
+def _json(value: Any, what: str) -> str:
+    try:
+        return json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"the state file's header cannot hold the {what}: {exc}") from None
+
+
+def state_bytes(payload: dict[str, Any]) -> bytes:
+    """The safetensors bytes of a ``state_payload``."""
+    from safetensors.torch import save  # imported when a state file is written only
+
+    tensors: dict[str, Tensor] = {}
+    layers = {}
+    for name, info in payload["layers"].items():
+        layer_tensors, layers[name] = _layer_tensors(name, info)
+        tensors.update(layer_tensors)
+    other = payload["other"]
+    clash = sorted(set(other) & set(tensors))
+    if clash:
+        raise CheckpointError(f"state tensors {clash[:3]} are named like a quantized layer's")
+    tensors.update({key: _contiguous(value) for key, value in other.items()})
+    versions = {k: dict(v) for k, v in getattr(other, "_metadata", {}).items() if v}
+    header = {
+        "format": STATE_FORMAT, "code_layout": LAYOUT, "quant": payload["quant"],
+        "meta": payload["meta"], "layers": layers, "other": list(other),
+        "module_versions": versions,
+    }
+    return save(tensors, metadata={"format": STATE_FORMAT, HEADER_KEY: _json(header, "header")})
+
+
 def export_state(
     qmodel: nn.Module, path: str | os.PathLike, quant: QuantConfig | dict, meta: dict[str, Any]
 ) -> Path:
     """Write the state file (to a temporary name, then renamed into place)."""
-    payload = state_payload(qmodel, quant, meta)
-    return save_tensors(payload, path)
+    return write_bytes(path, state_bytes(state_payload(qmodel, quant, meta)))
+
+
+def _layer_payload(name: str, entry: dict[str, Any], tensors: dict[str, Tensor]) -> dict[str, Any]:
+    shape, bits, signed = entry["shape"], entry["w_bits"], entry["w_signed"]
+    count = int(np.prod(shape))
+    try:
+        codes = unpack_codes(tensors[f"{name}.weight_codes"].numpy(), bits, signed, count)
+    except ValueError as exc:
+        raise CheckpointError(f"layer '{name}': {exc}") from None
+    dtype = torch.int8 if signed else torch.uint8
+    border = None
+    if entry["border"]:
+        border = {"slope": tensors[f"{name}.border_slope"],
+                  "offset": tensors[f"{name}.border_offset"]}
+    return {
+        **{k: entry[k] for k in ("kind", "w_bits", "w_signed", "per_channel", "a_bits",
+                                 "a_signed", "a_step")},
+        "codes": torch.from_numpy(codes).to(dtype).reshape(shape),
+        "scale": tensors[f"{name}.weight_scale"],
+        "zero_point": tensors[f"{name}.weight_zero_point"],
+        "bias": tensors[f"{name}.bias"] if entry["bias"] else None,
+        "border": border,
+        "border_params": {k: tensors[f"{name}.border.{k}"] for k in entry["border_params"]}
+        if entry["border"] else None,
+    }
+
+
+def _read_safetensors(path: Path) -> dict[str, Any]:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+            tensors = {key: f.get_tensor(key) for key in f.keys()}
+    except Exception as exc:  # truncated, not safetensors, unreadable: one line
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise CheckpointError(f"quantized state file {path} is corrupt or not a safetensors "
+                              f"file ({reason})") from exc
+    fmt = metadata.get("format")
+    if fmt != STATE_FORMAT or HEADER_KEY not in metadata:
+        if isinstance(fmt, str) and fmt.startswith("attnround-pl/state/"):
+            raise CheckpointError(
+                f"{path} is a state file of format {fmt}; this version of attnround-pl reads "
+                f"{TORCH_STATE_FORMAT} and {STATE_FORMAT}: upgrade attnround-pl to read it")
+        raise CheckpointError(f"{path} is not an attnround-pl quantized state file "
+                              f"({STATE_FORMAT})")
+    try:
+        header = json.loads(metadata[HEADER_KEY])
+        layout = header["code_layout"]
+        if layout != LAYOUT:
+            raise CheckpointError(f"{path}: code layout {layout!r} unknown (not {LAYOUT!r})")
+        layers = {name: _layer_payload(name, entry, tensors)
+                  for name, entry in header["layers"].items()}
+        other = OrderedDict((key, tensors[key]) for key in header["other"])
+        other._metadata = OrderedDict(header["module_versions"])  # type: ignore[attr-defined]
+        return {"format": STATE_FORMAT, "quant": header["quant"], "meta": header["meta"],
+                "layers": layers, "other": other}
+    except (KeyError, TypeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"quantized state file {path} is corrupt: its header or tensors "
+                              f"lack {exc}") from None
 
 
 def read_state(path: str | os.PathLike) -> dict[str, Any]:
-    return read_payload(path, STATE_FORMAT, "quantized state file")
+    """The payload of a state file (see ``state_payload``: codes unpacked), of format
+    ``STATE_FORMAT`` or the earlier ``TORCH_STATE_FORMAT``; any problem is one CheckpointError."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"quantized state file {path} does not exist")
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if magic == _ZIP_MAGIC:
+        return read_payload(path, TORCH_STATE_FORMAT, "quantized state file")
+    return _read_safetensors(path)
 
 
 def _restore_layer(layer: QuantLayer, name: str, info: dict[str, Any]) -> None:

@@ -57,7 +57,8 @@ def test_end_to_end_torchvision_architectures(tmp_path, arch):
     assert report.onnx.images == 6
     assert report.onnx.max_abs_logit_diff < 1e-5 or report.onnx.code_divergence["float_noise"]
     assert report.state.max_abs_diff == 0.0
-    assert (run_dir / "quantized.onnx").is_file() and (run_dir / "quantized_state.pt").is_file()
+    assert (run_dir / "quantized.onnx").is_file()
+    assert (run_dir / "quantized_state.safetensors").is_file()
     assert json.loads((run_dir / "report.json").read_text())["model"] == arch
     assert 0 <= report.quantized.top1 <= 100
     units = split_units(quantize_model(model.net, QuantConfig(rounding="nearest")))

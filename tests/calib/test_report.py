@@ -49,7 +49,7 @@ def _full_report() -> Report:
         onnx=OnnxCheck(path="runs/x/quantized.onnx", top1=92.4, argmax_mismatch=0,
                        torch_top1=92.4, max_abs_logit_diff=1e-5, images=10000,
                        code_divergence=None, onnxruntime="1.23"),
-        state=StateCheck(path="runs/x/quantized_state.pt", max_abs_diff=0.0, images=10000),
+        state=StateCheck(path="runs/x/quantized_state.safetensors", max_abs_diff=0.0, images=10000),
     )
 
 

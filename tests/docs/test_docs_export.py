@@ -68,7 +68,7 @@ def test_fashion_mnist_exports_record_its_preprocessing_and_classes(fmnist_run):
     run_dir, _ = fmnist_run
     assert read_onnx_metadata(run_dir / "quantized.onnx") == {
         **FMNIST_PREPROCESSING, "num_classes": 10, "input_name": "input"}
-    state_meta = read_state(run_dir / "quantized_state.pt")["meta"]
+    state_meta = read_state(run_dir / "quantized_state.safetensors")["meta"]
     assert state_meta["preprocessing"] == FMNIST_PREPROCESSING
     assert state_meta["num_classes"] == 10 and state_meta["arch"] == "resnet20"
     checkpoint_meta = read_quantized(run_dir / "quantized.pt")["meta"]

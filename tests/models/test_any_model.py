@@ -1,4 +1,4 @@
-"""Every torchvision CNN family end to end: calibrate, fidelity, save, reload, ONNX.
+"""Every torchvision CNN family end to end: calibrate, fidelity, save, reload, state file, ONNX.
 
 The fast tests run one model per family (``any_model.FAMILIES``; the three heaviest families'
 models are marked slow); the slow test runs every model of those families and writes
@@ -69,6 +69,7 @@ def test_one_model_per_family_end_to_end(name):
     row = AM.run_model(name, iters=1, images=4)
     assert row.quantized_layers > 0 and sum(row.units.values()) > 0
     assert row.reload_max_diff == 0.0  # the saved model reloads bit for bit
+    assert row.state_reload_max_diff == 0.0  # so does the packed state file
     assert AM.onnx_agrees(row), row
     assert row.output_sqnr_db == row.output_sqnr_db  # a number, not NaN
 
@@ -79,4 +80,5 @@ def test_every_model_of_every_family():
     AM.write_table(rows, "pytest -m slow tests/test_any_model.py")
     failed = [r for r in rows if not isinstance(r, AM.Row)]
     assert failed == []
-    assert all(AM.onnx_agrees(r) and r.reload_max_diff == 0.0 for r in rows)
+    assert all(AM.onnx_agrees(r) and r.reload_max_diff == r.state_reload_max_diff == 0.0
+               for r in rows)
