@@ -209,3 +209,30 @@ def test_mixed_precision_and_rounding_settings_from_python():
     assert qmodel.report.mixed.bit_list == [3, 5]
     assert qmodel.report.quant["rounding_args"] == {
         "reg_weight": 0.01, "beta_start": 20.0, "beta_end": 2.0, "warmup": 0.5}
+
+
+def test_block_placement_quantizes_each_block_input_once_and_reloads(tmp_path, capsys):
+    from block_net import TwoBlocks
+
+    from attnround_pl.quant import QuantConfig
+
+    torch.manual_seed(0)
+    model = TwoBlocks().eval()
+    images = torch.randn(32, 3, 12, 12)
+    quant = QuantConfig(w_bits=4, a_bits=4, act_placement="blocks")
+    qmodel = attnround_pl.quantize(model, images, quant=quant, iters=3, progress=True)
+    assert qmodel.block_inputs == {"layer.0": ["layer.0.conv1"],
+                                   "layer.1": ["layer.1.conv1", "layer.1.downsample.0"]}
+    block = qmodel.get_submodule("layer.1")
+    assert block.input_quantizer.initialised and block.input_quantizer.bits == 4
+    assert not block.conv1.input_quantizer.active
+    assert qmodel.report.quant["act_placement"] == "blocks"
+    path = attnround_pl.save(qmodel, tmp_path / "q.pt")
+    reloaded = attnround_pl.load(path, model=TwoBlocks())
+    x = torch.randn(4, 3, 12, 12)
+    assert torch.equal(reloaded(x), qmodel(x))
+    assert "regions of the traced graph" not in capsys.readouterr().out
+    # a residual written in forward is a graph region: it keeps per-layer quantizers, said once
+    attnround_pl.quantize(UserCNN().eval(), _images(16), quant=quant, iters=1, progress=True)
+    assert "act_placement=blocks: 4 unit(s) are regions of the traced graph" in (
+        capsys.readouterr().out)

@@ -288,9 +288,12 @@ def test_the_main_job_composes_the_settings_of_the_single_file_it_replaced(capsy
     before = yaml.safe_load((Path(__file__).parent / "support" /
                              "resnet20_w4a4_print_config_before.yaml").read_text())
     now = _print_config(capsys, *MAIN)
-    for section in ("seed_everything", "model", "data", "recon"):
+    for section in ("seed_everything", "model", "recon"):
         assert now[section] == before[section], section
-    assert now["run"] == {**before["run"], "onnx_opset": None}  # a key added since
+    # keys added since, at their defaults
+    assert now["data"] == {**before["data"], "init_args": {**before["data"]["init_args"],
+                                                           "holdout": 0}}
+    assert now["run"] == {**before["run"], "onnx_opset": None}
     assert {k: now["trainer"].get(k) for k in before["trainer"]} == before["trainer"]
     old = dict(before["quant"])
     assert now["mixed"] == old.pop("mixed")
@@ -299,6 +302,8 @@ def test_the_main_job_composes_the_settings_of_the_single_file_it_replaced(capsy
                                  "adaround_beta_end", "adaround_warmup")] == [0.01, 20.0, 2.0, 0.2]
     quant = dict(now["quant"])
     assert quant.pop("rounding_args") is None and quant.pop("drop") == {"prob": 0.0}
+    # keys added since, at their defaults
+    assert quant.pop("act_placement") == "layers" and quant.pop("profile") == "default"
     assert quant == old
     from attnround_pl.quant import QuantConfig
 

@@ -53,7 +53,8 @@ def capture(
         raise _Reached
 
     if kind == "input":
-        handle = module.register_forward_pre_hook(lambda m, args: grab(args[0]))
+        # first of the hooks: a block's own input quantizer (quant.placement) runs after it
+        handle = module.register_forward_pre_hook(lambda m, args: grab(args[0]), prepend=True)
     elif kind == "output":
         handle = module.register_forward_hook(lambda m, args, out: grab(out))
     else:

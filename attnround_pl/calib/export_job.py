@@ -27,6 +27,7 @@ from ..export import (
 )
 from ..export.checkpoint import load_quantized
 from ..export.metadata import export_meta
+from ..export.tensorrt_check import check_tensorrt_graph
 from .report import OnnxCheck, Report, StateCheck
 from .run_folder import CHECKPOINT, REPORT, build_float, check_run_folder
 from .settings import FORMATS, check_format
@@ -62,12 +63,17 @@ def export_run(
         export_onnx(qmodel, example, out, meta, opset=opset)
         cmp = compare_with_onnx(qmodel, out, loader)
         size = onnx_size(out)
+        trt = None
+        if payload["quant"].get("profile") == "tensorrt":  # the rules it was quantized for
+            trt = check_tensorrt_graph(out)
         result = OnnxCheck(
             path=str(out), top1=cmp.onnx_top1, argmax_mismatch=cmp.argmax_mismatch,
             torch_top1=cmp.torch_top1, max_abs_logit_diff=cmp.max_abs_logit_diff,
             images=cmp.images, code_divergence=cmp.as_dict()["divergence"],
             onnxruntime=onnxruntime.__version__, opset=size.opset,
             file_bytes=size.file_bytes, weight_code_bytes=size.weight_code_bytes,
+            tensorrt_violations=None if trt is None else trt.counts("violations"),
+            tensorrt_warnings=None if trt is None else trt.counts("warnings"),
         )
     else:
         export_state(qmodel, out, payload["quant"], meta)
@@ -80,6 +86,14 @@ def export_run(
     report.add_check(result)
     report.write(run_dir / REPORT)
     return result
+
+
+def _tensorrt_cell(result: OnnxCheck) -> str:
+    """``passed`` or the violations by rule, and the residual-add warnings' count."""
+    bad = result.tensorrt_violations or {}
+    text = "passed" if not bad else ", ".join(f"{k} x{v}" for k, v in bad.items())
+    warned = sum((result.tensorrt_warnings or {}).values())
+    return text + (f" ({warned} warning{'s' if warned != 1 else ''})" if warned else "")
 
 
 def export_table(result: OnnxCheck | StateCheck) -> Table:
@@ -97,7 +111,11 @@ def export_table(result: OnnxCheck | StateCheck) -> Table:
         if labelled:
             cells = [f"{result.torch_top1:.2f}", f"{result.top1:.2f}",
                      str(result.argmax_mismatch)]
-        table.add_row(*cells, f"{result.max_abs_logit_diff:.3g}")
+        cells.append(f"{result.max_abs_logit_diff:.3g}")
+        if result.tensorrt_violations is not None:
+            table.add_column("TensorRT rules", justify="right")
+            cells.append(_tensorrt_cell(result))
+        table.add_row(*cells)
         if result.code_divergence is not None:
             table.caption = CodeDivergence(**result.code_divergence).explain()
         elif result.max_abs_logit_diff > 0:

@@ -51,6 +51,8 @@ from ..quant import (
     round_to_nearest,
 )
 from ..quant.fidelity import FidelityStats, output_tensors
+from ..quant.placement import find_block_consumers, place_block_inputs
+from ..quant.profiles import act_signed, check_mixed_bits
 from .cache import build_unit_data
 from .classifier import FloatModel
 from .distributed import agree, launch, rank_world, shard, wants_ddp
@@ -282,7 +284,8 @@ def resolve_data(data: Any, calib_size: int | None, eval_data: Any = None) -> Ca
     if isinstance(data, pl.LightningDataModule):
         evaluation = evaluation_batches(data)
         if evaluation is not None:
-            return CalibrationInputs(batches, evaluation, "the data module's evaluation split")
+            what = getattr(data, "eval_description", "the data module's evaluation split")
+            return CalibrationInputs(batches, evaluation, what)
     return CalibrationInputs(batches, batches, "calibration images (no evaluation data)")
 
 
@@ -354,8 +357,26 @@ def _quantize(float_net: nn.Module, quant: QuantConfig, mixed: MixedConfig,
         table = mixed_report(allocation, mixed.bit_list, mixed.budget_bits)
         report.mixed = table
         echo(mixed_table(table))
+    if quant.act_placement == "blocks":
+        _place_block_inputs(qmodel, quant, batches[0][:2], echo)
     calibrate_activations(qmodel, batches)
     return qmodel
+
+
+def _place_block_inputs(qmodel: nn.Module, quant: QuantConfig, example: Tensor,
+                        echo: Callable[..., None]) -> None:
+    """``act_placement="blocks"``: every module unit (a registered block, or a child module
+    when the model has none) quantizes its input once (``quant.placement``). Units that are
+    regions of the traced graph keep per-layer input quantizers, said in one line."""
+    units = split_units(qmodel, example=example)
+    blocks = [u.path for u in units if u.rule in ("registry", "child")]
+    regions = sum(u.rule == "graph" for u in units)
+    if regions:
+        echo(f"act_placement=blocks: {regions} unit(s) are regions of the traced graph, not "
+             "modules; their layers keep their own input quantizers")
+    consumers = find_block_consumers(qmodel, blocks, example)
+    place_block_inputs(qmodel, consumers, quant.a_bits, border=quant.act_border,
+                       drop_prob=quant.drop.prob, signed=act_signed(quant.profile))
 
 
 def _tensorboard(folder: _RunFolder, source: ModelSource, quant: QuantConfig,
@@ -511,6 +532,7 @@ def _resolve_job(
     trainer_kwargs = dict(trainer_kwargs or {})
     quant = (quant or QuantConfig()).validate()
     mixed = (mixed or MixedConfig()).validate()
+    check_mixed_bits(quant.profile, mixed.bit_list if mixed.enabled else None)
     recon = (recon or ReconConfig()).validate()
     if run is not None:
         run.validate()

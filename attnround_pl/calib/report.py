@@ -126,6 +126,9 @@ class OnnxCheck:
     opset: int | None = None
     file_bytes: int | None = None
     weight_code_bytes: int | None = None  # the weight codes' initializers (packed at 4 bits)
+    # quant.profile tensorrt: export.tensorrt_check's findings by rule (None: not checked)
+    tensorrt_violations: dict[str, int] | None = None
+    tensorrt_warnings: dict[str, int] | None = None
 
 
 @dataclass

@@ -2,8 +2,10 @@
 
 Calibration: ``calib_size`` images (1,024 by default) chosen seeded from the training split,
 class-balanced when the split has labels, a seeded random choice when it has none; evaluation:
-the validation / test split, when there is one (``has_eval_split``). ``augment`` applies the
-training augmentation to the calibration images (drawn once, seeded, when the set is built).
+the validation / test split, when there is one (``has_eval_split``), or with ``holdout=N`` a
+validation split of N training images that are not calibration images (for choosing settings
+without looking at the test set). ``augment`` applies the training augmentation to the
+calibration images (drawn once, seeded, when the set is built).
 
 Unlabelled images carry the label ``UNLABELLED`` (-1), so every loader still yields
 ``(images, labels)`` pairs: ``for x, _ in data.calib_dataloader()`` works for any data.
@@ -37,6 +39,24 @@ UNLABELLED = -1  # the label of an image from a folder without class subfolders
 
 class DataError(InputError, RuntimeError):
     """The data cannot be used: the message names the folder or setting and what is wrong."""
+
+
+HOLDOUT_SEED = 20261202  # one fixed order of the training split for every holdout
+
+
+def holdout_indices(count: int, size: int, exclude: Sequence[int]) -> list[int]:
+    """``size`` indices of ``range(count)`` outside ``exclude`` (the calibration images): the
+    first ones of a fixed seeded permutation, ascending. The permutation does not depend on the
+    calibration seed, so the holdouts of runs with different seeds differ only where their
+    calibration sets do. SettingError when too few images are left."""
+    left = count - len(set(exclude))
+    if size > left:
+        raise SettingError(f"holdout={size} asks for more images than the {left} training "
+                           f"images that are not calibration images")
+    skip = set(exclude)
+    order = torch.randperm(count, generator=torch.Generator().manual_seed(HOLDOUT_SEED))
+    chosen = [i for i in order.tolist() if i not in skip][:size]
+    return sorted(chosen)
 
 
 def check_loader_settings(calib_size: int, batch_size: int, num_workers: int) -> None:
@@ -115,16 +135,22 @@ class CalibrationDataModule(pl.LightningDataModule):
 
     After ``setup()``: ``calib_set`` is a ``TensorDataset(images, labels)`` of the chosen
     calibration images (labels ``UNLABELLED`` = -1 when the training split has none) and
-    ``eval_set`` the evaluation split (None when ``has_eval_split`` is False).
-    ``calib_labelled`` / ``eval_labelled`` say whether those splits carry class labels.
+    ``eval_set`` the evaluation split (None when ``has_eval_split`` is False), or with
+    ``holdout > 0`` that many training images outside the calibration set (``holdout_indices``;
+    ``eval_description`` says which). ``calib_labelled`` / ``eval_labelled`` say whether those
+    splits carry class labels.
     """
 
     def __init__(
         self, calib_size: int = 1024, seed: int = 0, augment: bool = False, batch_size: int = 256,
-        num_workers: int = 0,
+        num_workers: int = 0, holdout: int = 0,
     ) -> None:
         super().__init__()
         check_loader_settings(calib_size, batch_size, num_workers)
+        if isinstance(holdout, bool) or not isinstance(holdout, int) or holdout < 0:
+            raise SettingError(f"holdout must be a whole number of images >= 0, got {holdout!r}")
+        self.holdout = holdout
+        self._calib_idx: list[int] = []
         self.calib_size = calib_size
         self.seed = seed
         self.augment = augment
@@ -151,6 +177,14 @@ class CalibrationDataModule(pl.LightningDataModule):
         """Whether there is evaluation data (``test_dataloader()`` raises DataError if not)."""
         return True
 
+    @property
+    def eval_description(self) -> str:
+        """What the evaluation data is, for reports: the holdout or the evaluation split."""
+        if self.holdout:
+            return (f"a holdout of {self.holdout} training images, none of them calibration "
+                    "images (validation split)")
+        return "the data module's evaluation split"
+
     def describe_item(self, split: Dataset, index: int) -> str:
         """How an error message names item ``index`` of ``split`` (a file name where known)."""
         return f"image {index}"
@@ -171,6 +205,7 @@ class CalibrationDataModule(pl.LightningDataModule):
                     idx = balanced_indices(targets, self.calib_size, self.seed)
             except SettingError as exc:
                 raise DataError(f"calibration set: {exc}") from None
+            self._calib_idx = list(idx)
             subset = Subset(split, idx)
             with torch.random.fork_rng(devices=[]):  # augmentation drawn once, reproducibly
                 torch.manual_seed(self.seed)
@@ -191,7 +226,15 @@ class CalibrationDataModule(pl.LightningDataModule):
                 raise DataError("calibration images contain NaN or Inf")
             self.calib_labelled = targets is not None
             self.calib_set = TensorDataset(images, labels)
-        if self.eval_set is None and self.has_eval_split:
+        if self.eval_set is None and self.holdout:
+            split = self.train_split(False)
+            try:
+                idx = holdout_indices(len(split), self.holdout, self._calib_idx)
+            except SettingError as exc:
+                raise DataError(f"validation split: {exc}") from None
+            self.eval_labelled = self.train_targets(split) is not None
+            self.eval_set = Subset(split, idx)
+        elif self.eval_set is None and self.has_eval_split:
             self.eval_set = self.eval_split()
 
     def calib_dataloader(self, batch_size: int | None = None) -> DataLoader:
@@ -200,15 +243,17 @@ class CalibrationDataModule(pl.LightningDataModule):
         return DataLoader(self.calib_set, batch_size=batch_size or self.batch_size)
 
     def test_dataloader(self) -> DataLoader:
-        """The evaluation split; DataError when there is none (see ``has_eval_split``)."""
-        if not self.has_eval_split:
+        """The evaluation split (or the holdout); DataError when there is none (see
+        ``has_eval_split``)."""
+        if not self.has_eval_split and not self.holdout:
             raise DataError(f"{type(self).__name__} has no evaluation split: {self.no_eval_hint()}")
         self.setup()
         return DataLoader(self.eval_set, batch_size=self.batch_size, num_workers=self.num_workers)
 
 
 class FashionMNISTDataModule(CalibrationDataModule):
-    """Fashion-MNIST: calibration from the 60k training images, evaluation on the 10k test set.
+    """Fashion-MNIST: calibration from the 60k training images, evaluation on the 10k test set
+    (or, with ``holdout=5000``, on 5,000 other training images: the validation split).
 
     The four idx files must be in ``<root>/FashionMNIST/raw`` (``python -m attnround_pl.data
     --root <root>`` puts them there; ``scripts/setup.sh`` does it for ``data``). Without them
@@ -220,9 +265,9 @@ class FashionMNISTDataModule(CalibrationDataModule):
     def __init__(
         self, root: str = str(DEFAULT_ROOT), calib_size: int = 1024, seed: int = 0,
         augment: bool = False, batch_size: int = 500, num_workers: int = 0,
-        download: bool = False,
+        download: bool = False, holdout: int = 0,
     ) -> None:
-        super().__init__(calib_size, seed, augment, batch_size, num_workers)
+        super().__init__(calib_size, seed, augment, batch_size, num_workers, holdout)
         self.root = Path(root)
         self.download = download
         self.normalize = transforms.Normalize(FMNIST_MEAN, FMNIST_STD)
@@ -329,7 +374,8 @@ class ImageFolderDataModule(CalibrationDataModule):
     channel average (0.449,)/(0.226,) for grayscale). With ``crop=None`` every image of a
     folder must come out at one size, which ``setup()`` checks from the file headers.
     ``augment``: RandomResizedCrop(crop) + flip (only the flip, after the resize, when ``crop``
-    is None) for the calibration images.
+    is None) for the calibration images. ``holdout=N``: evaluate on N training images that are
+    not calibration images (a validation split) instead of ``val_root``.
 
     >>> dm = ImageFolderDataModule("photos/", val_root=None, channels=1, resize=None, crop=64)
     """
@@ -339,9 +385,9 @@ class ImageFolderDataModule(CalibrationDataModule):
         augment: bool = False, batch_size: int = 64, num_workers: int = 2,
         resize: int | None = 256, crop: int | None = 224, channels: int = 3,
         mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
-        labelled: bool | None = None,
+        labelled: bool | None = None, holdout: int = 0,
     ) -> None:
-        super().__init__(calib_size, seed, augment, batch_size, num_workers)
+        super().__init__(calib_size, seed, augment, batch_size, num_workers, holdout)
         check_image_settings(channels, crop, resize, mean, std)
         self.train_root = Path(train_root)
         self.val_root = None if val_root is None else Path(val_root)

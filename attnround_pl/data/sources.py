@@ -105,7 +105,7 @@ def evaluation_batches(source: Any) -> Iterable[Any] | None:
     if source is None:
         return None
     if isinstance(source, CalibrationDataModule):
-        if not source.has_eval_split:
+        if not source.has_eval_split and not source.holdout:
             return None
         source.prepare_data()
         return source.test_dataloader()

@@ -1,7 +1,8 @@
 """File formats of a quantized model and their export: the quantized checkpoint
 (``checkpoint``: ``save_quantized``/``load_quantized``, a run folder's ``quantized.pt``), the
-integer state file (``state``) and the ONNX QDQ graph (``qdq_onnx``), checked against PyTorch
-(``verify``).
+integer state file (``state``, codes packed by ``packing``) and the ONNX QDQ graph
+(``qdq_onnx``), checked against PyTorch (``verify``) and, for ``quant.profile: tensorrt``,
+against TensorRT's rules (``tensorrt_check``).
 
 Plain PyTorch + onnx/onnxruntime; no Lightning. The names below are imported from their modules
 on first use, so reading a checkpoint does not load onnx.
@@ -31,6 +32,7 @@ _EXPORTS = {
         "STATE_FORMAT", "TORCH_STATE_FORMAT", "export_state", "load_state", "read_state",
         "state_payload",
     ],
+    "tensorrt_check": ["Finding", "TensorRTCheck", "check_tensorrt_graph"],
     "verify": [
         "CodeDivergence",
         "Comparison",

@@ -5,6 +5,8 @@ Layout (``format = "attnround-pl/quantized/1"``)::
     {"format": ..., "quant": QuantConfig as a dict, "meta": {... free-form: model, data ...},
      "layers": {name: {"codes": uint8/int8 tensor (not packed: one code per byte),
                        "scale", "zero_point", "w_bits", "a_bits", "a_step", "a_signed", "bias"}},
+     "block_inputs": {block path: [layers reading its input]} (``act_placement="blocks"``,
+                     see ``quant.placement``; empty otherwise, missing in earlier files),
      "state_dict": the frozen quantized model's state dict}
 
 ``layers`` is the readable summary (integer codes, scales, zero points, bits per layer);
@@ -27,6 +29,8 @@ from ..quant.config import QuantConfig
 from ..quant.errors import QuantConfigError
 from ..quant.layers import QuantLayer
 from ..quant.model import freeze_model, quant_layers, quantize_model
+from ..quant.placement import place_block_inputs
+from ..quant.profiles import act_signed
 from ..torch_files import UnreadableFile, load_tensors, save_tensors
 
 FORMAT = "attnround-pl/quantized/1"
@@ -78,6 +82,7 @@ def save_quantized(
         "quant": quant.to_dict(),
         "meta": meta,
         "layers": layer_summary(qmodel),
+        "block_inputs": dict(getattr(qmodel, "block_inputs", {})),
         "state_dict": cpu_state_dict(qmodel),
     }
     return save_tensors(payload, path)
@@ -114,6 +119,21 @@ def nearest_rebuild_config(quant: dict[str, Any], layer_bits: dict[str, int]) ->
     )
 
 
+def restore_block_inputs(qmodel: nn.Module, block_inputs: dict[str, list[str]] | None,
+                         quant: QuantConfig) -> None:
+    """Give a rebuilt model the block input quantizers a saved one had
+    (``act_placement="blocks"``: {block path: layers reading its input}, see
+    ``quant.placement``); their steps come from the file after."""
+    if not block_inputs:
+        return
+    try:
+        place_block_inputs(qmodel, block_inputs, quant.a_bits, border=quant.act_border,
+                           signed=act_signed(quant.profile))
+    except (AttributeError, QuantConfigError) as exc:  # a path the model does not have
+        raise CheckpointError(f"the file's block input quantizers do not fit the model: {exc}"
+                              ) from None
+
+
 def load_quantized(
     path: str | os.PathLike, build_float: Callable[[dict[str, Any]], nn.Module]
 ) -> tuple[nn.Module, dict[str, Any]]:
@@ -127,6 +147,7 @@ def load_quantized(
     layer_bits = {name: info["w_bits"] for name, info in payload["layers"].items()}
     quant = nearest_rebuild_config(payload["quant"], layer_bits)
     qmodel = quantize_model(build_float(payload["meta"]), quant, search_scales=False)
+    restore_block_inputs(qmodel, payload.get("block_inputs"), quant)
     freeze_model(qmodel)
     try:
         qmodel.load_state_dict(payload["state_dict"])

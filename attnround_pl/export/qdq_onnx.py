@@ -25,6 +25,10 @@ QuantizeLinear as ``onnx_name(f"{path}.a_quant")``. No placeholder is left in th
   QuantizeLinear's round-half-to-even is the rounding of the folded form;
 - the float bias is a separate ``Add`` after the Conv / Gemm / MatMul (see ``_bias``).
 
+A model quantized with ``quant.profile: tensorrt`` (signed symmetric 8-bit grids everywhere,
+``quant.profiles``) comes out as INT8 codes and INT8 zero points 0 at opset 18, the Q/DQ form
+TensorRT's explicit quantization takes; ``tensorrt_check.check_tensorrt_graph`` verifies it.
+
 Two opsets (``opset`` of ``to_onnx`` / ``export_onnx``; ``default_opset``): the container
 of a b-bit grid is the narrowest ONNX integer type the opset has for it (``container_bits``):
 
@@ -88,6 +92,7 @@ from torch import Tensor, nn
 from ..atomic import write_atomically
 from ..errors import InputError
 from ..quant import ActQuantizer, QuantConv1d, QuantConv2d, QuantLayer, QuantLinear
+from ..quant.placement import block_input_quantizers
 from .metadata import export_meta, onnx_metadata, set_onnx_metadata
 
 OPSET = 18  # torch.onnx's op library: 8-bit containers for every grid
@@ -304,10 +309,10 @@ def _bias(g: _Graph, y: str, layer: QuantLayer, prefix: str, rank: int, out: str
 
 # --- marker ops: what a QuantLayer's forward calls while it is exported ----------------------
 
-_EXPORTING: dict[str, QuantLayer] = {}  # module path -> layer, filled by _export_forwards only
+_EXPORTING: dict[str, Any] = {}  # module path -> layer, filled by _export_forwards only
 
 
-def _exporting(path: str) -> QuantLayer:
+def _exporting(path: str) -> Any:
     """The layer a marker op names, for the markers' eager kernels (a re-imported module's
     kernels still read the current registry through ``sys.modules``)."""
     layers = sys.modules[__name__]._EXPORTING
@@ -410,25 +415,54 @@ def _marked_forward(path: str, ops: dict[str, Any]) -> Any:
     return forward
 
 
+class _BlockInputMarker(nn.Module):
+    """Stands in for a block's input quantizer (``act_placement="blocks"``) during export: its
+    pre-hook then calls the act_qdq marker under the block's path."""
+
+    def __init__(self, path: str, act_qdq: Any) -> None:
+        super().__init__()
+        self.path, self.act_qdq = path, act_qdq
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.act_qdq(x, self.path, x.dim())
+
+
 @contextlib.contextmanager
-def _export_forwards(model: nn.Module) -> Iterator[dict[str, QuantLayer]]:
+def _export_forwards(model: nn.Module) -> Iterator[dict[str, Any]]:
     """Within: the model in eval mode, each QuantLayer's forward replaced by ``_marked_forward``
-    (an instance attribute); afterwards, also on error, forwards and train flags restored."""
-    layers = {path: m for path, m in model.named_modules() if isinstance(m, QuantLayer)}
+    (an instance attribute) and each block input quantizer (``quant.placement``) by a marker;
+    afterwards, also on error, forwards, quantizers and train flags restored. Yields {path:
+    QuantLayer, or for a block an object whose ``input_quantizer`` is the block's}."""
+    layers: dict[str, Any] = {
+        path: m for path, m in model.named_modules() if isinstance(m, QuantLayer)}
     for path, m in layers.items():
         _check_layer(path, m)
+    blocks = block_input_quantizers(model)
+    for path, aq in blocks.items():
+        if aq.active and aq.enabled and not aq.initialised:
+            raise OnnxExportError(f"block '{path}': input quantizer is not calibrated "
+                                  "(call calibrate_activations)")
     ops = _marker_ops()
     modes = {m: m.training for m in model.modules()}
     patched: list[tuple[QuantLayer, Any]] = []
+    swapped: list[tuple[nn.Module, ActQuantizer]] = []
     try:
         model.eval()
         for path, m in layers.items():
             patched.append((m, m.__dict__.get("forward")))
             m.forward = types.MethodType(_marked_forward(path, ops), m)
+        for path, aq in blocks.items():
+            if aq.active and aq.enabled:
+                block = model.get_submodule(path)
+                swapped.append((block, aq))
+                block.input_quantizer = _BlockInputMarker(path, ops["act_qdq"])
+                layers[path] = types.SimpleNamespace(input_quantizer=aq)
         _EXPORTING.update(layers)
         yield layers
     finally:
         _EXPORTING.clear()
+        for block, aq in swapped:
+            block.input_quantizer = aq
         for m, before in patched:
             if before is None:
                 del m.forward
@@ -482,7 +516,7 @@ def _failure(model: nn.Module, exc: BaseException) -> str:
     return f"torch.onnx cannot export {where} ({why})"
 
 
-def _expand_markers(proto: onnx.ModelProto, layers: dict[str, QuantLayer], opset: int) -> None:
+def _expand_markers(proto: onnx.ModelProto, layers: dict[str, Any], opset: int) -> None:
     """Replace each placeholder node by its QDQ ops for ``opset``, in place; drop what they left
     unused."""
     graph = proto.graph

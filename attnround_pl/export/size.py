@@ -19,20 +19,12 @@ import onnx
 
 
 @dataclass(frozen=True)
-class OnnxSize:
-    """Bytes of an ONNX model.
-
-    ``file_bytes``: the model file (a model in memory: its serialized size, what
-    ``onnx.save_model`` writes). ``weight_code_bytes``: the stored data of the weight code
-    initializers, ``weight_codes`` how many codes they hold, ``code_bytes_by_type`` the bytes
-    per ONNX element type (``"uint4"``, ``"int8"``, ...). ``other_bytes``: the rest of the file
-    (other initializers, graph, metadata). ``opset``: the default domain's opset version."""
+class _Bytes:
+    """A file's bytes with its weight codes apart."""
 
     file_bytes: int
     weight_code_bytes: int
     weight_codes: int
-    code_bytes_by_type: dict[str, int] = field(default_factory=dict)
-    opset: int | None = None
 
     @property
     def other_bytes(self) -> int:
@@ -42,6 +34,20 @@ class OnnxSize:
     def bits_per_weight_code(self) -> float:
         """Stored bits per weight code (0 without any)."""
         return 8 * self.weight_code_bytes / self.weight_codes if self.weight_codes else 0.0
+
+
+@dataclass(frozen=True)
+class OnnxSize(_Bytes):
+    """Bytes of an ONNX model.
+
+    ``file_bytes``: the model file (a model in memory: its serialized size, what
+    ``onnx.save_model`` writes). ``weight_code_bytes``: the stored data of the weight code
+    initializers, ``weight_codes`` how many codes they hold, ``code_bytes_by_type`` the bytes
+    per ONNX element type (``"uint4"``, ``"int8"``, ...). ``other_bytes``: the rest of the file
+    (other initializers, graph, metadata). ``opset``: the default domain's opset version."""
+
+    code_bytes_by_type: dict[str, int] = field(default_factory=dict)
+    opset: int | None = None
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self) | {"other_bytes": self.other_bytes,
@@ -85,22 +91,10 @@ def onnx_size(path_or_model: str | os.PathLike | onnx.ModelProto) -> OnnxSize:
 
 
 @dataclass(frozen=True)
-class StateSize:
+class StateSize(_Bytes):
     """Bytes of a state file (``export.state``): ``file_bytes`` the file, ``weight_code_bytes``
     its packed weight codes (``{layer}.weight_codes``), ``weight_codes`` how many codes they
     hold; ``other_bytes`` the rest (scales, zero points, biases, borders, the JSON header)."""
-
-    file_bytes: int
-    weight_code_bytes: int
-    weight_codes: int
-
-    @property
-    def other_bytes(self) -> int:
-        return self.file_bytes - self.weight_code_bytes
-
-    @property
-    def bits_per_weight_code(self) -> float:
-        return 8 * self.weight_code_bytes / self.weight_codes if self.weight_codes else 0.0
 
 
 def state_size(path: str | os.PathLike) -> StateSize:

@@ -11,6 +11,10 @@ reader opens (or a few lines of numpy, see docs/export.md): its ``__metadata__``
                        "w_bits", "w_signed", "per_channel", "a_bits" (32: float input),
                        "a_signed", "a_step" (float or null), "bias", "border" (bools),
                        "border_params": the raw AQuant parameters' names}},
+     "block_inputs": {block path: {"consumers": layers reading its input, "a_bits",
+                      "a_signed", "a_step", "border", "border_params"}} (``act_placement=
+                      "blocks"``: the block quantizes its input once, see ``quant.placement``;
+                      its consumers have ``a_bits`` 32), empty otherwise,
      "other": names of the float tensors outside quantized layers (unfolded norms),
      "module_versions": {module path: {"version": n}} (what their loaders check)}
 
@@ -26,9 +30,10 @@ and its tensors, per quantized layer ``name``:
   border (``codes = round(slope * x / a_step - offset)``), and ``{name}.border.{param}``, its
   raw learned parameters (what ``load_state`` restores);
 
-plus the ``other`` tensors under their state-dict names. A grid is unsigned
-``[0, 2^b - 1]`` (the asymmetric default) or signed ``[-2^(b-1), 2^(b-1) - 1]``; an input
-quantizer maps ``x`` to ``a_step * clip(round(x / a_step), qmin, qmax)``.
+a block input quantizer's border as ``{block}.input_border_slope``, ``..._offset`` and
+``{block}.input_border.{param}``; plus the ``other`` tensors under their state-dict names. A
+grid is unsigned ``[0, 2^b - 1]`` (the asymmetric default) or signed ``[-2^(b-1), 2^(b-1) -
+1]``; an input quantizer maps ``x`` to ``a_step * clip(round(x / a_step), qmin, qmax)``.
 
 ``read_state`` and ``load_state`` also read format ``attnround-pl/state/1``, the ``torch.save``
 dict of earlier versions (one code per byte); ``load_state`` rebuilds the fake-quantized model,
@@ -49,7 +54,7 @@ import torch
 from torch import Tensor, nn
 
 from ..atomic import write_bytes
-from ..quant import QuantConfig, QuantLayer, QuantLinear, freeze_model
+from ..quant import ActQuantizer, QuantConfig, QuantLayer, QuantLinear, freeze_model
 from ..quant.model import quant_layers, quantize_model
 from .checkpoint import (
     CheckpointError,
@@ -57,6 +62,7 @@ from .checkpoint import (
     layer_record,
     nearest_rebuild_config,
     read_payload,
+    restore_block_inputs,
 )
 from .metadata import export_meta
 from .packing import LAYOUT, pack_codes, unpack_codes
@@ -67,21 +73,30 @@ HEADER_KEY = "attnround_pl"  # the safetensors __metadata__ entry holding the JS
 _ZIP_MAGIC = b"PK\x03\x04"  # torch.save files are zip archives
 
 
+def _border_state(aq: ActQuantizer) -> dict[str, Any]:
+    """An input quantizer's AQuant border: folded and raw (None, None without one)."""
+    if aq.border is None:
+        return {"border": None, "border_params": None}
+    k, c = aq.border.effective()
+    return {"border": {"slope": (1 - k).detach().cpu(), "offset": c.detach().cpu()},
+            "border_params": {k: v.detach().cpu() for k, v in aq.border.state_dict().items()}}
+
+
 def _layer_state(layer: QuantLayer) -> dict[str, Any]:
-    wq, aq = layer.weight_quantizer, layer.input_quantizer
-    border = None
-    if aq.border is not None:
-        k, c = aq.border.effective()
-        border = {"slope": (1 - k).detach().cpu(), "offset": c.detach().cpu()}
+    wq = layer.weight_quantizer
     return {
         **layer_record(layer),
         "kind": "linear" if isinstance(layer, QuantLinear) else "conv",
         "w_signed": wq.grid.signed,
         "per_channel": wq.per_channel,
-        "border": border,
-        "border_params": None if aq.border is None else {
-            k: v.detach().cpu() for k, v in aq.border.state_dict().items()},
+        **_border_state(layer.input_quantizer),
     }
+
+
+def _block_input_state(qmodel: nn.Module, path: str, consumers: list[str]) -> dict[str, Any]:
+    aq = qmodel.get_submodule(path).input_quantizer
+    return {"consumers": list(consumers), "a_bits": aq.bits, "a_signed": aq.signed,
+            "a_step": float(aq.step.detach()), **_border_state(aq)}
 
 
 def state_payload(qmodel: nn.Module, quant: QuantConfig | dict, meta: dict[str, Any]) -> dict:
@@ -94,19 +109,34 @@ def state_payload(qmodel: nn.Module, quant: QuantConfig | dict, meta: dict[str, 
     not_frozen = [n for n, m in layers.items() if not m.weight_quantizer.frozen]
     if not_frozen:
         raise CheckpointError(f"layers {not_frozen[:3]} are not frozen: call freeze_model first")
-    other = cpu_state_dict(qmodel, exclude=tuple(f"{name}." for name in layers))
+    blocks = dict(getattr(qmodel, "block_inputs", {}))
+    other = cpu_state_dict(qmodel, exclude=tuple(f"{name}." for name in layers)
+                           + tuple(f"{path}.input_quantizer." for path in blocks))
     quant = quant.to_dict() if isinstance(quant, QuantConfig) else dict(quant)
     return {
         "format": STATE_FORMAT,
         "quant": quant,
         "meta": export_meta(meta, qmodel),
         "layers": {name: _layer_state(layer) for name, layer in layers.items()},
+        "block_inputs": {path: _block_input_state(qmodel, path, consumers)
+                         for path, consumers in blocks.items()},
         "other": other,
     }
 
 
 def _contiguous(t: Tensor) -> Tensor:
     return t.detach().cpu().contiguous().clone()  # safetensors refuses shared storage
+
+
+def _border_tensors(prefix: str, info: dict[str, Any]) -> dict[str, Tensor]:
+    """``{prefix}border_slope``, ``{prefix}border_offset``, ``{prefix}border.{param}``."""
+    tensors = {}
+    if info["border"] is not None:
+        tensors[f"{prefix}border_slope"] = _contiguous(info["border"]["slope"]).float()
+        tensors[f"{prefix}border_offset"] = _contiguous(info["border"]["offset"]).float()
+    for key, value in (info["border_params"] or {}).items():
+        tensors[f"{prefix}border.{key}"] = _contiguous(value)
+    return tensors
 
 
 def _layer_tensors(name: str, info: dict[str, Any]) -> tuple[dict[str, Tensor], dict[str, Any]]:
@@ -120,12 +150,8 @@ def _layer_tensors(name: str, info: dict[str, Any]) -> tuple[dict[str, Tensor], 
     }
     if info["bias"] is not None:
         tensors[f"{name}.bias"] = _contiguous(info["bias"]).float()
-    if info["border"] is not None:
-        tensors[f"{name}.border_slope"] = _contiguous(info["border"]["slope"]).float()
-        tensors[f"{name}.border_offset"] = _contiguous(info["border"]["offset"]).float()
+    tensors.update(_border_tensors(f"{name}.", info))
     params = info["border_params"] or {}
-    for key, value in params.items():
-        tensors[f"{name}.border.{key}"] = _contiguous(value)
     header = {
         "kind": info["kind"], "shape": list(codes.shape), "w_bits": info["w_bits"],
         "w_signed": info["w_signed"], "per_channel": info["per_channel"],
@@ -152,6 +178,12 @@ def state_bytes(payload: dict[str, Any]) -> bytes:
     for name, info in payload["layers"].items():
         layer_tensors, layers[name] = _layer_tensors(name, info)
         tensors.update(layer_tensors)
+    blocks = {}
+    for path, info in payload.get("block_inputs", {}).items():
+        tensors.update(_border_tensors(f"{path}.input_", info))
+        blocks[path] = {k: info[k] for k in ("consumers", "a_bits", "a_signed", "a_step")}
+        blocks[path] |= {"border": info["border"] is not None,
+                         "border_params": list(info["border_params"] or {})}
     other = payload["other"]
     clash = sorted(set(other) & set(tensors))
     if clash:
@@ -160,7 +192,7 @@ def state_bytes(payload: dict[str, Any]) -> bytes:
     versions = {k: dict(v) for k, v in getattr(other, "_metadata", {}).items() if v}
     header = {
         "format": STATE_FORMAT, "code_layout": LAYOUT, "quant": payload["quant"],
-        "meta": payload["meta"], "layers": layers, "other": list(other),
+        "meta": payload["meta"], "layers": layers, "block_inputs": blocks, "other": list(other),
         "module_versions": versions,
     }
     return save(tensors, metadata={"format": STATE_FORMAT, HEADER_KEY: _json(header, "header")})
@@ -173,6 +205,15 @@ def export_state(
     return write_bytes(path, state_bytes(state_payload(qmodel, quant, meta)))
 
 
+def _border_payload(prefix: str, entry: dict[str, Any], tensors: dict[str, Tensor]
+                    ) -> dict[str, Any]:
+    if not entry["border"]:
+        return {"border": None, "border_params": None}
+    return {"border": {"slope": tensors[f"{prefix}border_slope"],
+                       "offset": tensors[f"{prefix}border_offset"]},
+            "border_params": {k: tensors[f"{prefix}border.{k}"] for k in entry["border_params"]}}
+
+
 def _layer_payload(name: str, entry: dict[str, Any], tensors: dict[str, Tensor]) -> dict[str, Any]:
     shape, bits, signed = entry["shape"], entry["w_bits"], entry["w_signed"]
     count = int(np.prod(shape))
@@ -181,10 +222,6 @@ def _layer_payload(name: str, entry: dict[str, Any], tensors: dict[str, Tensor])
     except ValueError as exc:
         raise CheckpointError(f"layer '{name}': {exc}") from None
     dtype = torch.int8 if signed else torch.uint8
-    border = None
-    if entry["border"]:
-        border = {"slope": tensors[f"{name}.border_slope"],
-                  "offset": tensors[f"{name}.border_offset"]}
     return {
         **{k: entry[k] for k in ("kind", "w_bits", "w_signed", "per_channel", "a_bits",
                                  "a_signed", "a_step")},
@@ -192,9 +229,7 @@ def _layer_payload(name: str, entry: dict[str, Any], tensors: dict[str, Tensor])
         "scale": tensors[f"{name}.weight_scale"],
         "zero_point": tensors[f"{name}.weight_zero_point"],
         "bias": tensors[f"{name}.bias"] if entry["bias"] else None,
-        "border": border,
-        "border_params": {k: tensors[f"{name}.border.{k}"] for k in entry["border_params"]}
-        if entry["border"] else None,
+        **_border_payload(f"{name}.", entry, tensors),
     }
 
 
@@ -224,10 +259,13 @@ def _read_safetensors(path: Path) -> dict[str, Any]:
             raise CheckpointError(f"{path}: code layout {layout!r} unknown (not {LAYOUT!r})")
         layers = {name: _layer_payload(name, entry, tensors)
                   for name, entry in header["layers"].items()}
+        blocks = {path: {**{k: entry[k] for k in ("consumers", "a_bits", "a_signed", "a_step")},
+                         **_border_payload(f"{path}.input_", entry, tensors)}
+                  for path, entry in header.get("block_inputs", {}).items()}
         other = OrderedDict((key, tensors[key]) for key in header["other"])
         other._metadata = OrderedDict(header["module_versions"])  # type: ignore[attr-defined]
         return {"format": STATE_FORMAT, "quant": header["quant"], "meta": header["meta"],
-                "layers": layers, "other": other}
+                "layers": layers, "block_inputs": blocks, "other": other}
     except (KeyError, TypeError, json.JSONDecodeError) as exc:
         raise CheckpointError(f"quantized state file {path} is corrupt: its header or tensors "
                               f"lack {exc}") from None
@@ -270,14 +308,18 @@ def _restore_layer(layer: QuantLayer, name: str, info: dict[str, Any]) -> None:
         if info["bias"] is not None:
             layer.layer.bias.copy_(info["bias"])
     if aq.active:
-        aq.signed = info["a_signed"]
-        aq.step.data = torch.tensor(info["a_step"], dtype=aq.step.dtype, device=device)
-        aq.initialised = True
-        params = info["border_params"]
-        if params is not None:
-            aq.border_kind = "aquant"
-            aq._make_border(params["k"].numel())
-            aq.border.load_state_dict(params)
+        _restore_input_quantizer(aq, info)
+
+
+def _restore_input_quantizer(aq: ActQuantizer, info: dict[str, Any]) -> None:
+    aq.signed = info["a_signed"]
+    aq.step.data = torch.tensor(info["a_step"], dtype=aq.step.dtype, device=aq.step.device)
+    aq.initialised = True
+    params = info["border_params"]
+    if params is not None:
+        aq.border_kind = "aquant"
+        aq._make_border(params["k"].numel())
+        aq.border.load_state_dict(params)
 
 
 def load_state(
@@ -292,6 +334,10 @@ def load_state(
     layers = payload["layers"]
     config = nearest_rebuild_config(payload["quant"], {n: i["w_bits"] for n, i in layers.items()})
     qmodel = quantize_model(build_float(payload["meta"]), config, search_scales=False)
+    blocks = payload.get("block_inputs", {})
+    restore_block_inputs(qmodel, {p: b["consumers"] for p, b in blocks.items()}, config)
+    for path, info in blocks.items():
+        _restore_input_quantizer(qmodel.get_submodule(path).input_quantizer, info)
     freeze_model(qmodel)
     have = quant_layers(qmodel)
     if set(have) != set(layers):

@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from ..errors import SettingError
 from ..quant import ActQuantizer, QuantLayer
+from ..quant.placement import block_input_quantizers
 from .qdq_onnx import INPUT_NAME, OUTPUT_NAME, onnx_name
 
 TIE_TOLERANCE = 1e-3  # step units: closer to a tie than this, a flipped code is float noise
@@ -266,10 +267,11 @@ def first_code_divergence(
     types = {t.name: t.data_type for t in model.graph.initializer}
     quants = [(i, n) for i, n in enumerate(model.graph.node) if n.op_type == "QuantizeLinear"]
     order = {n.name: (i, _readable_codes(model, n, types)) for i, n in quants}
-    layers = sorted(((*order[_onnx_quant_name(name)], name, m.input_quantizer)
-                     for name, m in qmodel.named_modules()
-                     if isinstance(m, QuantLayer) and _onnx_quant_name(name) in order),
-                    key=lambda t: t[0])
+    quantizers = [(name, m.input_quantizer) for name, m in qmodel.named_modules()
+                  if isinstance(m, QuantLayer)]
+    quantizers += list(block_input_quantizers(qmodel).items())  # act_placement="blocks"
+    layers = sorted(((*order[_onnx_quant_name(name)], name, aq) for name, aq in quantizers
+                     if _onnx_quant_name(name) in order), key=lambda t: t[0])
     if not layers:
         quantized = [name for name, m in qmodel.named_modules() if isinstance(m, QuantLayer)
                      and m.input_quantizer.active and m.input_quantizer.enabled]

@@ -19,6 +19,8 @@ from .act_border import BORDERS
 from .act_quant import DropSettings, check_act_bits
 from .errors import QuantConfigError
 from .grid import check_bits
+from .placement import check_placement
+from .profiles import DEFAULT, apply_profile, check_profile, check_profile_name
 from .rounding import ROUNDINGS, rounding_settings
 
 # A key of an earlier version -> the key that holds the setting now (dotted from the top level).
@@ -74,6 +76,12 @@ class QuantConfig:
     ``mixed``, is handed to ``quantize_model`` the same way); the first/last layer keys win.
     ``act_border="aquant"`` learns AQuant's rounding border for every activation quantizer.
     ``drop`` is QDrop's dropping (``act_quant.DropSettings``: ``prob``, 0 = off).
+    ``act_placement`` is where activations are quantized (``placement``): ``layers`` at every
+    Conv/Linear input, ``blocks`` once at each block's input as BRECQ and QDrop do.
+    ``profile`` names the runtime the grids are made for (``profiles``): ``tensorrt`` sets
+    ``w_symmetric`` (the effective value is what ``to_dict`` records) and signed per-tensor
+    activation grids, and ``validate`` refuses any bit width other than 8, per-tensor weights
+    and the AQuant border with it.
 
     Args:
         rounding: the rounding function: attention, adaround, nearest, floor, ceil, stochastic.
@@ -82,6 +90,12 @@ class QuantConfig:
             the others none. One key: --quant.rounding_args.tau 0.25.
         act_border: 'nearest', or 'aquant' (AQuant's learned rounding border).
         layer_w_bits: weight bits of named layers ({layer name: bits}).
+        act_placement: 'layers' (each Conv/Linear input quantized) or 'blocks' (each block's
+            input quantized once, so the identity shortcut carries quantized values: the
+            placement of BRECQ and QDrop).
+        profile: 'default', or 'tensorrt' (what TensorRT's explicit quantization takes: INT8
+            weights symmetric per output channel, INT8 activations per tensor, zero points 0;
+            every grid 8 bits).
     """
 
     w_bits: int = 4
@@ -98,10 +112,13 @@ class QuantConfig:
     act_border: str = "nearest"
     drop: DropSettings = field(default_factory=DropSettings)
     layer_w_bits: dict[str, int] | None = None
+    profile: str = DEFAULT
+    act_placement: str = "layers"
 
     def __post_init__(self) -> None:
         if isinstance(self.drop, dict):
             self.drop = DropSettings(**self.drop)
+        apply_profile(self)
 
     def validate(self) -> QuantConfig:
         check_finite(self, "quant", QuantConfigError)
@@ -117,6 +134,10 @@ class QuantConfig:
         for name, bits in (self.layer_w_bits or {}).items():
             check_bits(bits, "layer_w_bits", name)
         self.drop.validate()
+        check_placement(self.act_placement)
+        check_profile_name(self.profile)
+        apply_profile(self)
+        check_profile(self)
         return self
 
     def rounding_settings(self) -> Any:

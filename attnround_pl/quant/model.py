@@ -18,6 +18,7 @@ from .errors import QuantConfigError
 from .grid import check_bits
 from .layers import QUANT_LAYER_TYPES, QuantLayer
 from .order import execution_order
+from .profiles import act_signed, check_layer_bits
 from .rounding import Rounding, build_rounding
 from .tree import set_submodule
 from .weight_quant import WeightQuantizer
@@ -87,6 +88,8 @@ def quantize_model(
     adds to (and wins over) ``config.layer_w_bits``; the first and last layer keep their own.
     ``search_scales=False`` skips the MSE search (scales 1, zero points 0): for loaders that
     overwrite every quantizer's state right after (seconds saved on ResNet-50-sized models).
+    ``config.profile`` shapes the grids (``profiles``): with ``tensorrt`` every input quantizer
+    is signed (int8, zero point 0, even after a ReLU) and every layer's bits must be 8.
     Raises QuantConfigError, naming the value or layer, for bad settings or weights.
 
     Layers are taken in execution order (``order.execution_order`` of the eval-mode copy): the
@@ -97,6 +100,7 @@ def quantize_model(
     config = (config or QuantConfig()).validate()
     for name, bits in (layer_w_bits or {}).items():
         check_bits(bits, "layer_w_bits", name)
+    check_layer_bits(config.profile, layer_w_bits)
     qmodel, order, never_run = folded_copy(model)
     count = len(order)
     per_layer = {**(config.layer_w_bits or {}), **(layer_w_bits or {})}
@@ -114,7 +118,8 @@ def quantize_model(
             symmetric=config.w_symmetric,
             search=search_scales,
         )
-        aq = ActQuantizer(a_bits, seed=config.layer_seed(index), border=config.act_border,
+        aq = ActQuantizer(a_bits, signed=act_signed(config.profile),
+                          seed=config.layer_seed(index), border=config.act_border,
                           drop_prob=config.drop.prob)
         swaps.append((name, QUANT_LAYER_TYPES[type(layer)](layer, wq, aq)))
     for name, qlayer in swaps:

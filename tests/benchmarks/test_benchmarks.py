@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from attnround_pl import cli
-from attnround_pl.calib.report import OnnxCheck, Report, Scores, UnitResult
+from attnround_pl.calib.report import OnnxCheck, Report, Scores, StateCheck, UnitResult
 
 BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
 
@@ -115,7 +115,8 @@ def old_row_settings(model: str, setting: str, method: str, seed: int) -> dict:
 
 def new_form(old_quant: dict) -> tuple[dict, dict]:
     """The old flat quant settings written in this version's keys, by hand: the chosen
-    rounding's own keys into rounding_args, drop_prob into drop, mixed out of quant."""
+    rounding's own keys into rounding_args, drop_prob into drop, mixed out of quant, the
+    profile and the activation placement (new) at their defaults."""
     quant = {k: v for k, v in old_quant.items()
              if k not in ("tau", "drop_prob", "mixed") and not k.startswith("adaround_")}
     rounding_args = {
@@ -125,7 +126,8 @@ def new_form(old_quant: dict) -> tuple[dict, dict]:
                      "beta_end": old_quant["adaround_beta_end"],
                      "warmup": old_quant["adaround_warmup"]},
     }.get(old_quant["rounding"], {})
-    quant |= {"rounding_args": rounding_args, "drop": {"prob": old_quant["drop_prob"]}}
+    quant |= {"rounding_args": rounding_args, "drop": {"prob": old_quant["drop_prob"]},
+              "profile": "default", "act_placement": "layers"}  # keys of this version, defaults
     return quant, old_quant["mixed"]
 
 
@@ -561,9 +563,13 @@ def test_export_sizes_rows_and_table_come_from_the_reports():
                                                         (18, 1, 363_260, 270_608))}
     report = Report("resnet20", "nearest", 4, 4, 1024, size_mb=0.125,
                     quantized=Scores(top1=91.5))
-    row = sizes.row("resnet20", "W4A4", report, checks)
+    state = StateCheck(path="q.safetensors", max_abs_diff=0.0, images=10000,
+                       file_bytes=165_069, weight_code_bytes=135_696)
+    row = sizes.row("resnet20", "W4A4", report, checks, state)
     assert row["opset21"]["weight_code_bytes"] == 135_696 and row["opset18"]["argmax_mismatch"] == 1
+    assert row["state"] == {"file_bytes": 165_069, "weight_code_bytes": 135_696,
+                            "max_abs_diff": 0.0, "images": 10000}
     table = sizes.markdown([row]).splitlines()
     assert len(table) == 3 and table[0].count("|") == table[1].count("|") == table[2].count("|")
     assert table[2] == ("| resnet20 | W4A4 | 128.0 | 218.9 | 132.5 | 354.7 | 264.3 | "
-                        "91.50 / 91.50; 91.50 | 0; 1 |")
+                        "91.50 / 91.50; 91.50 | 0; 1 | 161.2 | 132.5 | 0 |")

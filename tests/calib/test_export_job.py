@@ -20,10 +20,10 @@ from attnround_pl.quant import (
 )
 
 
-def _finished_run(run_dir, data):
+def _finished_run(run_dir, data, **settings):
     """A run folder as calibrate leaves it: nearest rounding, no reconstruction."""
     torch.manual_seed(0)
-    quant = QuantConfig(rounding="nearest")
+    quant = QuantConfig(rounding="nearest", **settings)
     qmodel = quantize_model(build_model("resnet20", weights=None), quant)
     data.prepare_data()
     data.setup("test")
@@ -60,6 +60,23 @@ def test_export_run_writes_both_formats_and_adds_them_to_the_report(tmp_path, ti
     state_meta = read_state(tmp_path / "elsewhere" / "s.pt")["meta"]
     assert state_meta["preprocessing"] == {"input_shape": [1, 28, 28]}
     assert state_meta["num_classes"] == 10
+
+
+def test_a_tensorrt_profile_run_is_checked_against_tensorrt_rules_on_export(
+        tmp_path, tiny_fmnist):
+    data = FashionMNISTDataModule(root=str(tiny_fmnist), calib_size=20, batch_size=30)
+    run_dir = _finished_run(tmp_path / "trt", data, w_bits=8, a_bits=8, profile="tensorrt")
+    result = export_run(run_dir, "onnx", data)
+    assert result.tensorrt_violations == {} and result.argmax_mismatch == 0
+    assert result.tensorrt_warnings == {"residual_input": 9}  # ResNet-20's float shortcuts
+    assert Report.read(run_dir / "report.json").onnx.tensorrt_warnings == {"residual_input": 9}
+    table = export_table(result)
+    assert table.columns[-1].header == "TensorRT rules"
+    assert list(table.columns[-1].cells) == ["passed (9 warnings)"]
+    failing = replace(result, tensorrt_violations={"zero_point_type": 64})
+    assert list(export_table(failing).columns[-1].cells) == ["zero_point_type x64 (9 warnings)"]
+    default = export_run(_finished_run(tmp_path / "default", data), "onnx", data)
+    assert default.tensorrt_violations is None  # not asked for: not checked
 
 
 def test_export_table_says_why_the_logits_differ():

@@ -198,3 +198,13 @@ def test_unit_progress_bars_redraw_ten_times_a_second_at_most():
     assert len(bars) == 1 and bars[0].refresh_rate == PROGRESS_REFRESH_PER_SECOND == 10
     quiet = _trainer_factory(ReconConfig(iters=5), False, TRAINER, None, None)(pl.Callback())
     assert not [c for c in quiet.callbacks if isinstance(c, UnitProgressBar)]
+
+
+def test_a_holdout_run_says_its_numbers_are_on_the_validation_split(tmp_path, tiny_fmnist):
+    torch.manual_seed(0)
+    data = FashionMNISTDataModule(root=str(tiny_fmnist), calib_size=20, batch_size=30,
+                                  holdout=40)
+    report, _ = _run(tmp_path, build_model("resnet20", weights=None), data, rounding="nearest",
+                     iters=0)
+    assert report.eval_data.startswith("a holdout of 40 training images")
+    assert report.quantized.top1 is not None and report.quantized.fidelity["output"].samples == 40

@@ -14,6 +14,7 @@ from attnround_pl.data import (
 )
 from attnround_pl.data.fashion_mnist_files import raw_dir
 from attnround_pl.data.modules import GRAY_MEAN, GRAY_STD, IMAGENET_MEAN, IMAGENET_STD
+from attnround_pl.errors import SettingError
 
 
 def test_fashion_mnist_module(tmp_path):
@@ -25,6 +26,35 @@ def test_fashion_mnist_module(tmp_path):
     assert sum(len(y) for _, y in dm.test_dataloader()) == 50
     again = FashionMNISTDataModule(root=str(tmp_path), calib_size=100, seed=3)
     assert torch.equal(torch.cat([b for b, _ in again.calib_dataloader()]), x)
+
+
+def test_holdout_is_a_validation_split_disjoint_from_the_calibration_images(tmp_path):
+    make_fashion_mnist(raw_dir(tmp_path), n_train=300, n_test=50)
+    runs = [FashionMNISTDataModule(root=str(tmp_path), calib_size=100, seed=seed, holdout=120)
+            for seed in (0, 1)]
+    held = []
+    for dm in runs:
+        dm.setup()
+        assert set(dm.eval_set.indices).isdisjoint(dm._calib_idx)
+        assert len(dm.eval_set) == 120 and dm.eval_labelled
+        x, y = next(iter(dm.test_dataloader()))
+        assert x.shape[1:] == (1, 28, 28) and y.min() >= 0  # training images with labels
+        assert "holdout of 120 training images" in dm.eval_description
+        held.append(set(dm.eval_set.indices))
+    assert held[0] != held[1]  # each avoids its own calibration images ...
+    assert len(held[0] & held[1]) > 60  # ... from one fixed order: mostly the same images
+    again = FashionMNISTDataModule(root=str(tmp_path), calib_size=100, seed=0, holdout=120)
+    again.setup()
+    assert again.eval_set.indices == runs[0].eval_set.indices
+    plain = FashionMNISTDataModule(root=str(tmp_path), calib_size=100, seed=0)
+    plain.setup()
+    assert torch.equal(plain.calib_set.tensors[0], runs[0].calib_set.tensors[0])  # same calib
+    assert plain.eval_description == "the data module's evaluation split"
+    too_many = FashionMNISTDataModule(root=str(tmp_path), calib_size=100, holdout=201)
+    with pytest.raises(DataError, match="holdout=201 asks for more images than the 200"):
+        too_many.setup()
+    with pytest.raises(SettingError, match="holdout must be a whole number"):
+        FashionMNISTDataModule(root=str(tmp_path), holdout=-5)
 
 
 def test_augmentation_is_seeded(tmp_path):

@@ -1,0 +1,128 @@
+"""Where activations are quantized: at every Conv/Linear input, or once at each block's input.
+
+``quant.act_placement``:
+
+- ``"layers"`` (the default): each quantized layer quantizes its own input. A tensor that feeds
+  a layer and something else (a residual block's input feeds its first conv and the identity
+  shortcut) stays float on the other path, so the residual stream between blocks is float.
+- ``"blocks"``: BRECQ's and QDrop's placement. Each block (a reconstruction unit of a registered
+  block class, ``models.units``) quantizes its input once, with its own ``ActQuantizer`` (the
+  block's ``input_quantizer``, applied by a forward pre-hook); the layers that read that input
+  directly (the first conv, a downsampling shortcut's conv) get a float input quantizer (32
+  bits), and the identity shortcut carries the quantized values. Quantizing every block's input
+  is quantizing every block's output after its residual add, as those recipes do, so the
+  residual stream is low-bit. Layers inside a block keep their own input quantizers (the
+  post-activation tensors), as do layers outside every block.
+
+The blocks' quantizers are ordinary ``ActQuantizer`` submodules: ``calibrate_activations``
+initialises them and a unit's reconstruction learns their steps with the rest of the unit.
+``qmodel.block_inputs`` ({block path: [paths of the layers that read its input]}) is what a
+saved model records so that ``place_block_inputs`` rebuilds the same model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .act_quant import FLOAT_BITS, ActQuantizer
+from .errors import QuantConfigError
+from .layers import QuantLayer
+
+PLACEMENTS = ("layers", "blocks")
+
+
+def check_placement(placement: Any) -> str:
+    if placement not in PLACEMENTS:
+        raise QuantConfigError(
+            f"unknown act_placement {placement!r}; valid: 'layers' (each Conv/Linear input) or "
+            "'blocks' (each block's input once, the identity shortcut quantized: BRECQ / QDrop)"
+        )
+    return placement
+
+
+def _quantize_input(block: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
+    """The forward pre-hook of a block with an input quantizer."""
+    return (block.input_quantizer(args[0]), *args[1:])
+
+
+@torch.no_grad()
+def find_block_consumers(
+    qmodel: nn.Module, blocks: Iterable[str], example: Tensor
+) -> dict[str, list[str]]:
+    """For each block path, the quantized layers inside it whose input is the block's input
+    tensor itself (found on one forward pass of ``example``, activations float)."""
+    blocks = list(blocks)
+    entered: dict[int, str] = {}  # id of a block's input tensor -> the block
+    found: dict[str, list[str]] = {b: [] for b in blocks}
+    handles = []
+    for path in blocks:
+        block = qmodel.get_submodule(path)
+
+        def enter(module: nn.Module, args: tuple[Any, ...], path: str = path) -> None:
+            entered[id(args[0])] = path
+
+        handles.append(block.register_forward_pre_hook(enter))
+        for name, layer in block.named_modules():
+            if isinstance(layer, QuantLayer):
+
+                def read(module: nn.Module, args: tuple[Any, ...], path: str = path,
+                         name: str = f"{path}.{name}") -> None:
+                    if entered.get(id(args[0])) == path and name not in found[path]:
+                        found[path].append(name)
+
+                handles.append(layer.register_forward_pre_hook(read))
+    was_training = qmodel.training
+    quantizers = {q: q.enabled for q in qmodel.modules() if isinstance(q, ActQuantizer)}
+    try:
+        for q in quantizers:
+            q.enabled = False  # a float pass: the steps may not be initialised yet
+        qmodel.eval()(example)
+    finally:
+        for handle in handles:
+            handle.remove()
+        for q, enabled in quantizers.items():
+            q.enabled = enabled
+        qmodel.train(was_training)
+    return found
+
+
+def place_block_inputs(
+    qmodel: nn.Module, consumers: Mapping[str, list[str]], bits: int, *,
+    border: str = "nearest", drop_prob: float = 0.0, signed: bool | None = None,
+) -> dict[str, list[str]]:
+    """Give each block in ``consumers`` ({block path: layers reading its input}) an input
+    quantizer of ``bits`` (``signed``, ``border``, ``drop_prob`` as ``ActQuantizer`` takes them;
+    its seed: the first consumer's quantizer's) and its consumers float input quantizers;
+    records the map as ``qmodel.block_inputs`` and returns it. Blocks none of whose layers read
+    the input directly are left as they are."""
+    placed: dict[str, list[str]] = {}
+    for path, layers in consumers.items():
+        if not layers:
+            continue
+        block = qmodel.get_submodule(path)
+        if isinstance(getattr(block, "input_quantizer", None), ActQuantizer):
+            raise QuantConfigError(f"block '{path}' already quantizes its input")
+        first = qmodel.get_submodule(layers[0])
+        seed = first.input_quantizer.seed
+        block.input_quantizer = ActQuantizer(bits, signed=signed, seed=seed, border=border,
+                                             drop_prob=drop_prob)
+        block.register_forward_pre_hook(_quantize_input)
+        for name in layers:
+            layer = qmodel.get_submodule(name)
+            if not isinstance(layer, QuantLayer):
+                raise QuantConfigError(f"'{name}' (reading block '{path}''s input) is not a "
+                                       "quantized layer")
+            layer.input_quantizer = ActQuantizer(FLOAT_BITS, seed=layer.input_quantizer.seed)
+        placed[path] = list(layers)
+    qmodel.block_inputs = {**getattr(qmodel, "block_inputs", {}), **placed}
+    return placed
+
+
+def block_input_quantizers(qmodel: nn.Module) -> dict[str, ActQuantizer]:
+    """{block path: its input quantizer} of a model with ``act_placement="blocks"``."""
+    return {path: qmodel.get_submodule(path).input_quantizer
+            for path in getattr(qmodel, "block_inputs", {})}
