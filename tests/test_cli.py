@@ -63,7 +63,8 @@ def test_the_rounding_settings_from_the_command_line_and_yaml(capsys, tmp_path):
                         "--mixed.bit_list", "[3,4]")
     assert cfg["quant"]["rounding_args"] == {"reg_weight": 0.01, "beta_start": 20.0,
                                              "beta_end": 2.0, "warmup": 0.3}
-    assert cfg["quant"]["drop"] == {"prob": 0.5} and cfg["mixed"]["bit_list"] == [3, 4]
+    assert cfg["quant"]["drop"] == {"prob": 0.5, "float_inputs": False}
+    assert cfg["mixed"]["bit_list"] == [3, 4]
 
 
 def test_calibrate_then_evaluate(tmp_path, tiny_fmnist, capsys):
@@ -133,7 +134,8 @@ def test_a_config_of_an_earlier_version_reads_in_this_versions_keys():
     now = cli.current_config(config)
     assert now["quant"]["rounding_args"] == {"reg_weight": 0.01, "beta_start": 20.0,
                                              "beta_end": 2.0, "warmup": 0.3}
-    assert now["quant"]["drop"] == {"prob": 0.5} and now["quant"]["w_bits"] == 3
+    assert now["quant"]["drop"] == {"prob": 0.5, "float_inputs": False}
+    assert now["quant"]["w_bits"] == 3
     assert "tau" not in now["quant"] and "mixed" not in now["quant"]
     assert now["mixed"] == {"bit_list": [3, 4], "eps2": 0.01}
     current = {"quant": {"w_bits": 3, "rounding_args": None}}
@@ -301,9 +303,11 @@ def test_the_main_job_composes_the_settings_of_the_single_file_it_replaced(capsy
     assert [old.pop(k) for k in ("adaround_reg_weight", "adaround_beta_start",
                                  "adaround_beta_end", "adaround_warmup")] == [0.01, 20.0, 2.0, 0.2]
     quant = dict(now["quant"])
-    assert quant.pop("rounding_args") is None and quant.pop("drop") == {"prob": 0.0}
+    assert quant.pop("rounding_args") is None
+    assert quant.pop("drop") == {"prob": 0.0, "float_inputs": False}
     # keys added since, at their defaults
     assert quant.pop("act_placement") == "layers" and quant.pop("profile") == "default"
+    assert quant.pop("scale_search_p") == 2.0
     assert quant == old
     from attnround_pl.quant import QuantConfig
 

@@ -26,14 +26,18 @@ class _Reached(Exception):  # noqa: N818 - control flow, not an error
 
 @dataclass
 class UnitData:
-    """Cached inputs and float targets of one unit, first dimension = calibration samples."""
+    """Cached inputs and float targets of one unit, first dimension = calibration samples;
+    ``float_inputs``: the float model's inputs of the unit (QDrop's input mixing,
+    ``DropSettings.float_inputs``), None when not asked for."""
 
     inputs: Tensor
     targets: Tensor
+    float_inputs: Tensor | None = None
 
     @property
     def nbytes(self) -> int:
-        return sum(t.element_size() * t.numel() for t in (self.inputs, self.targets))
+        held = (self.inputs, self.targets, self.float_inputs)
+        return sum(t.element_size() * t.numel() for t in held if t is not None)
 
     def __len__(self) -> int:
         return self.inputs.shape[0]
@@ -97,10 +101,11 @@ def capture_graph(
 
 def build_unit_data(
     qmodel: nn.Module, float_model: nn.Module, unit: Unit | str, batches: list[Tensor],
-    device: str = "cpu",
+    device: str = "cpu", float_inputs: bool = False,
 ) -> UnitData:
-    """The unit's inputs from ``qmodel`` and its targets from ``float_model``; ``unit`` is a
-    Unit of ``split_units(qmodel)`` or the path of a submodule (a module unit). Raises
+    """The unit's inputs from ``qmodel`` and its targets from ``float_model`` (and with
+    ``float_inputs`` its inputs from ``float_model`` too); ``unit`` is a Unit of
+    ``split_units(qmodel)`` or the path of a submodule (a module unit). Raises
     ``GraphMismatchError`` where a graph unit's nodes are not in ``float_model``'s graph."""
     region = unit.region if isinstance(unit, Unit) else None
     if region is None:
@@ -108,12 +113,15 @@ def build_unit_data(
         return UnitData(
             capture(qmodel, path, batches, "input", device),
             capture(float_model, path, batches, "output", device),
+            capture(float_model, path, batches, "input", device) if float_inputs else None,
         )
     fgraph = region.trace.float_graph(float_model)
     check_same_graph(region.trace.graph, qmodel, fgraph, float_model, region.outputs)
     return UnitData(
         capture_graph(qmodel, region.trace.graph, [region.input], batches, device),
         capture_graph(float_model, fgraph, region.outputs, batches, device),
+        capture_graph(float_model, fgraph, [region.input], batches, device)
+        if float_inputs else None,
     )
 
 

@@ -52,7 +52,7 @@ from ..quant import (
 )
 from ..quant.fidelity import FidelityStats, output_tensors
 from ..quant.placement import find_block_consumers, place_block_inputs
-from ..quant.profiles import act_signed, check_mixed_bits
+from ..quant.profiles import check_mixed_bits
 from .cache import build_unit_data
 from .classifier import FloatModel
 from .distributed import agree, launch, rank_world, shard, wants_ddp
@@ -358,13 +358,12 @@ def _quantize(float_net: nn.Module, quant: QuantConfig, mixed: MixedConfig,
         report.mixed = table
         echo(mixed_table(table))
     if quant.act_placement == "blocks":
-        _place_block_inputs(qmodel, quant, batches[0][:2], echo)
+        _place_block_inputs(qmodel, batches[0][:2], echo)
     calibrate_activations(qmodel, batches)
     return qmodel
 
 
-def _place_block_inputs(qmodel: nn.Module, quant: QuantConfig, example: Tensor,
-                        echo: Callable[..., None]) -> None:
+def _place_block_inputs(qmodel: nn.Module, example: Tensor, echo: Callable[..., None]) -> None:
     """``act_placement="blocks"``: every module unit (a registered block, or a child module
     when the model has none) quantizes its input once (``quant.placement``). Units that are
     regions of the traced graph keep per-layer input quantizers, said in one line."""
@@ -374,9 +373,7 @@ def _place_block_inputs(qmodel: nn.Module, quant: QuantConfig, example: Tensor,
     if regions:
         echo(f"act_placement=blocks: {regions} unit(s) are regions of the traced graph, not "
              "modules; their layers keep their own input quantizers")
-    consumers = find_block_consumers(qmodel, blocks, example)
-    place_block_inputs(qmodel, consumers, quant.a_bits, border=quant.act_border,
-                       drop_prob=quant.drop.prob, signed=act_signed(quant.profile))
+    place_block_inputs(qmodel, find_block_consumers(qmodel, blocks, example))
 
 
 def _tensorboard(folder: _RunFolder, source: ModelSource, quant: QuantConfig,

@@ -6,6 +6,7 @@ import itertools
 import math
 import os
 from collections.abc import Iterable
+from functools import partial
 
 import lightning.pytorch as pl
 import torch
@@ -24,6 +25,8 @@ from ..quant import (
     set_progress,
     shape_gradients_before_step,
 )
+from ..quant.act_quant import drop_references
+from ..quant.placement import entry_quantizers
 from .cache import UnitData
 from .distributed import rank_world
 from .graph_step import GraphedStep
@@ -75,9 +78,12 @@ class StepBatches(Dataset):
         last = min(first + self.steps, len(self.bounds) - 1)
         return [self._step(step) for step in range(first, last)]
 
-    def _step(self, step: int) -> tuple[Tensor, Tensor]:
+    def _step(self, step: int) -> tuple[Tensor, ...]:
+        """(inputs, targets), and the float inputs when the cache holds them."""
         index = self.index[self.bounds[step] : self.bounds[step + 1]]
-        return self.data.inputs[index], self.data.targets[index]
+        if self.data.float_inputs is None:
+            return self.data.inputs[index], self.data.targets[index]
+        return self.data.inputs[index], self.data.targets[index], self.data.float_inputs[index]
 
 
 class ShardBatches(Sampler[list[int]]):
@@ -161,6 +167,9 @@ class BlockReconstruction(pl.LightningModule):
         self.cuda_graph = cuda_graph
         self._graphed: GraphedStep | None = None
         self._roundings = active_roundings(unit)
+        # QDrop's input mixing: the quantizers a dropped input element takes the float value at
+        self._entries = ([] if data.float_inputs is None else
+                         entry_quantizers(unit, data.inputs[:1].to(data.inputs.device)))
         self.steps_per_batch = 1  # set with the fit's data (see own_steps)
         self._plain_steps = False  # ditto: whether the steps use the plain optimizer
         if cuda_graph:
@@ -223,37 +232,41 @@ class BlockReconstruction(pl.LightningModule):
             self._unit_forward = self.unit.forward
             torch.compiler.reset()
 
-    def step_losses(self, x: Tensor, y: Tensor) -> Losses:
+    def step_losses(self, x: Tensor, y: Tensor, x_float: Tensor | None = None) -> Losses:
         """One step's (reconstruction loss, regulariser) on this rank's part of the batch,
-        weighted by its share of the global batch (1 in one process)."""
+        weighted by its share of the global batch (1 in one process); ``x_float``: the float
+        model's inputs of the batch, what dropped input elements take (QDrop's mixing)."""
         _, world = rank_world()
         if len(x):
-            return step_losses(self._unit_forward, self._roundings, x, y,
-                               len(x) * world / self.batch_size)
+            with drop_references(self._entries, x_float):
+                return step_losses(self._unit_forward, self._roundings, x, y,
+                                   len(x) * world / self.batch_size)
         # no sample of this step on this rank: zero gradients, still all-reduced
         zero = sum(p.sum() for group in self.learnable() for p in group) * 0.0
         return zero, rounding_regularizer(self._roundings)
 
-    def training_step(self, batch: list[tuple[Tensor, Tensor]], batch_idx: int) -> None:
+    def training_step(self, batch: list[tuple[Tensor, ...]], batch_idx: int) -> None:
         first = batch_idx * self.steps_per_batch
-        for offset, (x, y) in enumerate(batch):
-            self.reconstruction_step(x, y, first + offset)
+        for offset, (x, y, *x_float) in enumerate(batch):
+            self.reconstruction_step(x, y, first + offset, *x_float)
 
-    def reconstruction_step(self, x: Tensor, y: Tensor, step: int) -> Losses:
-        """Step ``step`` (0-based) of the fit on the batch ``(x, y)``: eq. 6 and Adam's update
-        included, the schedule advanced, the losses logged when due."""
+    def reconstruction_step(self, x: Tensor, y: Tensor, step: int,
+                            x_float: Tensor | None = None) -> Losses:
+        """Step ``step`` (0-based) of the fit on the batch ``(x, y)`` (``x_float``: see
+        ``step_losses``): eq. 6 and Adam's update included, the schedule advanced, the losses
+        logged when due."""
         set_progress(self._roundings, step / max(1, self.iters))
         if self.cuda_graph:
             if self._graphed is None:
                 self._graphed = GraphedStep(self.unit, self.optimizers(use_pl_optimizer=False))
             rec, reg = self._graphed(x, y)
         elif self._plain_steps:
-            rec, reg = optimizer_step(self.step_losses, self.optimizers(use_pl_optimizer=False),
-                                      x, y)
+            rec, reg = optimizer_step(partial(self.step_losses, x_float=x_float),
+                                      self.optimizers(use_pl_optimizer=False), x, y)
         else:  # Lightning's wrapper: DDP's gradient all-reduce, a precision plugin's scaling
             optimizer = self.optimizers()
             optimizer.zero_grad()
-            rec, reg = self.step_losses(x, y)
+            rec, reg = self.step_losses(x, y, x_float)
             self.manual_backward(rec + reg)
             optimizer.step()
         schedule = self.lr_schedulers()

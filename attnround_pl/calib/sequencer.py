@@ -81,6 +81,8 @@ class BlockSequencer(Callback):
         self._data: UnitData | None = None
         self._device = torch.device("cpu")
         self._layers = quant_layers(qmodel)
+        # QDrop's unit-input mixing (quant.drop.float_inputs): the float inputs are cached too
+        self.float_inputs = bool(getattr(qmodel, "drop_float_inputs", False))
         self._initial: dict[str, dict[str, Any]] = {}
         self._bytes: dict[str, tuple[int, int]] = {}  # unit -> (cache, step) bytes
 
@@ -111,7 +113,8 @@ class BlockSequencer(Callback):
             )
             self.qmodel.to(self._device)
             self.float_model.to(self._device)
-            self._data = build_unit_data(self.qmodel, self.float_model, unit, self.batches, where)
+            self._data = build_unit_data(self.qmodel, self.float_model, unit, self.batches, where,
+                                         self.float_inputs)
             module = BlockReconstruction(
                 unit.module(self.qmodel), self._data, unit.name,
                 iters=self.recon.iters, batch_size=self.recon.batch_size, lr=self.recon.lr,
@@ -161,7 +164,8 @@ class BlockSequencer(Callback):
         learning; see ``memory``). They depend on shapes only: estimated once per unit, for
         ``preflight`` and again for the check before the unit starts."""
         if unit.name not in self._bytes:
-            cache = estimate_cache_bytes(self.qmodel, self.float_model, unit, self.batches)
+            cache = estimate_cache_bytes(self.qmodel, self.float_model, unit, self.batches,
+                                         self.float_inputs)
             step = 0
             if self.recon.iters > 0:
                 probe = build_unit_data(self.qmodel, self.float_model, unit, [self.batches[0][:2]])

@@ -30,7 +30,6 @@ from ..quant.errors import QuantConfigError
 from ..quant.layers import QuantLayer
 from ..quant.model import freeze_model, quant_layers, quantize_model
 from ..quant.placement import place_block_inputs
-from ..quant.profiles import act_signed
 from ..torch_files import UnreadableFile, load_tensors, save_tensors
 
 FORMAT = "attnround-pl/quantized/1"
@@ -119,16 +118,15 @@ def nearest_rebuild_config(quant: dict[str, Any], layer_bits: dict[str, int]) ->
     )
 
 
-def restore_block_inputs(qmodel: nn.Module, block_inputs: dict[str, list[str]] | None,
-                         quant: QuantConfig) -> None:
+def restore_block_inputs(qmodel: nn.Module, block_inputs: dict[str, list[str]] | None
+                         ) -> None:
     """Give a rebuilt model the block input quantizers a saved one had
     (``act_placement="blocks"``: {block path: layers reading its input}, see
     ``quant.placement``); their steps come from the file after."""
     if not block_inputs:
         return
     try:
-        place_block_inputs(qmodel, block_inputs, quant.a_bits, border=quant.act_border,
-                           signed=act_signed(quant.profile))
+        place_block_inputs(qmodel, block_inputs)
     except (AttributeError, QuantConfigError) as exc:  # a path the model does not have
         raise CheckpointError(f"the file's block input quantizers do not fit the model: {exc}"
                               ) from None
@@ -147,7 +145,7 @@ def load_quantized(
     layer_bits = {name: info["w_bits"] for name, info in payload["layers"].items()}
     quant = nearest_rebuild_config(payload["quant"], layer_bits)
     qmodel = quantize_model(build_float(payload["meta"]), quant, search_scales=False)
-    restore_block_inputs(qmodel, payload.get("block_inputs"), quant)
+    restore_block_inputs(qmodel, payload.get("block_inputs"))
     freeze_model(qmodel)
     try:
         qmodel.load_state_dict(payload["state_dict"])

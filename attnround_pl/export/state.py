@@ -335,7 +335,7 @@ def load_state(
     config = nearest_rebuild_config(payload["quant"], {n: i["w_bits"] for n, i in layers.items()})
     qmodel = quantize_model(build_float(payload["meta"]), config, search_scales=False)
     blocks = payload.get("block_inputs", {})
-    restore_block_inputs(qmodel, {p: b["consumers"] for p, b in blocks.items()}, config)
+    restore_block_inputs(qmodel, {p: b["consumers"] for p, b in blocks.items()})
     for path, info in blocks.items():
         _restore_input_quantizer(qmodel.get_submodule(path).input_quantizer, info)
     freeze_model(qmodel)

@@ -4,6 +4,8 @@ QDrop's random dropping of quantization during reconstruction (``DropSettings``)
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -89,14 +91,41 @@ class DropSettings:
     Args:
         prob: while a unit reconstructs, each element of an activation quantizer's input keeps
             its float value with this probability, in [0, 1) (0 = off; QDrop's recipe: 0.5).
+        float_inputs: QDrop's mixing of a unit's input (their ``recon.py``): where an element
+            of the unit's input is dropped, it takes the *float model's* value at that place
+            instead of the quantized model's unquantized one (the unit's entry quantizers:
+            a block's input quantizer, or the layers reading the unit's input). Needs
+            ``prob`` > 0; the float model's unit inputs are cached beside the quantized ones.
     """
 
     prob: float = 0.0
+    float_inputs: bool = False
 
     def validate(self, where: str = "quant.drop") -> DropSettings:
         check_finite(self, where, QuantConfigError)
         check_drop_prob(self.prob, f"{where}.prob")
+        if not isinstance(self.float_inputs, bool):
+            raise QuantConfigError(f"{where}.float_inputs={self.float_inputs!r} must be true or "
+                                   "false")
+        if self.float_inputs and self.prob == 0:
+            raise QuantConfigError(f"{where}.float_inputs needs {where}.prob > 0: it says what "
+                                   "a dropped element of a unit's input becomes")
         return self
+
+
+@contextmanager
+def drop_references(quantizers: Iterable[ActQuantizer], reference: Tensor | None
+                    ) -> Iterator[None]:
+    """Within: ``quantizers`` keep ``reference``'s values (not their own input's) where they
+    drop (``DropSettings.float_inputs``); None leaves them as they are."""
+    quantizers = list(quantizers) if reference is not None else []
+    for q in quantizers:
+        q.drop_reference = reference
+    try:
+        yield
+    finally:
+        for q in quantizers:
+            q.drop_reference = None
 
 
 class ActQuantizer(nn.Module):
@@ -115,9 +144,10 @@ class ActQuantizer(nn.Module):
 
     def __init__(
         self, bits: int = 8, signed: bool | None = None, seed: int = 0,
-        border: str = "nearest", drop_prob: float = 0.0,
+        border: str = "nearest", drop_prob: float = 0.0, search_p: float = 2.0,
     ) -> None:
         super().__init__()
+        self.search_p = search_p  # the exponent of the step search's error (2: the MSE)
         if border not in BORDERS:
             raise QuantConfigError(f"unknown act_border {border!r}; valid: {', '.join(BORDERS)}")
         self.border_kind = border
@@ -130,6 +160,7 @@ class ActQuantizer(nn.Module):
         self.seed = seed
         self.drop_prob = check_drop_prob(drop_prob)
         self.dropping = False
+        self.drop_reference: Tensor | None = None  # see drop_references
         self.lsq_batch: int | None = None  # samples the LSQ gradient scale counts (see forward)
         self._drop_gen: torch.Generator | None = None
         self.step = nn.Parameter(torch.ones(()))
@@ -181,7 +212,7 @@ class ActQuantizer(nn.Module):
             raise QuantConfigError("activation quantizer observed NaN or Inf values")
         if self.signed is None:
             self.signed = self._observed_min < 0
-        scale, _ = search_qparams(values[None, :], self.grid, affine=False)
+        scale, _ = search_qparams(values[None, :], self.grid, affine=False, p=self.search_p)
         self.step.data = scale[0].to(self.step.device)
         self.initialised = True
         if self.border_kind == "aquant":
@@ -211,7 +242,11 @@ class ActQuantizer(nn.Module):
             step = grad_scale(self.step, g)
             xq = self.border(torch.clamp(x / step, grid.qmin, grid.qmax)) * step
         if self.dropping and self.drop_prob > 0:
-            return torch.where(self._drop_mask(x), x, xq)
+            kept = x if self.drop_reference is None else self.drop_reference
+            if kept.shape != x.shape:
+                raise RuntimeError(f"drop reference of shape {tuple(kept.shape)} for an input "
+                                   f"of shape {tuple(x.shape)}")
+            return torch.where(self._drop_mask(x), kept, xq)
         return xq
 
     def _drop_mask(self, x: Tensor) -> Tensor:

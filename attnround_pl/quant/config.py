@@ -93,6 +93,8 @@ class QuantConfig:
         act_placement: 'layers' (each Conv/Linear input quantized) or 'blocks' (each block's
             input quantized once, so the identity shortcut carries quantized values: the
             placement of BRECQ and QDrop).
+        scale_search_p: the exponent p of the error mean |x - x_hat|^p that the weight scale
+            and activation step searches minimise: 2 (the MSE), or BRECQ's 2.4.
         profile: 'default', or 'tensorrt' (what TensorRT's explicit quantization takes: INT8
             weights symmetric per output channel, INT8 activations per tensor, zero points 0;
             every grid 8 bits).
@@ -114,6 +116,7 @@ class QuantConfig:
     layer_w_bits: dict[str, int] | None = None
     profile: str = DEFAULT
     act_placement: str = "layers"
+    scale_search_p: float = 2.0
 
     def __post_init__(self) -> None:
         if isinstance(self.drop, dict):
@@ -135,6 +138,10 @@ class QuantConfig:
             check_bits(bits, "layer_w_bits", name)
         self.drop.validate()
         check_placement(self.act_placement)
+        p = self.scale_search_p
+        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 1.0 <= p <= 4.0:
+            raise QuantConfigError(f"scale_search_p={self.scale_search_p} must be in [1, 4] "
+                                   "(2: the MSE; BRECQ's code uses 2.4)")
         check_profile_name(self.profile)
         apply_profile(self)
         check_profile(self)

@@ -117,14 +117,16 @@ def quantize_model(
             per_channel=config.w_per_channel,
             symmetric=config.w_symmetric,
             search=search_scales,
+            search_p=config.scale_search_p,
         )
         aq = ActQuantizer(a_bits, signed=act_signed(config.profile),
                           seed=config.layer_seed(index), border=config.act_border,
-                          drop_prob=config.drop.prob)
+                          drop_prob=config.drop.prob, search_p=config.scale_search_p)
         swaps.append((name, QUANT_LAYER_TYPES[type(layer)](layer, wq, aq)))
     for name, qlayer in swaps:
         set_submodule(qmodel, name, qlayer)
     qmodel.never_run_layers = never_run  # left float: the forward never calls them
+    qmodel.drop_float_inputs = config.drop.float_inputs  # read by the reconstruction
     return qmodel
 
 

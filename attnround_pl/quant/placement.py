@@ -90,15 +90,13 @@ def find_block_consumers(
     return found
 
 
-def place_block_inputs(
-    qmodel: nn.Module, consumers: Mapping[str, list[str]], bits: int, *,
-    border: str = "nearest", drop_prob: float = 0.0, signed: bool | None = None,
-) -> dict[str, list[str]]:
+def place_block_inputs(qmodel: nn.Module, consumers: Mapping[str, list[str]]
+                       ) -> dict[str, list[str]]:
     """Give each block in ``consumers`` ({block path: layers reading its input}) an input
-    quantizer of ``bits`` (``signed``, ``border``, ``drop_prob`` as ``ActQuantizer`` takes them;
-    its seed: the first consumer's quantizer's) and its consumers float input quantizers;
-    records the map as ``qmodel.block_inputs`` and returns it. Blocks none of whose layers read
-    the input directly are left as they are."""
+    quantizer, the first consumer's own (its bits, grid, border, dropping and seed as
+    ``quantize_model`` made them), and every consumer a float input quantizer; records the map
+    as ``qmodel.block_inputs`` and returns it. Blocks none of whose layers read the input
+    directly are left as they are."""
     placed: dict[str, list[str]] = {}
     for path, layers in consumers.items():
         if not layers:
@@ -106,16 +104,14 @@ def place_block_inputs(
         block = qmodel.get_submodule(path)
         if isinstance(getattr(block, "input_quantizer", None), ActQuantizer):
             raise QuantConfigError(f"block '{path}' already quantizes its input")
-        first = qmodel.get_submodule(layers[0])
-        seed = first.input_quantizer.seed
-        block.input_quantizer = ActQuantizer(bits, signed=signed, seed=seed, border=border,
-                                             drop_prob=drop_prob)
-        block.register_forward_pre_hook(_quantize_input)
-        for name in layers:
-            layer = qmodel.get_submodule(name)
+        readers = [qmodel.get_submodule(name) for name in layers]
+        for name, layer in zip(layers, readers, strict=True):
             if not isinstance(layer, QuantLayer):
                 raise QuantConfigError(f"'{name}' (reading block '{path}''s input) is not a "
                                        "quantized layer")
+        block.input_quantizer = readers[0].input_quantizer
+        block.register_forward_pre_hook(_quantize_input)
+        for layer in readers:
             layer.input_quantizer = ActQuantizer(FLOAT_BITS, seed=layer.input_quantizer.seed)
         placed[path] = list(layers)
     qmodel.block_inputs = {**getattr(qmodel, "block_inputs", {}), **placed}
@@ -126,3 +122,36 @@ def block_input_quantizers(qmodel: nn.Module) -> dict[str, ActQuantizer]:
     """{block path: its input quantizer} of a model with ``act_placement="blocks"``."""
     return {path: qmodel.get_submodule(path).input_quantizer
             for path in getattr(qmodel, "block_inputs", {})}
+
+
+@torch.no_grad()
+def entry_quantizers(unit: nn.Module, example: Tensor) -> list[ActQuantizer]:
+    """The active quantizers that quantize ``unit``'s input itself: its own
+    ``input_quantizer`` (a quantized layer, or a block with ``act_placement="blocks"``), else
+    those of the quantized layers inside it that read the input directly (found on one float
+    forward of ``example``)."""
+    own = getattr(unit, "input_quantizer", None)
+    if isinstance(own, ActQuantizer):
+        return [own] if own.active else []
+    found: list[ActQuantizer] = []
+
+    def read(layer: nn.Module, args: tuple[Any, ...]) -> None:
+        aq = layer.input_quantizer
+        if args[0] is example and aq.active and aq not in found:
+            found.append(aq)
+
+    handles = [m.register_forward_pre_hook(read) for m in unit.modules()
+               if isinstance(m, QuantLayer)]
+    quantizers = {q: q.enabled for q in unit.modules() if isinstance(q, ActQuantizer)}
+    was_training = unit.training
+    try:
+        for q in quantizers:
+            q.enabled = False
+        unit.eval()(example)
+    finally:
+        for handle in handles:
+            handle.remove()
+        for q, enabled in quantizers.items():
+            q.enabled = enabled
+        unit.train(was_training)
+    return found

@@ -1,4 +1,5 @@
-"""Scale (and zero point) initialisation by minimising ``||x - x_hat||^2`` under round-to-nearest.
+"""Scale (and zero point) initialisation by minimising ``||x - x_hat||^2`` under round-to-nearest
+(or the mean ``|x - x_hat|^p`` of another exponent ``p``, ``quant.scale_search_p``).
 
 Candidates are clipping ratios ``r`` of the observed range; each row (one output channel,
 or one whole tensor) keeps the ratio with the smallest squared error. The search is coarse to
@@ -50,8 +51,10 @@ def search_qparams(
     num_coarse: int = COARSE_RATIOS,
     num_fine: int = FINE_RATIOS,
     min_ratio: float = MIN_RATIO,
+    p: float = 2.0,
 ) -> tuple[Tensor, Tensor]:
-    """Per-row scale and zero point of ``x`` (shape ``rows x elements``) with the least MSE.
+    """Per-row scale and zero point of ``x`` (shape ``rows x elements``) with the least
+    ``mean |x - x_hat|^p`` (``p`` = 2: the MSE; BRECQ's code uses 2.4).
 
     Returns two tensors of shape ``(rows,)``. The ratio 1.0 (plain min-max) is always among the
     candidates, so the result is never worse than min-max.
@@ -71,7 +74,8 @@ def search_qparams(
     def consider(ratio: Tensor) -> None:
         nonlocal best_err, best_ratio, best_scale, best_zp
         scale, zp = range_to_qparams(lo_full * ratio, hi_full * ratio, grid, affine)
-        err = (fake_quantize(x, scale[:, None], zp[:, None], grid) - x).pow_(2).mean(dim=1)
+        diff = fake_quantize(x, scale[:, None], zp[:, None], grid) - x
+        err = (diff.pow_(2) if p == 2.0 else diff.abs_().pow_(p)).mean(dim=1)
         better = err < best_err
         best_err = torch.where(better, err, best_err)
         best_ratio = torch.where(better, ratio, best_ratio)

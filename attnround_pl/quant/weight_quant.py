@@ -34,6 +34,7 @@ class WeightQuantizer(nn.Module):
         per_channel: bool = True,
         symmetric: bool = False,
         search: bool = True,
+        search_p: float = 2.0,
     ) -> None:
         super().__init__()
         self.grid = UniformGrid(bits, signed=symmetric)
@@ -44,7 +45,7 @@ class WeightQuantizer(nn.Module):
             weight.detach().reshape(weight.shape[0], -1) if per_channel else weight.reshape(1, -1)
         )
         if search:
-            scale, zero_point = search_qparams(rows, self.grid, affine=not symmetric)
+            scale, zero_point = search_qparams(rows, self.grid, affine=not symmetric, p=search_p)
         else:  # placeholders: a loader overwrites them with the saved state
             scale, zero_point = torch.ones(rows.shape[0]), torch.zeros(rows.shape[0])
         shape = (-1,) + (1,) * (weight.dim() - 1) if per_channel else ()

@@ -126,8 +126,10 @@ def new_form(old_quant: dict) -> tuple[dict, dict]:
                      "beta_end": old_quant["adaround_beta_end"],
                      "warmup": old_quant["adaround_warmup"]},
     }.get(old_quant["rounding"], {})
-    quant |= {"rounding_args": rounding_args, "drop": {"prob": old_quant["drop_prob"]},
-              "profile": "default", "act_placement": "layers"}  # keys of this version, defaults
+    quant |= {"rounding_args": rounding_args,
+              "drop": {"prob": old_quant["drop_prob"], "float_inputs": False},
+              "profile": "default", "act_placement": "layers",
+              "scale_search_p": 2.0}  # keys of this version, at their defaults
     return quant, old_quant["mixed"]
 
 

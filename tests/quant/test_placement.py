@@ -71,4 +71,4 @@ def test_unknown_placement_and_placing_twice_are_refused():
         QuantConfig(act_placement="output").validate()
     qnet, consumers = _blocks_model()
     with pytest.raises(QuantConfigError, match="already quantizes its input"):
-        place_block_inputs(qnet, consumers, 4)
+        place_block_inputs(qnet, consumers)

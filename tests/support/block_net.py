@@ -27,7 +27,7 @@ def blocks_qnet(seed: int = 0, freeze: bool = False, **quant) -> tuple[nn.Module
     config = QuantConfig(rounding="nearest", a_bits=4, act_placement="blocks", **quant)
     qnet = quantize_model(TwoBlocks().eval(), config)
     consumers = find_block_consumers(qnet, ["layer.0", "layer.1"], torch.randn(4, 3, 12, 12))
-    place_block_inputs(qnet, consumers, 4, border=config.act_border)
+    place_block_inputs(qnet, consumers)
     calibrate_activations(qnet, [torch.randn(8, 3, 12, 12)])
     if freeze:
         freeze_model(qnet)
