@@ -1,0 +1,86 @@
+"""Levers of issue 34 measured without reconstruction, on the validation split.
+
+Each lever changes the quantized model before any learning (where activations are quantized,
+the error exponent of the scale and step searches), so the ``nearest`` recipe (round-to-nearest
+weights, activation steps at their search's result) shows its effect alone, in a minute a run.
+Every run evaluates on ``--data.init_args.holdout 5000``: 5,000 training images that are not
+calibration images (the validation split), never the test set. Prints a markdown table (top-1
+mean ± standard deviation over the seeds) and writes ``benchmarks/results/levers_nearest.json``;
+runs go to ``benchmarks/runs/levers/`` (a finished one is reused).
+
+    .venv/bin/python benchmarks/levers.py                       # W2A4, both models, 3 seeds
+    .venv/bin/python benchmarks/levers.py --models resnet20 --settings W2A4 W4A4 --seeds 0 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+from attnround_pl.calib.pipeline import machine
+from attnround_pl.calib.report import Report
+
+ROOT = Path(__file__).resolve().parents[1]
+RUNS = ROOT / "benchmarks" / "runs" / "levers"
+OUT = ROOT / "benchmarks" / "results" / "levers_nearest.json"
+CLI = [sys.executable, "-m", "attnround_pl.cli"]
+SETTINGS = {"W4A4": "configs/precision/w4a4.yaml", "W2A4": "configs/precision/w2a4.yaml",
+            "W3A3": "configs/precision/w3a3.yaml"}
+VARIANTS = {  # name -> options on top of the model, recipe and precision files
+    "baseline (layers, p=2)": [],
+    "scale_search_p 2.4": ["--quant.scale_search_p", "2.4"],
+    "act_placement blocks": ["--quant.act_placement", "blocks"],
+}
+HOLDOUT = 5000
+
+
+def run(model: str, setting: str, variant: str, seed: int) -> Report:
+    name = f"{model}_{setting}_{list(VARIANTS).index(variant)}_s{seed}"
+    run_dir = RUNS / name
+    if not (run_dir / "report.json").is_file():
+        files = [f"configs/models/{model}.yaml", "configs/recipes/nearest.yaml", SETTINGS[setting]]
+        subprocess.run([*CLI, "calibrate", *[a for f in files for a in ("--config", f)],
+                        *VARIANTS[variant], "--seed_everything", str(seed),
+                        "--data.init_args.holdout", str(HOLDOUT),
+                        "--run.out_dir", str(RUNS), "--run.name", name, "--run.progress", "false",
+                        "--run.eval_nearest", "false", "--run.overwrite", "true"],
+                       check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
+    return Report.read(run_dir / "report.json")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=["resnet20", "mobilenetv2"])
+    parser.add_argument("--settings", nargs="+", default=["W2A4"], choices=list(SETTINGS))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    args = parser.parse_args()
+    rows = []
+    for model in args.models:
+        for setting in args.settings:
+            for variant in VARIANTS:
+                reports = [run(model, setting, variant, seed) for seed in args.seeds]
+                top1 = [r.quantized.top1 for r in reports]
+                rows.append({"model": model, "setting": setting, "variant": variant,
+                             "seeds": args.seeds, "top1": top1,
+                             "float_top1": reports[0].float_model.top1,
+                             "eval_data": reports[0].eval_data})
+                print(f"# {model} {setting} {variant}: {top1}", file=sys.stderr, flush=True)
+    OUT.parent.mkdir(parents=True, exist_ok=True)
+    OUT.write_text(json.dumps({"command": "python benchmarks/levers.py " + " ".join(sys.argv[1:]),
+                               "machine": machine(), "recipe": "nearest",
+                               "holdout": HOLDOUT, "rows": rows}, indent=2) + "\n")
+    print("| model | setting | variant | validation top-1 % (mean ± sd) | per seed | float |")
+    print("| --- | --- | --- | ---: | --- | ---: |")
+    for r in rows:
+        sd = statistics.stdev(r["top1"]) if len(r["top1"]) > 1 else 0.0
+        print(f"| {r['model']} | {r['setting']} | {r['variant']} | "
+              f"{statistics.mean(r['top1']):.2f} ± {sd:.2f} | "
+              f"{', '.join(f'{t:.2f}' for t in r['top1'])} | {r['float_top1']:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
