@@ -49,6 +49,24 @@ def _quantize_input(block: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
     return (block.input_quantizer(args[0]), *args[1:])
 
 
+def _float_pass(module: nn.Module, example: Tensor, handles: list[Any]) -> None:
+    """One eval-mode forward of ``example`` with every activation quantizer off (their steps
+    may not be initialised yet); afterwards, also on error, ``handles`` removed and the
+    quantizers and train flag restored."""
+    quantizers = {q: q.enabled for q in module.modules() if isinstance(q, ActQuantizer)}
+    was_training = module.training
+    try:
+        for q in quantizers:
+            q.enabled = False
+        module.eval()(example)
+    finally:
+        for handle in handles:
+            handle.remove()
+        for q, enabled in quantizers.items():
+            q.enabled = enabled
+        module.train(was_training)
+
+
 @torch.no_grad()
 def find_block_consumers(
     qmodel: nn.Module, blocks: Iterable[str], example: Tensor
@@ -75,18 +93,7 @@ def find_block_consumers(
                         found[path].append(name)
 
                 handles.append(layer.register_forward_pre_hook(read))
-    was_training = qmodel.training
-    quantizers = {q: q.enabled for q in qmodel.modules() if isinstance(q, ActQuantizer)}
-    try:
-        for q in quantizers:
-            q.enabled = False  # a float pass: the steps may not be initialised yet
-        qmodel.eval()(example)
-    finally:
-        for handle in handles:
-            handle.remove()
-        for q, enabled in quantizers.items():
-            q.enabled = enabled
-        qmodel.train(was_training)
+    _float_pass(qmodel, example, handles)
     return found
 
 
@@ -142,16 +149,5 @@ def entry_quantizers(unit: nn.Module, example: Tensor) -> list[ActQuantizer]:
 
     handles = [m.register_forward_pre_hook(read) for m in unit.modules()
                if isinstance(m, QuantLayer)]
-    quantizers = {q: q.enabled for q in unit.modules() if isinstance(q, ActQuantizer)}
-    was_training = unit.training
-    try:
-        for q in quantizers:
-            q.enabled = False
-        unit.eval()(example)
-    finally:
-        for handle in handles:
-            handle.remove()
-        for q, enabled in quantizers.items():
-            q.enabled = enabled
-        unit.train(was_training)
+    _float_pass(unit, example, handles)
     return found
