@@ -5,11 +5,13 @@ the error exponent of the scale and step searches), so the ``nearest`` recipe (r
 weights, activation steps at their search's result) shows its effect alone, in a minute a run.
 Every run evaluates on ``--data.init_args.holdout 5000``: 5,000 training images that are not
 calibration images (the validation split), never the test set. Prints a markdown table (top-1
-mean ± standard deviation over the seeds) and writes ``benchmarks/results/levers_nearest.json``;
-runs go to ``benchmarks/runs/levers/`` (a finished one is reused).
+mean ± standard deviation over the seeds) and writes ``benchmarks/results/levers_<recipe>.json``;
+runs go to ``benchmarks/runs/levers/`` (a finished one is reused). ``--recipe attention`` runs
+the same with reconstruction (minutes a run).
 
     .venv/bin/python benchmarks/levers.py                       # W2A4, both models, 3 seeds
     .venv/bin/python benchmarks/levers.py --models resnet20 --settings W2A4 W4A4 --seeds 0 1
+    .venv/bin/python benchmarks/levers.py --models resnet20 --recipe attention --variants 0 1
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from attnround_pl.calib.report import Report
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNS = ROOT / "benchmarks" / "runs" / "levers"
-OUT = ROOT / "benchmarks" / "results" / "levers_nearest.json"
+RESULTS = ROOT / "benchmarks" / "results"
 CLI = [sys.executable, "-m", "attnround_pl.cli"]
 SETTINGS = {"W4A4": "configs/precision/w4a4.yaml", "W2A4": "configs/precision/w2a4.yaml",
             "W3A3": "configs/precision/w3a3.yaml"}
@@ -38,11 +40,13 @@ VARIANTS = {  # name -> options on top of the model, recipe and precision files
 HOLDOUT = 5000
 
 
-def run(model: str, setting: str, variant: str, seed: int) -> Report:
-    name = f"{model}_{setting}_{list(VARIANTS).index(variant)}_s{seed}"
+def run(model: str, setting: str, variant: str, seed: int, recipe: str = "nearest") -> Report:
+    prefix = "" if recipe == "nearest" else f"{recipe}_"
+    name = f"{prefix}{model}_{setting}_{list(VARIANTS).index(variant)}_s{seed}"
     run_dir = RUNS / name
     if not (run_dir / "report.json").is_file():
-        files = [f"configs/models/{model}.yaml", "configs/recipes/nearest.yaml", SETTINGS[setting]]
+        files = [f"configs/models/{model}.yaml", f"configs/recipes/{recipe}.yaml",
+                 SETTINGS[setting]]
         subprocess.run([*CLI, "calibrate", *[a for f in files for a in ("--config", f)],
                         *VARIANTS[variant], "--seed_everything", str(seed),
                         "--data.init_args.holdout", str(HOLDOUT),
@@ -57,21 +61,29 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=["resnet20", "mobilenetv2"])
     parser.add_argument("--settings", nargs="+", default=["W2A4"], choices=list(SETTINGS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--recipe", default="nearest",
+                        help="a file of configs/recipes/ (default: nearest, no reconstruction)")
+    parser.add_argument("--variants", nargs="+", type=int, default=list(range(len(VARIANTS))),
+                        help="which variants, by position: " + ", ".join(
+                            f"{i} {v}" for i, v in enumerate(VARIANTS)))
     args = parser.parse_args()
+    variants = [list(VARIANTS)[i] for i in args.variants]
     rows = []
     for model in args.models:
         for setting in args.settings:
-            for variant in VARIANTS:
-                reports = [run(model, setting, variant, seed) for seed in args.seeds]
+            for variant in variants:
+                reports = [run(model, setting, variant, seed, args.recipe) for seed in args.seeds]
                 top1 = [r.quantized.top1 for r in reports]
                 rows.append({"model": model, "setting": setting, "variant": variant,
                              "seeds": args.seeds, "top1": top1,
                              "float_top1": reports[0].float_model.top1,
-                             "eval_data": reports[0].eval_data})
+                             "eval_data": reports[0].eval_data,
+                             "calib_seconds": [r.calib_seconds for r in reports]})
                 print(f"# {model} {setting} {variant}: {top1}", file=sys.stderr, flush=True)
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(json.dumps({"command": "python benchmarks/levers.py " + " ".join(sys.argv[1:]),
-                               "machine": machine(), "recipe": "nearest",
+    out = RESULTS / f"levers_{args.recipe}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"command": "python benchmarks/levers.py " + " ".join(sys.argv[1:]),
+                               "machine": machine(), "recipe": args.recipe,
                                "holdout": HOLDOUT, "rows": rows}, indent=2) + "\n")
     print("| model | setting | variant | validation top-1 % (mean ± sd) | per seed | float |")
     print("| --- | --- | --- | ---: | --- | ---: |")
