@@ -37,7 +37,7 @@ from ..export.checkpoint import save_quantized
 from ..mixed.allocation import allocate_model, size_mb
 from ..mixed.config import MixedConfig
 from ..mixed.report import mixed_report, mixed_table, save_bits_plot
-from ..models import split_units
+from ..models import Unit, split_units
 from ..models.source import ModelSource, source_of
 from ..quant import (
     QuantConfig,
@@ -340,10 +340,12 @@ def _evaluate_baselines(float_net: nn.Module, qmodel: nn.Module, run: RunConfig 
 
 
 def _quantize(float_net: nn.Module, quant: QuantConfig, mixed: MixedConfig,
-              batches: list[Tensor], report: Report, echo: Callable[..., None]) -> nn.Module:
-    """The quantized copy with its activation steps initialised; size (and the mixed-precision
-    allocation, a step before quantization: ``qmodel.bit_allocation``) into ``report``. Bits
-    the user gave per layer (``quant.layer_w_bits``) win over an allocation."""
+              batches: list[Tensor], report: Report, echo: Callable[..., None]
+              ) -> tuple[nn.Module, list[Unit]]:
+    """The quantized copy with its activation steps initialised, and its reconstruction units;
+    size (and the mixed-precision allocation, a step before quantization:
+    ``qmodel.bit_allocation``) into ``report``. Bits the user gave per layer
+    (``quant.layer_w_bits``) win over an allocation."""
     allocation = None
     if mixed.enabled and not quant.layer_w_bits:
         allocation = allocate_model(float_net, mixed, quant)
@@ -357,17 +359,18 @@ def _quantize(float_net: nn.Module, quant: QuantConfig, mixed: MixedConfig,
         table = mixed_report(allocation, mixed.bit_list, mixed.budget_bits)
         report.mixed = table
         echo(mixed_table(table))
+    units = split_units(qmodel, example=batches[0][:2])
     if quant.act_placement == "blocks":
-        _place_block_inputs(qmodel, batches[0][:2], echo)
+        _place_block_inputs(qmodel, units, batches[0][:2], echo)
     calibrate_activations(qmodel, batches)
-    return qmodel
+    return qmodel, units
 
 
-def _place_block_inputs(qmodel: nn.Module, example: Tensor, echo: Callable[..., None]) -> None:
+def _place_block_inputs(qmodel: nn.Module, units: list[Unit], example: Tensor,
+                        echo: Callable[..., None]) -> None:
     """``act_placement="blocks"``: every module unit (a registered block, or a child module
     when the model has none) quantizes its input once (``quant.placement``). Units that are
     regions of the traced graph keep per-layer input quantizers, said in one line."""
-    units = split_units(qmodel, example=example)
     blocks = [u.path for u in units if u.rule in ("registry", "child")]
     regions = sum(u.rule == "graph" for u in units)
     if regions:
@@ -618,10 +621,9 @@ def _reconstruct(job: _Job, folder: _RunFolder, tally: _Tally) -> Calibrated:
     report.host_speed = speed
     started = time.perf_counter()
     elapsed_before = resumed["elapsed"] if resumed is not None else 0.0
-    qmodel = _quantize(float_net, quant, job.mixed, batches, report, echo)
+    qmodel, units = _quantize(float_net, quant, job.mixed, batches, report, echo)
     folded = copy.deepcopy(float_net).eval()
     fold_batchnorms(folded)
-    units = split_units(qmodel, example=batches[0][:2])
     report.float_ops = float_ops(qmodel)  # what stays float outside Conv/Linear layers
     report.never_run_layers = list(qmodel.never_run_layers)  # no data reaches them: float
     report.unit_rules = {rule: sum(u.rule == rule for u in units)

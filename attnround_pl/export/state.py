@@ -151,15 +151,22 @@ def _layer_tensors(name: str, info: dict[str, Any]) -> tuple[dict[str, Tensor], 
     if info["bias"] is not None:
         tensors[f"{name}.bias"] = _contiguous(info["bias"]).float()
     tensors.update(_border_tensors(f"{name}.", info))
-    params = info["border_params"] or {}
     header = {
         "kind": info["kind"], "shape": list(codes.shape), "w_bits": info["w_bits"],
         "w_signed": info["w_signed"], "per_channel": info["per_channel"],
-        "a_bits": info["a_bits"], "a_signed": info["a_signed"], "a_step": info["a_step"],
-        "bias": info["bias"] is not None, "border": info["border"] is not None,
-        "border_params": list(params),
+        "bias": info["bias"] is not None, **_input_header(info),
     }
     return tensors, header
+
+
+_INPUT_KEYS = ("a_bits", "a_signed", "a_step")  # an input quantizer's, beside its border
+
+
+def _input_header(info: dict[str, Any]) -> dict[str, Any]:
+    """An input quantizer's header entries: bits, signedness, step, whether it has a border
+    and the names of the border's raw parameters."""
+    return {**{k: info[k] for k in _INPUT_KEYS}, "border": info["border"] is not None,
+            "border_params": list(info["border_params"] or {})}
 
 
 def _json(value: Any, what: str) -> str:
@@ -181,9 +188,7 @@ def state_bytes(payload: dict[str, Any]) -> bytes:
     blocks = {}
     for path, info in payload.get("block_inputs", {}).items():
         tensors.update(_border_tensors(f"{path}.input_", info))
-        blocks[path] = {k: info[k] for k in ("consumers", "a_bits", "a_signed", "a_step")}
-        blocks[path] |= {"border": info["border"] is not None,
-                         "border_params": list(info["border_params"] or {})}
+        blocks[path] = {"consumers": info["consumers"], **_input_header(info)}
     other = payload["other"]
     clash = sorted(set(other) & set(tensors))
     if clash:
@@ -223,8 +228,7 @@ def _layer_payload(name: str, entry: dict[str, Any], tensors: dict[str, Tensor])
         raise CheckpointError(f"layer '{name}': {exc}") from None
     dtype = torch.int8 if signed else torch.uint8
     return {
-        **{k: entry[k] for k in ("kind", "w_bits", "w_signed", "per_channel", "a_bits",
-                                 "a_signed", "a_step")},
+        **{k: entry[k] for k in ("kind", "w_bits", "w_signed", "per_channel", *_INPUT_KEYS)},
         "codes": torch.from_numpy(codes).to(dtype).reshape(shape),
         "scale": tensors[f"{name}.weight_scale"],
         "zero_point": tensors[f"{name}.weight_zero_point"],
@@ -259,7 +263,7 @@ def _read_safetensors(path: Path) -> dict[str, Any]:
             raise CheckpointError(f"{path}: code layout {layout!r} unknown (not {LAYOUT!r})")
         layers = {name: _layer_payload(name, entry, tensors)
                   for name, entry in header["layers"].items()}
-        blocks = {path: {**{k: entry[k] for k in ("consumers", "a_bits", "a_signed", "a_step")},
+        blocks = {path: {**{k: entry[k] for k in ("consumers", *_INPUT_KEYS)},
                          **_border_payload(f"{path}.input_", entry, tensors)}
                   for path, entry in header.get("block_inputs", {}).items()}
         other = OrderedDict((key, tensors[key]) for key in header["other"])
