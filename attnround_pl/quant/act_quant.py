@@ -38,27 +38,31 @@ class _LSQRound(torch.autograd.Function):
       gradient), else 0: one ``hardtanh_backward``, a single float kernel (comparisons that
       produce a boolean mask cost several times a multiplication on the CPU);
     - step: ``g * sum(grad * (q - x / s * inside))`` (``q - x / s`` inside the range, the
-      clipped ``q`` outside), summed as ``dot(grad, q) - dot(grad_x, x / s)``: two dot
-      products, no tensor written.
+      clipped ``q`` outside), summed as ``dot(grad, out) / s - dot(grad_x, x / s)`` with
+      ``out = q * s`` the output: two dot products, no tensor written.
+
+    Forward writes two tensors, ``x / s`` and the output (rounded and scaled in place), and
+    saves them: the output is what the next layer reads and keeps anyway.
     """
 
     @staticmethod
     def forward(ctx, x: Tensor, step: Tensor, qmin: int, qmax: int, g: float) -> Tensor:
         xs = x / step
-        q = torch.clamp(xs, qmin, qmax).round_()
-        ctx.save_for_backward(xs, q)
+        out = torch.clamp(xs, qmin, qmax)
+        out.round_().mul_(step)
+        ctx.save_for_backward(xs, out, step)
         ctx.bounds = (qmin, qmax, g)
-        return q * step
+        return out
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        xs, q = ctx.saved_tensors
+        xs, out, step = ctx.saved_tensors
         qmin, qmax, g = ctx.bounds
         grad_x = torch.ops.aten.hardtanh_backward(grad, xs, qmin, qmax)
         grad_step = None
         if ctx.needs_input_grad[1]:  # d(q s)/ds: q - x/s inside the range, q outside
             flat = grad.reshape(-1)
-            grad_step = (torch.dot(flat, q.reshape(-1))
+            grad_step = (torch.dot(flat, out.reshape(-1)) / step
                          - torch.dot(grad_x.reshape(-1), xs.reshape(-1))) * g
         return (grad_x if ctx.needs_input_grad[0] else None), grad_step, None, None, None
 

@@ -31,6 +31,7 @@ from torch import Tensor, nn
 
 from .errors import QuantConfigError
 
+ALPHA_INITS = ("gaussian", "zero")  # AttentionSettings.init
 SETTINGS_KEY = "quant.rounding_args"  # where the chosen rounding's settings sit in the config
 
 
@@ -279,12 +280,21 @@ class AttentionSettings:
         tau: the standard deviation of alpha's initialisation ``N(0, tau^2)`` and the width
             of eq. 6's ``Phi(alpha / tau)``, in grid steps (>= 0; the paper's 0.5; 0 means
             round-to-nearest: alpha starts at 0 and never moves away).
+        init: where alpha starts: ``"gaussian"`` draws it from ``N(0, tau^2)`` (the paper);
+            ``"zero"`` starts every weight at round-to-nearest and leaves ``tau`` only the
+            width of eq. 6 (not in the paper; issue 34's lever: Adam moves alpha about ``lr``
+            a step, so at lr 4e-4 a 2k-step run cannot bring back the third of the weights a
+            ``N(0, 0.5^2)`` start puts off their nearest grid point).
     """
 
     tau: float = 0.5
+    init: str = "gaussian"
 
     def validate(self, where: str = SETTINGS_KEY) -> AttentionSettings:
         check_tau(self.tau, _key(where, "tau"))
+        if self.init not in ALPHA_INITS:
+            raise QuantConfigError(f"{_key(where, 'init')}={self.init!r}: one of "
+                                   f"{', '.join(ALPHA_INITS)}")
         return self
 
 
@@ -313,20 +323,25 @@ class AttentionRounding(Rounding):
     learnable = True
     settings_class = AttentionSettings
 
-    def __init__(self, tau: float = 0.5, seed: int = 0) -> None:
+    def __init__(self, tau: float = 0.5, seed: int = 0, init: str = "gaussian") -> None:
         super().__init__()
         check_tau(tau)
+        AttentionSettings(tau, init).validate()
         self.tau = float(tau)
+        self.init = init
         self.seed = seed
         self.alpha = nn.Parameter(torch.zeros(0))
         self._overshoot: Tensor | None = None  # q - round(x + alpha) of the last forward
 
     @classmethod
     def from_settings(cls, settings: AttentionSettings, seed: int = 0) -> AttentionRounding:
-        return cls(tau=settings.tau, seed=seed)
+        return cls(tau=settings.tau, seed=seed, init=settings.init)
 
     @torch.no_grad()
     def init_state(self, x: Tensor) -> None:
+        if self.init == "zero":
+            self.alpha = nn.Parameter(torch.zeros_like(x))
+            return
         gen = torch.Generator(device="cpu").manual_seed(self.seed)
         noise = torch.randn(x.shape, generator=gen, dtype=torch.float32) * self.tau
         self.alpha = nn.Parameter(noise.to(device=x.device, dtype=x.dtype))
@@ -351,7 +366,8 @@ class AttentionRounding(Rounding):
         return torch.round(x.detach() + self.alpha)
 
     def extra_repr(self) -> str:
-        return f"{self.name}, tau={self.tau}"
+        init = "" if self.init == "gaussian" else f", init={self.init}"
+        return f"{self.name}, tau={self.tau}{init}"
 
 
 def check_tau(tau: float, key: str = "tau") -> float:

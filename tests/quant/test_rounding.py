@@ -92,6 +92,26 @@ def test_attention_init_is_gaussian_in_step_units_and_seeded():
     assert torch.equal(r.alpha, r2.alpha)
 
 
+def test_attention_init_zero_starts_at_nearest_and_still_learns_with_eq6():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(4000, generator=gen) * 4
+    r, q = _apply("attention", x, tau=0.5, init="zero")
+    assert torch.all(r.alpha == 0)
+    assert torch.equal(q, torch.clamp(torch.round(x), LO, HI))
+    upstream = torch.randn(4000, generator=gen)
+    (r(x, LO, HI) * upstream).sum().backward()
+    r.finish_gradient()
+    inside = (x > LO + 1) & (x < HI - 1)
+    # Phi(0) = 1/2: both directions pass at half strength, so alpha can leave nearest (tau = 0
+    # would let it only come back)
+    assert torch.allclose(r.alpha.grad[inside], upstream[inside] * 0.5)
+    assert "init=zero" in repr(r)
+    with pytest.raises(QuantConfigError, match=r"quant\.rounding_args\.init='uniform': one of "
+                                               r"gaussian, zero"):
+        from attnround_pl.quant import rounding_settings
+        rounding_settings("attention", {"init": "uniform"})
+
+
 @pytest.mark.parametrize("tau", [0.25, 0.5, 1.0])
 def test_attention_backward_is_phi_formula_both_signs(tau):
     gen = torch.Generator().manual_seed(0)
