@@ -28,9 +28,14 @@ layers), with their recipe:
     adaround_20k                       AdaRound with BRECQ's budget (20k, batch 32) at our lr 4e-4
     brecq                              brecq.yaml, BRECQ's recipe: AdaRound, 20k iterations,
                                        batch 32, lr 1e-3, regulariser 0.01, beta 20 -> 2 after
-                                       20 % warm-up, activation steps at lr 4e-4
+                                       20 % warm-up, activation steps at lr 4e-4 on a cosine,
+                                       block inputs and outputs quantized, ranges by Lp, p 2.4
     qdrop                              qdrop.yaml, QDrop's recipe: BRECQ's, activation steps at
-                                       lr 4e-5, activations dropped to float with probability 0.5
+                                       lr 4e-5 on a cosine, activations dropped to float with
+                                       probability 0.5, block inputs mixed with the float model's
+    brecq_v1, qdrop_v1                 the same recipes as the tables before issue 34 ran them:
+                                       layer inputs quantized, MSE ranges, constant rates, QDrop
+                                       mixing with the quantized model's own float values
     attention                          attention.yaml, Attention Round, the paper's settings
                                        (tau 0.5, 2k, 64, 4e-4); the rows below are it plus options
     attention_20k                      the same with BRECQ's budget: 20k iterations, batch 32
@@ -90,6 +95,8 @@ class Method(NamedTuple):
 
 BUDGET_20K = ("--recon.iters", "20000", "--recon.batch_size", "32")  # BRECQ's and QDrop's
 DROP = ("--quant.drop.prob", "0.5")  # QDrop's dropping, its probability
+PEERS_V1 = ("--quant.act_placement", "layers", "--quant.scale_search_p", "2.0",
+            "--recon.lr_schedule", "constant")  # the peers' recipe files before issue 34
 TAUS = ("0", "0.25", "0.75", "1.0")
 TAU_SWEEP = [f"attention_tau{t}" for t in TAUS]  # beside "attention", tau 0.5
 
@@ -101,8 +108,15 @@ METHODS = {
     "adaround": Method("adaround"),
     # BRECQ's recipe but for the learning rate (ours, 4e-4; regulariser and beta are the same)
     "adaround_20k": Method("adaround", BUDGET_20K),
+    # the peers' recipes as their published code runs them (configs/recipes/brecq.yaml,
+    # qdrop.yaml; issue 34): activations quantized at block inputs and outputs, ranges by
+    # the error to the power 2.4, the steps' learning rate on a cosine, QDrop's float inputs
     "brecq": Method("brecq"),
     "qdrop": Method("qdrop"),
+    # ... and as the tables up to issue 34 ran them (v1): each layer's input quantized, the
+    # MSE ranges, a constant learning rate, QDrop dropping only inside the block
+    "brecq_v1": Method("brecq", PEERS_V1),
+    "qdrop_v1": Method("qdrop", (*PEERS_V1, "--quant.drop.float_inputs", "false")),
     "attention": Method("attention"),
     # Attention Round with BRECQ's budget (20k iterations, batch 32), its own learning rates
     "attention_20k": Method("attention", BUDGET_20K),
@@ -128,7 +142,7 @@ def calibrate_args(model: str, setting: str, method: str, seed: int) -> list[str
 
 
 BASELINES = ["nearest", "floor", "ceil", "stochastic", "adaround"]
-PEERS = ["brecq", "qdrop"]
+PEERS = ["brecq_v1", "qdrop_v1"]  # the recorded tables' peer rows (v1, see METHODS)
 SEEDS3 = (0, 1, 2)
 RECON_TRIO = ("nearest", "adaround", "attention")  # no reconstruction, AdaRound, ours
 DROPPED = ("adaround+drop", "attention+drop")

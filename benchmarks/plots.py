@@ -47,8 +47,9 @@ def load_rows() -> list[dict]:
 
 def method_colours(rows: list[dict]) -> dict[str, tuple]:
     """One colour per method over every row, so a method has the same colour in every plot."""
-    cmap = plt.get_cmap("tab20")
-    return {m: cmap(i % 20) for i, m in enumerate(sorted({r["method"] for r in rows}))}
+    palette = [plt.get_cmap(name)(i) for name in ("tab20", "tab20b") for i in range(20)]
+    return {m: palette[i % len(palette)]
+            for i, m in enumerate(sorted({r["method"] for r in rows}))}
 
 
 def tau_of(method: str) -> float | None:
@@ -316,7 +317,10 @@ def stale_tables(doc: Path) -> list[str]:
 HEADLINE_MODELS = {"resnet20": "ResNet-20", "mobilenetv2": "MobileNetV2"}
 HEADLINE_RECIPES = {"nearest": "round-to-nearest", "adaround": "AdaRound",
                     "attention": "Attention Round", "brecq": "BRECQ's recipe",
-                    "qdrop": "QDrop's recipe"}
+                    "qdrop": "QDrop's recipe",
+                    # the peers' recipes as the tables before issue 34 ran them (see
+                    # benchmarks/accuracy.py): shown until the like-for-like rows have 3 seeds
+                    "brecq_v1": "BRECQ's recipe, v1", "qdrop_v1": "QDrop's recipe, v1"}
 HEADLINE_SETTINGS = ("W4A4", "W3A3", "W2A4", "W2A2")
 HEADLINE_SEEDS = 3
 HEADLINE_SUITES = ("accuracy_main.json", "accuracy_mobilenetv2.json")  # read first: their rows

@@ -67,8 +67,9 @@ OLD_METHODS = {
        for name in ("nearest", "floor", "ceil", "stochastic")},
     "adaround": ["--quant.rounding", "adaround"],
     "adaround_20k": ["--quant.rounding", "adaround", *OLD_BUDGET_20K],
-    "brecq": OLD_BRECQ,
-    "qdrop": [*OLD_BRECQ, "--recon.act_lr", "4e-5", "--quant.drop_prob", "0.5"],
+    # named brecq and qdrop then; the recipe files now run the peers' code more closely
+    "brecq_v1": OLD_BRECQ,
+    "qdrop_v1": [*OLD_BRECQ, "--recon.act_lr", "4e-5", "--quant.drop_prob", "0.5"],
     "attention": [],
     "attention_20k": OLD_BUDGET_20K,
     "attention_20k_lr1e-3": [*OLD_BUDGET_20K, "--recon.lr", "1e-3"],
@@ -120,7 +121,7 @@ def new_form(old_quant: dict) -> tuple[dict, dict]:
     quant = {k: v for k, v in old_quant.items()
              if k not in ("tau", "drop_prob", "mixed") and not k.startswith("adaround_")}
     rounding_args = {
-        "attention": {"tau": old_quant["tau"]},
+        "attention": {"tau": old_quant["tau"], "init": "gaussian"},
         "adaround": {"reg_weight": old_quant["adaround_reg_weight"],
                      "beta_start": old_quant["adaround_beta_start"],
                      "beta_end": old_quant["adaround_beta_end"],
@@ -145,9 +146,10 @@ def test_every_suite_row_composes_the_settings_its_old_arguments_gave():
     from attnround_pl.quant import QuantConfig
 
     acc = _load("accuracy")
-    assert set(acc.METHODS) == set(OLD_METHODS)
+    assert set(acc.METHODS) - set(OLD_METHODS) == {"brecq", "qdrop"}  # new with issue 34
     rows = {(m, s, meth) for models, plan in acc.SUITES.values() for m in models
-            for block in plan for s in block.settings for meth in block.methods}
+            for block in plan for s in block.settings for meth in block.methods
+            if meth in OLD_METHODS}
     assert ("resnet20", "W4A4", "attention") in rows and len(rows) > 50
     parser = cli.build_cli(MAIN).parser  # built once: each row is a parse
     for model, setting, method in sorted(rows):
@@ -169,6 +171,31 @@ def test_every_suite_row_composes_the_settings_its_old_arguments_gave():
         init_args = cfg["data"]["init_args"]
         assert {k: init_args[k] for k in old["data"]["init_args"]} == old["data"]["init_args"]
         assert {k: cfg["trainer"][k] for k in old["trainer"]} == old["trainer"], row
+
+
+def test_the_peer_methods_run_their_published_code_and_v1_what_the_tables_ran():
+    """brecq / qdrop: the recipe files as the peers' code runs (block placement, Lp with p 2.4,
+    a cosine on the steps' rate, QDrop's float inputs); *_v1 only differs where v1 did."""
+    from main_config import MAIN
+
+    acc = _load("accuracy")
+    parser = cli.build_cli(MAIN).parser
+    cfg = {m: parser.parse_args(acc.calibrate_args("resnet20", "W2A4", m, 0))
+           for m in ("brecq", "qdrop", "brecq_v1", "qdrop_v1")}
+    for m in ("brecq", "qdrop"):
+        quant, recon = cfg[m]["quant"], cfg[m]["recon"]
+        assert (quant["act_placement"], quant["scale_search_p"]) == ("blocks", 2.4), m
+        assert (recon["lr_schedule"], recon["iters"], recon["keep_better"]) == (
+            "cosine_act", 20000, False), m
+        assert quant["drop"]["float_inputs"] is (m == "qdrop")
+        v1 = cfg[f"{m}_v1"]
+        assert (v1["quant"]["act_placement"], v1["quant"]["scale_search_p"],
+                v1["recon"]["lr_schedule"], v1["quant"]["drop"]["float_inputs"]) == (
+            "layers", 2.0, "constant", False)
+        rest = {k: v for k, v in quant.items()
+                if k not in ("act_placement", "scale_search_p", "drop.float_inputs")}
+        assert rest == {k: v1["quant"][k] for k in rest}
+    assert cfg["qdrop"]["quant"]["drop"]["prob"] == 0.5 == cfg["qdrop_v1"]["quant"]["drop"]["prob"]
 
 
 def test_a_row_runs_the_command_a_user_runs(tmp_path, monkeypatch):
