@@ -7,6 +7,10 @@
 # working tree is timed twice a model: as speed.py's Lightning column always was ("after") and
 # with calibrate's progress bar and TensorBoard logger ("as-run", --as-run). The JSONs go to
 # <out-folder>/{before,after,as-run}/r<k>/ and each run's table to <out-folder>/logs/.
+#   bash benchmarks/speed_before_after.sh <before-revision> <out-folder> embedded [rounds]
+# times only the two embedded models, both trees as calibrate runs them (--as-run), in
+# <rounds> rounds (default 3) of: before ResNet-20, before MobileNetV2, after ResNet-20,
+# after MobileNetV2 (the "before" folder then holds --as-run runs too).
 set -euo pipefail
 before_rev=${1:?usage: speed_before_after.sh <before-revision> <out-folder>}
 out=$(realpath -m "${2:?usage: speed_before_after.sh <before-revision> <out-folder>}")
@@ -33,6 +37,24 @@ run() {  # run <before|after|as-run> <run id> <log name> [speed.py options]
   fi
   grep '| all units' "$out/logs/${log}_${which}.txt" | sed "s/^/${log} ${which}: /"
 }
+
+run_before_as_run() {  # run_before_as_run <run id> <log name> [speed.py options]
+  local id=$1 log=$2
+  shift 2
+  (cd "$worktree" && PYTHONPATH="$worktree" "$python" benchmarks/speed.py --as-run \
+    --out "$out/before/$id" "$@") >"$out/logs/${log}_before.txt" 2>&1
+  grep '| all units' "$out/logs/${log}_before.txt" | sed "s/^/${log} before (as run): /"
+}
+
+if [ "${3:-}" = embedded ]; then
+  for k in $(seq 1 "${4:-3}"); do
+    run_before_as_run "r$k" "resnet20_r$k"
+    run_before_as_run "r$k" "mobilenetv2_r$k" --model mobilenetv2
+    run as-run "r$k" "resnet20_r$k"
+    run as-run "r$k" "mobilenetv2_r$k" --model mobilenetv2
+  done
+  exit 0
+fi
 
 for k in 1 2; do
   for which in before after as-run; do run "$which" "r$k" "resnet20_r$k"; done
