@@ -42,6 +42,8 @@ VARIANTS = {  # name -> options on top of the model, recipe and precision files
     "alpha lr 1e-3": ["--recon.lr", "0.001"],
     "drop 0.5, float inputs": ["--quant.drop.prob", "0.5", "--quant.drop.float_inputs", "true"],
     "lr_schedule cosine": ["--recon.lr_schedule", "cosine"],
+    "iters 5000": ["--recon.iters", "5000"],
+    "iters 5000, alpha lr 1e-3": ["--recon.iters", "5000", "--recon.lr", "0.001"],
 }
 HOLDOUT = 5000
 

@@ -602,3 +602,24 @@ def test_export_sizes_rows_and_table_come_from_the_reports():
     assert len(table) == 3 and table[0].count("|") == table[1].count("|") == table[2].count("|")
     assert table[2] == ("| resnet20 | W4A4 | 128.0 | 218.9 | 132.5 | 354.7 | 264.3 | "
                         "91.50 / 91.50; 91.50 | 0; 1 | 161.2 | 132.5 | 0 |")
+
+
+def test_every_lever_variant_parses_on_every_recipe_it_is_run_with():
+    """levers.py's variants are options on top of a model, recipe and precision file: each
+    composes through the command line (a typo would only show minutes into a run)."""
+    from main_config import MAIN
+
+    levers = _load("levers")
+    parser = cli.build_cli(MAIN).parser
+    root = BENCH.parent
+    for recipe in ("nearest", "attention", "attnround"):
+        for variant, options in levers.VARIANTS.items():
+            files = [root / "configs" / "models" / "resnet20.yaml",
+                     root / "configs" / "recipes" / f"{recipe}.yaml",
+                     root / levers.SETTINGS["W2A4"]]
+            cfg = parser.parse_args([a for f in files for a in ("--config", str(f))] + options)
+            assert (cfg["quant"]["w_bits"], cfg["quant"]["a_bits"]) == (2, 4), variant
+            if "init: zero" in " ".join(options):
+                assert cfg["quant"]["rounding_args"] == {"tau": 0.5, "init": "zero"}
+            if "5000" in options:
+                assert cfg["recon"]["iters"] == 5000
