@@ -38,6 +38,10 @@ layers), with their recipe:
                                        mixing with the quantized model's own float values
     attention                          attention.yaml, Attention Round, the paper's settings
                                        (tau 0.5, 2k, 64, 4e-4); the rows below are it plus options
+    attention_blocks                   the same with the peers' activation placement (block
+                                       inputs and outputs quantized: --quant.act_placement blocks)
+    attnround, attnround_blocks        attnround.yaml, this package's recipe (issue 34), and with
+                                       the peers' placement
     attention_20k                      the same with BRECQ's budget: 20k iterations, batch 32
     attention_20k_lr1e-3               ... and BRECQ's learning rate 1e-3 for the offsets
     attention_cosine                   Attention Round with both learning rates decayed to 0
@@ -95,6 +99,7 @@ class Method(NamedTuple):
 
 BUDGET_20K = ("--recon.iters", "20000", "--recon.batch_size", "32")  # BRECQ's and QDrop's
 DROP = ("--quant.drop.prob", "0.5")  # QDrop's dropping, its probability
+BLOCKS = ("--quant.act_placement", "blocks")  # BRECQ's and QDrop's activation placement
 PEERS_V1 = ("--quant.act_placement", "layers", "--quant.scale_search_p", "2.0",
             "--recon.lr_schedule", "constant")  # the peers' recipe files before issue 34
 TAUS = ("0", "0.25", "0.75", "1.0")
@@ -118,6 +123,11 @@ METHODS = {
     "brecq_v1": Method("brecq", PEERS_V1),
     "qdrop_v1": Method("qdrop", (*PEERS_V1, "--quant.drop.float_inputs", "false")),
     "attention": Method("attention"),
+    # with the peers' activation placement, for the rows compared with their recipes
+    "attention_blocks": Method("attention", BLOCKS),
+    # this package's recipe (configs/recipes/attnround.yaml; issue 34), and with the placement
+    "attnround": Method("attnround"),
+    "attnround_blocks": Method("attnround", BLOCKS),
     # Attention Round with BRECQ's budget (20k iterations, batch 32), its own learning rates
     "attention_20k": Method("attention", BUDGET_20K),
     # ... and with BRECQ's learning rate for the rounding variables too (1e-3; steps 4e-4)
@@ -226,6 +236,13 @@ SUITES = {
     "mixed": (["resnet20"], [
         Block(["MP3456", "MP345", "MP3456@W4", "MP345@W4", "W3A4", "W4A4", "W5A4"], ["attention"],
               SEEDS3),
+    ]),
+    # issue 34's like-for-like table: the peers' recipes as their code runs them, and ours
+    # with their activation placement (block inputs and outputs quantized), on the test set;
+    # the peers' rows are 20k iterations (hours on the 2-core CPU machine: 48 of them)
+    "like_for_like": (["resnet20", "mobilenetv2"], [
+        Block(["W2A4", "W2A2", "W3A3", "W4A4"], ["attention_blocks", "attnround_blocks",
+                                                  "brecq", "qdrop"], SEEDS3),
     ]),
     "full": (["resnet20", "mobilenetv2"], [
         Block(["W4A32", "W3A32", "W4A4", "W3A3", "W2A4", "W2A2"],

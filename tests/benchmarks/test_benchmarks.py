@@ -146,7 +146,8 @@ def test_every_suite_row_composes_the_settings_its_old_arguments_gave():
     from attnround_pl.quant import QuantConfig
 
     acc = _load("accuracy")
-    assert set(acc.METHODS) - set(OLD_METHODS) == {"brecq", "qdrop"}  # new with issue 34
+    assert set(acc.METHODS) - set(OLD_METHODS) == {  # new with issue 34
+        "brecq", "qdrop", "attention_blocks", "attnround", "attnround_blocks"}
     rows = {(m, s, meth) for models, plan in acc.SUITES.values() for m in models
             for block in plan for s in block.settings for meth in block.methods
             if meth in OLD_METHODS}
