@@ -44,6 +44,7 @@ VARIANTS = {  # name -> options on top of the model, recipe and precision files
     "lr_schedule cosine": ["--recon.lr_schedule", "cosine"],
     "iters 5000": ["--recon.iters", "5000"],
     "iters 5000, alpha lr 1e-3": ["--recon.iters", "5000", "--recon.lr", "0.001"],
+    "tau_end 0.1": ["--quant.rounding_args", "{tau: 0.5, tau_end: 0.1}"],
 }
 HOLDOUT = 5000
 

@@ -139,6 +139,8 @@ def check_step_options(quant: QuantConfig, recon: ReconConfig,
         problems.append("one process (not several devices)")
     if quant.rounding == "adaround":
         problems.append("a rounding other than adaround (its beta changes every step)")
+    elif quant.rounding == "attention" and quant.rounding_settings().tau_end is not None:
+        problems.append("no quant.rounding_args.tau_end (eq. 6's width changes every step)")
     if quant.drop.prob > 0:
         problems.append("quant.drop.prob=0 (QDrop's generator is not recorded)")
     if problems:

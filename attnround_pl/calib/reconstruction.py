@@ -16,6 +16,7 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, S
 
 from ..quant import (
     AdaRounding,
+    AttentionRounding,
     act_border_parameters,
     act_step_parameters,
     active_roundings,
@@ -342,7 +343,11 @@ def check_graphable(unit: nn.Module, lr_schedule: str, compile: str) -> None:
     if compile != "off":
         raise ValueError("cuda_graph and compile are exclusive: the graph records the eager step")
     for module in unit.modules():
-        if isinstance(getattr(module, "rounding", None), AdaRounding):
+        rounding = getattr(module, "rounding", None)
+        if isinstance(rounding, AdaRounding):
             raise ValueError("cuda_graph cannot run AdaRound: its beta changes every step")
+        if isinstance(rounding, AttentionRounding) and rounding.tau_end is not None:
+            raise ValueError("cuda_graph cannot run rounding_args.tau_end: eq. 6's width "
+                             "changes every step")
         if getattr(module, "drop_prob", 0.0) > 0:
             raise ValueError("cuda_graph cannot run QDrop's dropping (drop_prob > 0)")

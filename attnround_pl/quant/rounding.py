@@ -285,13 +285,20 @@ class AttentionSettings:
             width of eq. 6 (not in the paper; issue 34's lever: Adam moves alpha about ``lr``
             a step, so at lr 4e-4 a 2k-step run cannot bring back the third of the weights a
             ``N(0, 0.5^2)`` start puts off their nearest grid point).
+        tau_end: None (the paper) keeps eq. 6's width at ``tau`` for the whole run; a number
+            moves it linearly from ``tau`` to ``tau_end`` over a unit's steps (not in the paper;
+            issue 34's lever: a shrinking width makes moves away from the start ever harder,
+            as AdaRound's annealed beta hardens its rounding). ``init`` still draws with ``tau``.
     """
 
     tau: float = 0.5
     init: str = "gaussian"
+    tau_end: float | None = None
 
     def validate(self, where: str = SETTINGS_KEY) -> AttentionSettings:
         check_tau(self.tau, _key(where, "tau"))
+        if self.tau_end is not None:
+            check_tau(self.tau_end, _key(where, "tau_end"))
         if self.init not in ALPHA_INITS:
             raise QuantConfigError(f"{_key(where, 'init')}={self.init!r}: one of "
                                    f"{', '.join(ALPHA_INITS)}")
@@ -323,19 +330,26 @@ class AttentionRounding(Rounding):
     learnable = True
     settings_class = AttentionSettings
 
-    def __init__(self, tau: float = 0.5, seed: int = 0, init: str = "gaussian") -> None:
+    def __init__(self, tau: float = 0.5, seed: int = 0, init: str = "gaussian",
+                 tau_end: float | None = None) -> None:
         super().__init__()
         check_tau(tau)
-        AttentionSettings(tau, init).validate()
-        self.tau = float(tau)
+        AttentionSettings(tau, init, tau_end).validate()
+        self.tau = float(tau)  # alpha's initial spread
         self.init = init
+        self.tau_end = None if tau_end is None else float(tau_end)
+        self.width = self.tau  # eq. 6's width now (moves to tau_end with set_progress)
         self.seed = seed
         self.alpha = nn.Parameter(torch.zeros(0))
         self._overshoot: Tensor | None = None  # q - round(x + alpha) of the last forward
 
     @classmethod
     def from_settings(cls, settings: AttentionSettings, seed: int = 0) -> AttentionRounding:
-        return cls(tau=settings.tau, seed=seed, init=settings.init)
+        return cls(tau=settings.tau, seed=seed, init=settings.init, tau_end=settings.tau_end)
+
+    def set_progress(self, t: float) -> None:
+        if self.tau_end is not None:
+            self.width = self.tau + (self.tau_end - self.tau) * min(1.0, max(0.0, t))
 
     @torch.no_grad()
     def init_state(self, x: Tensor) -> None:
@@ -360,14 +374,15 @@ class AttentionRounding(Rounding):
     def finish_gradient(self) -> None:
         if self.alpha.grad is None or self._overshoot is None:
             return
-        attention_gradient(self.alpha.grad, self.alpha, self.tau, self._overshoot)
+        attention_gradient(self.alpha.grad, self.alpha, self.width, self._overshoot)
 
     def grid_value(self, x: Tensor) -> Tensor:
         return torch.round(x.detach() + self.alpha)
 
     def extra_repr(self) -> str:
         init = "" if self.init == "gaussian" else f", init={self.init}"
-        return f"{self.name}, tau={self.tau}{init}"
+        end = "" if self.tau_end is None else f", tau_end={self.tau_end}"
+        return f"{self.name}, tau={self.tau}{init}{end}"
 
 
 def check_tau(tau: float, key: str = "tau") -> float:

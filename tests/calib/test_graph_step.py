@@ -49,6 +49,8 @@ def test_cuda_graph_refuses_adaround_dropping_schedules_and_compile():
         BlockReconstruction(unit, data, "u", compile="default", cuda_graph=True)
     with pytest.raises(ValueError, match="cannot run AdaRound"):
         BlockReconstruction(*_tiny(rounding="adaround"), "u", cuda_graph=True)
+    with pytest.raises(ValueError, match="cannot run rounding_args.tau_end"):
+        BlockReconstruction(*_tiny(rounding_args={"tau_end": 0.1}), "u", cuda_graph=True)
     with pytest.raises(ValueError, match="QDrop's dropping"):
         BlockReconstruction(*_tiny(drop={"prob": 0.5}), "u", cuda_graph=True)
     module = BlockReconstruction(unit, data, "u", cuda_graph=True)

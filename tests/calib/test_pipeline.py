@@ -180,6 +180,9 @@ def test_cuda_graph_settings_it_cannot_record_are_refused_before_anything_starts
         "devices); a rounding other than adaround (its beta changes every step); "
         "quant.drop.prob=0 (QDrop's generator is not recorded)"
     )
+    with pytest.raises(SettingError, match=r"no quant.rounding_args.tau_end \(eq. 6's width"):
+        calibrate(FloatModel("resnet20"), data, QuantConfig(rounding_args={"tau_end": 0.1}),
+                  recon, run, {"accelerator": "gpu"})
     with pytest.raises(SettingError, match="recon.cuda_graph and recon.compile are exclusive"):
         ReconConfig(cuda_graph=True, compile="default").validate()
     with pytest.raises(SettingError, match="needs recon.lr_schedule=constant"):

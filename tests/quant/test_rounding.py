@@ -112,6 +112,32 @@ def test_attention_init_zero_starts_at_nearest_and_still_learns_with_eq6():
         rounding_settings("attention", {"init": "uniform"})
 
 
+def test_attention_tau_end_moves_eq6_width_linearly_and_keeps_the_initial_spread():
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(4000, generator=gen)
+    r = make_rounding("attention", tau=0.5, tau_end=0.1, seed=2)
+    r.init_state(x)
+    assert abs(r.alpha.std().item() - 0.5) < 0.03  # drawn with tau, not tau_end
+    upstream = torch.randn(4000, generator=gen)
+    widths = []
+    for t, width in ((0.0, 0.5), (0.5, 0.3), (1.0, 0.1)):
+        r.set_progress(t)
+        widths.append(r.width)
+        r.alpha.grad = None
+        (r(x, LO, HI) * upstream).sum().backward()
+        r.finish_gradient()
+        alpha = r.alpha.detach()
+        expected = _reference_eq6(upstream, alpha, width, torch.round(x + alpha), LO, HI)
+        assert torch.allclose(r.alpha.grad, expected, atol=1e-6), t
+    assert widths == pytest.approx([0.5, 0.3, 0.1])
+    assert "tau_end=0.1" in repr(r)
+    fixed = make_rounding("attention", tau=0.5)
+    fixed.set_progress(0.9)
+    assert fixed.width == 0.5
+    with pytest.raises(QuantConfigError, match=r"tau_end=-1"):
+        make_rounding("attention", tau=0.5, tau_end=-1.0)
+
+
 @pytest.mark.parametrize("tau", [0.25, 0.5, 1.0])
 def test_attention_backward_is_phi_formula_both_signs(tau):
     gen = torch.Generator().manual_seed(0)
