@@ -65,6 +65,20 @@ def run(model: str, setting: str, variant: str, seed: int, recipe: str = "neares
     return Report.read(run_dir / "report.json")
 
 
+def write_results(out: Path, recipe: str, rows: list[dict], command: str) -> None:
+    """Write ``rows`` to ``out``, keeping the rows of earlier commands (other models, settings
+    or variants) that this one did not run; ``commands`` lists every command that wrote rows."""
+    old = json.loads(out.read_text()) if out.is_file() else {}
+    ran = {(r["model"], r["setting"], r["variant"]) for r in rows}
+    kept = [r for r in old.get("rows", []) if (r["model"], r["setting"], r["variant"]) not in ran]
+    commands = [c for c in old.get("commands", [old["command"]] if "command" in old else [])
+                if c != command]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"commands": [*commands, command], "machine": machine(),
+                               "recipe": recipe, "holdout": HOLDOUT, "rows": [*kept, *rows]},
+                              indent=2) + "\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["resnet20", "mobilenetv2"])
@@ -89,11 +103,8 @@ def main() -> None:
                              "eval_data": reports[0].eval_data,
                              "calib_seconds": [r.calib_seconds for r in reports]})
                 print(f"# {model} {setting} {variant}: {top1}", file=sys.stderr, flush=True)
-    out = RESULTS / f"levers_{args.recipe}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"command": "python benchmarks/levers.py " + " ".join(sys.argv[1:]),
-                               "machine": machine(), "recipe": args.recipe,
-                               "holdout": HOLDOUT, "rows": rows}, indent=2) + "\n")
+    write_results(RESULTS / f"levers_{args.recipe}.json", args.recipe, rows,
+                  "python benchmarks/levers.py " + " ".join(sys.argv[1:]))
     print("| model | setting | variant | validation top-1 % (mean ± sd) | per seed | float |")
     print("| --- | --- | --- | ---: | --- | ---: |")
     for r in rows:

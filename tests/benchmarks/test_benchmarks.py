@@ -1,4 +1,5 @@
 import importlib.util
+import json
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -121,7 +122,7 @@ def new_form(old_quant: dict) -> tuple[dict, dict]:
     quant = {k: v for k, v in old_quant.items()
              if k not in ("tau", "drop_prob", "mixed") and not k.startswith("adaround_")}
     rounding_args = {
-        "attention": {"tau": old_quant["tau"], "init": "gaussian"},
+        "attention": {"tau": old_quant["tau"], "init": "gaussian", "tau_end": None},
         "adaround": {"reg_weight": old_quant["adaround_reg_weight"],
                      "beta_start": old_quant["adaround_beta_start"],
                      "beta_end": old_quant["adaround_beta_end"],
@@ -227,7 +228,6 @@ def _row(method, setting="W3A3", seeds=(0,), top1=90.0):
 
 
 def test_plots_keep_the_row_with_most_seeds_and_draw_the_tau_sweep(tmp_path, monkeypatch):
-    import json
 
     plots = _load("plots")
     monkeypatch.setattr(plots, "RESULTS", tmp_path)
@@ -363,7 +363,6 @@ def test_suite_rows_reuse_the_committed_seeds_and_add_new_runs(tmp_path):
 
 
 def test_accuracy_keeps_the_committed_rows_a_filtered_run_does_not_reach(tmp_path, monkeypatch):
-    import json
 
     acc = _load("accuracy")
     runs, out = tmp_path / "runs", tmp_path / "results"
@@ -386,7 +385,6 @@ def test_accuracy_keeps_the_committed_rows_a_filtered_run_does_not_reach(tmp_pat
 
 
 def test_a_suite_reuses_other_suites_rows_only_when_asked(tmp_path, monkeypatch):
-    import json
 
     acc = _load("accuracy")
     runs, out = tmp_path / "runs", tmp_path / "results"
@@ -441,7 +439,6 @@ def test_a_corrupt_results_file_or_report_stops_with_its_name_and_keeps_the_file
 
 
 def test_doc_tables_are_rewritten_from_the_json_and_nothing_else(tmp_path, monkeypatch):
-    import json
 
     plots = _load("plots")
     monkeypatch.setattr(plots, "RESULTS", tmp_path)
@@ -506,7 +503,6 @@ def test_mixed_sizes_row_fits_its_budget_and_prints_every_layer():
 
 
 def test_speed_times_every_unit_against_its_float_forward_backward(tmp_path, monkeypatch, capsys):
-    import json
 
     from attnround_pl.models import build_model, split_units
     from attnround_pl.quant import QuantConfig, quantize_model
@@ -555,7 +551,6 @@ def test_speed_refuses_imagenet_models_without_random_images_and_too_few_images(
 
 
 def test_speed_table_puts_before_after_and_as_run_side_by_side(tmp_path):
-    import json
 
     speed_table = _load("speed_table")
 
@@ -624,3 +619,15 @@ def test_every_lever_variant_parses_on_every_recipe_it_is_run_with():
                 assert cfg["quant"]["rounding_args"] == {"tau": 0.5, "init": "zero"}
             if "5000" in options:
                 assert cfg["recon"]["iters"] == 5000
+
+
+def test_levers_results_keep_the_rows_other_commands_wrote(tmp_path):
+    levers = _load("levers")
+    out = tmp_path / "levers_x.json"
+    row = {"model": "resnet20", "setting": "W2A4", "seeds": [0], "top1": [90.0]}
+    levers.write_results(out, "x", [{**row, "variant": "a"}], "cmd a")
+    levers.write_results(out, "x", [{**row, "variant": "b"}], "cmd b")
+    levers.write_results(out, "x", [{**row, "variant": "a", "top1": [91.0]}], "cmd a")
+    result = json.loads(out.read_text())
+    assert result["commands"] == ["cmd b", "cmd a"]
+    assert [(r["variant"], r["top1"]) for r in result["rows"]] == [("b", [90.0]), ("a", [91.0])]
