@@ -45,6 +45,12 @@ VARIANTS = {  # name -> options on top of the model, recipe and precision files
     "iters 5000": ["--recon.iters", "5000"],
     "iters 5000, alpha lr 1e-3": ["--recon.iters", "5000", "--recon.lr", "0.001"],
     "tau_end 0.1": ["--quant.rounding_args", "{tau: 0.5, tau_end: 0.1}"],
+    # mixed precision at the size of the setting's uniform weight bits (run with W4A4)
+    "mixed [3,4,5,6] by coding length, W4 size": ["--mixed.bit_list", "[3,4,5,6]",
+                                                  "--mixed.budget_bits", "4"],
+    "mixed [3,4,5,6] by sensitivity, W4 size": ["--mixed.bit_list", "[3,4,5,6]",
+                                                "--mixed.budget_bits", "4",
+                                                "--mixed.method", "sensitivity"],
 }
 HOLDOUT = 5000
 

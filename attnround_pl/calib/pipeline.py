@@ -350,7 +350,7 @@ def _quantize(float_net: nn.Module, quant: QuantConfig, mixed: MixedConfig,
     (``quant.layer_w_bits``) win over an allocation."""
     allocation = None
     if mixed.enabled and not quant.layer_w_bits:
-        allocation = allocate_model(float_net, mixed, quant)
+        allocation = allocate_model(float_net, mixed, quant, batches)
     qmodel = quantize_model(float_net, quant, layer_w_bits=(
         allocation.layer_bits() if allocation is not None else None))
     qmodel.bit_allocation = allocation  # mixed.Allocation; None in single precision

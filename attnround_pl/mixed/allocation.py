@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from torch import nn
+from torch import Tensor, nn
 
 from ..quant.config import QuantConfig
 from ..quant.model import folded_copy
@@ -22,7 +23,8 @@ from .config import MixedConfig, MixedPrecisionError, check_bit_list, check_mixe
 MB = 2**20
 EPS2_GRID = [10.0**e for e in np.arange(-6.0, 2.01, 0.25)]
 
-__all__ = ["Allocation", "LayerBits", "MixedPrecisionError", "allocate_bits", "allocate_model",
+__all__ = ["Allocation", "LayerBits", "MixedPrecisionError", "allocate_bits",
+           "allocate_by_sensitivity", "allocate_model",
            "check_bit_list", "check_mixed", "cluster_bits", "cluster_maps", "size_mb"]
 
 
@@ -30,9 +32,10 @@ __all__ = ["Allocation", "LayerBits", "MixedPrecisionError", "allocate_bits", "a
 class LayerBits:
     name: str
     params: int
-    length: float
+    length: float  # coding length (NaN: fixed, or not computed by the sensitivity method)
     bits: int
     fixed: bool  # first/last layer: bits set by their own keys, not by the clustering
+    error: float | None = None  # sensitivity method: output MSE with this layer alone at bits
 
 
 @dataclass
@@ -49,6 +52,7 @@ class Allocation:
     eps2: float
     budget_mb: float | None
     cluster_bits: list[int]
+    method: str = "coding_length"
 
     def size_mb(self) -> float:
         return size_mb([r.params for r in self.rows], [r.bits for r in self.rows])
@@ -113,10 +117,7 @@ def allocate_bits(
     def lengths_at(eps2: float) -> list[float]:
         return [coding_length(m.weight, eps2) for _, m in free]
 
-    budget, label = config.budget_mb, f"mixed.budget_mb={config.budget_mb}"
-    if config.budget_bits is not None:
-        budget = size_mb(params, [fixed.get(name, config.budget_bits) for name, _ in layers])
-        label = f"mixed.budget_bits={config.budget_bits} ({budget:.4f} MB)"
+    budget, label = _budget(config, layers, params, fixed)
     if budget is None:
         lengths = lengths_at(config.eps2)
         rows = table(cluster_bits(lengths, bit_list, seed), lengths)
@@ -124,15 +125,59 @@ def allocate_bits(
     return _fit_budget(params, bit_list, budget, label, seed, table, lengths_at)
 
 
-def allocate_model(model: nn.Module, config: MixedConfig, quant: QuantConfig) -> Allocation:
+def _budget(config: MixedConfig, layers: list[tuple[str, nn.Module]], params: list[int],
+            fixed: dict[str, int]) -> tuple[float | None, str]:
+    """(the size limit in MB or None, how to name it in an error)."""
+    if config.budget_bits is None:
+        return config.budget_mb, f"mixed.budget_mb={config.budget_mb}"
+    budget = size_mb(params, [fixed.get(name, config.budget_bits) for name, _ in layers])
+    return budget, f"mixed.budget_bits={config.budget_bits} ({budget:.4f} MB)"
+
+
+def allocate_by_sensitivity(model: nn.Module, layers: list[tuple[str, nn.Module]],
+                            config: MixedConfig, fixed: dict[str, int],
+                            batches: Sequence[Tensor], quant: QuantConfig) -> Allocation:
+    """``mixed.method: sensitivity`` (see ``sensitivity``): each free layer's output error at
+    each width of ``bit_list``, then bits lowered greedily from the widest to the budget."""
+    from .sensitivity import layer_errors, lower_bits_greedily
+
+    bit_list = list(config.bit_list or [])
+    check_mixed(config)
+    params = [m.weight.numel() for _, m in layers]
+    budget, label = _budget(config, layers, params, fixed)
+    free = [(n, m) for n, m in layers if n not in fixed]
+    errors = layer_errors(model, free, bit_list, batches, quant)
+    fixed_bits = sum(p * fixed[n] for (n, _), p in zip(layers, params, strict=True)
+                     if n in fixed)
+    counts = {n: p for (n, _), p in zip(layers, params, strict=True)}
+    bits = lower_bits_greedily(counts, errors, bit_list, budget * 8 * MB - fixed_bits)
+    if bits is None:
+        smallest = size_mb(params, [fixed.get(n, bit_list[0]) for n, _ in layers])
+        raise MixedPrecisionError(
+            f"{label} cannot be met: the smallest allocation with bit_list {bit_list} "
+            f"(first/last layers fixed) is {smallest:.4f} MB")
+    rows = [LayerBits(n, p, math.nan, fixed[n], True) if n in fixed else
+            LayerBits(n, p, math.nan, bits[n], False, errors[n][bits[n]])
+            for (n, _), p in zip(layers, params, strict=True)]
+    return Allocation(rows, config.eps2, budget, bit_list, method="sensitivity")
+
+
+def allocate_model(model: nn.Module, config: MixedConfig, quant: QuantConfig,
+                   batches: Sequence[Tensor] | None = None) -> Allocation:
     """The allocation of ``model``'s layers as ``quantize_model(model, quant)`` takes them (an
     eval-mode copy, BatchNorms folded, execution order; ``model`` is not modified): the first
-    and last layer keep ``quant``'s first/last-layer weight bits, the others are clustered;
-    k-means is seeded with ``quant.seed``. Hand ``layer_bits()`` of the result to
-    ``quantize_model(..., layer_w_bits=...)``."""
+    and last layer keep ``quant``'s first/last-layer weight bits, the others get bits by
+    ``config.method``: clustered by coding length (k-means seeded with ``quant.seed``), or by
+    their output errors measured on ``batches`` (calibration images; needed then). Hand
+    ``layer_bits()`` of the result to ``quantize_model(..., layer_w_bits=...)``."""
     folded, order, _ = folded_copy(model)
     layers = [(name, folded.get_submodule(name)) for name in order]
     fixed = {order[0]: quant.first_layer_w_bits, order[-1]: quant.last_layer_w_bits}
+    if config.method == "sensitivity":
+        if not batches:
+            raise MixedPrecisionError("mixed.method=sensitivity measures each layer's error on "
+                                      "calibration images: pass batches")
+        return allocate_by_sensitivity(folded, layers, config, fixed, batches, quant)
     return allocate_bits(layers, config, fixed, seed=quant.seed)
 
 

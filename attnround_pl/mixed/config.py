@@ -9,6 +9,7 @@ from typing import Any
 from ..errors import SettingError, check_finite
 
 GROUP = "mixed"  # the config section: mixed.bit_list, --mixed.bit_list
+METHODS = ("coding_length", "sensitivity")  # MixedConfig.method
 
 
 class MixedPrecisionError(SettingError):
@@ -17,11 +18,15 @@ class MixedPrecisionError(SettingError):
 
 @dataclass
 class MixedConfig:
-    """Per-layer weight bits by coding length (Algorithm 1 of the paper), chosen before
-    quantization and handed to ``quantize_model`` as per-layer weight bits.
+    """Per-layer weight bits by coding length (Algorithm 1 of the paper) or by measured
+    sensitivity, chosen before quantization and handed to ``quantize_model`` as per-layer
+    weight bits.
 
     Args:
         bit_list: candidate weight bits, ascending (e.g. [3, 4, 5, 6]); null = single precision.
+        method: ``coding_length`` (the paper's Algorithm 1: k-means on eq. 12's coding
+            lengths) or ``sensitivity`` (each layer's output error at each width, measured on
+            calibration images, bits lowered greedily to the budget; needs a budget).
         eps2: the distortion eps^2 of eq. 12 (> 0).
         budget_mb: if set, the model size (quantized layers, params x bits / 8, 1 MB = 2^20
             bytes) must not exceed it; eps2 and the cluster-to-bits map are chosen for that.
@@ -30,6 +35,7 @@ class MixedConfig:
     """
 
     bit_list: list[int] | None = None
+    method: str = "coding_length"
     eps2: float = 1e-3
     budget_mb: float | None = None
     budget_bits: int | None = None
@@ -52,7 +58,11 @@ class MixedConfig:
 
 def check_mixed(config: MixedConfig, layers: int | None = None) -> None:
     """Every check on the settings; ``layers`` (how many get clustered bits) when known."""
-    check_bit_list(list(config.bit_list or []), layers)
+    if config.method not in METHODS:
+        raise MixedPrecisionError(f"{GROUP}.method={config.method!r}: one of "
+                                  f"{', '.join(METHODS)}")
+    clustered = config.method == "coding_length"  # k-means needs no more widths than layers
+    check_bit_list(list(config.bit_list or []), layers if clustered else None)
     if not config.eps2 > 0:
         raise MixedPrecisionError(f"{GROUP}.eps2={config.eps2} must be > 0")
     if config.budget_mb is not None and not config.budget_mb > 0:
@@ -66,6 +76,10 @@ def check_mixed(config: MixedConfig, layers: int | None = None) -> None:
             f"{GROUP}.budget_mb={config.budget_mb} and budget_bits={bits} both set: "
             "give one size limit"
         )
+    if config.method == "sensitivity" and bits is None and config.budget_mb is None:
+        raise MixedPrecisionError(f"{GROUP}.method=sensitivity needs a size limit "
+                                  f"({GROUP}.budget_bits or {GROUP}.budget_mb): without one "
+                                  "every layer would keep the widest bits")
 
 
 def check_bit_list(bit_list: list[int], layers: int | None = None) -> list[int]:

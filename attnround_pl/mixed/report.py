@@ -25,6 +25,7 @@ class MixedLayer:
     coding_length: float | None
     bits: int
     fixed: bool
+    output_error: float | None = None  # sensitivity: the output MSE with it alone at bits
 
 
 @dataclass
@@ -45,6 +46,7 @@ class MixedReport:
     size_mb: float
     single_precision_size_mb: dict[str, float] = field(default_factory=dict)
     layers: list[MixedLayer] = field(default_factory=list)
+    method: str = "coding_length"  # MixedConfig.method
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -69,19 +71,25 @@ def mixed_report(allocation: Allocation, bit_list: list[int],
         size_mb=allocation.size_mb(),
         single_precision_size_mb={str(b): allocation.uniform_size_mb(b) for b in bit_list},
         layers=[MixedLayer(r.name, r.params, None if math.isnan(r.length) else r.length, r.bits,
-                           r.fixed) for r in allocation.rows],
+                           r.fixed, r.error) for r in allocation.rows],
+        method=allocation.method,
     )
 
 
 def mixed_table(report: MixedReport) -> Table:
     budget = "" if report.budget_mb is None else f", budget {report.budget_mb:.4f} MB"
+    by_error = report.method == "sensitivity"
+    how = "by sensitivity" if by_error else f"eps² {report.eps2:.3g}"
     table = Table(title=f"mixed precision {report.bit_list}: {report.size_mb:.4f} MB "
-                        f"(eps² {report.eps2:.3g}{budget})")
-    for col in ("layer", "params", "L(W) bits", "w_bits"):
+                        f"({how}{budget})")
+    measure = "output MSE alone" if by_error else "L(W) bits"
+    for col in ("layer", "params", measure, "w_bits"):
         table.add_column(col, justify="left" if col == "layer" else "right")
     for row in report.layers:
-        length = "fixed" if row.coding_length is None else f"{row.coding_length:.1f}"
-        table.add_row(row.name, str(row.params), length, str(row.bits))
+        value = row.output_error if by_error else row.coding_length
+        shown = ("fixed" if row.fixed else "-" if value is None
+                 else f"{value:.3e}" if by_error else f"{value:.1f}")
+        table.add_row(row.name, str(row.params), shown, str(row.bits))
     singles = ", ".join(f"W{b}: {s:.4f}" for b, s in report.single_precision_size_mb.items())
     table.caption = f"single precision (first/last layers fixed): {singles} MB"
     return table

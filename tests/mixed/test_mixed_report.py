@@ -27,8 +27,13 @@ def test_report_sizes_compare_like_with_like_and_record_the_choice():
     assert [r.coding_length for r in report.layers] == [None, 12.5, 40.0, None]
     written = report.to_dict()  # report.json's "mixed" entry, and back
     assert written["layers"][1] == {"name": "a", "params": 1000, "coding_length": 12.5,
-                                    "bits": 3, "fixed": False}
+                                    "bits": 3, "fixed": False, "output_error": None}
+    assert written["method"] == "coding_length"
     assert MixedReport.from_dict(written) == report
+    older = {**written, "layers": [{k: v for k, v in row.items() if k != "output_error"}
+                                   for row in written["layers"]]}
+    del older["method"]  # a report.json written before mixed.method existed still reads
+    assert MixedReport.from_dict(older) == report
 
 
 def test_table_title_names_the_eps2_used_and_the_budget():
