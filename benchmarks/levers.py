@@ -33,7 +33,7 @@ CLI = [sys.executable, "-m", "attnround_pl.cli"]
 SETTINGS = {"W4A4": "configs/precision/w4a4.yaml", "W2A4": "configs/precision/w2a4.yaml",
             "W3A3": "configs/precision/w3a3.yaml"}
 VARIANTS = {  # name -> options on top of the model, recipe and precision files
-    "baseline (layers, p=2)": [],
+    "the recipe as it is": [],
     "scale_search_p 2.4": ["--quant.scale_search_p", "2.4"],
     "act_placement blocks": ["--quant.act_placement", "blocks"],
     # with reconstruction (--recipe attention); new variants go at the end (runs are named by
