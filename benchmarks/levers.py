@@ -111,13 +111,15 @@ def main() -> None:
                 print(f"# {model} {setting} {variant}: {top1}", file=sys.stderr, flush=True)
     write_results(RESULTS / f"levers_{args.recipe}.json", args.recipe, rows,
                   "python benchmarks/levers.py " + " ".join(sys.argv[1:]))
-    print("| model | setting | variant | validation top-1 % (mean ± sd) | per seed | float |")
-    print("| --- | --- | --- | ---: | --- | ---: |")
+    print("| model | setting | variant | validation top-1 % (mean ± sd) | per seed | float | "
+          "calibration s (mean) |")
+    print("| --- | --- | --- | ---: | --- | ---: | ---: |")
     for r in rows:
         sd = statistics.stdev(r["top1"]) if len(r["top1"]) > 1 else 0.0
         print(f"| {r['model']} | {r['setting']} | {r['variant']} | "
               f"{statistics.mean(r['top1']):.2f} ± {sd:.2f} | "
-              f"{', '.join(f'{t:.2f}' for t in r['top1'])} | {r['float_top1']:.2f} |")
+              f"{', '.join(f'{t:.2f}' for t in r['top1'])} | {r['float_top1']:.2f} | "
+              f"{statistics.mean(r['calib_seconds']):.0f} |")
 
 
 if __name__ == "__main__":
