@@ -132,7 +132,7 @@ def new_form(old_quant: dict) -> tuple[dict, dict]:
               "drop": {"prob": old_quant["drop_prob"], "float_inputs": False},
               "profile": "default", "act_placement": "layers",
               "scale_search_p": 2.0}  # keys of this version, at their defaults
-    return quant, old_quant["mixed"]
+    return quant, {**old_quant["mixed"], "method": "coding_length"}  # method: new, default
 
 
 def test_every_suite_row_composes_the_settings_its_old_arguments_gave():
