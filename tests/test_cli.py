@@ -298,7 +298,7 @@ def test_the_main_job_composes_the_settings_of_the_single_file_it_replaced(capsy
     assert now["run"] == {**before["run"], "onnx_opset": None}
     assert {k: now["trainer"].get(k) for k in before["trainer"]} == before["trainer"]
     old = dict(before["quant"])
-    assert now["mixed"] == old.pop("mixed")
+    assert now["mixed"] == {**old.pop("mixed"), "method": "coding_length"}  # method: new
     assert old.pop("tau") == 0.5 and old.pop("drop_prob") == 0.0
     assert [old.pop(k) for k in ("adaround_reg_weight", "adaround_beta_start",
                                  "adaround_beta_end", "adaround_warmup")] == [0.01, 20.0, 2.0, 0.2]

@@ -26,12 +26,16 @@ def test_reads_configs_then_options_in_order(tmp_path):
                             "--mixed.bit_list", "[3,4]"])
     assert groups["quant"]["w_bits"] == 3 and groups["quant"]["rounding"] == "attention"
     assert groups["quant"]["rounding_args"] == {"tau": 0.25} and groups["recon"]["iters"] == 7
-    assert groups["quant"]["drop"] == {"prob": 0.5} and groups["mixed"] == {"bit_list": [3, 4]}
+    # the recipe file sets drop.float_inputs; the option sets prob
+    assert groups["quant"]["drop"] == {"prob": 0.5, "float_inputs": False}
+    assert groups["mixed"] == {"bit_list": [3, 4]}
     assert groups["run"] == {"export": ["onnx"]}
     # a later config replaces the rounding settings of an earlier one, as jsonargparse does
     qdrop = REPO / "configs" / "recipes" / "qdrop.yaml"
     groups = read_settings([*MAIN, "--config", str(qdrop), "--config", str(RECIPE)])
-    assert groups["quant"]["rounding_args"] is None and groups["quant"]["drop"] == {"prob": 0.0}
+    assert groups["quant"]["rounding_args"] is None  # qdrop's float_inputs true is replaced too
+    assert groups["quant"]["drop"] == {"prob": 0.0, "float_inputs": False}
+    assert groups["quant"]["act_placement"] == "layers"
     for unsure in (["positional"], ["--config", "quant: {w_bits: 3}"]):
         with pytest.raises(_Unsure):
             read_settings(unsure)
