@@ -147,9 +147,8 @@ def allocate_by_sensitivity(model: nn.Module, layers: list[tuple[str, nn.Module]
     budget, label = _budget(config, layers, params, fixed)
     free = [(n, m) for n, m in layers if n not in fixed]
     errors = layer_errors(model, free, bit_list, batches, quant)
-    fixed_bits = sum(p * fixed[n] for (n, _), p in zip(layers, params, strict=True)
-                     if n in fixed)
     counts = {n: p for (n, _), p in zip(layers, params, strict=True)}
+    fixed_bits = sum(counts[n] * b for n, b in fixed.items())
     bits = lower_bits_greedily(counts, errors, bit_list, budget * 8 * MB - fixed_bits)
     if bits is None:
         smallest = size_mb(params, [fixed.get(n, bit_list[0]) for n, _ in layers])

@@ -333,8 +333,7 @@ class AttentionRounding(Rounding):
     def __init__(self, tau: float = 0.5, seed: int = 0, init: str = "gaussian",
                  tau_end: float | None = None) -> None:
         super().__init__()
-        check_tau(tau)
-        AttentionSettings(tau, init, tau_end).validate()
+        AttentionSettings(tau, init, tau_end).validate(where="")  # keys as given: tau=...
         self.tau = float(tau)  # alpha's initial spread
         self.init = init
         self.tau_end = None if tau_end is None else float(tau_end)
