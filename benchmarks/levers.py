@@ -31,7 +31,7 @@ RUNS = ROOT / "benchmarks" / "runs" / "levers"
 RESULTS = ROOT / "benchmarks" / "results"
 CLI = [sys.executable, "-m", "attnround_pl.cli"]
 SETTINGS = {"W4A4": "configs/precision/w4a4.yaml", "W2A4": "configs/precision/w2a4.yaml",
-            "W3A3": "configs/precision/w3a3.yaml"}
+            "W3A3": "configs/precision/w3a3.yaml", "W2A2": "configs/precision/w2a2.yaml"}
 VARIANTS = {  # name -> options on top of the model, recipe and precision files
     "the recipe as it is": [],
     "scale_search_p 2.4": ["--quant.scale_search_p", "2.4"],
@@ -51,6 +51,7 @@ VARIANTS = {  # name -> options on top of the model, recipe and precision files
     "mixed [3,4,5,6] by sensitivity, W4 size": ["--mixed.bit_list", "[3,4,5,6]",
                                                 "--mixed.budget_bits", "4",
                                                 "--mixed.method", "sensitivity"],
+    "keep best every 250": ["--recon.keep_best_every", "250"],
 }
 HOLDOUT = 5000
 

@@ -66,7 +66,8 @@ class UnitResult:
     """One reconstruction unit: its layers, cache, output MSE (on the calibration cache) with
     round-to-nearest and at the end, which state it kept ('learned', 'nearest': the learned
     one was worse, its MSE in ``mse_learned``; 'as built': nothing to learn), wall seconds
-    (cache, fit, MSE checks) and iterations."""
+    (cache, fit, MSE checks), iterations and, with ``recon.keep_best_every``, the step whose
+    state was kept (``best_step``)."""
 
     name: str
     kind: str
@@ -81,11 +82,13 @@ class UnitResult:
     seconds: float = 0.0
     iters: int = 0
     mse_learned: float | None = None
+    best_step: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
-        if out["mse_learned"] is None:
-            del out["mse_learned"]
+        for key in ("mse_learned", "best_step"):
+            if out[key] is None:
+                del out[key]
         return out
 
     @classmethod

@@ -13,7 +13,8 @@ from lightning.pytorch.callbacks import Callback
 from torch import Tensor, nn
 
 from ..models import Unit
-from ..quant import freeze_model, output_mse, quant_layers, round_to_nearest
+from ..quant import as_frozen, freeze_model, output_mse, quant_layers, round_to_nearest
+from .best_state import BestState
 from .cache import UnitData, build_unit_data, cache_device
 from .distributed import agree, reduce_sums
 from .memory import (
@@ -84,6 +85,7 @@ class BlockSequencer(Callback):
         # QDrop's unit-input mixing (quant.drop.float_inputs): the float inputs are cached too
         self.float_inputs = bool(getattr(qmodel, "drop_float_inputs", False))
         self._initial: dict[str, dict[str, Any]] = {}
+        self._best: BestState | None = None  # recon.keep_best_every's checkpoints
         self._bytes: dict[str, tuple[int, int]] = {}  # unit -> (cache, step) bytes
 
     def run(self, done: list[UnitResult] | None = None) -> list[UnitResult]:
@@ -141,6 +143,10 @@ class BlockSequencer(Callback):
                 mse_nearest=mse_nearest,
                 learned=module.has_learnable() and self.recon.iters > 0,
             )
+            self._best = None
+            if self._current.learned and self.recon.keep_best_every > 0:
+                self._best = BestState([p for group in module.learnable() for p in group],
+                                       self.recon.keep_best_every)
             if self._current.learned:
                 trainer.fit(module)
             else:
@@ -175,12 +181,40 @@ class BlockSequencer(Callback):
         return self._bytes[unit.name]
 
     # Callback hooks ---------------------------------------------------------------------
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                           outputs: Any, batch: list, batch_idx: int) -> None:
+        """``recon.keep_best_every``: measure and offer the state at each checkpoint (the last
+        step's is offered in ``_finish``). A Lightning batch carries ``len(batch)`` steps."""
+        best = self._best
+        if best is None:
+            return
+        done = batch_idx * pl_module.steps_per_batch + len(batch)
+        if done < pl_module.iters and best.due(done, len(batch)):
+            self._offer(pl_module, done)
+
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._finish(pl_module)
 
     # ------------------------------------------------------------------------------------
+    def _offer(self, module: BlockReconstruction, step: int) -> None:
+        """Offer the unit's state after ``step`` steps to ``self._best``, measured as it would
+        freeze; logged to TensorBoard as ``recon/<unit>/mse_checkpoint``."""
+        unit = module.unit
+        training = unit.training
+        unit.eval()
+        with as_frozen(unit):
+            mse = unit_mse(unit, self._data)
+        unit.train(training)
+        self._best.offer(mse, step)
+        if self.logger is not None:
+            self.logger.experiment.add_scalar(f"recon/{module.name}/mse_checkpoint", mse, step)
+
     def _finish(self, module: BlockReconstruction) -> None:
         module.unit.eval()
+        if self._best is not None:
+            self._offer(module, self.recon.iters)
+            self._current.best_step = self._best.restore()
+            self._best = None
         freeze_model(module.unit)
         module.unit.to(self._device)  # the Trainer's teardown returned it to the host
         result = self._current

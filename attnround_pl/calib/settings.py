@@ -53,6 +53,11 @@ class ReconConfig:
             calibration cache than round-to-nearest with the initial activation steps keeps
             round-to-nearest (said in the log line; ``kept`` in the report). Off: the learned
             state is kept whatever its error (what BRECQ's and QDrop's code do).
+        keep_best_every: every this many steps, the unit's output MSE on the calibration cache
+            is measured as it would freeze (hard rounding, no dropping), and at the end the
+            state with the lowest one (the last step's included) is the one frozen; its step
+            is ``best_step`` in the report. 0: off, the last step's state (issue 34's
+            keep-the-best lever; a check costs a forward pass over the cache).
     """
 
     iters: int = 2000
@@ -65,9 +70,13 @@ class ReconConfig:
     compile: str = "off"
     cuda_graph: bool = False
     keep_better: bool = True
+    keep_best_every: int = 0
 
     def validate(self) -> ReconConfig:
         check_finite(self, "recon")
+        if self.keep_best_every < 0:
+            raise SettingError(f"recon.keep_best_every={self.keep_best_every} must be >= 0 "
+                               "(0: off)")
         if self.iters < 0 or self.batch_size < 1:
             raise SettingError(f"recon.iters={self.iters} must be >= 0 and recon.batch_size="
                                f"{self.batch_size} positive")

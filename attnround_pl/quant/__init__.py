@@ -23,6 +23,7 @@ _EXPORTS = {
     "model": [
         "act_border_parameters",
         "active_roundings",
+        "as_frozen",
         "act_step_parameters",
         "calibrate_activations",
         "finish_rounding_gradients",

@@ -183,6 +183,27 @@ def round_to_nearest(model: nn.Module) -> Iterator[None]:
             q.nearest_override = False
 
 
+@contextmanager
+def as_frozen(model: nn.Module) -> Iterator[None]:
+    """Within the block ``model`` computes what it would once frozen, without freezing: the
+    unfrozen weight quantizers give the integer codes ``freeze`` would store (AdaRound's
+    ``h >= 0.5``, not its soft value) and QDrop's dropping is off; learning goes on after it."""
+    weights = [m for m in model.modules() if isinstance(m, WeightQuantizer)]
+    acts = act_quantizers(model)
+    dropping = [q.dropping for q in acts]
+    for q in weights:
+        q.hard_override = True
+    for q in acts:
+        q.dropping = False
+    try:
+        yield
+    finally:
+        for q in weights:
+            q.hard_override = False
+        for q, was in zip(acts, dropping, strict=True):
+            q.dropping = was
+
+
 def active_roundings(model: nn.Module) -> list[Rounding]:
     """The rounding functions of the unfrozen weight quantizers inside ``model``."""
     return [

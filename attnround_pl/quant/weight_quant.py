@@ -54,6 +54,7 @@ class WeightQuantizer(nn.Module):
         self.register_buffer("codes", torch.zeros(0, dtype=self.code_dtype, device=weight.device))
         self.rounding: Rounding | None = rounding
         self.nearest_override = False
+        self.hard_override = False  # see model.as_frozen
         self.learning = False  # see set_learning
         self._scaled: tuple[Tensor, Tensor, Tensor] | None = None  # (w / s, lo, hi)
         rounding.init_state(weight.detach() / self.scale)
@@ -94,6 +95,8 @@ class WeightQuantizer(nn.Module):
             return self.scale * (self.codes.to(self.scale.dtype) - self.zero_point)
         x, lo, hi = self._scaled_weight(weight)
         rounding = _NEAREST if self.nearest_override else self.rounding
+        if self.hard_override:  # the codes freezing would store, without freezing
+            return self.scale * rounding.hard_codes(x, lo, hi)
         return self.scale * rounding(x, lo, hi)
 
     @torch.no_grad()

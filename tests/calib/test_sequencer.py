@@ -3,6 +3,7 @@ unit, and top-k named by what it is."""
 
 from dataclasses import replace
 
+import pytest
 import torch
 from torch import nn
 
@@ -20,11 +21,12 @@ def small_cnn() -> nn.Module:
     )
 
 
-def run(keep_better: bool, lr: float):
+def run(keep_better: bool, lr: float, **recon_args):
     model = small_cnn().eval()
     images = torch.randn(32, 3, 12, 12)
     labels = torch.randint(0, 2, (32,))
-    recon = ReconConfig(iters=30, batch_size=8, lr=lr, keep_better=keep_better)
+    recon = ReconConfig(**{"iters": 30, "batch_size": 8, "lr": lr, "keep_better": keep_better,
+                           **recon_args})
     return attnround_pl.quantize(model, images, w_bits=2, a_bits=4, recon=recon,
                                  eval_data=[(images, labels)], progress=False,
                                  trainer={"accelerator": "cpu"})
@@ -50,6 +52,22 @@ def test_a_unit_that_learned_worse_keeps_round_to_nearest():
         else:
             assert unit.kept == "learned" and unit.mse_learned is None
             assert "mse_learned" not in unit.to_dict()
+
+
+def test_keep_best_every_freezes_the_checkpoint_with_the_lowest_error():
+    # a high learning rate makes the error go up and down from step to step
+    plain = run(keep_better=False, lr=0.3).report.units
+    best = run(keep_better=False, lr=0.3, keep_best_every=5).report.units
+    for unit in best:
+        assert unit.best_step in range(5, 31, 5), unit.name
+        assert unit.to_dict()["best_step"] == unit.best_step
+    assert "best_step" not in plain[0].to_dict()
+    # the first unit sees the same inputs in both runs, and checking does not change learning:
+    # its kept state is the plain run's state after best_step steps
+    first = best[0]
+    assert first.best_step < 30 and first.mse_final < plain[0].mse_final
+    stopped = run(keep_better=False, lr=0.3, iters=first.best_step).report.units[0]
+    assert first.mse_final == pytest.approx(stopped.mse_final, rel=1e-6)
 
 
 def test_two_classes_get_top1_and_no_top5():

@@ -1,3 +1,4 @@
+import copy
 import subprocess
 import sys
 
@@ -11,10 +12,12 @@ from attnround_pl.quant import (
     QuantConfigError,
     QuantConv2d,
     QuantLinear,
+    as_frozen,
     calibrate_activations,
     freeze_model,
     quant_layers,
     quantize_model,
+    set_learning,
 )
 
 
@@ -120,6 +123,36 @@ def test_freeze_model_keeps_outputs():
         after = q(x)
     assert torch.equal(before, after)
     assert all(m.weight_quantizer.frozen for m in quant_layers(q).values())
+
+
+@pytest.mark.parametrize("rounding", ["adaround", "attention"])
+def test_as_frozen_computes_what_freezing_keeps_and_learning_goes_on_after(rounding):
+    model = _net()
+    x = torch.randn(4, 3, 8, 8)
+    q = quantize_model(model, QuantConfig(w_bits=2, a_bits=4, rounding=rounding,
+                                          drop={"prob": 0.5}))
+    calibrate_activations(q, [x])
+    set_learning(q, 4)  # QDrop's dropping on, as inside a reconstruction
+    with torch.no_grad():
+        for layer in quant_layers(q).values():  # learned offsets off the initial state
+            for p in layer.weight_quantizer.rounding.parameters():
+                p.add_(torch.randn_like(p) * 0.4)
+        twin = copy.deepcopy(q)
+        learning = [q(x)]
+        with as_frozen(q):
+            frozen_view = [q(x), q(x)]
+        learning.append(q(x))
+        # after the block, dropping and the soft rounding are back, and the dropping's draws
+        # go on as if the block had not been there
+        assert torch.equal(learning[0], twin(x)) and torch.equal(learning[1], twin(x))
+        assert not torch.equal(learning[0], learning[1])
+        set_learning(q, None)
+        plain = q(x)  # no dropping, the rounding's own forward
+        freeze_model(q)
+        frozen = q(x)
+    assert torch.equal(frozen_view[0], frozen) and torch.equal(frozen_view[1], frozen)
+    # Attention Round's forward is its hard value; AdaRound's soft value is not what it freezes to
+    assert torch.equal(plain, frozen) == (rounding == "attention")
 
 
 def test_seed_reproducible_and_layers_differ():
