@@ -33,7 +33,6 @@ DODGE = 0.04  # x offset between methods in the accuracy plots, in settings
 
 TAU_PREFIX = "attention_tau"
 PAPER_TAU = 0.5  # the plain "attention" rows
-MARKERS = "osD^v<>phX*P8Hd"  # one per (model, setting) of the time plot
 SINGLE_A4 = ("W3A4", "W4A4", "W5A4")  # the uniform rows the mixed ones are compared with
 # the benchmarks issue's settings in plot order, drawn by accuracy_by_setting (W3A4/W5A4: the
 # size plot's)
@@ -188,28 +187,94 @@ def tau_sweep(rows: list[dict], path: Path) -> bool:
     return True
 
 
-def time_vs_accuracy(rows: list[dict], path: Path, colours: dict[str, tuple]) -> None:
-    """Calibration wall time against top-1: colour per method, marker per setting, collapsed
-    rows (floor/ceil, > OFF_SCALE_DROP pp below float) and the tau sweep left out."""
-    rows = [r for r in rows if r["top1"] >= r["float_top1"] - OFF_SCALE_DROP
-            and not r["method"].startswith(TAU_PREFIX)]
-    methods = sorted({r["method"] for r in rows})
-    settings = sorted({(r["model"], r["setting"]) for r in rows})
-    markers = {s: MARKERS[i % len(MARKERS)] for i, s in enumerate(settings)}
-    fig, ax = plt.subplots(figsize=(8, 5))
+TIME_LEFT_OUT = ("floor", "ceil", "stochastic")  # collapsed or no learning: nothing to time
+BUDGET_SUFFIX = "_20k"  # a method run with the peers' budget: joined to its 2k row by a line
+
+
+def time_panels(rows: list[dict]) -> dict[tuple[str, str], list[dict]]:
+    """The rows of the time plot by (model, setting), over the settings with quantized
+    activations (``HEADLINE_SETTINGS``): the methods that learn, the tau sweep left out;
+    round-to-nearest stays (drawn as a level, not a point)."""
+    panels: dict[tuple[str, str], list[dict]] = defaultdict(list)
     for r in rows:
-        ax.scatter(r["calib_seconds"], r["top1"], s=30, color=colours[r["method"]],
-                   marker=markers[(r["model"], r["setting"])])
-    for m in methods:
-        ax.scatter([], [], color=colours[m], marker="o", label=m)
-    for model, setting in settings:
-        ax.scatter([], [], color="black", marker=markers[(model, setting)],
-                   label=f"{model} {setting}")
-    ax.set_xscale("log")
-    ax.set(xlabel="calibration wall time, s (2-core CPU, log scale)", ylabel="top-1 %",
-           title="calibration time against accuracy")
-    ax.legend(fontsize=6, ncol=2, loc="lower right")
-    fig.tight_layout()
+        if (r["setting"] in HEADLINE_SETTINGS and r["method"] not in TIME_LEFT_OUT
+                and not r["method"].startswith(TAU_PREFIX)):
+            panels[r["model"], r["setting"]].append(r)
+    return dict(panels)
+
+
+TIME_TICKS = (30, 100, 300, 1000, 3000)  # seconds
+
+
+def time_panel_limits(rows: list[dict], margin: float = 0.15) -> tuple[float, float]:
+    """The y range of a time panel: every point with its bar, and ``margin`` of that span
+    (at least 0.1 pp) around it."""
+    lows = [r["top1"] - (r.get("top1_std") or 0.0) for r in rows]
+    highs = [r["top1"] + (r.get("top1_std") or 0.0) for r in rows]
+    pad = max(0.1, margin * (max(highs) - min(lows)))
+    return min(lows) - pad, max(highs) + pad
+
+
+def budget_pairs(methods: set[str]) -> list[tuple[str, str]]:
+    """(method, method + '_20k') for every method that has both rows: the same recipe at two
+    budgets, joined by a line in the time plot."""
+    return sorted((m, m + BUDGET_SUFFIX) for m in methods if m + BUDGET_SUFFIX in methods)
+
+
+def time_vs_accuracy(rows: list[dict], path: Path, colours: dict[str, tuple]) -> None:
+    """Calibration wall time against top-1, one panel per (model, setting): a point per
+    method (mean, the seeds' standard deviation as its bar), a line from a recipe's 2k row to
+    its 20k row, round-to-nearest as a dotted level."""
+    panels = time_panels(rows)
+    models = sorted({m for m, _ in panels}, key=lambda m: list(HEADLINE_MODELS).index(m)
+                    if m in HEADLINE_MODELS else len(HEADLINE_MODELS))
+    settings = [s for s in HEADLINE_SETTINGS if any(s == t for _, t in panels)]
+    fig, axes = plt.subplots(len(models), len(settings), figsize=(3.2 * len(settings) + 2.2,
+                             3.0 * len(models)), squeeze=False, sharex=True)
+    drawn: set[str] = set()
+    for i, model in enumerate(models):
+        for j, setting in enumerate(settings):
+            ax = axes[i][j]
+            cells = {r["method"]: r for r in panels.get((model, setting), [])}
+            nearest = cells.pop("nearest", None)
+            setting_title = setting
+            for low, high in budget_pairs(set(cells)):
+                ax.plot([cells[low]["calib_seconds"], cells[high]["calib_seconds"]],
+                        [cells[low]["top1"], cells[high]["top1"]], color=colours[low],
+                        linewidth=1, zorder=1)
+            for method, r in sorted(cells.items()):
+                ax.errorbar(r["calib_seconds"], r["top1"], yerr=r.get("top1_std") or 0.0,
+                            fmt="o", markersize=4, capsize=2, color=colours[method], zorder=2)
+                drawn.add(method)
+            if cells:
+                ax.set_ylim(*time_panel_limits(list(cells.values())))
+            if nearest is not None:  # a level inside the panel's range, else said in the title
+                low, high = ax.get_ylim()
+                if low <= nearest["top1"] <= high:
+                    ax.axhline(nearest["top1"], color="grey", linestyle=":", linewidth=1)
+                    drawn.add("nearest")
+                else:
+                    setting_title = f"{setting} (nearest {nearest['top1']:.1f}, off the panel)"
+            ax.set_xscale("log")
+            ax.xaxis.set_major_locator(matplotlib.ticker.FixedLocator(TIME_TICKS))
+            ax.xaxis.set_major_formatter(matplotlib.ticker.FixedFormatter(
+                [str(t) for t in TIME_TICKS]))
+            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+            ax.set_title(f"{HEADLINE_MODELS.get(model, model)} {setting_title}", fontsize=8)
+            ax.tick_params(labelsize=7)
+            if j == 0:
+                ax.set_ylabel("top-1 %", fontsize=8)
+            if i == len(models) - 1:
+                ax.set_xlabel("calibration s (log)", fontsize=8)
+    handles = [plt.Line2D([], [], color=colours[m], marker="o", linestyle="", label=m)
+               for m in sorted(drawn - {"nearest"})]
+    if "nearest" in drawn:
+        handles.append(plt.Line2D([], [], color="grey", linestyle=":", label="nearest"))
+    handles.append(plt.Line2D([], [], color="black", linewidth=1, label="2k -> 20k, one recipe"))
+    fig.legend(handles=handles, fontsize=7, loc="center right")
+    fig.suptitle("calibration time against top-1 (Fashion-MNIST test, 2-core CPU; mean and "
+                 "standard deviation over the seeds)", fontsize=10)
+    fig.tight_layout(rect=(0, 0, 1 - 2.0 / (3.2 * len(settings) + 2.2), 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 

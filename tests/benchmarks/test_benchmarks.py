@@ -278,6 +278,27 @@ def test_accuracy_plot_puts_weights_only_settings_in_their_own_panel():
                                                         ["W4A4", "W3A3"])]
 
 
+def test_time_plot_has_a_panel_per_model_and_setting_and_joins_a_recipes_budgets(tmp_path):
+    plots = _load("plots")
+    rows = [_row("attention", "W2A4", top1=91.0), {**_row("attention_20k", "W2A4", top1=91.8),
+                                                   "calib_seconds": 1000.0},
+            _row("adaround", "W2A4", top1=90.5), _row("nearest", "W2A4", top1=77.0),
+            _row("floor", "W2A4", top1=10.0), _row("attention_tau0.25", "W2A4", top1=91.1),
+            _row("attention", "W4A32", top1=91.9),
+            {**_row("qdrop_v1", "W2A2", top1=90.0), "model": "mobilenetv2"}]
+    panels = plots.time_panels(rows)
+    assert sorted(panels) == [("mobilenetv2", "W2A2"), ("resnet20", "W2A4")]  # A32 not here
+    assert sorted(r["method"] for r in panels["resnet20", "W2A4"]) == [
+        "adaround", "attention", "attention_20k", "nearest"]  # no floor, no tau sweep
+    assert plots.budget_pairs({"attention", "attention_20k", "adaround", "qdrop_v1"}) == [
+        ("attention", "attention_20k")]
+    # the y range holds every bar, with room; nearest (77) is far below it
+    low, high = plots.time_panel_limits([{**r, "top1_std": 0.2} for r in rows[:3]])
+    assert low < 90.3 and 92.0 < high < 93.0
+    plots.time_vs_accuracy(rows, tmp_path / "time.png", plots.method_colours(rows))
+    assert (tmp_path / "time.png").stat().st_size > 1000
+
+
 def test_accuracy_plot_sets_methods_apart_around_each_setting():
     plots = _load("plots")
     offsets = [plots.dodge(i, 3) for i in range(3)]
