@@ -52,6 +52,13 @@ VARIANTS = {  # name -> options on top of the model, recipe and precision files
                                                 "--mixed.budget_bits", "4",
                                                 "--mixed.method", "sensitivity"],
     "keep best every 250": ["--recon.keep_best_every", "250"],
+    "act_border aquant": ["--quant.act_border", "aquant"],
+    # mixed precision at the size of uniform W3 (run with W3A3)
+    "mixed [2,3,4] by coding length, W3 size": ["--mixed.bit_list", "[2,3,4]",
+                                                "--mixed.budget_bits", "3"],
+    "mixed [2,3,4] by sensitivity, W3 size": ["--mixed.bit_list", "[2,3,4]",
+                                              "--mixed.budget_bits", "3",
+                                              "--mixed.method", "sensitivity"],
 }
 HOLDOUT = 5000
 
