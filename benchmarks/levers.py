@@ -59,6 +59,10 @@ VARIANTS = {  # name -> options on top of the model, recipe and precision files
     "mixed [2,3,4] by sensitivity, W3 size": ["--mixed.bit_list", "[2,3,4]",
                                               "--mixed.budget_bits", "3",
                                               "--mixed.method", "sensitivity"],
+    # twice the calibration images (the holdout still leaves them all out)
+    "calib 2048 images": ["--data.init_args.calib_size", "2048"],
+    "calib 2048 images, alpha lr 1e-3": ["--data.init_args.calib_size", "2048",
+                                         "--recon.lr", "0.001"],
 }
 HOLDOUT = 5000
 
