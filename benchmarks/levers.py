@@ -12,6 +12,7 @@ the same with reconstruction (minutes a run).
     .venv/bin/python benchmarks/levers.py                       # W2A4, both models, 3 seeds
     .venv/bin/python benchmarks/levers.py --models resnet20 --settings W2A4 W4A4 --seeds 0 1
     .venv/bin/python benchmarks/levers.py --models resnet20 --recipe attention --variants 0 1
+    .venv/bin/python benchmarks/levers.py --recipe attention --table   # every row so far
 """
 
 from __future__ import annotations
@@ -113,7 +114,12 @@ def main() -> None:
     parser.add_argument("--variants", nargs="+", type=int, default=list(range(len(VARIANTS))),
                         help="which variants, by position: " + ", ".join(
                             f"{i} {v}" for i, v in enumerate(VARIANTS)))
+    parser.add_argument("--table", action="store_true",
+                        help="print every row of levers_<recipe>.json as a table; run nothing")
     args = parser.parse_args()
+    if args.table:
+        print_table(json.loads((RESULTS / f"levers_{args.recipe}.json").read_text())["rows"])
+        return
     variants = [list(VARIANTS)[i] for i in args.variants]
     rows = []
     for model in args.models:
@@ -129,6 +135,10 @@ def main() -> None:
                 print(f"# {model} {setting} {variant}: {top1}", file=sys.stderr, flush=True)
     write_results(RESULTS / f"levers_{args.recipe}.json", args.recipe, rows,
                   "python benchmarks/levers.py " + " ".join(sys.argv[1:]))
+    print_table(rows)
+
+
+def print_table(rows: list[dict]) -> None:
     print("| model | setting | variant | validation top-1 % (mean ± sd) | per seed | float | "
           "calibration s (mean) |")
     print("| --- | --- | --- | ---: | --- | ---: | ---: |")

@@ -652,3 +652,15 @@ def test_levers_results_keep_the_rows_other_commands_wrote(tmp_path):
     result = json.loads(out.read_text())
     assert result["commands"] == ["cmd b", "cmd a"]
     assert [(r["variant"], r["top1"]) for r in result["rows"]] == [("b", [90.0]), ("a", [91.0])]
+
+
+def test_levers_table_gives_each_row_its_mean_spread_and_seeds(capsys):
+    levers = _load("levers")
+    levers.print_table([{"model": "resnet20", "setting": "W2A4", "variant": "a",
+                         "top1": [93.0, 93.5, 92.5], "float_top1": 93.86,
+                         "calib_seconds": [80.0, 70.0, 90.0]},
+                        {"model": "mobilenetv2", "setting": "W2A4", "variant": "b",
+                         "top1": [90.64], "float_top1": 93.54, "calib_seconds": [94.4]}])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[2] == "| resnet20 | W2A4 | a | 93.00 ± 0.50 | 93.00, 93.50, 92.50 | 93.86 | 80 |"
+    assert lines[3] == "| mobilenetv2 | W2A4 | b | 90.64 ± 0.00 | 90.64 | 93.54 | 94 |"
