@@ -13,6 +13,7 @@ the same with reconstruction (minutes a run).
     .venv/bin/python benchmarks/levers.py --models resnet20 --settings W2A4 W4A4 --seeds 0 1
     .venv/bin/python benchmarks/levers.py --models resnet20 --recipe attention --variants 0 1
     .venv/bin/python benchmarks/levers.py --recipe attention --table   # every row so far
+    .venv/bin/python benchmarks/levers.py --models resnet20 --compare attention:1 attnround:4
 """
 
 from __future__ import annotations
@@ -75,10 +76,9 @@ HOLDOUT = 5000
 
 
 def run(model: str, setting: str, variant: str, seed: int, recipe: str = "nearest") -> Report:
-    prefix = "" if recipe == "nearest" else f"{recipe}_"
-    name = f"{prefix}{model}_{setting}_{list(VARIANTS).index(variant)}_s{seed}"
-    run_dir = RUNS / name
-    if not (run_dir / "report.json").is_file():
+    folder = run_dir(model, setting, list(VARIANTS).index(variant), seed, recipe)
+    name = folder.name
+    if not (folder / "report.json").is_file():
         files = [f"configs/models/{model}.yaml", f"configs/recipes/{recipe}.yaml",
                  SETTINGS[setting]]
         subprocess.run([*CLI, "calibrate", *[a for f in files for a in ("--config", f)],
@@ -87,7 +87,32 @@ def run(model: str, setting: str, variant: str, seed: int, recipe: str = "neares
                         "--run.out_dir", str(RUNS), "--run.name", name, "--run.progress", "false",
                         "--run.eval_nearest", "false", "--run.overwrite", "true"],
                        check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
-    return Report.read(run_dir / "report.json")
+    return Report.read(folder / "report.json")
+
+
+def run_dir(model: str, setting: str, variant: int, seed: int, recipe: str) -> Path:
+    prefix = "" if recipe == "nearest" else f"{recipe}_"
+    return RUNS / f"{prefix}{model}_{setting}_{variant}_s{seed}"
+
+
+def compare(model: str, setting: str, seeds: list[int], before: str, after: str) -> None:
+    """Print, per seed, top-1 and per unit the change of the output's SQNR on the validation
+    images (dB, after - before) and the ratio of the MSE on the calibration images (after /
+    before) between two finished variants, each named ``recipe:variant-number``."""
+    def read(spec: str, seed: int) -> Report:
+        recipe, variant = spec.split(":")
+        return Report.read(run_dir(model, setting, int(variant), seed, recipe) / "report.json")
+
+    for seed in seeds:
+        a, b = read(before, seed), read(after, seed)
+        sqnr = {u.name: u.fidelity.sqnr_db for u in a.unit_fidelity}
+        mse = {u.name: u.mse_final for u in a.units}
+        print(f"{model} {setting} seed {seed}: top-1 {a.quantized.top1:.2f} -> "
+              f"{b.quantized.top1:.2f}")
+        print("  validation SQNR change, dB: " + " ".join(
+            f"{u.fidelity.sqnr_db - sqnr[u.name]:+.2f}" for u in b.unit_fidelity))
+        print("  calibration MSE ratio:      " + " ".join(
+            f"{u.mse_final / mse[u.name]:.2f}" for u in b.units))
 
 
 def write_results(out: Path, recipe: str, rows: list[dict], command: str) -> None:
@@ -114,9 +139,17 @@ def main() -> None:
     parser.add_argument("--variants", nargs="+", type=int, default=list(range(len(VARIANTS))),
                         help="which variants, by position: " + ", ".join(
                             f"{i} {v}" for i, v in enumerate(VARIANTS)))
+    parser.add_argument("--compare", nargs=2, metavar=("BEFORE", "AFTER"),
+                        help="per-unit fidelity of two finished variants, each "
+                             "recipe:variant-number (e.g. attention:1 attnround:4); run nothing")
     parser.add_argument("--table", action="store_true",
                         help="print every row of levers_<recipe>.json as a table; run nothing")
     args = parser.parse_args()
+    if args.compare:
+        for model in args.models:
+            for setting in args.settings:
+                compare(model, setting, args.seeds, *args.compare)
+        return
     if args.table:
         print_table(json.loads((RESULTS / f"levers_{args.recipe}.json").read_text())["rows"])
         return
