@@ -67,8 +67,10 @@ def quantize(
         model: the float model (never modified; a quantized copy is returned).
         data: calibration images (see the module docstring).
         w_bits, a_bits, rounding, seed: override ``quant`` (default ``QuantConfig()``: W4A4,
-            Attention Round with tau 0.5, first and last layer 8-bit; the rounding's own
-            settings are ``QuantConfig(rounding_args={"tau": 0.25})``).
+            Attention Round with tau 0.5, Lp range searches with p = 2.4, first and last layer
+            8-bit: the ``attnround`` recipe; ``QuantConfig(scale_search_p=2.0)`` is the paper's
+            setting; the rounding's own settings are
+            ``QuantConfig(rounding_args={"tau": 0.25})``).
         iters: optimisation steps per unit, overrides ``recon`` (default ``ReconConfig()``:
             2,000 at batch 64).
         mixed: per-layer weight bits by coding length, a ``MixedConfig`` or its dict

@@ -1,7 +1,7 @@
 """``attnround-pl`` command line, on LightningCLI.
 
     attnround-pl calibrate --config configs/models/resnet20.yaml \
-        --config configs/recipes/attention.yaml [--quant.w_bits 3 ...]
+        --config configs/recipes/attnround.yaml [--quant.w_bits 3 ...]
     attnround-pl evaluate --run runs/<run folder>
     attnround-pl export --run runs/<run folder> --format onnx|state [--out FILE]
 
@@ -206,7 +206,7 @@ def _missing(names: str, args: list[str]) -> str:
     if not any(a in ("-c", "--config") or a.startswith(("--config=", "--model")) for a in given):
         return ("nothing to calibrate: give --config FILE (a model such as "
                 "configs/models/resnet20.yaml, then a recipe such as "
-                "configs/recipes/attention.yaml), or the model (--model.arch NAME or "
+                "configs/recipes/attnround.yaml), or the model (--model.arch NAME or "
                 "--model.net.class_path CLASS) and the data (--data CLASS); "
                 "'attnround-pl calibrate --help' lists every option")
     if names.strip() == "data":

@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from main_config import CONFIGS, MAIN
+from main_config import CONFIGS, MAIN, PAPER
 
 from attnround_pl import cli
 
@@ -283,13 +283,13 @@ def test_memory_guard_reaches_the_user_as_one_line(tmp_path, tiny_fmnist, capsys
     assert "error: unit 'conv1' needs about" in err and "--data.init_args.calib_size" in err
 
 
-def test_the_main_job_composes_the_settings_of_the_single_file_it_replaced(capsys):
-    """models/resnet20.yaml + recipes/attention.yaml: every setting as the old
+def test_the_paper_recipe_composes_the_settings_of_the_single_file_it_replaced(capsys):
+    """models/resnet20.yaml + recipes/attention.yaml: every setting as the old main job's
     configs/resnet20_w4a4.yaml gave it (its --print_config, kept in tests/support); the quant
     keys renamed, mixed out of quant, nothing else changed."""
     before = yaml.safe_load((Path(__file__).parent / "support" /
                              "resnet20_w4a4_print_config_before.yaml").read_text())
-    now = _print_config(capsys, *MAIN)
+    now = _print_config(capsys, *PAPER)
     for section in ("seed_everything", "model"):
         assert now[section] == before[section], section
     # keys added since, at their defaults
@@ -313,3 +313,9 @@ def test_the_main_job_composes_the_settings_of_the_single_file_it_replaced(capsy
     from attnround_pl.quant import QuantConfig
 
     assert QuantConfig(**now["quant"]).validate().rounding_settings().tau == 0.5
+    # the main job's default recipe is that with Lp range searches, p = 2.4: the default
+    main = _print_config(capsys, *MAIN)
+    assert main["quant"] == {**now["quant"], "scale_search_p": 2.4}
+    assert {k: main[k] for k in ("recon", "mixed", "model")} == {
+        k: now[k] for k in ("recon", "mixed", "model")}
+    assert QuantConfig().scale_search_p == 2.4

@@ -41,7 +41,8 @@ def test_layer_errors_measure_each_layer_alone_and_leave_the_model():
     x = torch.cat(batches)[:12]
     reference = model(x)
     w = model[2].weight.data
-    model[2].weight.data = WeightQuantizer(w, 4, NearestRounding())(w)
+    model[2].weight.data = WeightQuantizer(w, 4, NearestRounding(),
+                                           search_p=QuantConfig().scale_search_p)(w)
     expected = torch.mean((model(x) - reference) ** 2).item()
     model[2].weight.data = w
     assert errors["2"][4] == pytest.approx(expected, rel=1e-6)

