@@ -29,13 +29,17 @@ class SmallNet(nn.Module):
 def small_qnet(seed: int = 0, border: str = "nearest", **quant) -> nn.Module:
     """SmallNet quantized (W4A4 inside, 8-bit first/last), activations calibrated, frozen.
 
-    With ``border="aquant"`` every border gets random non-zero (k, c, g) so it matters."""
+    With ``border="aquant"`` every border gets random non-zero (k, c, g) so it matters. Ranges by
+    the MSE (``scale_search_p`` 2.0, what these tests were written with; the package's default
+    is 2.4) unless ``quant`` says otherwise: with 2.4 one of conv_b's inputs lands exactly on a
+    rounding tie, where onnxruntime and PyTorch may round apart (float noise, not a bug)."""
     torch.manual_seed(seed)
     net = SmallNet().eval()
     with torch.no_grad():
         net.stem[1].running_mean.uniform_(-0.2, 0.2)
         net.stem[1].running_var.uniform_(0.5, 2.0)
-    config = QuantConfig(rounding="nearest", act_border=border, seed=seed, **quant)
+    config = QuantConfig(**{"rounding": "nearest", "act_border": border, "seed": seed,
+                            "scale_search_p": 2.0, **quant})
     qnet = quantize_model(net, config)
     calibrate_activations(qnet, [torch.randn(16, 3, 16, 16) for _ in range(2)])
     freeze_model(qnet)
