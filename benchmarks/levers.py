@@ -65,12 +65,6 @@ VARIANTS = {  # name -> options on top of the model, recipe and precision files
     "calib 2048 images": ["--data.init_args.calib_size", "2048"],
     "calib 2048 images, alpha lr 1e-3": ["--data.init_args.calib_size", "2048",
                                          "--recon.lr", "0.001"],
-    # checkpoints judged on 128 calibration images the steps leave out (early stopping)
-    "keep best every 250 on 128 held out": ["--recon.keep_best_every", "250",
-                                            "--recon.keep_best_holdout", "128"],
-    "alpha lr 1e-3, keep best every 250 on 128 held out": [
-        "--recon.lr", "0.001", "--recon.keep_best_every", "250",
-        "--recon.keep_best_holdout", "128"],
 }
 HOLDOUT = 5000
 

@@ -134,9 +134,6 @@ class BlockReconstruction(pl.LightningModule):
     gradient (eq. 6), the regulariser and Adam stay eager. Compiled kernels fuse elementwise
     work, so results agree with eager ones to float rounding, not bit for bit.
 
-    ``holdout``: the last this many samples of the calibration set are never drawn (the
-    sequencer judges ``recon.keep_best_every``'s checkpoints on them).
-
     ``log_every_n_steps``: steps between logged losses (the module logs them itself, at their
     step's number; the Trainer's own setting counts Lightning batches and is not used).
 
@@ -150,10 +147,9 @@ class BlockReconstruction(pl.LightningModule):
         self, unit: nn.Module, data: UnitData, name: str, iters: int = 2000,
         batch_size: int = 64, lr: float = 4e-4, act_lr: float = 4e-4, seed: int = 0,
         total: int | None = None, lr_schedule: str = "constant", compile: str = "off",
-        cuda_graph: bool = False, log_every_n_steps: int = 50, holdout: int = 0,
+        cuda_graph: bool = False, log_every_n_steps: int = 50,
     ) -> None:
         super().__init__()
-        self.holdout = holdout
         self.log_every_n_steps = log_every_n_steps
         self.unit = unit
         self.data = data
@@ -203,8 +199,7 @@ class BlockReconstruction(pl.LightningModule):
 
     def train_dataloader(self) -> DataLoader:
         rank, world = rank_world()
-        batches = ShardBatches(self.total - self.holdout, self.iters, self.batch_size, self.seed,
-                               rank, world)
+        batches = ShardBatches(self.total, self.iters, self.batch_size, self.seed, rank, world)
         self._plain_steps = self.own_steps()  # decided once a fit, not every step
         self.steps_per_batch = STEPS_PER_BATCH if self._plain_steps else 1
         return DataLoader(StepBatches(self.data, batches, self.steps_per_batch), batch_size=None)

@@ -12,12 +12,11 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from torch import Tensor, nn
 
-from ..errors import SettingError
 from ..models import Unit
 from ..quant import as_frozen, freeze_model, output_mse, quant_layers, round_to_nearest
 from .best_state import BestState
 from .cache import UnitData, build_unit_data, cache_device
-from .distributed import agree, rank_world, reduce_sums
+from .distributed import agree, reduce_sums
 from .memory import (
     CacheMemoryError,
     available_bytes,
@@ -31,14 +30,13 @@ from .settings import ReconConfig
 
 
 @torch.no_grad()
-def unit_mse(unit: nn.Module, data: UnitData, batch_size: int = 256, first: int = 0) -> float:
-    """Mean squared error of the unit's output against its float targets over the cache from
-    sample ``first`` on (over every rank's shard under DDP). Batches go to the unit's device:
-    the cache may stay on the host while the unit is on the GPU (``cache_device='cpu'``, or
-    too big for it)."""
+def unit_mse(unit: nn.Module, data: UnitData, batch_size: int = 256) -> float:
+    """Mean squared error of the unit's output against its float targets over the cache
+    (over every rank's shard under DDP). Batches go to the unit's device: the cache may stay
+    on the host while the unit is on the GPU (``cache_device='cpu'``, or too big for it)."""
     device = next(unit.parameters()).device
     total, count = 0.0, 0
-    for start in range(first, len(data), batch_size):
+    for start in range(0, len(data), batch_size):
         x = data.inputs[start : start + batch_size].to(device)
         y = data.targets[start : start + batch_size].to(device)
         total += output_mse(unit(x), y).item() * y.numel()
@@ -78,9 +76,6 @@ class BlockSequencer(Callback):
         self.on_unit_done = on_unit_done
         self.resume_hint = resume_hint
         self.total = total if total is not None else sum(len(b) for b in batches)
-        if recon.keep_best_holdout >= self.total:
-            raise SettingError(f"recon.keep_best_holdout={recon.keep_best_holdout} leaves none "
-                               f"of the {self.total} calibration images to learn from")
         self.results: list[UnitResult] = []
         self._current: UnitResult | None = None
         self._started = 0.0
@@ -124,7 +119,6 @@ class BlockSequencer(Callback):
                                          self.float_inputs)
             module = BlockReconstruction(
                 unit.module(self.qmodel), self._data, unit.name,
-                holdout=self.recon.keep_best_holdout,
                 iters=self.recon.iters, batch_size=self.recon.batch_size, lr=self.recon.lr,
                 act_lr=self.recon.act_lr, seed=self.seed * 1_000_003 + index, total=self.total,
                 lr_schedule=self.recon.lr_schedule, compile=self.recon.compile,
@@ -209,21 +203,11 @@ class BlockSequencer(Callback):
         training = unit.training
         unit.eval()
         with as_frozen(unit):
-            mse = unit_mse(unit, self._data, first=self._held_out_from())
+            mse = unit_mse(unit, self._data)
         unit.train(training)
         self._best.offer(mse, step)
         if self.logger is not None:
             self.logger.experiment.add_scalar(f"recon/{module.name}/mse_checkpoint", mse, step)
-
-    def _held_out_from(self) -> int:
-        """The first local cache index of the images ``recon.keep_best_holdout`` leaves out
-        of the steps: the last ones of the calibration set (global index ``total - holdout``
-        on; this rank holds global ``i`` at ``i // world`` where ``i % world == rank``); 0
-        (the whole cache) without a holdout."""
-        if not self.recon.keep_best_holdout:
-            return 0
-        rank, world = rank_world()
-        return max(0, self.total - self.recon.keep_best_holdout - rank + world - 1) // world
 
     def _finish(self, module: BlockReconstruction) -> None:
         module.unit.eval()

@@ -58,10 +58,6 @@ class ReconConfig:
             state with the lowest one (the last step's included) is the one frozen; its step
             is ``best_step`` in the report. 0: off, the last step's state (issue 34's
             keep-the-best lever; a check costs a forward pass over the cache).
-        keep_best_holdout: with ``keep_best_every``, this many calibration images are left out
-            of the steps and the checkpoints are judged on them alone (early stopping on images
-            the unit does not learn from); 0: judged on the whole cache. The reported MSEs stay
-            the whole cache's.
     """
 
     iters: int = 2000
@@ -75,16 +71,12 @@ class ReconConfig:
     cuda_graph: bool = False
     keep_better: bool = True
     keep_best_every: int = 0
-    keep_best_holdout: int = 0
 
     def validate(self) -> ReconConfig:
         check_finite(self, "recon")
         if self.keep_best_every < 0:
             raise SettingError(f"recon.keep_best_every={self.keep_best_every} must be >= 0 "
                                "(0: off)")
-        if self.keep_best_holdout < 0 or (self.keep_best_holdout and not self.keep_best_every):
-            raise SettingError(f"recon.keep_best_holdout={self.keep_best_holdout}: a number of "
-                               "images >= 0, and above 0 only with recon.keep_best_every > 0")
         if self.iters < 0 or self.batch_size < 1:
             raise SettingError(f"recon.iters={self.iters} must be >= 0 and recon.batch_size="
                                f"{self.batch_size} positive")

@@ -71,51 +71,9 @@ def test_keep_best_every_freezes_the_checkpoint_with_the_lowest_error():
     assert first.mse_final == pytest.approx(stopped.mse_final, rel=1e-6)
 
 
-def test_keep_best_holdout_learns_without_the_held_out_images_and_judges_on_them(monkeypatch):
-    from attnround_pl.calib import reconstruction, sequencer
-
-    drawn, judged = [], []
-    plain_batches, plain_mse = reconstruction.ShardBatches.__iter__, sequencer.unit_mse
-
-    def batches(self):
-        for batch in plain_batches(self):
-            drawn.extend(batch)
-            yield batch
-
-    def mse(unit, data, batch_size=256, first=0):
-        judged.append((len(data), first))
-        return plain_mse(unit, data, batch_size, first)
-
-    monkeypatch.setattr(reconstruction.ShardBatches, "__iter__", batches)
-    monkeypatch.setattr(sequencer, "unit_mse", mse)
-    units = run(keep_better=False, lr=0.3, keep_best_every=10, keep_best_holdout=8).report.units
-    assert drawn and max(drawn) == 23  # 32 images, the last 8 never drawn
-    checks = [j for j in judged if j[1] > 0]
-    # per unit: two checkpoints (steps 10, 20) and the last step's state, on images 24..31
-    assert checks == [(32, 24)] * 3 * len(units)
-    assert all(unit.best_step in (10, 20, 30) for unit in units)
-
-
-def test_held_out_images_start_where_each_rank_holds_them(monkeypatch):
-    from attnround_pl.calib import sequencer
-
-    seq = sequencer.BlockSequencer.__new__(sequencer.BlockSequencer)
-    seq.total, seq.recon = 10, ReconConfig(keep_best_every=5, keep_best_holdout=3)
-    # global images 7, 8, 9 are held out; rank r of w holds global i at local i // w
-    for rank, world, first in ((0, 1, 7), (0, 2, 4), (1, 2, 3), (0, 3, 3), (1, 3, 2), (2, 3, 2)):
-        monkeypatch.setattr(sequencer, "rank_world", lambda r=rank, w=world: (r, w))
-        assert seq._held_out_from() == first, (rank, world)
-        held = [i for i in range(10) if i % world == rank and i // world >= first]
-        assert held == [i for i in range(7, 10) if i % world == rank]
-
-
-def test_keep_best_holdout_settings_are_refused_in_one_line():
-    with pytest.raises(SettingError, match="only with recon.keep_best_every"):
-        ReconConfig(keep_best_holdout=8).validate()
+def test_keep_best_every_is_refused_below_zero_in_one_line():
     with pytest.raises(SettingError, match="keep_best_every=-1 must be >= 0"):
         ReconConfig(keep_best_every=-1).validate()
-    with pytest.raises(SettingError, match="leaves none of the 32 calibration images"):
-        run(keep_better=True, lr=4e-4, keep_best_every=5, keep_best_holdout=32)
 
 
 def test_two_classes_get_top1_and_no_top5():
