@@ -313,9 +313,13 @@ def test_the_paper_recipe_composes_the_settings_of_the_single_file_it_replaced(c
     from attnround_pl.quant import QuantConfig
 
     assert QuantConfig(**now["quant"]).validate().rounding_settings().tau == 0.5
-    # the main job's default recipe is that with Lp range searches, p = 2.4: the default
+    # the main job's default recipe is that with Lp range searches, p = 2.4, and alpha's
+    # learning rate 1e-3: the defaults
     main = _print_config(capsys, *MAIN)
     assert main["quant"] == {**now["quant"], "scale_search_p": 2.4}
-    assert {k: main[k] for k in ("recon", "mixed", "model")} == {
-        k: now[k] for k in ("recon", "mixed", "model")}
+    assert main["recon"] == {**now["recon"], "lr": 0.001}
+    assert {k: main[k] for k in ("mixed", "model")} == {k: now[k] for k in ("mixed", "model")}
     assert QuantConfig().scale_search_p == 2.4
+    from attnround_pl.calib.settings import ReconConfig
+
+    assert (ReconConfig().lr, ReconConfig().act_lr) == (1e-3, 4e-4)

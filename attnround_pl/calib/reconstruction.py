@@ -145,7 +145,7 @@ class BlockReconstruction(pl.LightningModule):
 
     def __init__(
         self, unit: nn.Module, data: UnitData, name: str, iters: int = 2000,
-        batch_size: int = 64, lr: float = 4e-4, act_lr: float = 4e-4, seed: int = 0,
+        batch_size: int = 64, lr: float = 1e-3, act_lr: float = 4e-4, seed: int = 0,
         total: int | None = None, lr_schedule: str = "constant", compile: str = "off",
         cuda_graph: bool = False, log_every_n_steps: int = 50,
     ) -> None:
