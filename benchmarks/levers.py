@@ -65,6 +65,7 @@ VARIANTS = {  # name -> options on top of the model, recipe and precision files
     "calib 2048 images": ["--data.init_args.calib_size", "2048"],
     "calib 2048 images, alpha lr 1e-3": ["--data.init_args.calib_size", "2048",
                                          "--recon.lr", "0.001"],
+    "alpha lr 2e-3": ["--recon.lr", "0.002"],
 }
 HOLDOUT = 5000
 
