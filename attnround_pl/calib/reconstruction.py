@@ -57,11 +57,17 @@ def use_runtime_cuda_check() -> None:
 
 
 class StepBatches(Dataset):
-    """Item ``k``: the (inputs, targets) of steps ``k * steps`` to ``(k + 1) * steps - 1`` (a
-    list, shorter at the end), one gather from the cache a step. Every step's indices are put
-    on the cache's device once, in one tensor: a step then slices it and gathers on the
-    device, with no host-to-device copy of indices, which on a GPU would make the host wait
-    for the queued kernels every step."""
+    """Item ``k``: the sample indices of steps ``k * steps`` to ``(k + 1) * steps - 1`` (a list
+    of index tensors, shorter at the end); ``gather`` turns one into the step's (inputs,
+    targets[, float inputs]) just before the step runs. Every step's indices are put on the
+    cache's device once, in one tensor, so a step slices it and gathers on the device, with no
+    host-to-device copy of indices (on a GPU that would make the host wait for the queued
+    kernels every step).
+
+    Gathering at the step, not when the Lightning batch is fetched, keeps one step's batch in
+    memory instead of ``steps`` of them, and lets every step of a size write into the same
+    tensors (``gather``): no allocation a step, and the batch is still in the CPU's cache when
+    the unit reads it."""
 
     def __init__(self, data: UnitData, batches: Iterable[list[int]], steps: int = 1) -> None:
         self.data = data
@@ -70,22 +76,33 @@ class StepBatches(Dataset):
         flat = [i for b in batches for i in b]
         self.index = torch.tensor(flat, dtype=torch.long, device=data.inputs.device)
         self.steps = steps
+        self._buffers: dict[int, tuple[Tensor, ...]] = {}  # batch size -> the tensors it fills
 
     def __len__(self) -> int:
         return math.ceil((len(self.bounds) - 1) / self.steps)
 
-    def __getitem__(self, item: int) -> list[tuple[Tensor, Tensor]]:
+    def __getitem__(self, item: int) -> list[Tensor]:
         first = item * self.steps
         last = min(first + self.steps, len(self.bounds) - 1)
-        return [self._step(step) for step in range(first, last)]
+        return [self.index[self.bounds[step] : self.bounds[step + 1]]
+                for step in range(first, last)]
 
-    def _step(self, step: int) -> tuple[Tensor, ...]:
-        """(inputs, targets), and the float inputs when the cache holds them."""
-        index = self.index[self.bounds[step] : self.bounds[step + 1]]
-        # index_select, not ``tensor[index]``: advanced indexing takes a slower general path,
-        # 0.6 ms against 0.09 ms for a step's batch of ResNet-20's layer1 on the 2-core CPU
-        tensors = (self.data.inputs, self.data.targets, self.data.float_inputs)
-        return tuple(torch.index_select(t, 0, index) for t in tensors if t is not None)
+    def gather(self, index: Tensor) -> tuple[Tensor, ...]:
+        """(inputs, targets), and the float inputs when the cache holds them, of the samples
+        ``index``, written into this size's tensors of the previous step (a step's graph is
+        freed by then). index_select, not ``tensor[index]``: advanced indexing takes a slower
+        general path (0.6 ms against 0.09 ms for a step's batch of ResNet-20's layer1 on the
+        2-core CPU)."""
+        tensors = [t for t in (self.data.inputs, self.data.targets, self.data.float_inputs)
+                   if t is not None]
+        size = len(index)
+        out = self._buffers.get(size)
+        if out is None:
+            out = tuple(t.new_empty((size, *t.shape[1:])) for t in tensors)
+            self._buffers[size] = out
+        for source, target in zip(tensors, out, strict=True):
+            torch.index_select(source, 0, index, out=target)
+        return out
 
 
 class ShardBatches(Sampler[list[int]]):
@@ -173,6 +190,7 @@ class BlockReconstruction(pl.LightningModule):
         self._entries = ([] if data.float_inputs is None else
                          entry_quantizers(unit, data.inputs[:1].to(data.inputs.device)))
         self.steps_per_batch = 1  # set with the fit's data (see own_steps)
+        self._steps: StepBatches | None = None  # ditto: the fit's step batches
         self._plain_steps = False  # ditto: whether the steps use the plain optimizer
         if cuda_graph:
             check_graphable(unit, lr_schedule, compile)
@@ -202,7 +220,8 @@ class BlockReconstruction(pl.LightningModule):
         batches = ShardBatches(self.total, self.iters, self.batch_size, self.seed, rank, world)
         self._plain_steps = self.own_steps()  # decided once a fit, not every step
         self.steps_per_batch = STEPS_PER_BATCH if self._plain_steps else 1
-        return DataLoader(StepBatches(self.data, batches, self.steps_per_batch), batch_size=None)
+        self._steps = StepBatches(self.data, batches, self.steps_per_batch)
+        return DataLoader(self._steps, batch_size=None)
 
     def on_fit_start(self) -> None:
         use_runtime_cuda_check()
@@ -229,6 +248,7 @@ class BlockReconstruction(pl.LightningModule):
 
     def on_train_end(self) -> None:
         set_learning(self.unit, None)
+        self._steps = None  # frees the step batches' tensors
         self._graphed = None  # frees the graph's memory pool
         if self.compile != "off":  # drop the compiled code and its CUDA graphs' memory
             self._unit_forward = self.unit.forward
@@ -247,10 +267,19 @@ class BlockReconstruction(pl.LightningModule):
         zero = sum(p.sum() for group in self.learnable() for p in group) * 0.0
         return zero, rounding_regularizer(self._roundings)
 
-    def training_step(self, batch: list[tuple[Tensor, ...]], batch_idx: int) -> None:
+    def training_step(self, batch: list[Tensor], batch_idx: int) -> None:
         first = batch_idx * self.steps_per_batch
-        for offset, (x, y, *x_float) in enumerate(batch):
+        device = self.device
+        for offset, index in enumerate(batch):
+            # to the unit's device: a no-op unless the cache is on the host and the unit not
+            x, y, *x_float = (t.to(device) for t in self._steps.gather(index))
             self.reconstruction_step(x, y, first + offset, *x_float)
+
+    def transfer_batch_to_device(self, batch: list[Tensor], device: torch.device,
+                                 dataloader_idx: int) -> list[Tensor]:
+        """A batch is the steps' sample indices: they stay on the cache's device (where
+        ``StepBatches.gather`` reads), and the gathered batch goes to the unit's."""
+        return batch
 
     def reconstruction_step(self, x: Tensor, y: Tensor, step: int,
                             x_float: Tensor | None = None) -> Losses:

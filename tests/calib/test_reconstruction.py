@@ -72,7 +72,8 @@ def test_optimizer_holds_only_rounding_and_steps(fmnist_root):
     assert not any(p is unit.layer.weight for p in params)
     batches = list(module.train_dataloader())  # one process: STEPS_PER_BATCH steps a batch
     assert len(batches) == module.iters // STEPS_PER_BATCH and len(batches[0]) == STEPS_PER_BATCH
-    assert batches[0][0][0].shape == (64, 64)
+    assert batches[0][0].shape == (64,)  # a step's sample indices, gathered at the step
+    assert module._steps.gather(batches[0][0])[0].shape == (64, 64)
 
 
 def test_qdrop_drops_only_while_the_unit_learns(fmnist_root):
@@ -104,7 +105,8 @@ def _learn_with(fmnist_root, options):
     start = [p.detach().clone() for p in params]
     module.on_fit_start()
     for chunk in module.train_dataloader():
-        for x, y in chunk:
+        for index in chunk:
+            x, y = module._steps.gather(index)
             optimizer_step(module.step_losses, opt, x, y)
     return start, [p.detach().clone() for p in params]
 
@@ -167,20 +169,28 @@ def test_cosine_schedule_decays_both_learning_rates_to_zero(fmnist_root):
 
 
 def test_step_batches_gather_each_steps_indices_in_order():
-    """Step k of the DataLoader is the cache at ShardBatches' k-th index list (a rank's part
-    may be empty), gathered from one index tensor on the cache's device."""
-    data = UnitData(torch.arange(20.0).view(10, 2), -torch.arange(10.0))
+    """Step k of the DataLoader is ShardBatches' k-th index list (a rank's part may be empty),
+    sliced from one index tensor on the cache's device; gathering it gives the cache at those
+    indices, written into the same tensors for every step of a size."""
+    data = UnitData(torch.arange(20.0).view(10, 2), -torch.arange(10.0), torch.arange(10.0))
     for rank in (0, 1):
         lists = list(ShardBatches(20, 30, 3, seed=5, rank=rank, world=2))
         assert any(len(b) == 0 for b in lists)  # a step with none of this rank's samples
-        steps = list(torch.utils.data.DataLoader(StepBatches(data, lists), batch_size=None))
+        batches = StepBatches(data, lists)
+        steps = list(torch.utils.data.DataLoader(batches, batch_size=None))
         assert len(steps) == 30 and all(len(chunk) == 1 for chunk in steps)
-        for [(x, y)], idx in zip(steps, lists, strict=True):
+        for [index], idx in zip(steps, lists, strict=True):
+            assert index.tolist() == idx
+            x, y, x_float = batches.gather(index)
             assert torch.equal(x, data.inputs[idx]) and torch.equal(y, data.targets[idx])
+            assert torch.equal(x_float, data.float_inputs[idx])
         chunks = list(torch.utils.data.DataLoader(StepBatches(data, lists, 4), batch_size=None))
         assert [len(chunk) for chunk in chunks] == [4] * 7 + [2]  # 30 steps, 4 a batch
-        for (x, y), idx in zip([s for chunk in chunks for s in chunk], lists, strict=True):
-            assert torch.equal(x, data.inputs[idx]) and torch.equal(y, data.targets[idx])
+        assert [i.tolist() for chunk in chunks for i in chunk] == lists
+    sized = [index for [index] in steps if len(index) == 2]
+    first = batches.gather(sized[0])
+    assert all(a is b for a, b in zip(batches.gather(sized[1]), first, strict=True))
+    assert torch.equal(first[0], data.inputs[sized[1]])  # the same tensors, the new samples
 
 
 def _fit_losses(unit, data, compile, steps=6):
