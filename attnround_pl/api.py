@@ -68,11 +68,13 @@ def quantize(
         data: calibration images (see the module docstring).
         w_bits, a_bits, rounding, seed: override ``quant`` (default ``QuantConfig()``: W4A4,
             Attention Round with tau 0.5, Lp range searches with p = 2.4, first and last layer
-            8-bit: the ``attnround`` recipe; ``QuantConfig(scale_search_p=2.0)`` is the paper's
-            setting; the rounding's own settings are
+            8-bit: with ``ReconConfig()``, the ``attnround`` recipe; ``QuantConfig(
+            scale_search_p=2.0)`` with ``ReconConfig(lr=4e-4)`` is the paper's setting; the
+            rounding's own settings are
             ``QuantConfig(rounding_args={"tau": 0.25})``).
         iters: optimisation steps per unit, overrides ``recon`` (default ``ReconConfig()``:
-            2,000 at batch 64).
+            2,000 at batch 64, the rounding parameters at Adam lr 1e-3, the activation steps at
+            4e-4).
         mixed: per-layer weight bits by coding length, a ``MixedConfig`` or its dict
             (``{"bit_list": [3, 4, 5, 6]}``); default: single precision. The allocation is
             ``qmodel.bit_allocation``, its table the report's ``mixed``.
