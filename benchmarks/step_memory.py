@@ -4,7 +4,8 @@ the end of every Lightning batch of one unit's fit, against the RSS just before 
     .venv/bin/python benchmarks/step_memory.py [--model resnet18] [--unit layer1.0]
         [--image-size 224] [--calib 128] [--batch 64] [--iters 40]
 
-Random weights and random images (memory does not depend on the values). To measure another
+Random weights and random images (memory does not depend on the values; the images of
+``speed.py --images random``). To measure another
 revision, run it from a git worktree of that revision with ``PYTHONPATH=<worktree>`` (as
 ``speed_before_after.sh`` does). Prints one line and writes
 ``benchmarks/results/step_memory_<model>_<unit>.json`` (``--out`` to change the folder).
@@ -21,6 +22,7 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
+from speed import calibration_batches
 
 from attnround_pl.calib import BlockReconstruction, build_unit_data
 from attnround_pl.calib.pipeline import machine
@@ -49,9 +51,7 @@ class PeakRSS(pl.Callback):
 def measure(model: str, unit_name: str, image_size: int, calib: int, batch: int,
             iters: int) -> dict:
     torch.manual_seed(0)
-    channels = 3
-    images = [torch.randn(min(64, calib - i), channels, image_size, image_size)
-              for i in range(0, calib, 64)]
+    images = calibration_batches(model, "random", calib, image_size)
     qmodel = quantize_model(build_model(model, weights=None), QuantConfig())
     calibrate_activations(qmodel, images)
     folded = build_model(model, weights=None)
