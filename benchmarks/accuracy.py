@@ -14,6 +14,7 @@ command in every suite), as the tau suite's MobileNetV2 tau = 0.5 rows were.
     .venv/bin/python benchmarks/accuracy.py --suite main     # docs/benchmarks.md's table (~3.5 h)
     .venv/bin/python benchmarks/accuracy.py --full           # everything below, 3 seeds
     .venv/bin/python benchmarks/accuracy.py --suite aquant   # one named suite
+    .venv/bin/python benchmarks/accuracy.py --suite recipes  # default recipe vs paper (~1 h)
     .venv/bin/python benchmarks/accuracy.py --suite tau --reuse-suites  # tau = 0.5 from the others
 
 A row runs what a user runs: ``attnround-pl calibrate --config configs/models/<model>.yaml
@@ -243,6 +244,11 @@ SUITES = {
     "like_for_like": (["resnet20", "mobilenetv2"], [
         Block(["W2A4", "W2A2", "W3A3", "W4A4"], ["attention_blocks", "attnround_blocks",
                                                   "brecq", "qdrop"], SEEDS3),
+    ]),
+    # issue 34's final table on the test set: the default recipe (attnround) and the paper's
+    # setting (attention) at the four settings of the goal, one sitting, same code and host
+    "recipes": (["resnet20", "mobilenetv2"], [
+        Block(["W4A4", "W3A3", "W2A4", "W2A2"], ["attnround", "attention"], SEEDS3),
     ]),
     "full": (["resnet20", "mobilenetv2"], [
         Block(["W4A32", "W3A32", "W4A4", "W3A3", "W2A4", "W2A2"],
