@@ -143,12 +143,22 @@ METHODS = {
 }
 
 
+# (method, model) -> a recipe file of per-model settings read after the method's recipe: the
+# peers' code weighs the rounding regulariser by 0.1 on MobileNetV2 (0.01 on the ResNets); the
+# v1 rows ran 0.01 on both models and stay as recorded
+MODEL_RECIPES = {("brecq", "mobilenetv2"): "peers/mobilenetv2",
+                 ("qdrop", "mobilenetv2"): "peers/mobilenetv2"}
+
+
 def calibrate_args(model: str, setting: str, method: str, seed: int) -> list[str]:
     """The ``attnround-pl calibrate`` arguments of a row (without the run folder's): the model
-    file, the method's recipe, the setting's bits, the seed and the method's options."""
+    file, the method's recipe (and its per-model file, ``MODEL_RECIPES``), the setting's bits,
+    the seed and the method's options."""
     recipe, extra = METHODS[method]
+    recipes = [recipe, *([MODEL_RECIPES[method, model]] if (method, model) in MODEL_RECIPES
+                         else [])]
     return ["--config", str(CONFIGS / "models" / f"{model}.yaml"),
-            "--config", str(CONFIGS / "recipes" / f"{recipe}.yaml"),
+            *[a for r in recipes for a in ("--config", str(CONFIGS / "recipes" / f"{r}.yaml"))],
             *setting_args(setting), "--seed_everything", str(seed), *extra]
 
 

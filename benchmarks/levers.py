@@ -66,6 +66,10 @@ VARIANTS = {  # name -> options on top of the model, recipe and precision files
     "calib 2048 images, alpha lr 1e-3": ["--data.init_args.calib_size", "2048",
                                          "--recon.lr", "0.001"],
     "alpha lr 2e-3": ["--recon.lr", "0.002"],
+    # the activation steps' learning rate (4e-4 in every recipe; QDrop's code uses 4e-5)
+    "act lr 1e-3": ["--recon.act_lr", "0.001"],
+    # twice the images per step (2x the step's work; the goal allows 4x our time)
+    "batch 128": ["--recon.batch_size", "128"],
 }
 HOLDOUT = 5000
 
