@@ -381,23 +381,27 @@ def stale_tables(doc: Path) -> list[str]:
 # settings with quantized activations; only rows with HEADLINE_SEEDS seeds or more
 HEADLINE_MODELS = {"resnet20": "ResNet-20", "mobilenetv2": "MobileNetV2"}
 HEADLINE_RECIPES = {"nearest": "round-to-nearest", "adaround": "AdaRound",
-                    "attention": "Attention Round", "brecq": "BRECQ's recipe",
+                    "attention": "Attention Round, paper",
+                    "attnround": "attnround (default)", "brecq": "BRECQ's recipe",
                     "qdrop": "QDrop's recipe",
                     # the peers' recipes as the tables before issue 34 ran them (see
                     # benchmarks/accuracy.py): shown until the like-for-like rows have 3 seeds
                     "brecq_v1": "BRECQ's recipe, v1", "qdrop_v1": "QDrop's recipe, v1"}
 HEADLINE_SETTINGS = ("W4A4", "W3A3", "W2A4", "W2A2")
 HEADLINE_SEEDS = 3
-HEADLINE_SUITES = ("accuracy_main.json", "accuracy_mobilenetv2.json")  # read first: their rows
+# read first, in this order: the recipes suite (the default recipe and the paper's setting in one
+# sitting on the current code), then the models' own tables
+HEADLINE_SUITES = ("accuracy_recipes.json", "accuracy_main.json", "accuracy_mobilenetv2.json")
 
 
 def headline_rows() -> dict[tuple[str, str, str], tuple[dict, str]]:
     """(model, setting, recipe) -> (row, JSON name) for the headline's cells that have a row
-    with at least ``HEADLINE_SEEDS`` seeds in some suite: the models' own tables
-    (``HEADLINE_SUITES``) first, then the other files in name order."""
+    with at least ``HEADLINE_SEEDS`` seeds in some suite: ``HEADLINE_SUITES`` first, in their
+    order, then the other files in name order."""
     cells: dict[tuple[str, str, str], tuple[dict, str]] = {}
-    paths = sorted(RESULTS.glob("accuracy_*.json"), key=lambda p: (p.name not in HEADLINE_SUITES,
-                                                                     p.name))
+    first = {name: i for i, name in enumerate(HEADLINE_SUITES)}
+    paths = sorted(RESULTS.glob("accuracy_*.json"),
+                   key=lambda p: (first.get(p.name, len(first)), p.name))
     for path in paths:
         for r in table_result(path)["rows"]:
             key = (r["model"], r["setting"], r["method"])

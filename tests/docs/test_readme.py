@@ -76,7 +76,8 @@ def test_headline_shows_a_dash_where_no_row_has_three_seeds(tmp_path, monkeypatc
     text = plots.headline_table()
     lines = text.splitlines()
     assert lines[0] == "| model (float top-1 %) | recipe | W4A4 | W3A3 | W2A4 | W2A2 |"
-    assert "| ResNet-20 (92.00) | Attention Round | 91.50 ± 0.12 (2.4 min) | - | - | - |" in lines
+    assert ("| ResNet-20 (92.00) | Attention Round, paper | 91.50 ± 0.12 (2.4 min) | - | - | - |"
+            in lines)
     nearest = "| ResNet-20 (92.00) | round-to-nearest | 90.00 ± 0.12 (< 0.1 min) | - | - | - |"
     assert nearest in lines
     assert "| MobileNetV2 (-) | AdaRound | - | - | - | - |" in lines
@@ -85,6 +86,25 @@ def test_headline_shows_a_dash_where_no_row_has_three_seeds(tmp_path, monkeypatc
     assert "test host" in text and "91.00" not in text
     assert "resnet20 W3A3 attention" in text  # the dashes are named, never filled in
     assert text == plots.headline_table()  # the same JSON, the same block
+
+
+def test_headline_reads_the_recipes_suite_before_the_models_tables(tmp_path, monkeypatch):
+    """The recipes suite (default recipe and paper's setting, one sitting) wins a cell that
+    a model's own table also holds; the default recipe has its own row."""
+    plots = load_plots()
+    monkeypatch.setattr(plots, "RESULTS", tmp_path)
+    main = [_row("resnet20", "W2A2", "attention", (0, 1, 2), 90.45)]
+    recipes = [_row("resnet20", "W2A2", "attention", (0, 1, 2), 90.61, 60.0),
+               _row("resnet20", "W2A2", "attnround", (0, 1, 2), 91.23, 66.0)]
+    (tmp_path / "accuracy_main.json").write_text(json.dumps({"command": "m", "rows": main}))
+    (tmp_path / "accuracy_recipes.json").write_text(json.dumps({"command": "r",
+                                                                "rows": recipes}))
+    lines = plots.headline_table().splitlines()
+    assert "| ResNet-20 (92.00) | Attention Round, paper | - | - | - | 90.61 ± 0.12 (1.0 min) |" \
+        in lines
+    assert "| ResNet-20 (92.00) | attnround (default) | - | - | - | 91.23 ± 0.12 (1.1 min) |" \
+        in lines
+    assert not any("90.45" in line for line in lines)
 
 
 def test_headline_refuses_a_broken_json(tmp_path, monkeypatch):
