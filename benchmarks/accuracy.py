@@ -120,8 +120,10 @@ METHODS = {
     "brecq": Method("brecq"),
     "qdrop": Method("qdrop"),
     # ... and as the tables up to issue 34 ran them (v1): each layer's input quantized, the
-    # MSE ranges, a constant learning rate, QDrop dropping only inside the block
-    "brecq_v1": Method("brecq", PEERS_V1),
+    # MSE ranges, a constant learning rate, BRECQ in one pass (rounding and steps together),
+    # QDrop dropping only inside the block
+    "brecq_v1": Method("brecq", (*PEERS_V1, "--recon.act_stage_iters", "0",
+                                 "--recon.act_stage_loss_p", "2.0")),
     "qdrop_v1": Method("qdrop", (*PEERS_V1, "--quant.drop.float_inputs", "false")),
     "attention": Method("attention"),
     # with the peers' activation placement, for the rows compared with their recipes

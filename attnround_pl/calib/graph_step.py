@@ -32,11 +32,13 @@ class GraphedStep:
     at its recorded value, and the callers refuse those settings.
     """
 
-    def __init__(self, unit: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    def __init__(self, unit: nn.Module, optimizer: torch.optim.Optimizer,
+                 loss_p: float = 2.0) -> None:
         if not all(group.get("capturable", False) for group in optimizer.param_groups):
             raise ValueError("GraphedStep needs an optimizer made with capturable=True")
         self.unit = unit
         self.optimizer = optimizer
+        self.loss_p = loss_p  # the output error's exponent (``quant.reconstruction_loss``)
         self.params = [p for group in optimizer.param_groups for p in group["params"]]
         self.roundings = active_roundings(unit)
         self.graph: torch.cuda.CUDAGraph | None = None
@@ -60,7 +62,7 @@ class GraphedStep:
         return optimizer_step(self._losses, self.optimizer, self.x, self.y, set_to_none=False)
 
     def _losses(self, x: Tensor, y: Tensor) -> Losses:
-        return step_losses(self.unit, self.roundings, x, y)
+        return step_losses(self.unit, self.roundings, x, y, p=self.loss_p)
 
     def _record(self, x: Tensor, y: Tensor) -> None:
         if x.device.type != "cuda":

@@ -124,7 +124,12 @@ def run_name(source: ModelSource, quant: QuantConfig) -> str:
 
 def check_step_options(quant: QuantConfig, recon: ReconConfig,
                        trainer_kwargs: dict[str, Any]) -> None:
-    """Refuse, before any work, what ``recon.compile`` and ``recon.cuda_graph`` cannot run."""
+    """Refuse, before any work, what ``recon.compile``, ``recon.cuda_graph`` and
+    ``recon.act_stage_iters`` cannot run."""
+    if recon.act_stage_iters > 0 and quant.a_bits >= 32:
+        raise SettingError(f"recon.act_stage_iters={recon.act_stage_iters} learns the activation "
+                           f"steps in a second pass, but quant.a_bits={quant.a_bits} keeps the "
+                           "activations float: set it to 0")
     if recon.compile != "off" and wants_ddp(trainer_kwargs):
         raise SettingError(f"recon.compile={recon.compile!r} runs in one process only: set it "
                            "to 'off' to calibrate with several devices")
@@ -630,11 +635,14 @@ def _reconstruct(job: _Job, folder: _RunFolder, tally: _Tally) -> Calibrated:
     report.never_run_layers = list(qmodel.never_run_layers)  # no data reaches them: float
     report.unit_rules = {rule: sum(u.rule == rule for u in units)
                             for rule in dict.fromkeys(u.rule for u in units)}
+    # one pass over the units, or BRECQ's two (the rounding, then the activation steps)
+    stages = ("rounding", "activations") if recon.act_stage_iters > 0 else ("joint",)
+    sequence = units * len(stages)  # the order the units finish in
     if resumed is not None:
-        restore_progress(qmodel, units, resumed)
+        restore_progress(qmodel, sequence, resumed)
     logger = _tensorboard(folder, source, quant, recon, report, len(units))
 
-    tally.total, tally.done = len(units), len(resumed["units"]) if resumed is not None else 0
+    tally.total, tally.done = len(sequence), len(resumed["units"]) if resumed is not None else 0
 
     def checkpoint(results: list[UnitResult]) -> None:
         if folder.writes:
@@ -646,22 +654,34 @@ def _reconstruct(job: _Job, folder: _RunFolder, tally: _Tally) -> Calibrated:
         tally.done = len(results)
 
     hint = f"Finished units are kept: continue with --run.resume {folder.path}"
-    sequencer = BlockSequencer(
-        qmodel, folded, units, shard(batches, folder.rank, folder.world), recon,
-        _trainer_factory(recon, show, trainer_kwargs, logger, folder.path), seed=quant.seed,
-        logger=logger, echo=echo, on_unit_done=checkpoint,
-        resume_hint=hint if folder.path is not None else "",
-        total=sum(len(b) for b in batches),
-    )
     done = ([UnitResult.from_dict(r) for r in resumed["results"]]
-            if resumed is not None else None)
-    sequencer.preflight(done)  # every unit's memory, before any evaluation or learning
-    if resumed is None:  # a resumed run has them in its report already
-        paused = time.perf_counter()
-        _evaluate_baselines(float_net, qmodel, run, score, report, echo)
-        started += time.perf_counter() - paused  # evaluation is not calibration time
-    echo(f"{len(units)} units, {recon.iters} iterations each at batch {recon.batch_size}")
-    report.units = sequencer.run(done=done)
+            if resumed is not None else [])
+    results: list[UnitResult] = []
+    for k, stage in enumerate(stages):
+        stage_done = done[k * len(units) : (k + 1) * len(units)]
+        sequencer = BlockSequencer(
+            qmodel, folded, units, shard(batches, folder.rank, folder.world), recon,
+            _trainer_factory(recon, show, trainer_kwargs, logger, folder.path), seed=quant.seed,
+            logger=logger, echo=echo,
+            on_unit_done=lambda stage_results, before=tuple(results): checkpoint(
+                [*before, *stage_results]),
+            resume_hint=hint if folder.path is not None else "",
+            total=sum(len(b) for b in batches), stage=stage,
+        )
+        if k == 0:
+            sequencer.preflight(stage_done)  # every unit's memory, before any work
+            if resumed is None:  # a resumed run has them in its report already
+                paused = time.perf_counter()
+                _evaluate_baselines(float_net, qmodel, run, score, report, echo)
+                started += time.perf_counter() - paused  # evaluation is not calibration time
+            echo(f"{len(units)} units, {recon.iters} iterations each at batch "
+                 f"{recon.batch_size}" + (", activations float" if stage == "rounding" else ""))
+        elif not stage_done:  # BRECQ: the steps start again from the weight-quantized network
+            calibrate_activations(qmodel, batches, quantized_weights=True)
+            echo("activation steps searched again with the weights quantized")
+            echo(f"{len(units)} units, {recon.act_stage_iters} iterations each for the steps")
+        results += sequencer.run(done=stage_done)
+    report.units = results
     report.calib_seconds = round(elapsed_before + time.perf_counter() - started, 2)
     report.calib_reference_iters = round(speed.reference_iters(report.calib_seconds))
     if resumed is not None:

@@ -151,6 +151,9 @@ class BlockReconstruction(pl.LightningModule):
     gradient (eq. 6), the regulariser and Adam stay eager. Compiled kernels fuse elementwise
     work, so results agree with eager ones to float rounding, not bit for bit.
 
+    ``loss_p``: the exponent of the output error (2: the squared error; BRECQ's activation
+    stage runs 2.4, see ``quant.reconstruction_loss``).
+
     ``log_every_n_steps``: steps between logged losses (the module logs them itself, at their
     step's number; the Trainer's own setting counts Lightning batches and is not used).
 
@@ -164,9 +167,10 @@ class BlockReconstruction(pl.LightningModule):
         self, unit: nn.Module, data: UnitData, name: str, iters: int = 2000,
         batch_size: int = 64, lr: float = 1e-3, act_lr: float = 4e-4, seed: int = 0,
         total: int | None = None, lr_schedule: str = "constant", compile: str = "off",
-        cuda_graph: bool = False, log_every_n_steps: int = 50,
+        cuda_graph: bool = False, log_every_n_steps: int = 50, loss_p: float = 2.0,
     ) -> None:
         super().__init__()
+        self.loss_p = loss_p
         self.log_every_n_steps = log_every_n_steps
         self.unit = unit
         self.data = data
@@ -262,7 +266,7 @@ class BlockReconstruction(pl.LightningModule):
         if len(x):
             with drop_references(self._entries, x_float):
                 return step_losses(self._unit_forward, self._roundings, x, y,
-                                   len(x) * world / self.batch_size)
+                                   len(x) * world / self.batch_size, self.loss_p)
         # no sample of this step on this rank: zero gradients, still all-reduced
         zero = sum(p.sum() for group in self.learnable() for p in group) * 0.0
         return zero, rounding_regularizer(self._roundings)
@@ -289,7 +293,8 @@ class BlockReconstruction(pl.LightningModule):
         set_progress(self._roundings, step / max(1, self.iters))
         if self.cuda_graph:
             if self._graphed is None:
-                self._graphed = GraphedStep(self.unit, self.optimizers(use_pl_optimizer=False))
+                self._graphed = GraphedStep(self.unit, self.optimizers(use_pl_optimizer=False),
+                                            self.loss_p)
             rec, reg = self._graphed(x, y)
         elif self._plain_steps:
             rec, reg = optimizer_step(partial(self.step_losses, x_float=x_float),

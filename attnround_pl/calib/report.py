@@ -67,7 +67,9 @@ class UnitResult:
     round-to-nearest and at the end, which state it kept ('learned', 'nearest': the learned
     one was worse, its MSE in ``mse_learned``; 'as built': nothing to learn), wall seconds
     (cache, fit, MSE checks), iterations and, with ``recon.keep_best_every``, the step whose
-    state was kept (``best_step``)."""
+    state was kept (``best_step``). ``stage``: what the pass learned (``sequencer.STAGES``:
+    'joint', or BRECQ's 'rounding' then 'activations', where ``mse_nearest`` is the error
+    before the stage: the fixed rounding with the initial steps)."""
 
     name: str
     kind: str
@@ -83,12 +85,15 @@ class UnitResult:
     iters: int = 0
     mse_learned: float | None = None
     best_step: int | None = None
+    stage: str = "joint"
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         for key in ("mse_learned", "best_step"):
             if out[key] is None:
                 del out[key]
+        if out["stage"] == "joint":  # one pass: as reports were before the stages
+            del out["stage"]
         return out
 
     @classmethod

@@ -13,7 +13,14 @@ from lightning.pytorch.callbacks import Callback
 from torch import Tensor, nn
 
 from ..models import Unit
-from ..quant import as_frozen, freeze_model, output_mse, quant_layers, round_to_nearest
+from ..quant import (
+    activations_off,
+    as_frozen,
+    freeze_model,
+    output_mse,
+    quant_layers,
+    round_to_nearest,
+)
 from .best_state import BestState
 from .cache import UnitData, build_unit_data, cache_device
 from .distributed import agree, reduce_sums
@@ -46,6 +53,10 @@ def unit_mse(unit: nn.Module, data: UnitData, batch_size: int = 256) -> float:
 
 
 TrainerFactory = Callable[[Callback], pl.Trainer]
+# what a pass over the units learns: both the rounding and the activation steps (one pass), or
+# one of BRECQ's two stages (recon.act_stage_iters): the rounding with the activations float,
+# then the activation steps with the rounding fixed
+STAGES = ("joint", "rounding", "activations")
 
 
 class BlockSequencer(Callback):
@@ -55,6 +66,13 @@ class BlockSequencer(Callback):
     ``make_trainer(self)`` returns a fresh Trainer (with this callback attached) for each unit.
     The MSE 'before' is the unit with round-to-nearest weights and the initial activation
     steps; 'after' is the frozen unit.
+
+    ``stage`` (``STAGES``): 'joint' learns what the unit has; 'rounding' runs the whole pass
+    with every activation quantizer off (caches too), so only the rounding learns;
+    'activations' is the pass after it: the rounding is frozen, the steps learn for
+    ``recon.act_stage_iters`` iterations on the error to the power ``recon.act_stage_loss_p``,
+    and 'before' is the fixed rounding with the initial steps (keep_better restores those
+    steps, never other codes).
     """
 
     def __init__(
@@ -62,13 +80,19 @@ class BlockSequencer(Callback):
         batches: list[Tensor], recon: ReconConfig, make_trainer: TrainerFactory,
         seed: int = 0, logger: Any = None, echo: Callable[[str], None] | None = None,
         on_unit_done: Callable[[list[UnitResult]], None] | None = None,
-        resume_hint: str = "", total: int | None = None,
+        resume_hint: str = "", total: int | None = None, stage: str = "joint",
     ) -> None:
+        if stage not in STAGES:
+            raise ValueError(f"stage={stage!r}: one of {STAGES}")
+        self.stage = stage
         self.qmodel = qmodel
         self.float_model = float_model
         self.units = units
         self.batches = batches
         self.recon = recon.validate()
+        second = stage == "activations"
+        self.iters = recon.act_stage_iters if second else recon.iters
+        self.loss_p = recon.act_stage_loss_p if second else 2.0
         self.make_trainer = make_trainer
         self.seed = seed
         self.logger = logger
@@ -98,6 +122,15 @@ class BlockSequencer(Callback):
         ``cache_device='auto'`` the cache is captured straight onto that device when its peak
         takes at most half the device's free memory."""
         self.results = list(done or [])
+        if self.stage == "rounding":
+            with activations_off(self.qmodel):
+                self._run_units()
+        else:
+            self._run_units()
+        return self.results
+
+    def _run_units(self) -> None:
+        offset = len(self.units) if self.stage == "activations" else 0  # seeds of its own
         for index, unit in enumerate(self.units):
             if index < len(self.results):
                 continue
@@ -119,13 +152,15 @@ class BlockSequencer(Callback):
                                          self.float_inputs)
             module = BlockReconstruction(
                 unit.module(self.qmodel), self._data, unit.name,
-                iters=self.recon.iters, batch_size=self.recon.batch_size, lr=self.recon.lr,
-                act_lr=self.recon.act_lr, seed=self.seed * 1_000_003 + index, total=self.total,
-                lr_schedule=self.recon.lr_schedule, compile=self.recon.compile,
+                iters=self.iters, batch_size=self.recon.batch_size, lr=self.recon.lr,
+                act_lr=self.recon.act_lr, seed=self.seed * 1_000_003 + offset + index,
+                total=self.total, lr_schedule=self.recon.lr_schedule, compile=self.recon.compile,
                 cuda_graph=self.recon.cuda_graph,
-                log_every_n_steps=min(self.recon.log_every_n_steps, self.recon.iters),
+                log_every_n_steps=min(self.recon.log_every_n_steps, self.iters),
+                loss_p=self.loss_p,
             )
-            module.label = f"unit {index + 1}/{len(self.units)} {unit.name}"
+            steps = " steps" if self.stage == "activations" else ""
+            module.label = f"unit {index + 1}/{len(self.units)}{steps} {unit.name}"
             with round_to_nearest(module.unit):
                 mse_nearest = unit_mse(module.unit, self._data)
             self._initial = {  # the activation side round-to-nearest was measured with
@@ -141,7 +176,8 @@ class BlockSequencer(Callback):
                 cache_mb=round(self._data.nbytes / 2**20, 3),
                 cache_device=where,
                 mse_nearest=mse_nearest,
-                learned=module.has_learnable() and self.recon.iters > 0,
+                learned=module.has_learnable() and self.iters > 0,
+                stage=self.stage,
             )
             self._best = None
             if self._current.learned and self.recon.keep_best_every > 0:
@@ -151,7 +187,6 @@ class BlockSequencer(Callback):
                 trainer.fit(module)
             else:
                 self._finish(module)
-        return self.results
 
     def preflight(self, done: list[UnitResult] | None = None) -> None:
         """Refuse, before any work, a run where some unit after the ``done`` ones would not
@@ -173,7 +208,7 @@ class BlockSequencer(Callback):
             cache = estimate_cache_bytes(self.qmodel, self.float_model, unit, self.batches,
                                          self.float_inputs)
             step = 0
-            if self.recon.iters > 0:
+            if self.iters > 0:
                 probe = build_unit_data(self.qmodel, self.float_model, unit, [self.batches[0][:2]])
                 module = unit.module(self.qmodel)
                 step = estimate_step_bytes(module, probe.inputs, self.recon.batch_size)
@@ -212,7 +247,7 @@ class BlockSequencer(Callback):
     def _finish(self, module: BlockReconstruction) -> None:
         module.unit.eval()
         if self._best is not None:
-            self._offer(module, self.recon.iters)
+            self._offer(module, self.iters)
             self._current.best_step = self._best.restore()
             self._best = None
         freeze_model(module.unit)
@@ -228,7 +263,7 @@ class BlockSequencer(Callback):
         self.qmodel.cpu()
         self.float_model.cpu()
         result.seconds = round(time.perf_counter() - self._started, 3)
-        result.iters = self.recon.iters if result.learned else 0
+        result.iters = self.iters if result.learned else 0
         self.results.append(result)
         if self.on_unit_done is not None:
             self.on_unit_done(self.results)
@@ -242,10 +277,12 @@ class BlockSequencer(Callback):
         self._data = None
 
     def _keep_nearest(self, layers: list[str]) -> None:
-        """Round-to-nearest codes and the initial activation steps for ``layers``."""
+        """Round-to-nearest codes and the initial activation steps for ``layers`` (only the
+        steps in the 'activations' stage: the codes are the first stage's)."""
         for name in layers:
             layer = self._layers[name]
-            layer.freeze_nearest()
+            if self.stage != "activations":
+                layer.freeze_nearest()
             layer.input_quantizer.load_state_dict(self._initial[name])
 
 
@@ -254,14 +291,16 @@ LINE_WIDTH = 79  # one line per unit on an 80-column terminal
 
 def unit_line(index: int, total: int, result: UnitResult, width: int = LINE_WIDTH) -> str:
     """'unit 3/11 layer1.1: MSE nearest 1.234e-03 -> 5.678e-04, 2.1 s' (or '... MSE nearest
-    1.234e-03 kept (learned 2.345e-03), ...') within ``width`` characters: a long unit name
-    is shortened in the middle."""
+    1.234e-03 kept (learned 2.345e-03), ...'; 'unit 3/11 steps layer1.1: MSE before ...' in
+    the activation stage) within ``width`` characters: a long unit name is shortened in the
+    middle."""
+    before = "before" if result.stage == "activations" else "nearest"
     if result.kept == "nearest":
-        tail = f"MSE nearest {result.mse_nearest:.3e} kept (learned {result.mse_learned:.3e})"
+        tail = f"MSE {before} {result.mse_nearest:.3e} kept (learned {result.mse_learned:.3e})"
     else:
-        tail = f"MSE nearest {result.mse_nearest:.3e} -> {result.mse_final:.3e}"
+        tail = f"MSE {before} {result.mse_nearest:.3e} -> {result.mse_final:.3e}"
     tail += f", {result.seconds:.1f} s"
-    head = f"unit {index}/{total} "
+    head = f"unit {index}/{total} " + ("steps " if result.stage == "activations" else "")
     room = max(8, width - len(head) - len(tail) - 2)
     name = result.name
     if len(name) > room:

@@ -59,6 +59,15 @@ class ReconConfig:
             state with the lowest one (the last step's included) is the one frozen; its step
             is ``best_step`` in the report. 0: off, the last step's state (issue 34's
             keep-the-best lever; a check costs a forward pass over the cache).
+        act_stage_iters: 0 (default): the activation steps learn with the rounding, in one
+            pass over the units. More: BRECQ's two stages. A first pass learns every unit's
+            rounding with the activations float (their quantizers off, in the units' caches
+            too); the activation steps are then initialised again on the weight-quantized
+            network, and a second pass over the units learns only the steps, this many
+            iterations a unit, at ``act_lr`` (with ``lr_schedule``'s decay where it applies to
+            them), the rounding fixed.
+        act_stage_loss_p: the exponent of the output error in that second pass (2: the squared
+            error; BRECQ's code runs 2.4).
     """
 
     iters: int = 2000
@@ -72,9 +81,16 @@ class ReconConfig:
     cuda_graph: bool = False
     keep_better: bool = True
     keep_best_every: int = 0
+    act_stage_iters: int = 0
+    act_stage_loss_p: float = 2.0
 
     def validate(self) -> ReconConfig:
         check_finite(self, "recon")
+        if self.act_stage_iters < 0:
+            raise SettingError(f"recon.act_stage_iters={self.act_stage_iters} must be >= 0 "
+                               "(0: the activation steps learn with the rounding)")
+        if self.act_stage_loss_p <= 0:
+            raise SettingError(f"recon.act_stage_loss_p={self.act_stage_loss_p} must be > 0")
         if self.keep_best_every < 0:
             raise SettingError(f"recon.keep_best_every={self.keep_best_every} must be >= 0 "
                                "(0: off)")

@@ -22,6 +22,7 @@ _EXPORTS = {
     "loss": ["output_mse", "reconstruction_loss"],
     "model": [
         "act_border_parameters",
+        "activations_off",
         "active_roundings",
         "as_frozen",
         "act_step_parameters",

@@ -6,8 +6,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
-def reconstruction_loss(pred: Tensor, target: Tensor) -> Tensor:
-    """Squared error summed over channels (dim 1), averaged over batch and positions.
+def reconstruction_loss(pred: Tensor, target: Tensor, p: float = 2.0) -> Tensor:
+    """Squared error summed over channels (dim 1), averaged over batch and positions; with
+    ``p`` other than 2, ``|pred - target|^p`` in its place (BRECQ's ``lp_loss``, which their
+    activation stage runs at p = 2.4).
 
     BRECQ's convention; it keeps AdaRound's regulariser weight (0.01) on the scale it was tuned
     for. For a 2-D output (a Linear layer) this is the per-sample squared error, averaged.
@@ -16,7 +18,11 @@ def reconstruction_loss(pred: Tensor, target: Tensor) -> Tensor:
     number of (sample, position) pairs; the two agree to float rounding.
     """
     positions = pred.numel() // pred.shape[1] if pred.dim() > 1 else 1
-    return F.mse_loss(pred, target, reduction="sum") / max(1, positions)
+    if p == 2.0:
+        total = F.mse_loss(pred, target, reduction="sum")
+    else:
+        total = (pred - target).abs().pow(p).sum()
+    return total / max(1, positions)
 
 
 def output_mse(pred: Tensor, target: Tensor) -> Tensor:

@@ -135,17 +135,20 @@ def act_quantizers(model: nn.Module) -> list[ActQuantizer]:
 
 
 @torch.no_grad()
-def calibrate_activations(model: nn.Module, batches: Iterable[Tensor]) -> int:
+def calibrate_activations(model: nn.Module, batches: Iterable[Tensor],
+                          quantized_weights: bool = False) -> int:
     """Initialise every input quantizer's step by the MSE search over ``batches``.
 
     Ranges are observed on the float-weight network (weight quantization off for the pass) so the
-    initial steps do not depend on the rounding's initial state. Returns the number of batches.
+    initial steps do not depend on the rounding's initial state; ``quantized_weights``: on the
+    network as its weights are quantized now (BRECQ's activation stage initialises its steps
+    once the rounding is learned). Returns the number of batches.
     """
     layers = quant_layers(model).values()
     quantizers = act_quantizers(model)
     saved = [(layer, layer.weight_enabled) for layer in layers]
     for layer, _ in saved:
-        layer.weight_enabled = False
+        layer.weight_enabled = layer.weight_enabled and quantized_weights
     for q in quantizers:
         q.start_observing()
     seen = 0
@@ -168,6 +171,21 @@ def set_quant_state(model: nn.Module, weights: bool, activations: bool) -> None:
     for layer in quant_layers(model).values():
         layer.weight_enabled = weights
         layer.input_quantizer.enabled = activations
+
+
+@contextmanager
+def activations_off(model: nn.Module) -> Iterator[None]:
+    """Within the block no activation quantizer of ``model`` quantizes (each one's ``enabled``
+    is restored after): BRECQ's rounding stage learns with float activations."""
+    quantizers = act_quantizers(model)
+    enabled = [q.enabled for q in quantizers]
+    for q in quantizers:
+        q.enabled = False
+    try:
+        yield
+    finally:
+        for q, was in zip(quantizers, enabled, strict=True):
+            q.enabled = was
 
 
 @contextmanager
@@ -226,7 +244,7 @@ def act_step_parameters(model: nn.Module) -> list[nn.Parameter]:
 def act_border_parameters(model: nn.Module) -> list[nn.Parameter]:
     """AQuant border parameters of the active activation quantizers inside ``model``."""
     return [
-        p for q in act_quantizers(model) if q.active and q.border is not None
+        p for q in act_quantizers(model) if q.active and q.enabled and q.border is not None
         for p in q.border.parameters()
     ]
 

@@ -198,6 +198,11 @@ def test_the_peer_methods_run_their_published_code_and_v1_what_the_tables_ran():
                 if k not in ("act_placement", "scale_search_p", "drop.float_inputs")}
         assert rest == {k: v1["quant"][k] for k in rest}
     assert cfg["qdrop"]["quant"]["drop"]["prob"] == 0.5 == cfg["qdrop_v1"]["quant"]["drop"]["prob"]
+    # BRECQ's two stages (5k iterations for the steps, error to the power 2.4); v1 in one pass
+    stages = {m: (cfg[m]["recon"]["act_stage_iters"], cfg[m]["recon"]["act_stage_loss_p"])
+              for m in cfg}
+    assert stages == {"brecq": (5000, 2.4), "qdrop": (0, 2.0), "brecq_v1": (0, 2.0),
+                      "qdrop_v1": (0, 2.0)}
 
 
 def test_the_peers_weigh_the_regulariser_by_model_as_their_code_does():
