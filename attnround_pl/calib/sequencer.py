@@ -92,6 +92,8 @@ class BlockSequencer(Callback):
         self.recon = recon.validate()
         second = stage == "activations"
         self.iters = recon.act_stage_iters if second else recon.iters
+        # TensorBoard tags of the steps' pass: apart from the rounding pass's of the same unit
+        self._tag_suffix = "@steps" if second else ""
         self.loss_p = recon.act_stage_loss_p if second else 2.0
         self.make_trainer = make_trainer
         self.seed = seed
@@ -151,7 +153,7 @@ class BlockSequencer(Callback):
             self._data = build_unit_data(self.qmodel, self.float_model, unit, self.batches, where,
                                          self.float_inputs)
             module = BlockReconstruction(
-                unit.module(self.qmodel), self._data, unit.name,
+                unit.module(self.qmodel), self._data, unit.name + self._tag_suffix,
                 iters=self.iters, batch_size=self.recon.batch_size, lr=self.recon.lr,
                 act_lr=self.recon.act_lr, seed=self.seed * 1_000_003 + offset + index,
                 total=self.total, lr_schedule=self.recon.lr_schedule, compile=self.recon.compile,
@@ -269,10 +271,13 @@ class BlockSequencer(Callback):
             self.on_unit_done(self.results)
         if self.logger is not None:
             exp = self.logger.experiment
-            exp.add_scalar(f"recon/{result.name}/mse_nearest", result.mse_nearest, 0)
-            exp.add_scalar(f"recon/{result.name}/mse_final", result.mse_final, 0)
-            exp.add_scalar("recon/mse_final_by_unit", result.mse_final, len(self.results))
-            exp.add_scalar("recon/mse_nearest_by_unit", result.mse_nearest, len(self.results))
+            name = result.name + self._tag_suffix
+            by_unit = "recon/steps_" if self.stage == "activations" else "recon/"
+            exp.add_scalar(f"recon/{name}/mse_nearest", result.mse_nearest, 0)
+            exp.add_scalar(f"recon/{name}/mse_final", result.mse_final, 0)
+            exp.add_scalar(f"{by_unit}mse_final_by_unit", result.mse_final, len(self.results))
+            exp.add_scalar(f"{by_unit}mse_nearest_by_unit", result.mse_nearest,
+                           len(self.results))
         self.echo(unit_line(len(self.results), len(self.units), result))
         self._data = None
 

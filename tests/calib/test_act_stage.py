@@ -3,6 +3,7 @@ float, then the activation steps alone with the rounding fixed; resumable across
 
 import pytest
 import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch import nn
 
 import attnround_pl
@@ -120,6 +121,11 @@ def test_a_run_stopped_in_either_stage_resumes_to_the_uninterrupted_result(
         return calibrate(small_cnn(), IMAGES, quant, recon, config)
 
     full = calibrate_small(name="full")
+    # TensorBoard: the steps' pass logs apart from the rounding pass of the same unit
+    tags = EventAccumulator(str(tmp_path / "full" / "tb")).Reload().Tags()["scalars"]
+    first = full.units[0].name
+    assert {f"recon/{first}/loss", f"recon/{first}@steps/loss", "recon/mse_final_by_unit",
+            "recon/steps_mse_final_by_unit"} <= set(tags)
     saved = pipeline.save_progress
 
     class CrashError(RuntimeError):
