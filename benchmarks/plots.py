@@ -39,9 +39,18 @@ SINGLE_A4 = ("W3A4", "W4A4", "W5A4")  # the uniform rows the mixed ones are comp
 SETTINGS = ("W4A32", "W3A32", "W4A4", "W3A3", "W2A4", "W2A2")
 
 
+def result_paths() -> list[Path]:
+    """The suites' JSON files, ``HEADLINE_SUITES`` first in their order (the recipes suite ran
+    the current code), then the others in name order."""
+    first = {name: i for i, name in enumerate(HEADLINE_SUITES)}
+    return sorted(RESULTS.glob("accuracy_*.json"),
+                  key=lambda p: (first.get(p.name, len(first)), p.name))
+
+
 def load_rows() -> list[dict]:
-    """Every row of every suite, once per (model, setting, method): the one with most seeds."""
-    return list(most_seeded_rows(sorted(RESULTS.glob("accuracy_*.json"))).values())
+    """Every row of every suite, once per (model, setting, method): the one with most seeds,
+    the first read among equals (``result_paths``' order)."""
+    return list(most_seeded_rows(result_paths()).values())
 
 
 def method_colours(rows: list[dict]) -> dict[str, tuple]:
@@ -399,10 +408,7 @@ def headline_rows() -> dict[tuple[str, str, str], tuple[dict, str]]:
     with at least ``HEADLINE_SEEDS`` seeds in some suite: ``HEADLINE_SUITES`` first, in their
     order, then the other files in name order."""
     cells: dict[tuple[str, str, str], tuple[dict, str]] = {}
-    first = {name: i for i, name in enumerate(HEADLINE_SUITES)}
-    paths = sorted(RESULTS.glob("accuracy_*.json"),
-                   key=lambda p: (first.get(p.name, len(first)), p.name))
-    for path in paths:
+    for path in result_paths():
         for r in table_result(path)["rows"]:
             key = (r["model"], r["setting"], r["method"])
             if (r["model"] in HEADLINE_MODELS and r["setting"] in HEADLINE_SETTINGS
