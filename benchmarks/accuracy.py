@@ -157,8 +157,7 @@ def calibrate_args(model: str, setting: str, method: str, seed: int) -> list[str
     file, the method's recipe (and its per-model file, ``MODEL_RECIPES``), the setting's bits,
     the seed and the method's options."""
     recipe, extra = METHODS[method]
-    recipes = [recipe, *([MODEL_RECIPES[method, model]] if (method, model) in MODEL_RECIPES
-                         else [])]
+    recipes = [r for r in (recipe, MODEL_RECIPES.get((method, model))) if r is not None]
     return ["--config", str(CONFIGS / "models" / f"{model}.yaml"),
             *[a for r in recipes for a in ("--config", str(CONFIGS / "recipes" / f"{r}.yaml"))],
             *setting_args(setting), "--seed_everything", str(seed), *extra]

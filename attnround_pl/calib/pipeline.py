@@ -657,16 +657,16 @@ def _reconstruct(job: _Job, folder: _RunFolder, tally: _Tally) -> Calibrated:
     done = ([UnitResult.from_dict(r) for r in resumed["results"]]
             if resumed is not None else [])
     results: list[UnitResult] = []
+    shards = shard(batches, folder.rank, folder.world)
+    make_trainer = _trainer_factory(recon, show, trainer_kwargs, logger, folder.path)
     for k, stage in enumerate(stages):
         stage_done = done[k * len(units) : (k + 1) * len(units)]
         sequencer = BlockSequencer(
-            qmodel, folded, units, shard(batches, folder.rank, folder.world), recon,
-            _trainer_factory(recon, show, trainer_kwargs, logger, folder.path), seed=quant.seed,
+            qmodel, folded, units, shards, recon, make_trainer, seed=quant.seed,
             logger=logger, echo=echo,
             on_unit_done=lambda stage_results, before=tuple(results): checkpoint(
                 [*before, *stage_results]),
-            resume_hint=hint if folder.path is not None else "",
-            total=sum(len(b) for b in batches), stage=stage,
+            resume_hint=hint if folder.path is not None else "", total=images, stage=stage,
         )
         if k == 0:
             sequencer.preflight(stage_done)  # every unit's memory, before any work

@@ -90,11 +90,11 @@ class BlockSequencer(Callback):
         self.units = units
         self.batches = batches
         self.recon = recon.validate()
-        second = stage == "activations"
-        self.iters = recon.act_stage_iters if second else recon.iters
+        self._steps_pass = stage == "activations"  # BRECQ's second pass
+        self.iters = recon.act_stage_iters if self._steps_pass else recon.iters
         # TensorBoard tags of the steps' pass: apart from the rounding pass's of the same unit
-        self._tag_suffix = "@steps" if second else ""
-        self.loss_p = recon.act_stage_loss_p if second else 2.0
+        self._tag_suffix = "@steps" if self._steps_pass else ""
+        self.loss_p = recon.act_stage_loss_p if self._steps_pass else 2.0
         self.make_trainer = make_trainer
         self.seed = seed
         self.logger = logger
@@ -132,7 +132,7 @@ class BlockSequencer(Callback):
         return self.results
 
     def _run_units(self) -> None:
-        offset = len(self.units) if self.stage == "activations" else 0  # seeds of its own
+        offset = len(self.units) if self._steps_pass else 0  # seeds of its own
         for index, unit in enumerate(self.units):
             if index < len(self.results):
                 continue
@@ -161,7 +161,7 @@ class BlockSequencer(Callback):
                 log_every_n_steps=min(self.recon.log_every_n_steps, self.iters),
                 loss_p=self.loss_p,
             )
-            steps = " steps" if self.stage == "activations" else ""
+            steps = " steps" if self._steps_pass else ""
             module.label = f"unit {index + 1}/{len(self.units)}{steps} {unit.name}"
             with round_to_nearest(module.unit):
                 mse_nearest = unit_mse(module.unit, self._data)
@@ -272,7 +272,7 @@ class BlockSequencer(Callback):
         if self.logger is not None:
             exp = self.logger.experiment
             name = result.name + self._tag_suffix
-            by_unit = "recon/steps_" if self.stage == "activations" else "recon/"
+            by_unit = "recon/steps_" if self._steps_pass else "recon/"
             exp.add_scalar(f"recon/{name}/mse_nearest", result.mse_nearest, 0)
             exp.add_scalar(f"recon/{name}/mse_final", result.mse_final, 0)
             exp.add_scalar(f"{by_unit}mse_final_by_unit", result.mse_final, len(self.results))
@@ -286,7 +286,7 @@ class BlockSequencer(Callback):
         steps in the 'activations' stage: the codes are the first stage's)."""
         for name in layers:
             layer = self._layers[name]
-            if self.stage != "activations":
+            if not self._steps_pass:
                 layer.freeze_nearest()
             layer.input_quantizer.load_state_dict(self._initial[name])
 
