@@ -36,6 +36,22 @@ class CalibrationInterrupted(BaseException):
         return CalibrationInterrupted(self.signum, message)
 
 
+def interruption_in(exc: BaseException) -> CalibrationInterrupted | None:
+    """The ``CalibrationInterrupted`` that ``exc`` is or arose from, else None.
+
+    A signal can land while Lightning tears a unit's trainer down (closing the TensorBoard
+    writer); Lightning then finalizes the logger again, that raises ("Writer is closed"), and
+    the interruption survives only as the new exception's ``__context__``."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, CalibrationInterrupted):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
+
+
 def _raise(signum: int, frame: FrameType | None) -> None:
     raise CalibrationInterrupted(signum)
 

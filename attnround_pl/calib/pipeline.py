@@ -59,7 +59,7 @@ from .distributed import agree, launch, rank_world, shard, wants_ddp
 from .evaluation import EvalResult, classes_of, evaluate_model
 from .export_job import export_run
 from .host_speed import host_speed
-from .interrupt import CalibrationInterrupted, stop_on_signals, stopped_message
+from .interrupt import interruption_in, stop_on_signals, stopped_message
 from .progress import UnitProgressBar
 from .report import Report, Scores, UnitFidelity, UnitResult
 from .resume import (
@@ -515,9 +515,13 @@ def run_calibration(
                 return _reconstruct(job, folder, tally)
             finally:
                 folder.close()
-        except CalibrationInterrupted as exc:
+        except BaseException as exc:
+            interrupted = interruption_in(exc)
+            if interrupted is None:
+                raise
             run_dir = None if folder is None or folder.path is None else str(folder.path)
-            raise exc.explained(stopped_message(tally.done, tally.total, run_dir)) from None
+            message = stopped_message(tally.done, tally.total, run_dir)
+            raise interrupted.explained(message) from None
 
 
 def _resolve_job(

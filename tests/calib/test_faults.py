@@ -11,10 +11,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from lightning.pytorch.loggers import TensorBoardLogger
 
 from attnround_pl import cli
 from attnround_pl.calib import resume as resume_module
 from attnround_pl.calib import sequencer as sequencer_module
+from attnround_pl.calib.interrupt import CalibrationInterrupted
 from attnround_pl.calib.resume import PROGRESS
 from attnround_pl.calib.run_lock import LOCK, process_start
 
@@ -158,6 +160,35 @@ def _start(args: list[str], cwd: Path) -> subprocess.Popen:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen([sys.executable, "-m", "attnround_pl.cli", *args], cwd=cwd, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_a_signal_in_a_units_teardown_still_stops_cleanly(tmp_path, tiny_fmnist, capsys,
+                                                          monkeypatch):
+    """CI once sent SIGTERM while Lightning closed a unit's TensorBoard writer: Lightning then
+    finalized the logger again, that raised "Writer is closed", and the run ended with that
+    traceback and status 1. The interruption is found under the new exception."""
+    finalize = TensorBoardLogger.finalize
+    calls = {"success": 0}
+
+    def finalize_hit_by_a_signal(self, status):
+        if status == "failed":
+            raise OSError("Writer is closed")
+        calls["success"] += 1
+        if calls["success"] == 3:
+            raise CalibrationInterrupted(signal.SIGTERM)
+        return finalize(self, status)
+
+    monkeypatch.setattr(TensorBoardLogger, "finalize", finalize_hit_by_a_signal)
+    args = calibrate_args(tiny_fmnist, tmp_path)
+    assert cli.main(args) == 143
+    done = torch.load(tmp_path / "r" / PROGRESS, weights_only=True)["units"]
+    assert 2 <= len(done) <= 3  # the interrupted teardown's unit may have been saved
+    assert one_error_line(capsys) == (f"attnround-pl calibrate: stopped after unit {len(done)} "
+                                      f"of 11; "
+                                      f"continue with --run.resume {tmp_path / 'r'}")
+    monkeypatch.setattr(TensorBoardLogger, "finalize", finalize)
+    assert cli.main([*args, "--run.resume", str(tmp_path / "r")]) == 0
+    assert len(json.loads((tmp_path / "r" / "report.json").read_text())["units"]) == 11
 
 
 @pytest.mark.parametrize("signum, status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
