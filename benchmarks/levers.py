@@ -70,6 +70,9 @@ VARIANTS = {  # name -> options on top of the model, recipe and precision files
     "act lr 1e-3": ["--recon.act_lr", "0.001"],
     # twice the images per step (2x the step's work; the goal allows 4x our time)
     "batch 128": ["--recon.batch_size", "128"],
+    # BRECQ's Fisher-weighted output error (recon.loss): the paper's g^2, their code's damped
+    "loss fisher": ["--recon.loss", "fisher"],
+    "loss fisher_damped": ["--recon.loss", "fisher_damped"],
 }
 HOLDOUT = 5000
 

@@ -28,15 +28,17 @@ class _Reached(Exception):  # noqa: N818 - control flow, not an error
 class UnitData:
     """Cached inputs and float targets of one unit, first dimension = calibration samples;
     ``float_inputs``: the float model's inputs of the unit (QDrop's input mixing,
-    ``DropSettings.float_inputs``), None when not asked for."""
+    ``DropSettings.float_inputs``), None when not asked for; ``fisher``: the targets' element
+    weights (``recon.loss fisher``, see ``fisher``), None for the plain squared error."""
 
     inputs: Tensor
     targets: Tensor
     float_inputs: Tensor | None = None
+    fisher: Tensor | None = None
 
     @property
     def nbytes(self) -> int:
-        held = (self.inputs, self.targets, self.float_inputs)
+        held = (self.inputs, self.targets, self.float_inputs, self.fisher)
         return sum(t.element_size() * t.numel() for t in held if t is not None)
 
     def __len__(self) -> int:

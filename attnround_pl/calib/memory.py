@@ -43,17 +43,20 @@ def available_bytes() -> int | None:
 
 def estimate_cache_bytes(
     qmodel: nn.Module, float_model: nn.Module, unit: Unit | str, batches: list[Tensor],
-    float_inputs: bool = False,
+    float_inputs: bool = False, fisher: bool = False,
 ) -> int:
     """Peak bytes of building the unit's cache (``unit`` and ``float_inputs`` as for
     ``build_unit_data``): inputs held while the targets are captured and concatenated (targets
-    twice), the float inputs twice as well. Measured on one sample, scaled to all samples."""
+    twice), the float inputs twice as well, and with ``fisher`` the targets' weights
+    (``calib.fisher``) twice too. Measured on one sample, scaled to all samples."""
     one = build_unit_data(qmodel, float_model, unit, [batches[0][:1]], float_inputs=float_inputs)
     x, y = one.inputs, one.targets
     samples = sum(len(b) for b in batches)
     per_sample = x.element_size() * x[0].numel() + 2 * y.element_size() * y[0].numel()
     if one.float_inputs is not None:
         per_sample += 2 * x.element_size() * x[0].numel()
+    if fisher:
+        per_sample += 2 * y.element_size() * y[0].numel()
     return per_sample * samples
 
 

@@ -88,13 +88,13 @@ class StepBatches(Dataset):
                 for step in range(first, last)]
 
     def gather(self, index: Tensor) -> tuple[Tensor, ...]:
-        """(inputs, targets), and the float inputs when the cache holds them, of the samples
-        ``index``, written into this size's tensors of the previous step (a step's graph is
-        freed by then). index_select, not ``tensor[index]``: advanced indexing takes a slower
-        general path (0.6 ms against 0.09 ms for a step's batch of ResNet-20's layer1 on the
-        2-core CPU)."""
-        tensors = [t for t in (self.data.inputs, self.data.targets, self.data.float_inputs)
-                   if t is not None]
+        """(inputs, targets, float inputs, Fisher weights) of the samples ``index`` (the last
+        two None where the cache holds none), written into this size's tensors of the previous
+        step (a step's graph is freed by then). index_select, not ``tensor[index]``: advanced
+        indexing takes a slower general path (0.6 ms against 0.09 ms for a step's batch of
+        ResNet-20's layer1 on the 2-core CPU)."""
+        held = (self.data.inputs, self.data.targets, self.data.float_inputs, self.data.fisher)
+        tensors = [t for t in held if t is not None]
         size = len(index)
         out = self._buffers.get(size)
         if out is None:
@@ -102,7 +102,8 @@ class StepBatches(Dataset):
             self._buffers[size] = out
         for source, target in zip(tensors, out, strict=True):
             torch.index_select(source, 0, index, out=target)
-        return out
+        filled = iter(out)
+        return tuple(None if t is None else next(filled) for t in held)
 
 
 class ShardBatches(Sampler[list[int]]):
@@ -198,6 +199,9 @@ class BlockReconstruction(pl.LightningModule):
         self._plain_steps = False  # ditto: whether the steps use the plain optimizer
         if cuda_graph:
             check_graphable(unit, lr_schedule, compile)
+            if data.fisher is not None:
+                raise ValueError("cuda_graph records the plain squared error: not with "
+                                 "recon.loss fisher")
         self.automatic_optimization = False  # the module steps Adam itself
 
     def learnable(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
@@ -258,15 +262,17 @@ class BlockReconstruction(pl.LightningModule):
             self._unit_forward = self.unit.forward
             torch.compiler.reset()
 
-    def step_losses(self, x: Tensor, y: Tensor, x_float: Tensor | None = None) -> Losses:
+    def step_losses(self, x: Tensor, y: Tensor, x_float: Tensor | None = None,
+                    fisher: Tensor | None = None) -> Losses:
         """One step's (reconstruction loss, regulariser) on this rank's part of the batch,
         weighted by its share of the global batch (1 in one process); ``x_float``: the float
-        model's inputs of the batch, what dropped input elements take (QDrop's mixing)."""
+        model's inputs of the batch, what dropped input elements take (QDrop's mixing);
+        ``fisher``: the output error's element weights (``recon.loss fisher``)."""
         _, world = rank_world()
         if len(x):
             with drop_references(self._entries, x_float):
                 return step_losses(self._unit_forward, self._roundings, x, y,
-                                   len(x) * world / self.batch_size, self.loss_p)
+                                   len(x) * world / self.batch_size, self.loss_p, fisher)
         # no sample of this step on this rank: zero gradients, still all-reduced
         zero = sum(p.sum() for group in self.learnable() for p in group) * 0.0
         return zero, rounding_regularizer(self._roundings)
@@ -276,8 +282,9 @@ class BlockReconstruction(pl.LightningModule):
         device = self.device
         for offset, index in enumerate(batch):
             # to the unit's device: a no-op unless the cache is on the host and the unit not
-            x, y, *x_float = (t.to(device) for t in self._steps.gather(index))
-            self.reconstruction_step(x, y, first + offset, *x_float)
+            x, y, x_float, fisher = (None if t is None else t.to(device)
+                                     for t in self._steps.gather(index))
+            self.reconstruction_step(x, y, first + offset, x_float, fisher)
 
     def transfer_batch_to_device(self, batch: list[Tensor], device: torch.device,
                                  dataloader_idx: int) -> list[Tensor]:
@@ -286,10 +293,11 @@ class BlockReconstruction(pl.LightningModule):
         return batch
 
     def reconstruction_step(self, x: Tensor, y: Tensor, step: int,
-                            x_float: Tensor | None = None) -> Losses:
-        """Step ``step`` (0-based) of the fit on the batch ``(x, y)`` (``x_float``: see
-        ``step_losses``): eq. 6 and Adam's update included, the schedule advanced, the losses
-        logged when due."""
+                            x_float: Tensor | None = None,
+                            fisher: Tensor | None = None) -> Losses:
+        """Step ``step`` (0-based) of the fit on the batch ``(x, y)`` (``x_float``, ``fisher``:
+        see ``step_losses``): eq. 6 and Adam's update included, the schedule advanced, the
+        losses logged when due."""
         set_progress(self._roundings, step / max(1, self.iters))
         if self.cuda_graph:
             if self._graphed is None:
@@ -297,12 +305,12 @@ class BlockReconstruction(pl.LightningModule):
                                             self.loss_p)
             rec, reg = self._graphed(x, y)
         elif self._plain_steps:
-            rec, reg = optimizer_step(partial(self.step_losses, x_float=x_float),
+            rec, reg = optimizer_step(partial(self.step_losses, x_float=x_float, fisher=fisher),
                                       self.optimizers(use_pl_optimizer=False), x, y)
         else:  # Lightning's wrapper: DDP's gradient all-reduce, a precision plugin's scaling
             optimizer = self.optimizers()
             optimizer.zero_grad()
-            rec, reg = self.step_losses(x, y, x_float)
+            rec, reg = self.step_losses(x, y, x_float, fisher)
             self.manual_backward(rec + reg)
             optimizer.step()
         schedule = self.lr_schedulers()

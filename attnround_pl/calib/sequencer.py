@@ -24,6 +24,7 @@ from ..quant import (
 from .best_state import BestState
 from .cache import UnitData, build_unit_data, cache_device
 from .distributed import agree, reduce_sums
+from .fisher import fisher_weights, output_gradients
 from .memory import (
     CacheMemoryError,
     available_bytes,
@@ -152,6 +153,10 @@ class BlockSequencer(Callback):
             self.float_model.to(self._device)
             self._data = build_unit_data(self.qmodel, self.float_model, unit, self.batches, where,
                                          self.float_inputs)
+            if self.recon.loss != "mse":  # BRECQ's Fisher weights
+                grads = output_gradients(self.qmodel, self.float_model, self.units, index,
+                                         self.batches, self.recon.batch_size, where)
+                self._data.fisher = fisher_weights(grads, self.recon.loss)
             module = BlockReconstruction(
                 unit.module(self.qmodel), self._data, unit.name + self._tag_suffix,
                 iters=self.iters, batch_size=self.recon.batch_size, lr=self.recon.lr,
@@ -208,7 +213,7 @@ class BlockSequencer(Callback):
         ``preflight`` and again for the check before the unit starts."""
         if unit.name not in self._bytes:
             cache = estimate_cache_bytes(self.qmodel, self.float_model, unit, self.batches,
-                                         self.float_inputs)
+                                         self.float_inputs, self.recon.loss != "mse")
             step = 0
             if self.iters > 0:
                 probe = build_unit_data(self.qmodel, self.float_model, unit, [self.batches[0][:2]])

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from ..errors import SettingError, check_finite
 
 LR_SCHEDULES = ("constant", "cosine", "cosine_act")
+LOSSES = ("mse", "fisher", "fisher_damped")
 COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")
 # export format -> the file it writes in the run folder
 FORMATS = {"onnx": "quantized.onnx", "state": "quantized_state.safetensors"}
@@ -68,6 +69,14 @@ class ReconConfig:
             them), the rounding fixed.
         act_stage_loss_p: the exponent of the output error in that second pass (2: the squared
             error; BRECQ's code runs 2.4).
+        loss: the unit's output error. 'mse' (default): the squared error (BRECQ's and QDrop's
+            code). 'fisher': BRECQ's paper's Fisher-weighted error, each element's error
+            weighted by ``g^2`` (scaled to mean 1), ``g`` the gradient at that element of the
+            KL divergence from the float network's output to the quantized one's, computed
+            once per unit before it learns (``calib.fisher``). 'fisher_damped': BRECQ's code's
+            weight ``(|g| + 1)^2``. Either costs a forward and backward pass of the network
+            over the calibration images per unit, and a cache as large as the targets. Not
+            with ``cuda_graph``.
     """
 
     iters: int = 2000
@@ -83,6 +92,7 @@ class ReconConfig:
     keep_best_every: int = 0
     act_stage_iters: int = 0
     act_stage_loss_p: float = 2.0
+    loss: str = "mse"
 
     def validate(self) -> ReconConfig:
         check_finite(self, "recon")
@@ -107,6 +117,11 @@ class ReconConfig:
         if self.compile not in COMPILE_MODES:
             raise SettingError(f"recon.compile={self.compile!r}: use one of "
                                f"{', '.join(COMPILE_MODES)}")
+        if self.loss not in LOSSES:
+            raise SettingError(f"recon.loss={self.loss!r}: use one of {', '.join(LOSSES)}")
+        if self.cuda_graph and self.loss != "mse":
+            raise SettingError("recon.cuda_graph records the plain squared error: set "
+                               "recon.loss=mse or recon.cuda_graph=false")
         if self.cuda_graph and self.compile != "off":
             raise SettingError("recon.cuda_graph and recon.compile are exclusive: the graph "
                                "records the eager step; set one of them off")

@@ -18,11 +18,12 @@ Losses = tuple[Tensor, Tensor]  # (reconstruction loss, rounding regulariser)
 
 
 def step_losses(forward: Callable[[Tensor], Tensor], roundings: Sequence[Rounding], x: Tensor,
-                y: Tensor, weight: float = 1.0, p: float = 2.0) -> Losses:
+                y: Tensor, weight: float = 1.0, p: float = 2.0,
+                fisher: Tensor | None = None) -> Losses:
     """``(weight * ||forward(x) - y||_p^p, regulariser)``: ``weight`` is this rank's share of
-    the global batch under DDP (1 in one process); ``p`` the error's exponent (see
-    ``quant.reconstruction_loss``)."""
-    rec = reconstruction_loss(forward(x), y, p)
+    the global batch under DDP (1 in one process); ``p`` the error's exponent and ``fisher``
+    the error's element weights (see ``quant.reconstruction_loss``)."""
+    rec = reconstruction_loss(forward(x), y, p, fisher)
     if weight != 1.0:
         rec = rec * weight
     return rec, rounding_regularizer(roundings)

@@ -6,10 +6,12 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
-def reconstruction_loss(pred: Tensor, target: Tensor, p: float = 2.0) -> Tensor:
+def reconstruction_loss(pred: Tensor, target: Tensor, p: float = 2.0,
+                        weight: Tensor | None = None) -> Tensor:
     """Squared error summed over channels (dim 1), averaged over batch and positions; with
     ``p`` other than 2, ``|pred - target|^p`` in its place (BRECQ's ``lp_loss``, which their
-    activation stage runs at p = 2.4).
+    activation stage runs at p = 2.4). ``weight`` (the output's shape): each element's error is
+    multiplied by it first (BRECQ's Fisher-weighted error, ``calib.fisher``).
 
     BRECQ's convention; it keeps AdaRound's regulariser weight (0.01) on the scale it was tuned
     for. For a 2-D output (a Linear layer) this is the per-sample squared error, averaged.
@@ -18,7 +20,11 @@ def reconstruction_loss(pred: Tensor, target: Tensor, p: float = 2.0) -> Tensor:
     number of (sample, position) pairs; the two agree to float rounding.
     """
     positions = pred.numel() // pred.shape[1] if pred.dim() > 1 else 1
-    if p == 2.0:
+    if weight is not None:
+        diff = pred - target
+        error = diff * diff if p == 2.0 else diff.abs().pow(p)
+        total = (error * weight).sum()
+    elif p == 2.0:
         total = F.mse_loss(pred, target, reduction="sum")
     else:
         total = (pred - target).abs().pow(p).sum()

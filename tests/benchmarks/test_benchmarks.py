@@ -5,6 +5,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from attnround_pl import cli
@@ -690,3 +691,21 @@ def test_levers_table_gives_each_row_its_mean_spread_and_seeds(capsys):
     lines = capsys.readouterr().out.splitlines()
     assert lines[2] == "| resnet20 | W2A4 | a | 93.00 ± 0.50 | 93.00, 93.50, 92.50 | 93.86 | 80 |"
     assert lines[3] == "| mobilenetv2 | W2A4 | b | 90.64 ± 0.00 | 90.64 | 93.54 | 94 |"
+
+
+def test_fisher_weights_rows_describe_every_unit_and_both_forms(capsys):
+    from attnround_pl.models import build_model, split_units
+    from attnround_pl.quant import QuantConfig, quantize_model
+
+    script = _load("fisher_weights")
+    torch.manual_seed(0)
+    batches = [torch.randn(8, 1, 28, 28), torch.randn(8, 1, 28, 28)]
+    rows = script.unit_rows("resnet20", 2, 2, batches, 64, weights=None)
+    units = split_units(quantize_model(build_model("resnet20", weights=None), QuantConfig()))
+    assert [row["unit"] for row in rows] == [u.name for u in units]
+    for row in rows:
+        assert 0 < row["mean_abs_g"] <= row["p99_abs_g"] <= row["max_abs_g"]
+        assert row["damped_max_weight"] == pytest.approx((1 + row["max_abs_g"]) ** 2, rel=1e-5)
+        assert 0.0 <= row["fisher_below_0.01"] < 1.0 and row["fisher_max_weight"] > 1.0
+    assert capsys.readouterr().out.count("\n") == len(rows)
+    assert script.row_line(rows[0]).startswith("| resnet20 | conv1 | ")
