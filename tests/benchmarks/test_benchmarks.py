@@ -262,6 +262,8 @@ def test_plots_keep_the_row_with_most_seeds_and_draw_the_tau_sweep(tmp_path, mon
     three = {"rows": [_row("attention", seeds=(0, 1, 2), top1=91.5)]}
     (tmp_path / "accuracy_b.json").write_text(json.dumps(one))  # read after a: must not win
     (tmp_path / "accuracy_a.json").write_text(json.dumps(three))
+    (tmp_path / "accuracy_like_for_like.json").write_text(json.dumps(
+        {"rows": [_row("brecq", seeds=(0, 1, 2), top1=10.0)]}))  # another placement: not drawn
     rows = {r["method"]: r for r in plots.load_rows()}
     assert rows["attention"]["top1"] == 91.5 and len(rows) == 2
     assert plots.tau_of("attention") == 0.5 and plots.tau_of("attention_tau0.25") == 0.25

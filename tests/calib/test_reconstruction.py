@@ -83,9 +83,9 @@ def test_qdrop_drops_only_while_the_unit_learns(fmnist_root):
     module = BlockReconstruction(unit, data, "layer3.0", iters=3, batch_size=16)
     original = module.reconstruction_step
 
-    def spy(x, y, step):
+    def spy(x, y, step, *rest):
         seen.append(all(q.dropping for q in quantizers))
-        return original(x, y, step)
+        return original(x, y, step, *rest)
 
     module.reconstruction_step = spy
     _trainer(3).fit(module)
@@ -141,9 +141,9 @@ def test_cosine_schedule_decays_both_learning_rates_to_zero(fmnist_root):
     seen = []
     original = module.reconstruction_step
 
-    def spy(x, y, step):
+    def spy(x, y, step, *rest):
         seen.append([g["lr"] for g in module.trainer.optimizers[0].param_groups])
-        return original(x, y, step)
+        return original(x, y, step, *rest)
 
     module.reconstruction_step = spy
     _trainer(10).fit(module)
@@ -199,9 +199,9 @@ def _fit_losses(unit, data, compile, steps=6):
     losses, forwards = [], []
     original = module.reconstruction_step
 
-    def spy(x, y, step):
+    def spy(x, y, step, *rest):
         forwards.append(module._unit_forward)
-        rec, reg = original(x, y, step)
+        rec, reg = original(x, y, step, *rest)
         losses.append(float(rec.detach()))
         return rec, reg
 
