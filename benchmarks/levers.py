@@ -73,6 +73,12 @@ VARIANTS = {  # name -> options on top of the model, recipe and precision files
     # BRECQ's Fisher-weighted output error (recon.loss): the paper's g^2, their code's damped
     "loss fisher": ["--recon.loss", "fisher"],
     "loss fisher_damped": ["--recon.loss", "fisher_damped"],
+    # the peers' placement (a low-bit residual stream) with the levers that might pay there
+    "act_placement blocks, drop 0.5, float inputs": ["--quant.act_placement", "blocks",
+                                                     "--quant.drop.prob", "0.5",
+                                                     "--quant.drop.float_inputs", "true"],
+    "act_placement blocks, act_border aquant": ["--quant.act_placement", "blocks",
+                                                "--quant.act_border", "aquant"],
 }
 HOLDOUT = 5000
 
