@@ -172,7 +172,11 @@ def main() -> None:
                              "seeds": args.seeds, "top1": top1,
                              "float_top1": reports[0].float_model.top1,
                              "eval_data": reports[0].eval_data,
-                             "calib_seconds": [r.calib_seconds for r in reports]})
+                             "calib_seconds": [r.calib_seconds for r in reports],
+                             # the same in the host's reference iterations (host_speed), which
+                             # compare across hosts
+                             "calib_reference_iters": [r.calib_reference_iters
+                                                       for r in reports]})
                 print(f"# {model} {setting} {variant}: {top1}", file=sys.stderr, flush=True)
     write_results(RESULTS / f"levers_{args.recipe}.json", args.recipe, rows,
                   "python benchmarks/levers.py " + " ".join(sys.argv[1:]))
@@ -181,14 +185,20 @@ def main() -> None:
 
 def print_table(rows: list[dict]) -> None:
     print("| model | setting | variant | validation top-1 % (mean ± sd) | per seed | float | "
-          "calibration s (mean) |")
-    print("| --- | --- | --- | ---: | --- | ---: | ---: |")
+          "calibration s (mean) | reference iterations (mean) |")
+    print("| --- | --- | --- | ---: | --- | ---: | ---: | ---: |")
     for r in rows:
         sd = statistics.stdev(r["top1"]) if len(r["top1"]) > 1 else 0.0
         print(f"| {r['model']} | {r['setting']} | {r['variant']} | "
               f"{statistics.mean(r['top1']):.2f} ± {sd:.2f} | "
               f"{', '.join(f'{t:.2f}' for t in r['top1'])} | {r['float_top1']:.2f} | "
-              f"{statistics.mean(r['calib_seconds']):.0f} |")
+              f"{statistics.mean(r['calib_seconds']):.0f} | {_mean_or_dash(r)} |")
+
+
+def _mean_or_dash(row: dict) -> str:
+    """Rows written before the host speed index have no reference iterations."""
+    iters = [i for i in row.get("calib_reference_iters", []) if i is not None]
+    return f"{statistics.mean(iters):,.0f}" if iters else "-"
 
 
 if __name__ == "__main__":
