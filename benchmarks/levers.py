@@ -79,6 +79,9 @@ VARIANTS = {  # name -> options on top of the model, recipe and precision files
                                                      "--quant.drop.float_inputs", "true"],
     "act_placement blocks, act_border aquant": ["--quant.act_placement", "blocks",
                                                 "--quant.act_border", "aquant"],
+    # BRECQ's and QDrop's order: a block's input quantizer learned with the unit before it
+    "act_placement blocks, block output steps": ["--quant.act_placement", "blocks",
+                                                 "--recon.block_output_steps", "true"],
 }
 HOLDOUT = 5000
 

@@ -124,12 +124,16 @@ def run_name(source: ModelSource, quant: QuantConfig) -> str:
 
 def check_step_options(quant: QuantConfig, recon: ReconConfig,
                        trainer_kwargs: dict[str, Any]) -> None:
-    """Refuse, before any work, what ``recon.compile``, ``recon.cuda_graph`` and
-    ``recon.act_stage_iters`` cannot run."""
+    """Refuse, before any work, what ``recon.compile``, ``recon.cuda_graph``,
+    ``recon.act_stage_iters`` and ``recon.block_output_steps`` cannot run."""
     if recon.act_stage_iters > 0 and quant.a_bits >= 32:
         raise SettingError(f"recon.act_stage_iters={recon.act_stage_iters} learns the activation "
                            f"steps in a second pass, but quant.a_bits={quant.a_bits} keeps the "
                            "activations float: set it to 0")
+    if recon.block_output_steps and quant.act_placement != "blocks":
+        raise SettingError("recon.block_output_steps learns each block's input quantizer with "
+                           "the unit before it: it needs quant.act_placement=blocks, not "
+                           f"{quant.act_placement!r}")
     if recon.compile != "off" and wants_ddp(trainer_kwargs):
         raise SettingError(f"recon.compile={recon.compile!r} runs in one process only: set it "
                            "to 'off' to calibrate with several devices")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import math
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from functools import partial
 
 import lightning.pytorch as pl
@@ -155,6 +155,9 @@ class BlockReconstruction(pl.LightningModule):
     ``loss_p``: the exponent of the output error (2: the squared error; BRECQ's activation
     stage runs 2.4, see ``quant.reconstruction_loss``).
 
+    ``fixed_steps``: activation quantizers inside the unit whose steps it does not learn (a
+    block's input quantizer that the unit before it learned, ``recon.block_output_steps``).
+
     ``log_every_n_steps``: steps between logged losses (the module logs them itself, at their
     step's number; the Trainer's own setting counts Lightning batches and is not used).
 
@@ -169,8 +172,12 @@ class BlockReconstruction(pl.LightningModule):
         batch_size: int = 64, lr: float = 1e-3, act_lr: float = 4e-4, seed: int = 0,
         total: int | None = None, lr_schedule: str = "constant", compile: str = "off",
         cuda_graph: bool = False, log_every_n_steps: int = 50, loss_p: float = 2.0,
+        fixed_steps: Sequence[nn.Module] = (),
     ) -> None:
         super().__init__()
+        # activation quantizers inside the unit that another unit learns (recon.
+        # block_output_steps: a block's input quantizer, learned with the unit before it)
+        self._fixed = {id(q) for q in fixed_steps}
         self.loss_p = loss_p
         self.log_every_n_steps = log_every_n_steps
         self.unit = unit
@@ -206,7 +213,10 @@ class BlockReconstruction(pl.LightningModule):
 
     def learnable(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
         """(rounding parameters, activation parameters: step sizes and AQuant borders)."""
-        activation = act_step_parameters(self.unit) + act_border_parameters(self.unit)
+        fixed = {id(p) for q in self.unit.modules() if id(q) in self._fixed
+                 for p in q.parameters()}
+        activation = [p for p in act_step_parameters(self.unit) + act_border_parameters(self.unit)
+                      if id(p) not in fixed]
         return rounding_parameters(self.unit), activation
 
     def has_learnable(self) -> bool:

@@ -21,6 +21,8 @@ from ..quant import (
     quant_layers,
     round_to_nearest,
 )
+from ..quant.act_quant import ActQuantizer
+from ..quant.placement import WithOutputQuantizer, output_quantizers
 from .best_state import BestState
 from .cache import UnitData, build_unit_data, cache_device
 from .distributed import agree, reduce_sums
@@ -113,7 +115,17 @@ class BlockSequencer(Callback):
         self.float_inputs = bool(getattr(qmodel, "drop_float_inputs", False))
         self._initial: dict[str, dict[str, Any]] = {}
         self._best: BestState | None = None  # recon.keep_best_every's checkpoints
+        self._exit_initial: dict[str, Any] | None = None  # ditto, a learned output quantizer
         self._bytes: dict[str, tuple[int, int]] = {}  # unit -> (cache, step) bytes
+        # recon.block_output_steps: the block input quantizer each unit learns (None: none)
+        self._outputs: list[ActQuantizer | None] = [None] * len(units)
+        if recon.block_output_steps:
+            self._outputs = output_quantizers(
+                qmodel, [None if u.region is not None else u.module(qmodel) for u in units],
+                batches[0][:2])
+            if not self._steps_pass:
+                self.echo(f"recon.block_output_steps: {sum(q is not None for q in self._outputs)}"
+                          f" of {len(units)} units learn the quantizer of their output")
 
     def run(self, done: list[UnitResult] | None = None) -> list[UnitResult]:
         """Reconstruct every unit after the ``done`` ones (their results, from a resumed run);
@@ -157,14 +169,20 @@ class BlockSequencer(Callback):
                 grads = output_gradients(self.qmodel, self.float_model, self.units, index,
                                          self.batches, self.recon.batch_size, where)
                 self._data.fisher = fisher_weights(grads, self.recon.loss)
+            exit_quantizer = self._outputs[index]
+            learned = unit.module(self.qmodel)
+            if exit_quantizer is not None:
+                learned = WithOutputQuantizer(learned, exit_quantizer)
             module = BlockReconstruction(
-                unit.module(self.qmodel), self._data, unit.name + self._tag_suffix,
+                learned, self._data, unit.name + self._tag_suffix,
                 iters=self.iters, batch_size=self.recon.batch_size, lr=self.recon.lr,
                 act_lr=self.recon.act_lr, seed=self.seed * 1_000_003 + offset + index,
                 total=self.total, lr_schedule=self.recon.lr_schedule, compile=self.recon.compile,
                 cuda_graph=self.recon.cuda_graph,
                 log_every_n_steps=min(self.recon.log_every_n_steps, self.iters),
                 loss_p=self.loss_p,
+                fixed_steps=[q for i, q in enumerate(self._outputs)
+                             if q is not None and i != index],
             )
             steps = " steps" if self._steps_pass else ""
             module.label = f"unit {index + 1}/{len(self.units)}{steps} {unit.name}"
@@ -174,6 +192,8 @@ class BlockSequencer(Callback):
                 name: copy.deepcopy(self._layers[name].input_quantizer.state_dict())
                 for name in unit.layers
             }
+            self._exit_initial = (None if exit_quantizer is None else
+                                  copy.deepcopy(exit_quantizer.state_dict()))
             self._started = started
             self._current = UnitResult(
                 name=unit.name,
@@ -264,6 +284,8 @@ class BlockSequencer(Callback):
         result.kept = "learned" if result.learned else "as built"
         if result.learned and self.recon.keep_better and result.mse_final > result.mse_nearest:
             self._keep_nearest(result.layers)
+            if self._exit_initial is not None:
+                module.unit.output_quantizer.load_state_dict(self._exit_initial)
             result.mse_learned = result.mse_final
             result.mse_final = unit_mse(module.unit, self._data)
             result.kept = "nearest"

@@ -77,6 +77,12 @@ class ReconConfig:
             weight ``(|g| + 1)^2``. Either costs a forward and backward pass of the network
             over the calibration images per unit, and a cache as large as the targets. Not
             with ``cuda_graph``.
+        block_output_steps: with ``quant.act_placement blocks`` only. False (default): a
+            block's input quantizer learns with that block. True: with the unit whose output
+            it quantizes (the block before it, or the first layer), that unit's error then
+            measured after it, as BRECQ's and QDrop's code learn every block's output
+            quantizer with the block that produces it. A unit whose output goes through
+            another operation first (an in-place ReLU, a pooling) keeps the former order.
     """
 
     iters: int = 2000
@@ -93,6 +99,7 @@ class ReconConfig:
     act_stage_iters: int = 0
     act_stage_loss_p: float = 2.0
     loss: str = "mse"
+    block_output_steps: bool = False
 
     def validate(self) -> ReconConfig:
         check_finite(self, "recon")

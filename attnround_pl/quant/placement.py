@@ -22,7 +22,7 @@ saved model records so that ``place_block_inputs`` rebuilds the same model.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -151,3 +151,62 @@ def entry_quantizers(unit: nn.Module, example: Tensor) -> list[ActQuantizer]:
                if isinstance(m, QuantLayer)]
     _float_pass(unit, example, handles)
     return found
+
+
+@torch.no_grad()
+def output_quantizers(qmodel: nn.Module, units: Sequence[nn.Module | None], example: Tensor
+                      ) -> list[ActQuantizer | None]:
+    """For each of ``units`` (modules of ``qmodel``; None for one to skip), the block input
+    quantizer (``act_placement="blocks"``) whose input is exactly that unit's output, the same
+    tensor with the same values, on one float forward of ``example``; None where there is
+    none (the next module transforms the output first, or the last unit). BRECQ and QDrop
+    learn that quantizer with the unit that produces its input (``WithOutputQuantizer``)."""
+    blocks = {path: q for path, q in block_input_quantizers(qmodel).items()}
+    outputs: dict[int, tuple[Tensor, Tensor]] = {}  # unit index -> (its output, a copy)
+    found: list[ActQuantizer | None] = [None] * len(units)
+    handles = []
+    for index, unit in enumerate(units):
+        if unit is None:
+            continue
+
+        def produce(module: nn.Module, args: tuple[Any, ...], out: Any, index: int = index
+                    ) -> None:
+            if isinstance(out, Tensor):
+                outputs[index] = (out, out.clone())
+
+        handles.append(unit.register_forward_hook(produce))
+    for path, quantizer in blocks.items():
+
+        def consume(module: nn.Module, args: tuple[Any, ...],
+                    quantizer: ActQuantizer = quantizer) -> None:
+            x = args[0]
+            for index, (out, copy) in outputs.items():
+                mine = {id(m) for m in units[index].modules()}
+                if (x is out and torch.equal(x, copy) and id(quantizer) not in mine
+                        and found[index] is None):
+                    found[index] = quantizer
+
+        handles.append(qmodel.get_submodule(path).register_forward_pre_hook(consume,
+                                                                            prepend=True))
+    _float_pass(qmodel, example, handles)
+    return found
+
+
+class WithOutputQuantizer(nn.Module):
+    """``unit`` followed by ``output_quantizer`` (the next block's input quantizer, see
+    ``output_quantizers``), both shared with the quantized model: learning it learns the
+    quantizer's step with the unit, and its error is measured after the quantizer."""
+
+    def __init__(self, unit: nn.Module, output_quantizer: ActQuantizer) -> None:
+        super().__init__()
+        self.unit = unit
+        self.output_quantizer = output_quantizer
+
+    @property
+    def input_quantizer(self) -> ActQuantizer | None:
+        """The unit's own input quantizer, if it has one (``entry_quantizers``)."""
+        own = getattr(self.unit, "input_quantizer", None)
+        return own if isinstance(own, ActQuantizer) else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.output_quantizer(self.unit(x))
