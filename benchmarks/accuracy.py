@@ -40,7 +40,9 @@ layers), with their recipe:
     attention                          attention.yaml, Attention Round, the paper's settings
                                        (tau 0.5, 2k, 64, 4e-4); the rows below are it plus options
     attention_blocks                   the same with the peers' activation placement (block
-                                       inputs and outputs quantized: --quant.act_placement blocks)
+                                       inputs and outputs quantized: --quant.act_placement blocks,
+                                       each block's output step learned with it: --recon.
+                                       block_output_steps true)
     attnround, attnround_blocks        attnround.yaml, this package's recipe (issue 34), and with
                                        the peers' placement
     attention_20k                      the same with BRECQ's budget: 20k iterations, batch 32
@@ -100,8 +102,10 @@ class Method(NamedTuple):
 
 BUDGET_20K = ("--recon.iters", "20000", "--recon.batch_size", "32")  # BRECQ's and QDrop's
 DROP = ("--quant.drop.prob", "0.5")  # QDrop's dropping, its probability
-BLOCKS = ("--quant.act_placement", "blocks")  # BRECQ's and QDrop's activation placement
-PEERS_V1 = ("--quant.act_placement", "layers", "--quant.scale_search_p", "2.0",
+# BRECQ's and QDrop's activation placement, each block's output quantizer learned with it
+BLOCKS = ("--quant.act_placement", "blocks", "--recon.block_output_steps", "true")
+PEERS_V1 = ("--quant.act_placement", "layers", "--recon.block_output_steps", "false",
+            "--quant.scale_search_p", "2.0",
             "--recon.lr_schedule", "constant")  # the peers' recipe files before issue 34
 TAUS = ("0", "0.25", "0.75", "1.0")
 TAU_SWEEP = [f"attention_tau{t}" for t in TAUS]  # beside "attention", tau 0.5

@@ -192,6 +192,8 @@ def test_the_peer_methods_run_their_published_code_and_v1_what_the_tables_ran():
             "cosine_act", 20000, False), m
         assert quant["drop"]["float_inputs"] is (m == "qdrop")
         v1 = cfg[f"{m}_v1"]
+        # their order: each block's output quantizer learned with it; v1 had no blocks
+        assert (recon["block_output_steps"], v1["recon"]["block_output_steps"]) == (True, False)
         assert (v1["quant"]["act_placement"], v1["quant"]["scale_search_p"],
                 v1["recon"]["lr_schedule"], v1["quant"]["drop"]["float_inputs"]) == (
             "layers", 2.0, "constant", False)
@@ -204,6 +206,11 @@ def test_the_peer_methods_run_their_published_code_and_v1_what_the_tables_ran():
               for m in cfg}
     assert stages == {"brecq": (5000, 2.4), "qdrop": (0, 2.0), "brecq_v1": (0, 2.0),
                       "qdrop_v1": (0, 2.0)}
+    # ours beside them: the same placement and order
+    for m in ("attention_blocks", "attnround_blocks"):
+        ours = parser.parse_args(acc.calibrate_args("resnet20", "W2A4", m, 0))
+        assert (ours["quant"]["act_placement"], ours["recon"]["block_output_steps"]) == (
+            "blocks", True), m
 
 
 def test_the_peers_weigh_the_regulariser_by_model_as_their_code_does():
