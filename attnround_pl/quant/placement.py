@@ -18,6 +18,10 @@ The blocks' quantizers are ordinary ``ActQuantizer`` submodules: ``calibrate_act
 initialises them and a unit's reconstruction learns their steps with the rest of the unit.
 ``qmodel.block_inputs`` ({block path: [paths of the layers that read its input]}) is what a
 saved model records so that ``place_block_inputs`` rebuilds the same model.
+
+Which unit learns a block's quantizer is the reconstruction's choice: the block itself, or
+(``recon.block_output_steps``, BRECQ's and QDrop's order) the unit whose output it quantizes,
+found by ``output_quantizers`` and learned through ``WithOutputQuantizer``.
 """
 
 from __future__ import annotations
