@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..models import Unit
+from ..models.graph_units import joined_outputs
 from ..quant import quant_layers, round_to_nearest
 from ..quant.act_quant import ActQuantizer
 from .distributed import reduce_sums
@@ -96,13 +97,6 @@ class _OutputLeaves(fx.Interpreter):
     @property
     def leaves(self) -> list[Tensor]:
         return [self.found[name] for name in self.names]
-
-
-def _joined(values: Sequence[Tensor]) -> Tensor:
-    """A region's several outputs as its targets hold them (``graph_units.prefix_module``)."""
-    if len(values) == 1:
-        return values[0]
-    return torch.cat([v.flatten(1) for v in values], 1)
 
 
 def fisher_weights(grads: Tensor, form: str) -> Tensor:
@@ -172,7 +166,7 @@ def output_gradients(
                     divergence = F.kl_div(F.log_softmax(logits, dim=1), target,
                                           reduction="sum") / batch_size
                     grads = torch.autograd.grad(divergence, found)
-                store.append(_joined(grads).detach().to(device))
+                store.append(joined_outputs(grads).detach().to(device))
         finally:
             qmodel.train(training[0])
             float_model.train(training[1])

@@ -205,10 +205,7 @@ class BlockReconstruction(pl.LightningModule):
         self._steps: StepBatches | None = None  # ditto: the fit's step batches
         self._plain_steps = False  # ditto: whether the steps use the plain optimizer
         if cuda_graph:
-            check_graphable(unit, lr_schedule, compile)
-            if data.fisher is not None:
-                raise ValueError("cuda_graph records the plain squared error: not with "
-                                 "recon.loss fisher")
+            check_graphable(unit, lr_schedule, compile, fisher=data.fisher is not None)
         self.automatic_optimization = False  # the module steps Adam itself
 
     def learnable(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
@@ -388,12 +385,16 @@ def _constant(step: int) -> float:
     return 1.0
 
 
-def check_graphable(unit: nn.Module, lr_schedule: str, compile: str) -> None:
-    """Refuse what a recorded CUDA graph step would freeze or miss (see BlockReconstruction)."""
+def check_graphable(unit: nn.Module, lr_schedule: str, compile: str,
+                    fisher: bool = False) -> None:
+    """Refuse what a recorded CUDA graph step would freeze or miss (see BlockReconstruction);
+    ``fisher``: the unit's loss weighs its output error (``recon.loss`` fisher)."""
     if lr_schedule != "constant":
         raise ValueError(f"cuda_graph needs a constant learning rate, not {lr_schedule!r}")
     if compile != "off":
         raise ValueError("cuda_graph and compile are exclusive: the graph records the eager step")
+    if fisher:
+        raise ValueError("cuda_graph records the plain squared error: not with recon.loss fisher")
     for module in unit.modules():
         rounding = getattr(module, "rounding", None)
         if isinstance(rounding, AdaRounding):

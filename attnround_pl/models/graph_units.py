@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import operator
 import weakref
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -186,11 +186,17 @@ class GraphRegion:
         return graph
 
 
-def _joined(graph: fx.Graph, values: list[fx.Node]) -> fx.Node:
+def joined_outputs(values: Sequence[Tensor]) -> Tensor:
+    """A region's several outputs as its targets hold them: each flattened per sample, then
+    concatenated (one output stays as it is). Called by the region and prefix graphs, and on
+    the gradients of those outputs (``calib.fisher``)."""
     if len(values) == 1:
         return values[0]
-    flat = [graph.call_function(torch.flatten, (v, 1)) for v in values]
-    return graph.call_function(torch.cat, (flat, 1))
+    return torch.cat([v.flatten(1) for v in values], 1)
+
+
+def _joined(graph: fx.Graph, values: list[fx.Node]) -> fx.Node:
+    return values[0] if len(values) == 1 else graph.call_function(joined_outputs, (values,))
 
 
 def _in_place(node: fx.Node, root: nn.Module) -> bool:
