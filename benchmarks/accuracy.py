@@ -429,6 +429,7 @@ def main() -> None:
                              "--full, else 0 where the suite names none)")
     parser.add_argument("--runs", type=Path, default=ROOT / "benchmarks" / "runs")
     parser.add_argument("--settings", nargs="+", help="only these settings of the suite")
+    parser.add_argument("--methods", nargs="+", help="only these methods of the suite")
     parser.add_argument(
         "--existing-only",
         action="store_true",
@@ -443,6 +444,9 @@ def main() -> None:
     )
     args = parser.parse_args()
     suite_models, plan = SUITES[args.suite]
+    unknown = sorted(set(args.methods or []) - {m for b in plan for m in b.methods})
+    if unknown:
+        parser.error(f"--methods: {', '.join(unknown)} not in suite {args.suite!r}")
     models = args.models or suite_models
     default_seeds = list(SEEDS3) if args.suite == "full" else [0]
     path = args.out / f"accuracy_{args.suite}.json"
@@ -458,7 +462,8 @@ def main() -> None:
     print(HEADER)
     for model, setting, method, seeds in plan_rows:
         key = (model, setting, method)
-        if model not in models or (args.settings and setting not in args.settings):
+        if (model not in models or (args.settings and setting not in args.settings)
+                or (args.methods and method not in args.methods)):
             if key in by_key:  # outside this run's filter: the committed row stays
                 rows[key] = by_key[key]
             continue

@@ -441,6 +441,31 @@ def test_accuracy_keeps_the_committed_rows_a_filtered_run_does_not_reach(tmp_pat
     assert rows["W2A2", "attention+aquant"]["float_top1"] == acc.float_top1("resnet20")
 
 
+def test_accuracy_methods_filter_runs_only_those_methods_and_refuses_unknown_ones(
+    tmp_path, monkeypatch, capsys
+):
+    acc = _load("accuracy")
+    runs, out = tmp_path / "runs", tmp_path / "results"
+    out.mkdir()
+    _report(runs, "resnet20_W2A2_attention-aquant_s0", 90.7)
+    _report(runs, "resnet20_W2A2_attention_s0", 90.1)
+    kept = _committed("attention", "W2A4", (0,), 91.5)
+    (out / "accuracy_aquant.json").write_text(json.dumps({"command": "x", "rows": [kept]}))
+    argv = ["accuracy.py", "--suite", "aquant", "--methods", "attention+aquant",
+            "--existing-only", "--runs", str(runs), "--out", str(out)]
+    monkeypatch.setattr(sys, "argv", argv)
+    acc.main()
+    rows = {(r["setting"], r["method"]): r
+            for r in json.loads((out / "accuracy_aquant.json").read_text())["rows"]}
+    # the other method's run is not tabulated; its committed row outside the filter stays
+    assert set(rows) == {("W2A2", "attention+aquant"), ("W2A4", "attention")}
+    assert rows["W2A2", "attention+aquant"]["top1"] == 90.7 and rows["W2A4", "attention"] == kept
+    monkeypatch.setattr(sys, "argv", [*argv[:3], "--methods", "qdrop", *argv[5:]])
+    with pytest.raises(SystemExit):
+        acc.main()
+    assert "--methods: qdrop not in suite 'aquant'" in capsys.readouterr().err
+
+
 def test_a_suite_reuses_other_suites_rows_only_when_asked(tmp_path, monkeypatch):
 
     acc = _load("accuracy")
