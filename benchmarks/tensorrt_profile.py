@@ -36,8 +36,12 @@ RESULTS = ROOT / "benchmarks" / "results"
 RUNS = ROOT / "benchmarks" / "runs" / "tensorrt_profile"
 CLI = [sys.executable, "-m", "attnround_pl.cli"]
 MODELS = ("resnet20", "mobilenetv2")
+TENSORRT = ["--config", "configs/precision/int8_tensorrt.yaml"]
+# the profile with BRECQ's and QDrop's activation placement: one quantizer at each block's
+# input, so an identity shortcut's Add reads Q/DQ data (TensorRT's residual recommendation)
+BLOCKS = ["--quant.act_placement", "blocks"]
 PROFILES = {"default": ["--quant.w_bits", "8", "--quant.a_bits", "8"],
-            "tensorrt": ["--config", "configs/precision/int8_tensorrt.yaml"]}
+            "tensorrt": TENSORRT, "tensorrt_blocks": [*TENSORRT, *BLOCKS]}
 SEEDS = (0, 1, 2)
 
 
@@ -46,10 +50,14 @@ def _run(args: list[str]) -> None:
 
 
 def calibrate_args(model: str, recipe: str, profile: str, seed: int) -> list[str]:
-    """The ``attnround-pl calibrate`` arguments of one row (without the run folder)."""
+    """The ``attnround-pl calibrate`` arguments of one row (without the run folder); with the
+    block placement a reconstruction learns each block's input quantizer with the block before
+    it, as the peers' code does (``recon.block_output_steps``)."""
+    order = (["--recon.block_output_steps", "true"]
+             if BLOCKS[-1] in PROFILES[profile] and recipe != "nearest" else [])
     return ["--config", f"configs/models/{model}.yaml",
             "--config", f"configs/recipes/{recipe}.yaml",
-            *PROFILES[profile], "--seed_everything", str(seed)]
+            *PROFILES[profile], *order, "--seed_everything", str(seed)]
 
 
 def calibrated(model: str, recipe: str, profile: str, seed: int) -> Path:
@@ -100,7 +108,9 @@ def _mean_sd(values: list[float]) -> tuple[float, float]:
 
 def summary(rows: list[dict]) -> list[dict]:
     """Per (model, recipe): top-1 of each profile over its seeds, the profile's cost (tensorrt
-    minus default, mean over seeds, paired by seed), checker counts and onnxruntime agreement."""
+    minus default, mean over seeds, paired by seed), checker counts and onnxruntime agreement;
+    where the recipe ran with the block placement too, ``tensorrt_blocks`` and its cost against
+    the profile at the default placement (``difference_blocks``, paired by seed)."""
     out = []
     keys = dict.fromkeys((r["model"], r["recipe"]) for r in rows)
     for model, recipe in keys:
@@ -109,6 +119,11 @@ def summary(rows: list[dict]) -> list[dict]:
         seeds = sorted(set(by["default"]) & set(by["tensorrt"]))
         entry = {"model": model, "recipe": recipe, "seeds": seeds,
                  "float_top1": next(r["float_top1"] for r in mine)}
+        if set(seeds) <= set(by["tensorrt_blocks"]):
+            entry["difference_blocks"] = _mean_sd([by["tensorrt_blocks"][s]["top1"]
+                                                   - by["tensorrt"][s]["top1"] for s in seeds])
+        else:
+            del by["tensorrt_blocks"]
         for p, runs in by.items():
             top1 = [runs[s]["top1"] for s in seeds]
             entry[p] = {
@@ -134,20 +149,27 @@ def _pm(value: tuple[float, float], n: int, sign: bool = False) -> str:
 
 
 def markdown(entries: list[dict]) -> str:
+    """One line per (model, recipe); the block placement's columns are '-' where it did not
+    run."""
     head = ["model", "recipe", "seeds", "float top-1 %", "default W8A8 top-1 %",
             "tensorrt W8A8 top-1 %", "difference (pp)", "checker violations (default; tensorrt)",
             "residual-add warnings", "onnxruntime: differing predictions, max logit diff "
-            "(default; tensorrt)"]
+            "(default; tensorrt)", "tensorrt, blocks W8A8 top-1 %",
+            "blocks - tensorrt (pp)", "blocks: violations; residual-add warnings"]
     lines = ["| " + " | ".join(head) + " |",
-             "| " + " | ".join(["---", "---"] + ["---:"] * 8) + " |"]
+             "| " + " | ".join(["---", "---"] + ["---:"] * (len(head) - 2)) + " |"]
     for e in entries:
         n, d, t = len(e["seeds"]), e["default"], e["tensorrt"]
+        b = e.get("tensorrt_blocks")
+        blocks = (["-", "-", "-"] if b is None else
+                  [_pm(b["top1"], n), _pm(e["difference_blocks"], n, sign=True),
+                   f"{max(b['violations'])}; {b['warnings']}"])
         lines.append("| " + " | ".join([
             e["model"], e["recipe"], str(n), f"{e['float_top1']:.2f}", _pm(d["top1"], n),
             _pm(t["top1"], n), _pm(e["difference"], n, sign=True),
             f"{max(d['violations'])}; {max(t['violations'])}", str(t["warnings"]),
             f"{d['argmax_mismatch']}, {d['max_abs_logit_diff']:.3f}; "
-            f"{t['argmax_mismatch']}, {t['max_abs_logit_diff']:.3f}"]) + " |")
+            f"{t['argmax_mismatch']}, {t['max_abs_logit_diff']:.3f}", *blocks]) + " |")
     return "\n".join(lines)
 
 
@@ -156,25 +178,42 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--attention", action="store_true",
                         help="also calibrate with configs/recipes/attention.yaml at seed 0")
     parser.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS))
+    parser.add_argument("--profiles", nargs="+", choices=list(PROFILES), default=list(PROFILES),
+                        help="run only these (the JSON's rows of the others are kept)")
     args = parser.parse_args(argv)
     plan = [("nearest", s) for s in args.seeds] + ([("attention", 0)] if args.attention else [])
     rows = []
     for model in MODELS:
         for recipe, seed in plan:
-            for profile in PROFILES:
+            for profile in args.profiles:
                 run_dir = calibrated(model, recipe, profile, seed)
                 onnx, trt = exported(run_dir)
                 rows.append(row(model, recipe, profile, seed,
                                 Report.read(run_dir / "report.json"), onnx, trt))
                 print(f"# {model} {recipe} {profile} seed {seed}: top-1 {rows[-1]['top1']:.2f}, "
                       f"{len(trt.violations)} violations", file=sys.stderr, flush=True)
+    out = RESULTS / "tensorrt_profile.json"
+    old = json.loads(out.read_text()) if out.is_file() else {}
+    rows = merged(old.get("rows", []), rows)
+    command = "python benchmarks/tensorrt_profile.py" + " ".join(["", *(argv or sys.argv[1:])])
+    commands = [c for c in old.get("commands", [old["command"]] if "command" in old else [])
+                if c != command]
     entries = summary(rows)
-    command = "python benchmarks/tensorrt_profile.py" + (" --attention" if args.attention else "")
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "tensorrt_profile.json").write_text(json.dumps({
-        "command": command, "machine": machine(), "date": datetime.date.today().isoformat(),
-        "summary": entries, "rows": rows}, indent=2) + "\n")
+    out.write_text(json.dumps({
+        "commands": [*commands, command], "machine": machine(),
+        "date": datetime.date.today().isoformat(), "summary": entries, "rows": rows},
+        indent=2) + "\n")
     print(markdown(entries))
+
+
+def merged(old: list[dict], new: list[dict]) -> list[dict]:
+    """``old`` rows this run did not redo (by model, recipe, profile and seed), then ``new``."""
+    def key(r: dict) -> tuple:
+        return r["model"], r["recipe"], r["profile"], r["seed"]
+
+    done = {key(r) for r in new}
+    return [*(r for r in old if key(r) not in done), *new]
 
 
 if __name__ == "__main__":
