@@ -82,6 +82,10 @@ VARIANTS = {  # name -> options on top of the model, recipe and precision files
     # BRECQ's and QDrop's order: a block's input quantizer learned with the unit before it
     "act_placement blocks, block output steps": ["--quant.act_placement", "blocks",
                                                  "--recon.block_output_steps", "true"],
+    # AQuant's border (ahead at layers on MobileNetV2 W2A2) in the peers' placement and order
+    "act_placement blocks, block output steps, act_border aquant": [
+        "--quant.act_placement", "blocks", "--recon.block_output_steps", "true",
+        "--quant.act_border", "aquant"],
 }
 HOLDOUT = 5000
 

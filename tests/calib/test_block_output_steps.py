@@ -101,3 +101,19 @@ def test_block_output_steps_need_the_blocks_placement():
         attnround_pl.quantize(TwoBlocks().eval(), torch.randn(8, 3, 12, 12),
                               recon=ReconConfig(iters=1, block_output_steps=True),
                               progress=False)
+
+
+def test_with_aquant_borders_each_border_learns_with_its_quantizers_unit():
+    qnet, _ = blocks_qnet(act_border="aquant")
+    torch.manual_seed(0)
+    folded = TwoBlocks().eval()
+    fold_batchnorms(folded)
+    data = build_unit_data(qnet, folded, "layer.0", [torch.randn(16, 3, 12, 12)])
+    own, exit_q = qnet.layer[0].input_quantizer, qnet.layer[1].input_quantizer
+    own_border, exit_border = set(own.border.parameters()), set(exit_q.border.parameters())
+    assert own_border and exit_border
+    module = BlockReconstruction(WithOutputQuantizer(qnet.layer[0], exit_q), data, "layer.0",
+                                 iters=2, batch_size=8, fixed_steps=[own])
+    learned = {id(p) for p in module.learnable()[1]}
+    assert {id(p) for p in exit_border} <= learned and not {id(p) for p in own_border} & learned
+    assert id(exit_q.step) in learned and id(own.step) not in learned
