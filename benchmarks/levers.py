@@ -86,6 +86,11 @@ VARIANTS = {  # name -> options on top of the model, recipe and precision files
     "act_placement blocks, block output steps, act_border aquant": [
         "--quant.act_placement", "blocks", "--recon.block_output_steps", "true",
         "--quant.act_border", "aquant"],
+    # two consecutive blocks a unit (recon.unit_blocks), at each placement
+    "unit_blocks 2": ["--recon.unit_blocks", "2"],
+    "act_placement blocks, block output steps, unit_blocks 2": [
+        "--quant.act_placement", "blocks", "--recon.block_output_steps", "true",
+        "--recon.unit_blocks", "2"],
 }
 HOLDOUT = 5000
 

@@ -112,9 +112,10 @@ def build_unit_data(
     region = unit.region if isinstance(unit, Unit) else None
     if region is None:
         path = unit.path if isinstance(unit, Unit) else unit
+        last = unit.output_path if isinstance(unit, Unit) else unit  # a chain's last block
         return UnitData(
             capture(qmodel, path, batches, "input", device),
-            capture(float_model, path, batches, "output", device),
+            capture(float_model, last, batches, "output", device),
             capture(float_model, path, batches, "input", device) if float_inputs else None,
         )
     fgraph = region.trace.float_graph(float_model)

@@ -59,8 +59,8 @@ def float_after(qmodel: nn.Module, units: Sequence[Unit], index: int) -> Iterato
             switches.append((layers[name], "weight_enabled"))
             switches.append((layers[name].input_quantizer, "enabled"))
         if unit.region is None:
-            module = qmodel.get_submodule(unit.path) if unit.path else qmodel
-            switches += [(q, "enabled") for q in module.modules() if isinstance(q, ActQuantizer)]
+            switches += [(q, "enabled") for module in unit.submodules(qmodel)
+                         for q in module.modules() if isinstance(q, ActQuantizer)]
     saved = [(owner, attr, getattr(owner, attr)) for owner, attr in switches]
     for owner, attr in switches:
         setattr(owner, attr, False)
@@ -134,7 +134,7 @@ def output_gradients(
         for name in unit.layers:
             stack.enter_context(round_to_nearest(layers[name]))
         if unit.region is None:
-            module = qmodel.get_submodule(unit.path) if unit.path else qmodel
+            module = unit.submodules(qmodel)[-1]  # a chain's output is its last block's
             leaves: list[Tensor] = []
 
             def as_leaf(m: nn.Module, args: object, out: Tensor) -> Tensor:

@@ -37,7 +37,7 @@ from ..export.checkpoint import save_quantized
 from ..mixed.allocation import allocate_model, size_mb
 from ..mixed.config import MixedConfig
 from ..mixed.report import mixed_report, mixed_table, save_bits_plot
-from ..models import Unit, split_units
+from ..models import Unit, chain_blocks, split_units
 from ..models.source import ModelSource, source_of
 from ..quant import (
     QuantConfig,
@@ -377,6 +377,18 @@ def _quantize(float_net: nn.Module, quant: QuantConfig, mixed: MixedConfig,
     return qmodel, units
 
 
+def _chained(units: list[Unit], qmodel: nn.Module, size: int, example: Tensor,
+             echo: Callable[..., None]) -> list[Unit]:
+    """``recon.unit_blocks``: consecutive blocks joined into units (``chain_blocks``), said in
+    one line."""
+    chained = chain_blocks(units, qmodel, size, example)
+    joined = sum(len(u.chain) for u in chained)
+    echo(f"recon.unit_blocks={size}: {joined} of {sum(u.rule == 'registry' for u in units)} "
+         f"blocks joined into {sum(bool(u.chain) for u in chained)} units; "
+         f"{len(units)} units -> {len(chained)}")
+    return chained
+
+
 def _place_block_inputs(qmodel: nn.Module, units: list[Unit], example: Tensor,
                         echo: Callable[..., None]) -> None:
     """``act_placement="blocks"``: every module unit (a registered block, or a child module
@@ -637,6 +649,8 @@ def _reconstruct(job: _Job, folder: _RunFolder, tally: _Tally) -> Calibrated:
     started = time.perf_counter()
     elapsed_before = resumed["elapsed"] if resumed is not None else 0.0
     qmodel, units = _quantize(float_net, quant, job.mixed, batches, report, echo)
+    if recon.unit_blocks > 1:
+        units = _chained(units, qmodel, recon.unit_blocks, batches[0][:2], echo)
     folded = copy.deepcopy(float_net).eval()
     fold_batchnorms(folded)
     report.float_ops = float_ops(qmodel)  # what stays float outside Conv/Linear layers

@@ -121,7 +121,8 @@ class BlockSequencer(Callback):
         self._outputs: list[ActQuantizer | None] = [None] * len(units)
         if recon.block_output_steps:
             self._outputs = output_quantizers(
-                qmodel, [None if u.region is not None else u.module(qmodel) for u in units],
+                qmodel, [None if u.region is not None else u.submodules(qmodel)[-1]
+                         for u in units],
                 batches[0][:2])
             if not self._steps_pass:
                 self.echo(f"recon.block_output_steps: {sum(q is not None for q in self._outputs)}"

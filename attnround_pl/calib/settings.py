@@ -83,6 +83,11 @@ class ReconConfig:
             measured after it, as BRECQ's and QDrop's code learn every block's output
             quantizer with the block that produces it. A unit whose output goes through
             another operation first (an in-place ReLU, a pooling) keeps the former order.
+        unit_blocks: how many consecutive blocks make one reconstruction unit. 1 (default):
+            each block is a unit. N > 1: each run of up to N registered blocks (ResNet's,
+            MobileNetV2's, ...) where each block's input is exactly the block before's output
+            is one unit, its error measured at the last block's output (BRECQ's larger
+            units); layers outside blocks and units cut from a traced graph stay as they are.
     """
 
     iters: int = 2000
@@ -100,6 +105,7 @@ class ReconConfig:
     act_stage_loss_p: float = 2.0
     loss: str = "mse"
     block_output_steps: bool = False
+    unit_blocks: int = 1
 
     def validate(self) -> ReconConfig:
         check_finite(self, "recon")
@@ -111,6 +117,9 @@ class ReconConfig:
         if self.keep_best_every < 0:
             raise SettingError(f"recon.keep_best_every={self.keep_best_every} must be >= 0 "
                                "(0: off)")
+        if self.unit_blocks < 1:
+            raise SettingError(f"recon.unit_blocks={self.unit_blocks} must be >= 1 (1: each "
+                               "block is a unit)")
         if self.iters < 0 or self.batch_size < 1:
             raise SettingError(f"recon.iters={self.iters} must be >= 0 and recon.batch_size="
                                f"{self.batch_size} positive")

@@ -22,6 +22,7 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass, field
 
+import torch
 from torch import Tensor, nn
 from torchvision.models.mnasnet import _InvertedResidual as MnasNetBlock
 from torchvision.models.mobilenetv2 import InvertedResidual
@@ -75,6 +76,7 @@ class Unit:
     name: str = ""
     rule: str = "registry"
     region: GraphRegion | None = field(default=None, repr=False, compare=False)
+    chain: tuple[str, ...] = ()  # several blocks run one after the other (``chain_blocks``)
 
     def __post_init__(self) -> None:
         if not self.name:
@@ -86,13 +88,25 @@ class Unit:
     def is_graph(self) -> bool:
         return self.region is not None
 
+    @property
+    def output_path(self) -> str:
+        """The submodule whose output is this module unit's output (its last block for a
+        chain; ``path`` otherwise)."""
+        return self.chain[-1] if self.chain else self.path
+
+    def submodules(self, qmodel: nn.Module) -> list[nn.Module]:
+        """A module unit's submodules of ``qmodel``: its blocks for a chain, else the one."""
+        return [qmodel.get_submodule(p) if p else qmodel for p in self.chain or (self.path,)]
+
     def module(self, qmodel: nn.Module) -> nn.Module:
         """The module computing this unit from its input, sharing ``qmodel``'s quantized
-        layers: the submodule itself (registry and layer units), the submodule wrapped so that
-        its float modules stay in eval mode when it trains (child units), an fx GraphModule of
-        the region (graph units)."""
+        layers: the submodule itself (registry and layer units), its blocks in a Sequential
+        (a chain), the submodule wrapped so that its float modules stay in eval mode when it
+        trains (child units), an fx GraphModule of the region (graph units)."""
         if self.region is not None:
             return self.region.module(qmodel)
+        if self.chain:
+            return nn.Sequential(*self.submodules(qmodel))
         module = qmodel.get_submodule(self.path) if self.path else qmodel
         return EvalFloatOps(module) if self.rule == "child" else module
 
@@ -210,6 +224,76 @@ def _fallback_units(qmodel: nn.Module, example: Tensor | None) -> list[Unit]:
         else:
             units.extend((probe[n][0], _layer_unit(n)) for n in inside if n in probe)
     return [u for _, u in sorted(units, key=lambda pair: pair[0]) if u.layers]
+
+
+# chains -------------------------------------------------------------------------------------
+def chain_blocks(units: list[Unit], qmodel: nn.Module, size: int, example: Tensor
+                 ) -> list[Unit]:
+    """``units`` with each run of up to ``size`` consecutive block units (rule 'registry')
+    joined into one unit (``recon.unit_blocks``), where each block's input is exactly the
+    block before's output (the same tensor, unchanged, on one forward of ``example``). A
+    chain's ``path`` is its first block's, its ``name`` 'first..last', its ``kind`` 'blocks'.
+    Other units (layers, child modules, graph regions) stay as they are; ``size`` 1 changes
+    nothing."""
+    if size < 1:
+        raise ValueError(f"size={size}: at least 1 block a unit")
+    if size == 1:
+        return list(units)
+    follows = _follows(qmodel, units, example)
+    out: list[Unit] = []
+    run: list[Unit] = []
+
+    def close() -> None:
+        if len(run) > 1:
+            out.append(Unit(run[0].path, "blocks", [n for u in run for n in u.layers],
+                            name=f"{run[0].name}..{run[-1].name}", rule="registry",
+                            chain=tuple(u.path for u in run)))
+        else:
+            out.extend(run)
+        run.clear()
+
+    for index, unit in enumerate(units):
+        if run and (len(run) == size or not follows[index - 1] or unit.rule != "registry"):
+            close()
+        if unit.rule == "registry" and not unit.chain:
+            run.append(unit)
+        else:
+            out.append(unit)
+    close()
+    return out
+
+
+def _follows(qmodel: nn.Module, units: list[Unit], example: Tensor) -> list[bool]:
+    """For each unit but the last: whether the next unit's input is exactly its output (the
+    same tensor, its values unchanged: no in-place op between) on one forward of ``example``;
+    only module units are compared."""
+    outputs: dict[int, tuple[Tensor, Tensor]] = {}
+    follows = [False] * max(len(units) - 1, 0)
+    handles = []
+    for index, unit in enumerate(units):
+        if unit.region is not None:
+            continue
+        module = qmodel.get_submodule(unit.output_path) if unit.output_path else qmodel
+
+        def produce(m: nn.Module, args: tuple, out: object, index: int = index) -> None:
+            if isinstance(out, Tensor):
+                outputs[index] = (out, out.clone())
+
+        def consume(m: nn.Module, args: tuple, index: int = index) -> None:
+            before = outputs.get(index - 1)
+            if index > 0 and before is not None and args and args[0] is before[0]:
+                follows[index - 1] = torch.equal(args[0], before[1])
+
+        handles.append(module.register_forward_hook(produce))
+        first = qmodel.get_submodule(unit.path) if unit.path else qmodel
+        handles.append(first.register_forward_pre_hook(consume, prepend=True))
+    try:
+        with float_pass(qmodel):
+            qmodel(example.to(next(qmodel.parameters()).device))
+    finally:
+        for handle in handles:
+            handle.remove()
+    return follows
 
 
 # --------------------------------------------------------------------------------------------
