@@ -182,13 +182,19 @@ def _probe(qmodel: nn.Module, modules: dict[str, nn.Module], example: Tensor) ->
         handles.append(m.register_forward_pre_hook(
             lambda mod, a, kw, p=path: pre(p, a, kw), with_kwargs=True))
         handles.append(m.register_forward_hook(lambda mod, a, out, p=path: post(p, out)))
+    _hooked_float_pass(qmodel, example, handles)
+    return seen
+
+
+def _hooked_float_pass(qmodel: nn.Module, example: Tensor, handles: list) -> None:
+    """One ``float_pass`` forward of ``example`` with hooks; ``handles`` removed after, also
+    on error."""
     try:
         with float_pass(qmodel):
             qmodel(example.to(next(qmodel.parameters()).device))
     finally:
-        for h in handles:
-            h.remove()
-    return seen
+        for handle in handles:
+            handle.remove()
 
 
 def _layer_unit(path: str) -> Unit:
@@ -287,12 +293,7 @@ def _follows(qmodel: nn.Module, units: list[Unit], example: Tensor) -> list[bool
         handles.append(module.register_forward_hook(produce))
         first = qmodel.get_submodule(unit.path) if unit.path else qmodel
         handles.append(first.register_forward_pre_hook(consume, prepend=True))
-    try:
-        with float_pass(qmodel):
-            qmodel(example.to(next(qmodel.parameters()).device))
-    finally:
-        for handle in handles:
-            handle.remove()
+    _hooked_float_pass(qmodel, example, handles)
     return follows
 
 
