@@ -4,14 +4,15 @@ tensorrt``, both embedded models, with the structural TensorRT check and onnxrun
 For ResNet-20 and MobileNetV2 (Fashion-MNIST), each seed and each profile: one calibration
 through the command line (``configs/models/<model>.yaml`` + a recipe + W8A8: ``--quant.w_bits 8
 --quant.a_bits 8`` for the default grid, ``configs/precision/int8_tensorrt.yaml`` for the
-profile), then ``attnround-pl export --format onnx`` (opset 18, compared with the PyTorch model
-in onnxruntime on the 10k test images), then ``export.tensorrt_check.check_tensorrt_graph`` on
-the file. A seed (``--seed_everything``) picks the 1,024 calibration images and the values each
-activation quantizer's MSE search sees, so with the ``nearest`` recipe (no reconstruction; the
-weights' MSE scales and nearest codes do not depend on it) it moves the activation steps only.
-Prints a markdown table and writes ``benchmarks/results/tensorrt_profile.json``; runs go to
-``benchmarks/runs/tensorrt_profile/`` (a finished calibration and its checked export there are
-reused).
+profile with each layer's input quantized (``tensorrt``) and with each block's input quantized,
+the file's own placement (``tensorrt_blocks``)), then ``attnround-pl export --format onnx``
+(opset 18, compared with the PyTorch model in onnxruntime on the 10k test images), then
+``export.tensorrt_check.check_tensorrt_graph`` on the file. A seed (``--seed_everything``) picks
+the 1,024 calibration images and the values each activation quantizer's MSE search sees, so with
+the ``nearest`` recipe (no reconstruction; the weights' MSE scales and nearest codes do not
+depend on it) it moves the activation steps only. Prints a markdown table and writes
+``benchmarks/results/tensorrt_profile.json``; runs go to ``benchmarks/runs/tensorrt_profile/``
+(a finished calibration and its checked export there are reused).
 
     .venv/bin/python benchmarks/tensorrt_profile.py                 # nearest, 3 seeds
     .venv/bin/python benchmarks/tensorrt_profile.py --attention     # + attention.yaml, seed 0
@@ -37,11 +38,13 @@ RUNS = ROOT / "benchmarks" / "runs" / "tensorrt_profile"
 CLI = [sys.executable, "-m", "attnround_pl.cli"]
 MODELS = ("resnet20", "mobilenetv2")
 TENSORRT = ["--config", "configs/precision/int8_tensorrt.yaml"]
-# the profile with BRECQ's and QDrop's activation placement: one quantizer at each block's
-# input, so an identity shortcut's Add reads Q/DQ data (TensorRT's residual recommendation)
+# the profile file's activation placement (since 2026-12-03): one quantizer at each block's
+# input, so an identity shortcut's Add reads Q/DQ data (TensorRT's residual recommendation);
+# "tensorrt" keeps each layer's input quantized, as that file did before
 BLOCKS = ["--quant.act_placement", "blocks"]
 PROFILES = {"default": ["--quant.w_bits", "8", "--quant.a_bits", "8"],
-            "tensorrt": TENSORRT, "tensorrt_blocks": [*TENSORRT, *BLOCKS]}
+            "tensorrt": [*TENSORRT, "--quant.act_placement", "layers"],
+            "tensorrt_blocks": [*TENSORRT, *BLOCKS]}
 SEEDS = (0, 1, 2)
 
 
@@ -53,8 +56,8 @@ def calibrate_args(model: str, recipe: str, profile: str, seed: int) -> list[str
     """The ``attnround-pl calibrate`` arguments of one row (without the run folder); with the
     block placement a reconstruction learns each block's input quantizer with the block before
     it, as the peers' code does (``recon.block_output_steps``)."""
-    order = (["--recon.block_output_steps", "true"]
-             if BLOCKS[-1] in PROFILES[profile] and recipe != "nearest" else [])
+    learns = BLOCKS[-1] in PROFILES[profile] and recipe != "nearest"
+    order = ["--recon.block_output_steps", "true" if learns else "false"]
     return ["--config", f"configs/models/{model}.yaml",
             "--config", f"configs/recipes/{recipe}.yaml",
             *PROFILES[profile], *order, "--seed_everything", str(seed)]

@@ -191,8 +191,11 @@ def test_the_command_line_takes_the_profile_and_its_precision_file(capsys, tmp_p
     precision = str(CONFIGS / "precision" / "int8_tensorrt.yaml")
     with pytest.raises(SystemExit):
         cli.main(["calibrate", *MAIN, "--config", precision, "--print_config"])
-    quant = yaml.safe_load(capsys.readouterr().out)["quant"]
+    config = yaml.safe_load(capsys.readouterr().out)
+    quant = config["quant"]
     assert quant["profile"] == "tensorrt" and quant["w_bits"] == quant["a_bits"] == 8
+    # Q/DQ at block inputs (identity shortcuts' Adds), learned in the peers' order
+    assert quant["act_placement"] == "blocks" and config["recon"]["block_output_steps"] is True
     runs = tmp_path / "runs"
     assert cli.main(["calibrate", *MAIN, "--quant.profile", "tensorrt",
                      "--run.out_dir", str(runs)]) == 2
