@@ -5,7 +5,8 @@ the error exponent of the scale and step searches), so the ``nearest`` recipe (r
 weights, activation steps at their search's result) shows its effect alone, in a minute a run.
 Every run evaluates on ``--data.init_args.holdout 5000``: 5,000 training images that are not
 calibration images (the validation split), never the test set. Prints a markdown table (top-1
-mean ± standard deviation over the seeds) and writes ``benchmarks/results/levers_<recipe>.json``;
+mean ± standard deviation over the seeds) and writes ``benchmarks/results/levers_<recipe>.json``
+(after each finished row, so a stopped command keeps them);
 runs go to ``benchmarks/runs/levers/`` (a finished one is reused). ``--recipe attention`` runs
 the same with reconstruction (minutes a run).
 
@@ -121,7 +122,11 @@ def compare(model: str, setting: str, seeds: list[int], before: str, after: str)
     before) between two finished variants, each named ``recipe:variant-number``."""
     def read(spec: str, seed: int) -> Report:
         recipe, variant = spec.split(":")
-        return Report.read(run_dir(model, setting, int(variant), seed, recipe) / "report.json")
+        folder = run_dir(model, setting, int(variant), seed, recipe)
+        if not (folder / "report.json").is_file():
+            raise SystemExit(f"levers.py --compare: {spec} has no finished run for {model} "
+                             f"{setting} seed {seed} (no {folder}/report.json): run it first")
+        return Report.read(folder / "report.json")
 
     for seed in seeds:
         a, b = read(before, seed), read(after, seed)
@@ -129,10 +134,12 @@ def compare(model: str, setting: str, seeds: list[int], before: str, after: str)
         mse = {u.name: u.mse_final for u in a.units}
         print(f"{model} {setting} seed {seed}: top-1 {a.quantized.top1:.2f} -> "
               f"{b.quantized.top1:.2f}")
+        # units of another size (recon.unit_blocks) have no counterpart: '?'
         print("  validation SQNR change, dB: " + " ".join(
-            f"{u.fidelity.sqnr_db - sqnr[u.name]:+.2f}" for u in b.unit_fidelity))
+            f"{u.fidelity.sqnr_db - sqnr[u.name]:+.2f}" if u.name in sqnr else "?"
+            for u in b.unit_fidelity))
         print("  calibration MSE ratio:      " + " ".join(
-            f"{u.mse_final / mse[u.name]:.2f}" for u in b.units))
+            f"{u.mse_final / mse[u.name]:.2f}" if u.name in mse else "?" for u in b.units))
 
 
 def write_results(out: Path, recipe: str, rows: list[dict], command: str) -> None:
@@ -175,6 +182,7 @@ def main() -> None:
         return
     variants = [list(VARIANTS)[i] for i in args.variants]
     rows = []
+    command = "python benchmarks/levers.py " + " ".join(sys.argv[1:])
     for model in args.models:
         for setting in args.settings:
             for variant in variants:
@@ -190,8 +198,8 @@ def main() -> None:
                              "calib_reference_iters": [r.calib_reference_iters
                                                        for r in reports]})
                 print(f"# {model} {setting} {variant}: {top1}", file=sys.stderr, flush=True)
-    write_results(RESULTS / f"levers_{args.recipe}.json", args.recipe, rows,
-                  "python benchmarks/levers.py " + " ".join(sys.argv[1:]))
+                # after every row: a command stopped later keeps the rows it finished
+                write_results(RESULTS / f"levers_{args.recipe}.json", args.recipe, rows, command)
     print_table(rows)
 
 

@@ -745,3 +745,13 @@ def test_fisher_weights_rows_describe_every_unit_and_both_forms(capsys):
         assert 0.0 <= row["fisher_below_0.01"] < 1.0 and row["fisher_max_weight"] > 1.0
     assert capsys.readouterr().out.count("\n") == len(rows)
     assert script.row_line(rows[0]).startswith("| resnet20 | conv1 | ")
+
+
+def test_levers_compare_names_a_missing_run_in_one_line(tmp_path, monkeypatch):
+    levers = _load("levers")
+    monkeypatch.setattr(levers, "RUNS", tmp_path)
+    with pytest.raises(SystemExit) as stop:
+        levers.compare("resnet20", "W2A2", [0], "attnround:0", "attnround:27")
+    message = str(stop.value)
+    assert "attnround:0 has no finished run for resnet20 W2A2 seed 0" in message
+    assert "\n" not in message
