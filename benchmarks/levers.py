@@ -92,6 +92,9 @@ VARIANTS = {  # name -> options on top of the model, recipe and precision files
     "act_placement blocks, block output steps, unit_blocks 2": [
         "--quant.act_placement", "blocks", "--recon.block_output_steps", "true",
         "--recon.unit_blocks", "2"],
+    # two blocks a unit at the total of steps of one (a joined unit gets twice the steps)
+    "unit_blocks 2, iters 4000": ["--recon.unit_blocks", "2", "--recon.iters", "4000"],
+    "unit_blocks 3": ["--recon.unit_blocks", "3"],
 }
 HOLDOUT = 5000
 

@@ -699,8 +699,11 @@ def test_every_lever_variant_parses_on_every_recipe_it_is_run_with():
             assert (cfg["quant"]["w_bits"], cfg["quant"]["a_bits"]) == (2, 4), variant
             if "init: zero" in " ".join(options):
                 assert cfg["quant"]["rounding_args"] == {"tau": 0.5, "init": "zero"}
-            if "5000" in options:
-                assert cfg["recon"]["iters"] == 5000
+            if "--recon.iters" in options:
+                assert cfg["recon"]["iters"] == int(options[options.index("--recon.iters") + 1])
+            if "--recon.unit_blocks" in options:
+                assert cfg["recon"]["unit_blocks"] == int(
+                    options[options.index("--recon.unit_blocks") + 1])
 
 
 def test_levers_results_keep_the_rows_other_commands_wrote(tmp_path):
