@@ -95,6 +95,10 @@ VARIANTS = {  # name -> options on top of the model, recipe and precision files
     # two blocks a unit at the total of steps of one (a joined unit gets twice the steps)
     "unit_blocks 2, iters 4000": ["--recon.unit_blocks", "2", "--recon.iters", "4000"],
     "unit_blocks 3": ["--recon.unit_blocks", "3"],
+    # the stem and the head joined to the block next to them (recon.join_end_layers)
+    "join_end_layers": ["--recon.join_end_layers", "true"],
+    "unit_blocks 2, join_end_layers": ["--recon.unit_blocks", "2",
+                                       "--recon.join_end_layers", "true"],
 }
 HOLDOUT = 5000
 

@@ -37,7 +37,7 @@ from ..export.checkpoint import save_quantized
 from ..mixed.allocation import allocate_model, size_mb
 from ..mixed.config import MixedConfig
 from ..mixed.report import mixed_report, mixed_table, save_bits_plot
-from ..models import Unit, chain_blocks, split_units
+from ..models import Unit, chain_blocks, join_end_layers, split_units
 from ..models.source import ModelSource, source_of
 from ..quant import (
     QuantConfig,
@@ -389,6 +389,17 @@ def _chained(units: list[Unit], qmodel: nn.Module, size: int, example: Tensor,
     return chained
 
 
+def _joined_ends(units: list[Unit], qmodel: nn.Module, example: Tensor,
+                 echo: Callable[..., None]) -> list[Unit]:
+    """``recon.join_end_layers``: the stem's and the head's layers joined to the block next to
+    them (``join_end_layers``), said in one line."""
+    joined = join_end_layers(units, qmodel, example)
+    names = [u.name for u in joined if u.kind == "joined"]
+    echo(f"recon.join_end_layers: {', '.join(names) or 'nothing joined'}; "
+         f"{len(units)} units -> {len(joined)}")
+    return joined
+
+
 def _place_block_inputs(qmodel: nn.Module, units: list[Unit], example: Tensor,
                         echo: Callable[..., None]) -> None:
     """``act_placement="blocks"``: every module unit (a registered block, or a child module
@@ -651,6 +662,8 @@ def _reconstruct(job: _Job, folder: _RunFolder, tally: _Tally) -> Calibrated:
     qmodel, units = _quantize(float_net, quant, job.mixed, batches, report, echo)
     if recon.unit_blocks > 1:
         units = _chained(units, qmodel, recon.unit_blocks, batches[0][:2], echo)
+    if recon.join_end_layers:
+        units = _joined_ends(units, qmodel, batches[0][:2], echo)
     folded = copy.deepcopy(float_net).eval()
     fold_batchnorms(folded)
     report.float_ops = float_ops(qmodel)  # what stays float outside Conv/Linear layers

@@ -88,6 +88,12 @@ class ReconConfig:
             MobileNetV2's, ...) where each block's input is exactly the block before's output
             is one unit, its error measured at the last block's output (BRECQ's larger
             units); layers outside blocks and units cut from a traced graph stay as they are.
+        join_end_layers: False (default): the layers before the first block (the stem) and
+            after the last (the head: a last conv, the classifier) are units of their own.
+            True: they join the block next to them, one unit each end, so the first unit
+            learns from the images and the last on the network's output (its logits). Tiny
+            units cost 5-10x their float work a step (docs/speed.md); joined, they cost that
+            of their share of the larger unit.
     """
 
     iters: int = 2000
@@ -106,6 +112,7 @@ class ReconConfig:
     loss: str = "mse"
     block_output_steps: bool = False
     unit_blocks: int = 1
+    join_end_layers: bool = False
 
     def validate(self) -> ReconConfig:
         check_finite(self, "recon")

@@ -10,8 +10,8 @@ from ..lazy import lazy_exports
 
 _EXPORTS = {
     "graph_units": ["GraphMismatchError", "GraphRegion"],
-    "units": ["BLOCK_TYPES", "RULES", "EvalFloatOps", "Unit", "chain_blocks", "register_block",
-              "split_units"],
+    "units": ["BLOCK_TYPES", "RULES", "EvalFloatOps", "Unit", "chain_blocks", "join_end_layers",
+              "register_block", "split_units"],
     "zoo": [
         "EMBEDDED",
         "TORCHVISION",

@@ -42,6 +42,8 @@ from .graph_units import (
 
 BLOCK_TYPES: dict[type[nn.Module], str] = {}
 RULES = ("registry", "graph", "child", "layer")
+# a link of a joined unit's chain that is no module: ``x.flatten(1)`` in the model's forward
+FLATTEN = "<flatten(1)>"
 
 
 def register_block(cls: type[nn.Module], kind: str | None = None) -> type[nn.Module]:
@@ -95,8 +97,10 @@ class Unit:
         return self.chain[-1] if self.chain else self.path
 
     def submodules(self, qmodel: nn.Module) -> list[nn.Module]:
-        """A module unit's submodules of ``qmodel``: its blocks for a chain, else the one."""
-        return [qmodel.get_submodule(p) if p else qmodel for p in self.chain or (self.path,)]
+        """A module unit's submodules of ``qmodel``: its blocks (and, for units joined by
+        ``join_end_layers``, the modules between them) for a chain, else the one."""
+        return [nn.Flatten(1) if p == FLATTEN else qmodel.get_submodule(p) if p else qmodel
+                for p in self.chain or (self.path,)]
 
     def module(self, qmodel: nn.Module) -> nn.Module:
         """The module computing this unit from its input, sharing ``qmodel``'s quantized
@@ -105,10 +109,17 @@ class Unit:
         trains (child units), an fx GraphModule of the region (graph units)."""
         if self.region is not None:
             return self.region.module(qmodel)
+        if self.kind == "joined":
+            return JoinedModules(*self.submodules(qmodel))
         if self.chain:
             return nn.Sequential(*self.submodules(qmodel))
         module = qmodel.get_submodule(self.path) if self.path else qmodel
         return EvalFloatOps(module) if self.rule == "child" else module
+
+
+class JoinedModules(QuantLayersTrain, nn.Sequential):
+    """A unit joined from several (``join_end_layers``): its modules in turn; ``train()``
+    switches only the quantized layers (a BatchNorm or Dropout between them stays in eval)."""
 
 
 class EvalFloatOps(QuantLayersTrain, nn.Module):
@@ -295,6 +306,122 @@ def _follows(qmodel: nn.Module, units: list[Unit], example: Tensor) -> list[bool
         handles.append(first.register_forward_pre_hook(consume, prepend=True))
     _hooked_float_pass(qmodel, example, handles)
     return follows
+
+
+# joined ends -------------------------------------------------------------------------------
+def join_end_layers(units: list[Unit], qmodel: nn.Module, example: Tensor) -> list[Unit]:
+    """``units`` with the layer units before the first larger unit (a model's stem) joined to
+    it, and those after the last one (the head) joined to that (``recon.join_end_layers``):
+    one unit each, its error measured at the joined unit's output (the head's: the network's
+    output). A "larger unit" is any unit that is not a single layer (a block, a chain, a
+    region of several layers); a model without one is returned as it is.
+
+    Module units join where the modules the forward calls between them (an unfolded
+    BatchNorm, a ReLU, a pooling) each read the one before's output, and the next unit reads
+    the last one's, the same tensor or it flattened per sample (``x.flatten(1)``); the joined
+    unit (``kind`` 'joined', rule of the larger unit) runs them all in turn. Graph units are
+    contiguous regions of the traced graph and always join. A pair that cannot join (another
+    operation between them) stays apart, with a warning."""
+    large = [i for i, u in enumerate(units) if u.kind != "layer"]
+    if not large:
+        return list(units)
+    first, last = large[0], large[-1]
+    groups = [(0, first), *[(i, i) for i in range(first + 1, last)], (last, len(units) - 1)]
+    if first == last:
+        groups = [(0, len(units) - 1)]
+    events = None if all(u.region is not None for u in units) else _call_events(qmodel, example)
+    out: list[Unit] = []
+    for start, stop in groups:
+        joined = [units[start]]
+        for unit in units[start + 1 : stop + 1]:
+            pair = _join_pair(joined[-1], unit, qmodel, events)
+            if pair is None:
+                warnings.warn(f"recon.join_end_layers: {unit.name} cannot join "
+                              f"{joined[-1].name} (an operation other than modules and "
+                              "flatten runs between them): kept apart", stacklevel=2)
+                joined.append(unit)
+            else:
+                joined[-1] = pair
+        out.extend(joined)
+    return out
+
+
+def _join_pair(a: Unit, b: Unit, qmodel: nn.Module, events: list | None) -> Unit | None:
+    """Unit ``a`` followed by unit ``b`` as one unit; None where they cannot join."""
+    rule = b.rule if a.kind == "layer" else a.rule
+    name = f"{a.name.split('..')[0]}..{b.name.split('..')[-1]}"
+    layers = [*a.layers, *b.layers]
+    if a.region is not None and b.region is not None:
+        region = GraphRegion(a.region.trace, a.region.input, [*a.region.nodes, *b.region.nodes],
+                             b.region.outputs)
+        return Unit("", "joined", layers, name=name, rule="graph", region=region)
+    if a.region is not None or b.region is not None or events is None:
+        return None
+    between = _links(a, b, events)
+    if between is None:
+        return None
+    chain = (*(a.chain or (a.path,)), *between, *(b.chain or (b.path,)))
+    return Unit(chain[0], "joined", layers, name=name, rule=rule, chain=chain)
+
+
+def _call_events(qmodel: nn.Module, example: Tensor) -> list[tuple[str, str, object]]:
+    """Every module call of one float forward of ``example``, in order: ('enter', path, the
+    first argument) and ('exit', path, the output); tensors as they were then (cloned)."""
+    events: list[tuple[str, str, object]] = []
+
+    def held(value: object) -> object:
+        return (value, value.clone()) if isinstance(value, Tensor) else (value, None)
+
+    handles = []
+    for path, module in qmodel.named_modules():
+        if not path:
+            continue
+        # first of the pre-hooks: a block's input quantizer (quant.placement) runs inside it
+        handles.append(module.register_forward_pre_hook(
+            lambda m, args, path=path: events.append(("enter", path, held(args[0] if args
+                                                                             else None))),
+            prepend=True))
+        handles.append(module.register_forward_hook(
+            lambda m, args, out, path=path: events.append(("exit", path, held(out)))))
+    _hooked_float_pass(qmodel, example, handles)
+    return events
+
+
+def _links(a: Unit, b: Unit, events: list) -> tuple[str, ...] | None:
+    """The module paths (and ``FLATTEN``) that carry unit ``a``'s output to unit ``b``'s input
+    on the recorded forward; None where something else does (an operation outside modules,
+    an in-place change, a call reading another tensor)."""
+    exits = [i for i, (kind, path, _) in enumerate(events)
+             if kind == "exit" and path == a.output_path]
+    enters = [i for i, (kind, path, _) in enumerate(events) if kind == "enter" and path == b.path]
+    if len(exits) != 1 or len(enters) != 1 or exits[0] > enters[0]:
+        return None  # called more than once, or not in this order
+    value, values = events[exits[0]][2]  # the tensor so far and its values when made
+    links: list[str] = []
+    open_calls: list[str] = []
+    for kind, path, (tensor, copy) in events[exits[0] + 1 : enters[0]]:
+        if kind == "enter":
+            if not open_calls:  # a call between the units, not one nested in another
+                if tensor is not value or not torch.equal(copy, values):
+                    return None  # it reads something else than the value so far
+            open_calls.append(path)
+        elif open_calls:
+            open_calls.pop()
+            if not open_calls:  # a link once it has returned (b's containers never do here)
+                links.append(path)
+                value, values = tensor, copy
+        elif not a.output_path.startswith(path + "."):
+            return None  # the end of a call that began before a's output and does not hold a
+    if any(not b.path.startswith(path + ".") for path in open_calls):
+        return None  # a call that began between the units and holds b: b is not next
+    tensor, copy = events[enters[0]][2]
+    if not isinstance(tensor, Tensor) or not isinstance(value, Tensor):
+        return None
+    if tensor is value and torch.equal(copy, values):
+        return tuple(links)
+    if copy.dim() == 2 and values.dim() > 2 and torch.equal(copy, values.flatten(1)):
+        return (*links, FLATTEN)
+    return None
 
 
 # --------------------------------------------------------------------------------------------

@@ -701,6 +701,7 @@ def test_every_lever_variant_parses_on_every_recipe_it_is_run_with():
                 assert cfg["quant"]["rounding_args"] == {"tau": 0.5, "init": "zero"}
             if "--recon.iters" in options:
                 assert cfg["recon"]["iters"] == int(options[options.index("--recon.iters") + 1])
+            assert cfg["recon"]["join_end_layers"] is ("--recon.join_end_layers" in options)
             if "--recon.unit_blocks" in options:
                 assert cfg["recon"]["unit_blocks"] == int(
                     options[options.index("--recon.unit_blocks") + 1])
