@@ -24,6 +24,8 @@ column leaves out the first step, which is where set-up and compilation happen.
 TensorBoard logger (in a temporary folder).
 ``--cuda-graph`` (with ``--accelerator gpu``) replays each unit's whole step from a CUDA graph
 in both loops (``recon.cuda_graph``; the graph is recorded in the first step).
+``--unit-blocks N`` and ``--join-end-layers`` time the units those settings of ``recon`` make
+(N consecutive blocks a unit; the stem and the head joined to the block next to them).
 """
 
 from __future__ import annotations
@@ -51,7 +53,13 @@ from attnround_pl.calib.progress import UnitProgressBar
 from attnround_pl.calib.reconstruction import COMPILE_MODES, STEPS_PER_BATCH
 from attnround_pl.calib.step import Losses, optimizer_step, step_losses
 from attnround_pl.data import FashionMNISTDataModule
-from attnround_pl.models import EMBEDDED, build_model, split_units
+from attnround_pl.models import (
+    EMBEDDED,
+    build_model,
+    chain_blocks,
+    join_end_layers,
+    split_units,
+)
 from attnround_pl.quant import (
     QuantConfig,
     active_roundings,
@@ -137,14 +145,17 @@ def calibration_batches(model: str, images: str, count: int, size: int) -> list[
 def measure(model: str, batches: list[torch.Tensor], iters: int, batch: int,
             weights: str | None = "DEFAULT", accelerator: str = "cpu",
             compile: str = "off", cuda_graph: bool = False, as_run: bool = False,
-            scratch: str | None = None) -> list[dict]:
+            scratch: str | None = None, unit_blocks: int = 1,
+            join_ends: bool = False) -> list[dict]:
     """Per unit: ms per iteration through Lightning, in a bare loop, and of the float unit's
     forward + backward; prints one markdown row per unit as it is measured. With
     ``accelerator='gpu'`` the unit's cache lives on the GPU (as ``recon.cache_device: auto``
     puts it when it fits) and each unit is moved there for its timings, then back. ``compile``:
     a ``torch.compile`` mode for the unit's forward and backward in both loops, or 'off';
     ``cuda_graph``: both loops replay the whole step from a CUDA graph; ``as_run``: the
-    Lightning fit shows ``calibrate``'s progress bar and logs to TensorBoard (in ``scratch``)."""
+    Lightning fit shows ``calibrate``'s progress bar and logs to TensorBoard (in ``scratch``);
+    ``unit_blocks``, ``join_ends``: the units of ``recon.unit_blocks`` and
+    ``recon.join_end_layers``."""
     if iters <= STEPS_PER_BATCH:
         raise ValueError(f"iters={iters}: the steady column needs more than the first batch's "
                          f"{STEPS_PER_BATCH} steps")
@@ -157,9 +168,15 @@ def measure(model: str, batches: list[torch.Tensor], iters: int, batch: int,
     print("| unit | Lightning ms/iter | steady | bare loop ms/iter | float fwd+bwd ms | "
           "ratio (steady / float) |")
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
-    for unit_spec in split_units(qmodel):
-        data = build_unit_data(qmodel, folded, unit_spec.path, batches, str(device))
-        unit = qmodel.get_submodule(unit_spec.path)
+    units = split_units(qmodel)
+    example = batches[0][:2]
+    if unit_blocks > 1:
+        units = chain_blocks(units, qmodel, unit_blocks, example)
+    if join_ends:
+        units = join_end_layers(units, qmodel, example)
+    for unit_spec in units:
+        data = build_unit_data(qmodel, folded, unit_spec, batches, str(device))
+        unit = unit_spec.module(qmodel)
         saved = copy.deepcopy(unit.state_dict())
         module = BlockReconstruction(unit, data, unit_spec.name, iters=iters,
                                      batch_size=batch, compile=compile,
@@ -197,7 +214,7 @@ def measure(model: str, batches: list[torch.Tensor], iters: int, batch: int,
         set_learning(unit, None)
         unit.load_state_dict(saved)
         unit.to("cpu")  # the next unit's cache is captured through the whole model on the host
-        float_unit = folded.get_submodule(unit_spec.path) if unit_spec.path else folded
+        float_unit = unit_spec.module(folded).eval()  # the same paths in the folded model
         float_unit.to(device)
         float_params = [p.requires_grad_(True) for p in float_unit.parameters()]
         float_s = per_iter(partial(float_step, float_unit, float_params, x, y), iters, device)
@@ -231,8 +248,15 @@ def main() -> None:
     parser.add_argument("--cuda-graph", action="store_true")
     parser.add_argument("--as-run", action="store_true",
                         help="the Lightning fit as calibrate runs it: progress bar, TensorBoard")
+    parser.add_argument("--unit-blocks", type=int, default=1,
+                        help="consecutive blocks a unit (recon.unit_blocks)")
+    parser.add_argument("--join-end-layers", action="store_true",
+                        help="the stem and the head joined to the block next to them "
+                             "(recon.join_end_layers)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args()
+    if args.unit_blocks < 1:
+        parser.error(f"--unit-blocks {args.unit_blocks}: at least 1")
     if args.accelerator == "gpu" and not torch.cuda.is_available():
         parser.error("--accelerator gpu: torch sees no CUDA device on this machine")
     if args.cuda_graph and (args.accelerator != "gpu" or args.compile != "off"):
@@ -249,7 +273,8 @@ def main() -> None:
     weights = "DEFAULT" if args.images == "fmnist" else None
     with tempfile.TemporaryDirectory() as scratch:
         rows = measure(args.model, batches, args.iters, args.batch, weights, args.accelerator,
-                       args.compile, args.cuda_graph, args.as_run, scratch)
+                       args.compile, args.cuda_graph, args.as_run, scratch,
+                       args.unit_blocks, args.join_end_layers)
     total = totals(rows)
     print(f"| all units | {total['lightning_ms']:.2f} | {total['lightning_steady_ms']:.2f} | "
           f"{total['bare_ms']:.2f} | {total['float_fwd_bwd_ms']:.2f} | "
@@ -258,7 +283,9 @@ def main() -> None:
     result = {"model": args.model, "batch": args.batch, "iters": args.iters,
               "images": args.images, "image_size": list(batches[0].shape[1:]),
               "calib": args.calib, "accelerator": args.accelerator, "compile": args.compile,
-              "cuda_graph": args.cuda_graph, "as_run": args.as_run, "rows": rows,
+              "cuda_graph": args.cuda_graph, "as_run": args.as_run,
+              "unit_blocks": args.unit_blocks, "join_end_layers": args.join_end_layers,
+              "rows": rows,
               "total": total, "machine": machine(),
               "torch_threads": torch.get_num_threads(),
               "command": "python benchmarks/speed.py " + " ".join(sys.argv[1:])}
@@ -267,6 +294,8 @@ def main() -> None:
     suffix += "" if args.compile == "off" else f"_compile-{args.compile}"
     suffix += "_cudagraph" if args.cuda_graph else ""
     suffix += "_as-run" if args.as_run else ""
+    suffix += f"_blocks{args.unit_blocks}" if args.unit_blocks > 1 else ""
+    suffix += "_join" if args.join_end_layers else ""
     path = args.out / f"speed_{args.model}{suffix}.json"
     path.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {path}", file=sys.stderr)

@@ -614,6 +614,24 @@ def test_speed_times_every_unit_against_its_float_forward_backward(tmp_path, mon
     assert table.count("\n| layer") == 9 and "| all units |" in table
 
 
+def test_speed_times_the_joined_units_of_unit_blocks_and_join_end_layers(tmp_path, monkeypatch):
+    speed = _load("speed")
+    argv = ["speed.py", "--model", "resnet20", "--images", "random", "--iters", "12",
+            "--batch", "8", "--calib", "16", "--out", str(tmp_path), "--unit-blocks", "2",
+            "--join-end-layers"]
+    monkeypatch.setattr(sys, "argv", argv)
+    speed.main()
+    result = json.loads((tmp_path / "speed_resnet20_random28_blocks2_join.json").read_text())
+    assert [r["unit"] for r in result["rows"]] == [
+        "conv1..layer1.1", "layer1.2..layer2.0", "layer2.1..layer2.2", "layer3.0..layer3.1",
+        "layer3.2..fc"]
+    assert (result["unit_blocks"], result["join_end_layers"]) == (2, True)
+    assert all(min(r["bare_ms"], r["float_fwd_bwd_ms"]) > 0 for r in result["rows"])
+    monkeypatch.setattr(sys, "argv", ["speed.py", "--unit-blocks", "0"])
+    with pytest.raises(SystemExit):
+        speed.main()
+
+
 def test_speed_refuses_imagenet_models_without_random_images_and_too_few_images(
     monkeypatch, capsys
 ):
