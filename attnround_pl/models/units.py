@@ -326,10 +326,10 @@ def join_end_layers(units: list[Unit], qmodel: nn.Module, example: Tensor) -> li
     if not large:
         return list(units)
     first, last = large[0], large[-1]
-    groups = [(0, first), *[(i, i) for i in range(first + 1, last)], (last, len(units) - 1)]
-    if first == last:
-        groups = [(0, len(units) - 1)]
-    events = None if all(u.region is not None for u in units) else _call_events(qmodel, example)
+    groups = ([(0, len(units) - 1)] if first == last else
+              [(0, first), *[(i, i) for i in range(first + 1, last)], (last, len(units) - 1)])
+    events = (None if all(u.region is not None for u in units) else
+              _call_events(qmodel, units, example))
     out: list[Unit] = []
     for start, stop in groups:
         joined = [units[start]]
@@ -364,9 +364,14 @@ def _join_pair(a: Unit, b: Unit, qmodel: nn.Module, events: list | None) -> Unit
     return Unit(chain[0], "joined", layers, name=name, rule=rule, chain=chain)
 
 
-def _call_events(qmodel: nn.Module, example: Tensor) -> list[tuple[str, str, object]]:
-    """Every module call of one float forward of ``example``, in order: ('enter', path, the
-    first argument) and ('exit', path, the output); tensors as they were then (cloned)."""
+def _call_events(qmodel: nn.Module, units: list[Unit], example: Tensor
+                 ) -> list[tuple[str, str, object]]:
+    """Every call of a module outside the module ``units`` (their own modules included) in one
+    float forward of ``example``, in order: ('enter', path, the first argument) and ('exit',
+    path, the output); tensors as they were then (cloned). What runs inside a unit never lies
+    between two units, so its calls are not recorded (nor their tensors copied)."""
+    inside = tuple(f"{p}." for u in units if u.region is None
+                   for p in u.chain or (u.path,) if p)
     events: list[tuple[str, str, object]] = []
 
     def held(value: object) -> object:
@@ -374,7 +379,7 @@ def _call_events(qmodel: nn.Module, example: Tensor) -> list[tuple[str, str, obj
 
     handles = []
     for path, module in qmodel.named_modules():
-        if not path:
+        if not path or path.startswith(inside):
             continue
         # first of the pre-hooks: a block's input quantizer (quant.placement) runs inside it
         handles.append(module.register_forward_pre_hook(
