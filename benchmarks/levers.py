@@ -99,6 +99,12 @@ VARIANTS = {  # name -> options on top of the model, recipe and precision files
     "join_end_layers": ["--recon.join_end_layers", "true"],
     "unit_blocks 2, join_end_layers": ["--recon.unit_blocks", "2",
                                        "--recon.join_end_layers", "true"],
+    # two blocks a unit, no unit across a stage's end (recon.unit_blocks_in_stage)
+    "unit_blocks 2 in stage": ["--recon.unit_blocks", "2", "--recon.unit_blocks_in_stage",
+                               "true"],
+    "unit_blocks 2 in stage, join_end_layers": [
+        "--recon.unit_blocks", "2", "--recon.unit_blocks_in_stage", "true",
+        "--recon.join_end_layers", "true"],
 }
 HOLDOUT = 5000
 

@@ -295,7 +295,8 @@ def test_the_paper_recipe_composes_the_settings_of_the_single_file_it_replaced(c
     # keys added since, at their defaults
     assert now["recon"] == {**before["recon"], "keep_best_every": 0, "act_stage_iters": 0,
                             "act_stage_loss_p": 2.0, "loss": "mse", "block_output_steps": False,
-                            "unit_blocks": 1, "join_end_layers": False}
+                            "unit_blocks": 1, "unit_blocks_in_stage": False,
+                            "join_end_layers": False}
     assert now["data"] == {**before["data"], "init_args": {**before["data"]["init_args"],
                                                            "holdout": 0}}
     assert now["run"] == {**before["run"], "onnx_opset": None}

@@ -377,13 +377,14 @@ def _quantize(float_net: nn.Module, quant: QuantConfig, mixed: MixedConfig,
     return qmodel, units
 
 
-def _chained(units: list[Unit], qmodel: nn.Module, size: int, example: Tensor,
-             echo: Callable[..., None]) -> list[Unit]:
+def _chained(units: list[Unit], qmodel: nn.Module, size: int, in_stage: bool,
+             example: Tensor, echo: Callable[..., None]) -> list[Unit]:
     """``recon.unit_blocks``: consecutive blocks joined into units (``chain_blocks``), said in
     one line."""
-    chained = chain_blocks(units, qmodel, size, example)
+    chained = chain_blocks(units, qmodel, size, example, in_stage=in_stage)
     joined = sum(len(u.chain) for u in chained)
-    echo(f"recon.unit_blocks={size}: {joined} of {sum(u.rule == 'registry' for u in units)} "
+    echo(f"recon.unit_blocks={size}{' in stage' if in_stage else ''}: {joined} of "
+         f"{sum(u.rule == 'registry' for u in units)} "
          f"blocks joined into {sum(bool(u.chain) for u in chained)} units; "
          f"{len(units)} units -> {len(chained)}")
     return chained
@@ -661,7 +662,8 @@ def _reconstruct(job: _Job, folder: _RunFolder, tally: _Tally) -> Calibrated:
     elapsed_before = resumed["elapsed"] if resumed is not None else 0.0
     qmodel, units = _quantize(float_net, quant, job.mixed, batches, report, echo)
     if recon.unit_blocks > 1:
-        units = _chained(units, qmodel, recon.unit_blocks, batches[0][:2], echo)
+        units = _chained(units, qmodel, recon.unit_blocks, recon.unit_blocks_in_stage,
+                         batches[0][:2], echo)
     if recon.join_end_layers:
         units = _joined_ends(units, qmodel, batches[0][:2], echo)
     folded = copy.deepcopy(float_net).eval()

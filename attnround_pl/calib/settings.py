@@ -88,6 +88,10 @@ class ReconConfig:
             MobileNetV2's, ...) where each block's input is exactly the block before's output
             is one unit, its error measured at the last block's output (BRECQ's larger
             units); layers outside blocks and units cut from a traced graph stay as they are.
+        unit_blocks_in_stage: with ``unit_blocks`` > 1 only. False (default): a run goes on
+            across a stage's end (ResNet-20's ``layer1.2`` with ``layer2.0``). True: a run
+            also ends where the next block has another parent module (``layer1`` ->
+            ``layer2``), so every unit lies inside one stage.
         join_end_layers: False (default): the layers before the first block (the stem) and
             after the last (the head: a last conv, the classifier) are units of their own.
             True: they join the block next to them, one unit each end, so the first unit
@@ -112,6 +116,7 @@ class ReconConfig:
     loss: str = "mse"
     block_output_steps: bool = False
     unit_blocks: int = 1
+    unit_blocks_in_stage: bool = False
     join_end_layers: bool = False
 
     def validate(self) -> ReconConfig:
@@ -127,6 +132,9 @@ class ReconConfig:
         if self.unit_blocks < 1:
             raise SettingError(f"recon.unit_blocks={self.unit_blocks} must be >= 1 (1: each "
                                "block is a unit)")
+        if self.unit_blocks_in_stage and self.unit_blocks == 1:
+            raise SettingError("recon.unit_blocks_in_stage=true needs recon.unit_blocks > 1 "
+                               "(with one block a unit there is no run to end)")
         if self.iters < 0 or self.batch_size < 1:
             raise SettingError(f"recon.iters={self.iters} must be >= 0 and recon.batch_size="
                                f"{self.batch_size} positive")

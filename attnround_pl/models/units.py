@@ -244,14 +244,16 @@ def _fallback_units(qmodel: nn.Module, example: Tensor | None) -> list[Unit]:
 
 
 # chains -------------------------------------------------------------------------------------
-def chain_blocks(units: list[Unit], qmodel: nn.Module, size: int, example: Tensor
-                 ) -> list[Unit]:
+def chain_blocks(units: list[Unit], qmodel: nn.Module, size: int, example: Tensor,
+                 in_stage: bool = False) -> list[Unit]:
     """``units`` with each run of up to ``size`` consecutive block units (rule 'registry')
     joined into one unit (``recon.unit_blocks``), where each block's input is exactly the
     block before's output (the same tensor, unchanged, on one forward of ``example``). A
     chain's ``path`` is its first block's, its ``name`` 'first..last', its ``kind`` 'blocks'.
     Other units (layers, child modules, graph regions) stay as they are; ``size`` 1 changes
-    nothing."""
+    nothing. ``in_stage`` (``recon.unit_blocks_in_stage``): a chain also ends where the next
+    block has another parent module (a stage: ResNet's ``layer2``), so no chain crosses from
+    one stage into the next."""
     if size < 1:
         raise ValueError(f"size={size}: at least 1 block a unit")
     if size == 1:
@@ -270,7 +272,8 @@ def chain_blocks(units: list[Unit], qmodel: nn.Module, size: int, example: Tenso
         run.clear()
 
     for index, unit in enumerate(units):
-        if run and (len(run) == size or not follows[index - 1] or unit.rule != "registry"):
+        if run and (len(run) == size or not follows[index - 1] or unit.rule != "registry"
+                    or (in_stage and _parent(unit.path) != _parent(run[-1].path))):
             close()
         if unit.rule == "registry" and not unit.chain:
             run.append(unit)
@@ -278,6 +281,10 @@ def chain_blocks(units: list[Unit], qmodel: nn.Module, size: int, example: Tenso
             out.append(unit)
     close()
     return out
+
+
+def _parent(path: str) -> str:
+    return path.rpartition(".")[0]
 
 
 def _follows(qmodel: nn.Module, units: list[Unit], example: Tensor) -> list[bool]:

@@ -720,6 +720,8 @@ def test_every_lever_variant_parses_on_every_recipe_it_is_run_with():
             if "--recon.iters" in options:
                 assert cfg["recon"]["iters"] == int(options[options.index("--recon.iters") + 1])
             assert cfg["recon"]["join_end_layers"] is ("--recon.join_end_layers" in options)
+            assert cfg["recon"]["unit_blocks_in_stage"] is (
+                "--recon.unit_blocks_in_stage" in options)
             if "--recon.unit_blocks" in options:
                 assert cfg["recon"]["unit_blocks"] == int(
                     options[options.index("--recon.unit_blocks") + 1])

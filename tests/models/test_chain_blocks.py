@@ -36,6 +36,20 @@ class ThreeBlocks(nn.Module):
         return self.fc(x.mean((2, 3)))
 
 
+class TwoStages(nn.Module):
+    """Two stages of blocks, each block fed by the one before: three, then two."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.s1 = nn.Sequential(*[BasicBlock(8, 8) for _ in range(3)])
+        self.s2 = nn.Sequential(*[BasicBlock(8, 8) for _ in range(2)])
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x):
+        return self.fc(self.s2(self.s1(self.stem(x))).mean((2, 3)))
+
+
 def _qnet(net: nn.Module, **quant) -> nn.Module:
     torch.manual_seed(0)
     qnet = quantize_model(net.eval(), QuantConfig(w_bits=4, a_bits=4, **quant))
@@ -60,6 +74,20 @@ def test_consecutive_blocks_join_up_to_the_size_and_only_where_one_feeds_the_nex
     assert chain_blocks(units, qnet, 1, X) == units
     with pytest.raises(ValueError, match="size=0"):
         chain_blocks(units, qnet, 0, X)
+
+
+def test_in_stage_chains_end_where_the_next_block_has_another_parent():
+    torch.manual_seed(0)
+    qnet = _qnet(TwoStages())
+    units = split_units(qnet, X)
+    across = chain_blocks(units, qnet, 2, X)
+    assert [u.name for u in across] == ["stem", "s1.0..s1.1", "s1.2..s2.0", "s2.1", "fc"]
+    inside = chain_blocks(units, qnet, 2, X, in_stage=True)
+    assert [u.name for u in inside] == ["stem", "s1.0..s1.1", "s1.2", "s2.0..s2.1", "fc"]
+    assert inside[3].chain == ("s2.0", "s2.1") and inside[2].chain == ()
+    # a size that spans both stages still stops at the stage's end
+    assert [u.name for u in chain_blocks(units, qnet, 5, X, in_stage=True)] == [
+        "stem", "s1.0..s1.2", "s2.0..s2.1", "fc"]
 
 
 def test_a_chain_computes_its_blocks_in_turn_and_caches_the_last_ones_float_output():
@@ -111,6 +139,19 @@ def test_chains_work_with_the_block_placement_and_fishers_loss(options):
     assert all(u.mse_final <= u.mse_nearest for u in two.report.units)
 
 
+def test_a_calibration_keeps_in_stage_chains_inside_their_stage():
+    torch.manual_seed(0)
+    qmodel = attnround_pl.quantize(
+        TwoStages().eval(), torch.randn(16, 3, 12, 12), quant=QuantConfig(w_bits=4, a_bits=4),
+        recon=ReconConfig(iters=3, unit_blocks=2, unit_blocks_in_stage=True), progress=False)
+    assert [u.name for u in qmodel.report.units] == ["stem", "s1.0..s1.1", "s1.2",
+                                                     "s2.0..s2.1", "fc"]
+    assert qmodel.report.recon["unit_blocks_in_stage"] is True
+    assert all(u.learned and u.mse_final <= u.mse_nearest for u in qmodel.report.units)
+
+
 def test_unit_blocks_below_one_is_refused():
     with pytest.raises(SettingError, match="recon.unit_blocks=0 must be >= 1"):
         ReconConfig(unit_blocks=0).validate()
+    with pytest.raises(SettingError, match="unit_blocks_in_stage=true needs recon.unit_blocks"):
+        ReconConfig(unit_blocks_in_stage=True).validate()
