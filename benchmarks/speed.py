@@ -48,16 +48,15 @@ from lightning.pytorch.loggers import TensorBoardLogger
 
 from attnround_pl.calib import BlockReconstruction, build_unit_data
 from attnround_pl.calib.graph_step import GraphedStep
-from attnround_pl.calib.pipeline import PROGRESS_REFRESH_PER_SECOND, machine
+from attnround_pl.calib.pipeline import PROGRESS_REFRESH_PER_SECOND, machine, shape_units
 from attnround_pl.calib.progress import UnitProgressBar
 from attnround_pl.calib.reconstruction import COMPILE_MODES, STEPS_PER_BATCH
+from attnround_pl.calib.settings import ReconConfig
 from attnround_pl.calib.step import Losses, optimizer_step, step_losses
 from attnround_pl.data import FashionMNISTDataModule
 from attnround_pl.models import (
     EMBEDDED,
     build_model,
-    chain_blocks,
-    join_end_layers,
     split_units,
 )
 from attnround_pl.quant import (
@@ -168,12 +167,9 @@ def measure(model: str, batches: list[torch.Tensor], iters: int, batch: int,
     print("| unit | Lightning ms/iter | steady | bare loop ms/iter | float fwd+bwd ms | "
           "ratio (steady / float) |")
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
-    units = split_units(qmodel)
-    example = batches[0][:2]
-    if unit_blocks > 1:
-        units = chain_blocks(units, qmodel, unit_blocks, example)
-    if join_ends:
-        units = join_end_layers(units, qmodel, example)
+    units = shape_units(split_units(qmodel), qmodel,
+                        ReconConfig(unit_blocks=unit_blocks, join_end_layers=join_ends),
+                        batches[0][:2])
     for unit_spec in units:
         data = build_unit_data(qmodel, folded, unit_spec, batches, str(device))
         unit = unit_spec.module(qmodel)

@@ -377,6 +377,21 @@ def _quantize(float_net: nn.Module, quant: QuantConfig, mixed: MixedConfig,
     return qmodel, units
 
 
+def shape_units(units: list[Unit], qmodel: nn.Module, recon: ReconConfig, example: Tensor,
+                echo: Callable[..., None] = lambda *args, **kwargs: None) -> list[Unit]:
+    """The reconstruction units as ``recon`` shapes them from ``split_units``' list: runs of
+    ``unit_blocks`` blocks chained into one unit (``chain_blocks``, ``unit_blocks_in_stage``),
+    then the stem and the head joined to the block next to them (``join_end_layers``); each
+    step said in one line. ``example``: a calibration batch, for the float forward that checks
+    what feeds what."""
+    if recon.unit_blocks > 1:
+        units = _chained(units, qmodel, recon.unit_blocks, recon.unit_blocks_in_stage,
+                         example, echo)
+    if recon.join_end_layers:
+        units = _joined_ends(units, qmodel, example, echo)
+    return units
+
+
 def _chained(units: list[Unit], qmodel: nn.Module, size: int, in_stage: bool,
              example: Tensor, echo: Callable[..., None]) -> list[Unit]:
     """``recon.unit_blocks``: consecutive blocks joined into units (``chain_blocks``), said in
@@ -661,11 +676,7 @@ def _reconstruct(job: _Job, folder: _RunFolder, tally: _Tally) -> Calibrated:
     started = time.perf_counter()
     elapsed_before = resumed["elapsed"] if resumed is not None else 0.0
     qmodel, units = _quantize(float_net, quant, job.mixed, batches, report, echo)
-    if recon.unit_blocks > 1:
-        units = _chained(units, qmodel, recon.unit_blocks, recon.unit_blocks_in_stage,
-                         batches[0][:2], echo)
-    if recon.join_end_layers:
-        units = _joined_ends(units, qmodel, batches[0][:2], echo)
+    units = shape_units(units, qmodel, recon, batches[0][:2], echo)
     folded = copy.deepcopy(float_net).eval()
     fold_batchnorms(folded)
     report.float_ops = float_ops(qmodel)  # what stays float outside Conv/Linear layers
