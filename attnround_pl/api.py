@@ -69,12 +69,13 @@ def quantize(
         w_bits, a_bits, rounding, seed: override ``quant`` (default ``QuantConfig()``: W4A4,
             Attention Round with tau 0.5, Lp range searches with p = 2.4, first and last layer
             8-bit: with ``ReconConfig()``, the ``attnround`` recipe; ``QuantConfig(
-            scale_search_p=2.0)`` with ``ReconConfig(lr=4e-4)`` is the paper's setting; the
-            rounding's own settings are
+            scale_search_p=2.0)`` with ``ReconConfig(lr=4e-4, unit_blocks=1,
+            join_end_layers=False)`` is the paper's setting; the rounding's own settings are
             ``QuantConfig(rounding_args={"tau": 0.25})``).
         iters: optimisation steps per unit, overrides ``recon`` (default ``ReconConfig()``:
             2,000 at batch 64, the rounding parameters at Adam lr 1e-3, the activation steps at
-            4e-4).
+            4e-4, two consecutive blocks a unit and the stem and the head joined to the block
+            next to them).
         mixed: per-layer weight bits by coding length, a ``MixedConfig`` or its dict
             (``{"bit_list": [3, 4, 5, 6]}``); default: single precision. The allocation is
             ``qmodel.bit_allocation``, its table the report's ``mixed``.

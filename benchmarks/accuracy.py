@@ -45,6 +45,9 @@ layers), with their recipe:
                                        block_output_steps true)
     attnround, attnround_blocks        attnround.yaml, this package's recipe (issue 34), and with
                                        the peers' placement
+    attnround_v1, attnround_v1_blocks  the same recipe as it was until 2026-12-03: one block a
+                                       unit, the stem and the head units of their own
+                                       (--recon.unit_blocks 1 --recon.join_end_layers false)
     attention_20k                      the same with BRECQ's budget: 20k iterations, batch 32
     attention_20k_lr1e-3               ... and BRECQ's learning rate 1e-3 for the offsets
     attention_cosine                   Attention Round with both learning rates decayed to 0
@@ -107,6 +110,8 @@ BLOCKS = ("--quant.act_placement", "blocks", "--recon.block_output_steps", "true
 PEERS_V1 = ("--quant.act_placement", "layers", "--recon.block_output_steps", "false",
             "--quant.scale_search_p", "2.0",
             "--recon.lr_schedule", "constant")  # the peers' recipe files before issue 34
+# the unit shape of every recipe but attnround's since 2026-12-03
+ONE_BLOCK = ("--recon.unit_blocks", "1", "--recon.join_end_layers", "false")
 TAUS = ("0", "0.25", "0.75", "1.0")
 TAU_SWEEP = [f"attention_tau{t}" for t in TAUS]  # beside "attention", tau 0.5
 
@@ -135,6 +140,9 @@ METHODS = {
     # this package's recipe (configs/recipes/attnround.yaml; issue 34), and with the placement
     "attnround": Method("attnround"),
     "attnround_blocks": Method("attnround", BLOCKS),
+    # ... as it was until 2026-12-03 (one block a unit, the ends units of their own)
+    "attnround_v1": Method("attnround", ONE_BLOCK),
+    "attnround_v1_blocks": Method("attnround", (*ONE_BLOCK, *BLOCKS)),
     # Attention Round with BRECQ's budget (20k iterations, batch 32), its own learning rates
     "attention_20k": Method("attention", BUDGET_20K),
     # ... and with BRECQ's learning rate for the rounding variables too (1e-3; steps 4e-4)
@@ -258,12 +266,14 @@ SUITES = {
     # the peers' rows are 20k iterations (hours on the 2-core CPU machine: 48 of them)
     "like_for_like": (["resnet20", "mobilenetv2"], [
         Block(["W2A4", "W2A2", "W3A3", "W4A4"], ["attention_blocks", "attnround_blocks",
-                                                  "brecq", "qdrop"], SEEDS3),
+                                                  "attnround_v1_blocks", "brecq", "qdrop"],
+              SEEDS3),
     ]),
     # issue 34's final table on the test set: the default recipe (attnround) and the paper's
     # setting (attention) at the four settings of the goal, one sitting, same code and host
     "recipes": (["resnet20", "mobilenetv2"], [
-        Block(["W4A4", "W3A3", "W2A4", "W2A2"], ["attnround", "attention"], SEEDS3),
+        Block(["W4A4", "W3A3", "W2A4", "W2A2"], ["attnround", "attention", "attnround_v1"],
+              SEEDS3),
     ]),
     "full": (["resnet20", "mobilenetv2"], [
         Block(["W4A32", "W3A32", "W4A4", "W3A3", "W2A4", "W2A2"],

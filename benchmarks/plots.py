@@ -399,7 +399,9 @@ def stale_tables(doc: Path) -> list[str]:
 HEADLINE_MODELS = {"resnet20": "ResNet-20", "mobilenetv2": "MobileNetV2"}
 HEADLINE_RECIPES = {"nearest": "round-to-nearest", "adaround": "AdaRound",
                     "attention": "Attention Round, paper",
-                    "attnround": "attnround (default)", "brecq": "BRECQ's recipe",
+                    "attnround": "attnround (default)",
+                    "attnround_v1": "attnround v1 (until 2026-12-03)",
+                    "brecq": "BRECQ's recipe",
                     "qdrop": "QDrop's recipe",
                     # the peers' recipes as the tables before issue 34 ran them (see
                     # benchmarks/accuracy.py): shown until the like-for-like rows have 3 seeds

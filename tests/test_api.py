@@ -39,9 +39,11 @@ def test_quantize_returns_a_ready_model_with_its_report(quantized):
     fid = report.quantized.fidelity["output"]
     assert fid.samples == 48 and -1.0 <= fid.cosine <= 1.0 and fid.max_abs_diff > 0
     assert report.nearest.fidelity["output"].samples == 48
-    # the residual written in forward is one unit: both of its convs learned together
+    # the residual written in forward is one region, both of its convs learned together; by
+    # default the stem joins it and the head the region before it (recon.join_end_layers)
     layers = {u.name: u.layers for u in report.units}
-    assert ["res_a", "res_b"] in layers.values()
+    assert layers == {"stem..res_b": ["stem", "res_a", "res_b"],
+                      "branch_1x1..head": ["branch_1x1", "branch_3x3", "head"]}
     assert [u.name for u in report.unit_fidelity] == list(layers)
     # the first and last layers to run keep 8 bits, the others 4
     bits = {

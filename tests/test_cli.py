@@ -280,7 +280,8 @@ def test_memory_guard_reaches_the_user_as_one_line(tmp_path, tiny_fmnist, capsys
                      "--run.eval_float", "false", "--run.eval_nearest", "false"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1
-    assert "error: unit 'conv1' needs about" in err and "--data.init_args.calib_size" in err
+    assert "error: unit 'conv1..layer1.1' needs about" in err
+    assert "--data.init_args.calib_size" in err
 
 
 def test_the_paper_recipe_composes_the_settings_of_the_single_file_it_replaced(capsys):
@@ -316,13 +317,15 @@ def test_the_paper_recipe_composes_the_settings_of_the_single_file_it_replaced(c
     from attnround_pl.quant import QuantConfig
 
     assert QuantConfig(**now["quant"]).validate().rounding_settings().tau == 0.5
-    # the main job's default recipe is that with Lp range searches, p = 2.4, and alpha's
-    # learning rate 1e-3: the defaults
+    # the main job's default recipe is that with Lp range searches, p = 2.4, alpha's learning
+    # rate 1e-3, two blocks a unit and the ends joined: the defaults
     main = _print_config(capsys, *MAIN)
     assert main["quant"] == {**now["quant"], "scale_search_p": 2.4}
-    assert main["recon"] == {**now["recon"], "lr": 0.001}
+    assert main["recon"] == {**now["recon"], "lr": 0.001, "unit_blocks": 2,
+                             "join_end_layers": True}
     assert {k: main[k] for k in ("mixed", "model")} == {k: now[k] for k in ("mixed", "model")}
     assert QuantConfig().scale_search_p == 2.4
     from attnround_pl.calib.settings import ReconConfig
 
     assert (ReconConfig().lr, ReconConfig().act_lr) == (1e-3, 4e-4)
+    assert (ReconConfig().unit_blocks, ReconConfig().join_end_layers) == (2, True)

@@ -83,7 +83,8 @@ def test_class_path_model_on_an_image_folder_calibrates_evaluates_exports(projec
                                       "num_classes": None}
     assert 0 <= report["quant_top1"] <= 100 and report["eval_data"].endswith("evaluation split")
     units = {u["name"]: u["layers"] for u in report["units"]}
-    assert ["res_a", "res_b"] in units.values()  # the residual written in forward: one unit
+    # the residual written in forward: one region, the stem joined to it (the default recipe)
+    assert units["stem..res_b"] == ["stem", "res_a", "res_b"]
     capsys.readouterr()
     assert cli.main(["evaluate", "--run", str(run)]) == 0
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
@@ -202,8 +203,12 @@ def test_any_torchvision_model_by_name(project, capsys):
     report = json.loads((run / "report.json").read_text())
     assert report["model_source"] == {"kind": "zoo", "name": "squeezenet1_1", "init_args": {},
                                       "num_classes": 4}
-    # first conv, 8 fire modules x (squeeze conv, the concat of its two expand convs), classifier
-    assert report["unit_rules"] == {"graph": 1 + 8 * 2 + 1}
+    # first conv, 8 fire modules x (squeeze conv, the concat of its two expand convs), classifier;
+    # the default joins the first conv and fire 1's squeeze to fire 1's expand region, and the
+    # classifier to fire 8's (recon.join_end_layers)
+    assert report["unit_rules"] == {"graph": 1 + 8 * 2 + 1 - 3}
+    names = [u["name"] for u in report["units"]]
+    assert names[0].startswith("features.0..") and names[-1].endswith("..classifier.1")
     assert cli.main(["export", "--run", str(run), "--format", "onnx"]) == 0
     exported = json.loads((run / "report.json").read_text())
     assert exported["onnx_argmax_mismatch"] == 0 and exported["onnx_images"] == 4

@@ -396,6 +396,8 @@ def _chained(units: list[Unit], qmodel: nn.Module, size: int, in_stage: bool,
              example: Tensor, echo: Callable[..., None]) -> list[Unit]:
     """``recon.unit_blocks``: consecutive blocks joined into units (``chain_blocks``), said in
     one line."""
+    if not any(u.rule == "registry" for u in units):
+        return units  # no registered blocks (units cut from a graph): nothing to chain or say
     chained = chain_blocks(units, qmodel, size, example, in_stage=in_stage)
     joined = sum(len(u.chain) for u in chained)
     echo(f"recon.unit_blocks={size}{' in stage' if in_stage else ''}: {joined} of "

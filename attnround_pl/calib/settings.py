@@ -83,21 +83,24 @@ class ReconConfig:
             measured after it, as BRECQ's and QDrop's code learn every block's output
             quantizer with the block that produces it. A unit whose output goes through
             another operation first (an in-place ReLU, a pooling) keeps the former order.
-        unit_blocks: how many consecutive blocks make one reconstruction unit. 1 (default):
-            each block is a unit. N > 1: each run of up to N registered blocks (ResNet's,
+        unit_blocks: how many consecutive blocks make one reconstruction unit. 2 (default,
+            the ``attnround`` recipe's): each run of up to 2 registered blocks (ResNet's,
             MobileNetV2's, ...) where each block's input is exactly the block before's output
             is one unit, its error measured at the last block's output (BRECQ's larger
             units); layers outside blocks and units cut from a traced graph stay as they are.
+            1: each block is a unit (the paper's setting and the peers' recipes).
         unit_blocks_in_stage: with ``unit_blocks`` > 1 only. False (default): a run goes on
             across a stage's end (ResNet-20's ``layer1.2`` with ``layer2.0``). True: a run
             also ends where the next block has another parent module (``layer1`` ->
-            ``layer2``), so every unit lies inside one stage.
-        join_end_layers: False (default): the layers before the first block (the stem) and
-            after the last (the head: a last conv, the classifier) are units of their own.
-            True: they join the block next to them, one unit each end, so the first unit
-            learns from the images and the last on the network's output (its logits). Tiny
-            units cost 5-10x their float work a step (docs/speed.md); joined, they cost that
-            of their share of the larger unit.
+            ``layer2``), so every unit lies inside one stage (measured: no gain on ResNet-20
+            W2A2, docs/benchmarks.md).
+        join_end_layers: True (default, the ``attnround`` recipe's): the layers before the
+            first block (the stem) and after the last (the head: a last conv, the classifier)
+            join the block next to them, one unit each end, so the first unit learns from the
+            images and the last on the network's output (its logits). Tiny units cost 5-10x
+            their float work a step (docs/speed.md); joined, they cost that of their share of
+            the larger unit. False: they are units of their own (the paper's setting and the
+            peers' recipes).
     """
 
     iters: int = 2000
@@ -115,9 +118,9 @@ class ReconConfig:
     act_stage_loss_p: float = 2.0
     loss: str = "mse"
     block_output_steps: bool = False
-    unit_blocks: int = 1
+    unit_blocks: int = 2
     unit_blocks_in_stage: bool = False
-    join_end_layers: bool = False
+    join_end_layers: bool = True
 
     def validate(self) -> ReconConfig:
         check_finite(self, "recon")

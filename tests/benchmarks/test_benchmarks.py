@@ -105,7 +105,9 @@ def old_row_settings(model: str, setting: str, method: str, seed: int) -> dict:
     cfg["seed_everything"] = seed
     quant = {**copy.deepcopy(OLD_QUANT), **cfg.pop("quant")}
     quant["seed"] = seed  # the command line links seed_everything to quant.seed (then as now)
-    recon = {**ReconConfig().__dict__, **cfg.pop("recon")}
+    # the old rows' units: one block each, the stem and the head apart (keys added since)
+    recon = {**ReconConfig().__dict__, "unit_blocks": 1, "join_end_layers": False,
+             **cfg.pop("recon")}
     args = [*old_setting_args(setting), *OLD_METHODS[method]]
     for flag, text in zip(args[::2], args[1::2], strict=True):
         group, *path = flag.removeprefix("--").split(".")
@@ -149,7 +151,8 @@ def test_every_suite_row_composes_the_settings_its_old_arguments_gave():
 
     acc = _load("accuracy")
     assert set(acc.METHODS) - set(OLD_METHODS) == {  # new with issue 34
-        "brecq", "qdrop", "attention_blocks", "attnround", "attnround_blocks"}
+        "brecq", "qdrop", "attention_blocks", "attnround", "attnround_blocks", "attnround_v1",
+        "attnround_v1_blocks"}
     rows = {(m, s, meth) for models, plan in acc.SUITES.values() for m in models
             for block in plan for s in block.settings for meth in block.methods
             if meth in OLD_METHODS}
@@ -207,10 +210,17 @@ def test_the_peer_methods_run_their_published_code_and_v1_what_the_tables_ran():
     assert stages == {"brecq": (5000, 2.4), "qdrop": (0, 2.0), "brecq_v1": (0, 2.0),
                       "qdrop_v1": (0, 2.0)}
     # ours beside them: the same placement and order
-    for m in ("attention_blocks", "attnround_blocks"):
+    for m in ("attention_blocks", "attnround_blocks", "attnround_v1_blocks"):
         ours = parser.parse_args(acc.calibrate_args("resnet20", "W2A4", m, 0))
         assert (ours["quant"]["act_placement"], ours["recon"]["block_output_steps"]) == (
             "blocks", True), m
+    # attnround's units since 2026-12-03 (two blocks, the ends joined); v1 and the others: one
+    shapes = {m: (lambda r: (r["unit_blocks"], r["join_end_layers"]))(
+        parser.parse_args(acc.calibrate_args("resnet20", "W2A4", m, 0))["recon"])
+        for m in ("attnround", "attnround_blocks", "attnround_v1", "attnround_v1_blocks",
+                  "attention", "adaround", "brecq", "qdrop", "nearest")}
+    assert shapes == {**dict.fromkeys(shapes, (1, False)), "attnround": (2, True),
+                      "attnround_blocks": (2, True)}
 
 
 def test_the_peers_weigh_the_regulariser_by_model_as_their_code_does():
@@ -719,12 +729,16 @@ def test_every_lever_variant_parses_on_every_recipe_it_is_run_with():
                 assert cfg["quant"]["rounding_args"] == {"tau": 0.5, "init": "zero"}
             if "--recon.iters" in options:
                 assert cfg["recon"]["iters"] == int(options[options.index("--recon.iters") + 1])
-            assert cfg["recon"]["join_end_layers"] is ("--recon.join_end_layers" in options)
+            # the recipe's units unless the variant sets them (attnround: two blocks, ends
+            # joined; the others: one block, ends apart)
+            ours = recipe == "attnround"
+            assert cfg["recon"]["join_end_layers"] is (
+                ours or "--recon.join_end_layers" in options)
             assert cfg["recon"]["unit_blocks_in_stage"] is (
                 "--recon.unit_blocks_in_stage" in options)
-            if "--recon.unit_blocks" in options:
-                assert cfg["recon"]["unit_blocks"] == int(
-                    options[options.index("--recon.unit_blocks") + 1])
+            assert cfg["recon"]["unit_blocks"] == (
+                int(options[options.index("--recon.unit_blocks") + 1])
+                if "--recon.unit_blocks" in options else 2 if ours else 1)
 
 
 def test_levers_results_keep_the_rows_other_commands_wrote(tmp_path):

@@ -79,7 +79,8 @@ def _quantize(block_output_steps: bool) -> nn.Module:
     return attnround_pl.quantize(
         net, torch.randn(16, 3, 12, 12), quant=QuantConfig(w_bits=4, a_bits=4,
                                                            act_placement="blocks"),
-        recon=ReconConfig(iters=3, block_output_steps=block_output_steps), progress=False)
+        recon=ReconConfig(iters=3, block_output_steps=block_output_steps, unit_blocks=1,
+                          join_end_layers=False), progress=False)  # each block a unit
 
 
 def test_a_calibration_learns_each_output_quantizer_with_the_unit_before():

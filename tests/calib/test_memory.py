@@ -72,12 +72,13 @@ def test_guard_stops_before_the_cache_and_keeps_finished_units(tmp_path, tiny_fm
                     eval_nearest=False)
     args = (FloatModel("resnet20", weights=None), data, QuantConfig(w_bits=3),
             ReconConfig(iters=2, batch_size=4))
-    with pytest.raises(CacheMemoryError, match=r"unit 'layer1.2' needs about .* --run.resume"):
+    with pytest.raises(CacheMemoryError,
+                       match=r"unit 'layer3.0..layer3.1' needs about .* --run.resume"):
         calibrate(*args, run, {"accelerator": "cpu"})
     assert torch.load(tmp_path / "r" / PROGRESS, weights_only=True)["units"] == [
-        "conv1", "layer1.0", "layer1.1"]
+        "conv1..layer1.1", "layer1.2..layer2.0", "layer2.1..layer2.2"]
     monkeypatch.setattr(sequencer_module, "available_bytes", lambda: 2**40)
     resumed = RunConfig(progress=False, eval_float=False, eval_nearest=False,
                         resume=str(tmp_path / "r"))
     report = calibrate(*args, resumed, {"accelerator": "cpu"})
-    assert report.resumed_after_units == 3 and len(report.units) == 11
+    assert report.resumed_after_units == 3 and len(report.units) == 5

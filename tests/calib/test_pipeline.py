@@ -6,6 +6,7 @@ from imagefolder_fixture import make_image_folder
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from attnround_pl.calib import FloatModel, ReconConfig, RunConfig, calibrate
+from attnround_pl.calib.pipeline import shape_units
 from attnround_pl.calib.report import Report
 from attnround_pl.data import FashionMNISTDataModule, ImageFolderDataModule
 from attnround_pl.errors import SettingError
@@ -61,8 +62,12 @@ def test_end_to_end_torchvision_architectures(tmp_path, arch):
     assert (run_dir / "quantized_state.safetensors").is_file()
     assert json.loads((run_dir / "report.json").read_text())["model"] == arch
     assert 0 <= report.quantized.top1 <= 100
-    units = split_units(quantize_model(model.net, QuantConfig(rounding="nearest")))
+    # the default recipe's units: two blocks a unit, the stem and the head joined to them
+    qnet = quantize_model(model.net, QuantConfig(rounding="nearest"))
+    example = torch.randn(2, 3, 32, 32)
+    units = shape_units(split_units(qnet), qnet, ReconConfig(), example)
     assert [u.name for u in report.units] == [u.name for u in units]
+    assert len(units) < len(split_units(qnet)) and units[0].kind == "joined"
     assert all(u.iters == 2 for u in report.units)
 
 
@@ -94,7 +99,8 @@ def test_tensorboard_holds_per_unit_loss_and_refuses_overwrite(tmp_path, tiny_fm
         assert f"recon/{unit.name}/loss" in tags
         assert f"recon/{unit.name}/mse_final" in tags
     # every step's loss at its step number, though 10 steps make one Lightning batch
-    assert [e.step for e in events.Scalars("recon/layer1.0/loss")] == [0, 1, 2, 3, 4, 5]
+    first_block = report.units[0].name  # conv1..layer1.1: the stem joined to two blocks
+    assert [e.step for e in events.Scalars(f"recon/{first_block}/loss")] == [0, 1, 2, 3, 4, 5]
     with pytest.raises(FileExistsError, match="already holds a finished run"):
         _run(tmp_path, model, data)
 

@@ -113,7 +113,8 @@ def _quantize(unit_blocks: int, **kwargs) -> nn.Module:
     return attnround_pl.quantize(
         TwoBlocks().eval(), torch.randn(16, 3, 12, 12),
         quant=QuantConfig(w_bits=4, a_bits=4, **kwargs.pop("quant", {})),
-        recon=ReconConfig(iters=3, unit_blocks=unit_blocks, **kwargs), progress=False)
+        recon=ReconConfig(iters=3, unit_blocks=unit_blocks, join_end_layers=False, **kwargs),
+        progress=False)
 
 
 def test_a_calibration_reconstructs_the_chain_as_one_unit():
@@ -143,7 +144,8 @@ def test_a_calibration_keeps_in_stage_chains_inside_their_stage():
     torch.manual_seed(0)
     qmodel = attnround_pl.quantize(
         TwoStages().eval(), torch.randn(16, 3, 12, 12), quant=QuantConfig(w_bits=4, a_bits=4),
-        recon=ReconConfig(iters=3, unit_blocks=2, unit_blocks_in_stage=True), progress=False)
+        recon=ReconConfig(iters=3, unit_blocks=2, unit_blocks_in_stage=True,
+                          join_end_layers=False), progress=False)
     assert [u.name for u in qmodel.report.units] == ["stem", "s1.0..s1.1", "s1.2",
                                                      "s2.0..s2.1", "fc"]
     assert qmodel.report.recon["unit_blocks_in_stage"] is True
@@ -154,4 +156,4 @@ def test_unit_blocks_below_one_is_refused():
     with pytest.raises(SettingError, match="recon.unit_blocks=0 must be >= 1"):
         ReconConfig(unit_blocks=0).validate()
     with pytest.raises(SettingError, match="unit_blocks_in_stage=true needs recon.unit_blocks"):
-        ReconConfig(unit_blocks_in_stage=True).validate()
+        ReconConfig(unit_blocks=1, unit_blocks_in_stage=True).validate()

@@ -163,7 +163,8 @@ def test_a_calibration_learns_the_joined_ends_as_units(options):
     quant = QuantConfig(w_bits=4, a_bits=4, **options.pop("quant", {}))
     qmodel = attnround_pl.quantize(
         SmallResNet().eval(), torch.randn(16, 3, 12, 12), quant=quant,
-        recon=ReconConfig(iters=3, join_end_layers=True, **options), progress=False)
+        recon=ReconConfig(iters=3, unit_blocks=1, join_end_layers=True, **options),
+        progress=False)
     names = [u.name for u in qmodel.report.units]
     assert names == ["stem.0..layer.0", "layer.1..fc"]
     assert qmodel.report.recon["join_end_layers"] is True
