@@ -396,12 +396,12 @@ def _chained(units: list[Unit], qmodel: nn.Module, size: int, in_stage: bool,
              example: Tensor, echo: Callable[..., None]) -> list[Unit]:
     """``recon.unit_blocks``: consecutive blocks joined into units (``chain_blocks``), said in
     one line."""
-    if not any(u.rule == "registry" for u in units):
+    blocks = sum(u.rule == "registry" for u in units)
+    if not blocks:
         return units  # no registered blocks (units cut from a graph): nothing to chain or say
     chained = chain_blocks(units, qmodel, size, example, in_stage=in_stage)
     joined = sum(len(u.chain) for u in chained)
-    echo(f"recon.unit_blocks={size}{' in stage' if in_stage else ''}: {joined} of "
-         f"{sum(u.rule == 'registry' for u in units)} "
+    echo(f"recon.unit_blocks={size}{' in stage' if in_stage else ''}: {joined} of {blocks} "
          f"blocks joined into {sum(bool(u.chain) for u in chained)} units; "
          f"{len(units)} units -> {len(chained)}")
     return chained

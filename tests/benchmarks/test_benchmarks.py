@@ -215,10 +215,11 @@ def test_the_peer_methods_run_their_published_code_and_v1_what_the_tables_ran():
         assert (ours["quant"]["act_placement"], ours["recon"]["block_output_steps"]) == (
             "blocks", True), m
     # attnround's units since 2026-12-03 (two blocks, the ends joined); v1 and the others: one
-    shapes = {m: (lambda r: (r["unit_blocks"], r["join_end_layers"]))(
-        parser.parse_args(acc.calibrate_args("resnet20", "W2A4", m, 0))["recon"])
-        for m in ("attnround", "attnround_blocks", "attnround_v1", "attnround_v1_blocks",
-                  "attention", "adaround", "brecq", "qdrop", "nearest")}
+    shapes = {}
+    for m in ("attnround", "attnround_blocks", "attnround_v1", "attnround_v1_blocks",
+              "attention", "adaround", "brecq", "qdrop", "nearest"):
+        recon = parser.parse_args(acc.calibrate_args("resnet20", "W2A4", m, 0))["recon"]
+        shapes[m] = (recon["unit_blocks"], recon["join_end_layers"])
     assert shapes == {**dict.fromkeys(shapes, (1, False)), "attnround": (2, True),
                       "attnround_blocks": (2, True)}
 
