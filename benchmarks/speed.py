@@ -24,8 +24,10 @@ column leaves out the first step, which is where set-up and compilation happen.
 TensorBoard logger (in a temporary folder).
 ``--cuda-graph`` (with ``--accelerator gpu``) replays each unit's whole step from a CUDA graph
 in both loops (``recon.cuda_graph``; the graph is recorded in the first step).
-``--unit-blocks N`` and ``--join-end-layers`` time the units those settings of ``recon`` make
-(N consecutive blocks a unit; the stem and the head joined to the block next to them).
+The units are the default recipe's (``recon.unit_blocks 2``, ``recon.join_end_layers true``:
+two consecutive blocks a unit, the stem and the head joined to the block next to them);
+``--unit-blocks 1 --no-join-end-layers`` times one block a unit with the ends apart (the
+default until 2026-12-03; the other recipes' units), and the file name says so.
 """
 
 from __future__ import annotations
@@ -244,11 +246,15 @@ def main() -> None:
     parser.add_argument("--cuda-graph", action="store_true")
     parser.add_argument("--as-run", action="store_true",
                         help="the Lightning fit as calibrate runs it: progress bar, TensorBoard")
-    parser.add_argument("--unit-blocks", type=int, default=1,
-                        help="consecutive blocks a unit (recon.unit_blocks)")
-    parser.add_argument("--join-end-layers", action="store_true",
+    recipe = ReconConfig()  # the default recipe's units, as users run it
+    parser.add_argument("--unit-blocks", type=int, default=recipe.unit_blocks,
+                        help="consecutive blocks a unit (recon.unit_blocks; default "
+                             f"{recipe.unit_blocks}, the default recipe's)")
+    parser.add_argument("--join-end-layers", action=argparse.BooleanOptionalAction,
+                        default=recipe.join_end_layers,
                         help="the stem and the head joined to the block next to them "
-                             "(recon.join_end_layers)")
+                             "(recon.join_end_layers; default: the default recipe's, "
+                             f"{recipe.join_end_layers})")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args()
     if args.unit_blocks < 1:
@@ -290,8 +296,10 @@ def main() -> None:
     suffix += "" if args.compile == "off" else f"_compile-{args.compile}"
     suffix += "_cudagraph" if args.cuda_graph else ""
     suffix += "_as-run" if args.as_run else ""
-    suffix += f"_blocks{args.unit_blocks}" if args.unit_blocks > 1 else ""
-    suffix += "_join" if args.join_end_layers else ""
+    # units other than the default recipe's are named in the file
+    suffix += f"_blocks{args.unit_blocks}" if args.unit_blocks != recipe.unit_blocks else ""
+    suffix += "" if args.join_end_layers == recipe.join_end_layers else (
+        "_join" if args.join_end_layers else "_ends-apart")
     path = args.out / f"speed_{args.model}{suffix}.json"
     path.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {path}", file=sys.stderr)

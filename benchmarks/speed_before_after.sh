@@ -11,6 +11,9 @@
 # times only the two embedded models, both trees as calibrate runs them (--as-run), in
 # <rounds> rounds (default 3) of: before ResNet-20, before MobileNetV2, after ResNet-20,
 # after MobileNetV2 (the "before" folder then holds --as-run runs too).
+# speed.py times the default recipe's units (two blocks a unit, the ends joined) since
+# 2026-12-03; a <before-revision> older than that times one block a unit with the ends apart,
+# so its rows compare units of another shape (the JSONs record unit_blocks, join_end_layers).
 set -euo pipefail
 before_rev=${1:?usage: speed_before_after.sh <before-revision> <out-folder>}
 out=$(realpath -m "${2:?usage: speed_before_after.sh <before-revision> <out-folder>}")

@@ -17,12 +17,14 @@ KINDS = ("before", "after", "as-run")
 
 
 def load_runs(folder: Path) -> dict[tuple[str, str], dict[str, dict]]:
-    """{(JSON file name, run id): {kind: result}} for every run found under ``folder``."""
+    """{(model and image size, run id): {kind: result}} for every run found under ``folder``;
+    a model's runs pair whatever their file names add (as run, units, compile mode)."""
     runs: dict[tuple[str, str], dict[str, dict]] = {}
     for kind in KINDS:
         for path in sorted((folder / kind).glob("r*/speed_*.json")):
-            name = path.name.replace("_as-run", "")
-            runs.setdefault((name, path.parent.name), {})[kind] = json.loads(path.read_text())
+            result = json.loads(path.read_text())
+            size = "x".join(map(str, result["image_size"][1:]))
+            runs.setdefault((f"{result['model']} {size} px", path.parent.name), {})[kind] = result
     return runs
 
 
@@ -40,10 +42,8 @@ def summary(folder: Path) -> str:
         "ratio | as run: steady ms | float ms | ratio |",
         "| --- |" + " ---: |" * 9,
     ]
-    for (_name, run), kinds in load_runs(folder).items():
-        any_result = next(iter(kinds.values()))
-        size = "x".join(map(str, any_result["image_size"][1:]))
-        label = f"{any_result['model']} {size} px, {run}"
+    for (name, run), kinds in load_runs(folder).items():
+        label = f"{name}, {run}"
         cells = " | ".join(_cell(kinds.get(kind)) for kind in KINDS)
         lines.append(f"| {label} | {cells} |")
     return "\n".join(lines)

@@ -595,20 +595,20 @@ def test_mixed_sizes_row_fits_its_budget_and_prints_every_layer():
     assert text.endswith("`" + "".join(map(str, row["bits"])) + "` |")
 
 
+DEFAULT_RESNET20_UNITS = ["conv1..layer1.1", "layer1.2..layer2.0", "layer2.1..layer2.2",
+                          "layer3.0..layer3.1", "layer3.2..fc"]
+
+
 def test_speed_times_every_unit_against_its_float_forward_backward(tmp_path, monkeypatch, capsys):
-
-    from attnround_pl.models import build_model, split_units
-    from attnround_pl.quant import QuantConfig, quantize_model
-
     speed = _load("speed")
     argv = ["speed.py", "--model", "resnet20", "--images", "random", "--iters", "12",
             "--batch", "8", "--calib", "16", "--out", str(tmp_path), "--as-run"]
     monkeypatch.setattr(sys, "argv", argv)
     speed.main()
     result = json.loads((tmp_path / "speed_resnet20_random28_as-run.json").read_text())
-    qmodel = quantize_model(build_model("resnet20", weights=None), QuantConfig())
-    units = [u.name for u in split_units(qmodel)]
-    assert [r["unit"] for r in result["rows"]] == units and len(units) == 11
+    # by default the default recipe's units (two blocks a unit, the ends joined)
+    assert [r["unit"] for r in result["rows"]] == DEFAULT_RESNET20_UNITS
+    assert (result["unit_blocks"], result["join_end_layers"]) == (2, True)
     for row in result["rows"]:
         assert min(row["lightning_ms"], row["bare_ms"], row["float_fwd_bwd_ms"]) > 0
         assert row["ratio"] == pytest.approx(row["lightning_ms"] / row["float_fwd_bwd_ms"])
@@ -622,21 +622,26 @@ def test_speed_times_every_unit_against_its_float_forward_backward(tmp_path, mon
     assert result["image_size"] == [1, 28, 28] and result["images"] == "random"
     assert result["compile"] == "off" and result["as_run"] is True
     table = capsys.readouterr().out
-    assert table.count("\n| layer") == 9 and "| all units |" in table
+    assert table.count("\n| layer") == 4 and "| all units |" in table
 
 
-def test_speed_times_the_joined_units_of_unit_blocks_and_join_end_layers(tmp_path, monkeypatch):
+def test_speed_times_one_block_a_unit_with_the_ends_apart_when_asked(tmp_path, monkeypatch):
+    from attnround_pl.models import build_model, split_units
+    from attnround_pl.quant import QuantConfig, quantize_model
+
     speed = _load("speed")
     argv = ["speed.py", "--model", "resnet20", "--images", "random", "--iters", "12",
-            "--batch", "8", "--calib", "16", "--out", str(tmp_path), "--unit-blocks", "2",
-            "--join-end-layers"]
+            "--batch", "8", "--calib", "16", "--out", str(tmp_path), "--unit-blocks", "1",
+            "--no-join-end-layers"]
     monkeypatch.setattr(sys, "argv", argv)
     speed.main()
-    result = json.loads((tmp_path / "speed_resnet20_random28_blocks2_join.json").read_text())
-    assert [r["unit"] for r in result["rows"]] == [
-        "conv1..layer1.1", "layer1.2..layer2.0", "layer2.1..layer2.2", "layer3.0..layer3.1",
-        "layer3.2..fc"]
-    assert (result["unit_blocks"], result["join_end_layers"]) == (2, True)
+    # units other than the default recipe's are named in the file
+    result = json.loads(
+        (tmp_path / "speed_resnet20_random28_blocks1_ends-apart.json").read_text())
+    qmodel = quantize_model(build_model("resnet20", weights=None), QuantConfig())
+    units = [u.name for u in split_units(qmodel)]
+    assert [r["unit"] for r in result["rows"]] == units and len(units) == 11
+    assert (result["unit_blocks"], result["join_end_layers"]) == (1, False)
     assert all(min(r["bare_ms"], r["float_fwd_bwd_ms"]) > 0 for r in result["rows"])
     monkeypatch.setattr(sys, "argv", ["speed.py", "--unit-blocks", "0"])
     with pytest.raises(SystemExit):
@@ -665,7 +670,7 @@ def test_speed_table_puts_before_after_and_as_run_side_by_side(tmp_path):
 
     speed_table = _load("speed_table")
 
-    def write(kind, run, steady, floor, name="speed_resnet20.json"):
+    def write(kind, run, steady, floor, name="speed_resnet20.json", model="resnet20"):
         folder = tmp_path / kind / run
         folder.mkdir(parents=True, exist_ok=True)
         row = {"unit": "conv1", "lightning_steady_ms": steady, "bare_ms": steady / 2}
@@ -673,18 +678,25 @@ def test_speed_table_puts_before_after_and_as_run_side_by_side(tmp_path):
         total = {"lightning_steady_ms": steady, "bare_ms": steady / 2, "float_fwd_bwd_ms": floor}
         name = name.replace(".json", "_as-run.json") if kind == "as-run" else name
         (folder / name).write_text(json.dumps(
-            {"model": "resnet20", "image_size": [1, 28, 28], "rows": rows, "total": total}))
+            {"model": model, "image_size": [1, 28, 28], "rows": rows, "total": total}))
 
     write("before", "r1", 70.0, 20.0)
     write("after", "r1", 36.0, 15.0)
     write("as-run", "r1", 40.0, 16.0)
     write("before", "r2", 50.0, 10.0)
+    # runs of one model pair whatever their file names add (here other units)
+    write("before", "r3", 60.0, 30.0, name="speed_resnet20_as-run_blocks1_ends-apart.json")
+    write("after", "r3", 45.0, 30.0, name="speed_resnet20_as-run.json")
+    write("after", "r3", 45.0, 15.0, name="speed_mobilenetv2_as-run.json", model="mobilenetv2")
     table = speed_table.summary(tmp_path).splitlines()
     assert table[2] == (
         "| resnet20 28x28 px, r1 | 70.0 | 20.0 | **3.50x** | 36.0 | 15.0 | "
         "**2.40x** | 40.0 | 16.0 | **2.50x** |"
     )
     assert table[3].startswith("| resnet20 28x28 px, r2 | 50.0 | 10.0 | **5.00x** | - | - | -")
+    assert "| resnet20 28x28 px, r3 | 60.0 | 30.0 | **2.00x** | 45.0 | 30.0 | **1.50x** |" in (
+        table[4])
+    assert table[5].startswith("| mobilenetv2 28x28 px, r3 | - | - | - | 45.0 | 15.0 | **3.00x**")
     units = speed_table.units(tmp_path / "after" / "r1" / "speed_resnet20.json").splitlines()
     assert units[2] == "| conv1 | 36.00 | 18.00 | 15.00 | 2.40x |"
     assert units[-1] == "| all units | 36.00 | 18.00 | 15.00 | 2.40x |"

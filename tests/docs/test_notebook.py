@@ -18,8 +18,8 @@ def test_quickstart_notebook_runs(tmp_path, fmnist_root, monkeypatch):
                      for o in c.get("outputs", []))
     # every ResNet-20 unit learned and logged: the default recipe's 5 (two blocks a unit, the
     # stem and the head joined to them)
-    assert "5 loss curves" in text
-    assert "'layer1.0.conv1': " in text and "size " in text
+    assert "5 loss curves" in text, text  # the notebook's printed output, if it fails
+    assert "'layer1.0.conv1': " in text and "size " in text, text
     images = [o for c in nb.cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
-    assert len(images) >= 2  # the loss curves and the bits-per-layer plot
+    assert len(images) >= 2, text  # the loss curves and the bits-per-layer plot
     assert (tmp_path / "quickstart" / "report.json").is_file()
