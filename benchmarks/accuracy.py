@@ -55,6 +55,7 @@ layers), with their recipe:
     attention_tau<t>                   the tau sweep (figure 2 of the paper):
                                        --quant.rounding_args.tau <t>
     attention+aquant                   Attention Round with AQuant's learned activation border
+    attnround+aquant                   the default recipe with AQuant's border
     adaround+drop, attention+drop      our 2k settings with QDrop's dropping (probability 0.5,
                                        --quant.drop.prob 0.5)
 """
@@ -143,6 +144,8 @@ METHODS = {
     # ... as it was until 2026-12-03 (one block a unit, the ends units of their own)
     "attnround_v1": Method("attnround", ONE_BLOCK),
     "attnround_v1_blocks": Method("attnround", (*ONE_BLOCK, *BLOCKS)),
+    # ... with AQuant's learned activation border (issue 34's lever at its two losses)
+    "attnround+aquant": Method("attnround", ("--quant.act_border", "aquant")),
     # Attention Round with BRECQ's budget (20k iterations, batch 32), its own learning rates
     "attention_20k": Method("attention", BUDGET_20K),
     # ... and with BRECQ's learning rate for the rounding variables too (1e-3; steps 4e-4)
@@ -274,6 +277,9 @@ SUITES = {
     "recipes": (["resnet20", "mobilenetv2"], [
         Block(["W4A4", "W3A3", "W2A4", "W2A2"], ["attnround", "attention", "attnround_v1"],
               SEEDS3),
+        # AQuant's border where the default still lost to the best 20k peer row (2026-12-03)
+        Block(["W2A4"], ["attnround+aquant"], SEEDS3, ("mobilenetv2",)),
+        Block(["W2A2"], ["attnround+aquant"], SEEDS3, ("resnet20",)),
     ]),
     "full": (["resnet20", "mobilenetv2"], [
         Block(["W4A32", "W3A32", "W4A4", "W3A3", "W2A4", "W2A2"],
