@@ -152,7 +152,7 @@ def test_every_suite_row_composes_the_settings_its_old_arguments_gave():
     acc = _load("accuracy")
     assert set(acc.METHODS) - set(OLD_METHODS) == {  # new with issue 34
         "brecq", "qdrop", "attention_blocks", "attnround", "attnround_blocks", "attnround_v1",
-        "attnround_v1_blocks"}
+        "attnround_v1_blocks", "attnround+aquant"}
     rows = {(m, s, meth) for models, plan in acc.SUITES.values() for m in models
             for block in plan for s in block.settings for meth in block.methods
             if meth in OLD_METHODS}
@@ -222,6 +222,13 @@ def test_the_peer_methods_run_their_published_code_and_v1_what_the_tables_ran():
         shapes[m] = (recon["unit_blocks"], recon["join_end_layers"])
     assert shapes == {**dict.fromkeys(shapes, (1, False)), "attnround": (2, True),
                       "attnround_blocks": (2, True)}
+    # the default recipe with AQuant's border: the default's settings but the border
+    default, aquant = (parser.parse_args(acc.calibrate_args("resnet20", "W2A2", m, 0))
+                       for m in ("attnround", "attnround+aquant"))
+    assert (default["quant"]["act_border"], aquant["quant"]["act_border"]) == ("nearest",
+                                                                               "aquant")
+    aquant["quant"]["act_border"] = "nearest"
+    assert aquant["quant"] == default["quant"] and aquant["recon"] == default["recon"]
 
 
 def test_the_peers_weigh_the_regulariser_by_model_as_their_code_does():
