@@ -146,8 +146,8 @@ def calibration_batches(model: str, images: str, count: int, size: int) -> list[
 def measure(model: str, batches: list[torch.Tensor], iters: int, batch: int,
             weights: str | None = "DEFAULT", accelerator: str = "cpu",
             compile: str = "off", cuda_graph: bool = False, as_run: bool = False,
-            scratch: str | None = None, unit_blocks: int = 1,
-            join_ends: bool = False) -> list[dict]:
+            scratch: str | None = None, unit_blocks: int = ReconConfig.unit_blocks,
+            join_ends: bool = ReconConfig.join_end_layers) -> list[dict]:
     """Per unit: ms per iteration through Lightning, in a bare loop, and of the float unit's
     forward + backward; prints one markdown row per unit as it is measured. With
     ``accelerator='gpu'`` the unit's cache lives on the GPU (as ``recon.cache_device: auto``
