@@ -813,3 +813,41 @@ def test_levers_compare_names_a_missing_run_in_one_line(tmp_path, monkeypatch):
     message = str(stop.value)
     assert "attnround:0 has no finished run for resnet20 W2A2 seed 0" in message
     assert "\n" not in message
+
+
+def test_profile_step_counts_each_operator_once_in_its_outermost_category():
+    profile_step = _load("profile_step")
+    conv_bwd, conv_fwd, optim, act = (label for label, _ in profile_step.CATEGORIES[:4])
+    assert profile_step.category("aten::convolution") == conv_fwd
+    assert profile_step.category("aten::convolution_backward") == conv_bwd
+    assert profile_step.category("Optimizer.step#Adam.step") == optim
+    assert profile_step.category("autograd::engine::evaluate_function: _LSQRoundBackward") == act
+    assert profile_step.category("aten::add_") is None
+
+    class Event:  # the fields of torch's FunctionEvent that split_time reads
+        def __init__(self, name, us, parent=None):
+            self.name, self.cpu_time_total, self.cpu_parent = name, us, parent
+
+    step = Event("Optimizer.step#Adam.step", 100.0)
+    mul = Event("aten::mul", 30.0, step)  # inside the optimizer: its time is the optimizer's
+    quant = Event("ActQuantizer.forward", 50.0)
+    conv_in_quant = Event("aten::convolution", 20.0, Event("aten::clamp", 25.0, quant))
+    conv = Event("aten::convolution", 70.0)
+    split = profile_step.split_time([step, mul, quant, conv_in_quant, conv])
+    assert split[optim] == 100.0 and split[act] == 50.0 and split[conv_fwd] == 70.0
+    assert sum(split.values()) == 220.0
+
+
+def test_profile_step_splits_a_units_steady_steps(tiny_fmnist, tmp_path):
+    profile_step = _load("profile_step")
+    result = profile_step.profile_unit("resnet20", None, iters=30, batch=8, calib=32,
+                                       root=tiny_fmnist, weights=None)
+    assert result["unit"] == DEFAULT_RESNET20_UNITS[0]
+    assert result["profiled_steps"] == 20  # the first batch's 10 steps are set-up
+    shares = result["share_percent"]
+    assert sum(shares.values()) == pytest.approx(100.0, abs=1.0)
+    assert min(shares[label] for label, _ in profile_step.CATEGORIES[:4]) > 0
+    assert result["ms_per_step_profiled"] > 0
+    with pytest.raises(SystemExit, match="not a unit of resnet20.*layer3.2..fc"):
+        profile_step.profile_unit("resnet20", "layer9", iters=30, batch=8, calib=32,
+                                  root=tiny_fmnist, weights=None)
