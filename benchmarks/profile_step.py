@@ -30,25 +30,17 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
+from speed import ROOT, calibration_batches, prepared_units
 from torch.autograd.profiler_util import FunctionEvent
 from torch.profiler import ProfilerActivity, profile, record_function
 
 from attnround_pl.calib import BlockReconstruction, build_unit_data
-from attnround_pl.calib.pipeline import machine, shape_units
+from attnround_pl.calib.pipeline import machine
 from attnround_pl.calib.reconstruction import STEPS_PER_BATCH
 from attnround_pl.calib.settings import ReconConfig
-from attnround_pl.data import FashionMNISTDataModule
-from attnround_pl.models import EMBEDDED, build_model, split_units
-from attnround_pl.quant import (
-    ActQuantizer,
-    QuantConfig,
-    WeightQuantizer,
-    calibrate_activations,
-    fold_batchnorms,
-    quantize_model,
-)
+from attnround_pl.models import EMBEDDED
+from attnround_pl.quant import ActQuantizer, WeightQuantizer
 
-ROOT = Path(__file__).resolve().parents[1]
 ACT_QUANT_MARK = "ActQuantizer.forward"
 W_QUANT_MARK = "WeightQuantizer.forward"
 
@@ -154,15 +146,8 @@ def profile_unit(model: str, unit_name: str | None, iters: int, batch: int,
     if model not in EMBEDDED:
         raise SystemExit(f"{model}: profile_step profiles the embedded models "
                          f"({', '.join(EMBEDDED)})")
-    data_module = FashionMNISTDataModule(root=str(root), calib_size=calib)
-    batches = [x for x, _ in data_module.calib_dataloader(256)]
-    qmodel = quantize_model(build_model(model, weights=weights), QuantConfig())
-    calibrate_activations(qmodel, batches)
-    folded = build_model(model, weights=weights)
-    fold_batchnorms(folded)
-    units = shape_units(split_units(qmodel), qmodel,
-                        ReconConfig(unit_blocks=unit_blocks, join_end_layers=join_ends),
-                        batches[0][:2])
+    batches = calibration_batches(model, "fmnist", calib, 28, root)
+    qmodel, folded, units = prepared_units(model, batches, weights, unit_blocks, join_ends)
     names = [u.name for u in units]
     if unit_name is None:
         unit_name = names[0]

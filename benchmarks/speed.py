@@ -58,6 +58,7 @@ from attnround_pl.calib.step import Losses, optimizer_step, step_losses
 from attnround_pl.data import FashionMNISTDataModule
 from attnround_pl.models import (
     EMBEDDED,
+    Unit,
     build_model,
     split_units,
 )
@@ -129,18 +130,36 @@ def per_iter(fn, iters: int, device: torch.device) -> float:
     return (time.perf_counter() - started) / iters
 
 
-def calibration_batches(model: str, images: str, count: int, size: int) -> list[torch.Tensor]:
-    """``count`` Fashion-MNIST calibration images, or random ones (N(0, 1), ``size`` pixels,
-    3 channels for torchvision models, 1 for the embedded ones), in batches of up to 256."""
+def calibration_batches(model: str, images: str, count: int, size: int,
+                        root: Path = ROOT / "data") -> list[torch.Tensor]:
+    """``count`` Fashion-MNIST calibration images (under ``root``), or random ones (N(0, 1),
+    ``size`` pixels, 3 channels for torchvision models, 1 for the embedded ones), in batches of
+    up to 256."""
     if images == "fmnist":
         if model not in EMBEDDED:
             raise SystemExit(f"{model}: no ImageNet here; time it with --images random")
-        data = FashionMNISTDataModule(root=str(ROOT / "data"), calib_size=count)
+        data = FashionMNISTDataModule(root=str(root), calib_size=count)
         return [x for x, _ in data.calib_dataloader(256)]
     channels = 1 if model in EMBEDDED else 3
     gen = torch.Generator().manual_seed(0)
     return [torch.randn(min(256, count - i), channels, size, size, generator=gen)
             for i in range(0, count, 256)]
+
+
+def prepared_units(model: str, batches: list[torch.Tensor], weights: str | None,
+                   unit_blocks: int, join_ends: bool
+                   ) -> tuple[torch.nn.Module, torch.nn.Module, list[Unit]]:
+    """The quantized model (default settings, activation steps observed on ``batches``), the
+    BN-folded float model, and the units of ``recon.unit_blocks`` and
+    ``recon.join_end_layers``: what a unit's reconstruction starts from."""
+    qmodel = quantize_model(build_model(model, weights=weights), QuantConfig())
+    calibrate_activations(qmodel, batches)
+    folded = build_model(model, weights=weights)
+    fold_batchnorms(folded)
+    units = shape_units(split_units(qmodel), qmodel,
+                        ReconConfig(unit_blocks=unit_blocks, join_end_layers=join_ends),
+                        batches[0][:2])
+    return qmodel, folded, units
 
 
 def measure(model: str, batches: list[torch.Tensor], iters: int, batch: int,
@@ -161,17 +180,11 @@ def measure(model: str, batches: list[torch.Tensor], iters: int, batch: int,
         raise ValueError(f"iters={iters}: the steady column needs more than the first batch's "
                          f"{STEPS_PER_BATCH} steps")
     device = torch.device("cuda" if accelerator == "gpu" else "cpu")
-    qmodel = quantize_model(build_model(model, weights=weights), QuantConfig())
-    calibrate_activations(qmodel, batches)
-    folded = build_model(model, weights=weights)
-    fold_batchnorms(folded)
+    qmodel, folded, units = prepared_units(model, batches, weights, unit_blocks, join_ends)
     rows = []
     print("| unit | Lightning ms/iter | steady | bare loop ms/iter | float fwd+bwd ms | "
           "ratio (steady / float) |")
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
-    units = shape_units(split_units(qmodel), qmodel,
-                        ReconConfig(unit_blocks=unit_blocks, join_end_layers=join_ends),
-                        batches[0][:2])
     for unit_spec in units:
         data = build_unit_data(qmodel, folded, unit_spec, batches, str(device))
         unit = unit_spec.module(qmodel)
