@@ -45,7 +45,9 @@ layers), with their recipe:
                                        block_output_steps true)
     attnround, attnround_blocks        attnround.yaml, this package's recipe (issue 34), and with
                                        the peers' placement
-    attnround_v1, attnround_v1_blocks  the same recipe as it was until 2026-12-03: one block a
+    attnround_v2                       the same recipe as it was until 2026-12-04: activations
+                                       rounded to nearest (--quant.act_border nearest)
+    attnround_v1, attnround_v1_blocks  ... and as it was until 2026-12-03: besides, one block a
                                        unit, the stem and the head units of their own
                                        (--recon.unit_blocks 1 --recon.join_end_layers false)
     attention_20k                      the same with BRECQ's budget: 20k iterations, batch 32
@@ -55,7 +57,6 @@ layers), with their recipe:
     attention_tau<t>                   the tau sweep (figure 2 of the paper):
                                        --quant.rounding_args.tau <t>
     attention+aquant                   Attention Round with AQuant's learned activation border
-    attnround+aquant                   the default recipe with AQuant's border
     adaround+drop, attention+drop      our 2k settings with QDrop's dropping (probability 0.5,
                                        --quant.drop.prob 0.5)
 """
@@ -113,6 +114,7 @@ PEERS_V1 = ("--quant.act_placement", "layers", "--recon.block_output_steps", "fa
             "--recon.lr_schedule", "constant")  # the peers' recipe files before issue 34
 # the unit shape of every recipe but attnround's since 2026-12-03
 ONE_BLOCK = ("--recon.unit_blocks", "1", "--recon.join_end_layers", "false")
+NEAREST_BORDER = ("--quant.act_border", "nearest")  # the default recipe's before 2026-12-04
 TAUS = ("0", "0.25", "0.75", "1.0")
 TAU_SWEEP = [f"attention_tau{t}" for t in TAUS]  # beside "attention", tau 0.5
 
@@ -141,11 +143,12 @@ METHODS = {
     # this package's recipe (configs/recipes/attnround.yaml; issue 34), and with the placement
     "attnround": Method("attnround"),
     "attnround_blocks": Method("attnround", BLOCKS),
-    # ... as it was until 2026-12-03 (one block a unit, the ends units of their own)
-    "attnround_v1": Method("attnround", ONE_BLOCK),
-    "attnround_v1_blocks": Method("attnround", (*ONE_BLOCK, *BLOCKS)),
-    # ... with AQuant's learned activation border (issue 34's lever at its two losses)
-    "attnround+aquant": Method("attnround", ("--quant.act_border", "aquant")),
+    # ... as it was until 2026-12-04 (activations rounded to nearest; its rows until then were
+    # named attnround)
+    "attnround_v2": Method("attnround", NEAREST_BORDER),
+    # ... and until 2026-12-03 (besides, one block a unit, the ends units of their own)
+    "attnround_v1": Method("attnround", (*ONE_BLOCK, *NEAREST_BORDER)),
+    "attnround_v1_blocks": Method("attnround", (*ONE_BLOCK, *NEAREST_BORDER, *BLOCKS)),
     # Attention Round with BRECQ's budget (20k iterations, batch 32), its own learning rates
     "attention_20k": Method("attention", BUDGET_20K),
     # ... and with BRECQ's learning rate for the rounding variables too (1e-3; steps 4e-4)
@@ -281,9 +284,8 @@ SUITES = {
         # the headline's baselines on the code of the fused quantizers (issue 31), where the
         # models' own suites hold rows from before it
         Block(["W4A4", "W3A3", "W2A4", "W2A2"], ["nearest", "adaround"], SEEDS3),
-        # AQuant's border where the default still lost to the best 20k peer row (2026-12-03)
-        Block(["W2A4"], ["attnround+aquant"], SEEDS3, ("mobilenetv2",)),
-        Block(["W2A2"], ["attnround+aquant"], SEEDS3, ("resnet20",)),
+        # the default before AQuant's border joined it (2026-12-04)
+        Block(["W4A4", "W3A3", "W2A4", "W2A2"], ["attnround_v2"], SEEDS3),
     ]),
     "full": (["resnet20", "mobilenetv2"], [
         Block(["W4A32", "W3A32", "W4A4", "W3A3", "W2A4", "W2A2"],

@@ -51,7 +51,10 @@ def result_paths() -> list[Path]:
 # every method with the peers' activation placement, unlike every other suite, and a collapsed
 # row there (BRECQ's 10 % at MobileNetV2 W2A2) would squash its panel; its first rows (dated)
 # learned each block's input quantizer with that block, before recon.block_output_steps
-UNPLOTTED_SUITES = ("accuracy_like_for_like.json", "accuracy_like_for_like_2026-12-02.json")
+# and the first rows of the default with AQuant's border (composed by autograd, before the
+# fused border: the default's own rows replace them)
+UNPLOTTED_SUITES = ("accuracy_like_for_like.json", "accuracy_like_for_like_2026-12-02.json",
+                    "accuracy_recipes_2026-12-03.json")
 
 
 def load_rows() -> list[dict]:
@@ -366,16 +369,17 @@ TABLE_MARK = re.compile(r"(<!-- table: (\S+) -->\n)(.*?)(<!-- /table -->)", re.S
 
 def update_doc(doc: Path) -> list[str]:
     """Rewrite every ``<!-- table: accuracy_X.json -->`` ... ``<!-- /table -->`` block of
-    ``doc`` with that JSON's table; the text around the blocks is left as it is. Returns the
-    JSON names written. A block naming a JSON that does not exist raises FileNotFoundError,
-    and a JSON that cannot make its table (unreadable, no rows, rows without a column the
+    ``doc`` with that JSON's table (``<!-- table: goal -->``: ``goal_table``, see
+    ``GENERATED``); the text around the blocks is left as it is. Returns the names written.
+    A block naming a JSON that does not exist raises FileNotFoundError, and a JSON that
+    cannot make its table (unreadable, no rows, rows without a column the
     table needs) stops with a message naming it, in both cases before anything is written."""
     text = doc.read_text()
     names = [m.group(2) for m in TABLE_MARK.finditer(text)]
-    missing = [n for n in names if not (RESULTS / n).is_file()]
+    missing = [n for n in names if n not in GENERATED and not (RESULTS / n).is_file()]
     if missing:
         raise FileNotFoundError(f"{doc} names tables with no JSON in {RESULTS}: {missing}")
-    tables = {n: suite_table(RESULTS / n) for n in names}  # every table made before writing
+    tables = {n: block_table(n) for n in names}  # every table made before writing
 
     def table(m: re.Match) -> str:
         return f"{m.group(1)}{tables[m.group(2)]}\n{m.group(4)}"
@@ -391,7 +395,13 @@ def stale_tables(doc: Path) -> list[str]:
     write now (nothing is written)."""
     text = doc.read_text()
     return [m.group(2) for m in TABLE_MARK.finditer(text)
-            if m.group(3) != suite_table(RESULTS / m.group(2)) + "\n"]
+            if m.group(3) != block_table(m.group(2)) + "\n"]
+
+
+def block_table(name: str) -> str:
+    """The table of a ``<!-- table: NAME -->`` block: a suite's JSON, or one of
+    ``GENERATED`` (tables computed from several suites)."""
+    return GENERATED[name]().rstrip("\n") if name in GENERATED else suite_table(RESULTS / name)
 
 
 # README's headline table: both embedded models, the recipes the benchmarks compare, the
@@ -400,7 +410,7 @@ HEADLINE_MODELS = {"resnet20": "ResNet-20", "mobilenetv2": "MobileNetV2"}
 HEADLINE_RECIPES = {"nearest": "round-to-nearest", "adaround": "AdaRound",
                     "attention": "Attention Round, paper",
                     "attnround": "attnround (default)",
-                    "attnround_v1": "attnround v1 (until 2026-12-03)",
+                    "attnround_v2": "attnround v2 (until 2026-12-04)",
                     "brecq": "BRECQ's recipe",
                     "qdrop": "QDrop's recipe",
                     # the peers' recipes as the tables before issue 34 ran them (see
@@ -426,6 +436,53 @@ def headline_rows() -> dict[tuple[str, str, str], tuple[dict, str]]:
                     and key not in cells):
                 cells[key] = (r, path.name)
     return cells
+
+
+# issue 34's goal, per setting: the default recipe against the best row of the 20k-iteration
+# peer recipes (with HEADLINE_SEEDS seeds), reached when its top-1 is at least the peer's less
+# the larger of the two spreads, in at most GOAL_TIME_SHARE of the peer's wall time
+GOAL_RECIPE = "attnround"
+GOAL_PEERS = ("brecq", "qdrop", "brecq_v1", "qdrop_v1")
+GOAL_TIME_SHARE = 0.25
+
+
+def goal_table() -> str:
+    """Issue 34's goal per model and setting, from the headline's cells: the default's top-1
+    and minutes, the best 20k peer row's, the gap (ours - theirs, pp), the peer's minutes over
+    ours and whether the goal is reached (``GOAL_*``); "-" where either row is missing."""
+    cells = headline_rows()
+    out = ["| model, setting | default (`attnround`) | best 20k-iteration peer row | gap, pp "
+           "| peer's minutes / ours | goal |",
+           "| --- | ---: | ---: | ---: | ---: | --- |"]
+    for model, model_name in HEADLINE_MODELS.items():
+        for setting in HEADLINE_SETTINGS:
+            ours = cells.get((model, setting, GOAL_RECIPE))
+            peers = [cells[model, setting, p][0] for p in GOAL_PEERS
+                     if (model, setting, p) in cells]
+            if ours is None or not peers:
+                out.append(f"| {model_name} {setting} | - | - | - | - | - |")
+                continue
+            ours = ours[0]
+            best = max(peers, key=lambda r: r["top1"])
+            gap = ours["top1"] - best["top1"]
+            ratio = best["calib_seconds"] / ours["calib_seconds"]
+            level = gap >= -max(ours["top1_std"], best["top1_std"])
+            fast = ratio >= 1 / GOAL_TIME_SHARE
+            verdict = ("reached" if level and fast else "**" + "; ".join(
+                ([] if level else [f"behind by {-gap:.2f} pp"])
+                + ([] if fast else [f"only {ratio:.1f}x faster"])) + "**")
+            out.append(
+                f"| {model_name} {setting} "
+                f"| {ours['top1']:.2f} ± {ours['top1_std']:.2f} "
+                f"({minutes(ours['calib_seconds'])} min) "
+                f"| {HEADLINE_RECIPES[best['method']]}: {best['top1']:.2f} ± "
+                f"{best['top1_std']:.2f} ({minutes(best['calib_seconds'])} min) "
+                f"| {gap:+.2f} | {ratio:.0f}x | {verdict} |")
+    return "\n".join(out) + "\n"
+
+
+# table blocks computed from several suites (name -> function), beside the suites' own
+GENERATED = {"goal": goal_table}
 
 
 def minutes(seconds: float) -> str:
@@ -473,6 +530,9 @@ def headline_table() -> str:
     else:
         out += [f"Every cell has a row with {HEADLINE_SEEDS} seeds (a cell without one would "
                 "show `-`)."]
+    out += ["", "The goal (issue 34): the default at least level with the best 20k-iteration "
+            "peer row (within the larger spread) in at most a quarter of its minutes; the "
+            "minutes as each row's sitting measured them:", "", goal_table().rstrip("\n")]
     return "\n".join(out) + "\n"
 
 

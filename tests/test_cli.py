@@ -320,11 +320,18 @@ def test_the_paper_recipe_composes_the_settings_of_the_single_file_it_replaced(c
     # the main job's default recipe is that with Lp range searches, p = 2.4, alpha's learning
     # rate 1e-3, two blocks a unit and the ends joined: the defaults
     main = _print_config(capsys, *MAIN)
-    assert main["quant"] == {**now["quant"], "scale_search_p": 2.4}
+    assert main["quant"] == {**now["quant"], "scale_search_p": 2.4, "act_border": "aquant"}
     assert main["recon"] == {**now["recon"], "lr": 0.001, "unit_blocks": 2,
                              "join_end_layers": True}
     assert {k: main[k] for k in ("mixed", "model")} == {k: now[k] for k in ("mixed", "model")}
     assert QuantConfig().scale_search_p == 2.4
+    # AQuant's border (since 2026-12-04) where the rounding learns; none with a fixed rounding
+    # or the tensorrt profile, none on a file saved before the key
+    assert QuantConfig().validate().act_border == "aquant"
+    assert QuantConfig(rounding="adaround").validate().act_border == "aquant"
+    assert QuantConfig(rounding="nearest").validate().act_border == "nearest"
+    assert QuantConfig(w_bits=8, a_bits=8, profile="tensorrt").validate().act_border == "nearest"
+    assert QuantConfig.from_dict({"w_bits": 3}).act_border == "nearest"
     from attnround_pl.calib.settings import ReconConfig
 
     assert (ReconConfig().lr, ReconConfig().act_lr) == (1e-3, 4e-4)

@@ -22,11 +22,6 @@ OBSERVED_VALUES_PER_BATCH = 65_536
 OBSERVED_VALUES_MAX = 1 << 20
 
 
-def grad_scale(x: Tensor, g: float) -> Tensor:
-    """Identity forward, gradient multiplied by ``g``."""
-    return (x - x * g).detach() + x * g
-
-
 class _LSQRound(torch.autograd.Function):
     """``s * clamp(round(x / s), qmin, qmax)`` with LSQ's gradients, in as few passes over the
     tensor as eager PyTorch allows. The same function as composing ``clamp(x / s)``, a
@@ -243,8 +238,7 @@ class ActQuantizer(nn.Module):
         if self.border is None:
             xq = lsq_round(x, self.step, grid.qmin, grid.qmax, g)
         else:
-            step = grad_scale(self.step, g)
-            xq = self.border(torch.clamp(x / step, grid.qmin, grid.qmax)) * step
+            xq = self.border.quantize(x, self.step, grid.qmin, grid.qmax, g)
         if self.dropping and self.drop_prob > 0:
             kept = x if self.drop_reference is None else self.drop_reference
             if kept.shape != x.shape:

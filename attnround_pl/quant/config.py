@@ -60,6 +60,15 @@ def moved_key_message(key: str) -> str | None:
     return None
 
 
+def default_act_border(rounding: str, profile: str = DEFAULT) -> str:
+    """The activation border ``act_border: null`` stands for: AQuant's learned border
+    (``aquant``, the default recipe's) where the weights' rounding learns in the reconstruction
+    that learns the border too; ``nearest`` with a fixed rounding (nothing learns it) and under
+    profile ``tensorrt`` (a learned border is no plain INT8 Q/DQ)."""
+    learns = rounding in ROUNDINGS and ROUNDINGS[rounding].learnable
+    return "aquant" if learns and profile == DEFAULT else "nearest"
+
+
 @dataclass
 class QuantConfig:
     """What ``quantize_model`` builds.
@@ -74,7 +83,10 @@ class QuantConfig:
     rounding, Attention Round's init): layer ``i`` uses ``seed * 1_000_003 + i``.
     ``layer_w_bits`` sets the weight bits of named layers (a mixed-precision allocation, see
     ``mixed``, is handed to ``quantize_model`` the same way); the first/last layer keys win.
-    ``act_border="aquant"`` learns AQuant's rounding border for every activation quantizer.
+    ``act_border="aquant"`` learns AQuant's rounding border for every activation quantizer;
+    None (the default) is resolved by ``validate``: ``aquant`` where the weights' rounding
+    learns (attention, adaround) under the default profile, ``nearest`` with a fixed rounding
+    or profile ``tensorrt`` (``default_act_border``).
     ``drop`` is QDrop's dropping (``act_quant.DropSettings``: ``prob``, 0 = off).
     ``act_placement`` is where activations are quantized (``placement``): ``layers`` at every
     Conv/Linear input, ``blocks`` once at each block's input as BRECQ and QDrop do.
@@ -88,7 +100,9 @@ class QuantConfig:
         rounding_args: the chosen rounding's own settings, null for its defaults: attention
             {tau: 0.5}; adaround {reg_weight: 0.01, beta_start: 20, beta_end: 2, warmup: 0.2};
             the others none. One key: --quant.rounding_args.tau 0.25.
-        act_border: 'nearest', or 'aquant' (AQuant's learned rounding border).
+        act_border: 'nearest', or 'aquant' (AQuant's learned rounding border, the default
+            recipe's); null: 'aquant' with a learned rounding, 'nearest'
+            with a fixed one or with profile 'tensorrt'.
         layer_w_bits: weight bits of named layers ({layer name: bits}).
         act_placement: 'layers' (each Conv/Linear input quantized) or 'blocks' (each block's
             input quantized once, so the identity shortcut carries quantized values: the
@@ -112,7 +126,7 @@ class QuantConfig:
     last_layer_a_bits: int = 8
     w_per_channel: bool = True
     w_symmetric: bool = False
-    act_border: str = "nearest"
+    act_border: str | None = None
     drop: DropSettings = field(default_factory=DropSettings)
     layer_w_bits: dict[str, int] | None = None
     profile: str = DEFAULT
@@ -131,6 +145,8 @@ class QuantConfig:
         for key in ("a_bits", "first_layer_a_bits", "last_layer_a_bits"):
             check_act_bits(getattr(self, key), key)
         self.rounding_settings()  # an unknown rounding, or settings it does not take
+        if self.act_border is None:
+            self.act_border = default_act_border(self.rounding, self.profile)
         if self.act_border not in BORDERS:
             raise QuantConfigError(
                 f"unknown act_border {self.act_border!r}; valid: {', '.join(BORDERS)}"
@@ -188,6 +204,8 @@ class QuantConfig:
             prob = data.pop("drop_prob")
             data.setdefault("drop", {"prob": prob})
         data.pop("mixed", None)
+        # saved before the key existed: the border of then (null resolves by validate)
+        data.setdefault("act_border", "nearest")
         known = {f.name for f in dataclasses.fields(cls)}
         gone = {k: v for k, v in data.items() if k not in known}
         if any(gone.values()):

@@ -152,7 +152,7 @@ def test_every_suite_row_composes_the_settings_its_old_arguments_gave():
     acc = _load("accuracy")
     assert set(acc.METHODS) - set(OLD_METHODS) == {  # new with issue 34
         "brecq", "qdrop", "attention_blocks", "attnround", "attnround_blocks", "attnround_v1",
-        "attnround_v1_blocks", "attnround+aquant"}
+        "attnround_v1_blocks", "attnround_v2"}
     rows = {(m, s, meth) for models, plan in acc.SUITES.values() for m in models
             for block in plan for s in block.settings for meth in block.methods
             if meth in OLD_METHODS}
@@ -222,13 +222,16 @@ def test_the_peer_methods_run_their_published_code_and_v1_what_the_tables_ran():
         shapes[m] = (recon["unit_blocks"], recon["join_end_layers"])
     assert shapes == {**dict.fromkeys(shapes, (1, False)), "attnround": (2, True),
                       "attnround_blocks": (2, True)}
-    # the default recipe with AQuant's border: the default's settings but the border
-    default, aquant = (parser.parse_args(acc.calibrate_args("resnet20", "W2A2", m, 0))
-                       for m in ("attnround", "attnround+aquant"))
-    assert (default["quant"]["act_border"], aquant["quant"]["act_border"]) == ("nearest",
-                                                                               "aquant")
-    aquant["quant"]["act_border"] = "nearest"
-    assert aquant["quant"] == default["quant"] and aquant["recon"] == default["recon"]
+    # the default recipe learns AQuant's border since 2026-12-04; v2 is it rounding to nearest,
+    # v1 besides with one block a unit: every row named v1 or v2 runs what it ran
+    cfg = {m: parser.parse_args(acc.calibrate_args("resnet20", "W2A2", m, 0))
+           for m in ("attnround", "attnround_blocks", "attnround_v2", "attnround_v1",
+                     "attnround_v1_blocks", "attention")}
+    assert {m: c["quant"]["act_border"] for m, c in cfg.items()} == {
+        **dict.fromkeys(cfg, "nearest"), "attnround": "aquant", "attnround_blocks": "aquant"}
+    cfg["attnround_v2"]["quant"]["act_border"] = "aquant"
+    assert (cfg["attnround_v2"]["quant"], cfg["attnround_v2"]["recon"]) == (
+        cfg["attnround"]["quant"], cfg["attnround"]["recon"])
 
 
 def test_the_peers_weigh_the_regulariser_by_model_as_their_code_does():

@@ -118,3 +118,32 @@ def test_headline_refuses_a_broken_json(tmp_path, monkeypatch):
     (tmp_path / "accuracy_main.json").write_text(json.dumps({"command": "c", "rows": [row]}))
     with pytest.raises(SystemExit, match="accuracy_main.json: row 0 .* has no calib_seconds"):
         plots.headline_table()
+
+
+def test_the_goal_table_compares_the_default_with_the_best_peer_row(tmp_path, monkeypatch):
+    """Issue 34's goal per setting: the best of the 20k peer rows, the gap, the time ratio; a
+    loss beyond the larger spread or less than 4x the speed is named, a missing row is '-'."""
+    plots = load_plots()
+    monkeypatch.setattr(plots, "RESULTS", tmp_path)
+    rows = [_row("resnet20", "W4A4", "attnround", (0, 1, 2), 92.00, 60.0),  # 0.123 spreads
+            _row("resnet20", "W4A4", "qdrop_v1", (0, 1, 2), 92.10, 600.0),  # level, 10x
+            _row("resnet20", "W4A4", "brecq_v1", (0, 1, 2), 91.00, 1200.0),  # not the best
+            _row("resnet20", "W2A2", "attnround", (0, 1, 2), 90.00, 60.0),
+            _row("resnet20", "W2A2", "qdrop", (0, 1, 2), 90.50, 180.0),  # behind, only 3x
+            _row("resnet20", "W3A3", "attnround", (0, 1, 2), 91.00, 60.0),
+            _row("resnet20", "W3A3", "qdrop_v1", (0,), 90.00, 600.0)]  # one seed: no row
+    (tmp_path / "accuracy_recipes.json").write_text(json.dumps({"command": "r", "rows": rows}))
+    lines = plots.goal_table().splitlines()
+    assert ("| ResNet-20 W4A4 | 92.00 ± 0.12 (1.0 min) | QDrop's recipe, v1: 92.10 ± 0.12 "
+            "(10.0 min) | -0.10 | 10x | reached |") in lines
+    assert ("| ResNet-20 W2A2 | 90.00 ± 0.12 (1.0 min) | QDrop's recipe: 90.50 ± 0.12 "
+            "(3.0 min) | -0.50 | 3x | **behind by 0.50 pp; only 3.0x faster** |") in lines
+    assert "| ResNet-20 W3A3 | - | - | - | - | - |" in lines
+    assert "| MobileNetV2 W2A2 | - | - | - | - | - |" in lines
+    # README's headline carries it, and a docs block named "goal" is rewritten with it
+    assert plots.goal_table().rstrip("\n") in plots.headline_table()
+    doc = tmp_path / "page.md"
+    doc.write_text("a\n<!-- table: goal -->\nold\n<!-- /table -->\nb\n")
+    assert plots.stale_tables(doc) == ["goal"]
+    assert plots.update_doc(doc) == ["goal"] and plots.stale_tables(doc) == []
+    assert doc.read_text() == f"a\n<!-- table: goal -->\n{plots.goal_table()}<!-- /table -->\nb\n"

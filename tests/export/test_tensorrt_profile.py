@@ -196,12 +196,20 @@ def test_the_command_line_takes_the_profile_and_its_precision_file(capsys, tmp_p
     assert quant["profile"] == "tensorrt" and quant["w_bits"] == quant["a_bits"] == 8
     # Q/DQ at block inputs (identity shortcuts' Adds), learned in the peers' order
     assert quant["act_placement"] == "blocks" and config["recon"]["block_output_steps"] is True
+    # the file rounds activations to nearest over the default recipe's learned border
+    assert quant["act_border"] == "nearest"
     runs = tmp_path / "runs"
     assert cli.main(["calibrate", *MAIN, "--quant.profile", "tensorrt",
                      "--run.out_dir", str(runs)]) == 2
     assert not runs.exists()
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "w_bits=4 is not allowed with profile 'tensorrt'" in err[0]
+    # at 8 bits without the file, the recipe's border is the one refusal, named in one line
+    assert cli.main(["calibrate", *MAIN, "--quant.profile", "tensorrt", "--quant.w_bits", "8",
+                     "--quant.a_bits", "8", "--run.out_dir", str(runs)]) == 2
+    assert not runs.exists()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "act_border='aquant' is not allowed with profile 'tensorrt'" in err[0]
 
 
 def test_mixed_precision_is_refused_before_any_work():

@@ -131,3 +131,64 @@ def test_calibration_run_with_the_border(tmp_path, tiny_fmnist):
     report = calibrate(FloatModel("resnet20", weights=None), data, quant,
                        ReconConfig(iters=3, batch_size=4), run, {"accelerator": "cpu"})
     assert report.quant["act_border"] == "aquant" and len(report.units) == 5  # the default units
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_the_float_only_codes_equal_the_explicit_ones_ties_and_signs_included(dtype):
+    from attnround_pl.quant.act_border import border_codes
+
+    gen = torch.Generator().manual_seed(4)
+    xt = torch.rand(20000, generator=gen, dtype=dtype) * 30 - 15
+    b = torch.rand(20000, generator=gen, dtype=dtype) * 0.9 + 0.05
+    xt[:500] = torch.floor(xt[:500]) + 0.5  # exact ties at the nearest border, odd and even n
+    b[:500] = 0.5
+    xt[500:1000] = torch.floor(xt[500:1000]) + 0.25  # exact ties at another border
+    b[500:1000] = 0.25
+    xt[1000:1100] = -0.0
+    codes = border_codes(xt, b)
+    assert torch.equal(codes, explicit_codes(xt, b))
+    assert torch.equal(codes[:500] % 2, torch.zeros(500, dtype=dtype))  # ties to even
+    assert (codes[:500] != torch.round(xt[:500] + 0.25)).any()  # ...so not always up
+
+
+def _composed_border(border, x, step, qmin, qmax, g):
+    """The reference: the border quantizer as autograd composes it (what ActQuantizer ran
+    before the fused function): LSQ's scaled step, clamp, ``AQuantBorder.forward``, ``* s``."""
+    scaled = (step - step * g).detach() + step * g
+    return border(torch.clamp(x / scaled, qmin, qmax)) * scaled
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("shape, qmin, qmax, scale", [
+    ((8, 5, 6, 6), 0, 15, 0.05), ((8, 5, 6, 6), -8, 7, 0.05), ((8, 5, 6, 6), 0, 3, 5.0),
+    ((16, 5), -2, 1, 0.05)])  # scale 5: the shrink is active; (16, 5): a Linear's input
+def test_fused_border_matches_the_composed_reference(shape, qmin, qmax, scale, dtype):
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(shape, generator=gen, dtype=dtype) * 0.6
+    weights = torch.rand(shape, generator=gen, dtype=dtype)
+    border = AQuantBorder(shape[1], reach=max(-qmin, qmax)).to(dtype)
+    with torch.no_grad():
+        for p in border.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen, dtype=dtype) * scale)
+    g = 1 / (x.numel() * qmax) ** 0.5
+    results = []
+    for fn in (lambda *a: _composed_border(border, *a), border.quantize):
+        xi = x.clone().requires_grad_()
+        step = torch.tensor(0.1, dtype=dtype, requires_grad=True)
+        border.zero_grad()
+        out = fn(xi, step, qmin, qmax, g)
+        (out * weights).sum().backward()
+        results.append((out.detach(), xi.grad, step.grad, border.k.grad, border.c.grad))
+    reference, fused = results
+    tol = {"rtol": 1e-10, "atol": 1e-10} if dtype == torch.float64 else {"rtol": 1e-4,
+                                                                          "atol": 1e-5}
+    codes = [(out / 0.1).round() for out, *_ in results]
+    # float32: the reference's scaled step differs from 0.1 by an ulp, which may move an
+    # element sitting on a border; count such elements, never more than a few
+    assert (codes[0] != codes[1]).sum() <= (0 if dtype == torch.float64 else 2)
+    same = codes[0] == codes[1]
+    torch.testing.assert_close(fused[0][same], reference[0][same], **tol)
+    torch.testing.assert_close(fused[1], reference[1], **tol)
+    for got, want in zip(fused[2:], reference[2:], strict=True):
+        torch.testing.assert_close(got, want, **tol)
+        assert want.abs().sum() > 0
