@@ -40,6 +40,7 @@ from attnround_pl.calib.reconstruction import STEPS_PER_BATCH
 from attnround_pl.calib.settings import ReconConfig
 from attnround_pl.models import EMBEDDED
 from attnround_pl.quant import ActQuantizer, WeightQuantizer
+from attnround_pl.quant.act_border import BORDERS
 
 ACT_QUANT_MARK = "ActQuantizer.forward"
 W_QUANT_MARK = "WeightQuantizer.forward"
@@ -140,15 +141,18 @@ class ProfileSteadySteps(pl.Callback):
 def profile_unit(model: str, unit_name: str | None, iters: int, batch: int,
                  unit_blocks: int = ReconConfig.unit_blocks,
                  join_ends: bool = ReconConfig.join_end_layers, calib: int = 256,
-                 root: Path = ROOT / "data", weights: str | None = "DEFAULT") -> dict:
-    """Profile ``unit_name`` (default: the first unit) of the embedded ``model`` (``weights``)
-    on ``calib`` Fashion-MNIST calibration images under ``root``; returns the unit, steps, ms
-    per step under the profiler, and the share of each category."""
+                 root: Path = ROOT / "data", weights: str | None = "DEFAULT",
+                 act_border: str | None = None) -> dict:
+    """Profile ``unit_name`` (default: the first unit) of the embedded ``model`` (``weights``,
+    ``quant.act_border``: None, the default's) on ``calib`` Fashion-MNIST calibration images
+    under ``root``; returns the unit, steps, ms per step under the profiler, and the share of
+    each category."""
     if model not in EMBEDDED:
         raise SystemExit(f"{model}: profile_step profiles the embedded models "
                          f"({', '.join(EMBEDDED)})")
     batches = calibration_batches(model, "fmnist", calib, 28, root)
-    qmodel, folded, units = prepared_units(model, batches, weights, unit_blocks, join_ends)
+    qmodel, folded, units = prepared_units(model, batches, weights, unit_blocks, join_ends,
+                                           act_border)
     names = [u.name for u in units]
     if unit_name is None:
         unit_name = names[0]
@@ -173,6 +177,8 @@ def profile_unit(model: str, unit_name: str | None, iters: int, batch: int,
     split[REST] = max(0.0, profiled_us - sum(split.values()))
     return {"model": model, "unit": unit_name, "iters": iters, "batch": batch,
             "unit_blocks": unit_blocks, "join_end_layers": join_ends,
+            "act_border": next(m.border_kind for m in unit.modules()
+                               if isinstance(m, ActQuantizer)),
             "profiled_steps": steps, "ms_per_step_profiled": profiled_us / 1e3 / steps,
             "share_percent": {k: 100 * v / profiled_us for k, v in split.items()}}
 
@@ -187,6 +193,8 @@ def main() -> None:
     parser.add_argument("--unit-blocks", type=int, default=recipe.unit_blocks)
     parser.add_argument("--join-end-layers", action=argparse.BooleanOptionalAction,
                         default=recipe.join_end_layers)
+    parser.add_argument("--act-border", choices=BORDERS, default=None,
+                        help="quant.act_border (default: the default recipe's)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args()
     if args.iters <= 2 * STEPS_PER_BATCH:
@@ -198,7 +206,7 @@ def main() -> None:
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     torch.manual_seed(0)
     result = profile_unit(args.model, args.unit, args.iters, args.batch, args.unit_blocks,
-                          args.join_end_layers)
+                          args.join_end_layers, act_border=args.act_border)
     print(f"{result['model']} `{result['unit']}`, batch {result['batch']}, "
           f"{result['profiled_steps']} steps profiled, "
           f"{result['ms_per_step_profiled']:.2f} ms a step under the profiler\n")
@@ -208,7 +216,8 @@ def main() -> None:
     result.update(machine=machine(), torch_threads=torch.get_num_threads(),
                   command="python benchmarks/profile_step.py " + " ".join(sys.argv[1:]))
     args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"profile_{args.model}_{result['unit']}.json"
+    border = "" if args.act_border is None else f"_border-{args.act_border}"
+    path = args.out / f"profile_{args.model}_{result['unit']}{border}.json"
     path.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {path}", file=sys.stderr)
 

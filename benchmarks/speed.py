@@ -27,7 +27,9 @@ in both loops (``recon.cuda_graph``; the graph is recorded in the first step).
 The units are the default recipe's (``recon.unit_blocks 2``, ``recon.join_end_layers true``:
 two consecutive blocks a unit, the stem and the head joined to the block next to them);
 ``--unit-blocks 1 --no-join-end-layers`` times one block a unit with the ends apart (the
-default until 2026-12-03; the other recipes' units), and the file name says so.
+default until 2026-12-03; the other recipes' units), and the file name says so. The
+activation quantizers learn the default recipe's AQuant border; ``--act-border nearest`` times
+them without it (the other recipes', and the default's until 2026-12-04).
 """
 
 from __future__ import annotations
@@ -71,6 +73,7 @@ from attnround_pl.quant import (
     reconstruction_loss,
     set_learning,
 )
+from attnround_pl.quant.act_border import BORDERS
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -147,12 +150,14 @@ def calibration_batches(model: str, images: str, count: int, size: int,
 
 
 def prepared_units(model: str, batches: list[torch.Tensor], weights: str | None,
-                   unit_blocks: int, join_ends: bool
+                   unit_blocks: int, join_ends: bool, act_border: str | None = None
                    ) -> tuple[torch.nn.Module, torch.nn.Module, list[Unit]]:
-    """The quantized model (default settings, activation steps observed on ``batches``), the
-    BN-folded float model, and the units of ``recon.unit_blocks`` and
-    ``recon.join_end_layers``: what a unit's reconstruction starts from."""
-    qmodel = quantize_model(build_model(model, weights=weights), QuantConfig())
+    """The quantized model (default settings but ``act_border``, None: the default's; the
+    activation steps observed on ``batches``), the BN-folded float model, and the units of
+    ``recon.unit_blocks`` and ``recon.join_end_layers``: what a unit's reconstruction starts
+    from."""
+    qmodel = quantize_model(build_model(model, weights=weights),
+                            QuantConfig(act_border=act_border))
     calibrate_activations(qmodel, batches)
     folded = build_model(model, weights=weights)
     fold_batchnorms(folded)
@@ -166,7 +171,8 @@ def measure(model: str, batches: list[torch.Tensor], iters: int, batch: int,
             weights: str | None = "DEFAULT", accelerator: str = "cpu",
             compile: str = "off", cuda_graph: bool = False, as_run: bool = False,
             scratch: str | None = None, unit_blocks: int = ReconConfig.unit_blocks,
-            join_ends: bool = ReconConfig.join_end_layers) -> list[dict]:
+            join_ends: bool = ReconConfig.join_end_layers,
+            act_border: str | None = None) -> list[dict]:
     """Per unit: ms per iteration through Lightning, in a bare loop, and of the float unit's
     forward + backward; prints one markdown row per unit as it is measured. With
     ``accelerator='gpu'`` the unit's cache lives on the GPU (as ``recon.cache_device: auto``
@@ -175,12 +181,13 @@ def measure(model: str, batches: list[torch.Tensor], iters: int, batch: int,
     ``cuda_graph``: both loops replay the whole step from a CUDA graph; ``as_run``: the
     Lightning fit shows ``calibrate``'s progress bar and logs to TensorBoard (in ``scratch``);
     ``unit_blocks``, ``join_ends``: the units of ``recon.unit_blocks`` and
-    ``recon.join_end_layers``."""
+    ``recon.join_end_layers``; ``act_border``: ``quant.act_border`` (None: the default's)."""
     if iters <= STEPS_PER_BATCH:
         raise ValueError(f"iters={iters}: the steady column needs more than the first batch's "
                          f"{STEPS_PER_BATCH} steps")
     device = torch.device("cuda" if accelerator == "gpu" else "cpu")
-    qmodel, folded, units = prepared_units(model, batches, weights, unit_blocks, join_ends)
+    qmodel, folded, units = prepared_units(model, batches, weights, unit_blocks, join_ends,
+                                           act_border)
     rows = []
     print("| unit | Lightning ms/iter | steady | bare loop ms/iter | float fwd+bwd ms | "
           "ratio (steady / float) |")
@@ -268,6 +275,10 @@ def main() -> None:
                         help="the stem and the head joined to the block next to them "
                              "(recon.join_end_layers; default: the default recipe's, "
                              f"{recipe.join_end_layers})")
+    default_border = QuantConfig().validate().act_border
+    parser.add_argument("--act-border", choices=BORDERS, default=default_border,
+                        help="the activation quantizers' border (quant.act_border; default "
+                             f"{default_border}, the default recipe's)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args()
     if args.unit_blocks < 1:
@@ -289,7 +300,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         rows = measure(args.model, batches, args.iters, args.batch, weights, args.accelerator,
                        args.compile, args.cuda_graph, args.as_run, scratch,
-                       args.unit_blocks, args.join_end_layers)
+                       args.unit_blocks, args.join_end_layers, args.act_border)
     total = totals(rows)
     print(f"| all units | {total['lightning_ms']:.2f} | {total['lightning_steady_ms']:.2f} | "
           f"{total['bare_ms']:.2f} | {total['float_fwd_bwd_ms']:.2f} | "
@@ -300,7 +311,7 @@ def main() -> None:
               "calib": args.calib, "accelerator": args.accelerator, "compile": args.compile,
               "cuda_graph": args.cuda_graph, "as_run": args.as_run,
               "unit_blocks": args.unit_blocks, "join_end_layers": args.join_end_layers,
-              "rows": rows,
+              "act_border": args.act_border, "rows": rows,
               "total": total, "machine": machine(),
               "torch_threads": torch.get_num_threads(),
               "command": "python benchmarks/speed.py " + " ".join(sys.argv[1:])}
@@ -313,6 +324,7 @@ def main() -> None:
     suffix += f"_blocks{args.unit_blocks}" if args.unit_blocks != recipe.unit_blocks else ""
     suffix += "" if args.join_end_layers == recipe.join_end_layers else (
         "_join" if args.join_end_layers else "_ends-apart")
+    suffix += "" if args.act_border == default_border else f"_border-{args.act_border}"
     path = args.out / f"speed_{args.model}{suffix}.json"
     path.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {path}", file=sys.stderr)

@@ -619,6 +619,7 @@ def test_speed_times_every_unit_against_its_float_forward_backward(tmp_path, mon
     # by default the default recipe's units (two blocks a unit, the ends joined)
     assert [r["unit"] for r in result["rows"]] == DEFAULT_RESNET20_UNITS
     assert (result["unit_blocks"], result["join_end_layers"]) == (2, True)
+    assert result["act_border"] == "aquant"  # ... and its learned activation border
     for row in result["rows"]:
         assert min(row["lightning_ms"], row["bare_ms"], row["float_fwd_bwd_ms"]) > 0
         assert row["ratio"] == pytest.approx(row["lightning_ms"] / row["float_fwd_bwd_ms"])
@@ -642,12 +643,13 @@ def test_speed_times_one_block_a_unit_with_the_ends_apart_when_asked(tmp_path, m
     speed = _load("speed")
     argv = ["speed.py", "--model", "resnet20", "--images", "random", "--iters", "12",
             "--batch", "8", "--calib", "16", "--out", str(tmp_path), "--unit-blocks", "1",
-            "--no-join-end-layers"]
+            "--no-join-end-layers", "--act-border", "nearest"]
     monkeypatch.setattr(sys, "argv", argv)
     speed.main()
-    # units other than the default recipe's are named in the file
+    # units and a border other than the default recipe's are named in the file
     result = json.loads(
-        (tmp_path / "speed_resnet20_random28_blocks1_ends-apart.json").read_text())
+        (tmp_path / "speed_resnet20_random28_blocks1_ends-apart_border-nearest.json").read_text())
+    assert result["act_border"] == "nearest"
     qmodel = quantize_model(build_model("resnet20", weights=None), QuantConfig())
     units = [u.name for u in split_units(qmodel)]
     assert [r["unit"] for r in result["rows"]] == units and len(units) == 11
@@ -825,6 +827,8 @@ def test_profile_step_counts_each_operator_once_in_its_outermost_category():
     assert profile_step.category("aten::convolution_backward") == conv_bwd
     assert profile_step.category("Optimizer.step#Adam.step") == optim
     assert profile_step.category("autograd::engine::evaluate_function: _LSQRoundBackward") == act
+    assert profile_step.category("autograd::engine::evaluate_function: _BorderRoundBackward") \
+        == act
     assert profile_step.category("aten::add_") is None
 
     class Event:  # the fields of torch's FunctionEvent that split_time reads
@@ -845,7 +849,7 @@ def test_profile_step_splits_a_units_steady_steps(tiny_fmnist, tmp_path):
     profile_step = _load("profile_step")
     result = profile_step.profile_unit("resnet20", None, iters=30, batch=8, calib=32,
                                        root=tiny_fmnist, weights=None)
-    assert result["unit"] == DEFAULT_RESNET20_UNITS[0]
+    assert result["unit"] == DEFAULT_RESNET20_UNITS[0] and result["act_border"] == "aquant"
     assert result["profiled_steps"] == 20  # the first batch's 10 steps are set-up
     shares = result["share_percent"]
     assert sum(shares.values()) == pytest.approx(100.0, abs=1.0)

@@ -53,7 +53,8 @@ def test_adaround_regulariser_enters_the_loss(fmnist_root):
     unit, data = _unit_setup(fmnist_root, "adaround", unit="layer3.2", n=64)
     module = BlockReconstruction(unit, data, "layer3.2", iters=10, batch_size=16)
     rounding, steps = module.learnable()
-    assert len(rounding) == 2 and len(steps) == 2  # V of two convs, two input steps
+    # V of two convs; two input steps, each with AQuant's border (k and c per channel)
+    assert len(rounding) == 2 and len(steps) == 6
     set_progress(unit, 0.0)  # warm-up, no regulariser
     x, y = data.inputs[:16], data.targets[:16]
     warm = sum(module.step_losses(x, y))
@@ -68,7 +69,8 @@ def test_optimizer_holds_only_rounding_and_steps(fmnist_root):
     opt = module.configure_optimizers()
     assert [g["lr"] for g in opt.param_groups] == [4e-4, 1e-5]
     params = [p for g in opt.param_groups for p in g["params"]]
-    assert [tuple(p.shape) for p in params] == [(10, 64), ()]
+    # alpha; the input step and AQuant's border, the default with a learning rounding
+    assert [tuple(p.shape) for p in params] == [(10, 64), (), (64,), (64,)]
     assert not any(p is unit.layer.weight for p in params)
     batches = list(module.train_dataloader())  # one process: STEPS_PER_BATCH steps a batch
     assert len(batches) == module.iters // STEPS_PER_BATCH and len(batches[0]) == STEPS_PER_BATCH
@@ -115,7 +117,7 @@ def test_fused_adam_learns_what_the_foreach_and_per_tensor_adam_learn(fmnist_roo
     start, fused = _learn_with(fmnist_root, {"fused": True})
     _, foreach = _learn_with(fmnist_root, {"foreach": True})
     _, loop = _learn_with(fmnist_root, {"foreach": False})
-    assert len(fused) == 4  # two alphas, two activation steps
+    assert len(fused) == 8  # two alphas, two activation steps, their borders (k, c)
     # every tensor learned something
     assert all(not torch.equal(a, b) for a, b in zip(start, fused, strict=True))
     assert all(torch.equal(a, b) for a, b in zip(foreach, loop, strict=True))
@@ -280,4 +282,4 @@ def test_steps_in_one_batch_learn_exactly_what_one_step_a_batch_learns(fmnist_ro
     assert own_batches == [10, 10, 3] and wrapped_batches == [1] * 23
     assert len(own_calls) == len(wrapped_calls) == 2 * 23  # two convolutions, 23 steps
     assert all(own_calls.count(r) == 23 for r in set(own_calls))
-    assert len(own) == 4 and all(torch.equal(a, b) for a, b in zip(own, wrapped, strict=True))
+    assert len(own) == 8 and all(torch.equal(a, b) for a, b in zip(own, wrapped, strict=True))

@@ -11,7 +11,7 @@ import attnround_pl
 from attnround_pl.calib.report import UnitResult
 from attnround_pl.calib.sequencer import LINE_WIDTH, ReconConfig, unit_line
 from attnround_pl.errors import SettingError
-from attnround_pl.quant import quant_layers
+from attnround_pl.quant import QuantConfig, quant_layers
 
 
 def small_cnn() -> nn.Module:
@@ -22,13 +22,14 @@ def small_cnn() -> nn.Module:
     )
 
 
-def run(keep_better: bool, lr: float, **recon_args):
+def run(keep_better: bool, lr: float, act_border: str | None = None, **recon_args):
     model = small_cnn().eval()
     images = torch.randn(32, 3, 12, 12)
     labels = torch.randint(0, 2, (32,))
     recon = ReconConfig(**{"iters": 30, "batch_size": 8, "lr": lr, "keep_better": keep_better,
                            **recon_args})
-    return attnround_pl.quantize(model, images, w_bits=2, a_bits=4, recon=recon,
+    quant = QuantConfig(w_bits=2, a_bits=4, act_border=act_border)
+    return attnround_pl.quantize(model, images, quant=quant, recon=recon,
                                  eval_data=[(images, labels)], progress=False,
                                  trainer={"accelerator": "cpu"})
 
@@ -57,8 +58,9 @@ def test_a_unit_that_learned_worse_keeps_round_to_nearest():
 
 def test_keep_best_every_freezes_the_checkpoint_with_the_lowest_error():
     # a high learning rate makes the error go up and down from step to step
-    plain = run(keep_better=False, lr=0.3).report.units
-    best = run(keep_better=False, lr=0.3, keep_best_every=5).report.units
+    # (round-to-nearest activations: a learned border evens the first unit's error out)
+    plain = run(keep_better=False, lr=0.3, act_border="nearest").report.units
+    best = run(keep_better=False, lr=0.3, act_border="nearest", keep_best_every=5).report.units
     for unit in best:
         assert unit.best_step in range(5, 31, 5), unit.name
         assert unit.to_dict()["best_step"] == unit.best_step
@@ -67,7 +69,8 @@ def test_keep_best_every_freezes_the_checkpoint_with_the_lowest_error():
     # its kept state is the plain run's state after best_step steps
     first = best[0]
     assert first.best_step < 30 and first.mse_final < plain[0].mse_final
-    stopped = run(keep_better=False, lr=0.3, iters=first.best_step).report.units[0]
+    stopped = run(keep_better=False, lr=0.3, act_border="nearest",
+                  iters=first.best_step).report.units[0]
     assert first.mse_final == pytest.approx(stopped.mse_final, rel=1e-6)
 
 
