@@ -36,6 +36,7 @@ _EXPORTS = {
     "verify": [
         "CodeDivergence",
         "Comparison",
+        "EXACT_INT8_OPTION",
         "compare_with_onnx",
         "first_code_divergence",
         "max_output_difference",

@@ -11,7 +11,14 @@ from onnx import TensorProto, helper, numpy_helper
 from small_qnet import small_qnet
 
 from attnround_pl import cli
-from attnround_pl.export import OPSET, compare_with_onnx, export_onnx, first_code_divergence
+from attnround_pl.export import (
+    EXACT_INT8_OPTION,
+    OPSET,
+    compare_with_onnx,
+    export_onnx,
+    first_code_divergence,
+    onnx_session,
+)
 from attnround_pl.export.tensorrt_check import TRT_MAX_OPSET, check_tensorrt_graph
 
 TRT = {"w_bits": 8, "a_bits": 8, "profile": "tensorrt"}
@@ -68,6 +75,17 @@ def test_onnxruntime_agrees_with_pytorch_on_the_profile_s_export(trt_export):
     assert cmp.argmax_mismatch == 0 and cmp.onnx_top1 == cmp.torch_top1 == 100.0
     assert cmp.max_abs_logit_diff < 1e-4
     assert first_code_divergence(qnet, path, x) is None  # every int8 code equal
+
+
+def test_the_checking_session_multiplies_int8_exactly_and_can_be_left_at_the_defaults(trt_export):
+    # without the option, an AVX2 host without VNNI saturates onnxruntime's int8 products: this
+    # net's logits then differ from PyTorch's by about 0.2 (docs/export.md)
+    _, path = trt_export
+    options = onnx_session(path).get_session_options()
+    assert options.get_session_config_entry(EXACT_INT8_OPTION) == "1"
+    defaults = onnx_session(path, exact_int8=False).get_session_options()
+    with pytest.raises(Exception, match="does not have configuration"):
+        defaults.get_session_config_entry(EXACT_INT8_OPTION)
 
 
 def test_the_default_profile_s_export_fails_on_uint8(tmp_path):
