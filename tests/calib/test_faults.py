@@ -191,7 +191,9 @@ def test_a_signal_in_a_units_teardown_still_stops_cleanly(tmp_path, tiny_fmnist,
     assert len(json.loads((tmp_path / "r" / "report.json").read_text())["units"]) == 11
 
 
-@pytest.mark.parametrize("signum, status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+# SIGINT takes the same path as SIGTERM (one handler): it runs with -m slow
+@pytest.mark.parametrize("signum, status", [
+    pytest.param(signal.SIGINT, 130, marks=pytest.mark.slow), (signal.SIGTERM, 143)])
 def test_a_signal_stops_after_a_unit_and_says_how_to_resume(tmp_path, tiny_fmnist, capsys,
                                                              signum, status):
     args = calibrate_args(tiny_fmnist, tmp_path)

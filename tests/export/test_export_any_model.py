@@ -233,6 +233,7 @@ def test_dict_outputs_get_one_graph_output_per_key(tmp_path):
     assert labelled.torch_top1 is None and labelled.max_abs_diff == cmp.max_abs_diff
 
 
+@pytest.mark.slow  # the default run exports lraspp in tests/models/test_any_model.py
 def test_torchvision_lraspp_exports_with_its_dict_output(tmp_path):
     torch.manual_seed(0)
     net = torchvision.models.get_model("lraspp_mobilenet_v3_large", weights=None,
