@@ -36,7 +36,7 @@ def _cli(root: Path, out: Path, name: str, *extra: str) -> list[str]:
         "--data.init_args.calib_size",
         "20",
         "--recon.iters",
-        "24",
+        "60",
         "--recon.batch_size",
         "4",
         "--run.out_dir",
