@@ -636,6 +636,21 @@ def test_speed_times_every_unit_against_its_float_forward_backward(tmp_path, mon
     assert table.count("\n| layer") == 4 and "| all units |" in table
 
 
+def test_rounding_cost_times_the_border_against_lsq_on_each_shape(tmp_path, monkeypatch, capsys):
+    cost = _load("rounding_cost")
+    out = tmp_path / "cost.json"
+    monkeypatch.setattr(sys, "argv", ["rounding_cost.py", "--rounds", "2", "--iters", "1",
+                                      "--out", str(out)])
+    cost.main()
+    result = json.loads(out.read_text())
+    assert [r["shape"] for r in result["rows"]] == [list(s) for s in cost.SHAPES]
+    for row in result["rows"]:
+        assert row["lsq_ms"] > 0 and row["border_ms"] > 0
+        assert row["ratio"] == pytest.approx(row["border_ms"] / row["lsq_ms"], abs=0.01)
+    table = capsys.readouterr().out
+    assert table.count("\n| 64 x ") == len(cost.SHAPES)
+
+
 def test_speed_times_one_block_a_unit_with_the_ends_apart_when_asked(tmp_path, monkeypatch):
     from attnround_pl.models import build_model, split_units
     from attnround_pl.quant import QuantConfig, quantize_model
