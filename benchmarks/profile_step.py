@@ -30,7 +30,13 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
-from speed import ROOT, calibration_batches, prepared_units
+from speed import (
+    ROOT,
+    add_act_border_option,
+    border_suffix,
+    calibration_batches,
+    prepared_units,
+)
 from torch.autograd.profiler_util import FunctionEvent
 from torch.profiler import ProfilerActivity, profile, record_function
 
@@ -39,8 +45,7 @@ from attnround_pl.calib.pipeline import machine
 from attnround_pl.calib.reconstruction import STEPS_PER_BATCH
 from attnround_pl.calib.settings import ReconConfig
 from attnround_pl.models import EMBEDDED
-from attnround_pl.quant import ActQuantizer, QuantConfig, WeightQuantizer
-from attnround_pl.quant.act_border import BORDERS
+from attnround_pl.quant import ActQuantizer, WeightQuantizer
 
 ACT_QUANT_MARK = "ActQuantizer.forward"
 W_QUANT_MARK = "WeightQuantizer.forward"
@@ -193,9 +198,7 @@ def main() -> None:
     parser.add_argument("--unit-blocks", type=int, default=recipe.unit_blocks)
     parser.add_argument("--join-end-layers", action=argparse.BooleanOptionalAction,
                         default=recipe.join_end_layers)
-    default_border = QuantConfig().validate().act_border
-    parser.add_argument("--act-border", choices=BORDERS, default=default_border,
-                        help=f"quant.act_border (default {default_border}, the default recipe's)")
+    add_act_border_option(parser)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args()
     if args.iters <= 2 * STEPS_PER_BATCH:
@@ -217,8 +220,7 @@ def main() -> None:
     result.update(machine=machine(), torch_threads=torch.get_num_threads(),
                   command="python benchmarks/profile_step.py " + " ".join(sys.argv[1:]))
     args.out.mkdir(parents=True, exist_ok=True)
-    border = "" if args.act_border == default_border else f"_border-{args.act_border}"
-    path = args.out / f"profile_{args.model}_{result['unit']}{border}.json"
+    path = args.out / f"profile_{args.model}_{result['unit']}{border_suffix(args.act_border)}.json"
     path.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {path}", file=sys.stderr)
 

@@ -253,6 +253,19 @@ def totals(rows: list[dict]) -> dict[str, float]:
     return {k: sum(r[k] for r in rows) for k in keys}
 
 
+
+def add_act_border_option(parser: argparse.ArgumentParser) -> None:
+    """``--act-border``, defaulting to the default recipe's resolved border."""
+    default = QuantConfig().validate().act_border
+    parser.add_argument("--act-border", choices=BORDERS, default=default,
+                        help="the activation quantizers' border (quant.act_border; default "
+                             f"{default}, the default recipe's)")
+
+
+def border_suffix(border: str) -> str:
+    """A result file's name part for ``border``: none for the default recipe's."""
+    return "" if border == QuantConfig().validate().act_border else f"_border-{border}"
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="resnet20")
@@ -275,10 +288,7 @@ def main() -> None:
                         help="the stem and the head joined to the block next to them "
                              "(recon.join_end_layers; default: the default recipe's, "
                              f"{recipe.join_end_layers})")
-    default_border = QuantConfig().validate().act_border
-    parser.add_argument("--act-border", choices=BORDERS, default=default_border,
-                        help="the activation quantizers' border (quant.act_border; default "
-                             f"{default_border}, the default recipe's)")
+    add_act_border_option(parser)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args()
     if args.unit_blocks < 1:
@@ -324,7 +334,7 @@ def main() -> None:
     suffix += f"_blocks{args.unit_blocks}" if args.unit_blocks != recipe.unit_blocks else ""
     suffix += "" if args.join_end_layers == recipe.join_end_layers else (
         "_join" if args.join_end_layers else "_ends-apart")
-    suffix += "" if args.act_border == default_border else f"_border-{args.act_border}"
+    suffix += border_suffix(args.act_border)
     path = args.out / f"speed_{args.model}{suffix}.json"
     path.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {path}", file=sys.stderr)
