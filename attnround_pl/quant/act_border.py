@@ -15,10 +15,13 @@ was removed after commit 0cbc7a9, see docs/methods.md.)
 ``b`` is kept inside (0, 1) by reparametrisation, not clamping: the inputs are clipped to the grid,
 ``|x~| <= R``, so ``|b - 0.5| <= |k| R + |c|``; when that bound passes ``0.5 - eps`` the
 learned (k, c) are scaled down together to meet it. With the effective parameters the
-rounding equals the folded form ``round((1 - k) x~ - c)`` for every input, a per-channel scale
+rule equals the folded form ``round((1 - k) x~ - c)`` in exact arithmetic, a per-channel scale
 and offset before rounding, which deploys as part of the requantisation (dequantise with the
-unchanged step). Exact ties go to the even code in
-both forms, as ``torch.round`` and ONNX do, so ``k = c = 0`` is round-to-nearest bit for bit.
+unchanged step). The quantizer computes the folded form, as the ONNX export does (since
+2026-12-04, issue 31: two passes over the tensor fewer than the rule, and half its CPU time);
+in float the two differ only for a value within float rounding of a border, as the export's
+own arithmetic does. Exact ties go to the even code (``torch.round`` and ONNX round half to
+even), so ``k = c = 0`` is round-to-nearest bit for bit.
 Learning uses a straight-through estimator: backward treats the code as ``x~ - b + 0.5``.
 ``AQuantBorder.quantize`` is the activation quantizer's path: one autograd Function
 (``_BorderRound``) with the values and gradients of composing ``clamp(x / s)``, ``forward``
@@ -62,11 +65,12 @@ class AQuantBorder(nn.Module):
         return 0.5 + k * xt + off
 
     def forward(self, xt: Tensor) -> Tensor:
-        """Codes ``n + 1[frac >= b]`` (ties to even), straight-through to ``x~ - b + 0.5``."""
-        b = self.border(xt.detach())
-        hard = explicit_codes(xt.detach(), b.detach())
-        soft = xt - b + 0.5
-        return (hard - soft).detach() + soft
+        """Codes ``round((1 - k) x~ - c)`` (the folded form, ties to even), straight-through
+        to ``x~ - b + 0.5`` with ``b`` read at the detached ``x~`` (``x~``'s gradient is 1,
+        as LSQ's)."""
+        k, off = self._slope_offset(xt)
+        soft = xt - k * xt.detach() - off
+        return (self.folded(xt.detach()) - soft).detach() + soft
 
     def quantize(self, x: Tensor, step: Tensor, qmin: int, qmax: int, g: float) -> Tensor:
         """``s * codes(clamp(x / s, qmin, qmax))`` with this border, LSQ's gradient for the
@@ -87,67 +91,46 @@ class AQuantBorder(nn.Module):
         return torch.round(self.folded_value(xt))
 
 
-def explicit_codes(xt: Tensor, b: Tensor) -> Tensor:
-    """``n + 1[frac > b]``, and at an exact tie (frac == b) the even one of n, n + 1."""
-    n = torch.floor(xt)
-    frac = xt - n
-    odd = torch.remainder(n, 2) == 1
-    up = (frac > b) | ((frac == b) & odd)
-    return n + up.to(xt.dtype)
-
-
-def border_codes(xt: Tensor, b: Tensor) -> Tensor:
-    """``explicit_codes`` in float operations only (comparisons that produce a boolean mask
-    cost several times a subtraction on the CPU), equal to it for every input: with ``n =
-    floor(x~)`` and ``d = (x~ - n) - b`` (``x~ - n`` is exact, and a float difference is 0
-    only between equal values and has their order's sign), the code is ``round(n + 0.5 +
-    sign(d) / 2)``: ``n + 1`` above the border, ``n`` below, and at ``n + 0.5``, rounded half
-    to even, the even one of ``n``, ``n + 1`` on the border."""
-    n = torch.floor(xt)
-    d = (xt - n).sub_(b)
-    return torch.add(n, torch.sign(d), alpha=0.5).add_(0.5).round_()
-
-
 class _BorderRound(torch.autograd.Function):
-    """``s * codes(x~)``, ``x~ = clamp(x / s, qmin, qmax)``, ``codes`` with the border
-    ``0.5 + k x~ + c`` (``k``, ``c``: the effective per-channel parameters, axis 1 of ``x``).
-    Gradients as the composed form gives them (straight-through, the code read as
-    ``x~ - b + 0.5``):
+    """``s * round((1 - k) x~ - c)``, ``x~ = clamp(x / s, qmin, qmax)`` (``k``, ``c``: the
+    effective per-channel parameters, axis 1 of ``x``): the border's folded form, as the ONNX
+    export deploys it. Gradients as composing ``clamp(x / s)``, ``AQuantBorder.forward`` and
+    ``* s`` gives them (straight-through, the code read as ``(1 - k) x~ - c``):
 
     - input: ``grad`` where ``qmin < x / s < qmax``, else 0 (``hardtanh_backward``, as LSQ);
     - step: ``g * sum(grad * (code - x / s * inside))``, LSQ's, from two dot products;
     - ``k``: ``-s * sum(grad * x~)`` and ``c``: ``-s * sum(grad)`` over every axis but 1.
 
-    Forward writes ``x / s`` and the output (codes scaled in place) and saves them, as
-    ``act_quant._LSQRound`` does; backward recomputes ``x~`` only when ``k`` needs it.
+    Forward writes two tensors, ``x~`` (clipped in place) and the output (the folded value,
+    rounded and scaled in place), and saves them; backward reads the clipped ``x~`` for the
+    input's mask (inside the range it equals ``x / s``, outside its gradient is 0 either way)
+    and for ``k``'s gradient.
     """
 
     @staticmethod
     def forward(ctx, x: Tensor, step: Tensor, k: Tensor, c: Tensor, qmin: int, qmax: int,
                 g: float) -> Tensor:
-        xs = x / step
-        xt = torch.clamp(xs, qmin, qmax)
+        xt = torch.div(x, step).clamp_(qmin, qmax)
         shape = (1, -1, *([1] * (x.dim() - 2)))
-        border = torch.addcmul((c + 0.5).reshape(shape), k.reshape(shape), xt)
-        out = border_codes(xt, border).mul_(step)
-        ctx.save_for_backward(xs, out, step)
+        out = torch.mul(xt, (1 - k).reshape(shape)).sub_(c.reshape(shape)).round_().mul_(step)
+        ctx.save_for_backward(xt, out, step)
         ctx.bounds = (qmin, qmax, g)
         return out
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        xs, out, step = ctx.saved_tensors
+        xt, out, step = ctx.saved_tensors
         qmin, qmax, g = ctx.bounds
         need_x, need_step, need_k, need_c = ctx.needs_input_grad[:4]
         grad_x = grad_step = grad_k = grad_c = None
         if need_x or need_step:
-            grad_x = torch.ops.aten.hardtanh_backward(grad, xs, qmin, qmax)
+            grad_x = torch.ops.aten.hardtanh_backward(grad, xt, qmin, qmax)
         if need_step:  # d(code s)/ds: code - x/s inside the range, code outside
             grad_step = (torch.dot(grad.reshape(-1), out.reshape(-1)) / step
-                         - torch.dot(grad_x.reshape(-1), xs.reshape(-1))) * g
+                         - torch.dot(grad_x.reshape(-1), xt.reshape(-1))) * g
         axes = [0, *range(2, grad.dim())]
         if need_k:
-            grad_k = (grad * torch.clamp(xs, qmin, qmax)).sum(axes) * -step
+            grad_k = (grad * xt).sum(axes) * -step
         if need_c:
             grad_c = grad.sum(axes) * -step
         return (grad_x if need_x else None), grad_step, grad_k, grad_c, None, None, None
