@@ -104,7 +104,8 @@ class _BorderRound(torch.autograd.Function):
     Forward writes two tensors, ``x~`` (clipped in place) and the output (the folded value,
     rounded and scaled in place), and saves them; backward reads the clipped ``x~`` for the
     input's mask (inside the range it equals ``x / s``, outside its gradient is 0 either way)
-    and for ``k``'s gradient.
+    and for ``k``'s gradient, and writes one tensor, ``grad * x~`` for ``k``, then the input's
+    gradient into it: as many tensors as LSQ's rounding writes.
     """
 
     @staticmethod
@@ -123,14 +124,18 @@ class _BorderRound(torch.autograd.Function):
         qmin, qmax, g = ctx.bounds
         need_x, need_step, need_k, need_c = ctx.needs_input_grad[:4]
         grad_x = grad_step = grad_k = grad_c = None
-        if need_x or need_step:
-            grad_x = torch.ops.aten.hardtanh_backward(grad, xt, qmin, qmax)
+        per_channel = (grad.shape[0], grad.shape[1], -1)  # summed over axis 2, then axis 0
+        spare = None
+        if need_k:
+            spare = torch.mul(grad, xt)
+            grad_k = spare.reshape(per_channel).sum(2).sum(0) * -step
+        if need_c:
+            grad_c = grad.reshape(per_channel).sum(2).sum(0) * -step
+        if need_x or need_step:  # written into k's product when there is one: one tensor fewer
+            grad_x = (torch.ops.aten.hardtanh_backward(grad, xt, qmin, qmax) if spare is None
+                      else torch.ops.aten.hardtanh_backward.grad_input(
+                          grad, xt, qmin, qmax, grad_input=spare))
         if need_step:  # d(code s)/ds: code - x/s inside the range, code outside
             grad_step = (torch.dot(grad.reshape(-1), out.reshape(-1)) / step
                          - torch.dot(grad_x.reshape(-1), xt.reshape(-1))) * g
-        axes = [0, *range(2, grad.dim())]
-        if need_k:
-            grad_k = (grad * xt).sum(axes) * -step
-        if need_c:
-            grad_c = grad.sum(axes) * -step
         return (grad_x if need_x else None), grad_step, grad_k, grad_c, None, None, None
