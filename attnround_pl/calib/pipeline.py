@@ -673,7 +673,8 @@ def _reconstruct(job: _Job, folder: _RunFolder, tally: _Tally) -> Calibrated:
         report = Report.from_dict(resumed["report"])
         echo(f"resuming {folder.path}: {len(resumed['units'])} unit(s) already done")
 
-    speed = host_speed()  # before the clock starts: not calibration time
+    # before the clock starts: not calibration time
+    speed = host_speed() if run is None or run.host_speed else None
     report.host_speed = speed
     started = time.perf_counter()
     elapsed_before = resumed["elapsed"] if resumed is not None else 0.0
@@ -733,7 +734,8 @@ def _reconstruct(job: _Job, folder: _RunFolder, tally: _Tally) -> Calibrated:
         results += sequencer.run(done=stage_done)
     report.units = results
     report.calib_seconds = round(elapsed_before + time.perf_counter() - started, 2)
-    report.calib_reference_iters = round(speed.reference_iters(report.calib_seconds))
+    if speed is not None:
+        report.calib_reference_iters = round(speed.reference_iters(report.calib_seconds))
     if resumed is not None:
         report.resumed_after_units = len(resumed["units"])
     qmodel.eval()

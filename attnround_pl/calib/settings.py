@@ -184,6 +184,9 @@ class RunConfig:
         resume: a run folder whose calibration stopped (crash, kill, out of memory): continue
             it from its last finished unit, with the same config and seed.
         overwrite: replace a run folder that already holds a finished or unfinished run.
+        host_speed: time the host speed index's reference workload (2-3 s on a 2-core CPU,
+            once per process) before calibrating, so that the report states the calibration
+            in reference iterations (``calib_reference_iters``); false leaves both out.
     """
 
     out_dir: str = "runs"
@@ -195,6 +198,7 @@ class RunConfig:
     onnx_opset: int | None = None
     resume: str | None = None
     overwrite: bool = False
+    host_speed: bool = True
 
     def validate(self) -> RunConfig:
         check_finite(self, "run")  # no float setting today: one added later is covered

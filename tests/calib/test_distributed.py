@@ -107,7 +107,7 @@ def _cli(root: Path, out: Path, name: str, devices: int, *extra: str) -> list[st
             "--data.init_args.root", str(root), "--data.init_args.calib_size", "20",
             "--recon.iters", "10", "--recon.batch_size", "4", "--run.out_dir", str(out),
             "--run.name", name, "--run.progress", "false", "--run.eval_nearest", "false",
-            "--quant.w_bits", "3", "--trainer.accelerator", "cpu",
+            "--run.host_speed", "false", "--quant.w_bits", "3", "--trainer.accelerator", "cpu",
             "--trainer.devices", str(devices), "--trainer.strategy", "ddp", *extra]
 
 

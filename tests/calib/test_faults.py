@@ -30,7 +30,7 @@ def calibrate_args(data_root, out_dir, name="r", *extra):
             "--data.init_args.root", str(data_root), "--data.init_args.calib_size", "20",
             "--recon.iters", "2", "--recon.batch_size", "4", "--run.out_dir", str(out_dir),
             "--run.name", name, "--run.progress", "false", "--run.eval_float", "false",
-            "--run.eval_nearest", "false", *extra]
+            "--run.eval_nearest", "false", "--run.host_speed", "false", *extra]
 
 
 def one_error_line(capsys) -> str:

@@ -1,6 +1,8 @@
 """The host speed index: measured once per process, without touching the random state, and
 recorded in every report with the calibration time in reference iterations."""
 
+import json
+
 import torch
 
 import attnround_pl
@@ -34,3 +36,21 @@ def test_every_report_records_it():
     expected = report.calib_seconds * 1000 / report.host_speed.ms_per_iter
     assert report.calib_reference_iters == round(expected)
     assert report.to_dict()["host_speed"] == host_speed().to_dict()
+
+
+def test_a_run_without_it_leaves_it_out(tmp_path, tiny_fmnist):
+    from attnround_pl.calib import FloatModel, ReconConfig, RunConfig, calibrate
+    from attnround_pl.data import FashionMNISTDataModule
+    from attnround_pl.quant import QuantConfig
+
+    data = FashionMNISTDataModule(root=str(tiny_fmnist), calib_size=8, batch_size=30)
+    run = RunConfig(out_dir=str(tmp_path), name="r", progress=False, eval_float=False,
+                    eval_nearest=False, host_speed=False)
+    report = calibrate(FloatModel("resnet20", weights=None), data,
+                       QuantConfig(rounding="nearest", act_border="nearest"),
+                       ReconConfig(iters=1, batch_size=4), run, {"accelerator": "cpu"})
+    assert report.host_speed is None and report.calib_reference_iters is None
+    assert report.calib_seconds > 0
+    written = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert "host_speed" not in written and "calib_reference_iters" not in written
+    assert written["calib_seconds"] == report.calib_seconds

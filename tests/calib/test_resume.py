@@ -49,6 +49,8 @@ def _cli(root: Path, out: Path, name: str, *extra: str) -> list[str]:
         "false",
         "--run.eval_nearest",
         "false",
+        "--run.host_speed",
+        "false",
         "--quant.w_bits",
         "3",
         *extra,
