@@ -52,9 +52,10 @@ def result_paths() -> list[Path]:
 # row there (BRECQ's 10 % at MobileNetV2 W2A2) would squash its panel; its first rows (dated)
 # learned each block's input quantizer with that block, before recon.block_output_steps
 # and the first rows of the default with AQuant's border (composed by autograd, before the
-# fused border: the default's own rows replace them)
+# fused border: the default's own rows replace them), and the default's rows with the fused
+# Function's explicit codes (before it rounded the folded form: the re-run rows replace them)
 UNPLOTTED_SUITES = ("accuracy_like_for_like.json", "accuracy_like_for_like_2026-12-02.json",
-                    "accuracy_recipes_2026-12-03.json")
+                    "accuracy_recipes_2026-12-03.json", "accuracy_recipes_2026-12-04_rule.json")
 
 
 def load_rows() -> list[dict]:
