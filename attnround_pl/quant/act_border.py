@@ -18,7 +18,8 @@ learned (k, c) are scaled down together to meet it. With the effective parameter
 rule equals the folded form ``round((1 - k) x~ - c)`` in exact arithmetic, a per-channel scale
 and offset before rounding, which deploys as part of the requantisation (dequantise with the
 unchanged step). The quantizer computes the folded form, as the ONNX export does (since
-2026-12-04, issue 31: two passes over the tensor fewer than the rule, and half its CPU time);
+2026-12-04, issue 31: six passes over the tensor forward where the rule took eleven, and about
+half its CPU time forward + backward, ``benchmarks/rounding_cost.py``);
 in float the two differ only for a value within float rounding of a border, as the export's
 own arithmetic does. Exact ties go to the even code (``torch.round`` and ONNX round half to
 even), so ``k = c = 0`` is round-to-nearest bit for bit.
