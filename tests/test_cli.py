@@ -300,7 +300,7 @@ def test_the_paper_recipe_composes_the_settings_of_the_single_file_it_replaced(c
                             "join_end_layers": False}
     assert now["data"] == {**before["data"], "init_args": {**before["data"]["init_args"],
                                                            "holdout": 0}}
-    assert now["run"] == {**before["run"], "onnx_opset": None}
+    assert now["run"] == {**before["run"], "onnx_opset": None, "host_speed": True}
     assert {k: now["trainer"].get(k) for k in before["trainer"]} == before["trainer"]
     old = dict(before["quant"])
     assert now["mixed"] == {**old.pop("mixed"), "method": "coding_length"}  # method: new
