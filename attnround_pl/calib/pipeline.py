@@ -58,7 +58,7 @@ from .classifier import FloatModel
 from .distributed import agree, launch, rank_world, shard, wants_ddp
 from .evaluation import EvalResult, classes_of, evaluate_model
 from .export_job import export_run
-from .host_speed import host_speed
+from .host_speed import ReferenceClock, host_speed
 from .interrupt import interruption_in, stop_on_signals, stopped_message
 from .progress import UnitProgressBar
 from .report import Report, Scores, UnitFidelity, UnitResult
@@ -674,8 +674,8 @@ def _reconstruct(job: _Job, folder: _RunFolder, tally: _Tally) -> Calibrated:
         echo(f"resuming {folder.path}: {len(resumed['units'])} unit(s) already done")
 
     # before the clock starts: not calibration time
-    speed = host_speed() if run is None or run.host_speed else None
-    report.host_speed = speed
+    clock = ReferenceClock(host_speed()) if run is None or run.host_speed else None
+    report.host_speed = clock.start if clock is not None else None
     started = time.perf_counter()
     elapsed_before = resumed["elapsed"] if resumed is not None else 0.0
     qmodel, units = _quantize(float_net, quant, job.mixed, batches, report, echo)
@@ -696,8 +696,12 @@ def _reconstruct(job: _Job, folder: _RunFolder, tally: _Tally) -> Calibrated:
     tally.total, tally.done = len(sequence), len(resumed["units"]) if resumed is not None else 0
 
     def checkpoint(results: list[UnitResult]) -> None:
+        nonlocal started
+        elapsed = elapsed_before + time.perf_counter() - started
+        if clock is not None:
+            started += clock.lap(elapsed)  # re-sampling the index is not calibration time
+            report.host_speed = clock.speed()
         if folder.writes:
-            elapsed = elapsed_before + time.perf_counter() - started
             try:
                 save_progress(folder.path, qmodel, results, report, elapsed, print_)
             except DiskFullError as exc:
@@ -734,8 +738,9 @@ def _reconstruct(job: _Job, folder: _RunFolder, tally: _Tally) -> Calibrated:
         results += sequencer.run(done=stage_done)
     report.units = results
     report.calib_seconds = round(elapsed_before + time.perf_counter() - started, 2)
-    if speed is not None:
-        report.calib_reference_iters = round(speed.reference_iters(report.calib_seconds))
+    if clock is not None:
+        report.host_speed = clock.speed()
+        report.calib_reference_iters = round(clock.reference_iters(report.calib_seconds))
     if resumed is not None:
         report.resumed_after_units = len(resumed["units"])
     qmodel.eval()
