@@ -35,8 +35,8 @@ def _run(tmp_path, model, data, rounding="attention", iters=2, log_every=50, tra
 
 # mobilenet_v2, resnet50, regnet_x_600mf and mnasnet1_0 (13-27 s each here) run with -m slow;
 # the default run keeps a residual network here, tests/models/test_any_model.py takes
-# mobilenet_v2 (and every other family) through calibration, reload and ONNX, and
-# test_end_to_end_embedded_architectures the embedded inverted-residual MobileNetV2
+# mnasnet0_5's inverted residuals (and one model of most families) through calibration, reload
+# and ONNX, and test_end_to_end_embedded_architectures the embedded inverted-residual MobileNetV2
 @pytest.mark.parametrize("arch", ["resnet18", *[
     pytest.param(a, marks=pytest.mark.slow)
     for a in ("mobilenet_v2", "resnet50", "regnet_x_600mf", "mnasnet1_0")
