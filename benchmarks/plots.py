@@ -53,9 +53,12 @@ def result_paths() -> list[Path]:
 # learned each block's input quantizer with that block, before recon.block_output_steps
 # and the first rows of the default with AQuant's border (composed by autograd, before the
 # fused border: the default's own rows replace them), and the default's rows with the fused
-# Function's explicit codes (before it rounded the folded form: the re-run rows replace them)
+# Function's explicit codes (before it rounded the folded form: the re-run rows replace them),
+# and three more seeds (3-5) of the default at MobileNetV2 W2A4, for that setting's spread (the
+# tables and plots compare 3 seeds, 0-2, of every recipe)
 UNPLOTTED_SUITES = ("accuracy_like_for_like.json", "accuracy_like_for_like_2026-12-02.json",
-                    "accuracy_recipes_2026-12-03.json", "accuracy_recipes_2026-12-04_rule.json")
+                    "accuracy_recipes_2026-12-03.json", "accuracy_recipes_2026-12-04_rule.json",
+                    "accuracy_recipes_2026-12-04_seeds345.json")
 
 
 def load_rows() -> list[dict]:
