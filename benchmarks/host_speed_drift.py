@@ -61,7 +61,7 @@ def calibrate(name: str, runs: Path, iters: int, load_after: float | None) -> di
     return {
         "name": name, "load_after_s": load_after, "calib_seconds": report.calib_seconds,
         "start_ms": speed.ms_per_iter, "samples": [list(s) for s in speed.samples],
-        "reference_iters_start": round(report.calib_seconds * 1000 / speed.ms_per_iter),
+        "reference_iters_start": round(speed.reference_iters(report.calib_seconds)),
         "reference_iters_through_run": report.calib_reference_iters,
         "top1": report.quantized.top1,
     }

@@ -700,7 +700,6 @@ def _reconstruct(job: _Job, folder: _RunFolder, tally: _Tally) -> Calibrated:
         elapsed = elapsed_before + time.perf_counter() - started
         if clock is not None:
             started += clock.lap(elapsed)  # re-sampling the index is not calibration time
-            report.host_speed = clock.speed()
         if folder.writes:
             try:
                 save_progress(folder.path, qmodel, results, report, elapsed, print_)

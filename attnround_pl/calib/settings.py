@@ -185,8 +185,9 @@ class RunConfig:
             it from its last finished unit, with the same config and seed.
         overwrite: replace a run folder that already holds a finished or unfinished run.
         host_speed: time the host speed index's reference workload (2-3 s on a 2-core CPU,
-            once per process) before calibrating, so that the report states the calibration
-            in reference iterations (``calib_reference_iters``); false leaves both out.
+            once per process) before calibrating and re-sample it briefly after units (neither
+            is calibration time), so that the report states the calibration in reference
+            iterations (``calib_reference_iters``); false leaves both out.
     """
 
     out_dir: str = "runs"
