@@ -28,7 +28,7 @@ def pytest_configure(config: pytest.Config) -> None:
     each worker and the processes it starts (CLI runs, DDP ranks, the notebook's kernel) an
     equal share of the cores. With torch's default of one thread per core in every worker the
     cores are oversubscribed, and OpenMP's waiting threads then slow a test down many times
-    (the notebook test took 470 s instead of 80 s that way on the 2-core machine)."""
+    (the notebook test took 470 s instead of 79 s that way on the 2-core machine)."""
     workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
     if not os.environ.get("PYTEST_XDIST_WORKER") or not workers:
         return
