@@ -55,13 +55,15 @@ def result_paths() -> list[Path]:
 # fused border: the default's own rows replace them), and the default's rows with the fused
 # Function's explicit codes (before it rounded the folded form: the re-run rows replace them),
 # and three more seeds (3-5) of the default at MobileNetV2 W2A4, for that setting's spread (the
-# tables and plots compare 3 seeds, 0-2, of every recipe), and the mixed and AQuant suites as
-# first run (2026-11-25 and 2026-11-27, before issue 31's fused quantizers and recon.keep_better,
-# the AQuant rows also before the fused border: their re-runs replace them)
+# tables and plots compare 3 seeds, 0-2, of every recipe), and the mixed, AQuant and
+# weights-only suites as first run (2026-11-25 and 2026-11-27, before issue 31's fused quantizers
+# and recon.keep_better, the AQuant rows also before the fused border: their re-runs replace
+# them; the weights-only re-run keeps the peers' rows of its first run)
 UNPLOTTED_SUITES = ("accuracy_aquant_2026-11-27.json", "accuracy_like_for_like.json",
                     "accuracy_like_for_like_2026-12-02.json", "accuracy_mixed_2026-11-25.json",
                     "accuracy_recipes_2026-12-03.json", "accuracy_recipes_2026-12-04_rule.json",
-                    "accuracy_recipes_2026-12-04_seeds345.json")
+                    "accuracy_recipes_2026-12-04_seeds345.json",
+                    "accuracy_weights_only_2026-11-27.json")
 
 
 def load_rows() -> list[dict]:
