@@ -345,8 +345,9 @@ RECORD_KEYS = ("quant_top1", "quant_top5", "nearest_top1", "calib_seconds", "pea
 def seed_record(report: Report) -> dict:
     """The numbers of one seed's calibration that its table row needs, kept in the row's
     ``per_seed`` so the JSON alone can be extended later (``benchmarks/runs`` is not committed).
-    Its keys are ``RECORD_KEYS`` (the row JSON's), ``ms_per_iter`` and
-    ``calib_reference_iters``."""
+    Its keys are ``RECORD_KEYS`` (the row JSON's), ``ms_per_iter``, ``calib_reference_iters``
+    and ``cpu`` (the host's CPU and instruction set; None before reports recorded it: the same
+    command on another CPU moves top-1 by about 0.1 pp)."""
     quantized, nearest, onnx = report.quantized, report.nearest, report.onnx
     return {
         "quant_top1": quantized.top1, "quant_top5": quantized.top5,
@@ -356,7 +357,7 @@ def seed_record(report: Report) -> dict:
         "onnx_top1": onnx.top1 if onnx is not None else None,
         "onnx_argmax_mismatch": onnx.argmax_mismatch if onnx is not None else None,
         "machine": report.machine, "ms_per_iter": ms_per_iteration(report),
-        "calib_reference_iters": report.calib_reference_iters,
+        "calib_reference_iters": report.calib_reference_iters, "cpu": report.cpu or None,
     }
 
 

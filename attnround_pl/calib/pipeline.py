@@ -105,6 +105,21 @@ def machine() -> str:
     return f"{platform.machine()}, {os.cpu_count()} CPU cores, {gpu}, torch {torch.__version__}"
 
 
+def cpu(cpuinfo: str | os.PathLike = "/proc/cpuinfo") -> str:
+    """The CPU's model name and the instruction set torch's CPU kernels use (e.g. ``Intel(R)
+    Xeon(R) Processor, AVX512``): hosts of the same ``machine()`` description differ in both, and
+    the kernels (so the float summation order, so top-1 by about 0.1 pp) differ with them."""
+    name = platform.processor() or "unknown CPU"
+    try:
+        for line in Path(cpuinfo).read_text().splitlines():
+            if line.startswith("model name") and ":" in line:
+                name = line.split(":", 1)[1].strip() or name
+                break
+    except OSError:
+        pass
+    return f"{name}, {torch.backends.cpu.get_cpu_capability()}"
+
+
 def user_trainer_kwargs(trainer_kwargs: dict[str, Any]) -> dict[str, Any]:
     """The user's Trainer options minus the ones the reconstruction and evaluation set."""
     return {k: v for k, v in trainer_kwargs.items() if k not in _RECON_TRAINER_KEYS}
@@ -314,6 +329,7 @@ def _new_report(source: ModelSource, calib_images: int, quant: QuantConfig, reco
         quant=quant.to_dict(),
         recon=recon.__dict__.copy(),
         machine=machine(),
+        cpu=cpu(),
     )
 
 

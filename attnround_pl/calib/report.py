@@ -160,7 +160,9 @@ class Report:
     ``quant``/``recon``: the settings as run (``QuantConfig``/``ReconConfig`` as dicts);
     ``float_model``/``nearest``/``quantized``: the scores (None when not evaluated);
     ``calib_seconds``: the calibration's wall time (evaluation excluded) and
-    ``calib_reference_iters`` the same in the host's reference iterations (``host_speed``).
+    ``calib_reference_iters`` the same in the host's reference iterations (``host_speed``);
+    ``machine``/``cpu``: the host (``cpu``: the CPU's model name and the instruction set torch's
+    kernels use; empty in reports written before it was recorded).
     """
 
     model: str
@@ -174,6 +176,7 @@ class Report:
     quant: dict[str, Any] = field(default_factory=dict)
     recon: dict[str, Any] = field(default_factory=dict)
     machine: str = ""
+    cpu: str = ""
     host_speed: HostSpeed | None = None
     size_mb: float | None = None
     mixed: MixedReport | None = None

@@ -306,6 +306,12 @@ def test_plots_keep_the_row_with_most_seeds_and_draw_the_tau_sweep(tmp_path, mon
     assert [t for t, _ in curves["mobilenetv2", "W3A32"]] == [0.5, 1.0]
     assert plots.tau_sweep([*rows.values(), *other], tmp_path / "tau2.png")
     assert not plots.tau_sweep([rows["attention"]], tmp_path / "none.png")
+    # the sweep takes tau = 0.5 from the tau suite's own sitting where it has that row
+    assert plots.sweep_rows(list(rows.values()))[0]["top1"] == 91.5  # no tau suite: as given
+    (tmp_path / "accuracy_tau.json").write_text(json.dumps(
+        {"rows": [_row("attention", seeds=(0, 1, 2), top1=91.7)]}))
+    swept = {r["method"]: r["top1"] for r in plots.sweep_rows(list(rows.values()))}
+    assert swept == {"attention": 91.7, "attention_tau0": 88.0}
 
 
 def test_every_benchmark_method_has_its_own_colour():
@@ -404,8 +410,8 @@ def _report(runs, name, top1, seconds_per_unit=20.0):
     onnx = OnnxCheck(path="q.onnx", top1=top1, argmax_mismatch=1, torch_top1=top1,
                      max_abs_logit_diff=0.0, images=10000)
     report = Report("resnet20", "attention", 4, 4, 1024, machine="2 CPU cores",
-                    quantized=Scores(top1, 99.0), nearest=Scores(80.0), calib_seconds=100.0,
-                    peak_rss_mb=900.0, size_mb=0.25, onnx=onnx,
+                    cpu="Xeon, AVX512", quantized=Scores(top1, 99.0), nearest=Scores(80.0),
+                    calib_seconds=100.0, peak_rss_mb=900.0, size_mb=0.25, onnx=onnx,
                     units=[_unit(True, 2000, seconds_per_unit)])
     (runs / name).mkdir(parents=True)
     report.write(runs / name / "report.json")
@@ -428,6 +434,7 @@ def test_suite_rows_reuse_the_committed_seeds_and_add_new_runs(tmp_path):
     assert row["top1_std"] == pytest.approx(1.0) and row["ms_per_iter"] == pytest.approx(12.5)
     assert row["peak_rss_mb"] == 1000.0 and row["onnx_argmax_mismatch"] == 1
     assert sorted(row["per_seed"]) == ["0", "1"] and row["per_seed"]["1"]["quant_top1"] == 92.0
+    assert row["per_seed"]["1"]["cpu"] == "Xeon, AVX512" and "cpu" not in row["per_seed"]["0"]
     # the row now carries both seeds: a later table reads them back without any run folder
     again = acc.suite_row("resnet20", "W3A3", "attention", [0, 1], tmp_path / "none", row, True)
     assert again == row

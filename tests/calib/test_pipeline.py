@@ -6,7 +6,7 @@ from imagefolder_fixture import make_image_folder
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from attnround_pl.calib import FloatModel, ReconConfig, RunConfig, calibrate
-from attnround_pl.calib.pipeline import shape_units
+from attnround_pl.calib.pipeline import cpu, shape_units
 from attnround_pl.calib.report import Report
 from attnround_pl.data import FashionMNISTDataModule, ImageFolderDataModule
 from attnround_pl.errors import SettingError
@@ -79,6 +79,7 @@ def test_end_to_end_embedded_architectures(tmp_path, tiny_fmnist, arch):
     report, run_dir = _run(tmp_path, FloatModel(arch, weights=None), data, rounding="adaround",
                            export=["onnx"])
     assert REPORT_KEYS | {"nearest_top1"} <= set(report.to_dict())
+    assert report.cpu.endswith(", " + torch.backends.cpu.get_cpu_capability())
     assert report.onnx.argmax_mismatch == 0 and report.onnx.images == 60
     for unit in report.units:
         assert unit.mse_final >= 0 and unit.mse_nearest >= 0 and unit.cache_mb > 0
@@ -219,3 +220,15 @@ def test_a_holdout_run_says_its_numbers_are_on_the_validation_split(tmp_path, ti
                      iters=0)
     assert report.eval_data.startswith("a holdout of 40 training images")
     assert report.quantized.top1 is not None and report.quantized.fidelity["output"].samples == 40
+
+
+def test_cpu_names_the_model_and_the_kernels_instruction_set(tmp_path):
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nvendor_id\t: GenuineIntel\n"
+                    "model name\t: Intel(R) Xeon(R) Platinum 8480+\nflags\t: avx2\n")
+    isa = torch.backends.cpu.get_cpu_capability()
+    assert cpu(info) == f"Intel(R) Xeon(R) Platinum 8480+, {isa}"
+    # no /proc/cpuinfo (macOS, Windows) or no model name in it: still one line, never an error
+    assert cpu(tmp_path / "missing").endswith(f", {isa}")
+    info.write_text("processor\t: 0\n")
+    assert cpu(info).endswith(f", {isa}") and cpu(info) != f", {isa}"

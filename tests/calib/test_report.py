@@ -33,6 +33,7 @@ def _full_report() -> Report:
         model="resnet20", rounding="attention", w_bits=4, a_bits=4, calib_size=1024,
         model_source={"kind": "zoo", "name": "resnet20"}, tau=0.5, eval_data="test split",
         quant={"w_bits": 4}, recon={"iters": 2000}, machine="x86_64, 2 CPU cores",
+        cpu="Intel(R) Xeon(R) Processor, AVX512",
         host_speed=HostSpeed(ms_per_iter=20.0, iters=10, threads=2, measured_at="start"),
         size_mb=0.14,
         mixed=MixedReport(bit_list=[3, 4], eps2=1e-3, budget_mb=None, budget_bits=None,
@@ -64,6 +65,7 @@ def test_report_json_round_trips_in_the_flat_layout(tmp_path):
     assert written["onnx_argmax_mismatch"] == 0 and written["onnx_path"].endswith(".onnx")
     assert written["state_max_abs_diff"] == 0.0 and written["state_images"] == 10000
     assert written["host_speed"]["ms_per_iter"] == 20.0
+    assert written["cpu"] == "Intel(R) Xeon(R) Processor, AVX512"
     assert written["mixed"]["layers"][0]["coding_length"] is None
     assert "mse_learned" not in written["units"][0] and written["units"][1]["mse_learned"] == 3e-5
     assert written["unit_fidelity"] == [{"name": "layer1.0", **FID.to_dict()}]
@@ -87,6 +89,7 @@ def test_an_old_report_reads_with_what_it_has(tmp_path):
     assert report.quantized == Scores(top1=80.0)
     assert report.float_model is None and report.nearest is None and report.state is None
     assert report.units[0].kept == "as built" and report.host_speed is None
+    assert report.cpu == ""  # written before reports named the CPU
     assert report.onnx.argmax_mismatch == 2 and report.onnx.code_divergence is None
     assert report.to_dict()["quant_top1"] == 80.0
 
