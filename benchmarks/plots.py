@@ -60,7 +60,8 @@ def result_paths() -> list[Path]:
 # and recon.keep_better, the AQuant rows also before the fused border: their re-runs replace
 # them; the weights-only re-run keeps the peers' rows of its first run)
 UNPLOTTED_SUITES = ("accuracy_aquant_2026-11-27.json", "accuracy_like_for_like.json",
-                    "accuracy_like_for_like_2026-12-02.json", "accuracy_mixed_2026-11-25.json",
+                    "accuracy_like_for_like_2026-12-02.json", "accuracy_main_2026-11-27.json",
+                    "accuracy_mixed_2026-11-25.json",
                     "accuracy_recipes_2026-12-03.json", "accuracy_recipes_2026-12-04_rule.json",
                     "accuracy_recipes_2026-12-04_seeds345.json",
                     "accuracy_tau_2026-11-27.json", "accuracy_weights_only_2026-11-27.json")
@@ -516,11 +517,14 @@ def headline_table() -> str:
     settings = " | ".join(HEADLINE_SETTINGS)
     out = [f"| model (float top-1 %) | recipe | {settings} |",
            "| --- | --- |" + " ---: |" * len(HEADLINE_SETTINGS)]
-    empty = []
+    empty, absent = [], []
     for model, model_name in HEADLINE_MODELS.items():
         floats = {r["float_top1"] for (m, _, _), (r, _) in cells.items() if m == model}
         float_top1 = " / ".join(f"{f:.2f}" for f in sorted(floats)) or "-"
         for method, recipe in HEADLINE_RECIPES.items():
+            if not any((model, s, method) in cells for s in HEADLINE_SETTINGS):
+                absent.append(f"{recipe} on {model_name}")  # a row of dashes says nothing
+                continue
             line = [f"{model_name} ({float_top1})", recipe]
             for setting in HEADLINE_SETTINGS:
                 if (model, setting, method) not in cells:
@@ -548,6 +552,9 @@ def headline_table() -> str:
     else:
         out += [f"Every cell has a row with {HEADLINE_SEEDS} seeds (a cell without one would "
                 "show `-`)."]
+    if absent:
+        out += ["", f"Not in the table, no row with {HEADLINE_SEEDS} seeds at any of its "
+                f"settings yet: {', '.join(absent)}."]
     out += ["", "The goal (issue 34): the default at least level with the best 20k-iteration "
             "peer row (within the larger spread) in at most a quarter of its minutes; the "
             "minutes as each row's sitting measured them:", "", goal_table().rstrip("\n")]
