@@ -61,7 +61,7 @@ def result_paths() -> list[Path]:
 # them; the weights-only re-run keeps the peers' rows of its first run)
 UNPLOTTED_SUITES = ("accuracy_aquant_2026-11-27.json", "accuracy_like_for_like.json",
                     "accuracy_like_for_like_2026-12-02.json", "accuracy_main_2026-11-27.json",
-                    "accuracy_mixed_2026-11-25.json",
+                    "accuracy_mixed_2026-11-25.json", "accuracy_mobilenetv2_2026-11-27.json",
                     "accuracy_recipes_2026-12-03.json", "accuracy_recipes_2026-12-04_rule.json",
                     "accuracy_recipes_2026-12-04_seeds345.json",
                     "accuracy_tau_2026-11-27.json", "accuracy_weights_only_2026-11-27.json")
