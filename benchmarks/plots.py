@@ -49,28 +49,23 @@ def result_paths() -> list[Path]:
 
 # suites whose rows the plots leave out (their tables stay): the like-for-like suite runs
 # every method with the peers' activation placement, unlike every other suite, and a collapsed
-# row there (BRECQ's 10 % at MobileNetV2 W2A2) would squash its panel; its first rows (dated)
-# learned each block's input quantizer with that block, before recon.block_output_steps
-# and the first rows of the default with AQuant's border (composed by autograd, before the
-# fused border: the default's own rows replace them), and the default's rows with the fused
-# Function's explicit codes (before it rounded the folded form: the re-run rows replace them),
-# and three more seeds (3-5) of the default at MobileNetV2 W2A4, for that setting's spread (the
-# tables and plots compare 3 seeds, 0-2, of every recipe), and the mixed, AQuant, tau and
-# weights-only suites as first run (2026-11-25 and 2026-11-27, before issue 31's fused quantizers
-# and recon.keep_better, the AQuant rows also before the fused border: their re-runs replace
-# them; the weights-only re-run keeps the peers' rows of its first run)
-UNPLOTTED_SUITES = ("accuracy_aquant_2026-11-27.json", "accuracy_like_for_like.json",
-                    "accuracy_like_for_like_2026-12-02.json", "accuracy_main_2026-11-27.json",
-                    "accuracy_mixed_2026-11-25.json", "accuracy_mobilenetv2_2026-11-27.json",
-                    "accuracy_recipes_2026-12-03.json", "accuracy_recipes_2026-12-04_rule.json",
-                    "accuracy_recipes_2026-12-04_seeds345.json",
-                    "accuracy_tau_2026-11-27.json", "accuracy_weights_only_2026-11-27.json")
+# row there (BRECQ's 10 % at MobileNetV2 W2A2) would squash its panel
+UNPLOTTED_SUITES = ("accuracy_like_for_like.json",)
+# and every earlier run a re-run replaced, kept under its suite's name and the date of its rows
+# (accuracy_<suite>_<date>[_<what>].json: e.g. the suites as first run before issue 31's fused
+# quantizers, or the default's rows before a change to it; docs/benchmarks.md says which)
+EARLIER_RUN = re.compile(r"^accuracy_\w+?_\d{4}-\d{2}-\d{2}(_\w+)?\.json$")
+
+
+def plotted(path: Path) -> bool:
+    """Whether the plots read ``path``'s rows: not ``UNPLOTTED_SUITES``, not an earlier run."""
+    return path.name not in UNPLOTTED_SUITES and not EARLIER_RUN.match(path.name)
 
 
 def load_rows() -> list[dict]:
-    """Every row of every suite but ``UNPLOTTED_SUITES``, once per (model, setting, method):
-    the one with most seeds, the first read among equals (``result_paths``' order)."""
-    paths = [p for p in result_paths() if p.name not in UNPLOTTED_SUITES]
+    """Every row of every ``plotted`` suite, once per (model, setting, method): the one with
+    most seeds, the first read among equals (``result_paths``' order)."""
+    paths = [p for p in result_paths() if plotted(p)]
     return list(most_seeded_rows(paths).values())
 
 

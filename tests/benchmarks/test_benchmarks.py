@@ -292,6 +292,10 @@ def test_plots_keep_the_row_with_most_seeds_and_draw_the_tau_sweep(tmp_path, mon
     (tmp_path / "accuracy_a.json").write_text(json.dumps(three))
     (tmp_path / "accuracy_like_for_like.json").write_text(json.dumps(
         {"rows": [_row("brecq", seeds=(0, 1, 2), top1=10.0)]}))  # another placement: not drawn
+    for earlier in ("accuracy_a_2026-11-27.json", "accuracy_like_for_like_2026-12-02.json",
+                    "accuracy_recipes_2026-12-04_seeds345.json"):  # earlier runs: not drawn
+        (tmp_path / earlier).write_text(json.dumps(
+            {"rows": [_row("adaround", seeds=(0, 1, 2, 3), top1=90.0)]}))
     rows = {r["method"]: r for r in plots.load_rows()}
     assert rows["attention"]["top1"] == 91.5 and len(rows) == 2
     assert plots.tau_of("attention") == 0.5 and plots.tau_of("attention_tau0.25") == 0.25
