@@ -6,6 +6,7 @@ Used by ``attnround-pl export``; the export itself is in ``attnround_pl.export``
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,7 @@ def export_run(
     its checkpoint (one passed as an object from Python). Both formats record the checkpoint's
     preprocessing and class count (see ``export.metadata``). ``opset``: the ONNX opset (None:
     the lowest that holds the model's bit widths, see ``export.qdq_onnx``)."""
+    began = time.perf_counter()
     check_format(fmt)
     run_dir = check_run_folder(run_dir, need_config=False)
     out = Path(out) if out is not None else run_dir / FORMATS[fmt]
@@ -82,6 +84,7 @@ def export_run(
         size = state_size(out)
         result = StateCheck(path=str(out), max_abs_diff=diff, images=images,
                             file_bytes=size.file_bytes, weight_code_bytes=size.weight_code_bytes)
+    result.seconds = round(time.perf_counter() - began, 2)
     report = Report.read(run_dir / REPORT)
     report.add_check(result)
     report.write(run_dir / REPORT)
@@ -96,13 +99,18 @@ def _tensorrt_cell(result: OnnxCheck) -> str:
     return text + (f" ({warned} warning{'s' if warned != 1 else ''})" if warned else "")
 
 
+def _took(result: OnnxCheck | StateCheck) -> str:
+    """", export and check in N s" (nothing for a check without its time)."""
+    return "" if result.seconds is None else f", export and check in {result.seconds:.0f} s"
+
+
 def export_table(result: OnnxCheck | StateCheck) -> Table:
     """PyTorch fake-quant and exported model side by side (top-1 where the data has labels)."""
     if isinstance(result, OnnxCheck):
         size = ("" if result.file_bytes is None else
                 f" (opset {result.opset}: {result.file_bytes / 1024:.1f} KiB, weight codes "
                 f"{result.weight_code_bytes / 1024:.1f} KiB)")
-        table = Table(title=f"{result.path}{size} on {result.images} images")
+        table = Table(title=f"{result.path}{size} on {result.images} images{_took(result)}")
         labelled = result.top1 is not None
         columns = ["PyTorch top-1 %", "onnxruntime top-1 %", "differing argmax"] if labelled else []
         for col in (*columns, "max |output diff|"):
@@ -127,7 +135,7 @@ def export_table(result: OnnxCheck | StateCheck) -> Table:
     size = ("" if result.file_bytes is None else
             f" ({result.file_bytes / 1024:.1f} KiB, weight codes "
             f"{result.weight_code_bytes / 1024:.1f} KiB)")
-    table = Table(title=f"{result.path}{size}: reloaded vs calibrated model")
+    table = Table(title=f"{result.path}{size}: reloaded vs calibrated model{_took(result)}")
     table.add_column("images", justify="right")
     table.add_column("max |output diff|", justify="right")
     table.add_row(str(result.images), f"{result.max_abs_diff:.3g}")

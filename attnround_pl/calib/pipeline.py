@@ -61,7 +61,7 @@ from .export_job import export_run
 from .host_speed import ReferenceClock, host_speed
 from .interrupt import interruption_in, stop_on_signals, stopped_message
 from .progress import UnitProgressBar
-from .report import Report, Scores, UnitFidelity, UnitResult
+from .report import Report, Scores, UnitFidelity, UnitResult, WallSeconds
 from .resume import (
     PROGRESS,
     fingerprint,
@@ -500,12 +500,16 @@ def _write_run(folder: _RunFolder, qmodel: nn.Module, source: ModelSource, class
                quant: QuantConfig, run: RunConfig, data: Any,
                report: Report) -> None:
     """quantized.pt, report.json and the exports (rank 0); progress.pt goes."""
+    began = time.perf_counter()
     meta = checkpoint_meta(source, classes, getattr(qmodel, "preprocessing", None))
     save_quantized(qmodel, folder.path / CHECKPOINT, quant, meta)
     report.write(folder.path / REPORT)
     (folder.path / PROGRESS).unlink(missing_ok=True)  # quantized.pt holds it all now
+    if report.wall_seconds is not None:
+        report.wall_seconds.write = round(time.perf_counter() - began, 2)
     for fmt in run.export:  # the finished run is on disk; an export error loses nothing
         report.add_check(export_run(folder.path, fmt, data, opset=run.onnx_opset))
+    report.write(folder.path / REPORT)  # with the write's time and the exports' checks
 
 
 @torch.no_grad()
@@ -552,6 +556,7 @@ def run_calibration(
     ``RunConfig`` has its own); ``mixed``: per-layer weight bits by coding length, chosen
     before quantization (None or no ``bit_list``: single precision).
     """
+    began = time.perf_counter()
     with stop_on_signals():
         tally, folder = _Tally(), None
         try:
@@ -573,7 +578,7 @@ def run_calibration(
                 job.source, job.quant, run, job.trainer_kwargs, config_text, console or Console()
             )
             try:
-                return _reconstruct(job, folder, tally)
+                return _reconstruct(job, folder, tally, began)
             finally:
                 folder.close()
         except BaseException as exc:
@@ -663,9 +668,10 @@ class _Tally:
     total: int | None = None
 
 
-def _reconstruct(job: _Job, folder: _RunFolder, tally: _Tally) -> Calibrated:
+def _reconstruct(job: _Job, folder: _RunFolder, tally: _Tally, began: float) -> Calibrated:
     """Evaluate the baselines, reconstruct unit by unit, evaluate and write (see
-    ``run_calibration``)."""
+    ``run_calibration``; ``began``: its ``time.perf_counter()`` at the start, for the
+    report's ``wall_seconds``)."""
     float_net, source, quant, recon, run = job.float_net, job.source, job.quant, job.recon, job.run
     trainer_kwargs, data, inputs, classes = job.trainer_kwargs, job.data, job.inputs, job.classes
     batches, show, unit_eval_images = inputs.batches, job.show, job.unit_eval_images
@@ -690,9 +696,12 @@ def _reconstruct(job: _Job, folder: _RunFolder, tally: _Tally) -> Calibrated:
         echo(f"resuming {folder.path}: {len(resumed['units'])} unit(s) already done")
 
     # before the clock starts: not calibration time
+    sampling = time.perf_counter()
     clock = ReferenceClock(host_speed()) if run is None or run.host_speed else None
     report.host_speed = clock.start if clock is not None else None
     started = time.perf_counter()
+    wall = report.wall_seconds = WallSeconds(setup=round(sampling - began, 2),
+                                             host_speed=round(started - sampling, 2))
     elapsed_before = resumed["elapsed"] if resumed is not None else 0.0
     qmodel, units = _quantize(float_net, quant, job.mixed, batches, report, echo)
     units = shape_units(units, qmodel, recon, batches[0][:2], echo)
@@ -715,7 +724,9 @@ def _reconstruct(job: _Job, folder: _RunFolder, tally: _Tally) -> Calibrated:
         nonlocal started
         elapsed = elapsed_before + time.perf_counter() - started
         if clock is not None:
-            started += clock.lap(elapsed)  # re-sampling the index is not calibration time
+            lap = clock.lap(elapsed)  # re-sampling the index is not calibration time
+            started += lap
+            wall.host_speed = round(wall.host_speed + lap, 2)
         if folder.writes:
             try:
                 save_progress(folder.path, qmodel, results, report, elapsed, print_)
@@ -743,7 +754,9 @@ def _reconstruct(job: _Job, folder: _RunFolder, tally: _Tally) -> Calibrated:
             if resumed is None:  # a resumed run has them in its report already
                 paused = time.perf_counter()
                 _evaluate_baselines(float_net, qmodel, run, score, report, echo)
-                started += time.perf_counter() - paused  # evaluation is not calibration time
+                evaluated = time.perf_counter() - paused
+                started += evaluated  # evaluation is not calibration time
+                wall.baselines = round(evaluated, 2)
             echo(f"{len(units)} units, {recon.iters} iterations each at batch "
                  f"{recon.batch_size}" + (", activations float" if stage == "rounding" else ""))
         elif not stage_done:  # BRECQ: the steps start again from the weight-quantized network
@@ -752,12 +765,15 @@ def _reconstruct(job: _Job, folder: _RunFolder, tally: _Tally) -> Calibrated:
             echo(f"{len(units)} units, {recon.act_stage_iters} iterations each for the steps")
         results += sequencer.run(done=stage_done)
     report.units = results
-    report.calib_seconds = round(elapsed_before + time.perf_counter() - started, 2)
+    calibrated = time.perf_counter() - started
+    wall.calibration = round(calibrated, 2)
+    report.calib_seconds = round(elapsed_before + calibrated, 2)
     if clock is not None:
         report.host_speed = clock.speed()
         report.calib_reference_iters = round(clock.reference_iters(report.calib_seconds))
     if resumed is not None:
         report.resumed_after_units = len(resumed["units"])
+    evaluating = time.perf_counter()
     qmodel.eval()
     report.quantized = _scores(score(qmodel, float_net))
     unit_batches = _first_images(inputs.eval_batches, unit_eval_images)
@@ -767,6 +783,7 @@ def _reconstruct(job: _Job, folder: _RunFolder, tally: _Tally) -> Calibrated:
         unit_batches = _first_images(batches, unit_eval_images)
         report.unit_fidelity_data = "calibration images (evaluation images differ in size)"
     report.unit_fidelity = unit_fidelity(qmodel, folded, units, unit_batches)
+    wall.evaluation = round(time.perf_counter() - evaluating, 2)
     report.peak_rss_mb = round(peak_rss_mb(), 1)
     if folder.path is not None:
         report.run_dir = str(folder.path)
@@ -826,7 +843,7 @@ def summary_table(report: Report) -> Table:
     with the calibration time."""
     w_bits = report.mixed.bit_list if report.mixed is not None else report.w_bits
     title = f"{report.model} W{w_bits}A{report.a_bits}: {report.calib_size} calibration images"
-    table = Table(title=title)
+    table = Table(title=title, caption=report.wall_time_line())
     quantized = report.quantized or Scores()
     tops = [k for k in ("top1", "top5") if getattr(quantized, k) is not None]
     columns = ["model", *(f"top-{k[3]} %" for k in tops), "output SQNR dB", "calibration s"]

@@ -137,6 +137,7 @@ class OnnxCheck:
     # quant.profile tensorrt: export.tensorrt_check's findings by rule (None: not checked)
     tensorrt_violations: dict[str, int] | None = None
     tensorrt_warnings: dict[str, int] | None = None
+    seconds: float | None = None  # the export and its check (None: reports before it)
 
 
 @dataclass
@@ -148,9 +149,37 @@ class StateCheck:
     images: int
     file_bytes: int | None = None  # None: a report written before sizes were recorded
     weight_code_bytes: int | None = None  # the packed weight codes
+    seconds: float | None = None  # the export and its check (None: reports before it)
 
 
 _CHECKS: dict[str, type] = {"onnx": OnnxCheck, "state": StateCheck}
+
+
+@dataclass
+class WallSeconds:
+    """Where a calibration's wall time went, in seconds. ``setup``: the settings, model and
+    data checked and the run folder opened; ``host_speed``: the host speed index measured at
+    the start (once per process: about 0 s for a later run in the same process) and
+    re-sampled during the run; ``baselines``: the float and round-to-nearest
+    models evaluated (0 on a resumed run, whose report has them); ``calibration``: the model
+    quantized (range searches), split into units and reconstructed, in this process
+    (``calib_seconds`` adds a resumed run's earlier part); ``evaluation``: the calibrated
+    model evaluated and its per-unit fidelity measured; ``write``: quantized.pt and
+    report.json. Each export's own time is its check's ``seconds``."""
+
+    setup: float = 0.0
+    host_speed: float = 0.0
+    baselines: float = 0.0
+    calibration: float = 0.0
+    evaluation: float = 0.0
+    write: float = 0.0
+
+    def to_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> WallSeconds:
+        return cls(**_known(cls, data))
 
 
 @dataclass
@@ -197,6 +226,7 @@ class Report:
     devices: int | None = None
     onnx: OnnxCheck | None = None
     state: StateCheck | None = None
+    wall_seconds: WallSeconds | None = None
 
     # ---- report.json ----------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -214,7 +244,7 @@ class Report:
             elif f.name in ("units", "unit_fidelity"):
                 if value:
                     out[f.name] = [item.to_dict() for item in value]
-            elif f.name in ("host_speed", "mixed"):
+            elif f.name in ("host_speed", "mixed", "wall_seconds"):
                 if value is not None:
                     out[f.name] = value.to_dict()
             elif value is not None or f.name == "tau":
@@ -238,6 +268,8 @@ class Report:
             kwargs["host_speed"] = HostSpeed(**data["host_speed"])
         if data.get("mixed") is not None:
             kwargs["mixed"] = MixedReport.from_dict(data["mixed"])
+        if data.get("wall_seconds") is not None:
+            kwargs["wall_seconds"] = WallSeconds.from_dict(data["wall_seconds"])
         return cls(**kwargs)
 
     def write(self, path: str | os.PathLike) -> Path:
@@ -262,6 +294,22 @@ class Report:
         """Record an export's check (replacing an earlier one of the same format)."""
         name = next(n for n, c in _CHECKS.items() if isinstance(check, c))
         setattr(self, name, check)
+
+    def wall_time_line(self) -> str | None:
+        """One line saying where the run's wall time went, exports included (None for a
+        report without ``wall_seconds``)."""
+        wall = self.wall_seconds
+        if wall is None:
+            return None
+        parts = [(name.replace("_", " "), seconds) for name, seconds in asdict(wall).items()]
+        for name in _CHECKS:
+            check = getattr(self, name)
+            if check is not None and check.seconds is not None:
+                parts.append((f"{name} export and check", check.seconds))
+        total = sum(seconds for _, seconds in parts)
+        shown = ", ".join(f"{name} {seconds:.0f}" for name, seconds in parts
+                          if round(seconds) > 0)
+        return f"wall time {total:.0f} s: {shown}"
 
 
 class ReportError(InputError):

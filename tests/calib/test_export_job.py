@@ -47,6 +47,8 @@ def test_export_run_writes_both_formats_and_adds_them_to_the_report(tmp_path, ti
     assert div is None or div["float_noise"]
     state_result = export_run(run_dir, "state", data, out=tmp_path / "elsewhere" / "s.pt")
     assert state_result.max_abs_diff == 0.0 and state_result.images == 60
+    assert onnx_result.seconds > 0 and state_result.seconds > 0  # each export's own time
+    assert f"export and check in {state_result.seconds:.0f} s" in export_table(state_result).title
     assert (tmp_path / "elsewhere" / "s.pt").is_file()
     report = json.loads((run_dir / "report.json").read_text())
     assert report["quant_top1"] == 1.0  # earlier keys kept
@@ -96,6 +98,10 @@ def test_export_table_says_why_the_logits_differ():
     assert "summation order only" in no_div
     # equal logits, or a report written before the diagnosis existed: no caption
     assert export_table(replace(result, max_abs_logit_diff=0.0)).caption is None
+    # a check written before its time was recorded says nothing about it
+    assert export_table(result).title == "m.onnx on 10 images"
+    assert export_table(replace(result, seconds=12.4)).title.endswith(
+        "on 10 images, export and check in 12 s")
 
 
 def test_unfinished_or_missing_run_folders_are_refused(tmp_path, tiny_fmnist):

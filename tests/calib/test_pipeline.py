@@ -236,3 +236,35 @@ def test_cpu_names_the_model_and_the_kernels_instruction_set(tmp_path):
     assert cpu(tmp_path / "missing").endswith(f", {isa}")
     info.write_text("processor\t: 0\n")
     assert cpu(info).endswith(f", {isa}") and cpu(info) != f", {isa}"
+
+
+def test_the_report_says_where_the_wall_time_went(tmp_path, tiny_fmnist):
+    import dataclasses
+    import io
+    import time
+
+    from rich.console import Console
+
+    torch.manual_seed(0)
+    data = FashionMNISTDataModule(root=str(tiny_fmnist), calib_size=20, batch_size=30)
+    out = io.StringIO()
+    run = RunConfig(out_dir=str(tmp_path / "runs"), name="r", progress=False, export=["onnx"])
+    began = time.perf_counter()
+    report = calibrate(FloatModel("resnet20", weights=None), data,
+                       QuantConfig(w_bits=4, a_bits=4, rounding="attention"),
+                       ReconConfig(iters=2, batch_size=4), run, TRAINER,
+                       console=Console(file=out, width=300))
+    outer = time.perf_counter() - began
+    wall = report.wall_seconds
+    assert wall.calibration == report.calib_seconds  # one process, nothing resumed
+    phases = dataclasses.asdict(wall)
+    # every phase ran (float and round-to-nearest evaluated); the host speed index is measured
+    # once per process, so in a test worker that ran a calibration before it takes about 0 s
+    assert all(seconds > 0 for name, seconds in phases.items() if name != "host_speed"), phases
+    assert phases["host_speed"] >= 0
+    assert report.onnx.seconds > 0
+    # the phases are disjoint parts of the call: together no longer than it (2-decimal rounding)
+    assert sum(phases.values()) + report.onnx.seconds <= outer + 0.05
+    assert Report.read(tmp_path / "runs" / "r" / "report.json") == report  # written last
+    printed = " ".join(out.getvalue().split())
+    assert report.wall_time_line() in printed and "onnx export and check" in printed

@@ -14,6 +14,7 @@ from attnround_pl.calib.report import (
     StateCheck,
     UnitFidelity,
     UnitResult,
+    WallSeconds,
 )
 from attnround_pl.mixed.report import MixedLayer, MixedReport
 from attnround_pl.quant.fidelity import Fidelity
@@ -49,8 +50,10 @@ def _full_report() -> Report:
         run_dir="runs/x",
         onnx=OnnxCheck(path="runs/x/quantized.onnx", top1=92.4, argmax_mismatch=0,
                        torch_top1=92.4, max_abs_logit_diff=1e-5, images=10000,
-                       code_divergence=None, onnxruntime="1.23"),
+                       code_divergence=None, onnxruntime="1.23", seconds=9.4),
         state=StateCheck(path="runs/x/quantized_state.safetensors", max_abs_diff=0.0, images=10000),
+        wall_seconds=WallSeconds(setup=1.6, host_speed=2.25, baselines=10.5, calibration=67.2,
+                                 evaluation=12.0, write=0.3),
     )
 
 
@@ -70,6 +73,8 @@ def test_report_json_round_trips_in_the_flat_layout(tmp_path):
     assert "mse_learned" not in written["units"][0] and written["units"][1]["mse_learned"] == 3e-5
     assert written["unit_fidelity"] == [{"name": "layer1.0", **FID.to_dict()}]
     assert "devices" not in written and written["tau"] == 0.5
+    assert written["wall_seconds"]["baselines"] == 10.5 and written["onnx_seconds"] == 9.4
+    assert written["state_seconds"] is None  # a check written without its time
     assert Report.read(path) == report
 
 
@@ -91,6 +96,7 @@ def test_an_old_report_reads_with_what_it_has(tmp_path):
     assert report.units[0].kept == "as built" and report.host_speed is None
     assert report.cpu == ""  # written before reports named the CPU
     assert report.onnx.argmax_mismatch == 2 and report.onnx.code_divergence is None
+    assert report.wall_seconds is None and report.wall_time_line() is None
     assert report.to_dict()["quant_top1"] == 80.0
 
 
@@ -113,3 +119,13 @@ def test_an_export_check_replaces_the_earlier_one_of_its_format():
     newer = StateCheck(path="s2.pt", max_abs_diff=1e-7, images=5)
     report.add_check(newer)
     assert report.state is newer and report.onnx.path == "runs/x/quantized.onnx"
+
+
+def test_the_wall_time_line_sums_the_phases_and_the_exports():
+    report = _full_report()
+    # 1.6 + 2.25 + 10.5 + 67.2 + 12.0 + 0.3 + 9.4 (ONNX) = 103.25; the state check has no time
+    # and a phase that rounds to 0 s is left out of the list, not out of the sum
+    assert report.wall_time_line() == (
+        "wall time 103 s: setup 2, host speed 2, baselines 10, calibration 67, evaluation 12, "
+        "onnx export and check 9"
+    )
