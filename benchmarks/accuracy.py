@@ -300,7 +300,9 @@ SUITES = {
 def run_row(model: str, setting: str, method: str, seed: int, runs: Path,
             existing_only: bool = False) -> Report | None:
     """One calibration (or its earlier report); returns the report (None: not run and
-    ``existing_only``)."""
+    ``existing_only``). A run that stopped (killed, or the session ended) is continued from
+    its last finished unit (``--run.resume``); one that stopped before its first unit starts
+    again."""
     name = f"{model}_{setting}_{method}_s{seed}".replace("+", "-")
     report = runs / name / "report.json"
     if not report.is_file() and existing_only:
@@ -308,7 +310,7 @@ def run_row(model: str, setting: str, method: str, seed: int, runs: Path,
     if not report.is_file():
         cmd = [*CLI, "calibrate", *calibrate_args(model, setting, method, seed),
                "--run.out_dir", str(runs), "--run.name", name, "--run.progress", "false",
-               "--run.eval_float", "false", "--run.export", "[onnx]"]
+               "--run.eval_float", "false", "--run.export", "[onnx]", *_continue(runs / name)]
         print(f"# {name}: {' '.join(cmd[2:])}", file=sys.stderr, flush=True)
         started = time.perf_counter()
         subprocess.run(cmd, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
@@ -318,6 +320,12 @@ def run_row(model: str, setting: str, method: str, seed: int, runs: Path,
     except ReportError as exc:
         raise SystemExit(f"{exc}; delete the run folder {report.parent} to calibrate it again"
                          ) from None
+
+
+def _continue(folder: Path) -> list[str]:
+    """``--run.resume`` for an unfinished run in ``folder`` with finished units (its
+    ``progress.pt``); nothing otherwise (a folder without one is calibrated again)."""
+    return ["--run.resume", str(folder)] if (folder / "progress.pt").is_file() else []
 
 
 @functools.cache  # read once per model, not once per row

@@ -366,6 +366,14 @@ def _evaluate_baselines(float_net: nn.Module, qmodel: nn.Module, run: RunConfig 
         echo(_describe("round-to-nearest", result))
 
 
+def learns_nothing(quant: QuantConfig, recon: ReconConfig) -> bool:
+    """Whether calibration leaves the quantized model as its round-to-nearest baseline: weights
+    and activations rounded to nearest and no iteration to learn anything (the ``nearest``
+    recipe). Such a run's quantized scores are the baseline's."""
+    return (quant.rounding == "nearest" and quant.act_border == "nearest"
+            and recon.iters == 0 and recon.act_stage_iters == 0)
+
+
 def _quantize(float_net: nn.Module, quant: QuantConfig, mixed: MixedConfig,
               batches: list[Tensor], report: Report, echo: Callable[..., None]
               ) -> tuple[nn.Module, list[Unit]]:
@@ -775,7 +783,12 @@ def _reconstruct(job: _Job, folder: _RunFolder, tally: _Tally, began: float) -> 
         report.resumed_after_units = len(resumed["units"])
     evaluating = time.perf_counter()
     qmodel.eval()
-    report.quantized = _scores(score(qmodel, float_net))
+    if report.nearest is not None and learns_nothing(quant, recon):
+        # the same model as the round-to-nearest baseline: not evaluated a second time
+        report.quantized = copy.deepcopy(report.nearest)
+        echo("quantized = round-to-nearest (nothing learned): its scores are the baseline's")
+    else:
+        report.quantized = _scores(score(qmodel, float_net))
     unit_batches = _first_images(inputs.eval_batches, unit_eval_images)
     report.unit_fidelity_data = inputs.eval_source
     if any(b.shape[1:] != batches[0].shape[1:] for b in unit_batches):

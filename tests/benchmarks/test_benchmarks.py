@@ -276,6 +276,28 @@ def test_a_row_runs_the_command_a_user_runs(tmp_path, monkeypatch):
         "--seed_everything", "0", "--quant.rounding_args.tau", "0.25"]
 
 
+def test_a_row_that_stopped_after_a_unit_is_resumed_from_it(tmp_path, monkeypatch):
+    acc = _load("accuracy")
+    ran = []
+
+    def run(cmd, **kwargs):
+        ran.append(cmd)
+        (tmp_path / "resnet20_W2A2_qdrop_s0" / "report.json").write_text("{}")
+
+    monkeypatch.setattr(acc.subprocess, "run", run)
+    monkeypatch.setattr(acc.Report, "read", lambda path: path)
+    folder = tmp_path / "resnet20_W2A2_qdrop_s0"
+    folder.mkdir()  # stopped before its first unit: calibrated again, no resume
+    acc.run_row("resnet20", "W2A2", "qdrop", 0, tmp_path)
+    assert "--run.resume" not in ran[0]
+    (folder / "report.json").unlink()
+    (folder / "progress.pt").write_bytes(b"")  # stopped after a unit: taken up from it
+    acc.run_row("resnet20", "W2A2", "qdrop", 0, tmp_path)
+    assert ran[1][-2:] == ["--run.resume", str(folder)]
+    assert acc.run_row("resnet20", "W2A2", "qdrop", 0, tmp_path) == folder / "report.json"
+    assert len(ran) == 2  # a finished row is read, not run
+
+
 def _row(method, setting="W3A3", seeds=(0,), top1=90.0):
     return {"model": "resnet20", "setting": setting, "method": method, "seeds": list(seeds),
             "top1": top1, "top1_std": 0.0, "nearest_top1": 80.0, "float_top1": 92.0,

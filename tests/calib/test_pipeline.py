@@ -268,3 +268,31 @@ def test_the_report_says_where_the_wall_time_went(tmp_path, tiny_fmnist):
     assert Report.read(tmp_path / "runs" / "r" / "report.json") == report  # written last
     printed = " ".join(out.getvalue().split())
     assert report.wall_time_line() in printed and "onnx export and check" in printed
+
+
+
+@pytest.mark.parametrize("rounding,evaluations", [("nearest", 2), ("floor", 3)])
+def test_a_run_that_learns_nothing_is_not_evaluated_twice(tmp_path, tiny_fmnist, monkeypatch,
+                                                          rounding, evaluations):
+    from attnround_pl.calib import pipeline
+
+    calls = []
+    real = pipeline.evaluate
+    monkeypatch.setattr(pipeline, "evaluate", lambda *a, **k: calls.append(1) or real(*a, **k))
+    torch.manual_seed(0)
+    float_net = build_model("resnet20", weights=None).eval()
+    data = FashionMNISTDataModule(root=str(tiny_fmnist), calib_size=20, batch_size=30)
+    quant = QuantConfig(w_bits=2, a_bits=2, rounding=rounding)
+    run = RunConfig(out_dir=str(tmp_path), name="r", progress=False)
+    calibrated = pipeline.run_calibration(float_net, data, quant, ReconConfig(iters=0), run,
+                                          TRAINER)
+    report = calibrated.report
+    # float and round-to-nearest, and the quantized model only where it is another model
+    assert len(calls) == evaluations
+    assert (report.quantized == report.nearest) == (rounding == "nearest")
+    # the scores a nearest run reports for its quantized model are what evaluating it gives
+    again = real(calibrated.model, pipeline.resolve_data(data, None).eval_batches, TRAINER,
+                 reference=float_net)
+    assert again.top1 == report.quantized.top1
+    assert again.fidelity["output"].sqnr_db == report.quantized.fidelity["output"].sqnr_db
+    assert report.quantized.top1 is not None and 0 <= report.quantized.top1 <= 100
