@@ -270,7 +270,6 @@ def test_the_report_says_where_the_wall_time_went(tmp_path, tiny_fmnist):
     assert report.wall_time_line() in printed and "onnx export and check" in printed
 
 
-
 @pytest.mark.parametrize("rounding,evaluations", [("nearest", 2), ("floor", 3)])
 def test_a_run_that_learns_nothing_is_not_evaluated_twice(tmp_path, tiny_fmnist, monkeypatch,
                                                           rounding, evaluations):
