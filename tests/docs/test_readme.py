@@ -111,6 +111,95 @@ def test_headline_reads_the_recipes_suite_before_the_models_tables(tmp_path, mon
     assert not any("90.45" in line for line in lines)
 
 
+def _timed(model, setting, method, seconds, cpu="CPU A", top1=(90.0,)):
+    """A timing run's row: one run per top-1 given (seeds 0, 1, ...), each with its seconds
+    and CPU under per_seed."""
+    row = _row(model, setting, method, range(len(top1)), sum(top1) / len(top1), seconds)
+    row["per_seed"] = {str(i): {"calib_seconds": seconds, "cpu": cpu, "quant_top1": t}
+                       for i, t in enumerate(top1)}
+    return row
+
+
+def _write(path, rows):
+    path.write_text(json.dumps({"command": "c", "rows": rows}))
+
+
+def test_the_goal_table_takes_the_time_bound_from_one_host_where_a_timing_run_has_it(
+        tmp_path, monkeypatch):
+    """A pair of seed-0 runs from one sitting (accuracy_<suite>_<date>_timing.json, the same
+    date and CPU) gives the ratio that decides the time bound; a pair from two CPUs or dates,
+    or of another peer than the best row, does not count; a later date replaces an earlier."""
+    plots = load_plots()
+    monkeypatch.setattr(plots, "RESULTS", tmp_path)
+    rows = [_row("resnet20", s, m, (0, 1, 2), 92.0, seconds)
+            for s in ("W4A4", "W3A3", "W2A4", "W2A2")
+            for m, seconds in (("attnround", 100.0), ("brecq_v1", 300.0))]
+    _write(tmp_path / "accuracy_recipes.json", rows)
+    peers = [_timed("resnet20", "W4A4", "brecq_v1", 900.0),  # one host: 9.0x
+             _timed("resnet20", "W3A3", "brecq_v1", 300.0),  # one host: 2.5x, not enough
+             _timed("resnet20", "W2A4", "brecq_v1", 900.0, cpu="CPU B"),  # another CPU
+             _timed("resnet20", "W2A2", "qdrop_v1", 900.0)]  # not the best peer row
+    ours = [_timed("resnet20", s, "attnround", seconds)
+            for s, seconds in (("W4A4", 100.0), ("W3A3", 120.0), ("W2A4", 100.0),
+                               ("W2A2", 100.0))]
+    _write(tmp_path / "accuracy_main_2026-01-02_timing.json", peers)
+    _write(tmp_path / "accuracy_recipes_2026-01-02_timing.json", ours)
+    lines = plots.goal_table().splitlines()
+    row = "| ResNet-20 {} | 92.00 ± 0.12 (1.7 min) | BRECQ's recipe, v1: 92.00 ± 0.12 (5.0 min) "
+    assert row.format("W4A4") + "| +0.00 | 3x | 9.0x (seed 0, 2026-01-02) | reached |" in lines
+    assert (row.format("W3A3") + "| +0.00 | 3x | 2.5x (seed 0, 2026-01-02) "
+            "| **only 2.5x faster** |") in lines
+    for setting in ("W2A4", "W2A2"):
+        assert row.format(setting) + "| +0.00 | 3x | - | **only 3.0x faster** |" in lines
+    # a later date's run of the pair replaces the earlier one; one of a date alone is no pair
+    _write(tmp_path / "accuracy_main_2026-02-01_timing.json",
+           [_timed("resnet20", "W3A3", m, s) for m, s in (("brecq_v1", 600.0),
+                                                          ("attnround", 100.0))]
+           + [_timed("resnet20", "W4A4", "brecq_v1", 900.0)])
+    lines = plots.goal_table().splitlines()
+    assert row.format("W3A3") + "| +0.00 | 3x | 6.0x (seed 0, 2026-02-01) | reached |" in lines
+    assert row.format("W4A4") + "| +0.00 | 3x | - | **only 3.0x faster** |" in lines
+    # a timing row without its runs' CPU stops with the file's name
+    broken = _timed("resnet20", "W3A3", "attnround", 100.0)
+    del broken["per_seed"]["0"]["cpu"]
+    _write(tmp_path / "accuracy_main_2026-02-01_timing.json", [broken])
+    with pytest.raises(SystemExit, match="accuracy_main_2026-02-01_timing.json: row resnet20"):
+        plots.goal_table()
+
+
+def test_the_goal_table_takes_the_top1_from_one_host_where_a_timing_run_has_three_seeds(
+        tmp_path, monkeypatch):
+    """With 3 seeds each in one sitting the gap on one host (within its larger spread)
+    decides, and the verdict says where the rows across hosts say otherwise; fewer seeds
+    leave the rows' gap deciding."""
+    plots = load_plots()
+    monkeypatch.setattr(plots, "RESULTS", tmp_path)
+    rows = [_row("mobilenetv2", "W2A4", "attnround", (0, 1, 2), 90.00, 60.0),  # 0.123 spreads
+            _row("mobilenetv2", "W2A4", "qdrop_v1", (0, 1, 2), 90.20, 600.0),  # behind 0.20
+            _row("mobilenetv2", "W4A4", "attnround", (0, 1, 2), 91.00, 60.0),
+            _row("mobilenetv2", "W4A4", "qdrop_v1", (0, 1, 2), 91.00, 600.0),  # level
+            _row("mobilenetv2", "W3A3", "attnround", (0, 1, 2), 90.00, 60.0),
+            _row("mobilenetv2", "W3A3", "qdrop_v1", (0, 1, 2), 90.50, 600.0)]  # behind 0.50
+    _write(tmp_path / "accuracy_recipes.json", rows)
+    timing = [_timed("mobilenetv2", "W2A4", "qdrop_v1", 1200.0, top1=(90.6, 90.5, 90.4)),
+              _timed("mobilenetv2", "W2A4", "attnround", 100.0, top1=(90.6, 90.4, 90.35)),
+              _timed("mobilenetv2", "W4A4", "qdrop_v1", 1200.0, top1=(91.0, 91.1, 91.2)),
+              _timed("mobilenetv2", "W4A4", "attnround", 100.0, top1=(90.6, 90.7, 90.8)),
+              _timed("mobilenetv2", "W3A3", "qdrop_v1", 1200.0, top1=(90.0, 90.0)),
+              _timed("mobilenetv2", "W3A3", "attnround", 100.0, top1=(90.0, 90.0))]
+    _write(tmp_path / "accuracy_mobilenetv2_2026-01-02_timing.json", timing)
+    lines = plots.goal_table().splitlines()
+    assert ("| MobileNetV2 W2A4 | 90.00 ± 0.12 (1.0 min) | QDrop's recipe, v1: 90.20 ± 0.12 "
+            "(10.0 min) | -0.20 | 10x | -0.05 pp, 12.0x (seeds 0-2, 2026-01-02) "
+            "| reached on one host (across hosts: behind by 0.20 pp) |") in lines
+    assert ("| MobileNetV2 W4A4 | 91.00 ± 0.12 (1.0 min) | QDrop's recipe, v1: 91.00 ± 0.12 "
+            "(10.0 min) | +0.00 | 10x | -0.40 pp, 12.0x (seeds 0-2, 2026-01-02) "
+            "| **behind by 0.40 pp** on one host (across hosts: level) |") in lines
+    assert ("| MobileNetV2 W3A3 | 90.00 ± 0.12 (1.0 min) | QDrop's recipe, v1: 90.50 ± 0.12 "
+            "(10.0 min) | -0.50 | 10x | 12.0x (seeds 0-1, 2026-01-02) "
+            "| **behind by 0.50 pp** |") in lines
+
+
 def test_headline_refuses_a_broken_json(tmp_path, monkeypatch):
     plots = load_plots()
     monkeypatch.setattr(plots, "RESULTS", tmp_path)
@@ -139,11 +228,11 @@ def test_the_goal_table_compares_the_default_with_the_best_peer_row(tmp_path, mo
     (tmp_path / "accuracy_recipes.json").write_text(json.dumps({"command": "r", "rows": rows}))
     lines = plots.goal_table().splitlines()
     assert ("| ResNet-20 W4A4 | 92.00 ± 0.12 (1.0 min) | QDrop's recipe, v1: 92.10 ± 0.12 "
-            "(10.0 min) | -0.10 | 10x | reached |") in lines
+            "(10.0 min) | -0.10 | 10x | - | reached |") in lines
     assert ("| ResNet-20 W2A2 | 90.00 ± 0.12 (1.0 min) | QDrop's recipe: 90.50 ± 0.12 "
-            "(3.0 min) | -0.50 | 3x | **behind by 0.50 pp; only 3.0x faster** |") in lines
-    assert "| ResNet-20 W3A3 | - | - | - | - | - |" in lines
-    assert "| MobileNetV2 W2A2 | - | - | - | - | - |" in lines
+            "(3.0 min) | -0.50 | 3x | - | **behind by 0.50 pp; only 3.0x faster** |") in lines
+    assert "| ResNet-20 W3A3 | - | - | - | - | - | - |" in lines
+    assert "| MobileNetV2 W2A2 | - | - | - | - | - | - |" in lines
     # README's headline carries it, and a docs block named "goal" is rewritten with it
     assert plots.goal_table().rstrip("\n") in plots.headline_table()
     doc = tmp_path / "page.md"
