@@ -448,6 +448,29 @@ def other_suites_rows(out: Path, suite: str) -> dict[tuple[str, str, str], dict]
     return most_seeded_rows([p for p in sorted(out.glob("accuracy_*.json")) if p.name != own])
 
 
+def suite_command(suite: str, rows: list[dict], defaults: dict[tuple[str, str, str], list[int]],
+                  reuse_suites: bool = False) -> str:
+    """The command that writes every row of a suite's JSON again, seeds included: the suite's
+    own where each row has its block's seeds (``defaults``, by ``row_key``), else one command
+    per seed list, model and set of settings, filtered to those rows, joined by " ; " (a run
+    with ``--seeds`` and filters writes only some rows, and the file's other rows stay)."""
+    head = f"python benchmarks/accuracy.py --suite {suite}"
+    tail = " --reuse-suites" if reuse_suites else ""
+    if all(sorted(row["seeds"]) == sorted(defaults.get(row_key(row), ())) for row in rows):
+        return head + tail
+    settings: dict[tuple[tuple[int, ...], str, str], list[str]] = {}
+    for row in rows:
+        key = (tuple(sorted(row["seeds"])), row["model"], row["method"])
+        settings.setdefault(key, []).append(row["setting"])
+    methods: dict[tuple[tuple[int, ...], str, tuple[str, ...]], list[str]] = {}
+    for (seeds, model, method), names in settings.items():
+        methods.setdefault((seeds, model, tuple(names)), []).append(method)
+    return " ; ".join(
+        f"{head} --models {model} --settings {' '.join(names)} --methods {' '.join(ms)} "
+        f"--seeds {' '.join(map(str, seeds))}{tail}"
+        for (seeds, model, names), ms in methods.items())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     group = parser.add_mutually_exclusive_group(required=True)
@@ -505,11 +528,8 @@ def main() -> None:
             rows[key] = row
             print(row_line(row), flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
-    command = f"python benchmarks/accuracy.py --suite {args.suite}"
-    if args.seeds:
-        command += " --seeds " + " ".join(map(str, args.seeds))
-    if args.reuse_suites:
-        command += " --reuse-suites"
+    defaults = {(model, s, m): seeds for model, s, m, seeds in plan_rows}
+    command = suite_command(args.suite, list(rows.values()), defaults, args.reuse_suites)
     result = {"suite": args.suite, "command": command, "rows": list(rows.values())}
     path.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {path}", file=sys.stderr)

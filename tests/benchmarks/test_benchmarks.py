@@ -487,12 +487,39 @@ def test_accuracy_keeps_the_committed_rows_a_filtered_run_does_not_reach(tmp_pat
     monkeypatch.setattr(sys, "argv", argv)
     acc.main()
     result = json.loads((out / "accuracy_aquant.json").read_text())
-    assert result["command"] == "python benchmarks/accuracy.py --suite aquant"
+    # the new row has one of its block's three seeds: the command names each row's seeds
+    assert result["command"] == (
+        "python benchmarks/accuracy.py --suite aquant --models resnet20 --settings W2A2 "
+        "--methods attention+aquant --seeds 0 ; python benchmarks/accuracy.py --suite aquant "
+        "--models resnet20 --settings W3A3 --methods attention --seeds 0 1 2")
     rows = {(r["setting"], r["method"]): r for r in result["rows"]}
     assert set(rows) == {("W2A2", "attention+aquant"), ("W3A3", "attention")}
     assert rows["W3A3", "attention"] == kept
     assert rows["W2A2", "attention+aquant"]["top1"] == 90.7
     assert rows["W2A2", "attention+aquant"]["float_top1"] == acc.float_top1("resnet20")
+
+
+def test_a_suite_command_writes_every_row_again_with_its_seeds():
+    acc = _load("accuracy")
+    head = "python benchmarks/accuracy.py --suite main"
+    defaults = {("resnet20", s, m): [0, 1, 2] for s in ("W4A4", "W3A3", "W2A2")
+                for m in ("brecq_v1", "qdrop_v1", "attention")}
+    rows = [_row(m, s, (0, 1, 2)) for s, m in [("W4A4", "brecq_v1"), ("W2A2", "attention")]]
+    assert acc.suite_command("main", rows, defaults) == head
+    assert acc.suite_command("main", rows, defaults, True) == head + " --reuse-suites"
+    # seeds off the blocks': one command per seed list and model, methods with the same
+    # settings together, each filtered to its rows
+    rows = [_row(m, s, seeds) for s, m, seeds in [
+        ("W4A4", "brecq_v1", (0,)), ("W3A3", "brecq_v1", (0,)), ("W2A2", "qdrop_v1", (0,)),
+        ("W2A2", "attention", (0,)), ("W4A4", "qdrop_v1", (0, 1, 2))]]
+    assert acc.suite_command("main", rows, defaults).split(" ; ") == [
+        f"{head} --models resnet20 --settings W4A4 W3A3 --methods brecq_v1 --seeds 0",
+        f"{head} --models resnet20 --settings W2A2 --methods qdrop_v1 attention --seeds 0",
+        f"{head} --models resnet20 --settings W4A4 --methods qdrop_v1 --seeds 0 1 2"]
+    # a row the plan does not hold has no default seeds
+    odd = [_row("attention", "W8A8", (0, 1, 2))]
+    assert acc.suite_command("main", odd, defaults) == (
+        f"{head} --models resnet20 --settings W8A8 --methods attention --seeds 0 1 2")
 
 
 def test_accuracy_methods_filter_runs_only_those_methods_and_refuses_unknown_ones(
@@ -545,7 +572,11 @@ def test_a_suite_reuses_other_suites_rows_only_when_asked(tmp_path, monkeypatch)
                          ("mobilenetv2", "W3A32", "attention")}
     assert rows["mobilenetv2", "W3A3", "attention"] == elsewhere
     assert rows["mobilenetv2", "W3A32", "attention"]["top1"] == 91.8
-    assert tau["command"] == "python benchmarks/accuracy.py --suite tau --reuse-suites"
+    # the W3A32 row has one of its block's three seeds: the command says so, row by row
+    head = "python benchmarks/accuracy.py --suite tau --models mobilenetv2 --settings"
+    assert tau["command"] == (
+        f"{head} W3A3 --methods attention --seeds 0 1 2 --reuse-suites ; "
+        f"{head} W3A32 --methods attention --seeds 0 --reuse-suites")
 
 
 def test_a_corrupt_results_file_or_report_stops_with_its_name_and_keeps_the_file(
