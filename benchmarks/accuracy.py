@@ -508,10 +508,12 @@ def main() -> None:
     committed = read_result(path)["rows"] if path.is_file() else []
     by_key = {row_key(row): row for row in committed}
     elsewhere = other_suites_rows(args.out, args.suite) if args.reuse_suites else {}
-    plan_rows = [(model, s, m, list(args.seeds or block.seeds or default_seeds))
-                 for model in dict.fromkeys([*suite_models, *models]) for block in plan
-                 if block.models is None or model in block.models
-                 for s in block.settings for m in block.methods]
+    # each row's seeds as its block names them (the suite's command runs these), then this run's
+    defaults = {(model, s, m): list(block.seeds or default_seeds)
+                for model in dict.fromkeys([*suite_models, *models]) for block in plan
+                if block.models is None or model in block.models
+                for s in block.settings for m in block.methods}
+    plan_rows = [(*key, list(args.seeds or seeds)) for key, seeds in defaults.items()]
     rows = {}
     print(HEADER)
     for model, setting, method, seeds in plan_rows:
@@ -528,7 +530,6 @@ def main() -> None:
             rows[key] = row
             print(row_line(row), flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
-    defaults = {(model, s, m): seeds for model, s, m, seeds in plan_rows}
     command = suite_command(args.suite, list(rows.values()), defaults, args.reuse_suites)
     result = {"suite": args.suite, "command": command, "rows": list(rows.values())}
     path.write_text(json.dumps(result, indent=2) + "\n")

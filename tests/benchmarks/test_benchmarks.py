@@ -497,6 +497,13 @@ def test_accuracy_keeps_the_committed_rows_a_filtered_run_does_not_reach(tmp_pat
     assert rows["W3A3", "attention"] == kept
     assert rows["W2A2", "attention+aquant"]["top1"] == 90.7
     assert rows["W2A2", "attention+aquant"]["float_top1"] == acc.float_top1("resnet20")
+    # a run with --seeds writes rows with other seeds than their block's: its filters stay
+    (out / "accuracy_aquant.json").unlink()
+    monkeypatch.setattr(sys, "argv", [*argv, "--seeds", "0"])
+    acc.main()
+    assert json.loads((out / "accuracy_aquant.json").read_text())["command"] == (
+        "python benchmarks/accuracy.py --suite aquant --models resnet20 --settings W2A2 "
+        "--methods attention+aquant --seeds 0")
 
 
 def test_a_suite_command_writes_every_row_again_with_its_seeds():
