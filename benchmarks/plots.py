@@ -442,9 +442,13 @@ HEADLINE_SUITES = ("accuracy_recipes.json", "accuracy_main.json", "accuracy_mobi
 def headline_rows() -> dict[tuple[str, str, str], tuple[dict, str]]:
     """(model, setting, recipe) -> (row, JSON name) for the headline's cells that have a row
     with at least ``HEADLINE_SEEDS`` seeds in some suite: ``HEADLINE_SUITES`` first, in their
-    order, then the other files in name order."""
+    order, then the other files in name order. ``UNPLOTTED_SUITES`` are left out: their rows use
+    the peers' activation placement, every headline row ours, and a cell would compare across
+    placements."""
     cells: dict[tuple[str, str, str], tuple[dict, str]] = {}
     for path in result_paths():
+        if path.name in UNPLOTTED_SUITES:
+            continue
         for r in table_result(path)["rows"]:
             key = (r["model"], r["setting"], r["method"])
             if (r["model"] in HEADLINE_MODELS and r["setting"] in HEADLINE_SETTINGS

@@ -111,6 +111,23 @@ def test_headline_reads_the_recipes_suite_before_the_models_tables(tmp_path, mon
     assert not any("90.45" in line for line in lines)
 
 
+def test_headline_leaves_out_the_like_for_like_suite(tmp_path, monkeypatch):
+    """A peer recipe's row with 3 seeds in the like-for-like suite (the peers' placement) is
+    not a headline cell: the headline's rows use our placement."""
+    plots = load_plots()
+    monkeypatch.setattr(plots, "RESULTS", tmp_path)
+    _write(tmp_path / "accuracy_recipes.json",
+           [_row("resnet20", "W2A2", "attnround", (0, 1, 2), 91.23, 66.0)])
+    _write(tmp_path / "accuracy_like_for_like.json",
+           [_row("resnet20", "W2A2", "qdrop", (0, 1, 2), 90.63, 1208.0)])
+    lines = plots.headline_table().splitlines()
+    assert "| ResNet-20 (92.00) | attnround (default) | - | - | - | 91.23 ± 0.12 (1.1 min) |" \
+        in lines
+    assert not any(line.startswith("| ResNet-20 (92.00) | QDrop") for line in lines)
+    text = "\n".join(lines)
+    assert "90.63" not in text and "accuracy_like_for_like" not in text
+
+
 def _timed(model, setting, method, seconds, cpu="CPU A", top1=(90.0,)):
     """A timing run's row: one run per top-1 given (seeds 0, 1, ...), each with its seconds
     and CPU under per_seed."""
