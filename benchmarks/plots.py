@@ -2,8 +2,9 @@
 against Attention Round's tau (the paper's figure 2), calibration time against top-1, top-1
 against size for mixed precision (the paper's table 4), one markdown table per suite, and
 README's headline table. Reads ``benchmarks/results/accuracy_*.json``, writes PNGs next to
-them, prints the tables and rewrites docs/benchmarks.md's table blocks from the JSON (README is
-never written: ``--headline`` prints its block, which tests/docs/test_readme.py compares).
+them, prints the tables and rewrites docs/benchmarks.md's table blocks from the JSON (the
+``levers`` block from ``levers_*.json``, see lever_table.py; README is never written:
+``--headline`` prints its block, which tests/docs/test_readme.py compares).
 
     .venv/bin/python benchmarks/plots.py              # plots + docs/benchmarks.md's tables
     .venv/bin/python benchmarks/plots.py --headline   # README's headline block, printed
@@ -23,6 +24,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+from lever_table import lever_table
 from markdown_table import HEADER, missing_columns, row_line
 from result_json import most_seeded_rows, read_result
 
@@ -581,8 +583,9 @@ def goal_table() -> str:
     return "\n".join(out) + "\n"
 
 
-# table blocks computed from several suites (name -> function), beside the suites' own
-GENERATED = {"goal": goal_table}
+# table blocks computed from several files (name -> function), beside the suites' own: the goal
+# from the accuracy suites, every lever from benchmarks/levers.py's files (lever_table.py)
+GENERATED = {"goal": goal_table, "levers": lever_table}
 
 
 def minutes(seconds: float) -> str:

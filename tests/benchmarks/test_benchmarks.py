@@ -658,7 +658,7 @@ def test_docs_benchmarks_tables_are_the_committed_json():
     assert plots.DOC.name == "benchmarks.md" and plots.DOC.parent.name == "docs"
     names = [m.group(2) for m in plots.TABLE_MARK.finditer(plots.DOC.read_text())]
     assert {f"accuracy_{s}.json" for s in ("main", "mobilenetv2", "tau", "mixed", "aquant",
-                                            "weights_only", "quick")} <= set(names)
+                                            "weights_only", "quick")} | {"levers"} <= set(names)
     assert plots.stale_tables(plots.DOC) == [], "run .venv/bin/python benchmarks/plots.py"
     assert "--readme" not in plots.__doc__ and not hasattr(plots, "update_readme")
 
@@ -905,6 +905,68 @@ def test_levers_compare_names_a_missing_run_in_one_line(tmp_path, monkeypatch):
     assert "attnround:0 has no finished run for resnet20 W2A2 seed 0" in message
     assert "\n" not in message
 
+
+
+def _lever_row(variant: str, setting: str, top1: list[float], seeds: list[int] | None = None,
+               **per_seed: list[float]) -> dict:
+    return {"model": "resnet20", "setting": setting, "variant": variant,
+            "seeds": seeds or [0, 1, 2][:len(top1)], "top1": top1, **per_seed}
+
+
+def test_lever_table_pairs_each_variant_with_its_recipe_seed_by_seed(tmp_path):
+    table = _load("lever_table")
+    v1 = [_lever_row("the recipe as it is", "W2A2", [90.0, 91.0, 92.0],
+                     calib_seconds=[100.0, 100.0, 100.0]),
+          _lever_row("iters 5000", "W2A2", [90.5, 90.0, 92.5],
+                     calib_seconds=[250.0, 250.0, 250.0]),
+          # the v2 recipe, run at W4A4 only as a variant of v1
+          _lever_row("unit_blocks 2, join_end_layers", "W4A4", [93.0, 93.2, 93.4],
+                     calib_seconds=[50.0, 50.0, 50.0])]
+    v2 = [_lever_row("the recipe as it is", "W2A2", [91.0, 91.2, 91.4],
+                     calib_reference_iters=[1000.0, 1000.0, 1000.0]),
+          # one seed of three: paired on seed 1 only, reference iterations
+          _lever_row("batch 128", "W2A2", [91.6], seeds=[1], calib_reference_iters=[1500.0]),
+          # no row of its own recipe at W4A4: v1's variant stands for it, no time across files
+          _lever_row("act_border aquant", "W4A4", [93.1, 93.1, 93.1],
+                     calib_seconds=[80.0, 80.0, 80.0]),
+          # nothing anywhere stands for the recipe at W3A3
+          _lever_row("act_border aquant", "W3A3", [92.0, 92.0, 92.0])]
+    for name, rows in (("levers_attnround_v1.json", v1), ("levers_attnround_v2.json", v2)):
+        (tmp_path / name).write_text(json.dumps({"rows": rows}))
+    got = {(x.file, x.setting, x.variant): x for x in table.levers(tmp_path)}
+    assert set(got) == {("levers_attnround_v1.json", "W2A2", "iters 5000"),
+                        ("levers_attnround_v2.json", "W2A2", "batch 128"),
+                        ("levers_attnround_v2.json", "W4A4", "act_border aquant")}
+    iters = got["levers_attnround_v1.json", "W2A2", "iters 5000"]
+    assert iters.change == pytest.approx([0.5, -1.0, 0.5])
+    assert (iters.time_ratio, iters.time_unit, iters.kept) == (pytest.approx(2.5), "s", False)
+    batch = got["levers_attnround_v2.json", "W2A2", "batch 128"]
+    assert batch.seeds == [1] and batch.change == pytest.approx([0.4])
+    assert (batch.time_ratio, batch.time_unit) == (pytest.approx(1.5), "ref")
+    border = got["levers_attnround_v2.json", "W4A4", "act_border aquant"]
+    assert border.base_file == "levers_attnround_v1.json"
+    assert border.change == pytest.approx([0.1, -0.1, -0.3]) and border.time_ratio is None
+    # v2's border became the next recipe (attnround); v1's unit_blocks row, which became v2,
+    # has no row of v1's own recipe at W4A4 to pair with
+    assert [x.variant for x in got.values() if x.kept] == ["act_border aquant"]
+    assert table.unpaired(tmp_path) == [
+        "levers_attnround_v1.json: resnet20 W4A4 unit_blocks 2, join_end_layers",
+        "levers_attnround_v2.json: resnet20 W3A3 act_border aquant"]
+    text = table.lever_table(tmp_path)
+    assert ("| attnround_v2 (the default of 2026-12-03) | resnet20 | W4A4 | act_border aquant | "
+            "93.20 ± 0.20 (levers_attnround_v1.json) | 93.10 ± 0.00 | -0.10 (+0.10, -0.10, "
+            "-0.30) | - | yes |") in text
+    assert "| batch 128 | 91.20 | 91.60 | +0.40 (+0.40) | 1.50x |  |" in text
+    assert ("| iters 5000 | 91.00 ± 1.00 | 91.00 ± 1.32 | +0.00 (+0.50, -1.00, +0.50) | "
+            "2.50x (s) |") in text
+    assert text.rstrip().endswith("resnet20 W3A3 act_border aquant.")
+    # with v1's own row at W4A4 the variant pairs and is marked as the next recipe
+    v1.append(_lever_row("the recipe as it is", "W4A4", [93.0, 93.0, 93.0]))
+    (tmp_path / "levers_attnround_v1.json").write_text(json.dumps({"rows": v1}))
+    kept = table.levers(tmp_path)[1]
+    assert (kept.variant, kept.kept, kept.base_file) == (
+        "unit_blocks 2, join_end_layers", True, "levers_attnround_v1.json")
+    assert table.unpaired(tmp_path) == ["levers_attnround_v2.json: resnet20 W3A3 act_border aquant"]
 
 def test_profile_step_counts_each_operator_once_in_its_outermost_category():
     profile_step = _load("profile_step")
