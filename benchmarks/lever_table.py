@@ -113,6 +113,10 @@ def _time_ratio(after: dict, before: dict, seeds: list[int],
 def levers(results: Path = RESULTS) -> list[Lever]:
     """Every variant of every ``levers_*.json`` that has a *before* row (see the module's
     docstring), in file order (``RECIPES``), then as the file lists them."""
+    unknown = sorted(p.name for p in results.glob("levers_*.json") if p.name not in RECIPES)
+    if unknown:
+        raise SystemExit(f"lever_table.py: {', '.join(unknown)} not in RECIPES: add the recipe "
+                         "it ran (and its parent in PARENTS) to benchmarks/lever_table.py")
     kept = {(parent, variant) for parent, variant in PARENTS.values()}
     out = []
     for name in RECIPES:

@@ -967,6 +967,10 @@ def test_lever_table_pairs_each_variant_with_its_recipe_seed_by_seed(tmp_path):
     assert (kept.variant, kept.kept, kept.base_file) == (
         "unit_blocks 2, join_end_layers", True, "levers_attnround_v1.json")
     assert table.unpaired(tmp_path) == ["levers_attnround_v2.json: resnet20 W3A3 act_border aquant"]
+    # a levers file of a recipe the table does not know stops it, naming the file
+    (tmp_path / "levers_attnround_v9.json").write_text(json.dumps({"rows": v1}))
+    with pytest.raises(SystemExit, match=r"levers_attnround_v9.json not in RECIPES"):
+        table.lever_table(tmp_path)
 
 def test_profile_step_counts_each_operator_once_in_its_outermost_category():
     profile_step = _load("profile_step")
