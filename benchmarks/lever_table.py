@@ -65,9 +65,15 @@ class Lever(NamedTuple):
         return [a - b for a, b in zip(self.after, self.before, strict=True)]
 
 
-def _rows(results: Path, name: str) -> list[dict]:
-    path = results / name
-    return json.loads(path.read_text())["rows"] if path.is_file() else []
+def _files(results: Path) -> dict[str, list[dict]]:
+    """Each ``RECIPES`` file's rows, read once (no rows for a file that is not there); a
+    ``levers_*.json`` of a recipe not in ``RECIPES`` stops with its name."""
+    unknown = sorted(p.name for p in results.glob("levers_*.json") if p.name not in RECIPES)
+    if unknown:
+        raise SystemExit(f"lever_table.py: {', '.join(unknown)} not in RECIPES: add the recipe "
+                         "it ran (and its parent in PARENTS) to benchmarks/lever_table.py")
+    return {name: json.loads((results / name).read_text())["rows"]
+            if (results / name).is_file() else [] for name in RECIPES}
 
 
 def _find(rows: list[dict], model: str, setting: str, variant: str) -> dict | None:
@@ -75,14 +81,15 @@ def _find(rows: list[dict], model: str, setting: str, variant: str) -> dict | No
                  == (model, setting, variant)), None)
 
 
-def _base(results: Path, name: str, model: str, setting: str) -> tuple[dict, str] | None:
+def _base(files: dict[str, list[dict]], name: str, model: str,
+          setting: str) -> tuple[dict, str] | None:
     """The row of ``name``'s recipe at ``model``/``setting`` and the file it is in."""
-    own = _find(_rows(results, name), model, setting, BASE)
+    own = _find(files[name], model, setting, BASE)
     if own is not None:
         return own, name
     if name in PARENTS:
         parent, variant = PARENTS[name]
-        row = _find(_rows(results, parent), model, setting, variant)
+        row = _find(files[parent], model, setting, variant)
         if row is not None:  # the parent's own recipe row is not this recipe: only this one
             return row, parent
     return None
@@ -113,17 +120,17 @@ def _time_ratio(after: dict, before: dict, seeds: list[int],
 def levers(results: Path = RESULTS) -> list[Lever]:
     """Every variant of every ``levers_*.json`` that has a *before* row (see the module's
     docstring), in file order (``RECIPES``), then as the file lists them."""
-    unknown = sorted(p.name for p in results.glob("levers_*.json") if p.name not in RECIPES)
-    if unknown:
-        raise SystemExit(f"lever_table.py: {', '.join(unknown)} not in RECIPES: add the recipe "
-                         "it ran (and its parent in PARENTS) to benchmarks/lever_table.py")
+    return _levers(_files(results))
+
+
+def _levers(files: dict[str, list[dict]]) -> list[Lever]:
     kept = {(parent, variant) for parent, variant in PARENTS.values()}
     out = []
-    for name in RECIPES:
-        for r in _rows(results, name):
+    for name, rows in files.items():
+        for r in rows:
             if r["variant"] == BASE:
                 continue
-            found = _base(results, name, r["model"], r["setting"])
+            found = _base(files, name, r["model"], r["setting"])
             if found is None:
                 continue
             base, base_file = found
@@ -140,9 +147,14 @@ def levers(results: Path = RESULTS) -> list[Lever]:
 
 def unpaired(results: Path = RESULTS) -> list[str]:
     """The variants ``levers`` leaves out: no *before* row at their model and setting."""
-    found = {(x.file, x.model, x.setting, x.variant) for x in levers(results)}
+    files = _files(results)
+    return _unpaired(files, _levers(files))
+
+
+def _unpaired(files: dict[str, list[dict]], paired: list[Lever]) -> list[str]:
+    found = {(x.file, x.model, x.setting, x.variant) for x in paired}
     return [f"{name}: {r['model']} {r['setting']} {r['variant']}"
-            for name in RECIPES for r in _rows(results, name)
+            for name, rows in files.items() for r in rows
             if r["variant"] != BASE
             and (name, r["model"], r["setting"], r["variant"]) not in found]
 
@@ -166,8 +178,10 @@ def line(x: Lever) -> str:
 
 def lever_table(results: Path = RESULTS) -> str:
     """The markdown table of ``levers``, with the variants it could not pair listed below."""
-    out = [HEADER, *(line(x) for x in levers(results))]
-    left = unpaired(results)
+    files = _files(results)
+    paired = _levers(files)
+    out = [HEADER, *(line(x) for x in paired)]
+    left = _unpaired(files, paired)
     if left:
         out += ["", "Not paired (no row of the recipe at that model and setting): "
                 + "; ".join(left) + "."]

@@ -906,7 +906,6 @@ def test_levers_compare_names_a_missing_run_in_one_line(tmp_path, monkeypatch):
     assert "\n" not in message
 
 
-
 def _lever_row(variant: str, setting: str, top1: list[float], seeds: list[int] | None = None,
                **per_seed: list[float]) -> dict:
     return {"model": "resnet20", "setting": setting, "variant": variant,
@@ -971,6 +970,7 @@ def test_lever_table_pairs_each_variant_with_its_recipe_seed_by_seed(tmp_path):
     (tmp_path / "levers_attnround_v9.json").write_text(json.dumps({"rows": v1}))
     with pytest.raises(SystemExit, match=r"levers_attnround_v9.json not in RECIPES"):
         table.lever_table(tmp_path)
+
 
 def test_profile_step_counts_each_operator_once_in_its_outermost_category():
     profile_step = _load("profile_step")
