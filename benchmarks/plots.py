@@ -3,7 +3,8 @@ against Attention Round's tau (the paper's figure 2), calibration time against t
 against size for mixed precision (the paper's table 4), one markdown table per suite, and
 README's headline table. Reads ``benchmarks/results/accuracy_*.json``, writes PNGs next to
 them, prints the tables and rewrites docs/benchmarks.md's table blocks from the JSON (the
-``levers`` block from ``levers_*.json``, see lever_table.py; README is never written:
+``goal`` and ``goal_like_for_like`` blocks computed from the suites, the ``levers`` block from
+``levers_*.json``, see lever_table.py; README is never written:
 ``--headline`` prints its block, which tests/docs/test_readme.py compares).
 
     .venv/bin/python benchmarks/plots.py              # plots + docs/benchmarks.md's tables
@@ -583,9 +584,92 @@ def goal_table() -> str:
     return "\n".join(out) + "\n"
 
 
+# issue 34's goal in the peers' placement and order: the like-for-like suite's default
+# (ours with their placement) against the best of the peers' own recipes there
+LIKE_FOR_LIKE = "accuracy_like_for_like.json"
+LIKE_FOR_LIKE_RECIPE = "attnround_blocks"
+LIKE_FOR_LIKE_PEERS = ("brecq", "qdrop")
+
+
+def seed_gaps(ours: dict, theirs: dict) -> tuple[list[str], list[float], float]:
+    """The seeds both rows ran, ours - theirs top-1 seed by seed (pp), and the larger of the
+    two rows' spreads over those seeds."""
+    a, b = ours["per_seed"], theirs["per_seed"]
+    seeds = sorted(set(a) & set(b), key=int)
+    top_a, top_b = [a[s]["quant_top1"] for s in seeds], [b[s]["quant_top1"] for s in seeds]
+    spread = max(statistics.pstdev(top_a), statistics.pstdev(top_b)) if seeds else 0.0
+    return seeds, [x - y for x, y in zip(top_a, top_b, strict=True)], spread
+
+
+def one_cpu_ratio(ours: dict, theirs: dict) -> tuple[float, list[str]] | None:
+    """The peer's mean calibration seconds over ours on the seeds whose two runs name the same
+    CPU, and those seeds; None where no seed's two runs do."""
+    a, b = ours["per_seed"], theirs["per_seed"]
+    seeds = [s for s in sorted(set(a) & set(b), key=int)
+             if a[s].get("cpu") is not None and a[s].get("cpu") == b[s].get("cpu")]
+    if not seeds:
+        return None
+    return (statistics.mean(b[s]["calib_seconds"] for s in seeds)
+            / statistics.mean(a[s]["calib_seconds"] for s in seeds)), seeds
+
+
+def like_for_like_goal_table() -> str:
+    """Issue 34's goal in the peers' placement and order, from the like-for-like suite: the
+    default there (``LIKE_FOR_LIKE_RECIPE``) against the best of the peers' own recipes
+    (``LIKE_FOR_LIKE_PEERS``) with ``HEADLINE_SEEDS`` seeds, over the seeds both ran: the gap
+    (ours - theirs, pp) and seed by seed, the peer's calibration seconds over ours on the seeds
+    whose two runs name one CPU (across CPUs, marked so, where none does), and the verdict by
+    the goal's rule (``GOAL_*``). Peer rows with fewer seeds are listed, not judged; "-" where
+    the default or every peer row with enough seeds is missing."""
+    rows = {(r["model"], r["setting"], r["method"]): r
+            for r in table_result(RESULTS / LIKE_FOR_LIKE)["rows"]}
+    out = ["| model, setting | default (`attnround_blocks`) | best peer recipe | gap, pp (by "
+           "seed) | peer's time / ours | peer rows with fewer seeds | goal |",
+           "| --- | ---: | ---: | ---: | ---: | --- | --- |"]
+    for model, model_name in HEADLINE_MODELS.items():
+        for setting in HEADLINE_SETTINGS:
+            ours = rows.get((model, setting, LIKE_FOR_LIKE_RECIPE))
+            peers = [rows[model, setting, p] for p in LIKE_FOR_LIKE_PEERS
+                     if (model, setting, p) in rows]
+            judged = [r for r in peers if len(r["seeds"]) >= HEADLINE_SEEDS]
+            fewer = ", ".join(f"{HEADLINE_RECIPES[r['method']]}: {r['top1']:.2f} (seed"
+                              f"{'s' if len(r['seeds']) > 1 else ''} "
+                              f"{', '.join(map(str, r['seeds']))})"
+                              for r in peers if r not in judged) or "-"
+            if ours is None or len(ours["seeds"]) < HEADLINE_SEEDS or not judged:
+                out.append(f"| {model_name} {setting} | - | - | - | - | {fewer} | - |")
+                continue
+            best = max(judged, key=lambda r: r["top1"])
+            seeds, gaps, spread = seed_gaps(ours, best)
+            gap = statistics.mean(gaps)
+            timed = one_cpu_ratio(ours, best)
+            if timed is None:
+                ratio = best["calib_seconds"] / ours["calib_seconds"]
+                time_cell = f"{ratio:.1f}x (across CPUs)"
+            else:
+                ratio, on_one = timed
+                time_cell = f"{ratio:.1f}x" + ("" if on_one == seeds else
+                                               f" (seeds {', '.join(on_one)})")
+            misses = [] if gap >= -spread else [f"behind by {-gap:.2f} pp"]
+            if ratio < 1 / GOAL_TIME_SHARE:
+                misses.append(f"only {ratio:.1f}x faster")
+            verdict = "reached" if not misses else "**" + "; ".join(misses) + "**"
+            out.append(
+                f"| {model_name} {setting} "
+                f"| {ours['top1']:.2f} ± {ours['top1_std']:.2f} "
+                f"({minutes(ours['calib_seconds'])} min) "
+                f"| {HEADLINE_RECIPES[best['method']]}: {best['top1']:.2f} ± "
+                f"{best['top1_std']:.2f} ({minutes(best['calib_seconds'])} min) "
+                f"| {gap:+.2f} ({', '.join(f'{g:+.2f}' for g in gaps)}) | {time_cell} "
+                f"| {fewer} | {verdict} |")
+    return "\n".join(out) + "\n"
+
+
 # table blocks computed from several files (name -> function), beside the suites' own: the goal
-# from the accuracy suites, every lever from benchmarks/levers.py's files (lever_table.py)
-GENERATED = {"goal": goal_table, "levers": lever_table}
+# from the accuracy suites and in the peers' placement, every lever from benchmarks/levers.py's
+# files (lever_table.py)
+GENERATED = {"goal": goal_table, "goal_like_for_like": like_for_like_goal_table,
+             "levers": lever_table}
 
 
 def minutes(seconds: float) -> str:

@@ -217,6 +217,53 @@ def test_the_goal_table_takes_the_top1_from_one_host_where_a_timing_run_has_thre
             "| **behind by 0.50 pp** |") in lines
 
 
+def test_the_goal_in_the_peers_placement_judges_the_best_peer_with_three_seeds(
+        tmp_path, monkeypatch):
+    """The like-for-like suite's goal: the default in the peers' placement against the best of
+    the peers' recipes with 3 seeds, seed by seed; the time ratio over the seeds whose two runs
+    name one CPU (across CPUs where none do); peer rows with fewer seeds listed, not judged."""
+    plots = load_plots()
+    monkeypatch.setattr(plots, "RESULTS", tmp_path)
+    ours, three = "attnround_blocks", (90.0, 90.0, 90.0)
+    rows = [_timed("resnet20", "W4A4", ours, 100.0, top1=(92.0, 92.2, 92.1)),
+            _timed("resnet20", "W4A4", "qdrop", 1200.0, top1=(92.1, 92.1, 92.1)),
+            _timed("resnet20", "W4A4", "brecq", 800.0, top1=(92.9,)),  # one seed: listed
+            _timed("resnet20", "W2A2", ours, 100.0, top1=three),
+            _timed("resnet20", "W2A2", "qdrop", 300.0, top1=(90.5, 90.5, 90.5)),
+            _timed("resnet20", "W2A2", "brecq", 1200.0, top1=(90.2, 90.2, 90.2)),
+            _timed("mobilenetv2", "W2A2", ours, 100.0, top1=three),
+            _timed("mobilenetv2", "W2A2", "qdrop", 1500.0, top1=three),
+            _timed("mobilenetv2", "W4A4", ours, 100.0, top1=three),
+            _timed("mobilenetv2", "W4A4", "qdrop", 700.0, cpu="CPU B", top1=three),
+            _timed("mobilenetv2", "W3A3", ours, 100.0, top1=three),
+            _timed("mobilenetv2", "W3A3", "qdrop", 900.0, top1=(89.0,)),
+            _timed("resnet20", "W3A3", ours, 100.0, top1=three)]
+    rows[7]["per_seed"]["0"].update(cpu="CPU B", calib_seconds=3000.0)  # seed 0 elsewhere
+    _write(tmp_path / "accuracy_like_for_like.json", rows)
+    lines = plots.like_for_like_goal_table().splitlines()
+    assert ("| ResNet-20 W4A4 | 92.10 ± 0.12 (1.7 min) | QDrop's recipe: 92.10 ± 0.12 (20.0 min) "
+            "| +0.00 (-0.10, +0.10, +0.00) | 12.0x | BRECQ's recipe: 92.90 (seed 0) "
+            "| reached |") in lines
+    assert ("| ResNet-20 W2A2 | 90.00 ± 0.12 (1.7 min) | QDrop's recipe: 90.50 ± 0.12 (5.0 min) "
+            "| -0.50 (-0.50, -0.50, -0.50) | 3.0x | - "
+            "| **behind by 0.50 pp; only 3.0x faster** |") in lines
+    assert ("| MobileNetV2 W2A2 | 90.00 ± 0.12 (1.7 min) | QDrop's recipe: 90.00 ± 0.12 "
+            "(25.0 min) | +0.00 (+0.00, +0.00, +0.00) | 15.0x (seeds 1, 2) | - | reached |"
+            ) in lines
+    assert ("| MobileNetV2 W4A4 | 90.00 ± 0.12 (1.7 min) | QDrop's recipe: 90.00 ± 0.12 "
+            "(11.7 min) | +0.00 (+0.00, +0.00, +0.00) | 7.0x (across CPUs) | - | reached |"
+            ) in lines
+    assert ("| MobileNetV2 W3A3 | - | - | - | - | QDrop's recipe: 89.00 (seed 0) | - |"
+            in lines)
+    assert "| ResNet-20 W3A3 | - | - | - | - | - | - |" in lines
+    assert "| MobileNetV2 W2A4 | - | - | - | - | - | - |" in lines
+    # a docs block named "goal_like_for_like" is rewritten with it
+    doc = tmp_path / "page.md"
+    doc.write_text("a\n<!-- table: goal_like_for_like -->\nold\n<!-- /table -->\n")
+    assert plots.update_doc(doc) == ["goal_like_for_like"] and plots.stale_tables(doc) == []
+    assert plots.like_for_like_goal_table() in doc.read_text()
+
+
 def test_headline_refuses_a_broken_json(tmp_path, monkeypatch):
     plots = load_plots()
     monkeypatch.setattr(plots, "RESULTS", tmp_path)
