@@ -534,6 +534,24 @@ def one_host(model: str, setting: str, peer: str,
     return OneHost(theirs[1], [int(s) for s in seeds], ratio, gap, spread)
 
 
+def goal_cells(ours: dict, best: dict) -> str:
+    """The goal tables' first two cells after the setting: the default's and the best peer
+    row's top-1 (mean ± spread) and minutes."""
+    return (f"| {ours['top1']:.2f} ± {ours['top1_std']:.2f} "
+            f"({minutes(ours['calib_seconds'])} min) "
+            f"| {HEADLINE_RECIPES[best['method']]}: {best['top1']:.2f} ± "
+            f"{best['top1_std']:.2f} ({minutes(best['calib_seconds'])} min) ")
+
+
+def goal_verdict(level: bool, gap: float, ratio: float) -> str:
+    """"reached", or what misses the goal in bold: the top-1 (``level`` false, ``gap`` pp
+    behind) and the time (less than ``1 / GOAL_TIME_SHARE`` times faster)."""
+    misses = [] if level else [f"behind by {-gap:.2f} pp"]
+    if ratio < 1 / GOAL_TIME_SHARE:
+        misses.append(f"only {ratio:.1f}x faster")
+    return "reached" if not misses else "**" + "; ".join(misses) + "**"
+
+
 def goal_table() -> str:
     """Issue 34's goal per model and setting, from the headline's cells: the default's top-1
     and minutes, the best 20k peer row's, the gap (ours - theirs, pp), the peer's minutes over
@@ -566,19 +584,12 @@ def goal_table() -> str:
                 judged_ratio = host.ratio
                 if host.gap is not None:
                     judged_gap, level = host.gap, host.gap >= -host.spread
-            misses = [] if level else [f"behind by {-judged_gap:.2f} pp"]
-            if judged_ratio < 1 / GOAL_TIME_SHARE:
-                misses.append(f"only {judged_ratio:.1f}x faster")
-            verdict = "reached" if not misses else "**" + "; ".join(misses) + "**"
+            verdict = goal_verdict(level, judged_gap, judged_ratio)
             if level != across:
                 verdict += (" on one host (across hosts: "
                             + ("level" if across else f"behind by {-gap:.2f} pp") + ")")
             out.append(
-                f"| {model_name} {setting} "
-                f"| {ours['top1']:.2f} ± {ours['top1_std']:.2f} "
-                f"({minutes(ours['calib_seconds'])} min) "
-                f"| {HEADLINE_RECIPES[best['method']]}: {best['top1']:.2f} ± "
-                f"{best['top1_std']:.2f} ({minutes(best['calib_seconds'])} min) "
+                f"| {model_name} {setting} {goal_cells(ours, best)}"
                 f"| {gap:+.2f} | {ratio:.0f}x | {'-' if host is None else host.cell()} "
                 f"| {verdict} |")
     return "\n".join(out) + "\n"
@@ -650,18 +661,10 @@ def like_for_like_goal_table() -> str:
                 ratio, on_one = timed
                 time_cell = f"{ratio:.1f}x" + ("" if on_one == seeds else
                                                f" (seeds {', '.join(on_one)})")
-            misses = [] if gap >= -spread else [f"behind by {-gap:.2f} pp"]
-            if ratio < 1 / GOAL_TIME_SHARE:
-                misses.append(f"only {ratio:.1f}x faster")
-            verdict = "reached" if not misses else "**" + "; ".join(misses) + "**"
             out.append(
-                f"| {model_name} {setting} "
-                f"| {ours['top1']:.2f} ± {ours['top1_std']:.2f} "
-                f"({minutes(ours['calib_seconds'])} min) "
-                f"| {HEADLINE_RECIPES[best['method']]}: {best['top1']:.2f} ± "
-                f"{best['top1_std']:.2f} ({minutes(best['calib_seconds'])} min) "
+                f"| {model_name} {setting} {goal_cells(ours, best)}"
                 f"| {gap:+.2f} ({', '.join(f'{g:+.2f}' for g in gaps)}) | {time_cell} "
-                f"| {fewer} | {verdict} |")
+                f"| {fewer} | {goal_verdict(gap >= -spread, gap, ratio)} |")
     return "\n".join(out) + "\n"
 
 
