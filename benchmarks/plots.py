@@ -631,7 +631,7 @@ def like_for_like_goal_table() -> str:
     (ours - theirs, pp) and seed by seed, the peer's calibration seconds over ours on the seeds
     whose two runs name one CPU (across CPUs, marked so, where none does), and the verdict by
     the goal's rule (``GOAL_*``). Peer rows with fewer seeds are listed, not judged; "-" where
-    the default or every peer row with enough seeds is missing."""
+    the default or every peer row with enough seeds is missing, or they share no seed."""
     rows = {(r["model"], r["setting"], r["method"]): r
             for r in table_result(RESULTS / LIKE_FOR_LIKE)["rows"]}
     out = ["| model, setting | default (`attnround_blocks`) | best peer recipe | gap, pp (by "
@@ -652,6 +652,9 @@ def like_for_like_goal_table() -> str:
                 continue
             best = max(judged, key=lambda r: r["top1"])
             seeds, gaps, spread = seed_gaps(ours, best)
+            if not seeds:  # no seed in common: no gap to judge
+                out.append(f"| {model_name} {setting} | - | - | - | - | {fewer} | - |")
+                continue
             gap = statistics.mean(gaps)
             timed = one_cpu_ratio(ours, best)
             if timed is None:

@@ -239,6 +239,9 @@ def test_the_goal_in_the_peers_placement_judges_the_best_peer_with_three_seeds(
             _timed("mobilenetv2", "W3A3", "qdrop", 900.0, top1=(89.0,)),
             _timed("resnet20", "W3A3", ours, 100.0, top1=three)]
     rows[7]["per_seed"]["0"].update(cpu="CPU B", calib_seconds=3000.0)  # seed 0 elsewhere
+    apart = _timed("mobilenetv2", "W2A4", "qdrop", 900.0, top1=three)  # seeds 3-5: no pair
+    apart["per_seed"] = {str(int(s) + 3): run for s, run in apart["per_seed"].items()}
+    rows += [_timed("mobilenetv2", "W2A4", ours, 100.0, top1=three), apart]
     _write(tmp_path / "accuracy_like_for_like.json", rows)
     lines = plots.like_for_like_goal_table().splitlines()
     assert ("| ResNet-20 W4A4 | 92.10 ± 0.12 (1.7 min) | QDrop's recipe: 92.10 ± 0.12 (20.0 min) "
