@@ -513,6 +513,16 @@ def timing_rows() -> dict[tuple[str, str, str], tuple[dict, str]]:
     return rows
 
 
+def seed_gaps(ours: dict, theirs: dict) -> tuple[list[str], list[float], float]:
+    """The seeds both rows ran, ours - theirs top-1 seed by seed (pp), and the larger of the
+    two rows' spreads over those seeds."""
+    a, b = ours["per_seed"], theirs["per_seed"]
+    seeds = sorted(set(a) & set(b), key=int)
+    top_a, top_b = [a[s]["quant_top1"] for s in seeds], [b[s]["quant_top1"] for s in seeds]
+    spread = max(statistics.pstdev(top_a), statistics.pstdev(top_b)) if seeds else 0.0
+    return seeds, [x - y for x, y in zip(top_a, top_b, strict=True)], spread
+
+
 def one_host(model: str, setting: str, peer: str,
              timing: dict[tuple[str, str, str], tuple[dict, str]]) -> OneHost | None:
     """The default against ``peer`` over the seeds both ran in one timing sitting (the same
@@ -528,9 +538,8 @@ def one_host(model: str, setting: str, peer: str,
              / statistics.mean(b[s]["calib_seconds"] for s in seeds))
     gap = spread = None
     if len(seeds) >= HEADLINE_SEEDS:
-        top_a, top_b = [a[s]["quant_top1"] for s in seeds], [b[s]["quant_top1"] for s in seeds]
-        gap = statistics.mean(top_b) - statistics.mean(top_a)
-        spread = max(statistics.pstdev(top_a), statistics.pstdev(top_b))
+        _, gaps, spread = seed_gaps(ours[0], theirs[0])
+        gap = statistics.mean(gaps)
     return OneHost(theirs[1], [int(s) for s in seeds], ratio, gap, spread)
 
 
@@ -602,16 +611,6 @@ LIKE_FOR_LIKE_RECIPE = "attnround_blocks"
 LIKE_FOR_LIKE_PEERS = ("brecq", "qdrop")
 
 
-def seed_gaps(ours: dict, theirs: dict) -> tuple[list[str], list[float], float]:
-    """The seeds both rows ran, ours - theirs top-1 seed by seed (pp), and the larger of the
-    two rows' spreads over those seeds."""
-    a, b = ours["per_seed"], theirs["per_seed"]
-    seeds = sorted(set(a) & set(b), key=int)
-    top_a, top_b = [a[s]["quant_top1"] for s in seeds], [b[s]["quant_top1"] for s in seeds]
-    spread = max(statistics.pstdev(top_a), statistics.pstdev(top_b)) if seeds else 0.0
-    return seeds, [x - y for x, y in zip(top_a, top_b, strict=True)], spread
-
-
 def one_cpu_ratio(ours: dict, theirs: dict) -> tuple[float, list[str]] | None:
     """The peer's mean calibration seconds over ours on the seeds whose two runs name the same
     CPU, and those seeds; None where no seed's two runs do."""
@@ -647,12 +646,11 @@ def like_for_like_goal_table() -> str:
                               f"{'s' if len(r['seeds']) > 1 else ''} "
                               f"{', '.join(map(str, r['seeds']))})"
                               for r in peers if r not in judged) or "-"
-            if ours is None or len(ours["seeds"]) < HEADLINE_SEEDS or not judged:
-                out.append(f"| {model_name} {setting} | - | - | - | - | {fewer} | - |")
-                continue
-            best = max(judged, key=lambda r: r["top1"])
-            seeds, gaps, spread = seed_gaps(ours, best)
-            if not seeds:  # no seed in common: no gap to judge
+            best = max(judged, key=lambda r: r["top1"]) if judged else None
+            seeds, gaps, spread = ([], [], 0.0) if (
+                ours is None or len(ours["seeds"]) < HEADLINE_SEEDS or best is None
+            ) else seed_gaps(ours, best)
+            if not seeds:  # a row missing, or no seed in common: no gap to judge
                 out.append(f"| {model_name} {setting} | - | - | - | - | {fewer} | - |")
                 continue
             gap = statistics.mean(gaps)
