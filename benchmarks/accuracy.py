@@ -30,13 +30,19 @@ layers), with their recipe:
     brecq                              brecq.yaml, BRECQ's recipe: AdaRound, 20k iterations,
                                        batch 32, lr 1e-3, regulariser 0.01, beta 20 -> 2 after
                                        20 % warm-up, activation steps at lr 4e-4 on a cosine,
-                                       block inputs and outputs quantized, ranges by Lp, p 2.4
+                                       block inputs and outputs quantized, ranges by Lp, p 2.4;
+                                       the steps learned in a second pass (5k iterations) from
+                                       the float network's block inputs
     qdrop                              qdrop.yaml, QDrop's recipe: BRECQ's, activation steps at
                                        lr 4e-5 on a cosine, activations dropped to float with
                                        probability 0.5, block inputs mixed with the float model's
     brecq_v1, qdrop_v1                 the same recipes as the tables before issue 34 ran them:
                                        layer inputs quantized, MSE ranges, constant rates, QDrop
                                        mixing with the quantized model's own float values
+    brecq_v2                           BRECQ's recipe as the like-for-like rows ran it until
+                                       2026-12-06: its second pass (the steps alone) learning
+                                       on the quantized network's unit inputs, not the float
+                                       network's as their code
     attention                          attention.yaml, Attention Round, the paper's settings
                                        (tau 0.5, 2k, 64, 4e-4); the rows below are it plus options
     attention_blocks                   the same with the peers' activation placement (block
@@ -135,7 +141,11 @@ METHODS = {
     # MSE ranges, a constant learning rate, BRECQ in one pass (rounding and steps together),
     # QDrop dropping only inside the block
     "brecq_v1": Method("brecq", (*PEERS_V1, "--recon.act_stage_iters", "0",
-                                 "--recon.act_stage_loss_p", "2.0")),
+                                 "--recon.act_stage_loss_p", "2.0",
+                                 "--recon.act_stage_float_inputs", "false")),
+    # ... and as the like-for-like rows ran it until 2026-12-06: the steps' pass on the unit
+    # inputs of the network quantized so far, where their code takes the float network's
+    "brecq_v2": Method("brecq", ("--recon.act_stage_float_inputs", "false")),
     "qdrop_v1": Method("qdrop", (*PEERS_V1, "--quant.drop.float_inputs", "false")),
     "attention": Method("attention"),
     # with the peers' activation placement, for the rows compared with their recipes
@@ -274,6 +284,11 @@ SUITES = {
         Block(["W2A4", "W2A2", "W3A3", "W4A4"], ["attention_blocks", "attnround_blocks",
                                                   "attnround_v1_blocks", "brecq", "qdrop"],
               SEEDS3),
+        # BRECQ's recipe as these rows ran it until 2026-12-06 (v2, its second pass on the
+        # quantized network's block inputs), where it ran: what their float inputs change
+        Block(["W2A4", "W3A3"], ["brecq_v2"], SEEDS3, ("resnet20",)),
+        Block(["W4A4"], ["brecq_v2"], (0,), ("resnet20",)),
+        Block(["W2A2"], ["brecq_v2"], (0,), ("mobilenetv2",)),
     ]),
     # issue 34's final table on the test set: the default recipe (attnround) and the paper's
     # setting (attention) at the four settings of the goal, one sitting, same code and host;

@@ -295,7 +295,8 @@ def test_the_paper_recipe_composes_the_settings_of_the_single_file_it_replaced(c
         assert now[section] == before[section], section
     # keys added since, at their defaults
     assert now["recon"] == {**before["recon"], "keep_best_every": 0, "act_stage_iters": 0,
-                            "act_stage_loss_p": 2.0, "loss": "mse", "block_output_steps": False,
+                            "act_stage_loss_p": 2.0, "act_stage_float_inputs": False,
+                            "loss": "mse", "block_output_steps": False,
                             "unit_blocks": 1, "unit_blocks_in_stage": False,
                             "join_end_layers": False}
     assert now["data"] == {**before["data"], "init_args": {**before["data"]["init_args"],

@@ -103,10 +103,11 @@ def capture_graph(
 
 def build_unit_data(
     qmodel: nn.Module, float_model: nn.Module, unit: Unit | str, batches: list[Tensor],
-    device: str = "cpu", float_inputs: bool = False,
+    device: str = "cpu", float_inputs: bool = False, inputs_from_float: bool = False,
 ) -> UnitData:
     """The unit's inputs from ``qmodel`` and its targets from ``float_model`` (and with
-    ``float_inputs`` its inputs from ``float_model`` too); ``unit`` is a Unit of
+    ``float_inputs`` its inputs from ``float_model`` too; with ``inputs_from_float`` its
+    inputs are ``float_model``'s, BRECQ's activation stage); ``unit`` is a Unit of
     ``split_units(qmodel)`` or the path of a submodule (a module unit). Raises
     ``GraphMismatchError`` where a graph unit's nodes are not in ``float_model``'s graph."""
     region = unit.region if isinstance(unit, Unit) else None
@@ -114,14 +115,16 @@ def build_unit_data(
         path = unit.path if isinstance(unit, Unit) else unit
         last = unit.output_path if isinstance(unit, Unit) else unit  # a chain's last block
         return UnitData(
-            capture(qmodel, path, batches, "input", device),
+            capture(float_model if inputs_from_float else qmodel, path, batches, "input",
+                    device),
             capture(float_model, last, batches, "output", device),
             capture(float_model, path, batches, "input", device) if float_inputs else None,
         )
     fgraph = region.trace.float_graph(float_model)
     check_same_graph(region.trace.graph, qmodel, fgraph, float_model, region.outputs)
     return UnitData(
-        capture_graph(qmodel, region.trace.graph, [region.input], batches, device),
+        capture_graph(float_model, fgraph, [region.input], batches, device) if inputs_from_float
+        else capture_graph(qmodel, region.trace.graph, [region.input], batches, device),
         capture_graph(float_model, fgraph, region.outputs, batches, device),
         capture_graph(float_model, fgraph, [region.input], batches, device)
         if float_inputs else None,

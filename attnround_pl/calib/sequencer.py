@@ -75,7 +75,9 @@ class BlockSequencer(Callback):
     'activations' is the pass after it: the rounding is frozen, the steps learn for
     ``recon.act_stage_iters`` iterations on the error to the power ``recon.act_stage_loss_p``,
     and 'before' is the fixed rounding with the initial steps (keep_better restores those
-    steps, never other codes).
+    steps, never other codes). With ``recon.act_stage_float_inputs`` that pass caches each
+    unit's inputs from the float model, and the unit's fixed entry quantizers (learned with
+    the unit before) are off from its first MSE to its last.
     """
 
     def __init__(
@@ -116,6 +118,10 @@ class BlockSequencer(Callback):
         self._initial: dict[str, dict[str, Any]] = {}
         self._best: BestState | None = None  # recon.keep_best_every's checkpoints
         self._exit_initial: dict[str, Any] | None = None  # ditto, a learned output quantizer
+        # BRECQ's activation stage (recon.act_stage_float_inputs): float unit inputs, and the
+        # quantizers off that would quantize them inside the unit, while it learns
+        self._inputs_from_float = self._steps_pass and recon.act_stage_float_inputs
+        self._entry_off: list[ActQuantizer] = []
         self._bytes: dict[str, tuple[int, int]] = {}  # unit -> (cache, step) bytes
         # recon.block_output_steps: the block input quantizer each unit learns (None: none)
         self._outputs: list[ActQuantizer | None] = [None] * len(units)
@@ -165,7 +171,7 @@ class BlockSequencer(Callback):
             self.qmodel.to(self._device)
             self.float_model.to(self._device)
             self._data = build_unit_data(self.qmodel, self.float_model, unit, self.batches, where,
-                                         self.float_inputs)
+                                         self.float_inputs, self._inputs_from_float)
             if self.recon.loss != "mse":  # BRECQ's Fisher weights
                 grads = output_gradients(self.qmodel, self.float_model, self.units, index,
                                          self.batches, self.recon.batch_size, where)
@@ -174,6 +180,12 @@ class BlockSequencer(Callback):
             learned = unit.module(self.qmodel)
             if exit_quantizer is not None:
                 learned = WithOutputQuantizer(learned, exit_quantizer)
+            fixed = [q for i, q in enumerate(self._outputs) if q is not None and i != index]
+            if self._inputs_from_float:
+                inside = {id(m) for m in learned.modules()}
+                self._entry_off = [q for q in fixed if id(q) in inside and q.enabled]
+                for q in self._entry_off:
+                    q.enabled = False
             module = BlockReconstruction(
                 learned, self._data, unit.name + self._tag_suffix,
                 iters=self.iters, batch_size=self.recon.batch_size, lr=self.recon.lr,
@@ -182,8 +194,7 @@ class BlockSequencer(Callback):
                 cuda_graph=self.recon.cuda_graph,
                 log_every_n_steps=min(self.recon.log_every_n_steps, self.iters),
                 loss_p=self.loss_p,
-                fixed_steps=[q for i, q in enumerate(self._outputs)
-                             if q is not None and i != index],
+                fixed_steps=fixed,
             )
             steps = " steps" if self._steps_pass else ""
             module.label = f"unit {index + 1}/{len(self.units)}{steps} {unit.name}"
@@ -290,6 +301,9 @@ class BlockSequencer(Callback):
             result.mse_learned = result.mse_final
             result.mse_final = unit_mse(module.unit, self._data)
             result.kept = "nearest"
+        for q in self._entry_off:
+            q.enabled = True
+        self._entry_off = []
         self.qmodel.cpu()
         self.float_model.cpu()
         result.seconds = round(time.perf_counter() - self._started, 3)

@@ -69,6 +69,13 @@ class ReconConfig:
             them), the rounding fixed.
         act_stage_loss_p: the exponent of the output error in that second pass (2: the squared
             error; BRECQ's code runs 2.4).
+        act_stage_float_inputs: with ``act_stage_iters`` > 0 only. False (default): in the
+            second pass each unit learns from its inputs in the network quantized so far
+            (weights and activations). True: from the float network's inputs of the unit,
+            with the quantizers inside it that the unit before learned
+            (``block_output_steps``: its input quantizer) off while it learns, as BRECQ's code
+            (its activation stage caches every block's input and output with the whole network
+            float: ``asym`` False).
         loss: the unit's output error. 'mse' (default): the squared error (BRECQ's and QDrop's
             code). 'fisher': BRECQ's paper's Fisher-weighted error, each element's error
             weighted by ``g^2`` (scaled to mean 1), ``g`` the gradient at that element of the
@@ -116,6 +123,7 @@ class ReconConfig:
     keep_best_every: int = 0
     act_stage_iters: int = 0
     act_stage_loss_p: float = 2.0
+    act_stage_float_inputs: bool = False
     loss: str = "mse"
     block_output_steps: bool = False
     unit_blocks: int = 2
@@ -129,6 +137,9 @@ class ReconConfig:
                                "(0: the activation steps learn with the rounding)")
         if self.act_stage_loss_p <= 0:
             raise SettingError(f"recon.act_stage_loss_p={self.act_stage_loss_p} must be > 0")
+        if self.act_stage_float_inputs and self.act_stage_iters == 0:
+            raise SettingError("recon.act_stage_float_inputs=true sets the inputs of the second "
+                               "pass over the units: set recon.act_stage_iters > 0 too")
         if self.keep_best_every < 0:
             raise SettingError(f"recon.keep_best_every={self.keep_best_every} must be >= 0 "
                                "(0: off)")

@@ -152,7 +152,7 @@ def test_every_suite_row_composes_the_settings_its_old_arguments_gave():
     acc = _load("accuracy")
     assert set(acc.METHODS) - set(OLD_METHODS) == {  # new with issue 34
         "brecq", "qdrop", "attention_blocks", "attnround", "attnround_blocks", "attnround_v1",
-        "attnround_v1_blocks", "attnround_v2"}
+        "attnround_v1_blocks", "attnround_v2", "brecq_v2"}
     rows = {(m, s, meth) for models, plan in acc.SUITES.values() for m in models
             for block in plan for s in block.settings for meth in block.methods
             if meth in OLD_METHODS}
@@ -209,6 +209,13 @@ def test_the_peer_methods_run_their_published_code_and_v1_what_the_tables_ran():
               for m in cfg}
     assert stages == {"brecq": (5000, 2.4), "qdrop": (0, 2.0), "brecq_v1": (0, 2.0),
                       "qdrop_v1": (0, 2.0)}
+    # their second pass learns from the float network's block inputs; v2 (until 2026-12-06)
+    # from the quantized network's, and is otherwise the same command
+    v2 = parser.parse_args(acc.calibrate_args("resnet20", "W2A4", "brecq_v2", 0))
+    assert (cfg["brecq"]["recon"]["act_stage_float_inputs"],
+            v2["recon"]["act_stage_float_inputs"]) == (True, False)
+    assert {**v2["recon"], "act_stage_float_inputs": True} == dict(cfg["brecq"]["recon"])
+    assert v2["quant"] == cfg["brecq"]["quant"]
     # ours beside them: the same placement and order
     for m in ("attention_blocks", "attnround_blocks", "attnround_v1_blocks"):
         ours = parser.parse_args(acc.calibrate_args("resnet20", "W2A4", m, 0))

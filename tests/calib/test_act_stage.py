@@ -149,3 +149,73 @@ def test_a_run_stopped_in_either_stage_resumes_to_the_uninterrupted_result(
     for name, info in first.items():
         assert torch.equal(info["codes"], second[name]["codes"]), name
         assert info["a_step"] == second[name]["a_step"], name
+
+
+def test_float_inputs_take_the_unit_inputs_from_the_float_model():
+    from block_net import TwoBlocks, blocks_qnet
+
+    from attnround_pl.calib import build_unit_data
+    from attnround_pl.quant.bn_fold import fold_batchnorms
+
+    qnet, _ = blocks_qnet()
+    torch.manual_seed(0)  # the float net blocks_qnet quantized
+    folded = TwoBlocks().eval()
+    fold_batchnorms(folded)
+    images = [torch.randn(8, 3, 12, 12)]
+    quantized = build_unit_data(qnet, folded, "layer.1", images)
+    from_float = build_unit_data(qnet, folded, "layer.1", images, inputs_from_float=True)
+    mixing = build_unit_data(qnet, folded, "layer.1", images, float_inputs=True)
+    assert torch.equal(from_float.inputs, mixing.float_inputs)
+    assert not torch.equal(from_float.inputs, quantized.inputs)  # W4A4 upstream moved them
+    assert torch.equal(from_float.targets, quantized.targets)
+
+
+def _brecq_blocks(float_inputs: bool, seen: list | None = None, monkeypatch=None):
+    """TwoBlocks through BRECQ's two passes in the peers' order; with ``seen``, each unit MSE
+    call records (the unit's name, its own input quantizer's switch)."""
+    from block_net import TwoBlocks
+
+    import attnround_pl.calib.sequencer as sequencer
+
+    if seen is not None:
+        measure = sequencer.unit_mse
+
+        def spy(unit, data):
+            own = unit.input_quantizer if hasattr(unit, "input_quantizer") else None
+            seen.append(None if own is None else own.enabled)
+            return measure(unit, data)
+
+        monkeypatch.setattr(sequencer, "unit_mse", spy)
+    torch.manual_seed(0)
+    recon = ReconConfig(iters=4, batch_size=8, keep_better=False, act_stage_iters=4,
+                        act_stage_float_inputs=float_inputs, block_output_steps=True,
+                        unit_blocks=1, join_end_layers=False)
+    quant = QuantConfig(rounding="adaround", w_bits=2, a_bits=4, act_placement="blocks")
+    return attnround_pl.quantize(TwoBlocks().eval(), torch.randn(16, 3, 12, 12), quant=quant,
+                                 recon=recon, progress=False, trainer={"accelerator": "cpu"})
+
+
+def test_brecqs_steps_pass_learns_on_float_inputs_with_the_units_input_quantizer_off(
+        monkeypatch):
+    plain = _brecq_blocks(False)
+    seen: list = []
+    ours = _brecq_blocks(True, seen, monkeypatch)
+    units, others = ours.report.units, plain.report.units
+    names = [u.name for u in units]
+    assert names == ["stem.0", "layer.0", "layer.1", "fc"] * 2
+    # the rounding pass is the same run; the steps pass learns from other inputs
+    assert [u.mse_final for u in units[:4]] == [u.mse_final for u in others[:4]]
+    assert units[6].mse_nearest != pytest.approx(others[6].mse_nearest)
+    # each unit is measured twice (before, after): the rounding pass with every quantizer
+    # off; in the steps pass layer.1's input quantizer, learned with layer.0, is off while
+    # layer.1 learns; layer.0 learns its own (a ReLU follows the stem's conv) and the network
+    # input's 8-bit quantizer stays on
+    assert seen[:8] == [False] * 8
+    assert seen[8:] == [True, True, True, True, False, False, True, True]
+    assert all(q.enabled for q in act_quantizers(ours))  # every switch restored
+
+
+def test_float_inputs_need_a_second_pass():
+    with pytest.raises(SettingError, match="recon.act_stage_float_inputs=true sets the inputs "
+                                           "of the second pass .* recon.act_stage_iters > 0"):
+        ReconConfig(act_stage_float_inputs=True).validate()
