@@ -111,24 +111,22 @@ def build_unit_data(
     ``split_units(qmodel)`` or the path of a submodule (a module unit). Raises
     ``GraphMismatchError`` where a graph unit's nodes are not in ``float_model``'s graph."""
     region = unit.region if isinstance(unit, Unit) else None
+    wants_float = float_inputs or inputs_from_float  # captured once for either use
     if region is None:
         path = unit.path if isinstance(unit, Unit) else unit
         last = unit.output_path if isinstance(unit, Unit) else unit  # a chain's last block
-        return UnitData(
-            capture(float_model if inputs_from_float else qmodel, path, batches, "input",
-                    device),
-            capture(float_model, last, batches, "output", device),
-            capture(float_model, path, batches, "input", device) if float_inputs else None,
-        )
-    fgraph = region.trace.float_graph(float_model)
-    check_same_graph(region.trace.graph, qmodel, fgraph, float_model, region.outputs)
-    return UnitData(
-        capture_graph(float_model, fgraph, [region.input], batches, device) if inputs_from_float
-        else capture_graph(qmodel, region.trace.graph, [region.input], batches, device),
-        capture_graph(float_model, fgraph, region.outputs, batches, device),
-        capture_graph(float_model, fgraph, [region.input], batches, device)
-        if float_inputs else None,
-    )
+        floats = capture(float_model, path, batches, "input", device) if wants_float else None
+        inputs = floats if inputs_from_float else capture(qmodel, path, batches, "input", device)
+        targets = capture(float_model, last, batches, "output", device)
+    else:
+        fgraph = region.trace.float_graph(float_model)
+        check_same_graph(region.trace.graph, qmodel, fgraph, float_model, region.outputs)
+        floats = (capture_graph(float_model, fgraph, [region.input], batches, device)
+                  if wants_float else None)
+        inputs = floats if inputs_from_float else capture_graph(
+            qmodel, region.trace.graph, [region.input], batches, device)
+        targets = capture_graph(float_model, fgraph, region.outputs, batches, device)
+    return UnitData(inputs, targets, floats if float_inputs else None)
 
 
 def cache_device(nbytes: int, accelerator_device: torch.device, fraction: float = 0.5) -> str:

@@ -172,7 +172,7 @@ def test_float_inputs_take_the_unit_inputs_from_the_float_model():
 
 def _brecq_blocks(float_inputs: bool, seen: list | None = None, monkeypatch=None):
     """TwoBlocks through BRECQ's two passes in the peers' order; with ``seen``, each unit MSE
-    call records (the unit's name, its own input quantizer's switch)."""
+    call records its unit's own input quantizer's switch (None: the unit has none)."""
     from block_net import TwoBlocks
 
     import attnround_pl.calib.sequencer as sequencer
