@@ -725,8 +725,9 @@ def headline_table() -> str:
         out += [f"Every cell has a row with {HEADLINE_SEEDS} seeds (a cell without one would "
                 "show `-`)."]
     if absent:
-        out += ["", f"Not in the table, no row with {HEADLINE_SEEDS} seeds at any of its "
-                f"settings yet: {', '.join(absent)}."]
+        out += ["", f"Not in the table, no row with {HEADLINE_SEEDS} seeds in our activation "
+                f"placement at any of its settings yet: {', '.join(absent)} (their rows in "
+                "the peers' placement: docs/benchmarks.md, the like-for-like goal table)."]
     out += ["", "The goal (issue 34): the default at least level with the best 20k-iteration "
             "peer row (within the larger spread) in at most a quarter of its minutes; the "
             "minutes as each row's sitting measured them; where a timing run on one host in "
