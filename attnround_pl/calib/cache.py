@@ -38,8 +38,11 @@ class UnitData:
 
     @property
     def nbytes(self) -> int:
-        held = (self.inputs, self.targets, self.float_inputs, self.fisher)
-        return sum(t.element_size() * t.numel() for t in held if t is not None)
+        """Bytes held, each tensor once (``build_unit_data`` gives ``inputs`` and
+        ``float_inputs`` one tensor where both come from the float model)."""
+        held = {id(t): t for t in (self.inputs, self.targets, self.float_inputs, self.fisher)
+                if t is not None}
+        return sum(t.element_size() * t.numel() for t in held.values())
 
     def __len__(self) -> int:
         return self.inputs.shape[0]

@@ -33,6 +33,9 @@ def test_unit_data_inputs_from_quantized_targets_from_float():
     data = build_unit_data(q, f, "layer2.0", [x])
     assert data.inputs.shape == (8, 16, 14, 14) and data.targets.shape == (8, 32, 7, 7)
     assert data.nbytes == 4 * (8 * 16 * 14 * 14 + 8 * 32 * 7 * 7)
+    both = build_unit_data(q, f, "layer2.0", [x], float_inputs=True, inputs_from_float=True)
+    assert both.inputs is both.float_inputs  # one capture, counted once
+    assert both.nbytes == data.nbytes
     float_in = capture(f, "layer2.0", [x], "input")
     assert not torch.allclose(data.inputs, float_in)  # quantized upstream differs from float
     with torch.no_grad():
