@@ -32,6 +32,8 @@ compares them), at a fraction of the composed graph's CPU time.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from torch import Tensor, nn
 
@@ -50,8 +52,7 @@ class AQuantBorder(nn.Module):
 
     def effective(self) -> tuple[Tensor, Tensor]:
         """(k, c) scaled per channel so that the border stays in [margin, 1 - margin]."""
-        bound = self.k.abs() * self.reach + self.c.abs()
-        shrink = torch.clamp((0.5 - BORDER_MARGIN) / bound.clamp_min(1e-12), max=1.0)
+        shrink = _shrink(self.k, self.c, self.reach)
         return self.k * shrink, self.c * shrink
 
     def _per_channel(self, p: Tensor, x: Tensor) -> Tensor:
@@ -77,8 +78,7 @@ class AQuantBorder(nn.Module):
         """``s * codes(clamp(x / s, qmin, qmax))`` with this border, LSQ's gradient for the
         step (scaled by ``g``) and the straight-through gradients of ``forward`` for ``x``, k
         and c: what the activation quantizer runs (``_BorderRound``)."""
-        k, c = self.effective()
-        return _BorderRound.apply(x, step, k, c, qmin, qmax, g)
+        return _BorderRound.apply(x, step, self.k, self.c, self.reach, qmin, qmax, g)
 
     @torch.no_grad()
     def folded_value(self, xt: Tensor) -> Tensor:
@@ -92,15 +92,76 @@ class AQuantBorder(nn.Module):
         return torch.round(self.folded_value(xt))
 
 
+def _shrink(k: Tensor, c: Tensor, reach: float) -> Tensor:
+    """The per-channel factor ``min(1, (0.5 - margin) / (|k| reach + |c|))`` that keeps the
+    border in [margin, 1 - margin] (``AQuantBorder.effective``)."""
+    bound = k.abs() * reach + c.abs()
+    return torch.clamp((0.5 - BORDER_MARGIN) / bound.clamp_min(1e-12), max=1.0)
+
+
+def _shrink_is_idle(x: Tensor, bound: Tensor) -> bool:
+    """Whether the CPU may skip the shrink: it is 1 on every channel, with no gradient, where
+    the largest ``bound = |k| reach + |c|`` is below 0.5 - margin by more than float rounding
+    (then ``k * shrink`` is ``k`` bit for bit). Its per-channel operations, forward and
+    backward, are a measurable part of a small layer's step (issue 31); reading the maximum
+    on a GPU would wait for the device, so a GPU always computes them."""
+    return x.device.type == "cpu" and float(bound.max()) < (0.5 - BORDER_MARGIN) * (1 - 1e-6)
+
+
+class _ShrinkParts(NamedTuple):
+    """What ``_shrink`` computes on the way, kept for its backward (``_shrink_backward``)."""
+
+    shrink: Tensor
+    at_work: Tensor  # where ``(0.5 - margin) / bound < 1`` (clamp passes no gradient at 1)
+    recip_sq: Tensor  # ``(1 / max(bound, 1e-12))^2``
+
+
+def _shrink_parts(k: Tensor, c: Tensor, reach: float, bound: Tensor) -> _ShrinkParts:
+    """``_shrink`` from ``bound = |k| reach + |c|``, the same operations (the same values),
+    with what its backward needs."""
+    recip = bound.clamp_min(1e-12).reciprocal()
+    ratio = recip * (0.5 - BORDER_MARGIN)  # what ``float / tensor`` computes
+    return _ShrinkParts(ratio.clamp(max=1.0), ratio < 1, recip * recip)
+
+
+def _shrink_backward(k: Tensor, c: Tensor, reach: float, parts: _ShrinkParts, grad_k: Tensor,
+                     grad_c: Tensor) -> tuple[Tensor, Tensor]:
+    """The raw parameters' gradients from the effective ones' (``k * shrink``, ``c *
+    shrink``): autograd's own formulas for ``_shrink``'s operations (mul, clamp, the
+    reciprocal's ``-grad * r^2``, abs), in its order, so the values are autograd's bit for
+    bit (``tests/quant/test_act_border.py``), in about a dozen per-channel operations where
+    autograd's graph took about thirty a quantizer and step (issue 31). Where the shrink is
+    not at work the clamp passes no gradient (a ``bound`` under 1e-12 is never at work)."""
+    pulled = torch.mul(grad_k, k).add_(torch.mul(grad_c, c))  # d loss / d shrink
+    grad_bound = torch.where(parts.at_work, pulled.mul_(0.5 - BORDER_MARGIN).neg_()
+                             .mul_(parts.recip_sq), 0.0)
+    out_k = torch.mul(grad_k, parts.shrink).add_(grad_bound.mul(reach).mul_(torch.sgn(k)))
+    out_c = torch.mul(grad_c, parts.shrink).add_(grad_bound.mul_(torch.sgn(c)))
+    return out_k, out_c
+
+
+def _channel_sum(t: Tensor) -> Tensor:
+    """``t`` summed over every axis but 1: over the positions (axis 2 on), then over the
+    samples; a Linear's input has no positions, and summing over that one-element axis cost
+    several times the sum over the samples on the CPU (the values are the same)."""
+    n, channels = t.shape[0], t.shape[1]
+    if t.numel() == n * channels:
+        return t.reshape(n, channels).sum(0)
+    return t.reshape(n, channels, -1).sum(2).sum(0)
+
+
 class _BorderRound(torch.autograd.Function):
     """``s * round((1 - k) x~ - c)``, ``x~ = clamp(x / s, qmin, qmax)`` (``k``, ``c``: the
-    effective per-channel parameters, axis 1 of ``x``): the border's folded form, as the ONNX
-    export deploys it. Gradients as composing ``clamp(x / s)``, ``AQuantBorder.forward`` and
-    ``* s`` gives them (straight-through, the code read as ``(1 - k) x~ - c``):
+    effective per-channel parameters, axis 1 of ``x``, from the raw ones and ``reach`` as
+    ``AQuantBorder.effective`` gives them): the border's folded form, as the ONNX export
+    deploys it. Gradients as composing ``clamp(x / s)``, ``effective``,
+    ``AQuantBorder.forward`` and ``* s`` gives them (straight-through, the code read as
+    ``(1 - k) x~ - c``):
 
     - input: ``grad`` where ``qmin < x / s < qmax``, else 0 (``hardtanh_backward``, as LSQ);
     - step: ``g * sum(grad * (code - x / s * inside))``, LSQ's, from two dot products;
-    - ``k``: ``-s * sum(grad * x~)`` and ``c``: ``-s * sum(grad)`` over every axis but 1.
+    - effective ``k``: ``-s * sum(grad * x~)`` and ``c``: ``-s * sum(grad)`` over every axis
+      but 1, then through the shrink to the raw parameters (``_shrink_backward``).
 
     Forward writes two tensors, ``x~`` (clipped in place) and the output (the folded value,
     rounded and scaled in place), and saves them; backward reads the clipped ``x~`` for the
@@ -110,28 +171,38 @@ class _BorderRound(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x: Tensor, step: Tensor, k: Tensor, c: Tensor, qmin: int, qmax: int,
-                g: float) -> Tensor:
+    def forward(ctx, x: Tensor, step: Tensor, k: Tensor, c: Tensor, reach: float, qmin: int,
+                qmax: int, g: float) -> Tensor:
+        # on the CPU, where the shrink is idle (almost always), its ~25 per-channel operations
+        # forward and backward are skipped: a quantizer's fixed cost is a large part of a
+        # small model's step (issue 31); the values are the same bit for bit
+        bound = (k.abs() * reach).add_(c.abs())
+        if _shrink_is_idle(x, bound):
+            k_eff, c_eff, ctx.parts = k, c, None
+        else:
+            ctx.parts = _shrink_parts(k, c, reach, bound)
+            k_eff, c_eff = k * ctx.parts.shrink, c * ctx.parts.shrink
         xt = torch.div(x, step).clamp_(qmin, qmax)
         shape = (1, -1, *([1] * (x.dim() - 2)))
-        out = torch.mul(xt, (1 - k).reshape(shape)).sub_(c.reshape(shape)).round_().mul_(step)
-        ctx.save_for_backward(xt, out, step)
-        ctx.bounds = (qmin, qmax, g)
+        out = torch.mul(xt, (1 - k_eff).view(shape)).sub_(c_eff.view(shape)).round_().mul_(step)
+        ctx.save_for_backward(xt, out, step, k, c)
+        ctx.bounds = (qmin, qmax, g, reach)
         return out
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        xt, out, step = ctx.saved_tensors
-        qmin, qmax, g = ctx.bounds
+        xt, out, step, k, c = ctx.saved_tensors
+        qmin, qmax, g, reach = ctx.bounds
         need_x, need_step, need_k, need_c = ctx.needs_input_grad[:4]
         grad_x = grad_step = grad_k = grad_c = None
-        per_channel = (grad.shape[0], grad.shape[1], -1)  # summed over axis 2, then axis 0
         spare = None
+        if need_k or need_c:
+            neg_step = -step
         if need_k:
             spare = torch.mul(grad, xt)
-            grad_k = spare.reshape(per_channel).sum(2).sum(0) * -step
+            grad_k = _channel_sum(spare).mul_(neg_step)
         if need_c:
-            grad_c = grad.reshape(per_channel).sum(2).sum(0) * -step
+            grad_c = _channel_sum(grad).mul_(neg_step)
         if need_x or need_step:  # written into k's product when there is one: one tensor fewer
             grad_x = (torch.ops.aten.hardtanh_backward(grad, xt, qmin, qmax) if spare is None
                       else torch.ops.aten.hardtanh_backward.grad_input(
@@ -139,4 +210,8 @@ class _BorderRound(torch.autograd.Function):
         if need_step:  # d(code s)/ds: code - x/s inside the range, code outside
             grad_step = (torch.dot(grad.reshape(-1), out.reshape(-1)) / step
                          - torch.dot(grad_x.reshape(-1), xt.reshape(-1))) * g
-        return (grad_x if need_x else None), grad_step, grad_k, grad_c, None, None, None
+        if ctx.parts is not None and (need_k or need_c):
+            grad_k, grad_c = _shrink_backward(
+                k, c, reach, ctx.parts, torch.zeros_like(k) if grad_k is None else grad_k,
+                torch.zeros_like(c) if grad_c is None else grad_c)
+        return (grad_x if need_x else None), grad_step, grad_k, grad_c, None, None, None, None

@@ -177,6 +177,18 @@ class ActQuantizer(nn.Module):
             raise RuntimeError("activation quantizer has not seen data: observe batches first")
         return UniformGrid(self.bits, self.signed)
 
+    def _range(self) -> tuple[int, int]:
+        """The grid's ``(qmin, qmax)``, kept while ``bits`` and ``signed`` stay (the forward
+        runs thousands of times a unit; building the grid each time is a measurable part of
+        a small layer's step)."""
+        key = (self.bits, self.signed)
+        cached = self.__dict__.get("_range_cache")
+        if cached is None or cached[0] != key:
+            grid = self.grid
+            cached = (key, grid.qmin, grid.qmax)
+            self.__dict__["_range_cache"] = cached
+        return cached[1], cached[2]
+
     def start_observing(self) -> None:
         self.observing = True
         self._observed = []
@@ -229,16 +241,19 @@ class ActQuantizer(nn.Module):
             return x
         if not self.initialised:
             raise RuntimeError("activation quantizer used before its step was initialised")
-        grid = self.grid
+        qmin, qmax = self._range()
         # LSQ's scale counts the tensor's elements; with ``lsq_batch`` set (the global batch of
         # a reconstruction) it counts that many samples, so a DDP rank holding part of the
         # batch learns the step exactly as one process holding all of it
-        count = x.numel() if self.lsq_batch is None else x[0].numel() * self.lsq_batch
-        g = 1.0 / math.sqrt(count * grid.qmax)
-        if self.border is None:
-            xq = lsq_round(x, self.step, grid.qmin, grid.qmax, g)
+        count = x.numel()
+        if self.lsq_batch is not None:
+            count = count // x.shape[0] * self.lsq_batch
+        g = 1.0 / math.sqrt(count * qmax)
+        border = self.border
+        if border is None:
+            xq = lsq_round(x, self.step, qmin, qmax, g)
         else:
-            xq = self.border.quantize(x, self.step, grid.qmin, grid.qmax, g)
+            xq = border.quantize(x, self.step, qmin, qmax, g)
         if self.dropping and self.drop_prob > 0:
             kept = x if self.drop_reference is None else self.drop_reference
             if kept.shape != x.shape:

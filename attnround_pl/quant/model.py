@@ -274,8 +274,11 @@ def finish_rounding_gradients(model: nn.Module | Sequence[Rounding]) -> None:
     list) shape its summed gradient (Attention Round's eq. 6). Called once per step by the
     pre-hook ``shape_gradients_before_step`` installs; a loop using such an optimizer must not
     call it again."""
+    groups: dict[type[Rounding], list[Rounding]] = {}
     for rounding in _roundings(model):
-        rounding.finish_gradient()
+        groups.setdefault(type(rounding), []).append(rounding)
+    for kind, roundings in groups.items():
+        kind.finish_gradients(roundings)
 
 
 def shape_gradients_before_step(

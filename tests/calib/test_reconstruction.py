@@ -269,15 +269,15 @@ def test_steps_in_one_batch_learn_exactly_what_one_step_a_batch_learns(fmnist_ro
     unit, data = _unit_setup(fmnist_root, "attention", unit="layer3.2", n=64)
     twin = copy.deepcopy(unit)
     calls = []
-    finish = AttentionRounding.finish_gradient
+    finish = AttentionRounding.finish_gradients.__func__
 
-    def counted(self):
-        calls.append(id(self))
-        return finish(self)
+    def counted(cls, roundings):
+        calls.extend(id(r) for r in roundings)
+        return finish(cls, roundings)
 
-    monkeypatch.setattr(AttentionRounding, "finish_gradient", counted)
+    monkeypatch.setattr(AttentionRounding, "finish_gradients", classmethod(counted))
     own, own_batches, own_calls = _fit_state(unit, data, monkeypatch, True, calls)
-    monkeypatch.setattr(AttentionRounding, "finish_gradient", counted)
+    monkeypatch.setattr(AttentionRounding, "finish_gradients", classmethod(counted))
     wrapped, wrapped_batches, wrapped_calls = _fit_state(twin, data, monkeypatch, False, calls)
     assert own_batches == [10, 10, 3] and wrapped_batches == [1] * 23
     assert len(own_calls) == len(wrapped_calls) == 2 * 23  # two convolutions, 23 steps

@@ -9,11 +9,12 @@ from attnround_pl.quant import (
     ActQuantizer,
     QuantConfig,
     QuantConfigError,
+    act_border,
     calibrate_activations,
     fold_batchnorms,
     quantize_model,
 )
-from attnround_pl.quant.act_border import BORDER_MARGIN, AQuantBorder
+from attnround_pl.quant.act_border import BORDER_MARGIN, AQuantBorder, _BorderRound
 
 
 def explicit_codes(xt, b):
@@ -207,3 +208,56 @@ def test_fused_border_matches_the_composed_reference(shape, qmin, qmax, scale, d
     for got, want in zip(fused[2:], reference[2:], strict=True):
         torch.testing.assert_close(got, want, **tol)
         assert want.abs().sum() > 0
+
+
+def _on_the_bound(dtype):
+    """A |c| (k = 0) whose shrink ratio (0.5 - margin) / |c| is exactly 1 in ``dtype``."""
+    c = torch.tensor(0.5 - BORDER_MARGIN, dtype=dtype)
+    for _ in range(8):
+        c = torch.nextafter(c, torch.tensor(0.0, dtype=dtype))
+    for _ in range(16):  # ulps around 0.5 - margin
+        if c.clamp_min(1e-12).reciprocal() * (0.5 - BORDER_MARGIN) == 1:
+            return c
+        c = torch.nextafter(c, torch.tensor(1.0, dtype=dtype))
+    raise AssertionError("no value on the bound found")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape, at_work", [((8, 6, 5, 5), 3), ((16, 6), 3), ((8, 6, 5, 5), 0)])
+def test_shrink_inside_the_function_is_autograds_bit_for_bit(shape, at_work, dtype,
+                                                            monkeypatch):
+    # _BorderRound differentiates the shrink itself (and skips it on the CPU where it is idle);
+    # the reference is the Function fed the effective (k, c) with autograd's graph of
+    # ``effective`` behind them (its own shrink made the identity): values and all four
+    # gradients agree exactly, with channels at work, idle, on the bound, and k = 0
+    gen = torch.Generator().manual_seed(8)
+    border = AQuantBorder(shape[1], reach=15).to(dtype)
+    with torch.no_grad():
+        border.k.copy_(torch.tensor([0.0, 0.001, -0.002, 0.05, -0.08, 0.03], dtype=dtype))
+        border.c.copy_(torch.tensor([0.01, -0.02, 0.0, 0.3, 0.1, -0.2], dtype=dtype))
+        if not at_work:  # every channel idle: the CPU's shortcut
+            border.k.mul_(0.1)
+            border.c.mul_(0.1)
+        else:  # channel 0 exactly on the bound ((0.5 - margin) / bound == 1: no gradient)
+            border.c[0] = _on_the_bound(dtype)
+    k_eff = border.effective()[0].detach()
+    assert (k_eff != border.k.detach()).sum() == at_work
+    x = torch.randn(shape, generator=gen, dtype=dtype) * 0.8
+    weights = torch.rand(shape, generator=gen, dtype=dtype)
+    results = []
+    for fused in (True, False):
+        xi = x.clone().requires_grad_()
+        step = torch.tensor(0.1, dtype=dtype, requires_grad=True)
+        border.zero_grad()
+        if fused:
+            out = border.quantize(xi, step, -8, 7, 0.01)
+        else:
+            k, c = border.effective()
+            monkeypatch.setattr(act_border, "_shrink_is_idle", lambda x, bound: True)
+            out = _BorderRound.apply(xi, step, k, c, 15.0, -8, 7, 0.01)
+            monkeypatch.undo()
+        (out * weights).sum().backward()
+        results.append((out, xi.grad, step.grad, border.k.grad, border.c.grad))
+    for got, want in zip(*results, strict=True):
+        assert torch.equal(got, want)
+    assert results[0][3].abs().min() > 0  # every channel's k learns

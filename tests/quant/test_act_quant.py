@@ -34,6 +34,18 @@ def test_unsigned_4bit_codes_and_range():
     assert rel < 0.15
 
 
+def test_codes_follow_a_change_of_signedness_or_bits():
+    # the forward keeps the grid's range between calls; a quantizer whose signedness or bits
+    # change afterwards (a loaded state, mixed precision) must use the new range at once
+    x = torch.randn(64, 8, 4, 4) * 3
+    q = _calibrated(torch.relu(x), bits=4)
+    assert (q(x) / q.step).detach().round().min() == 0  # unsigned: negatives clip to 0
+    q.signed = True
+    assert (q(x) / q.step).detach().round().min() == -8
+    q.bits = 3
+    assert (q(x) / q.step).detach().round().max() == 3
+
+
 def test_mse_step_beats_max_step():
     x = torch.randn(100_000)
     q = _calibrated(x, bits=4)

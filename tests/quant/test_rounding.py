@@ -204,6 +204,44 @@ def test_eq6_in_place_matches_the_where_formula_with_clipping(tau):
     assert torch.equal(r.alpha.grad == 0, expected == 0)
 
 
+def test_attention_forward_sends_no_gradient_to_its_input():
+    # q is computed outside autograd: only alpha learns, even from an input that asks for a
+    # gradient (the weight quantizer passes w / s of frozen float weights)
+    x = (torch.randn(50) * 3).requires_grad_()
+    r = AttentionRounding(tau=0.5, seed=1)
+    r.init_state(x.detach())
+    q = r(x, LO, HI)
+    assert torch.equal(q.detach(), torch.clamp(torch.round(x.detach() + r.alpha.detach()), LO, HI))
+    (q * torch.arange(50.0)).sum().backward()
+    assert x.grad is None and torch.equal(r.alpha.grad, torch.arange(50.0))
+
+
+def test_eq6_on_a_unit_at_once_is_each_rounding_s_eq6_bit_for_bit():
+    # finish_rounding_gradients gives a unit's Attention Roundings to one multi-tensor eq. 6
+    # (widths > 0; a width of 0 goes its own way): the gradients are the one-by-one ones
+    from attnround_pl.quant import finish_rounding_gradients
+
+    gen = torch.Generator().manual_seed(6)
+    shapes, taus = [(16, 8, 3, 3), (300,), (5, 7)], [0.5, 2.0, 0.0]
+    xs = [torch.randn(s, generator=gen) * 6 for s in shapes]  # some beyond [-8, 7]
+    ups = [torch.randn(s, generator=gen) for s in shapes]
+    grads = []
+    for together in (False, True):
+        roundings = [AttentionRounding(tau=t, seed=i) for i, t in enumerate(taus)]
+        for r, x, up in zip(roundings, xs, ups, strict=True):
+            r.init_state(x)
+            (r(x, LO, HI) * up).sum().backward()
+        if together:
+            finish_rounding_gradients(roundings)
+        else:
+            for r in roundings:
+                r.finish_gradient()
+        grads.append([r.alpha.grad for r in roundings])
+    blocked = sum(int((g == 0).sum()) for g in grads[1])
+    assert blocked > 10  # clipped weights pushed further out: zeroed
+    assert all(torch.equal(a, b) for a, b in zip(*grads, strict=True))
+
+
 def _train_to_target(rounding, x, target, steps=400, lr=0.05):
     rounding.init_state(x)
     opt = torch.optim.Adam(rounding.parameters(), lr=lr)
