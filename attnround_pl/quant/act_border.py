@@ -173,9 +173,9 @@ class _BorderRound(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, step: Tensor, k: Tensor, c: Tensor, reach: float, qmin: int,
                 qmax: int, g: float) -> Tensor:
-        # on the CPU, where the shrink is idle (almost always), its ~25 per-channel operations
-        # forward and backward are skipped: a quantizer's fixed cost is a large part of a
-        # small model's step (issue 31); the values are the same bit for bit
+        # on the CPU, where the shrink is idle on every channel (every border starts so), its
+        # per-channel operations forward and backward are skipped: a quantizer's fixed cost
+        # is a large part of a small model's step (issue 31); the values are the same
         bound = (k.abs() * reach).add_(c.abs())
         if _shrink_is_idle(x, bound):
             k_eff, c_eff, ctx.parts = k, c, None
