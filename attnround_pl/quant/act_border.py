@@ -92,11 +92,15 @@ class AQuantBorder(nn.Module):
         return torch.round(self.folded_value(xt))
 
 
+def _bound(k: Tensor, c: Tensor, reach: float) -> Tensor:
+    """``|k| reach + |c|`` per channel: how far the border can move from 0.5."""
+    return (k.abs() * reach).add_(c.abs())
+
+
 def _shrink(k: Tensor, c: Tensor, reach: float) -> Tensor:
     """The per-channel factor ``min(1, (0.5 - margin) / (|k| reach + |c|))`` that keeps the
     border in [margin, 1 - margin] (``AQuantBorder.effective``)."""
-    bound = k.abs() * reach + c.abs()
-    return torch.clamp((0.5 - BORDER_MARGIN) / bound.clamp_min(1e-12), max=1.0)
+    return _shrink_parts(_bound(k, c, reach)).shrink
 
 
 def _shrink_is_idle(x: Tensor, bound: Tensor) -> bool:
@@ -116,9 +120,9 @@ class _ShrinkParts(NamedTuple):
     recip_sq: Tensor  # ``(1 / max(bound, 1e-12))^2``
 
 
-def _shrink_parts(k: Tensor, c: Tensor, reach: float, bound: Tensor) -> _ShrinkParts:
-    """``_shrink`` from ``bound = |k| reach + |c|``, the same operations (the same values),
-    with what its backward needs."""
+def _shrink_parts(bound: Tensor) -> _ShrinkParts:
+    """The shrink from ``bound`` (``_bound``), with what its backward needs; ``_shrink``,
+    ``effective`` and ``_BorderRound`` all compute it here."""
     recip = bound.clamp_min(1e-12).reciprocal()
     ratio = recip * (0.5 - BORDER_MARGIN)  # what ``float / tensor`` computes
     return _ShrinkParts(ratio.clamp(max=1.0), ratio < 1, recip * recip)
@@ -176,11 +180,11 @@ class _BorderRound(torch.autograd.Function):
         # on the CPU, where the shrink is idle on every channel (every border starts so), its
         # per-channel operations forward and backward are skipped: a quantizer's fixed cost
         # is a large part of a small model's step (issue 31); the values are the same
-        bound = (k.abs() * reach).add_(c.abs())
+        bound = _bound(k, c, reach)
         if _shrink_is_idle(x, bound):
             k_eff, c_eff, ctx.parts = k, c, None
         else:
-            ctx.parts = _shrink_parts(k, c, reach, bound)
+            ctx.parts = _shrink_parts(bound)
             k_eff, c_eff = k * ctx.parts.shrink, c * ctx.parts.shrink
         xt = torch.div(x, step).clamp_(qmin, qmax)
         shape = (1, -1, *([1] * (x.dim() - 2)))
