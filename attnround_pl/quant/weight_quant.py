@@ -97,7 +97,7 @@ class WeightQuantizer(nn.Module):
         rounding = _NEAREST if self.nearest_override else self.rounding
         if self.hard_override:  # the codes freezing would store, without freezing
             return self.scale * rounding.hard_codes(x, lo, hi)
-        return self.scale * rounding(x, lo, hi)
+        return rounding.scaled(x, lo, hi, self.scale)
 
     @torch.no_grad()
     def integer_codes(self, weight: Tensor) -> Tensor:

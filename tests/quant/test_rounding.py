@@ -216,6 +216,39 @@ def test_attention_forward_sends_no_gradient_to_its_input():
     assert x.grad is None and torch.equal(r.alpha.grad, torch.arange(50.0))
 
 
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_attention_scaled_is_scale_times_the_rounding_bit_for_bit(dtype):
+    # the weight quantizer's path (one autograd Function) against the composed ``scale * r(x)``:
+    # values (the sign of every zero too), overshoot and alpha's gradient, with weights
+    # clipped at both bounds, a bound at 0 (where clamp and maximum differ in a zero's sign)
+    # and values that round to -0.0
+    gen = torch.Generator().manual_seed(11)
+    channels = 6
+    x = (torch.randn(channels, 4, 3, 3, generator=gen) * 6).to(dtype)
+    x[1] = -0.2  # round(-0.2 + 0) is -0.0
+    lo = torch.tensor([-8.0, 0.0, -4.0, 0.0, -8.0, -1.0], dtype=dtype).reshape(-1, 1, 1, 1)
+    hi = lo + 15
+    scale = (torch.rand(channels, 1, 1, 1, generator=gen) + 0.01).to(dtype)
+    up = torch.randn(x.shape, generator=gen).to(dtype)
+    up[2] = 0.0
+    r = AttentionRounding(tau=0.5, seed=3)
+    r.init_state(x)
+    with torch.no_grad():
+        r.alpha[1] = 0.0
+    results = []
+    for scaled in (False, True):
+        value = r.scaled(x, lo, hi, scale) if scaled else scale * r(x, lo, hi)
+        (value * up).sum().backward()
+        results.append((value.detach(), r._overshoot, r.alpha.grad))
+        r.alpha.grad = None
+    (v0, o0, g0), (v1, o1, g1) = results
+    assert ((o0 > 0).sum() > 10) and ((o0 < 0).sum() > 10)  # clipped at both bounds
+    assert (v0 == 0).sum() > 36  # the zeros of the -0.0 row and the bound at 0
+    for a, b in ((v0, v1), (o0, o1), (g0, g1)):
+        assert a.dtype == b.dtype == dtype
+        assert torch.equal(a, b) and torch.equal(torch.signbit(a), torch.signbit(b))
+
 def test_eq6_on_a_unit_at_once_is_each_rounding_s_eq6_bit_for_bit():
     # finish_rounding_gradients gives a unit's Attention Roundings to one multi-tensor eq. 6
     # (widths > 0; a width of 0 goes its own way): the gradients are the one-by-one ones
