@@ -216,7 +216,6 @@ def test_attention_forward_sends_no_gradient_to_its_input():
     assert x.grad is None and torch.equal(r.alpha.grad, torch.arange(50.0))
 
 
-
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_attention_scaled_is_scale_times_the_rounding_bit_for_bit(dtype):
     # the weight quantizer's path (one autograd Function) against the composed ``scale * r(x)``:
@@ -248,6 +247,7 @@ def test_attention_scaled_is_scale_times_the_rounding_bit_for_bit(dtype):
     for a, b in ((v0, v1), (o0, o1), (g0, g1)):
         assert a.dtype == b.dtype == dtype
         assert torch.equal(a, b) and torch.equal(torch.signbit(a), torch.signbit(b))
+
 
 def test_eq6_on_a_unit_at_once_is_each_rounding_s_eq6_bit_for_bit():
     # finish_rounding_gradients gives a unit's Attention Roundings to one multi-tensor eq. 6
