@@ -392,21 +392,20 @@ class AttentionRounding(Rounding):
         self.alpha = nn.Parameter(noise.to(device=x.device, dtype=x.dtype))
 
     def forward(self, x: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
-        alpha = self.alpha
-        fixed = alpha.detach()  # q is computed outside autograd from detached inputs
-        raw = torch.round(x.detach() + fixed if x.requires_grad else x + fixed)
-        q = torch.clamp(raw, lo, hi)
-        # a plain attribute (Module.__setattr__ costs more than the subtraction)
-        self.__dict__["_overshoot"] = torch.sub(q, raw)
-        # value q exactly (alpha - alpha is 0); gradient dL/dq passes to alpha unchanged
-        return q + (alpha - fixed)
+        """``q`` with the gradient ``dL/dq`` passed to alpha unchanged (x gets none)."""
+        return self._apply_rounding(x, lo, hi, None)
 
     def scaled(self, x: Tensor, lo: Tensor, hi: Tensor, scale: Tensor) -> Tensor:
         """``scale * self(x, lo, hi)`` in one autograd Function (``_ScaledAttentionRound``):
-        for a finite alpha the same values, overshoot and gradient bit for bit, in about half
-        the operations and one autograd node where the composed form builds three (issue
-        31: a small layer's fixed cost a step)."""
+        for a finite alpha the values, overshoot and gradient of the composed autograd form
+        ``scale * (q + (alpha - alpha))`` bit for bit, in about half its operations and one
+        autograd node where it builds three (issue 31: a small layer's fixed cost a step)."""
+        return self._apply_rounding(x, lo, hi, scale)
+
+    def _apply_rounding(self, x: Tensor, lo: Tensor, hi: Tensor,
+                        scale: Tensor | None) -> Tensor:
         value, overshoot = _ScaledAttentionRound.apply(self.alpha, x.detach(), lo, hi, scale)
+        # a plain attribute (Module.__setattr__ costs more than the subtraction)
         self.__dict__["_overshoot"] = overshoot
         return value
 
@@ -444,30 +443,32 @@ class AttentionRounding(Rounding):
 
 
 class _ScaledAttentionRound(torch.autograd.Function):
-    """``(scale * q, q - raw)`` with ``raw = round(x + alpha)``, ``q = clip(raw, lo, hi)``:
-    ``AttentionRounding.forward`` times the scale, and its overshoot; the gradient to alpha
-    is ``grad * scale``, what autograd gives the composed ``scale * (q + (alpha - alpha))``
-    (``tests/quant/test_rounding.py`` compares them bit for bit). ``maximum`` and ``minimum``
-    clip as ``clamp`` does but for the sign of a zero, and ``+ 0.0`` (the composed form's
-    ``alpha - alpha``) makes every zero positive in both; on the CPU, ``clamp`` with tensor
-    bounds took about 2.5 times their time on a layer's weights."""
+    """``(scale * q, q - raw)`` with ``raw = round(x + alpha)``, ``q = clip(raw, lo, hi)``
+    (``scale`` None: ``(q, q - raw)``, ``AttentionRounding.forward``); the gradient to alpha
+    is ``grad * scale`` (``grad``), what autograd gives the composed ``scale * (q + (alpha -
+    alpha))`` (``tests/quant/test_rounding.py`` compares them bit for bit). ``maximum`` and
+    ``minimum`` clip as ``clamp`` does but for the sign of a zero, and ``+ 0.0`` (the composed
+    form's ``alpha - alpha``) makes every zero positive in both; on the CPU, ``clamp`` with
+    tensor bounds took about 2.5 times their time on a layer's weights."""
 
     @staticmethod
     def forward(ctx, alpha: Tensor, x: Tensor, lo: Tensor, hi: Tensor,
-                scale: Tensor) -> tuple[Tensor, Tensor]:
+                scale: Tensor | None) -> tuple[Tensor, Tensor]:
         raw = torch.add(x, alpha).round_()
         q = torch.maximum(raw, lo)
         torch.minimum(q, hi, out=q)
         overshoot = torch.sub(q, raw)
-        value = q.add_(0.0).mul_(scale)
+        value = q.add_(0.0) if scale is None else q.add_(0.0).mul_(scale)
         ctx.mark_non_differentiable(overshoot)
-        ctx.save_for_backward(scale)
+        ctx.scaled = scale is not None
+        if ctx.scaled:
+            ctx.save_for_backward(scale)
         return value, overshoot
 
     @staticmethod
     def backward(ctx, grad: Tensor, _overshoot: Tensor):
-        (scale,) = ctx.saved_tensors
-        return torch.mul(grad, scale), None, None, None, None
+        grad_alpha = torch.mul(grad, ctx.saved_tensors[0]) if ctx.scaled else grad
+        return grad_alpha, None, None, None, None
 
 
 def check_tau(tau: float, key: str = "tau") -> float:

@@ -218,7 +218,8 @@ def test_attention_forward_sends_no_gradient_to_its_input():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_attention_scaled_is_scale_times_the_rounding_bit_for_bit(dtype):
-    # the weight quantizer's path (one autograd Function) against the composed ``scale * r(x)``:
+    # the weight quantizer's path and the rounding's forward (one autograd Function) against
+    # the composed autograd form ``scale * (q + (alpha - alpha))``:
     # values (the sign of every zero too), overshoot and alpha's gradient, with weights
     # clipped at both bounds, a bound at 0 (where clamp and maximum differ in a zero's sign)
     # and values that round to -0.0
@@ -235,18 +236,25 @@ def test_attention_scaled_is_scale_times_the_rounding_bit_for_bit(dtype):
     r.init_state(x)
     with torch.no_grad():
         r.alpha[1] = 0.0
-    results = []
-    for scaled in (False, True):
-        value = r.scaled(x, lo, hi, scale) if scaled else scale * r(x, lo, hi)
+    # the reference: the composed autograd form the rounding computed until issue 31
+    alpha = r.alpha
+    raw = torch.round(x + alpha.detach())
+    q = torch.clamp(raw, lo, hi)
+    composed = scale * (q + (alpha - alpha.detach()))
+    (composed * up).sum().backward()
+    results = [(composed.detach(), torch.sub(q, raw), alpha.grad)]
+    r.alpha.grad = None
+    for value in (r.scaled(x, lo, hi, scale), scale * r(x, lo, hi)):  # forward: scale 1
         (value * up).sum().backward()
         results.append((value.detach(), r._overshoot, r.alpha.grad))
         r.alpha.grad = None
-    (v0, o0, g0), (v1, o1, g1) = results
+    (v0, o0, g0) = results[0]
     assert ((o0 > 0).sum() > 10) and ((o0 < 0).sum() > 10)  # clipped at both bounds
     assert (v0 == 0).sum() > 36  # the zeros of the -0.0 row and the bound at 0
-    for a, b in ((v0, v1), (o0, o1), (g0, g1)):
-        assert a.dtype == b.dtype == dtype
-        assert torch.equal(a, b) and torch.equal(torch.signbit(a), torch.signbit(b))
+    for v1, o1, g1 in results[1:]:
+        for a, b in ((v0, v1), (o0, o1), (g0, g1)):
+            assert a.dtype == b.dtype == dtype
+            assert torch.equal(a, b) and torch.equal(torch.signbit(a), torch.signbit(b))
 
 
 def test_eq6_on_a_unit_at_once_is_each_rounding_s_eq6_bit_for_bit():
