@@ -7,6 +7,9 @@ A variant's *before* is that file's own ``the recipe as it is`` row at the same 
 setting; where the file has none there, it is the row of the recipe's parent file that ran the
 same options (``PARENTS``: e.g. the v2 recipe is the v1 recipe with ``unit_blocks 2,
 join_end_layers``, a variant of ``levers_attnround_v1.json``), and the table names that file.
+A variant in the peers' placement (its name starts with one of ``PLACEMENTS`` and a comma) is
+measured against the file's row of that placement at the same model and setting, where there is
+one, so that it shows what the lever did in that placement (the table names the placement row).
 Those two rows can be from different days, so from code with a different float summation order
 (docs/benchmarks.md says which); a change below 0.3-0.5 pp there is not a decision.
 
@@ -23,6 +26,9 @@ from typing import NamedTuple
 
 RESULTS = Path(__file__).resolve().parent / "results"
 BASE = "the recipe as it is"
+# variants that put the recipe in the peers' placement (and order); a lever on top of one of them
+# ("<placement>, <lever>") is compared with it, longest first
+PLACEMENTS = ("act_placement blocks, block output steps", "act_placement blocks")
 # a levers file -> (its recipe's parent file, the variant there that is this file's recipe),
 # oldest first; the next recipe took that variant
 PARENTS = {
@@ -56,6 +62,7 @@ class Lever(NamedTuple):
     before: list[float]
     after: list[float]
     base_file: str  # where ``before`` comes from: ``file`` or a parent (``PARENTS``)
+    base_variant: str  # the row ``before`` is: ``BASE`` or a placement (``PLACEMENTS``)
     time_ratio: float | None  # after / before: reference iterations, else wall seconds
     time_unit: str  # "ref" (host speed index) or "s"
     kept: bool  # the next recipe took this variant
@@ -81,17 +88,24 @@ def _find(rows: list[dict], model: str, setting: str, variant: str) -> dict | No
                  == (model, setting, variant)), None)
 
 
-def _base(files: dict[str, list[dict]], name: str, model: str,
-          setting: str) -> tuple[dict, str] | None:
-    """The row of ``name``'s recipe at ``model``/``setting`` and the file it is in."""
+def _base(files: dict[str, list[dict]], name: str, model: str, setting: str,
+          variant: str) -> tuple[dict, str, str] | None:
+    """The row ``variant`` is measured against at ``model``/``setting``, the file it is in and
+    what it is: its placement's row in ``name`` where ``variant`` is a lever on top of a
+    placement (a placement itself is measured against the recipe), else the recipe's."""
+    if variant not in PLACEMENTS:
+        placement = next((p for p in PLACEMENTS if variant.startswith(p + ", ")), None)
+        row = placement and _find(files[name], model, setting, placement)
+        if row:
+            return row, name, placement
     own = _find(files[name], model, setting, BASE)
     if own is not None:
-        return own, name
+        return own, name, BASE
     if name in PARENTS:
-        parent, variant = PARENTS[name]
-        row = _find(files[parent], model, setting, variant)
+        parent, parent_variant = PARENTS[name]
+        row = _find(files[parent], model, setting, parent_variant)
         if row is not None:  # the parent's own recipe row is not this recipe: only this one
-            return row, parent
+            return row, parent, BASE
     return None
 
 
@@ -130,18 +144,18 @@ def _levers(files: dict[str, list[dict]]) -> list[Lever]:
         for r in rows:
             if r["variant"] == BASE:
                 continue
-            found = _base(files, name, r["model"], r["setting"])
+            found = _base(files, name, r["model"], r["setting"], r["variant"])
             if found is None:
                 continue
-            base, base_file = found
+            base, base_file, base_variant = found
             b, a = _by_seed(base, "top1"), _by_seed(r, "top1")
             seeds = [s for s in r["seeds"] if s in a and s in b]
             if not seeds:
                 continue
             ratio, unit = _time_ratio(r, base, seeds, base_file == name)
             out.append(Lever(name, r["model"], r["setting"], r["variant"], seeds,
-                             [b[s] for s in seeds], [a[s] for s in seeds], base_file, ratio,
-                             unit, (name, r["variant"]) in kept))
+                             [b[s] for s in seeds], [a[s] for s in seeds], base_file,
+                             base_variant, ratio, unit, (name, r["variant"]) in kept))
     return out
 
 
@@ -169,6 +183,7 @@ def line(x: Lever) -> str:
     change = statistics.mean(x.change)
     seeds = ", ".join(f"{c:+.2f}" for c in x.change)
     base = "" if x.base_file == x.file else f" ({x.base_file})"
+    base += "" if x.base_variant == BASE else f" ({x.base_variant})"
     time = "-" if x.time_ratio is None else f"{x.time_ratio:.2f}x" + (
         "" if x.time_unit == "ref" else " (s)")
     return (f"| {RECIPES[x.file]} | {x.model} | {x.setting} | {x.variant} | "

@@ -979,6 +979,29 @@ def test_lever_table_pairs_each_variant_with_its_recipe_seed_by_seed(tmp_path):
         table.lever_table(tmp_path)
 
 
+def test_lever_table_measures_a_lever_in_the_peers_placement_against_that_placement(tmp_path):
+    table = _load("lever_table")
+    blocks = "act_placement blocks, block output steps"
+    rows = [_lever_row("the recipe as it is", "W2A4", [93.0, 93.0, 93.0]),
+            _lever_row(blocks, "W2A4", [92.0, 92.5, 92.0]),
+            _lever_row(f"{blocks}, drop 0.5, float inputs", "W2A4", [92.5, 92.5, 91.5],
+                       calib_seconds=[200.0, 200.0, 200.0]),
+            # no placement row at W2A2: the lever is measured against the recipe there
+            _lever_row("the recipe as it is", "W2A2", [91.0, 91.0, 91.0]),
+            _lever_row(f"{blocks}, drop 0.5, float inputs", "W2A2", [90.0, 90.0, 90.0])]
+    (tmp_path / "levers_attnround.json").write_text(json.dumps({"rows": rows}))
+    got = {(x.setting, x.variant): x for x in table.levers(tmp_path)}
+    placement = got["W2A4", blocks]  # the placement itself: against the recipe
+    assert placement.base_variant == "the recipe as it is"
+    assert placement.change == pytest.approx([-1.0, -0.5, -1.0])
+    drop = got["W2A4", f"{blocks}, drop 0.5, float inputs"]
+    assert drop.base_variant == blocks
+    assert drop.change == pytest.approx([0.5, 0.0, -0.5])
+    assert got["W2A2", f"{blocks}, drop 0.5, float inputs"].change == pytest.approx([-1.0] * 3)
+    assert (f"| W2A4 | {blocks}, drop 0.5, float inputs | 92.17 ± 0.29 ({blocks}) | 92.17 ± "
+            "0.58 | +0.00 (+0.50, +0.00, -0.50) | - |") in table.lever_table(tmp_path)
+
+
 def test_profile_step_counts_each_operator_once_in_its_outermost_category():
     profile_step = _load("profile_step")
     conv_bwd, conv_fwd, optim, act = (label for label, _ in profile_step.CATEGORIES[:4])
