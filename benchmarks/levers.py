@@ -110,6 +110,21 @@ VARIANTS = {  # name -> options on top of the model, recipe and precision files
     "act_placement blocks, block output steps, iters 5000": [
         "--quant.act_placement", "blocks", "--recon.block_output_steps", "true",
         "--recon.iters", "5000"],
+    # levers that paid on older recipes at ResNet-20 W2A4, tried on the default in the peers'
+    # placement and order (the goal's last miss): QDrop's one block a unit, its dropping with the
+    # float network's inputs, alpha started at 0, and alpha's learning rate 2e-3
+    "act_placement blocks, block output steps, unit_blocks 1": [
+        "--quant.act_placement", "blocks", "--recon.block_output_steps", "true",
+        "--recon.unit_blocks", "1"],
+    "act_placement blocks, block output steps, drop 0.5, float inputs": [
+        "--quant.act_placement", "blocks", "--recon.block_output_steps", "true",
+        "--quant.drop.prob", "0.5", "--quant.drop.float_inputs", "true"],
+    "act_placement blocks, block output steps, alpha init zero": [
+        "--quant.act_placement", "blocks", "--recon.block_output_steps", "true",
+        "--quant.rounding_args", "{tau: 0.5, init: zero}"],
+    "act_placement blocks, block output steps, alpha lr 2e-3": [
+        "--quant.act_placement", "blocks", "--recon.block_output_steps", "true",
+        "--recon.lr", "0.002"],
 }
 HOLDOUT = 5000
 
