@@ -35,6 +35,9 @@ RESULTS = ROOT / "benchmarks" / "results"
 CLI = [sys.executable, "-m", "attnround_pl.cli"]
 SETTINGS = {"W4A4": "configs/precision/w4a4.yaml", "W2A4": "configs/precision/w2a4.yaml",
             "W3A3": "configs/precision/w3a3.yaml", "W2A2": "configs/precision/w2a2.yaml"}
+# the peers' placement (block inputs and outputs quantized) and order (a block's input quantizer
+# learned with the unit before it), what the like-for-like rows run
+PEERS_ORDER = ["--quant.act_placement", "blocks", "--recon.block_output_steps", "true"]
 VARIANTS = {  # name -> options on top of the model, recipe and precision files
     "the recipe as it is": [],
     "scale_search_p 2.4": ["--quant.scale_search_p", "2.4"],
@@ -81,17 +84,14 @@ VARIANTS = {  # name -> options on top of the model, recipe and precision files
     "act_placement blocks, act_border aquant": ["--quant.act_placement", "blocks",
                                                 "--quant.act_border", "aquant"],
     # BRECQ's and QDrop's order: a block's input quantizer learned with the unit before it
-    "act_placement blocks, block output steps": ["--quant.act_placement", "blocks",
-                                                 "--recon.block_output_steps", "true"],
+    "act_placement blocks, block output steps": [*PEERS_ORDER],
     # AQuant's border (ahead at layers on MobileNetV2 W2A2) in the peers' placement and order
     "act_placement blocks, block output steps, act_border aquant": [
-        "--quant.act_placement", "blocks", "--recon.block_output_steps", "true",
-        "--quant.act_border", "aquant"],
+        *PEERS_ORDER, "--quant.act_border", "aquant"],
     # two consecutive blocks a unit (recon.unit_blocks), at each placement
     "unit_blocks 2": ["--recon.unit_blocks", "2"],
     "act_placement blocks, block output steps, unit_blocks 2": [
-        "--quant.act_placement", "blocks", "--recon.block_output_steps", "true",
-        "--recon.unit_blocks", "2"],
+        *PEERS_ORDER, "--recon.unit_blocks", "2"],
     # two blocks a unit at the total of steps of one (a joined unit gets twice the steps)
     "unit_blocks 2, iters 4000": ["--recon.unit_blocks", "2", "--recon.iters", "4000"],
     "unit_blocks 3": ["--recon.unit_blocks", "3"],
@@ -108,23 +108,18 @@ VARIANTS = {  # name -> options on top of the model, recipe and precision files
     # the peers' placement and order (the goal's rows) with 2.5x the steps: within a quarter
     # of QDrop's recipe's time at ResNet-20 W2A4, the goal's last miss
     "act_placement blocks, block output steps, iters 5000": [
-        "--quant.act_placement", "blocks", "--recon.block_output_steps", "true",
-        "--recon.iters", "5000"],
+        *PEERS_ORDER, "--recon.iters", "5000"],
     # levers that paid on older recipes at ResNet-20 W2A4, tried on the default in the peers'
     # placement and order (the goal's last miss): QDrop's one block a unit, its dropping with the
     # float network's inputs, alpha started at 0, and alpha's learning rate 2e-3
     "act_placement blocks, block output steps, unit_blocks 1": [
-        "--quant.act_placement", "blocks", "--recon.block_output_steps", "true",
-        "--recon.unit_blocks", "1"],
+        *PEERS_ORDER, "--recon.unit_blocks", "1"],
     "act_placement blocks, block output steps, drop 0.5, float inputs": [
-        "--quant.act_placement", "blocks", "--recon.block_output_steps", "true",
-        "--quant.drop.prob", "0.5", "--quant.drop.float_inputs", "true"],
+        *PEERS_ORDER, "--quant.drop.prob", "0.5", "--quant.drop.float_inputs", "true"],
     "act_placement blocks, block output steps, alpha init zero": [
-        "--quant.act_placement", "blocks", "--recon.block_output_steps", "true",
-        "--quant.rounding_args", "{tau: 0.5, init: zero}"],
+        *PEERS_ORDER, "--quant.rounding_args", "{tau: 0.5, init: zero}"],
     "act_placement blocks, block output steps, alpha lr 2e-3": [
-        "--quant.act_placement", "blocks", "--recon.block_output_steps", "true",
-        "--recon.lr", "0.002"],
+        *PEERS_ORDER, "--recon.lr", "0.002"],
 }
 HOLDOUT = 5000
 
