@@ -120,6 +120,9 @@ VARIANTS = {  # name -> options on top of the model, recipe and precision files
         *PEERS_ORDER, "--quant.rounding_args", "{tau: 0.5, init: zero}"],
     "act_placement blocks, block output steps, alpha lr 2e-3": [
         *PEERS_ORDER, "--recon.lr", "0.002"],
+    # QDrop's schedule for the activation steps in that placement: decayed to 0 along a cosine
+    "act_placement blocks, block output steps, lr_schedule cosine_act": [
+        *PEERS_ORDER, "--recon.lr_schedule", "cosine_act"],
 }
 HOLDOUT = 5000
 
