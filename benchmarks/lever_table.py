@@ -7,11 +7,11 @@ A variant's *before* is that file's own ``the recipe as it is`` row at the same 
 setting; where the file has none there, it is the row of the recipe's parent file that ran the
 same options (``PARENTS``: e.g. the v2 recipe is the v1 recipe with ``unit_blocks 2,
 join_end_layers``, a variant of ``levers_attnround_v1.json``), and the table names that file.
+Those two rows can be from different days, so from code with a different float summation order
+(docs/benchmarks.md says which); a change below 0.3-0.5 pp there is not a decision.
 A variant in the peers' placement (its name starts with one of ``PLACEMENTS`` and a comma) is
 measured against the file's row of that placement at the same model and setting, where there is
 one, so that it shows what the lever did in that placement (the table names the placement row).
-Those two rows can be from different days, so from code with a different float summation order
-(docs/benchmarks.md says which); a change below 0.3-0.5 pp there is not a decision.
 
     .venv/bin/python benchmarks/lever_table.py          # the table, printed
     .venv/bin/python benchmarks/plots.py                # ... also written to docs/benchmarks.md
@@ -95,8 +95,8 @@ def _base(files: dict[str, list[dict]], name: str, model: str, setting: str,
     placement (a placement itself is measured against the recipe), else the recipe's."""
     if variant not in PLACEMENTS:
         placement = next((p for p in PLACEMENTS if variant.startswith(p + ", ")), None)
-        row = placement and _find(files[name], model, setting, placement)
-        if row:
+        row = None if placement is None else _find(files[name], model, setting, placement)
+        if row is not None:
             return row, name, placement
     own = _find(files[name], model, setting, BASE)
     if own is not None:
