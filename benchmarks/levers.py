@@ -109,9 +109,10 @@ VARIANTS = {  # name -> options on top of the model, recipe and precision files
     # of QDrop's recipe's time at ResNet-20 W2A4, the goal's last miss
     "act_placement blocks, block output steps, iters 5000": [
         *PEERS_ORDER, "--recon.iters", "5000"],
-    # levers that paid on older recipes at ResNet-20 W2A4, tried on the default in the peers'
-    # placement and order (the goal's last miss): QDrop's one block a unit, its dropping with the
-    # float network's inputs, alpha started at 0, and alpha's learning rate 2e-3
+    # on the default in the peers' placement and order at ResNet-20 W2A4 (the goal's last
+    # miss): what QDrop's recipe has there and ours has not (one block a unit, its dropping with
+    # the float network's inputs), and what paid on older recipes at that setting (alpha started
+    # at 0, alpha's learning rate 2e-3)
     "act_placement blocks, block output steps, unit_blocks 1": [
         *PEERS_ORDER, "--recon.unit_blocks", "1"],
     "act_placement blocks, block output steps, drop 0.5, float inputs": [
