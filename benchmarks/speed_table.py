@@ -4,7 +4,8 @@
 
 The summary: per model and run, the steady milliseconds per iteration summed over the units
 (before, after, as run), the float units' forward + backward measured in the same run, and the
-ratios. ``--units``: one speed JSON's per-unit table.
+ratios; a floor timed once after the fit (speed.py until 2026-12-06), not between the fit's
+batches, is marked. ``--units``: one speed JSON's per-unit table.
 """
 
 from __future__ import annotations
@@ -14,6 +15,9 @@ import json
 from pathlib import Path
 
 KINDS = ("before", "after", "as-run")
+AFTER_MARK = "†"
+AFTER_NOTE = (f"{AFTER_MARK} the float floor timed once, after the fit (speed.py until "
+              "2026-12-06); the others time it between the fit's batches")
 
 
 def load_runs(folder: Path) -> dict[tuple[str, str], dict[str, dict]]:
@@ -33,7 +37,14 @@ def _cell(result: dict | None) -> str:
         return "- | - | -"
     total = result["total"]
     steady, floor = total["lightning_steady_ms"], total["float_fwd_bwd_ms"]
-    return f"{steady:.1f} | {floor:.1f} | **{steady / floor:.2f}x**"
+    mark = "" if _interleaved(result) else AFTER_MARK
+    return f"{steady:.1f} | {floor:.1f}{mark} | **{steady / floor:.2f}x**"
+
+
+def _interleaved(result: dict) -> bool:
+    """Whether the run timed its float floor between the fit's batches (speed.py since
+    2026-12-06, night), not once after the fit."""
+    return result.get("float_floor") == "interleaved"
 
 
 def summary(folder: Path) -> str:
@@ -42,10 +53,14 @@ def summary(folder: Path) -> str:
         "ratio | as run: steady ms | float ms | ratio |",
         "| --- |" + " ---: |" * 9,
     ]
+    marked = False
     for (name, run), kinds in load_runs(folder).items():
         label = f"{name}, {run}"
         cells = " | ".join(_cell(kinds.get(kind)) for kind in KINDS)
         lines.append(f"| {label} | {cells} |")
+        marked = marked or any(not _interleaved(r) for r in kinds.values())
+    if marked:
+        lines += ["", AFTER_NOTE]
     return "\n".join(lines)
 
 
