@@ -6,15 +6,6 @@ Lightning Trainer (what ``calibrate`` runs), of the same module in a bare PyTorc
 the BN-folded float unit's forward + backward (gradients w.r.t. its weights). Prints a markdown
 table and writes ``benchmarks/results/speed_<model>.json``.
 
-The float floor is timed between the Lightning fit's batches (``InterleavedFloor``: after every
-batch of the steady part, one untimed float step, then ``FLOOR_CHUNK`` timed ones; that time is
-left out of the fit's), so a host whose speed drifts during a unit slows the floor and the step
-alike: on these shared 2-core hosts the speed moves by up to 1.8x within minutes, and with the
-floor timed once, after the fit, three runs of one sitting read MobileNetV2's summed ratio as
-1.65x, 2.00x and 1.88x (2026-12-06). The floor timed after the fit, as it was until then, is
-kept as ``float_after_ms``. (With the chunks a fit takes longer in wall time, so a progress bar
-that refreshes a few times a second refreshes less often a step than in ``calibrate``.)
-
     .venv/bin/python benchmarks/speed.py [--model resnet20] [--iters 200] [--batch 64]
         [--accelerator cpu|gpu] [--compile off|default|reduce-overhead|max-autotune]
         [--cuda-graph] [--as-run]
@@ -92,49 +83,6 @@ def bare_step(losses: Callable[[torch.Tensor, torch.Tensor], Losses],
     """One reconstruction iteration without Lightning: the step ``BlockReconstruction`` runs
     (``calib.step.optimizer_step``; eq. 6 by the optimizer's pre-hook)."""
     optimizer_step(losses, opt, x, y)
-
-
-FLOOR_CHUNK = 10  # timed float steps after each steady batch (InterleavedFloor)
-
-
-class InterleavedFloor(pl.Callback):
-    """The float floor timed between the fit's batches: after each batch but the first (set-up),
-    one float step that is not timed (the first after the quantized steps finds their data in
-    the caches), then ``chunk`` timed ones. ``seconds`` and ``steps``: the timed float steps;
-    ``spent``: all the time spent here, which the fit's clocks leave out."""
-
-    def __init__(self, float_step: Callable[[], None], device: torch.device,
-                 chunk: int = FLOOR_CHUNK) -> None:
-        self.float_step = float_step
-        self.device = device
-        self.chunk = chunk
-        self.seconds = 0.0
-        self.steps = 0
-        self.spent = 0.0
-
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
-                           outputs: object, batch: object, batch_idx: int) -> None:
-        if batch_idx < 1:
-            return
-        synchronize(self.device)
-        entered = time.perf_counter()
-        with torch.enable_grad():
-            self.float_step()
-            synchronize(self.device)
-            started = time.perf_counter()
-            for _ in range(self.chunk):
-                self.float_step()
-            synchronize(self.device)
-        left = time.perf_counter()
-        self.seconds += left - started
-        self.steps += self.chunk
-        self.spent += left - entered
-
-    @property
-    def ms_per_step(self) -> float:
-        if not self.steps:
-            raise ValueError("the float floor was not timed: the fit ran one batch only")
-        return 1e3 * self.seconds / self.steps
 
 
 class SteadyClock(pl.Callback):
@@ -242,8 +190,8 @@ def measure(model: str, batches: list[torch.Tensor], iters: int, batch: int,
                                            act_border)
     rows = []
     print("| unit | Lightning ms/iter | steady | bare loop ms/iter | float fwd+bwd ms | "
-          "ratio (steady / float) | float after the fit ms |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+          "ratio (steady / float) |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: |")
     for unit_spec in units:
         data = build_unit_data(qmodel, folded, unit_spec, batches, str(device))
         unit = unit_spec.module(qmodel)
@@ -251,11 +199,6 @@ def measure(model: str, batches: list[torch.Tensor], iters: int, batch: int,
         module = BlockReconstruction(unit, data, unit_spec.name, iters=iters,
                                      batch_size=batch, compile=compile,
                                      cuda_graph=cuda_graph)
-        x, y = data.inputs[:batch], data.targets[:batch]
-        float_unit = unit_spec.module(folded).eval()  # the same paths in the folded model
-        float_unit.to(device)
-        float_params = [p.requires_grad_(True) for p in float_unit.parameters()]
-        floor = InterleavedFloor(partial(float_step, float_unit, float_params, x, y), device)
         clock = SteadyClock(device)
         # as_run: what ``calibrate`` adds, a progress bar and a TensorBoard logger
         bar = [UnitProgressBar(PROGRESS_REFRESH_PER_SECOND)] if as_run else []
@@ -263,17 +206,17 @@ def measure(model: str, batches: list[torch.Tensor], iters: int, batch: int,
         trainer = pl.Trainer(max_steps=iters, max_epochs=1, logger=logger,
                              enable_checkpointing=False, enable_progress_bar=as_run,
                              enable_model_summary=False, accelerator=accelerator,
-                             devices=1, callbacks=[clock, floor, *bar], log_every_n_steps=1)
+                             devices=1, callbacks=[clock, *bar], log_every_n_steps=1)
         started = time.perf_counter()
         trainer.fit(module)  # the Trainer moves the unit to the device and back
         synchronize(device)
-        lightning_s = (time.perf_counter() - started - floor.spent) / iters
-        steady_s = (clock.seconds - floor.spent) / (iters - clock.skipped)
-        float_s = floor.ms_per_step / 1e3
+        lightning_s = (time.perf_counter() - started) / iters
+        steady_s = clock.seconds / (iters - clock.skipped)
         unit.load_state_dict(saved)
         module.to(device)  # the unit, and the module's own idea of its device
 
         opt = module.configure_optimizers()
+        x, y = data.inputs[:batch], data.targets[:batch]
         set_learning(unit, batch)
         roundings = active_roundings(unit)
         forward = unit.forward
@@ -289,25 +232,24 @@ def measure(model: str, batches: list[torch.Tensor], iters: int, batch: int,
         set_learning(unit, None)
         unit.load_state_dict(saved)
         unit.to("cpu")  # the next unit's cache is captured through the whole model on the host
-        # the floor as it was timed until 2026-12-06: once, after the fit and the bare loop
-        float_after_s = per_iter(partial(float_step, float_unit, float_params, x, y), iters,
-                                 device)
+        float_unit = unit_spec.module(folded).eval()  # the same paths in the folded model
+        float_unit.to(device)
+        float_params = [p.requires_grad_(True) for p in float_unit.parameters()]
+        float_s = per_iter(partial(float_step, float_unit, float_params, x, y), iters, device)
         float_unit.to("cpu")
         row = {"unit": unit_spec.name, "lightning_ms": 1e3 * lightning_s,
                "lightning_steady_ms": 1e3 * steady_s, "bare_ms": 1e3 * bare_s,
                "float_fwd_bwd_ms": 1e3 * float_s, "ratio": lightning_s / float_s,
-               "ratio_steady": steady_s / float_s, "float_steps": floor.steps,
-               "float_after_ms": 1e3 * float_after_s}
+               "ratio_steady": steady_s / float_s}
         rows.append(row)
         print(f"| {row['unit']} | {row['lightning_ms']:.2f} | {row['lightning_steady_ms']:.2f} | "
               f"{row['bare_ms']:.2f} | {row['float_fwd_bwd_ms']:.2f} | "
-              f"{row['ratio_steady']:.2f} | {row['float_after_ms']:.2f} |", flush=True)
+              f"{row['ratio_steady']:.2f} |", flush=True)
     return rows
 
 
 def totals(rows: list[dict]) -> dict[str, float]:
-    keys = ("lightning_ms", "lightning_steady_ms", "bare_ms", "float_fwd_bwd_ms",
-            "float_after_ms")
+    keys = ("lightning_ms", "lightning_steady_ms", "bare_ms", "float_fwd_bwd_ms")
     return {k: sum(r[k] for r in rows) for k in keys}
 
 
@@ -372,15 +314,14 @@ def main() -> None:
     total = totals(rows)
     print(f"| all units | {total['lightning_ms']:.2f} | {total['lightning_steady_ms']:.2f} | "
           f"{total['bare_ms']:.2f} | {total['float_fwd_bwd_ms']:.2f} | "
-          f"{total['lightning_steady_ms'] / total['float_fwd_bwd_ms']:.2f} | "
-          f"{total['float_after_ms']:.2f} |")
+          f"{total['lightning_steady_ms'] / total['float_fwd_bwd_ms']:.2f} |")
     args.out.mkdir(parents=True, exist_ok=True)
     result = {"model": args.model, "batch": args.batch, "iters": args.iters,
               "images": args.images, "image_size": list(batches[0].shape[1:]),
               "calib": args.calib, "accelerator": args.accelerator, "compile": args.compile,
               "cuda_graph": args.cuda_graph, "as_run": args.as_run,
               "unit_blocks": args.unit_blocks, "join_end_layers": args.join_end_layers,
-              "act_border": args.act_border, "float_floor": "interleaved", "rows": rows,
+              "act_border": args.act_border, "rows": rows,
               "total": total, "machine": machine(),
               "torch_threads": torch.get_num_threads(),
               "command": "python benchmarks/speed.py " + " ".join(sys.argv[1:])}

@@ -10,7 +10,8 @@
 #   bash benchmarks/speed_before_after.sh <before-revision> <out-folder> embedded [rounds]
 # times only the two embedded models, both trees as calibrate runs them (--as-run), in
 # <rounds> rounds (default 3) of: before ResNet-20, before MobileNetV2, after ResNet-20,
-# after MobileNetV2 (the "before" folder then holds --as-run runs too).
+# after MobileNetV2 (the "before" folder then holds --as-run runs too, where the revision's
+# speed.py has --as-run; 0a52cc6, the tree before issue 31, is timed without it).
 # speed.py times the default recipe's units (two blocks a unit, the ends joined) since
 # 2026-12-03; a <before-revision> older than that times one block a unit with the ends apart,
 # so its rows compare units of another shape (the JSONs record unit_blocks, join_end_layers).
@@ -42,11 +43,17 @@ run() {  # run <before|after|as-run> <run id> <log name> [speed.py options]
 }
 
 run_before_as_run() {  # run_before_as_run <run id> <log name> [speed.py options]
-  local id=$1 log=$2
+  local id=$1 log=$2 as_run=--as-run label="as run"
   shift 2
-  (cd "$worktree" && PYTHONPATH="$worktree" "$python" benchmarks/speed.py --as-run \
+  # speed.py has --as-run since 2026-12-01 (after 0a52cc6, the tree before issue 31): an older
+  # <before-revision> is timed as its Lightning column was, without the bar and the logger
+  if ! grep -q -- '--as-run' "$worktree/benchmarks/speed.py"; then
+    as_run=""
+    label="its speed.py has no --as-run"
+  fi
+  (cd "$worktree" && PYTHONPATH="$worktree" "$python" benchmarks/speed.py $as_run \
     --out "$out/before/$id" "$@") >"$out/logs/${log}_before.txt" 2>&1
-  grep '| all units' "$out/logs/${log}_before.txt" | sed "s/^/${log} before (as run): /"
+  grep '| all units' "$out/logs/${log}_before.txt" | sed "s/^/${log} before (${label}): /"
 }
 
 if [ "${3:-}" = embedded ]; then

@@ -1,6 +1,5 @@
 import importlib.util
 import json
-import shutil
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -707,33 +706,12 @@ def test_speed_times_every_unit_against_its_float_forward_backward(tmp_path, mon
         assert row["ratio_steady"] == pytest.approx(
             row["lightning_steady_ms"] / row["float_fwd_bwd_ms"]
         )
-        # the floor timed between batches: after the second (the first is set-up), 10 steps;
-        # and once after the fit, as before 2026-12-06
-        assert row["float_steps"] == speed.FLOOR_CHUNK and row["float_after_ms"] > 0
-    assert result["float_floor"] == "interleaved"
-    assert set(result["total"]) >= {"float_fwd_bwd_ms", "float_after_ms"}
     for key, total in result["total"].items():
         assert total == pytest.approx(sum(r[key] for r in result["rows"]))
     assert result["image_size"] == [1, 28, 28] and result["images"] == "random"
     assert result["compile"] == "off" and result["as_run"] is True
     table = capsys.readouterr().out
     assert table.count("\n| layer") == 4 and "| all units |" in table
-
-
-def test_interleaved_floor_times_chunks_after_each_batch_but_the_first():
-    speed = _load("speed")
-    calls = []
-    floor = speed.InterleavedFloor(lambda: calls.append(torch.is_grad_enabled()),
-                                   torch.device("cpu"), chunk=3)
-    for batch_idx in range(3):
-        with torch.no_grad():  # the floor's steps run with gradients wherever it is called
-            floor.on_train_batch_end(None, None, None, None, batch_idx)
-    # batches 1 and 2: one untimed step and 3 timed ones each; batch 0 (set-up) none
-    assert len(calls) == 8 and all(calls)
-    assert floor.steps == 6 and 0 < floor.seconds <= floor.spent
-    assert floor.ms_per_step == pytest.approx(1e3 * floor.seconds / 6)
-    with pytest.raises(ValueError, match="one batch only"):
-        _ = speed.InterleavedFloor(lambda: None, torch.device("cpu")).ms_per_step
 
 
 def test_rounding_cost_times_the_border_against_lsq_on_each_shape(tmp_path, monkeypatch, capsys):
@@ -804,11 +782,8 @@ def test_speed_table_puts_before_after_and_as_run_side_by_side(tmp_path):
         rows = [{**row, "float_fwd_bwd_ms": floor, "ratio_steady": steady / floor}]
         total = {"lightning_steady_ms": steady, "bare_ms": steady / 2, "float_fwd_bwd_ms": floor}
         name = name.replace(".json", "_as-run.json") if kind == "as-run" else name
-        # the "before" runs time the floor after the fit, as speed.py did until 2026-12-06
-        floor_kind = {} if kind == "before" else {"float_floor": "interleaved"}
         (folder / name).write_text(json.dumps(
-            {"model": model, "image_size": [1, 28, 28], "rows": rows, "total": total,
-             **floor_kind}))
+            {"model": model, "image_size": [1, 28, 28], "rows": rows, "total": total}))
 
     write("before", "r1", 70.0, 20.0)
     write("after", "r1", 36.0, 15.0)
@@ -820,20 +795,26 @@ def test_speed_table_puts_before_after_and_as_run_side_by_side(tmp_path):
     write("after", "r3", 45.0, 15.0, name="speed_mobilenetv2_as-run.json", model="mobilenetv2")
     table = speed_table.summary(tmp_path).splitlines()
     assert table[2] == (
-        "| resnet20 28x28 px, r1 | 70.0 | 20.0† | **3.50x** | 36.0 | 15.0 | "
+        "| resnet20 28x28 px, r1 | 70.0 | 20.0 | **3.50x** | 36.0 | 15.0 | "
         "**2.40x** | 40.0 | 16.0 | **2.50x** |"
     )
-    assert table[3].startswith("| resnet20 28x28 px, r2 | 50.0 | 10.0† | **5.00x** | - | - | -")
-    assert "| resnet20 28x28 px, r3 | 60.0 | 30.0† | **2.00x** | 45.0 | 30.0 | **1.50x** |" in (
+    assert table[3].startswith("| resnet20 28x28 px, r2 | 50.0 | 10.0 | **5.00x** | - | - | -")
+    assert "| resnet20 28x28 px, r3 | 60.0 | 30.0 | **2.00x** | 45.0 | 30.0 | **1.50x** |" in (
         table[4])
     assert table[5].startswith("| mobilenetv2 28x28 px, r3 | - | - | - | 45.0 | 15.0 | **3.00x**")
-    assert table[-1] == speed_table.AFTER_NOTE and table[-2] == ""
-    shutil.rmtree(tmp_path / "before")  # no run with the floor after the fit: no note
-    rest = speed_table.summary(tmp_path)
-    assert "†" not in rest and rest.splitlines()[-1].startswith("| ")
     units = speed_table.units(tmp_path / "after" / "r1" / "speed_resnet20.json").splitlines()
     assert units[2] == "| conv1 | 36.00 | 18.00 | 15.00 | 2.40x |"
     assert units[-1] == "| all units | 36.00 | 18.00 | 15.00 | 2.40x |"
+    # a run of 08dec2f timed a second floor between the fit's batches as float_fwd_bwd_ms and
+    # kept the one after the fit as float_after_ms: the tables read the one after the fit
+    path = tmp_path / "as-run" / "r1" / "speed_resnet20_as-run.json"
+    result = json.loads(path.read_text())
+    for times in [*result["rows"], result["total"]]:
+        times["float_after_ms"] = 20.0
+    path.write_text(json.dumps(result))
+    assert speed_table.summary(tmp_path).splitlines()[2].endswith("| 40.0 | 20.0 | **2.00x** |")
+    assert speed_table.units(path).splitlines()[-1] == (
+        "| all units | 40.00 | 20.00 | 20.00 | 2.00x |")
 
 
 def test_export_sizes_rows_and_table_come_from_the_reports():
