@@ -1,17 +1,20 @@
 """Markdown tables of a ``speed_before_after.sh`` folder (the speed page's tables):
 
     .venv/bin/python benchmarks/speed_table.py <folder> [--units <json>]
+    .venv/bin/python benchmarks/speed_table.py <folder> [<folder> ...] --spread
 
 The summary: per model and run, the steady milliseconds per iteration summed over the units
 (before, after, as run), the float units' forward + backward measured in the same run, and the
 ratios (the floor timed after the fit, ``after_fit_floor``). ``--units``: one speed JSON's
-per-unit table.
+per-unit table. ``--spread``: per model and kind, the median ratio and range over the runs of
+one or more folders (several sittings of one host).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 from pathlib import Path
 
 KINDS = ("before", "after", "as-run")
@@ -57,6 +60,25 @@ def summary(folder: Path) -> str:
     return "\n".join(lines)
 
 
+def spread(folders: list[Path]) -> str:
+    """Per model and kind, over every run in ``folders`` (the sittings of one host): how many
+    runs, the median summed ratio, its range, and how many runs read above 2.0 (issue 31's
+    target); on these hosts a single run's ratio moves by up to a fifth."""
+    ratios: dict[tuple[str, str], list[float]] = {}
+    for folder in folders:
+        for (name, _), kinds in load_runs(folder).items():
+            for kind, result in kinds.items():
+                total = result["total"]
+                ratio = total["lightning_steady_ms"] / after_fit_floor(total)
+                ratios.setdefault((name, kind), []).append(ratio)
+    lines = ["| model | kind | runs | median ratio | range | runs above 2.0 |",
+             "| --- | --- | ---: | ---: | --- | ---: |"]
+    for (name, kind), values in sorted(ratios.items()):
+        lines.append(f"| {name} | {kind} | {len(values)} | {statistics.median(values):.2f}x | "
+                     f"{min(values):.2f}-{max(values):.2f}x | {sum(v > 2.0 for v in values)} |")
+    return "\n".join(lines)
+
+
 def units(path: Path) -> str:
     result = json.loads(path.read_text())
     lines = [
@@ -72,10 +94,20 @@ def units(path: Path) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("folder", type=Path)
+    parser.add_argument("folder", type=Path, nargs="+",
+                        help="a speed_before_after.sh folder; with --spread, one or more")
     parser.add_argument("--units", type=Path, help="a speed JSON: its per-unit table instead")
+    parser.add_argument("--spread", action="store_true",
+                        help="each model's median ratio and range over the folders' runs")
     args = parser.parse_args()
-    print(units(args.units) if args.units else summary(args.folder))
+    if args.units:
+        print(units(args.units))
+    elif args.spread:
+        print(spread(args.folder))
+    elif len(args.folder) > 1:
+        parser.error("one folder, or several with --spread")
+    else:
+        print(summary(args.folder[0]))
 
 
 if __name__ == "__main__":

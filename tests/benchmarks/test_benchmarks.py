@@ -815,6 +815,14 @@ def test_speed_table_puts_before_after_and_as_run_side_by_side(tmp_path):
     assert speed_table.summary(tmp_path).splitlines()[2].endswith("| 40.0 | 20.0 | **2.00x** |")
     assert speed_table.units(path).splitlines()[-1] == (
         "| all units | 40.00 | 20.00 | 20.00 | 2.00x |")
+    # --spread: per model and kind, over the runs of several folders (sittings of one host)
+    first, tmp_path = tmp_path, tmp_path / "second"  # write() puts the next runs there
+    write("before", "r1", 66.0, 30.0)
+    spread = speed_table.spread([first, tmp_path]).splitlines()
+    # before: 3.5, 5.0 and 2.0 in the first folder, 2.2 in the second
+    assert "| resnet20 28x28 px | before | 4 | 2.85x | 2.00-5.00x | 3 |" in spread
+    assert "| resnet20 28x28 px | as-run | 1 | 2.00x | 2.00-2.00x | 0 |" in spread
+    assert "| mobilenetv2 28x28 px | after | 1 | 3.00x | 3.00-3.00x | 1 |" in spread
 
 
 def test_export_sizes_rows_and_table_come_from_the_reports():
