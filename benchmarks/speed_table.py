@@ -37,7 +37,7 @@ def _cell(result: dict | None) -> str:
         return "- | - | -"
     total = result["total"]
     steady, floor = total["lightning_steady_ms"], after_fit_floor(total)
-    return f"{steady:.1f} | {floor:.1f} | **{steady / floor:.2f}x**"
+    return f"{steady:.1f} | {floor:.1f} | **{steady_ratio(total):.2f}x**"
 
 
 def after_fit_floor(times: dict) -> float:
@@ -45,6 +45,11 @@ def after_fit_floor(times: dict) -> float:
     (2026-12-06, night; tried and left out) also timed one between the fit's batches, as
     ``float_fwd_bwd_ms``, and kept this one as ``float_after_ms``."""
     return times.get("float_after_ms", times["float_fwd_bwd_ms"])
+
+
+def steady_ratio(times: dict) -> float:
+    """The steady step over the float floor timed after the fit (a unit's row or the total)."""
+    return times["lightning_steady_ms"] / after_fit_floor(times)
 
 
 def summary(folder: Path) -> str:
@@ -68,9 +73,7 @@ def spread(folders: list[Path]) -> str:
     for folder in folders:
         for (name, _), kinds in load_runs(folder).items():
             for kind, result in kinds.items():
-                total = result["total"]
-                ratio = total["lightning_steady_ms"] / after_fit_floor(total)
-                ratios.setdefault((name, kind), []).append(ratio)
+                ratios.setdefault((name, kind), []).append(steady_ratio(result["total"]))
     lines = ["| model | kind | runs | median ratio | range | runs above 2.0 |",
              "| --- | --- | ---: | ---: | --- | ---: |"]
     for (name, kind), values in sorted(ratios.items()):
@@ -86,9 +89,8 @@ def units(path: Path) -> str:
         "| --- | ---: | ---: | ---: | ---: |",
     ]
     for r in [*result["rows"], {**result["total"], "unit": "all units"}]:
-        floor = after_fit_floor(r)
         lines.append(f"| {r['unit']} | {r['lightning_steady_ms']:.2f} | {r['bare_ms']:.2f} | "
-                     f"{floor:.2f} | {r['lightning_steady_ms'] / floor:.2f}x |")
+                     f"{after_fit_floor(r):.2f} | {steady_ratio(r):.2f}x |")
     return "\n".join(lines)
 
 

@@ -775,8 +775,9 @@ def test_speed_table_puts_before_after_and_as_run_side_by_side(tmp_path):
 
     speed_table = _load("speed_table")
 
-    def write(kind, run, steady, floor, name="speed_resnet20.json", model="resnet20"):
-        folder = tmp_path / kind / run
+    def write(kind, run, steady, floor, name="speed_resnet20.json", model="resnet20",
+              root=tmp_path):
+        folder = root / kind / run
         folder.mkdir(parents=True, exist_ok=True)
         row = {"unit": "conv1", "lightning_steady_ms": steady, "bare_ms": steady / 2}
         rows = [{**row, "float_fwd_bwd_ms": floor, "ratio_steady": steady / floor}]
@@ -816,9 +817,9 @@ def test_speed_table_puts_before_after_and_as_run_side_by_side(tmp_path):
     assert speed_table.units(path).splitlines()[-1] == (
         "| all units | 40.00 | 20.00 | 20.00 | 2.00x |")
     # --spread: per model and kind, over the runs of several folders (sittings of one host)
-    first, tmp_path = tmp_path, tmp_path / "second"  # write() puts the next runs there
-    write("before", "r1", 66.0, 30.0)
-    spread = speed_table.spread([first, tmp_path]).splitlines()
+    second = tmp_path / "second"
+    write("before", "r1", 66.0, 30.0, root=second)
+    spread = speed_table.spread([tmp_path, second]).splitlines()
     # before: 3.5, 5.0 and 2.0 in the first folder, 2.2 in the second
     assert "| resnet20 28x28 px | before | 4 | 2.85x | 2.00-5.00x | 3 |" in spread
     assert "| resnet20 28x28 px | as-run | 1 | 2.00x | 2.00-2.00x | 0 |" in spread
