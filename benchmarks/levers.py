@@ -15,6 +15,7 @@ the same with reconstruction (minutes a run).
     .venv/bin/python benchmarks/levers.py --models resnet20 --recipe attention --variants 0 1
     .venv/bin/python benchmarks/levers.py --recipe attention --table   # every row so far
     .venv/bin/python benchmarks/levers.py --models resnet20 --compare attention:1 attnround:4
+    .venv/bin/python benchmarks/levers.py --recipe attnround --variants 0 41 --sitting epyc
 """
 
 from __future__ import annotations
@@ -124,6 +125,13 @@ VARIANTS = {  # name -> options on top of the model, recipe and precision files
     # QDrop's schedule for the activation steps in that placement: decayed to 0 along a cosine
     "act_placement blocks, block output steps, lr_schedule cosine_act": [
         *PEERS_ORDER, "--recon.lr_schedule", "cosine_act"],
+    # the adaptive budget (recon.plateau_gain): a unit stops when a window's loss fell by less
+    # than 1 % (3 %), the units after it may use the steps it left
+    "plateau gain 0.01": ["--recon.plateau_gain", "0.01"],
+    "act_placement blocks, block output steps, plateau gain 0.01": [
+        *PEERS_ORDER, "--recon.plateau_gain", "0.01"],
+    "act_placement blocks, block output steps, plateau gain 0.03": [
+        *PEERS_ORDER, "--recon.plateau_gain", "0.03"],
 }
 HOLDOUT = 5000
 
@@ -174,6 +182,11 @@ def compare(model: str, setting: str, seeds: list[int], before: str, after: str)
             f"{u.mse_final / mse[u.name]:.2f}" if u.name in mse else "?" for u in b.units))
 
 
+def results_name(recipe: str, sitting: str | None = None) -> str:
+    """The results file of ``recipe``'s levers (of one ``sitting``, where named)."""
+    return f"levers_{recipe}.json" if sitting is None else f"levers_{recipe}_{sitting}.json"
+
+
 def write_results(out: Path, recipe: str, rows: list[dict], command: str) -> None:
     """Write ``rows`` to ``out``, keeping the rows of earlier commands (other models, settings
     or variants) that this one did not run; ``commands`` lists every command that wrote rows."""
@@ -201,6 +214,10 @@ def main() -> None:
     parser.add_argument("--compare", nargs=2, metavar=("BEFORE", "AFTER"),
                         help="per-unit fidelity of two finished variants, each "
                              "recipe:variant-number (e.g. attention:1 attnround:4); run nothing")
+    parser.add_argument("--sitting", metavar="TAG",
+                        help="write levers_<recipe>_<TAG>.json instead of levers_<recipe>.json: "
+                             "a base row and its levers from another host or day, kept apart "
+                             "from the rows they are not comparable with")
     parser.add_argument("--table", action="store_true",
                         help="print every row of levers_<recipe>.json as a table; run nothing")
     args = parser.parse_args()
@@ -210,7 +227,8 @@ def main() -> None:
                 compare(model, setting, args.seeds, *args.compare)
         return
     if args.table:
-        print_table(json.loads((RESULTS / f"levers_{args.recipe}.json").read_text())["rows"])
+        print_table(json.loads((RESULTS / results_name(args.recipe, args.sitting))
+                               .read_text())["rows"])
         return
     variants = [list(VARIANTS)[i] for i in args.variants]
     rows = []
@@ -231,7 +249,8 @@ def main() -> None:
                                                        for r in reports]})
                 print(f"# {model} {setting} {variant}: {top1}", file=sys.stderr, flush=True)
                 # after every row: a command stopped later keeps the rows it finished
-                write_results(RESULTS / f"levers_{args.recipe}.json", args.recipe, rows, command)
+                write_results(RESULTS / results_name(args.recipe, args.sitting), args.recipe,
+                              rows, command)
     print_table(rows)
 
 

@@ -140,7 +140,8 @@ def run_name(source: ModelSource, quant: QuantConfig) -> str:
 def check_step_options(quant: QuantConfig, recon: ReconConfig,
                        trainer_kwargs: dict[str, Any]) -> None:
     """Refuse, before any work, what ``recon.compile``, ``recon.cuda_graph``,
-    ``recon.act_stage_iters`` and ``recon.block_output_steps`` cannot run."""
+    ``recon.act_stage_iters``, ``recon.block_output_steps`` and ``recon.plateau_gain`` cannot
+    run."""
     if recon.act_stage_iters > 0 and quant.a_bits >= 32:
         raise SettingError(f"recon.act_stage_iters={recon.act_stage_iters} learns the activation "
                            f"steps in a second pass, but quant.a_bits={quant.a_bits} keeps the "
@@ -149,6 +150,14 @@ def check_step_options(quant: QuantConfig, recon: ReconConfig,
         raise SettingError("recon.block_output_steps learns each block's input quantizer with "
                            "the unit before it: it needs quant.act_placement=blocks, not "
                            f"{quant.act_placement!r}")
+    if recon.plateau_gain > 0 and quant.rounding == "adaround":
+        raise SettingError(f"recon.plateau_gain={recon.plateau_gain} ends units early or late, "
+                           "but AdaRound's beta anneals over recon.iters steps: set it to 0")
+    if (recon.plateau_gain > 0 and quant.rounding == "attention"
+            and quant.rounding_settings().tau_end is not None):
+        raise SettingError(f"recon.plateau_gain={recon.plateau_gain} ends units early or late, "
+                           "but quant.rounding_args.tau_end shrinks eq. 6's width over "
+                           "recon.iters steps: set one of them to its default")
     if recon.compile != "off" and wants_ddp(trainer_kwargs):
         raise SettingError(f"recon.compile={recon.compile!r} runs in one process only: set it "
                            "to 'off' to calibrate with several devices")
@@ -484,7 +493,7 @@ def _trainer_factory(recon: ReconConfig, progress: bool, trainer_kwargs: dict[st
         bar = [UnitProgressBar(PROGRESS_REFRESH_PER_SECOND)] if progress else []
         callbacks = [sequencer, *bar]
         return pl.Trainer(
-            **user, max_steps=recon.iters, max_epochs=1, logger=logger or False,
+            **user, max_steps=sequencer.unit_iters, max_epochs=1, logger=logger or False,
             callbacks=callbacks, enable_checkpointing=False, limit_val_batches=0,
             num_sanity_val_steps=0, enable_model_summary=False, use_distributed_sampler=False,
             log_every_n_steps=1,  # BlockReconstruction logs its steps' losses itself
@@ -765,8 +774,11 @@ def _reconstruct(job: _Job, folder: _RunFolder, tally: _Tally, began: float) -> 
                 evaluated = time.perf_counter() - paused
                 started += evaluated  # evaluation is not calibration time
                 wall.baselines = round(evaluated, 2)
-            echo(f"{len(units)} units, {recon.iters} iterations each at batch "
-                 f"{recon.batch_size}" + (", activations float" if stage == "rounding" else ""))
+            each = (f"{recon.iters} iterations each" if recon.plateau_gain == 0 else
+                    f"{recon.iters} iterations each, fewer or more by the loss "
+                    f"(adaptive budget, plateau gain {recon.plateau_gain:g})")
+            echo(f"{len(units)} units, {each} at batch {recon.batch_size}"
+                 + (", activations float" if stage == "rounding" else ""))
         elif not stage_done:  # BRECQ: the steps start again from the weight-quantized network
             calibrate_activations(qmodel, batches, quantized_weights=True)
             echo("activation steps searched again with the weights quantized")

@@ -28,6 +28,7 @@ from ..quant import (
 )
 from ..quant.act_quant import drop_references
 from ..quant.placement import entry_quantizers
+from .budget import Plateau
 from .cache import UnitData
 from .distributed import rank_world
 from .graph_step import GraphedStep
@@ -158,6 +159,9 @@ class BlockReconstruction(pl.LightningModule):
     ``fixed_steps``: activation quantizers inside the unit whose steps it does not learn (a
     block's input quantizer that the unit before it learned, ``recon.block_output_steps``).
 
+    ``plateau``: the adaptive budget (``calib.budget``): ``iters`` is then the most steps the
+    unit may run, and the fit ends at the first window whose loss did not fall enough.
+
     ``log_every_n_steps``: steps between logged losses (the module logs them itself, at their
     step's number; the Trainer's own setting counts Lightning batches and is not used).
 
@@ -172,9 +176,12 @@ class BlockReconstruction(pl.LightningModule):
         batch_size: int = 64, lr: float = 1e-3, act_lr: float = 4e-4, seed: int = 0,
         total: int | None = None, lr_schedule: str = "constant", compile: str = "off",
         cuda_graph: bool = False, log_every_n_steps: int = 50, loss_p: float = 2.0,
-        fixed_steps: Sequence[nn.Module] = (),
+        fixed_steps: Sequence[nn.Module] = (), plateau: Plateau | None = None,
     ) -> None:
         super().__init__()
+        self.plateau = plateau
+        self.steps_run = 0  # steps taken so far (fewer than iters where plateau ended the fit)
+        self._stopped = False
         # activation quantizers inside the unit that another unit learns (recon.
         # block_output_steps: a block's input quantizer, learned with the unit before it)
         self._fixed = {id(q) for q in fixed_steps}
@@ -288,6 +295,8 @@ class BlockReconstruction(pl.LightningModule):
         first = batch_idx * self.steps_per_batch
         device = self.device
         for offset, index in enumerate(batch):
+            if self._stopped:  # the adaptive budget ended the fit within this batch
+                break
             # to the unit's device: a no-op unless the cache is on the host and the unit not
             x, y, x_float, fisher = (None if t is None else t.to(device)
                                      for t in self._steps.gather(index))
@@ -324,6 +333,11 @@ class BlockReconstruction(pl.LightningModule):
         if schedule is not None:
             schedule.step()
         self._log_losses(rec, reg, step)
+        self.steps_run = step + 1
+        if self.plateau is not None and self.plateau.add(rec):
+            self._stopped = True
+            if self._trainer is not None:
+                self._trainer.should_stop = True  # after this Lightning batch
         return rec, reg
 
     def _log_losses(self, rec: Tensor, reg: Tensor, step: int) -> None:

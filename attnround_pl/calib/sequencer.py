@@ -24,6 +24,7 @@ from ..quant import (
 from ..quant.act_quant import ActQuantizer
 from ..quant.placement import WithOutputQuantizer, output_quantizers
 from .best_state import BestState
+from .budget import Plateau, unit_budget, window_steps
 from .cache import UnitData, build_unit_data, cache_device
 from .distributed import agree, reduce_sums
 from .fisher import fisher_weights, output_gradients
@@ -97,6 +98,7 @@ class BlockSequencer(Callback):
         self.recon = recon.validate()
         self._steps_pass = stage == "activations"  # BRECQ's second pass
         self.iters = recon.act_stage_iters if self._steps_pass else recon.iters
+        self.unit_iters = self.iters  # the most steps the unit now learning may run
         # TensorBoard tags of the steps' pass: apart from the rounding pass's of the same unit
         self._tag_suffix = "@steps" if self._steps_pass else ""
         self.loss_p = recon.act_stage_loss_p if self._steps_pass else 2.0
@@ -163,6 +165,8 @@ class BlockSequencer(Callback):
             except CacheMemoryError as exc:
                 agree(exc)  # every rank stops
             agree(None)
+            adaptive = self.recon.plateau_gain > 0
+            self.unit_iters = unit_budget(self.iters, self.results) if adaptive else self.iters
             trainer = self.make_trainer(self)
             self._device = trainer.strategy.root_device
             where = (
@@ -188,13 +192,15 @@ class BlockSequencer(Callback):
                     q.enabled = False
             module = BlockReconstruction(
                 learned, self._data, unit.name + self._tag_suffix,
-                iters=self.iters, batch_size=self.recon.batch_size, lr=self.recon.lr,
+                iters=self.unit_iters, batch_size=self.recon.batch_size, lr=self.recon.lr,
                 act_lr=self.recon.act_lr, seed=self.seed * 1_000_003 + offset + index,
                 total=self.total, lr_schedule=self.recon.lr_schedule, compile=self.recon.compile,
                 cuda_graph=self.recon.cuda_graph,
                 log_every_n_steps=min(self.recon.log_every_n_steps, self.iters),
                 loss_p=self.loss_p,
                 fixed_steps=fixed,
+                plateau=(Plateau(window_steps(self.iters), self.recon.plateau_gain)
+                         if adaptive else None),
             )
             steps = " steps" if self._steps_pass else ""
             module.label = f"unit {index + 1}/{len(self.units)}{steps} {unit.name}"
@@ -286,7 +292,7 @@ class BlockSequencer(Callback):
     def _finish(self, module: BlockReconstruction) -> None:
         module.unit.eval()
         if self._best is not None:
-            self._offer(module, self.iters)
+            self._offer(module, module.steps_run)
             self._current.best_step = self._best.restore()
             self._best = None
         freeze_model(module.unit)
@@ -307,7 +313,7 @@ class BlockSequencer(Callback):
         self.qmodel.cpu()
         self.float_model.cpu()
         result.seconds = round(time.perf_counter() - self._started, 3)
-        result.iters = self.iters if result.learned else 0
+        result.iters = module.steps_run if result.learned else 0
         self.results.append(result)
         if self.on_unit_done is not None:
             self.on_unit_done(self.results)
@@ -320,7 +326,8 @@ class BlockSequencer(Callback):
             exp.add_scalar(f"{by_unit}mse_final_by_unit", result.mse_final, len(self.results))
             exp.add_scalar(f"{by_unit}mse_nearest_by_unit", result.mse_nearest,
                            len(self.results))
-        self.echo(unit_line(len(self.results), len(self.units), result))
+        self.echo(unit_line(len(self.results), len(self.units), result,
+                            steps=self.recon.plateau_gain > 0))
         self._data = None
 
     def _keep_nearest(self, layers: list[str]) -> None:
@@ -336,16 +343,19 @@ class BlockSequencer(Callback):
 LINE_WIDTH = 79  # one line per unit on an 80-column terminal
 
 
-def unit_line(index: int, total: int, result: UnitResult, width: int = LINE_WIDTH) -> str:
+def unit_line(index: int, total: int, result: UnitResult, width: int = LINE_WIDTH,
+              steps: bool = False) -> str:
     """'unit 3/11 layer1.1: MSE nearest 1.234e-03 -> 5.678e-04, 2.1 s' (or '... MSE nearest
     1.234e-03 kept (learned 2.345e-03), ...'; 'unit 3/11 steps layer1.1: MSE before ...' in
-    the activation stage) within ``width`` characters: a long unit name is shortened in the
-    middle."""
+    the activation stage; '..., 1500 steps, 2.1 s' with ``steps``, for the adaptive budget)
+    within ``width`` characters: a long unit name is shortened in the middle."""
     before = "before" if result.stage == "activations" else "nearest"
     if result.kept == "nearest":
         tail = f"MSE {before} {result.mse_nearest:.3e} kept (learned {result.mse_learned:.3e})"
     else:
         tail = f"MSE {before} {result.mse_nearest:.3e} -> {result.mse_final:.3e}"
+    if steps:
+        tail += f", {result.iters} steps"
     tail += f", {result.seconds:.1f} s"
     head = f"unit {index}/{total} " + ("steps " if result.stage == "activations" else "")
     room = max(8, width - len(head) - len(tail) - 2)

@@ -108,6 +108,13 @@ class ReconConfig:
             their float work a step (docs/speed.md); joined, they cost that of their share of
             the larger unit. False: they are units of their own (the paper's setting and the
             peers' recipes).
+        plateau_gain: 0 (default): every unit runs ``iters`` steps. More: the adaptive budget
+            (``calib.budget``). A unit stops when its mean loss over a window of ``iters / 8``
+            steps fell by less than this fraction of the window before's (0.01: 1 %), and the
+            steps it did not use go to the units after it, each of which may run up to
+            ``iters`` plus all the steps saved before it while its loss still falls so. The
+            total stays within the fixed budget. A constant learning rate only, and not with
+            AdaRound or ``rounding_args.tau_end`` (their schedules span ``iters``).
     """
 
     iters: int = 2000
@@ -129,6 +136,7 @@ class ReconConfig:
     unit_blocks: int = 2
     unit_blocks_in_stage: bool = False
     join_end_layers: bool = True
+    plateau_gain: float = 0.0
 
     def validate(self) -> ReconConfig:
         check_finite(self, "recon")
@@ -143,6 +151,14 @@ class ReconConfig:
         if self.keep_best_every < 0:
             raise SettingError(f"recon.keep_best_every={self.keep_best_every} must be >= 0 "
                                "(0: off)")
+        if not 0 <= self.plateau_gain < 1:
+            raise SettingError(f"recon.plateau_gain={self.plateau_gain} must be in [0, 1) (0: "
+                               "every unit runs recon.iters steps; 0.01: a unit stops when a "
+                               "window's loss fell by less than 1 %)")
+        if self.plateau_gain > 0 and self.lr_schedule != "constant":
+            raise SettingError(f"recon.plateau_gain={self.plateau_gain} ends units early or late,"
+                               f" but recon.lr_schedule={self.lr_schedule!r} spans recon.iters "
+                               "steps: set one of them to its default")
         if self.unit_blocks < 1:
             raise SettingError(f"recon.unit_blocks={self.unit_blocks} must be >= 1 (1: each "
                                "block is a unit)")
