@@ -45,6 +45,8 @@ RECIPES = {
     "levers_attnround_v1.json": "attnround_v1 (the default of 2026-12-02)",
     "levers_attnround_v2.json": "attnround_v2 (the default of 2026-12-03)",
     "levers_attnround.json": "attnround (the default since 2026-12-04)",
+    # a sitting of its own (levers.py --sitting): its base rows ran again beside its levers
+    "levers_attnround_epyc.json": "attnround, on the AMD EPYC host (2026-12-06/07)",
 }
 HEADER = ("| recipe tried on | model | setting | lever | validation top-1 before | after | "
           "change, pp (per seed) | time after / before | became the next recipe |\n"
