@@ -251,7 +251,9 @@ def main() -> None:
                              # the same in the host's reference iterations (host_speed), which
                              # compare across hosts
                              "calib_reference_iters": [r.calib_reference_iters
-                                                       for r in reports]})
+                                                       for r in reports],
+                             # every unit's steps together (recon.plateau_gain changes them)
+                             "steps": [sum(u.iters for u in r.units) for r in reports]})
                 print(f"# {model} {setting} {variant}: {top1}", file=sys.stderr, flush=True)
                 # after every row: a command stopped later keeps the rows it finished
                 write_results(RESULTS / results_name(args.recipe, args.sitting), args.recipe,
@@ -261,20 +263,22 @@ def main() -> None:
 
 def print_table(rows: list[dict]) -> None:
     print("| model | setting | variant | validation top-1 % (mean ± sd) | per seed | float | "
-          "calibration s (mean) | reference iterations (mean) |")
-    print("| --- | --- | --- | ---: | --- | ---: | ---: | ---: |")
+          "calibration s (mean) | reference iterations (mean) | steps, all units (mean) |")
+    print("| --- | --- | --- | ---: | --- | ---: | ---: | ---: | ---: |")
     for r in rows:
         sd = statistics.stdev(r["top1"]) if len(r["top1"]) > 1 else 0.0
         print(f"| {r['model']} | {r['setting']} | {r['variant']} | "
               f"{statistics.mean(r['top1']):.2f} ± {sd:.2f} | "
               f"{', '.join(f'{t:.2f}' for t in r['top1'])} | {r['float_top1']:.2f} | "
-              f"{statistics.mean(r['calib_seconds']):.0f} | {_mean_or_dash(r)} |")
+              f"{statistics.mean(r['calib_seconds']):.0f} | "
+              f"{_mean_or_dash(r, 'calib_reference_iters')} | {_mean_or_dash(r, 'steps')} |")
 
 
-def _mean_or_dash(row: dict) -> str:
-    """Rows written before the host speed index have no reference iterations."""
-    iters = [i for i in row.get("calib_reference_iters", []) if i is not None]
-    return f"{statistics.mean(iters):,.0f}" if iters else "-"
+def _mean_or_dash(row: dict, key: str) -> str:
+    """Rows written before the host speed index have no reference iterations, rows written
+    before the adaptive budget no steps."""
+    values = [i for i in row.get(key, []) if i is not None]
+    return f"{statistics.mean(values):,.0f}" if values else "-"
 
 
 if __name__ == "__main__":

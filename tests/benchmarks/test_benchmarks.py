@@ -897,11 +897,18 @@ def test_levers_table_gives_each_row_its_mean_spread_and_seeds(capsys):
                          "calib_seconds": [80.0, 70.0, 90.0]},
                         {"model": "mobilenetv2", "setting": "W2A4", "variant": "b",
                          "top1": [90.64], "float_top1": 93.54, "calib_seconds": [94.4],
-                         "calib_reference_iters": [8541]}])
+                         "calib_reference_iters": [8541], "steps": [6250]}])
     lines = capsys.readouterr().out.splitlines()
     assert lines[2] == ("| resnet20 | W2A4 | a | 93.00 ± 0.50 | 93.00, 93.50, 92.50 | 93.86 | 80 "
-                        "| - |")  # a row from before the host speed index
-    assert lines[3] == "| mobilenetv2 | W2A4 | b | 90.64 ± 0.00 | 90.64 | 93.54 | 94 | 8,541 |"
+                        "| - | - |")  # a row from before the host speed index and the steps
+    assert lines[3] == ("| mobilenetv2 | W2A4 | b | 90.64 ± 0.00 | 90.64 | 93.54 | 94 | 8,541 "
+                        "| 6,250 |")
+
+
+def test_levers_sitting_writes_a_results_file_of_its_own():
+    levers = _load("levers")
+    assert levers.results_name("attnround") == "levers_attnround.json"
+    assert levers.results_name("attnround", "epyc") == "levers_attnround_epyc.json"
 
 
 def test_fisher_weights_rows_describe_every_unit_and_both_forms(capsys):
