@@ -209,10 +209,16 @@ def test_unit_progress_bars_redraw_ten_times_a_second_at_most():
     from attnround_pl.calib.pipeline import PROGRESS_REFRESH_PER_SECOND, _trainer_factory
     from attnround_pl.calib.progress import UnitProgressBar
 
+    class Sequencer(pl.Callback):  # what the factory reads of a BlockSequencer
+        unit_iters = 7
+
     make = _trainer_factory(ReconConfig(iters=5), True, TRAINER, None, None)
-    bars = [c for c in make(pl.Callback()).callbacks if isinstance(c, UnitProgressBar)]
+    trainer = make(Sequencer())
+    bars = [c for c in trainer.callbacks if isinstance(c, UnitProgressBar)]
     assert len(bars) == 1 and bars[0].refresh_rate == PROGRESS_REFRESH_PER_SECOND == 10
-    quiet = _trainer_factory(ReconConfig(iters=5), False, TRAINER, None, None)(pl.Callback())
+    # the unit's own budget (recon.plateau_gain may give it more than recon.iters)
+    assert trainer.max_steps == 7
+    quiet = _trainer_factory(ReconConfig(iters=5), False, TRAINER, None, None)(Sequencer())
     assert not [c for c in quiet.callbacks if isinstance(c, UnitProgressBar)]
 
 
