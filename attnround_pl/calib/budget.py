@@ -16,11 +16,11 @@ QDrop's dropping where that is on).
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-import torch
 from torch import Tensor
 
+from .distributed import rank_world, reduce_sums
 from .report import UnitResult
 
 WINDOWS = 8  # a unit's nominal budget holds this many windows
@@ -50,9 +50,9 @@ class Plateau:
 
     window: int
     gain: float
-    _sum: Tensor | None = None
-    _count: int = 0
-    _previous: float | None = None
+    _sum: Tensor | None = field(default=None, init=False)
+    _count: int = field(default=0, init=False)
+    _previous: float | None = field(default=None, init=False)
 
     def add(self, loss: Tensor) -> bool:
         """Count one step's loss; True when the window it ends shows no fall of ``gain``."""
@@ -61,16 +61,11 @@ class Plateau:
         self._count += 1
         if self._count < self.window:
             return False
-        mean = float(mean_over_ranks(self._sum)) / self._count
+        # the sum over the ranks is world x the global batch's (each rank's loss is weighted
+        # by world x its share of the batch)
+        total = reduce_sums([float(self._sum)], self._sum.device)[0]
+        mean = total / (rank_world()[1] * self._count)
         self._sum, self._count = None, 0
         previous, self._previous = self._previous, mean
         return previous is not None and mean > previous * (1.0 - self.gain)
 
-
-def mean_over_ranks(value: Tensor) -> Tensor:
-    """``value`` averaged over the process group's ranks (itself in one process)."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        value = value.clone()
-        torch.distributed.all_reduce(value)
-        value /= torch.distributed.get_world_size()
-    return value
