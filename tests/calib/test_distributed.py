@@ -189,3 +189,21 @@ def test_the_cli_closes_the_process_group_on_every_exit(monkeypatch, capsys, tmp
     monkeypatch.setitem(cli.__dict__, "cmd_evaluate", lambda args: 0)
     assert cli.main(["evaluate", "--run", "x"]) == 0  # success
     assert calls == [1, 1]
+
+
+def test_two_processes_stop_each_unit_at_the_step_one_process_does(tmp_path, tiny_fmnist):
+    """The adaptive budget (``recon.plateau_gain``) under DDP: each window's loss is averaged
+    over the ranks, so both ranks stop a unit at the same step (a rank that stopped alone
+    would leave the other waiting in an all-reduce), the step one process stops it at."""
+    env = {**os.environ, "MASTER_PORT": "29735"}
+    for devices in (1, 2):
+        done = subprocess.run(
+            _cli(tiny_fmnist, tmp_path, f"p{devices}", devices, "--recon.iters", "40",
+                 "--recon.plateau_gain", "0.02"),
+            env=env, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-2000:]
+    one, two = ([u["iters"] for u in json.loads(
+        (tmp_path / f"p{d}" / "report.json").read_text())["units"]] for d in (1, 2))
+    assert one == two
+    assert min(one) < 40 and sum(one) <= 40 * len(one)  # units stopped; the total holds
+    assert not _our_processes(str(tmp_path)) and _port_free(29735)
