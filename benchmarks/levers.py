@@ -137,6 +137,15 @@ VARIANTS = {  # name -> options on top of the model, recipe and precision files
     # placement (7,750 over 5 units on each of 3 seeds)
     "act_placement blocks, block output steps, iters 1550": [
         *PEERS_ORDER, "--recon.iters", "1550"],
+    # the hybrid with AdaRound's relaxation (quant.rounding_args.relax): learn on a soft
+    # rounding of x + alpha, hardening from 2 to 40 over a unit's steps
+    "act_placement blocks, block output steps, relax 2": [
+        *PEERS_ORDER, "--quant.rounding_args", "{tau: 0.5, relax: 2.0}"],
+    "relax 2": ["--quant.rounding_args", "{tau: 0.5, relax: 2.0}"],
+    # ... from 8 to 40: less of the run on a value far from the hard one
+    "act_placement blocks, block output steps, relax 8": [
+        *PEERS_ORDER, "--quant.rounding_args", "{tau: 0.5, relax: 8.0}"],
+    "relax 8": ["--quant.rounding_args", "{tau: 0.5, relax: 8.0}"],
 }
 HOLDOUT = 5000
 

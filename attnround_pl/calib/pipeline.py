@@ -140,8 +140,8 @@ def run_name(source: ModelSource, quant: QuantConfig) -> str:
 def check_step_options(quant: QuantConfig, recon: ReconConfig,
                        trainer_kwargs: dict[str, Any]) -> None:
     """Refuse, before any work, what ``recon.compile``, ``recon.cuda_graph``,
-    ``recon.act_stage_iters``, ``recon.block_output_steps`` and ``recon.plateau_gain`` cannot
-    run."""
+    ``recon.act_stage_iters``, ``recon.block_output_steps``, ``recon.plateau_gain`` and
+    ``quant.rounding_args.relax`` cannot run together."""
     if recon.act_stage_iters > 0 and quant.a_bits >= 32:
         raise SettingError(f"recon.act_stage_iters={recon.act_stage_iters} learns the activation "
                            f"steps in a second pass, but quant.a_bits={quant.a_bits} keeps the "
@@ -158,6 +158,15 @@ def check_step_options(quant: QuantConfig, recon: ReconConfig,
         raise SettingError(f"recon.plateau_gain={recon.plateau_gain} ends units early or late, "
                            "but quant.rounding_args.tau_end shrinks eq. 6's width over "
                            "recon.iters steps: set one of them to its default")
+    relax = quant.rounding == "attention" and quant.rounding_settings().relax > 0
+    if relax and recon.plateau_gain > 0:
+        raise SettingError(f"recon.plateau_gain={recon.plateau_gain} ends units early or late, "
+                           "but quant.rounding_args.relax hardens the soft rounding over "
+                           "recon.iters steps: set one of them to its default")
+    if relax and recon.compile != "off":
+        raise SettingError(f"recon.compile={recon.compile!r} would compile the unit again at "
+                           "every step: quant.rounding_args.relax changes the soft rounding's "
+                           "hardness every step; set one of them to its default")
     if recon.compile != "off" and wants_ddp(trainer_kwargs):
         raise SettingError(f"recon.compile={recon.compile!r} runs in one process only: set it "
                            "to 'off' to calibrate with several devices")
@@ -174,6 +183,9 @@ def check_step_options(quant: QuantConfig, recon: ReconConfig,
         problems.append("a rounding other than adaround (its beta changes every step)")
     elif quant.rounding == "attention" and quant.rounding_settings().tau_end is not None:
         problems.append("no quant.rounding_args.tau_end (eq. 6's width changes every step)")
+    elif relax:
+        problems.append("quant.rounding_args.relax=0 (the soft rounding's hardness changes "
+                        "every step)")
     if quant.drop.prob > 0:
         problems.append("quant.drop.prob=0 (QDrop's generator is not recorded)")
     if problems:

@@ -89,6 +89,11 @@ class Rounding(nn.Module):
     def set_progress(self, t: float) -> None:
         """Fraction ``t`` of the optimisation done; only schedules care."""
 
+    def set_learning(self, learning: bool) -> None:
+        """Whether a unit's reconstruction is learning this rounding now (its weight
+        quantizer's ``set_learning``): a rounding may compute another value while it learns
+        (Attention Round's ``relax``) than the one it freezes to."""
+
     def finish_gradient(self) -> None:
         """Turn the summed raw gradient of the parameters into the rounding's own (call after
         backward, before the optimizer step; see AttentionRounding)."""
@@ -321,16 +326,37 @@ class AttentionSettings:
             moves it linearly from ``tau`` to ``tau_end`` over a unit's steps (not in the paper;
             issue 34's lever: a shrinking width makes moves away from the start ever harder,
             as AdaRound's annealed beta hardens its rounding). ``init`` still draws with ``tau``.
+        relax: 0 (the paper) learns on the hard value ``round(x + alpha)`` with eq. 6's
+            straight-through gradient. A number > 0 learns on a soft rounding of ``x + alpha``
+            of that hardness instead, hardening geometrically to ``relax_end`` over a unit's
+            steps, and freezes to the hard value as always (not in the paper; issue 34's
+            hybrid with AdaRound's relaxation: the loss sees the weight it differentiates, and
+            alpha still reaches any grid value). The soft rounding is Agustsson and Theis'
+            (2020) ``floor(v) + 1/2 + tanh(a r) / (2 tanh(a / 2))``, ``r = v - floor(v) - 1/2``:
+            the identity as ``a`` -> 0, rounding as ``a`` grows; eq. 6 shapes its gradient.
+        relax_end: the hardness at a unit's last step (with ``relax`` > 0; at 40 the soft
+            value is within 0.01 of the hard one but for weights within 0.06 of a border).
     """
 
     tau: float = 0.5
     init: str = "gaussian"
     tau_end: float | None = None
+    relax: float = 0.0
+    relax_end: float = 40.0
 
     def validate(self, where: str = SETTINGS_KEY) -> AttentionSettings:
         check_tau(self.tau, _key(where, "tau"))
         if self.tau_end is not None:
             check_tau(self.tau_end, _key(where, "tau_end"))
+        for name in ("relax", "relax_end"):
+            value = getattr(self, name)
+            if (isinstance(value, bool) or not isinstance(value, (int, float))
+                    or not math.isfinite(value) or value < 0):
+                raise QuantConfigError(f"{_key(where, name)}={value!r} must be a number >= 0")
+        if self.relax > 0 and self.relax_end < self.relax:
+            raise QuantConfigError(f"{_key(where, 'relax_end')}={self.relax_end} must be at "
+                                   f"least relax={self.relax}: the rounding hardens over a "
+                                   "unit's steps")
         if self.init not in ALPHA_INITS:
             raise QuantConfigError(f"{_key(where, 'init')}={self.init!r}: one of "
                                    f"{', '.join(ALPHA_INITS)}")
@@ -363,24 +389,36 @@ class AttentionRounding(Rounding):
     settings_class = AttentionSettings
 
     def __init__(self, tau: float = 0.5, seed: int = 0, init: str = "gaussian",
-                 tau_end: float | None = None) -> None:
+                 tau_end: float | None = None, relax: float = 0.0,
+                 relax_end: float = 40.0) -> None:
         super().__init__()
-        AttentionSettings(tau, init, tau_end).validate(where="")  # keys as given: tau=...
+        # keys as given: tau=...
+        AttentionSettings(tau, init, tau_end, relax, relax_end).validate(where="")
         self.tau = float(tau)  # alpha's initial spread
         self.init = init
         self.tau_end = None if tau_end is None else float(tau_end)
         self.width = self.tau  # eq. 6's width now (moves to tau_end with set_progress)
+        self.relax, self.relax_end = float(relax), float(relax_end)
+        self.hardness = self.relax  # the soft rounding's now (moves to relax_end)
+        self.learning = False  # see set_learning: the soft rounding only while learning
         self.seed = seed
         self.alpha = nn.Parameter(torch.zeros(0))
         self._overshoot: Tensor | None = None  # q - round(x + alpha) of the last forward
 
     @classmethod
     def from_settings(cls, settings: AttentionSettings, seed: int = 0) -> AttentionRounding:
-        return cls(tau=settings.tau, seed=seed, init=settings.init, tau_end=settings.tau_end)
+        return cls(tau=settings.tau, seed=seed, init=settings.init, tau_end=settings.tau_end,
+                   relax=settings.relax, relax_end=settings.relax_end)
 
     def set_progress(self, t: float) -> None:
+        t = min(1.0, max(0.0, t))
         if self.tau_end is not None:
-            self.width = self.tau + (self.tau_end - self.tau) * min(1.0, max(0.0, t))
+            self.width = self.tau + (self.tau_end - self.tau) * t
+        if self.relax > 0:
+            self.hardness = self.relax * (self.relax_end / self.relax) ** t
+
+    def set_learning(self, learning: bool) -> None:
+        self.learning = learning
 
     @torch.no_grad()
     def init_state(self, x: Tensor) -> None:
@@ -404,7 +442,12 @@ class AttentionRounding(Rounding):
 
     def _apply_rounding(self, x: Tensor, lo: Tensor, hi: Tensor,
                         scale: Tensor | None) -> Tensor:
-        value, overshoot = _ScaledAttentionRound.apply(self.alpha, x.detach(), lo, hi, scale)
+        if self.learning and self.relax > 0:
+            value, overshoot = _SoftAttentionRound.apply(self.alpha, x.detach(), lo, hi, scale,
+                                                         self.hardness)
+        else:
+            value, overshoot = _ScaledAttentionRound.apply(self.alpha, x.detach(), lo, hi,
+                                                           scale)
         # a plain attribute (Module.__setattr__ costs more than the subtraction)
         self.__dict__["_overshoot"] = overshoot
         return value
@@ -439,7 +482,8 @@ class AttentionRounding(Rounding):
     def extra_repr(self) -> str:
         init = "" if self.init == "gaussian" else f", init={self.init}"
         end = "" if self.tau_end is None else f", tau_end={self.tau_end}"
-        return f"{self.name}, tau={self.tau}{init}{end}"
+        relax = "" if self.relax == 0 else f", relax={self.relax}->{self.relax_end}"
+        return f"{self.name}, tau={self.tau}{init}{end}{relax}"
 
 
 class _ScaledAttentionRound(torch.autograd.Function):
@@ -469,6 +513,43 @@ class _ScaledAttentionRound(torch.autograd.Function):
     def backward(ctx, grad: Tensor, _overshoot: Tensor):
         grad_alpha = torch.mul(grad, ctx.saved_tensors[0]) if ctx.scaled else grad
         return grad_alpha, None, None, None, None
+
+
+class _SoftAttentionRound(torch.autograd.Function):
+    """``(scale * q, overshoot)`` as ``_ScaledAttentionRound``, with ``q`` the soft
+    rounding of ``v = x + alpha`` at ``hardness`` ``a`` (``AttentionSettings.relax``), clipped
+    to ``[lo, hi]``: ``floor(v) + 1/2 + tanh(a r) / (2 tanh(a / 2))``, ``r = v - floor(v) -
+    1/2``. The gradient to alpha is ``grad * scale`` times the soft rounding's slope ``a (1 -
+    tanh(a r)^2) / (2 tanh(a / 2))`` (clipped or not, as the hard path passes it; eq. 6 then
+    blocks what pushes further out). ``overshoot`` is the hard value's, ``clip(round(v)) -
+    round(v)``, what eq. 6 reads."""
+
+    @staticmethod
+    def forward(ctx, alpha: Tensor, x: Tensor, lo: Tensor, hi: Tensor, scale: Tensor | None,
+                hardness: float) -> tuple[Tensor, Tensor]:
+        v = torch.add(x, alpha)
+        raw = torch.round(v)
+        overshoot = torch.minimum(torch.maximum(raw, lo), hi).sub_(raw)
+        floor = torch.floor(v)
+        bend = torch.sub(v, floor).sub_(0.5).mul_(hardness).tanh_()
+        norm = 2.0 * math.tanh(hardness / 2.0)
+        q = torch.div(bend, norm).add_(floor).add_(0.5)
+        q = torch.minimum(torch.maximum(q, lo), hi)
+        value = q if scale is None else q.mul_(scale)
+        ctx.mark_non_differentiable(overshoot)
+        ctx.slope = (hardness, norm)
+        ctx.save_for_backward(bend, scale) if scale is not None else ctx.save_for_backward(bend)
+        return value, overshoot
+
+    @staticmethod
+    def backward(ctx, grad: Tensor, _overshoot: Tensor):
+        hardness, norm = ctx.slope
+        bend = ctx.saved_tensors[0]
+        slope = torch.mul(bend, bend).neg_().add_(1.0).mul_(hardness / norm)
+        grad_alpha = torch.mul(grad, slope)
+        if len(ctx.saved_tensors) > 1:
+            grad_alpha.mul_(ctx.saved_tensors[1])
+        return grad_alpha, None, None, None, None, None
 
 
 def check_tau(tau: float, key: str = "tau") -> float:

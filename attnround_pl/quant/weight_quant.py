@@ -79,6 +79,8 @@ class WeightQuantizer(nn.Module):
         the device stay fixed), ``w / s`` and the bounds are computed once, not every step."""
         self.learning = learning
         self.__dict__["_scaled"] = None
+        if self.rounding is not None:
+            self.rounding.set_learning(learning)
 
     def _scaled_weight(self, weight: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         cached = self._scaled

@@ -125,7 +125,8 @@ def new_form(old_quant: dict) -> tuple[dict, dict]:
     quant = {k: v for k, v in old_quant.items()
              if k not in ("tau", "drop_prob", "mixed") and not k.startswith("adaround_")}
     rounding_args = {
-        "attention": {"tau": old_quant["tau"], "init": "gaussian", "tau_end": None},
+        "attention": {"tau": old_quant["tau"], "init": "gaussian", "tau_end": None,
+                      "relax": 0.0, "relax_end": 40.0},
         "adaround": {"reg_weight": old_quant["adaround_reg_weight"],
                      "beta_start": old_quant["adaround_beta_start"],
                      "beta_end": old_quant["adaround_beta_end"],

@@ -130,6 +130,7 @@ def test_a_unit_runs_past_its_own_budget_on_the_steps_saved_before_it(monkeypatc
 @pytest.mark.parametrize(("rounding", "rounding_args", "message"), [
     ("adaround", None, "AdaRound's beta anneals over recon.iters steps"),
     ("attention", {"tau": 0.5, "tau_end": 0.1}, "rounding_args.tau_end shrinks"),
+    ("attention", {"relax": 2.0}, "rounding_args.relax hardens the soft rounding"),
 ])
 def test_schedules_over_the_budget_are_refused_before_any_work(rounding, rounding_args, message):
     with pytest.raises(SettingError, match=message):

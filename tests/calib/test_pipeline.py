@@ -196,6 +196,14 @@ def test_cuda_graph_settings_it_cannot_record_are_refused_before_anything_starts
     with pytest.raises(SettingError, match=r"no quant.rounding_args.tau_end \(eq. 6's width"):
         calibrate(FloatModel("resnet20"), data, QuantConfig(rounding_args={"tau_end": 0.1}),
                   recon, run, {"accelerator": "gpu"})
+    with pytest.raises(SettingError, match=r"quant.rounding_args.relax=0 \(the soft rounding's"):
+        calibrate(FloatModel("resnet20"), data, QuantConfig(rounding_args={"relax": 2.0}),
+                  recon, run, {"accelerator": "gpu"})
+    with pytest.raises(SettingError, match=r"^recon.compile='default' would compile the unit "
+                                           r"again at every step"):
+        calibrate(FloatModel("resnet20"), data, QuantConfig(rounding_args={"relax": 2.0}),
+                  ReconConfig(iters=2, batch_size=4, compile="default"), run,
+                  {"accelerator": "cpu"})
     with pytest.raises(SettingError, match="recon.cuda_graph and recon.compile are exclusive"):
         ReconConfig(cuda_graph=True, compile="default").validate()
     with pytest.raises(SettingError, match="needs recon.lr_schedule=constant"):

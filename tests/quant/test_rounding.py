@@ -335,3 +335,72 @@ def test_every_rounding_has_its_settings_with_defaults_and_checks():
         rounding_settings("attention", [1])
     ada = make_rounding("adaround", beta_start=10, warmup=0.1)
     assert (ada.beta_start, ada.warmup, ada.beta_end) == (10.0, 0.1, 2.0)
+
+
+def _soft_round(v: torch.Tensor, a: float) -> torch.Tensor:
+    """Agustsson and Theis' soft rounding, written from its formula."""
+    m = torch.floor(v) + 0.5
+    return m + torch.tanh(a * (v - m)) / (2 * math.tanh(a / 2))
+
+
+def test_attention_relax_learns_on_the_soft_rounding_and_freezes_to_the_hard_one():
+    gen = torch.Generator().manual_seed(3)
+    x = 3 * torch.randn(3000, generator=gen, dtype=torch.float64)
+    r = make_rounding("attention", tau=0.5, seed=1, relax=2.0, relax_end=32.0)
+    r.init_state(x)
+    alpha = r.alpha.detach()
+    v = x + alpha
+    hard = torch.clamp(torch.round(v), LO, HI)
+    assert torch.equal(r(x, LO, HI), hard)  # not learning: the paper's hard value
+    r.set_learning(True)
+    upstream = torch.randn(3000, generator=gen, dtype=torch.float64)
+    for t, a in ((0.0, 2.0), (0.5, 8.0), (1.0, 32.0)):  # 2 -> 32 geometrically
+        r.set_progress(t)
+        assert r.hardness == pytest.approx(a)
+        r.alpha.grad = None
+        value = r.scaled(x, LO, HI, torch.tensor(0.5, dtype=torch.float64))
+        soft = torch.clamp(_soft_round(v, a), LO, HI)
+        assert torch.allclose(value, 0.5 * soft, atol=1e-12), t
+        (value * upstream).sum().backward()
+        # the soft rounding's slope, times the scale: autograd's derivative of the formula
+        probe = v.clone().requires_grad_()
+        _soft_round(probe, a).sum().backward()
+        raw = r.alpha.grad.clone()
+        assert torch.allclose(raw, 0.5 * upstream * probe.grad, atol=1e-10), t
+        # eq. 6 shapes it, reading the hard value's overshoot at the bounds
+        r.finish_gradient()
+        assert torch.allclose(r.alpha.grad, _reference_eq6(raw, alpha, 0.5, torch.round(v),
+                                                           LO, HI), atol=1e-10)
+    # soft at the start (a weight's value moves continuously), near hard at the end
+    assert (torch.clamp(_soft_round(v, 2.0), LO, HI) - hard).abs().max() > 0.3
+    near = (torch.clamp(_soft_round(v, 32.0), LO, HI) - hard).abs()
+    far_from_border = (v - torch.floor(v) - 0.5).abs() > 0.1
+    assert near[far_from_border].max() < 1e-2
+    r.set_learning(False)
+    assert torch.equal(r.hard_codes(x, LO, HI), hard)
+    assert torch.equal(r(x, LO, HI), hard)
+    assert "relax=2.0->32.0" in repr(r)
+
+
+def test_the_weight_quantizer_tells_its_rounding_when_it_learns():
+    from attnround_pl.quant.weight_quant import WeightQuantizer
+
+    w = torch.randn(4, 3, 3, 3)
+    q = WeightQuantizer(w, 2, make_rounding("attention", relax=1.0))
+    base = q(w).detach()
+    q.set_learning(True)
+    assert q.rounding.learning and not torch.equal(q(w).detach(), base)  # the soft value
+    q.set_learning(False)
+    assert not q.rounding.learning and torch.equal(q(w).detach(), base)
+
+
+@pytest.mark.parametrize("args, message", [
+    ({"relax": -1.0}, r"relax=-1\.0 must be a number >= 0"),
+    ({"relax": float("nan")}, r"relax=nan must be a finite number"),
+    ({"relax": 4.0, "relax_end": 2.0}, r"relax_end=2\.0 must be at least relax=4\.0"),
+])
+def test_bad_relax_settings_are_refused_in_one_line(args, message):
+    from attnround_pl.quant import rounding_settings
+
+    with pytest.raises(QuantConfigError, match=r"quant\.rounding_args\." + message):
+        rounding_settings("attention", args)
