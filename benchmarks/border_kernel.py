@@ -52,13 +52,7 @@ from attnround_pl.calib.settings import ReconConfig
 from attnround_pl.calib.step import optimizer_step, step_losses
 from attnround_pl.models import EMBEDDED
 from attnround_pl.quant import active_roundings, set_learning
-from attnround_pl.quant.act_border import (
-    AQuantBorder,
-    _bound,
-    _shrink_backward,
-    _shrink_is_idle,
-    _shrink_parts,
-)
+from attnround_pl.quant.act_border import AQuantBorder, _effective_parts, _shrink_backward
 from attnround_pl.quant.act_quant import ActQuantizer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -196,12 +190,7 @@ class CompiledBorderRound(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, step: Tensor, k: Tensor, c: Tensor, reach: float, qmin: int,
                 qmax: int, g: float, kernels: Kernels) -> Tensor:
-        bound = _bound(k, c, reach)
-        if _shrink_is_idle(x, bound):
-            k_eff, c_eff, ctx.parts = k, c, None
-        else:
-            ctx.parts = _shrink_parts(bound)
-            k_eff, c_eff = k * ctx.parts.shrink, c * ctx.parts.shrink
+        k_eff, c_eff, ctx.parts = _effective_parts(x, k, c, reach)
         x = x.contiguous()
         slope, offset = (1 - k_eff).contiguous(), c_eff.contiguous()
         xt, out = torch.empty_like(x), torch.empty_like(x)

@@ -144,6 +144,20 @@ def _shrink_backward(k: Tensor, c: Tensor, reach: float, parts: _ShrinkParts, gr
     return out_k, out_c
 
 
+def _effective_parts(x: Tensor, k: Tensor, c: Tensor, reach: float
+                     ) -> tuple[Tensor, Tensor, _ShrinkParts | None]:
+    """The effective ``(k, c)`` for quantizing ``x``, with the shrink's parts its backward
+    needs (``_shrink_backward``), or None where the shrink is idle. On the CPU, where it is
+    idle on every channel (every border starts so), its per-channel operations forward and
+    backward are skipped: a quantizer's fixed cost is a large part of a small model's step
+    (issue 31); the values are the same."""
+    bound = _bound(k, c, reach)
+    if _shrink_is_idle(x, bound):
+        return k, c, None
+    parts = _shrink_parts(bound)
+    return k * parts.shrink, c * parts.shrink, parts
+
+
 def _channel_sum(t: Tensor) -> Tensor:
     """``t`` summed over every axis but 1: over the positions (axis 2 on), then over the
     samples; a Linear's input has no positions, and summing over that one-element axis cost
@@ -177,15 +191,7 @@ class _BorderRound(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, step: Tensor, k: Tensor, c: Tensor, reach: float, qmin: int,
                 qmax: int, g: float) -> Tensor:
-        # on the CPU, where the shrink is idle on every channel (every border starts so), its
-        # per-channel operations forward and backward are skipped: a quantizer's fixed cost
-        # is a large part of a small model's step (issue 31); the values are the same
-        bound = _bound(k, c, reach)
-        if _shrink_is_idle(x, bound):
-            k_eff, c_eff, ctx.parts = k, c, None
-        else:
-            ctx.parts = _shrink_parts(bound)
-            k_eff, c_eff = k * ctx.parts.shrink, c * ctx.parts.shrink
+        k_eff, c_eff, ctx.parts = _effective_parts(x, k, c, reach)
         xt = torch.div(x, step).clamp_(qmin, qmax)
         shape = (1, -1, *([1] * (x.dim() - 2)))
         out = torch.mul(xt, (1 - k_eff).view(shape)).sub_(c_eff.view(shape)).round_().mul_(step)
