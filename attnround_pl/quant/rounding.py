@@ -538,7 +538,10 @@ class _SoftAttentionRound(torch.autograd.Function):
         value = q if scale is None else q.mul_(scale)
         ctx.mark_non_differentiable(overshoot)
         ctx.slope = (hardness, norm)
-        ctx.save_for_backward(bend, scale) if scale is not None else ctx.save_for_backward(bend)
+        if scale is None:
+            ctx.save_for_backward(bend)
+        else:
+            ctx.save_for_backward(bend, scale)
         return value, overshoot
 
     @staticmethod
