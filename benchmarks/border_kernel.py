@@ -36,7 +36,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -44,6 +43,7 @@ from functools import partial
 from pathlib import Path
 
 import torch
+from speed import calibration_batches, float_step, per_iter, prepared_units
 from torch import Tensor
 
 from attnround_pl.calib import BlockReconstruction, build_unit_data
@@ -59,6 +59,7 @@ ROOT = Path(__file__).resolve().parents[1]
 FLAGS = ("-O3", "-march=native", "-ffp-contract=off", "-fno-math-errno", "-fopenmp", "-shared",
          "-fPIC")
 BATCH = 64
+CPU = torch.device("cpu")
 
 KERNEL_SOURCE = r"""
 #include <math.h>
@@ -286,12 +287,9 @@ def check_values(kernels: Kernels, shapes: list[tuple[int, ...]]) -> list[dict]:
     return rows
 
 
-def _median_ms(fn: Callable[[], object], steps: int) -> float:
-    fn()
-    started = time.perf_counter()
-    for _ in range(steps):
-        fn()
-    return (time.perf_counter() - started) / steps * 1000.0
+def _ms_per_call(fn: Callable[[], object], steps: int) -> float:
+    """Milliseconds a call of ``fn`` over ``steps`` calls, after one untimed (speed.py's)."""
+    return per_iter(fn, steps, CPU) * 1000.0
 
 
 def border_shapes(qmodel: torch.nn.Module, x: Tensor) -> list[tuple[int, ...]]:
@@ -319,9 +317,9 @@ def time_border(kernels: Kernels, shapes: list[tuple[int, ...]], rounds: int, st
         call = partial(_border_call, x, step, border, grad)
         times: dict[str, list[float]] = {"eager": [], "compiled": []}
         for _ in range(rounds):
-            times["eager"].append(_median_ms(call, steps))
+            times["eager"].append(_ms_per_call(call, steps))
             with compiled_border(kernels):
-                times["compiled"].append(_median_ms(call, steps))
+                times["compiled"].append(_ms_per_call(call, steps))
         eager, fast = statistics.median(times["eager"]), statistics.median(times["compiled"])
         rows.append({"shape": list(shape), "calls_a_step": shapes.count(shape),
                      "eager_ms": eager, "compiled_ms": fast})
@@ -334,9 +332,6 @@ def time_steps(model: str, kernels: Kernels, rounds: int, steps: int, max_units:
     with the compiled one, and of the float unit's forward + backward, in turn each round.
     ``images``: Fashion-MNIST calibration images and the committed weights, or random images
     and random weights (the tests; the time does not depend on the values)."""
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    from speed import calibration_batches, float_step, prepared_units
-
     batches = calibration_batches(model, images, 256, 28)
     recipe = ReconConfig()  # the default recipe's units
     weights = "DEFAULT" if images == "fmnist" else None
@@ -358,10 +353,10 @@ def time_steps(model: str, kernels: Kernels, rounds: int, steps: int, max_units:
         float_call = partial(float_step, float_unit, weights, x, y)
         times: dict[str, list[float]] = {"eager": [], "compiled": [], "float": []}
         for _ in range(rounds):
-            times["eager"].append(_median_ms(step, steps))
+            times["eager"].append(_ms_per_call(step, steps))
             with compiled_border(kernels):
-                times["compiled"].append(_median_ms(step, steps))
-            times["float"].append(_median_ms(float_call, steps))
+                times["compiled"].append(_ms_per_call(step, steps))
+            times["float"].append(_ms_per_call(float_call, steps))
         set_learning(unit, None)
         unit.load_state_dict(saved)
         row = {"unit": spec.name, **{f"{k}_ms": statistics.median(v) for k, v in times.items()}}

@@ -137,6 +137,20 @@ def run_name(source: ModelSource, quant: QuantConfig) -> str:
             f"{time.strftime('%Y%m%d-%H%M%S')}")
 
 
+def rounding_schedule(quant: QuantConfig) -> str | None:
+    """What of the weights' rounding changes over a unit's steps, in words, or None: AdaRound's
+    beta, Attention Round's ``tau_end`` or ``relax``."""
+    if quant.rounding == "adaround":
+        return "AdaRound's beta anneals"
+    if quant.rounding == "attention":
+        settings = quant.rounding_settings()
+        if settings.tau_end is not None:
+            return "quant.rounding_args.tau_end shrinks eq. 6's width"
+        if settings.relax > 0:
+            return "quant.rounding_args.relax hardens the soft rounding"
+    return None
+
+
 def check_step_options(quant: QuantConfig, recon: ReconConfig,
                        trainer_kwargs: dict[str, Any]) -> None:
     """Refuse, before any work, what ``recon.compile``, ``recon.cuda_graph``,
@@ -150,19 +164,12 @@ def check_step_options(quant: QuantConfig, recon: ReconConfig,
         raise SettingError("recon.block_output_steps learns each block's input quantizer with "
                            "the unit before it: it needs quant.act_placement=blocks, not "
                            f"{quant.act_placement!r}")
-    if recon.plateau_gain > 0 and quant.rounding == "adaround":
+    schedule = rounding_schedule(quant)
+    if schedule is not None and recon.plateau_gain > 0:
         raise SettingError(f"recon.plateau_gain={recon.plateau_gain} ends units early or late, "
-                           "but AdaRound's beta anneals over recon.iters steps: set it to 0")
-    if (recon.plateau_gain > 0 and quant.rounding == "attention"
-            and quant.rounding_settings().tau_end is not None):
-        raise SettingError(f"recon.plateau_gain={recon.plateau_gain} ends units early or late, "
-                           "but quant.rounding_args.tau_end shrinks eq. 6's width over "
-                           "recon.iters steps: set one of them to its default")
+                           f"but {schedule} over recon.iters steps: set one of them to its "
+                           "default")
     relax = quant.rounding == "attention" and quant.rounding_settings().relax > 0
-    if relax and recon.plateau_gain > 0:
-        raise SettingError(f"recon.plateau_gain={recon.plateau_gain} ends units early or late, "
-                           "but quant.rounding_args.relax hardens the soft rounding over "
-                           "recon.iters steps: set one of them to its default")
     if relax and recon.compile != "off":
         raise SettingError(f"recon.compile={recon.compile!r} would compile the unit again at "
                            "every step: quant.rounding_args.relax changes the soft rounding's "
