@@ -1,5 +1,6 @@
 """A rich progress bar that names the unit being reconstructed ('unit i/N <name>') and counts
-its reconstruction steps, several of which may make one Lightning batch."""
+its reconstruction steps, several of which may make one Lightning batch; a unit the adaptive
+budget (``recon.plateau_gain``) stopped ends its bar at the steps it ran, named as a plateau."""
 
 from __future__ import annotations
 
@@ -32,6 +33,17 @@ class UnitProgressBar(RichProgressBar):
         self._steps_per_batch = getattr(pl_module, "steps_per_batch", 1)
         self._total_steps = getattr(pl_module, "iters", None)
         super().on_train_epoch_start(trainer, pl_module)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # a unit the adaptive budget stopped: its bar ends full at the steps it ran, and says so
+        # (short of its total it would read as a fit cut off)
+        bar = self.train_progress_bar_id
+        if getattr(pl_module, "stopped_on_plateau", False) and self.progress is not None \
+                and bar is not None:
+            steps = pl_module.steps_run
+            self.progress.update(bar, total=steps, completed=steps, description=(
+                f"{self._label} (plateau: {steps:,} of {self._total_steps:,} steps)"))
+        super().on_train_epoch_end(trainer, pl_module)
 
     def _update(self, progress_bar_id: TaskID | None, current: int, visible: bool = True,
                 hard: bool = False) -> None:

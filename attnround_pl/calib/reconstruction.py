@@ -302,6 +302,11 @@ class BlockReconstruction(pl.LightningModule):
                                      for t in self._steps.gather(index))
             self.reconstruction_step(x, y, first + offset, x_float, fisher)
 
+    @property
+    def stopped_on_plateau(self) -> bool:
+        """Whether the adaptive budget (``plateau``) ended the fit before ``iters`` steps."""
+        return self._stopped
+
     def transfer_batch_to_device(self, batch: list[Tensor], device: torch.device,
                                  dataloader_idx: int) -> list[Tensor]:
         """A batch is the steps' sample indices: they stay on the cache's device (where

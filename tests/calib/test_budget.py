@@ -70,7 +70,8 @@ def small_cnn() -> nn.Module:
     )
 
 
-def calibrate(rounding: str = "attention", rounding_args=None, **recon_args):
+def calibrate(rounding: str = "attention", rounding_args=None, progress: bool = False,
+              **recon_args):
     model = small_cnn().eval()
     torch.manual_seed(1)
     images = torch.randn(32, 3, 12, 12)
@@ -78,7 +79,7 @@ def calibrate(rounding: str = "attention", rounding_args=None, **recon_args):
                            "unit_blocks": 1, "join_end_layers": False, **recon_args})
     quant = QuantConfig(w_bits=2, a_bits=4, act_border="nearest", rounding=rounding,
                         rounding_args=rounding_args)
-    return attnround_pl.quantize(model, images, quant=quant, recon=recon, progress=False,
+    return attnround_pl.quantize(model, images, quant=quant, recon=recon, progress=progress,
                                  trainer={"accelerator": "cpu"})
 
 
@@ -125,6 +126,30 @@ def test_a_unit_runs_past_its_own_budget_on_the_steps_saved_before_it(monkeypatc
     # 55 saved by the first unit; the second uses 17 of them; the third runs to 80 + 38
     assert [u.iters for u in units] == [25, 97, 118]
     assert sum(u.iters for u in units) == 3 * 80
+
+
+def test_progress_bar_of_a_unit_stopped_on_a_plateau_ends_full_and_says_so(monkeypatch):
+    from attnround_pl.calib.progress import UnitProgressBar
+
+    monkeypatch.setattr("attnround_pl.calib.sequencer.Plateau", ScriptedPlateau)
+    monkeypatch.setattr(ScriptedPlateau, "STOPS", [25, None, None])
+    monkeypatch.setattr(ScriptedPlateau, "made", 0)
+    ended = []  # each unit's bar as its fit ends: (description, completed, total)
+    epoch_end = UnitProgressBar.on_train_epoch_end
+
+    def spy(self, trainer, pl_module):
+        epoch_end(self, trainer, pl_module)
+        task = next(t for t in self.progress.tasks if t.id == self.train_progress_bar_id)
+        ended.append((task.description, task.completed, task.total))
+
+    monkeypatch.setattr(UnitProgressBar, "on_train_epoch_end", spy)
+    units = calibrate(plateau_gain=0.01, progress=True).report.units
+    # the second unit may run on the 55 steps the first saved, and runs them all
+    assert [u.iters for u in units] == [25, 135, 80]
+    assert [(completed, total) for _, completed, total in ended] == [
+        (25, 25), (135, 135), (80, 80)]
+    assert ended[0][0].endswith("(plateau: 25 of 80 steps)")
+    assert "plateau" not in ended[1][0] + ended[2][0]
 
 
 @pytest.mark.parametrize(("rounding", "rounding_args", "message"), [
