@@ -150,6 +150,10 @@ VARIANTS = {  # name -> options on top of the model, recipe and precision files
     # hard one frozen (at 40 a weight 0.05 grid steps from a midpoint is 0.018 steps off)
     "relax 8, relax_end 200": ["--quant.rounding_args",
                                "{tau: 0.5, relax: 8.0, relax_end: 200.0}"],
+    # ... soft for the first half of a unit's steps (8 -> 40 there), then the hard value with
+    # the straight-through gradient to the end (quant.rounding_args.relax_until)
+    "relax 8 until 0.5": ["--quant.rounding_args",
+                          "{tau: 0.5, relax: 8.0, relax_until: 0.5}"],
 }
 HOLDOUT = 5000
 

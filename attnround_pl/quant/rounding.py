@@ -334,8 +334,13 @@ class AttentionSettings:
             alpha still reaches any grid value). The soft rounding is Agustsson and Theis'
             (2020) ``floor(v) + 1/2 + tanh(a r) / (2 tanh(a / 2))``, ``r = v - floor(v) - 1/2``:
             the identity as ``a`` -> 0, rounding as ``a`` grows; eq. 6 shapes its gradient.
-        relax_end: the hardness at a unit's last step (with ``relax`` > 0; at 40 the soft
-            value is within 0.01 of the hard one but for weights within 0.06 of a border).
+        relax_end: the hardness at a unit's last soft step (with ``relax`` > 0; at 40 the
+            soft value is within 0.01 of the hard one but for weights within 0.06 of a border).
+        relax_until: the fraction of a unit's steps learned on the soft value (with ``relax``
+            > 0; 1, the default: all of them). The hardness reaches ``relax_end`` there, and the
+            steps after it learn on the hard value with eq. 6's straight-through gradient, as
+            the paper: the soft value to find where weights should go, the hard one to polish
+            what the layer freezes to.
     """
 
     tau: float = 0.5
@@ -343,6 +348,7 @@ class AttentionSettings:
     tau_end: float | None = None
     relax: float = 0.0
     relax_end: float = 40.0
+    relax_until: float = 1.0
 
     def validate(self, where: str = SETTINGS_KEY) -> AttentionSettings:
         check_tau(self.tau, _key(where, "tau"))
@@ -357,6 +363,11 @@ class AttentionSettings:
             raise QuantConfigError(f"{_key(where, 'relax_end')}={self.relax_end} must be at "
                                    f"least relax={self.relax}: the rounding hardens over a "
                                    "unit's steps")
+        until = self.relax_until
+        if (isinstance(until, bool) or not isinstance(until, (int, float))
+                or not math.isfinite(until) or not 0 < until <= 1):
+            raise QuantConfigError(f"{_key(where, 'relax_until')}={until!r} must be a fraction "
+                                   "of a unit's steps in (0, 1]")
         if self.init not in ALPHA_INITS:
             raise QuantConfigError(f"{_key(where, 'init')}={self.init!r}: one of "
                                    f"{', '.join(ALPHA_INITS)}")
@@ -390,16 +401,18 @@ class AttentionRounding(Rounding):
 
     def __init__(self, tau: float = 0.5, seed: int = 0, init: str = "gaussian",
                  tau_end: float | None = None, relax: float = 0.0,
-                 relax_end: float = 40.0) -> None:
+                 relax_end: float = 40.0, relax_until: float = 1.0) -> None:
         super().__init__()
         # keys as given: tau=...
-        AttentionSettings(tau, init, tau_end, relax, relax_end).validate(where="")
+        AttentionSettings(tau, init, tau_end, relax, relax_end, relax_until).validate(where="")
         self.tau = float(tau)  # alpha's initial spread
         self.init = init
         self.tau_end = None if tau_end is None else float(tau_end)
         self.width = self.tau  # eq. 6's width now (moves to tau_end with set_progress)
         self.relax, self.relax_end = float(relax), float(relax_end)
         self.hardness = self.relax  # the soft rounding's now (moves to relax_end)
+        self.relax_until = float(relax_until)
+        self.soft = self.relax > 0  # learning on the soft value now (see relax_until)
         self.learning = False  # see set_learning: the soft rounding only while learning
         self.seed = seed
         self.alpha = nn.Parameter(torch.zeros(0))
@@ -408,14 +421,17 @@ class AttentionRounding(Rounding):
     @classmethod
     def from_settings(cls, settings: AttentionSettings, seed: int = 0) -> AttentionRounding:
         return cls(tau=settings.tau, seed=seed, init=settings.init, tau_end=settings.tau_end,
-                   relax=settings.relax, relax_end=settings.relax_end)
+                   relax=settings.relax, relax_end=settings.relax_end,
+                   relax_until=settings.relax_until)
 
     def set_progress(self, t: float) -> None:
         t = min(1.0, max(0.0, t))
         if self.tau_end is not None:
             self.width = self.tau + (self.tau_end - self.tau) * t
         if self.relax > 0:
-            self.hardness = self.relax * (self.relax_end / self.relax) ** t
+            until = self.relax_until
+            self.soft = until >= 1.0 or t < until
+            self.hardness = self.relax * (self.relax_end / self.relax) ** min(1.0, t / until)
 
     def set_learning(self, learning: bool) -> None:
         self.learning = learning
@@ -442,7 +458,7 @@ class AttentionRounding(Rounding):
 
     def _apply_rounding(self, x: Tensor, lo: Tensor, hi: Tensor,
                         scale: Tensor | None) -> Tensor:
-        if self.learning and self.relax > 0:
+        if self.learning and self.soft:
             value, overshoot = _SoftAttentionRound.apply(self.alpha, x.detach(), lo, hi, scale,
                                                          self.hardness)
         else:
@@ -483,6 +499,8 @@ class AttentionRounding(Rounding):
         init = "" if self.init == "gaussian" else f", init={self.init}"
         end = "" if self.tau_end is None else f", tau_end={self.tau_end}"
         relax = "" if self.relax == 0 else f", relax={self.relax}->{self.relax_end}"
+        if self.relax > 0 and self.relax_until < 1:
+            relax += f" until {self.relax_until}"
         return f"{self.name}, tau={self.tau}{init}{end}{relax}"
 
 

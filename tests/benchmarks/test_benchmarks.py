@@ -126,7 +126,7 @@ def new_form(old_quant: dict) -> tuple[dict, dict]:
              if k not in ("tau", "drop_prob", "mixed") and not k.startswith("adaround_")}
     rounding_args = {
         "attention": {"tau": old_quant["tau"], "init": "gaussian", "tau_end": None,
-                      "relax": 0.0, "relax_end": 40.0},
+                      "relax": 0.0, "relax_end": 40.0, "relax_until": 1.0},
         "adaround": {"reg_weight": old_quant["adaround_reg_weight"],
                      "beta_start": old_quant["adaround_beta_start"],
                      "beta_end": old_quant["adaround_beta_end"],

@@ -382,6 +382,35 @@ def test_attention_relax_learns_on_the_soft_rounding_and_freezes_to_the_hard_one
     assert "relax=2.0->32.0" in repr(r)
 
 
+def test_attention_relax_until_learns_soft_then_hard_with_the_straight_through_gradient():
+    gen = torch.Generator().manual_seed(4)
+    x = 3 * torch.randn(2000, generator=gen, dtype=torch.float64)
+    r = make_rounding("attention", tau=0.5, seed=2, relax=2.0, relax_end=32.0, relax_until=0.5)
+    r.init_state(x)
+    v = x + r.alpha.detach()
+    hard = torch.clamp(torch.round(v), LO, HI)
+    r.set_learning(True)
+    upstream = torch.randn(2000, generator=gen, dtype=torch.float64)
+    # the hardness spans the soft part (2 -> 32 over the first half), then the hard value
+    for t, a, soft in ((0.0, 2.0, True), (0.25, 8.0, True), (0.5, 32.0, False),
+                       (0.9, 32.0, False)):
+        r.set_progress(t)
+        assert (r.soft, r.hardness) == (soft, pytest.approx(a)), t
+        r.alpha.grad = None
+        value = r(x, LO, HI)
+        (value * upstream).sum().backward()
+        if soft:
+            assert torch.allclose(value, torch.clamp(_soft_round(v, a), LO, HI), atol=1e-12)
+            assert not torch.equal(r.alpha.grad, upstream)
+        else:  # the paper's: the hard value, dL/dq passed to alpha unchanged
+            assert torch.equal(value, hard) and torch.equal(r.alpha.grad, upstream)
+    assert "relax=2.0->32.0 until 0.5" in repr(r)
+    # 1 (the default): soft to the last step
+    r = make_rounding("attention", tau=0.5, relax=2.0, relax_end=32.0)
+    r.set_progress(1.0)
+    assert r.soft and r.hardness == pytest.approx(32.0) and "until" not in repr(r)
+
+
 def test_the_weight_quantizer_tells_its_rounding_when_it_learns():
     from attnround_pl.quant.weight_quant import WeightQuantizer
 
@@ -398,6 +427,9 @@ def test_the_weight_quantizer_tells_its_rounding_when_it_learns():
     ({"relax": -1.0}, r"relax=-1\.0 must be a number >= 0"),
     ({"relax": float("nan")}, r"relax=nan must be a finite number"),
     ({"relax": 4.0, "relax_end": 2.0}, r"relax_end=2\.0 must be at least relax=4\.0"),
+    ({"relax": 4.0, "relax_until": 0.0}, r"relax_until=0\.0 must be a fraction of a unit's"),
+    ({"relax": 4.0, "relax_until": 1.5}, r"relax_until=1\.5 must be a fraction"),
+    ({"relax": 4.0, "relax_until": True}, r"relax_until=True must be a number"),
 ])
 def test_bad_relax_settings_are_refused_in_one_line(args, message):
     from attnround_pl.quant import rounding_settings
