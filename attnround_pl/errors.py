@@ -21,6 +21,11 @@ class SettingError(InputError, ValueError):
     """A setting out of its range, or unknown; the message names it and what is valid."""
 
 
+def is_finite_number(value: object) -> bool:
+    """Whether ``value`` is a finite int or float (not a bool, not NaN or infinity)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def check_finite(settings: Any, group: str, error: type[SettingError] = SettingError) -> None:
     """Refuse NaN and infinity in the float fields of a settings dataclass, by name.
 

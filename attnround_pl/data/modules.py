@@ -13,7 +13,6 @@ Unlabelled images carry the label ``UNLABELLED`` (-1), so every loader still yie
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Callable, Sequence
 from functools import partial
@@ -26,7 +25,7 @@ from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 from torchvision import datasets, transforms
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
-from ..errors import InputError, SettingError
+from ..errors import InputError, SettingError, is_finite_number
 from .fashion_mnist_files import DEBIAN_DIR, DEFAULT_ROOT, is_prepared, prepare, raw_dir
 from .sampling import balanced_indices
 
@@ -102,14 +101,10 @@ def check_image_settings(
                 f"data.{name} has {len(values)} value{'s' * (len(values) != 1)}, "
                 f"data.channels={channels} needs {channels}"
             )
-        if not all(_finite_number(v) for v in values):
+        if not all(is_finite_number(v) for v in values):
             raise DataError(f"data.{name}={list(values)} must hold finite numbers")
     if std is not None and not all(v > 0 for v in std):
         raise DataError(f"data.std={list(std)} must be positive (images are divided by it)")
-
-
-def _finite_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def default_normalization(channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:

@@ -29,6 +29,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from ..errors import is_finite_number
 from .errors import QuantConfigError
 
 ALPHA_INITS = ("gaussian", "zero")  # AttentionSettings.init
@@ -356,16 +357,14 @@ class AttentionSettings:
             check_tau(self.tau_end, _key(where, "tau_end"))
         for name in ("relax", "relax_end"):
             value = getattr(self, name)
-            if (isinstance(value, bool) or not isinstance(value, (int, float))
-                    or not math.isfinite(value) or value < 0):
+            if not is_finite_number(value) or value < 0:
                 raise QuantConfigError(f"{_key(where, name)}={value!r} must be a number >= 0")
         if self.relax > 0 and self.relax_end < self.relax:
             raise QuantConfigError(f"{_key(where, 'relax_end')}={self.relax_end} must be at "
                                    f"least relax={self.relax}: the rounding hardens over a "
                                    "unit's steps")
         until = self.relax_until
-        if (isinstance(until, bool) or not isinstance(until, (int, float))
-                or not math.isfinite(until) or not 0 < until <= 1):
+        if not is_finite_number(until) or not 0 < until <= 1:
             raise QuantConfigError(f"{_key(where, 'relax_until')}={until!r} must be a fraction "
                                    "of a unit's steps in (0, 1]")
         if self.init not in ALPHA_INITS:
@@ -574,7 +573,7 @@ class _SoftAttentionRound(torch.autograd.Function):
 
 
 def check_tau(tau: float, key: str = "tau") -> float:
-    if not isinstance(tau, (int, float)) or isinstance(tau, bool) or not math.isfinite(tau):
+    if not is_finite_number(tau):
         raise QuantConfigError(f"{key}={tau!r} must be a finite number >= 0 (grid-step units)")
     if tau < 0:
         raise QuantConfigError(
