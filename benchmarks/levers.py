@@ -154,6 +154,8 @@ VARIANTS = {  # name -> options on top of the model, recipe and precision files
     # the straight-through gradient to the end (quant.rounding_args.relax_until)
     "relax 8 until 0.5": ["--quant.rounding_args",
                           "{tau: 0.5, relax: 8.0, relax_until: 0.5}"],
+    "act_placement blocks, block output steps, relax 8 until 0.5": [
+        *PEERS_ORDER, "--quant.rounding_args", "{tau: 0.5, relax: 8.0, relax_until: 0.5}"],
 }
 HOLDOUT = 5000
 
