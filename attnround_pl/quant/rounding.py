@@ -367,10 +367,22 @@ class AttentionSettings:
         if not is_finite_number(until) or not 0 < until <= 1:
             raise QuantConfigError(f"{_key(where, 'relax_until')}={until!r} must be a fraction "
                                    "of a unit's steps in (0, 1]")
+        if self.relax == 0:  # relax_end and relax_until shape a soft rounding there is not
+            for name in ("relax_end", "relax_until"):
+                value = getattr(self, name)
+                if value != _RELAX_DEFAULTS[name]:
+                    raise QuantConfigError(f"{_key(where, name)}={value!r} shapes the soft "
+                                           f"rounding, which relax=0 leaves off: set "
+                                           f"{_key(where, 'relax')} > 0 or leave {name} out")
         if self.init not in ALPHA_INITS:
             raise QuantConfigError(f"{_key(where, 'init')}={self.init!r}: one of "
                                    f"{', '.join(ALPHA_INITS)}")
         return self
+
+
+# relax_end's and relax_until's defaults, the only values allowed with relax 0
+_RELAX_DEFAULTS = {"relax_end": AttentionSettings.relax_end,
+                   "relax_until": AttentionSettings.relax_until}
 
 
 class AttentionRounding(Rounding):

@@ -430,6 +430,10 @@ def test_the_weight_quantizer_tells_its_rounding_when_it_learns():
     ({"relax": 4.0, "relax_until": 0.0}, r"relax_until=0\.0 must be a fraction of a unit's"),
     ({"relax": 4.0, "relax_until": 1.5}, r"relax_until=1\.5 must be a fraction"),
     ({"relax": 4.0, "relax_until": True}, r"relax_until=True must be a number"),
+    # settings of the soft rounding without it: refused, not ignored
+    ({"relax_until": 0.5}, r"relax_until=0\.5 shapes the soft rounding, which relax=0 leaves "
+                           r"off: set quant\.rounding_args\.relax > 0 or leave relax_until out"),
+    ({"relax": 0.0, "relax_end": 200.0}, r"relax_end=200\.0 shapes the soft rounding"),
 ])
 def test_bad_relax_settings_are_refused_in_one_line(args, message):
     from attnround_pl.quant import rounding_settings
