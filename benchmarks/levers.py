@@ -15,6 +15,7 @@ the same with reconstruction (minutes a run).
     .venv/bin/python benchmarks/levers.py --models resnet20 --recipe attention --variants 0 1
     .venv/bin/python benchmarks/levers.py --recipe attention --table   # every row so far
     .venv/bin/python benchmarks/levers.py --models resnet20 --compare attention:1 attnround:4
+    .venv/bin/python benchmarks/levers.py --compare attnround:0 attnround:51 --paired
     .venv/bin/python benchmarks/levers.py --recipe attnround --variants 0 41 --sitting epyc
 """
 
@@ -22,10 +23,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import subprocess
 import sys
 from pathlib import Path
+
+import torch
 
 from attnround_pl.calib.pipeline import machine
 from attnround_pl.calib.report import Report
@@ -183,17 +187,22 @@ def run_dir(model: str, setting: str, variant: int, seed: int, recipe: str) -> P
     return RUNS / f"{prefix}{model}_{setting}_{variant}_s{seed}"
 
 
-def compare(model: str, setting: str, seeds: list[int], before: str, after: str) -> None:
+def compare(model: str, setting: str, seeds: list[int], before: str, after: str,
+            paired: bool = False) -> None:
     """Print, per seed, top-1 and per unit the change of the output's SQNR on the validation
     images (dB, after - before) and the ratio of the MSE on the calibration images (after /
-    before) between two finished variants, each named ``recipe:variant-number``."""
-    def read(spec: str, seed: int) -> Report:
+    before) between two finished variants, each named ``recipe:variant-number``; ``paired``:
+    also the images each gets right alone and the top-1 change's paired standard error."""
+    def folder(spec: str, seed: int) -> Path:
         recipe, variant = spec.split(":")
-        folder = run_dir(model, setting, int(variant), seed, recipe)
-        if not (folder / "report.json").is_file():
+        path = run_dir(model, setting, int(variant), seed, recipe)
+        if not (path / "report.json").is_file():
             raise SystemExit(f"levers.py --compare: {spec} has no finished run for {model} "
-                             f"{setting} seed {seed} (no {folder}/report.json): run it first")
-        return Report.read(folder / "report.json")
+                             f"{setting} seed {seed} (no {path}/report.json): run it first")
+        return path
+
+    def read(spec: str, seed: int) -> Report:
+        return Report.read(folder(spec, seed) / "report.json")
 
     for seed in seeds:
         a, b = read(before, seed), read(after, seed)
@@ -207,6 +216,46 @@ def compare(model: str, setting: str, seeds: list[int], before: str, after: str)
             for u in b.unit_fidelity))
         print("  calibration MSE ratio:      " + " ".join(
             f"{u.mse_final / mse[u.name]:.2f}" if u.name in mse else "?" for u in b.units))
+        if paired:
+            only_a, only_b, change, se = paired_change(
+                validation_right(folder(before, seed), seed, a),
+                validation_right(folder(after, seed), seed, b))
+            print(f"  validation images right only before: {only_a}, only after: {only_b}; "
+                  f"top-1 change {change:+.2f} pp, paired standard error {se:.2f} pp")
+
+
+def validation_right(folder: Path, seed: int, report: Report) -> torch.Tensor:
+    """Whether the quantized model of a finished run gets each validation image right (the
+    holdout its run evaluated on: the same seed's calibration images left out); refuses a run
+    whose top-1 this does not reproduce."""
+    from attnround_pl.api import load
+    from attnround_pl.data import FashionMNISTDataModule
+
+    data = FashionMNISTDataModule(root=str(ROOT / "data"), seed=seed, holdout=HOLDOUT)
+    data.setup()
+    net = load(folder).eval()
+    with torch.no_grad():
+        right = torch.cat([net(x).argmax(1) == y for x, y in data.test_dataloader()])
+    top1 = 100 * right.double().mean().item()
+    if abs(top1 - report.quantized.top1) > 1e-3:
+        raise SystemExit(f"levers.py --compare --paired: {folder} reports top-1 "
+                         f"{report.quantized.top1:.3f} but reads {top1:.3f} on the validation "
+                         "images rebuilt here (another data root or calibration size?)")
+    return right
+
+
+def paired_change(right_before: torch.Tensor, right_after: torch.Tensor
+                  ) -> tuple[int, int, float, float]:
+    """(images only ``before`` gets right, images only ``after`` gets right, the top-1 change
+    and its standard error, both in pp) of two models on the same images. The change per image
+    is -1, 0 or +1; its mean's standard error, ``sqrt(b + c - (c - b)^2 / n) / n``, counts
+    only the images where the two differ, so it is far below either top-1's own."""
+    n = right_before.numel()
+    only_before = int((right_before & ~right_after).sum())
+    only_after = int((right_after & ~right_before).sum())
+    change = (only_after - only_before) / n
+    se = math.sqrt(only_before + only_after - (only_after - only_before) ** 2 / n) / n
+    return only_before, only_after, 100 * change, 100 * se
 
 
 def results_name(recipe: str, sitting: str | None = None) -> str:
@@ -241,6 +290,10 @@ def main() -> None:
     parser.add_argument("--compare", nargs=2, metavar=("BEFORE", "AFTER"),
                         help="per-unit fidelity of two finished variants, each "
                              "recipe:variant-number (e.g. attention:1 attnround:4); run nothing")
+    parser.add_argument("--paired", action="store_true",
+                        help="with --compare: also reload both quantized models and print the "
+                             "validation images each gets right alone and the top-1 change's "
+                             "paired standard error")
     parser.add_argument("--sitting", metavar="TAG",
                         help="write levers_<recipe>_<TAG>.json instead of levers_<recipe>.json: "
                              "a base row and its levers from another host or day, kept apart "
@@ -251,7 +304,7 @@ def main() -> None:
     if args.compare:
         for model in args.models:
             for setting in args.settings:
-                compare(model, setting, args.seeds, *args.compare)
+                compare(model, setting, args.seeds, *args.compare, paired=args.paired)
         return
     if args.table:
         print_table(json.loads((RESULTS / results_name(args.recipe, args.sitting))
