@@ -301,6 +301,9 @@ def main() -> None:
     parser.add_argument("--table", action="store_true",
                         help="print every row of levers_<recipe>.json as a table; run nothing")
     args = parser.parse_args()
+    if args.paired and not args.compare:
+        parser.error("--paired counts the images two finished variants differ on: give them "
+                     "with --compare BEFORE AFTER")
     if args.compare:
         for model in args.models:
             for setting in args.settings:
