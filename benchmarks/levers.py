@@ -217,25 +217,33 @@ def compare(model: str, setting: str, seeds: list[int], before: str, after: str,
         print("  calibration MSE ratio:      " + " ".join(
             f"{u.mse_final / mse[u.name]:.2f}" if u.name in mse else "?" for u in b.units))
         if paired:
+            images = validation_images(seed)  # the same for both runs of the seed
             only_a, only_b, change, se = paired_change(
-                validation_right(folder(before, seed), seed, a),
-                validation_right(folder(after, seed), seed, b))
+                validation_right(folder(before, seed), images, a),
+                validation_right(folder(after, seed), images, b))
             print(f"  validation images right only before: {only_a}, only after: {only_b}; "
                   f"top-1 change {change:+.2f} pp, paired standard error {se:.2f} pp")
 
 
-def validation_right(folder: Path, seed: int, report: Report) -> torch.Tensor:
-    """Whether the quantized model of a finished run gets each validation image right (the
-    holdout its run evaluated on: the same seed's calibration images left out); refuses a run
-    whose top-1 this does not reproduce."""
-    from attnround_pl.api import load
+def validation_images(seed: int) -> torch.utils.data.DataLoader:
+    """The validation images a run of ``seed`` evaluated on: the holdout that leaves out that
+    seed's calibration images."""
     from attnround_pl.data import FashionMNISTDataModule
 
     data = FashionMNISTDataModule(root=str(ROOT / "data"), seed=seed, holdout=HOLDOUT)
     data.setup()
+    return data.test_dataloader()
+
+
+def validation_right(folder: Path, images: torch.utils.data.DataLoader,
+                     report: Report) -> torch.Tensor:
+    """Whether the quantized model of a finished run gets each of ``images`` (its validation
+    images, ``validation_images``) right; refuses a run whose top-1 this does not reproduce."""
+    from attnround_pl.api import load
+
     net = load(folder).eval()
     with torch.no_grad():
-        right = torch.cat([net(x).argmax(1) == y for x, y in data.test_dataloader()])
+        right = torch.cat([net(x).argmax(1) == y for x, y in images])
     top1 = 100 * right.double().mean().item()
     if abs(top1 - report.quantized.top1) > 1e-3:
         raise SystemExit(f"levers.py --compare --paired: {folder} reports top-1 "
