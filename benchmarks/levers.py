@@ -23,13 +23,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import statistics
 import subprocess
 import sys
 from pathlib import Path
 
-import torch
+from paired import evaluate, paired_change  # a sibling script (benchmarks/)
 
 from attnround_pl.calib.pipeline import machine
 from attnround_pl.calib.report import Report
@@ -204,6 +203,7 @@ def compare(model: str, setting: str, seeds: list[int], before: str, after: str,
     def read(spec: str, seed: int) -> Report:
         return Report.read(folder(spec, seed) / "report.json")
 
+    images: dict[str, list] = {}  # each seed's validation images, built once for both runs
     for seed in seeds:
         a, b = read(before, seed), read(after, seed)
         sqnr = {u.name: u.fidelity.sqnr_db for u in a.unit_fidelity}
@@ -217,53 +217,11 @@ def compare(model: str, setting: str, seeds: list[int], before: str, after: str,
         print("  calibration MSE ratio:      " + " ".join(
             f"{u.mse_final / mse[u.name]:.2f}" if u.name in mse else "?" for u in b.units))
         if paired:
-            images = validation_images(seed)  # the same for both runs of the seed
-            only_a, only_b, change, se = paired_change(
-                validation_right(folder(before, seed), images, a),
-                validation_right(folder(after, seed), images, b))
-            print(f"  validation images right only before: {only_a}, only after: {only_b}; "
-                  f"top-1 change {change:+.2f} pp, paired standard error {se:.2f} pp")
-
-
-def validation_images(seed: int) -> torch.utils.data.DataLoader:
-    """The validation images a run of ``seed`` evaluated on: the holdout that leaves out that
-    seed's calibration images."""
-    from attnround_pl.data import FashionMNISTDataModule
-
-    data = FashionMNISTDataModule(root=str(ROOT / "data"), seed=seed, holdout=HOLDOUT)
-    data.setup()
-    return data.test_dataloader()
-
-
-def validation_right(folder: Path, images: torch.utils.data.DataLoader,
-                     report: Report) -> torch.Tensor:
-    """Whether the quantized model of a finished run gets each of ``images`` (its validation
-    images, ``validation_images``) right; refuses a run whose top-1 this does not reproduce."""
-    from attnround_pl.api import load
-
-    net = load(folder).eval()
-    with torch.no_grad():
-        right = torch.cat([net(x).argmax(1) == y for x, y in images])
-    top1 = 100 * right.double().mean().item()
-    if abs(top1 - report.quantized.top1) > 1e-3:
-        raise SystemExit(f"levers.py --compare --paired: {folder} reports top-1 "
-                         f"{report.quantized.top1:.3f} but reads {top1:.3f} on the validation "
-                         "images rebuilt here (another data root or calibration size?)")
-    return right
-
-
-def paired_change(right_before: torch.Tensor, right_after: torch.Tensor
-                  ) -> tuple[int, int, float, float]:
-    """(images only ``before`` gets right, images only ``after`` gets right, the top-1 change
-    and its standard error, both in pp) of two models on the same images. The change per image
-    is -1, 0 or +1; its mean's standard error, ``sqrt(b + c - (c - b)^2 / n) / n``, counts
-    only the images where the two differ, so it is far below either top-1's own."""
-    n = right_before.numel()
-    only_before = int((right_before & ~right_after).sum())
-    only_after = int((right_after & ~right_before).sum())
-    change = (only_after - only_before) / n
-    se = math.sqrt(only_before + only_after - (only_after - only_before) ** 2 / n) / n
-    return only_before, only_after, 100 * change, 100 * se
+            change = paired_change(evaluate(folder(before, seed), images).right,
+                                   evaluate(folder(after, seed), images).right)
+            print(f"  validation images right only before: {change.only_before}, only after: "
+                  f"{change.only_after}; top-1 change {change.change:+.2f} pp, paired standard "
+                  f"error {change.se:.2f} pp")
 
 
 def results_name(recipe: str, sitting: str | None = None) -> str:

@@ -1,6 +1,5 @@
 import importlib.util
 import json
-import math
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -890,19 +889,6 @@ def test_levers_results_keep_the_rows_other_commands_wrote(tmp_path):
     result = json.loads(out.read_text())
     assert result["commands"] == ["cmd b", "cmd a"]
     assert [(r["variant"], r["top1"]) for r in result["rows"]] == [("b", [90.0]), ("a", [91.0])]
-
-
-def test_levers_paired_change_counts_the_images_where_two_models_differ():
-    levers = _load("levers")
-    before = torch.tensor([True, True, False, False, True])
-    after = torch.tensor([True, False, True, True, True])
-    only_before, only_after, change, se = levers.paired_change(before, after)
-    assert (only_before, only_after) == (1, 2)
-    assert change == pytest.approx(20.0)  # (2 - 1) of 5 images
-    # per-image changes 0, -1, +1, +1, 0: population variance 3/5 - (1/5)^2 over n = 5
-    assert se == pytest.approx(100 * math.sqrt((3 / 5 - 1 / 25) / 5))
-    # two models right on the same images: no change and no spread
-    assert levers.paired_change(before, before.clone()) == (0, 0, 0.0, 0.0)
 
 
 def test_levers_table_gives_each_row_its_mean_spread_and_seeds(capsys):
