@@ -16,7 +16,9 @@ from the folder the calibration ran in, so a relative data root resolves alike);
 reported top-1 this does not reproduce is refused. Where every run evaluated the same images
 (the test set, whatever the seed), the pairs are also pooled image by image: per image the mean
 over the pairs of (right after - right before), whose mean is the top-1 change over the pairs
-and whose standard error over the images is what sampling the test images leaves of it.
+and whose standard error over the images is what sampling the test images leaves of it (for
+these models: it does not count how much another seed's models would differ; the standard error
+of the mean over the pairs, from their spread, counts both, roughly with few seeds).
 Validation splits differ by seed (each leaves out its seed's calibration images): those pairs are
 not pooled, and the output says so.
 """
@@ -155,6 +157,11 @@ class Comparison:
     mean_of_pairs: float
     pairs_sd: float | None
 
+    @property
+    def pairs_se(self) -> float | None:
+        """The standard error of the mean change over the pairs, from their spread."""
+        return None if self.pairs_sd is None else self.pairs_sd / math.sqrt(len(self.pairs))
+
 
 def compare(befores: list[Evaluated], afters: list[Evaluated]) -> Comparison:
     """Pair ``befores`` with ``afters`` in order."""
@@ -184,7 +191,8 @@ def print_comparison(result: Comparison) -> None:
         print(f"| {Path(p['before']).name} | {Path(p['after']).name} | {p['top1_before']:.2f} | "
               f"{p['top1_after']:.2f} | {p['only_before']} | {p['only_after']} | "
               f"{p['change']:+.2f} | {p['se']:.2f} |")
-    spread = "" if result.pairs_sd is None else f" (sd over the pairs {result.pairs_sd:.2f})"
+    spread = ("" if result.pairs_sd is None else f" (sd over the pairs {result.pairs_sd:.2f}, "
+              f"standard error of the mean {result.pairs_se:.2f})")
     print(f"\nmean change over the {len(result.pairs)} pairs: {result.mean_of_pairs:+.2f} pp"
           + spread)
     if result.pooled_change is None:
@@ -221,7 +229,7 @@ def main() -> None:
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         record = {"command": "python benchmarks/paired.py " + " ".join(sys.argv[1:]),
-                  **asdict(result)}
+                  **asdict(result), "pairs_se": result.pairs_se}
         args.json.write_text(json.dumps(record, indent=2) + "\n")
         print(f"wrote {args.json}", file=sys.stderr)
 

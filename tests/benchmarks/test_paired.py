@@ -63,6 +63,7 @@ def test_compare_pairs_in_order_and_pools_only_the_same_images():
         ("b0", "a0", pytest.approx(25.0)), ("b1", "a1", pytest.approx(-25.0))]
     assert result.mean_of_pairs == pytest.approx(0.0)
     assert result.pairs_sd == pytest.approx(math.sqrt(2) * 25.0)
+    assert result.pairs_se == pytest.approx(25.0)  # sd / sqrt(2 pairs)
     assert result.pooled_change == pytest.approx(0.0)
     # validation splits differ by seed: each pair on its own images, nothing pooled
     other = [_evaluated(paired, "b1", [True, True, False, True], images="seed 1"),
