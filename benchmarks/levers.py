@@ -203,7 +203,7 @@ def compare(model: str, setting: str, seeds: list[int], before: str, after: str,
     def read(spec: str, seed: int) -> Report:
         return Report.read(folder(spec, seed) / "report.json")
 
-    images: dict[str, list] = {}  # each seed's validation images, built once for both runs
+    images: dict[str, tuple[list, str]] = {}  # each seed's validation images, built once
     for seed in seeds:
         a, b = read(before, seed), read(after, seed)
         sqnr = {u.name: u.fidelity.sqnr_db for u in a.unit_fidelity}

@@ -39,8 +39,6 @@ from typing import Any, NamedTuple
 import torch
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 class PairedChange(NamedTuple):
     """Two models on the same images: the images only ``before`` gets right, only ``after``,
@@ -92,19 +90,23 @@ def pooled_change(befores: list[torch.Tensor], afters: list[torch.Tensor]) -> tu
     return 100 * per_image.mean().item(), 100 * math.sqrt(variance / n)
 
 
-def evaluation_images(run: Path) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """The batches a run was evaluated on, rebuilt from the data module its ``config.yaml``
-    names (class path and arguments)."""
+def evaluation_images(run: Path, data: dict[str, Any]) -> tuple[list, str]:
+    """The batches a run was evaluated on, rebuilt from ``data``, the data module its
+    ``config.yaml`` names (class path and arguments), and a digest of their images and labels."""
     from attnround_pl.data import evaluation_batches
 
-    data = _data_section(run)
     module, name = data["class_path"].rsplit(".", 1)
     datamodule = getattr(importlib.import_module(module), name)(**(data.get("init_args") or {}))
     batches = evaluation_batches(datamodule)
     if batches is None:
         raise SystemExit(f"paired.py: {run} has no evaluation images (its data module offers "
                          "no evaluation split)")
-    return [(x, y) for x, y in batches]
+    batches = [(x, y) for x, y in batches]
+    digest = hashlib.sha256()
+    for x, y in batches:
+        digest.update(x.contiguous().numpy().tobytes())
+        digest.update(y.contiguous().numpy().tobytes())
+    return batches, digest.hexdigest()[:16]
 
 
 def _data_section(run: Path) -> dict[str, Any]:
@@ -118,27 +120,24 @@ def _data_section(run: Path) -> dict[str, Any]:
     return data
 
 
-def evaluate(run: Path, cache: dict[str, list] | None = None) -> Evaluated:
-    """A finished run's quantized model on its evaluation images. ``cache``: batches already
-    built, by data section (runs with the same data section share them). Refuses a run whose
-    reported top-1 this does not reproduce."""
+def evaluate(run: Path, cache: dict[str, tuple[list, str]] | None = None) -> Evaluated:
+    """A finished run's quantized model on its evaluation images. ``cache``: batches and their
+    digest already built, by data section (runs with the same data section share them). Refuses
+    a run whose reported top-1 this does not reproduce."""
     from attnround_pl.api import load
 
     if not (run / "report.json").is_file():
         raise SystemExit(f"paired.py: {run} holds no report.json: its calibration did not finish")
-    key = json.dumps(_data_section(run), sort_keys=True)
+    data = _data_section(run)
+    key = json.dumps(data, sort_keys=True)
     cache = {} if cache is None else cache
     if key not in cache:
-        cache[key] = evaluation_images(run)
-    batches = cache[key]
+        cache[key] = evaluation_images(run, data)
+    batches, digest = cache[key]
     net = load(run).eval()
     with torch.no_grad():
         right = torch.cat([net(x).argmax(1) == y for x, y in batches])
-    digest = hashlib.sha256()
-    for x, y in batches:
-        digest.update(x.contiguous().numpy().tobytes())
-        digest.update(y.contiguous().numpy().tobytes())
-    result = Evaluated(str(run), right, digest.hexdigest()[:16])
+    result = Evaluated(str(run), right, digest)
     reported = net.report.quantized.top1
     if abs(result.top1 - reported) > 1e-3:
         raise SystemExit(f"paired.py: {run} reports top-1 {reported:.3f} but reads "
@@ -218,7 +217,7 @@ def main() -> None:
     if len(args.before) != len(args.after):
         parser.error(f"--before names {len(args.before)} runs and --after {len(args.after)}: "
                      "pair them one for one")
-    cache: dict[str, list] = {}
+    cache: dict[str, tuple[list, str]] = {}
     befores = [evaluate(args.runs / r, cache) for r in args.before]
     afters = [evaluate(args.runs / r, cache) for r in args.after]
     try:
