@@ -1,7 +1,8 @@
 """Plots and the benchmark tables from the benchmark JSON: top-1 by setting per method, top-1
 against Attention Round's tau (the paper's figure 2), calibration time against top-1, top-1
-against size for mixed precision (the paper's table 4), one markdown table per suite, and
-README's headline table. Reads ``benchmarks/results/accuracy_*.json``, writes PNGs next to
+against size for mixed precision (the paper's table 4), issue 34's goal in the peers'
+placement (its recipes by setting, and time against top-1 with the goal's region), one markdown
+table per suite, and README's headline table. Reads ``benchmarks/results/accuracy_*.json``, writes PNGs next to
 them, prints the tables and rewrites docs/benchmarks.md's table blocks from the JSON (the
 ``goal`` and ``goal_like_for_like`` blocks computed from the suites, the ``levers`` block from
 ``levers_*.json``, see lever_table.py; README is never written:
@@ -24,6 +25,7 @@ from typing import NamedTuple
 import matplotlib
 
 matplotlib.use("Agg")
+import matplotlib.patches
 import matplotlib.pyplot as plt
 from lever_table import lever_table
 from markdown_table import HEADER, missing_columns, row_line
@@ -118,16 +120,19 @@ def setting_panels(settings: set[str]) -> list[tuple[str, list[str]]]:
 
 
 def accuracy_by_setting(rows: list[dict], model: str, path: Path,
-                        colours: dict[str, tuple]) -> None:
+                        colours: dict[str, tuple], what: str = "top-1 by bit setting",
+                        bottom: float | None = None) -> None:
     """One line per method over ``SETTINGS`` (tau sweep, mixed and the size plot's W3A4/W5A4
-    apart), a panel for the weights-only settings and one for quantized activations."""
+    apart), a panel for the weights-only settings and one for quantized activations; ``what``
+    heads the figure's title after the model; values below ``bottom`` (default: float less
+    ``ZOOM_DROP``) sit on the bottom edge."""
     rows = [r for r in rows if r["model"] == model and r["setting"] in SETTINGS
             and not r["method"].startswith(TAU_PREFIX)]
     by_method = defaultdict(dict)
     for r in rows:
         by_method[r["method"]][r["setting"]] = r
     float_top1 = rows[0]["float_top1"]
-    bottom = float_top1 - ZOOM_DROP
+    bottom = float_top1 - ZOOM_DROP if bottom is None else bottom
     panels = setting_panels({r["setting"] for r in rows})
     fig, axes = plt.subplots(1, len(panels), figsize=(10, 4.8), sharey=True, squeeze=False,
                              width_ratios=[len(group) + 1 for _, group in panels])
@@ -151,7 +156,7 @@ def accuracy_by_setting(rows: list[dict], model: str, path: Path,
     if off_scale:
         label = f"off scale (> {OFF_SCALE_DROP} pp drop): {', '.join(off_scale)}"
         handles[label] = axes[0][0].plot([], [], " ")[0]
-    fig.suptitle(f"{model}: top-1 by bit setting (Fashion-MNIST test; values below "
+    fig.suptitle(f"{model}: {what} (Fashion-MNIST test; values below "
                  f"{bottom:.1f} on the bottom edge)", fontsize=10)
     fig.legend(handles.values(), handles.keys(), fontsize=7, loc="center right")
     fig.tight_layout(rect=(0, 0, 0.8, 1))  # the legend's column on the right
@@ -260,6 +265,21 @@ def budget_pairs(methods: set[str]) -> list[tuple[str, str]]:
     return sorted((m, m + BUDGET_SUFFIX) for m in methods if m + BUDGET_SUFFIX in methods)
 
 
+def time_axes(ax: plt.Axes, title: str, first_column: bool, last_row: bool) -> None:
+    """A time panel's axes: calibration seconds on a log scale with ``TIME_TICKS``, the title,
+    the y label on the first column and the x label on the last row."""
+    ax.set_xscale("log")
+    ax.xaxis.set_major_locator(matplotlib.ticker.FixedLocator(TIME_TICKS))
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FixedFormatter([str(t) for t in TIME_TICKS]))
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    ax.set_title(title, fontsize=8)
+    ax.tick_params(labelsize=7)
+    if first_column:
+        ax.set_ylabel("top-1 %", fontsize=8)
+    if last_row:
+        ax.set_xlabel("calibration s (log)", fontsize=8)
+
+
 def time_vs_accuracy(rows: list[dict], path: Path, colours: dict[str, tuple]) -> None:
     """Calibration wall time against top-1, one panel per (model, setting): a point per
     method (mean, the seeds' standard deviation as its bar), a line from a recipe's 2k row to
@@ -294,17 +314,8 @@ def time_vs_accuracy(rows: list[dict], path: Path, colours: dict[str, tuple]) ->
                     drawn.add("nearest")
                 else:
                     setting_title = f"{setting} (nearest {nearest['top1']:.1f}, off the panel)"
-            ax.set_xscale("log")
-            ax.xaxis.set_major_locator(matplotlib.ticker.FixedLocator(TIME_TICKS))
-            ax.xaxis.set_major_formatter(matplotlib.ticker.FixedFormatter(
-                [str(t) for t in TIME_TICKS]))
-            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-            ax.set_title(f"{HEADLINE_MODELS.get(model, model)} {setting_title}", fontsize=8)
-            ax.tick_params(labelsize=7)
-            if j == 0:
-                ax.set_ylabel("top-1 %", fontsize=8)
-            if i == len(models) - 1:
-                ax.set_xlabel("calibration s (log)", fontsize=8)
+            time_axes(ax, f"{HEADLINE_MODELS.get(model, model)} {setting_title}",
+                      first_column=j == 0, last_row=i == len(models) - 1)
     handles = [plt.Line2D([], [], color=colours[m], marker="o", linestyle="", label=m)
                for m in sorted(drawn - {"nearest"})]
     if "nearest" in drawn:
@@ -669,6 +680,141 @@ def like_for_like_goal_table() -> str:
     return "\n".join(out) + "\n"
 
 
+def like_for_like_rows(path: Path | None = None) -> list[dict]:
+    """The rows the goal in the peers' placement compares (``like_for_like_goal_table``): the
+    default there and the peers' own recipes, each with ``HEADLINE_SEEDS`` seeds or more, from
+    ``path`` (default: the like-for-like suite's JSON; none where it does not exist)."""
+    path = RESULTS / LIKE_FOR_LIKE if path is None else path
+    if not path.is_file():
+        return []
+    methods = (LIKE_FOR_LIKE_RECIPE, *LIKE_FOR_LIKE_PEERS)
+    return [r for r in table_result(path)["rows"]
+            if r["method"] in methods and len(r["seeds"]) >= HEADLINE_SEEDS]
+
+
+class GoalRegion(NamedTuple):
+    """Where the default reaches the goal at one setting: a top-1 of at least ``top1`` (the
+    best peer row's ``peer_top1`` less the larger of the two rows' spreads) in at most
+    ``seconds`` (``GOAL_TIME_SHARE`` of that row's calibration seconds)."""
+
+    peer: str
+    peer_top1: float
+    top1: float
+    seconds: float
+
+
+def goal_region(cells: dict[str, dict]) -> GoalRegion | None:
+    """The goal's region at one (model, setting) from its like-for-like rows by method; None
+    where the default's row or every peer row is missing."""
+    ours = cells.get(LIKE_FOR_LIKE_RECIPE)
+    peers = [cells[p] for p in LIKE_FOR_LIKE_PEERS if p in cells]
+    if ours is None or not peers:
+        return None
+    best = max(peers, key=lambda r: r["top1"])
+    spread = max(ours["top1_std"], best["top1_std"])
+    return GoalRegion(best["method"], best["top1"], best["top1"] - spread,
+                      GOAL_TIME_SHARE * best["calib_seconds"])
+
+
+def goal_bottom(rows: list[dict], model: str) -> float:
+    """The goal's accuracy plot's bottom edge for ``model``: 1 pp under the lowest top-1 of the
+    default and the best peer row at any setting, so both are drawn at every setting (a
+    collapsed recipe's row sits on the edge)."""
+    by_setting = defaultdict(dict)
+    for r in rows:
+        if r["model"] == model:
+            by_setting[r["setting"]][r["method"]] = r
+    lows = [min(cells[LIKE_FOR_LIKE_RECIPE]["top1"], region.peer_top1)
+            for cells in by_setting.values() if (region := goal_region(cells)) is not None]
+    return min(lows or [r["top1"] for r in rows if r["model"] == model]) - 1.0
+
+
+def in_goal_panel(cells: dict[str, dict]) -> tuple[dict[str, dict], list[str]]:
+    """A goal panel's rows by method split into those drawn and the rest, more than
+    ``ZOOM_DROP`` pp below the panel's best (a collapsed recipe would squash the others), as
+    "method top-1" for the panel's title."""
+    top = max((r["top1"] for r in cells.values()), default=0.0)
+    shown = {m: r for m, r in cells.items() if r["top1"] >= top - ZOOM_DROP}
+    return shown, [f"{m} {r['top1']:.1f}" for m, r in sorted(cells.items()) if m not in shown]
+
+
+def goal_time_vs_accuracy(rows: list[dict], path: Path, colours: dict[str, tuple]) -> bool:
+    """Issue 34's goal in the peers' placement and order, from ``like_for_like_rows``:
+    calibration time against top-1, one panel per (model, setting), a point per recipe (mean,
+    the seeds' spread as its bar), the best peer recipe's top-1 as a dashed level and where
+    the goal is reached shaded (``goal_region``); a row more than ``ZOOM_DROP`` pp below the
+    panel's best is named in its title instead of drawn. False: no rows."""
+    panels: dict[tuple[str, str], dict[str, dict]] = defaultdict(dict)
+    for r in rows:
+        if r["model"] in HEADLINE_MODELS and r["setting"] in HEADLINE_SETTINGS:
+            panels[r["model"], r["setting"]][r["method"]] = r
+    if not panels:
+        return False
+    models = [m for m in HEADLINE_MODELS if any(m == k for k, _ in panels)]
+    settings = [s for s in HEADLINE_SETTINGS if any(s == t for _, t in panels)]
+    seconds = [r["calib_seconds"] for cells in panels.values() for r in cells.values()]
+    left, right = min(seconds) / 1.6, max(seconds) * 1.6
+    fig, axes = plt.subplots(len(models), len(settings), figsize=(3.2 * len(settings) + 2.2,
+                             3.0 * len(models)), squeeze=False, sharex=True)
+    for i, model in enumerate(models):
+        for j, setting in enumerate(settings):
+            ax = axes[i][j]
+            cells = panels.get((model, setting), {})
+            shown, off = in_goal_panel(cells)
+            for method, r in sorted(shown.items()):
+                ax.errorbar(r["calib_seconds"], r["top1"], yerr=r["top1_std"], fmt="o",
+                            markersize=4, capsize=2, color=colours[method], zorder=2)
+            ax.set_xlim(left, right)
+            region = goal_region(cells)
+            if shown:
+                low, high = time_panel_limits(list(shown.values()))
+                if region is not None:
+                    low = min(low, region.top1 - 0.1)
+                ax.set_ylim(low, high)
+            if region is not None:
+                ax.fill_between([left, region.seconds], region.top1, ax.get_ylim()[1],
+                                color="tab:green", alpha=0.15, linewidth=0, zorder=0)
+                ax.axhline(region.peer_top1, color="grey", linestyle="--", linewidth=1,
+                           zorder=1)
+            title = f"{HEADLINE_MODELS[model]} {setting}"
+            time_axes(ax, title + (f" ({', '.join(off)}, off the panel)" if off else ""),
+                      first_column=j == 0, last_row=i == len(models) - 1)
+    methods = sorted({m for cells in panels.values() for m in cells})
+    handles = [plt.Line2D([], [], color=colours[m], marker="o", linestyle="", label=m)
+               for m in methods]
+    handles += [plt.Line2D([], [], color="grey", linestyle="--", linewidth=1,
+                           label="best peer recipe's top-1"),
+                matplotlib.patches.Patch(color="tab:green", alpha=0.15,
+                                         label="the goal: within the larger spread\nof it, "
+                                               f"in {GOAL_TIME_SHARE:.0%} of its time")]
+    fig.legend(handles=handles, fontsize=7, loc="center right")
+    fig.suptitle("issue 34's goal in the peers' placement and order: calibration time against "
+                 "top-1 (Fashion-MNIST test, 2-core CPU; mean and spread over the seeds)",
+                 fontsize=10)
+    fig.tight_layout(rect=(0, 0, 1 - 2.0 / (3.2 * len(settings) + 2.2), 1))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def goal_plots(rows: list[dict]) -> list[Path]:
+    """The goal's plots from ``like_for_like_rows``: top-1 by setting per model
+    (``goal_accuracy_<model>.png``) and ``goal_time_vs_accuracy.png``; the paths written.
+    Three recipes, so tab10's first colours, which ``method_colours``' paired shades are not."""
+    colours = {m: plt.get_cmap("tab10")(i)
+               for i, m in enumerate(sorted({r["method"] for r in rows}))}
+    written = []
+    for model in sorted({r["model"] for r in rows}):
+        path = RESULTS / f"goal_accuracy_{model}.png"
+        accuracy_by_setting(rows, model, path, colours,
+                            "the goal's recipes in the peers' placement and order",
+                            bottom=goal_bottom(rows, model))
+        written.append(path)
+    if goal_time_vs_accuracy(rows, RESULTS / "goal_time_vs_accuracy.png", colours):
+        written.append(RESULTS / "goal_time_vs_accuracy.png")
+    return written
+
+
 # table blocks computed from several files (name -> function), beside the suites' own: the goal
 # from the accuracy suites and in the peers' placement, every lever from benchmarks/levers.py's
 # files (lever_table.py)
@@ -764,6 +910,7 @@ def main() -> None:
     tau_sweep(sweep_rows(rows), RESULTS / "tau_sweep.png")
     time_vs_accuracy(rows, RESULTS / "time_vs_accuracy.png", colours)
     size_vs_accuracy(rows, RESULTS / "size_vs_accuracy.png")
+    goal_plots(like_for_like_rows())
     print(f"{len(rows)} rows -> {sorted(p.name for p in RESULTS.glob('*.png'))}")
 
 
