@@ -85,6 +85,8 @@ from result_json import most_seeded_rows, read_result
 from attnround_pl.calib.report import Report, ReportError
 
 ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_RUNS = ROOT / "benchmarks" / "runs"  # where the rows' calibrations run
+DEFAULT_OUT = ROOT / "benchmarks" / "results"  # where the suites' JSON go
 CLI = [sys.executable, "-m", "attnround_pl.cli"]
 CONFIGS = ROOT / "configs"
 
@@ -464,13 +466,14 @@ def other_suites_rows(out: Path, suite: str) -> dict[tuple[str, str, str], dict]
 
 
 def suite_command(suite: str, rows: list[dict], defaults: dict[tuple[str, str, str], list[int]],
-                  reuse_suites: bool = False) -> str:
+                  reuse_suites: bool = False, folders: str = "") -> str:
     """The command that writes every row of a suite's JSON again, seeds included: the suite's
     own where each row has its block's seeds (``defaults``, by ``row_key``), else one command
     per seed list, model and set of settings, filtered to those rows, joined by " ; " (a run
-    with ``--seeds`` and filters writes only some rows, and the file's other rows stay)."""
+    with ``--seeds`` and filters writes only some rows, and the file's other rows stay).
+    ``folders`` (``folder_options``) ends each command: where the runs and the JSON went."""
     head = f"python benchmarks/accuracy.py --suite {suite}"
-    tail = " --reuse-suites" if reuse_suites else ""
+    tail = (" --reuse-suites" if reuse_suites else "") + folders
     if all(sorted(row["seeds"]) == sorted(defaults.get(row_key(row), ())) for row in rows):
         return head + tail
     settings: dict[tuple[tuple[int, ...], str, str], list[str]] = {}
@@ -486,6 +489,18 @@ def suite_command(suite: str, rows: list[dict], defaults: dict[tuple[str, str, s
         for (seeds, model, names), ms in methods.items())
 
 
+def folder_options(runs: Path, out: Path) -> str:
+    """``--runs``/``--out`` as a suite's recorded command needs them: each one given where it
+    is not the default folder, relative to the repository where it lies inside it."""
+    def shown(path: Path) -> str:
+        path = path.resolve()
+        return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+    return "".join(f" {flag} {shown(path)}" for flag, path, default in (
+        ("--runs", runs, DEFAULT_RUNS), ("--out", out, DEFAULT_OUT))
+        if path.resolve() != default)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     group = parser.add_mutually_exclusive_group(required=True)
@@ -496,7 +511,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+",
                         help="every row with these seeds (default: the suite's; 0 1 2 for "
                              "--full, else 0 where the suite names none)")
-    parser.add_argument("--runs", type=Path, default=ROOT / "benchmarks" / "runs")
+    parser.add_argument("--runs", type=Path, default=DEFAULT_RUNS)
     parser.add_argument("--settings", nargs="+", help="only these settings of the suite")
     parser.add_argument("--methods", nargs="+", help="only these methods of the suite")
     parser.add_argument(
@@ -504,7 +519,7 @@ def main() -> None:
         action="store_true",
         help="tabulate the runs already done and the JSON's rows, start none",
     )
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument(
         "--reuse-suites",
         action="store_true",
@@ -545,7 +560,8 @@ def main() -> None:
             rows[key] = row
             print(row_line(row), flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
-    command = suite_command(args.suite, list(rows.values()), defaults, args.reuse_suites)
+    command = suite_command(args.suite, list(rows.values()), defaults, args.reuse_suites,
+                            folder_options(args.runs, args.out))
     result = {"suite": args.suite, "command": command, "rows": list(rows.values())}
     path.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {path}", file=sys.stderr)

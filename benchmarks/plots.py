@@ -1,12 +1,13 @@
 """Plots and the benchmark tables from the benchmark JSON: top-1 by setting per method, top-1
 against Attention Round's tau (the paper's figure 2), calibration time against top-1, top-1
 against size for mixed precision (the paper's table 4), issue 34's goal in the peers'
-placement (its recipes by setting, and time against top-1 with the goal's region), one markdown
-table per suite, and README's headline table. Reads ``benchmarks/results/accuracy_*.json``, writes PNGs next to
-them, prints the tables and rewrites docs/benchmarks.md's table blocks from the JSON (the
-``goal`` and ``goal_like_for_like`` blocks computed from the suites, the ``levers`` block from
-``levers_*.json``, see lever_table.py; README is never written:
-``--headline`` prints its block, which tests/docs/test_readme.py compares).
+placement (its recipes by setting, and time against top-1 with the goal's region), one
+markdown table per suite, and README's headline table. Reads
+``benchmarks/results/accuracy_*.json``, writes PNGs next to them, prints the tables and
+rewrites docs/benchmarks.md's table blocks from the JSON (the ``goal`` and
+``goal_like_for_like`` blocks computed from the suites, the ``levers`` block from
+``levers_*.json``, see lever_table.py; README is never written: ``--headline`` prints its
+block, which tests/docs/test_readme.py compares).
 
     .venv/bin/python benchmarks/plots.py              # plots + docs/benchmarks.md's tables
     .venv/bin/python benchmarks/plots.py --headline   # README's headline block, printed

@@ -551,11 +551,14 @@ def test_accuracy_keeps_the_committed_rows_a_filtered_run_does_not_reach(tmp_pat
     monkeypatch.setattr(sys, "argv", argv)
     acc.main()
     result = json.loads((out / "accuracy_aquant.json").read_text())
-    # the new row has one of its block's three seeds: the command names each row's seeds
+    # the new row has one of its block's three seeds: the command names each row's seeds,
+    # and the folders the runs and the JSON went to
+    folders = f" --runs {runs.resolve()} --out {out.resolve()}"
     assert result["command"] == (
         "python benchmarks/accuracy.py --suite aquant --models resnet20 --settings W2A2 "
-        "--methods attention+aquant --seeds 0 ; python benchmarks/accuracy.py --suite aquant "
-        "--models resnet20 --settings W3A3 --methods attention --seeds 0 1 2")
+        f"--methods attention+aquant --seeds 0{folders} ; python benchmarks/accuracy.py "
+        f"--suite aquant --models resnet20 --settings W3A3 --methods attention --seeds 0 1 2"
+        f"{folders}")
     rows = {(r["setting"], r["method"]): r for r in result["rows"]}
     assert set(rows) == {("W2A2", "attention+aquant"), ("W3A3", "attention")}
     assert rows["W3A3", "attention"] == kept
@@ -567,7 +570,7 @@ def test_accuracy_keeps_the_committed_rows_a_filtered_run_does_not_reach(tmp_pat
     acc.main()
     assert json.loads((out / "accuracy_aquant.json").read_text())["command"] == (
         "python benchmarks/accuracy.py --suite aquant --models resnet20 --settings W2A2 "
-        "--methods attention+aquant --seeds 0")
+        f"--methods attention+aquant --seeds 0{folders}")
 
 
 def test_a_suite_command_writes_every_row_again_with_its_seeds():
@@ -578,6 +581,13 @@ def test_a_suite_command_writes_every_row_again_with_its_seeds():
     rows = [_row(m, s, (0, 1, 2)) for s, m in [("W4A4", "brecq_v1"), ("W2A2", "attention")]]
     assert acc.suite_command("main", rows, defaults) == head
     assert acc.suite_command("main", rows, defaults, True) == head + " --reuse-suites"
+    # where the runs and the JSON went, when not the default folders, ends every command
+    assert acc.folder_options(acc.DEFAULT_RUNS, acc.DEFAULT_OUT) == ""
+    folders = acc.folder_options(acc.ROOT / "benchmarks" / "runs" / "x",
+                                 acc.ROOT / "benchmarks" / "results" / "y")
+    assert folders == " --runs benchmarks/runs/x --out benchmarks/results/y"
+    assert acc.folder_options(acc.DEFAULT_RUNS, Path("/elsewhere/out")) == " --out /elsewhere/out"
+    assert acc.suite_command("main", rows, defaults, folders=folders) == head + folders
     # seeds off the blocks': one command per seed list and model, methods with the same
     # settings together, each filtered to its rows
     rows = [_row(m, s, seeds) for s, m, seeds in [
@@ -587,6 +597,8 @@ def test_a_suite_command_writes_every_row_again_with_its_seeds():
         f"{head} --models resnet20 --settings W4A4 W3A3 --methods brecq_v1 --seeds 0",
         f"{head} --models resnet20 --settings W2A2 --methods qdrop_v1 attention --seeds 0",
         f"{head} --models resnet20 --settings W4A4 --methods qdrop_v1 --seeds 0 1 2"]
+    assert all(c.endswith(" --out /o") for c in acc.suite_command(
+        "main", rows, defaults, folders=" --out /o").split(" ; "))
     # a row the plan does not hold has no default seeds
     odd = [_row("attention", "W8A8", (0, 1, 2))]
     assert acc.suite_command("main", odd, defaults) == (
@@ -645,9 +657,10 @@ def test_a_suite_reuses_other_suites_rows_only_when_asked(tmp_path, monkeypatch)
     assert rows["mobilenetv2", "W3A32", "attention"]["top1"] == 91.8
     # the W3A32 row has one of its block's three seeds: the command says so, row by row
     head = "python benchmarks/accuracy.py --suite tau --models mobilenetv2 --settings"
+    folders = f" --runs {runs.resolve()} --out {out.resolve()}"
     assert tau["command"] == (
-        f"{head} W3A3 --methods attention --seeds 0 1 2 --reuse-suites ; "
-        f"{head} W3A32 --methods attention --seeds 0 --reuse-suites")
+        f"{head} W3A3 --methods attention --seeds 0 1 2 --reuse-suites{folders} ; "
+        f"{head} W3A32 --methods attention --seeds 0 --reuse-suites{folders}")
 
 
 def test_a_corrupt_results_file_or_report_stops_with_its_name_and_keeps_the_file(
