@@ -48,6 +48,7 @@ from torch import Tensor
 
 from attnround_pl.calib import BlockReconstruction, build_unit_data
 from attnround_pl.calib.pipeline import machine
+from attnround_pl.calib.reconstruction import use_runtime_cuda_check
 from attnround_pl.calib.settings import ReconConfig
 from attnround_pl.calib.step import optimizer_step, step_losses
 from attnround_pl.models import EMBEDDED
@@ -389,6 +390,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--rounds and --steps: at least 1")
     warnings.filterwarnings("ignore")
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    use_runtime_cuda_check()  # as a calibration does: no NVML probe in Adam.step
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as folder:
         kernels = build_kernels(Path(folder))

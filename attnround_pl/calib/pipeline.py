@@ -186,13 +186,8 @@ def check_step_options(quant: QuantConfig, recon: ReconConfig,
         problems.append("a GPU accelerator (trainer.accelerator is cpu)")
     if wants_ddp(trainer_kwargs):
         problems.append("one process (not several devices)")
-    if quant.rounding == "adaround":
-        problems.append("a rounding other than adaround (its beta changes every step)")
-    elif quant.rounding == "attention" and quant.rounding_settings().tau_end is not None:
-        problems.append("no quant.rounding_args.tau_end (eq. 6's width changes every step)")
-    elif relax:
-        problems.append("quant.rounding_args.relax=0 (the soft rounding's hardness changes "
-                        "every step)")
+    if schedule is not None:
+        problems.append(f"a rounding that stays the same over the steps (here {schedule})")
     if quant.drop.prob > 0:
         problems.append("quant.drop.prob=0 (QDrop's generator is not recorded)")
     if problems:

@@ -190,13 +190,16 @@ def test_cuda_graph_settings_it_cannot_record_are_refused_before_anything_starts
                   {"accelerator": "gpu", "devices": 2})
     assert str(refused.value) == (
         "recon.cuda_graph needs a CUDA device (torch sees none); one process (not several "
-        "devices); a rounding other than adaround (its beta changes every step); "
+        "devices); a rounding that stays the same over the steps (here AdaRound's beta "
+        "anneals); "
         "quant.drop.prob=0 (QDrop's generator is not recorded)"
     )
-    with pytest.raises(SettingError, match=r"no quant.rounding_args.tau_end \(eq. 6's width"):
+    with pytest.raises(SettingError, match=r"the steps \(here quant.rounding_args.tau_end "
+                                           r"shrinks eq. 6's width\)$"):
         calibrate(FloatModel("resnet20"), data, QuantConfig(rounding_args={"tau_end": 0.1}),
                   recon, run, {"accelerator": "gpu"})
-    with pytest.raises(SettingError, match=r"quant.rounding_args.relax=0 \(the soft rounding's"):
+    with pytest.raises(SettingError, match=r"the steps \(here quant.rounding_args.relax "
+                                           r"hardens the soft rounding\)$"):
         calibrate(FloatModel("resnet20"), data, QuantConfig(rounding_args={"relax": 2.0}),
                   recon, run, {"accelerator": "gpu"})
     with pytest.raises(SettingError, match=r"^recon.compile='default' would compile the unit "
