@@ -31,7 +31,6 @@ package keeps ``torch.optim.Adam`` (docs/speed.md says why).
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import logging
 import statistics
@@ -42,17 +41,14 @@ from itertools import chain
 from pathlib import Path
 
 import torch
-from speed import calibration_batches, per_iter, prepared_units
+from speed import bare_units, per_iter
 from torch import Tensor
 from torch.optim.optimizer import _global_optimizer_post_hooks, _global_optimizer_pre_hooks
 
-from attnround_pl.calib import BlockReconstruction, build_unit_data
 from attnround_pl.calib.pipeline import machine
 from attnround_pl.calib.reconstruction import use_runtime_cuda_check
-from attnround_pl.calib.settings import ReconConfig
-from attnround_pl.calib.step import optimizer_step, step_losses
+from attnround_pl.calib.step import optimizer_step
 from attnround_pl.models import EMBEDDED
-from attnround_pl.quant import active_roundings, set_learning
 
 ROOT = Path(__file__).resolve().parents[1]
 BATCH = 64
@@ -83,6 +79,24 @@ class LeanAdam:
             self.groups.append((group, group["params"], [s["exp_avg"] for s in states],
                                 [s["exp_avg_sq"] for s in states], [s["step"] for s in states]))
 
+    @staticmethod
+    def _update(group: dict, params: list[Tensor], exp_avgs: list[Tensor],
+                exp_avg_sqs: list[Tensor], steps: list[Tensor]) -> None:
+        grads = [p.grad for p in params]
+        if any(g is None for g in grads):
+            kept = [i for i, g in enumerate(grads) if g is not None]
+            params, grads = [params[i] for i in kept], [grads[i] for i in kept]
+            exp_avgs, exp_avg_sqs = [exp_avgs[i] for i in kept], [exp_avg_sqs[i] for i in kept]
+            steps = [steps[i] for i in kept]
+        if not params:
+            return
+        beta1, beta2 = group["betas"]
+        torch._foreach_add_(steps, 1)
+        torch._fused_adam_(params, grads, exp_avgs, exp_avg_sqs, [], steps, amsgrad=False,
+                           lr=group["lr"], beta1=beta1, beta2=beta2,
+                           weight_decay=group["weight_decay"], eps=group["eps"],
+                           maximize=False, grad_scale=None, found_inf=None)
+
     def zero_grad(self, set_to_none: bool = True) -> None:
         self.opt.zero_grad(set_to_none=set_to_none)
 
@@ -91,21 +105,9 @@ class LeanAdam:
             for hook in chain(_global_optimizer_pre_hooks.values(),
                               self.opt._optimizer_step_pre_hooks.values()):
                 hook(self.opt, (), {})
-        for group, params, exp_avgs, exp_avg_sqs, steps in self.groups:
-            grads = [p.grad for p in params]
-            if any(g is None for g in grads):
-                kept = [i for i, g in enumerate(grads) if g is not None]
-                params, grads = [params[i] for i in kept], [grads[i] for i in kept]
-                exp_avgs, exp_avg_sqs = [exp_avgs[i] for i in kept], [exp_avg_sqs[i] for i in kept]
-                steps = [steps[i] for i in kept]
-            if not params:
-                continue
-            beta1, beta2 = group["betas"]
-            torch._foreach_add_(steps, 1)
-            torch._fused_adam_(params, grads, exp_avgs, exp_avg_sqs, [], steps, amsgrad=False,
-                               lr=group["lr"], beta1=beta1, beta2=beta2,
-                               weight_decay=group["weight_decay"], eps=group["eps"],
-                               maximize=False, grad_scale=None, found_inf=None)
+        with torch.no_grad():  # as torch.optim updates: outside autograd
+            for group, params, exp_avgs, exp_avg_sqs, steps in self.groups:
+                self._update(group, params, exp_avgs, exp_avg_sqs, steps)
         if hooks:
             for hook in chain(self.opt._optimizer_step_post_hooks.values(),
                               _global_optimizer_post_hooks.values()):
@@ -184,21 +186,9 @@ def measure(model: str, rounds: int, steps: int, calls: int, max_units: int | No
     medians of ``time_unit``. ``images``: Fashion-MNIST calibration images and the committed
     weights, or random images and random weights (the tests; the time does not depend on
     the values)."""
-    batches = calibration_batches(model, images, 256, 28)
-    recipe = ReconConfig()  # the default recipe's units
-    weights = "DEFAULT" if images == "fmnist" else None
-    qmodel, folded, units = prepared_units(model, batches, weights, recipe.unit_blocks,
-                                           recipe.join_end_layers)
     rows = []
-    for spec in units[:max_units]:
-        data = build_unit_data(qmodel, folded, spec, batches, "cpu")
-        unit = spec.module(qmodel)
-        saved = copy.deepcopy(unit.state_dict())
-        module = BlockReconstruction(unit, data, spec.name, iters=steps, batch_size=BATCH)
-        opt = module.configure_optimizers()
-        x, y = data.inputs[:BATCH], data.targets[:BATCH]
-        set_learning(unit, BATCH)
-        losses = partial(step_losses, unit.forward, active_roundings(unit))
+    for u in bare_units(model, images, steps, BATCH, max_units):
+        opt, losses, x, y = u.opt, u.losses, u.x, u.y
         optimizer_step(losses, opt, x, y)  # Adam's state exists from here on
         # the next step's gradients, eq. 6's inputs included, for the values' check
         opt.zero_grad()
@@ -209,11 +199,9 @@ def measure(model: str, rounds: int, steps: int, calls: int, max_units: int | No
         def step_with(optimizer, losses=losses, x=x, y=y) -> None:
             optimizer_step(losses, optimizer, x, y)
 
-        row = {"unit": spec.name, "same_bits": bits,
+        row = {"unit": u.spec.name, "same_bits": bits,
                "parameters": sum(len(g["params"]) for g in opt.param_groups),
                **time_unit(opt, step_with, rounds, steps, calls)}
-        set_learning(unit, None)
-        unit.load_state_dict(saved)
         rows.append(row)
         print(f"| {row['unit']} | {row['parameters']} | {row['same_bits']} | "
               f"{row['call_torch_us']:.0f} | {row['call_lean_us']:.0f} | "

@@ -26,7 +26,6 @@ the package keeps the eager Function (docs/speed.md says why).
 from __future__ import annotations
 
 import argparse
-import copy
 import ctypes
 import json
 import logging
@@ -43,16 +42,13 @@ from functools import partial
 from pathlib import Path
 
 import torch
-from speed import calibration_batches, float_step, per_iter, prepared_units
+from speed import bare_units, float_step, per_iter
 from torch import Tensor
 
-from attnround_pl.calib import BlockReconstruction, build_unit_data
 from attnround_pl.calib.pipeline import machine
 from attnround_pl.calib.reconstruction import use_runtime_cuda_check
-from attnround_pl.calib.settings import ReconConfig
-from attnround_pl.calib.step import optimizer_step, step_losses
+from attnround_pl.calib.step import optimizer_step
 from attnround_pl.models import EMBEDDED
-from attnround_pl.quant import active_roundings, set_learning
 from attnround_pl.quant.act_border import AQuantBorder, _effective_parts, _shrink_backward
 from attnround_pl.quant.act_quant import ActQuantizer
 
@@ -333,23 +329,11 @@ def time_steps(model: str, kernels: Kernels, rounds: int, steps: int, max_units:
     with the compiled one, and of the float unit's forward + backward, in turn each round.
     ``images``: Fashion-MNIST calibration images and the committed weights, or random images
     and random weights (the tests; the time does not depend on the values)."""
-    batches = calibration_batches(model, images, 256, 28)
-    recipe = ReconConfig()  # the default recipe's units
-    weights = "DEFAULT" if images == "fmnist" else None
-    qmodel, folded, units = prepared_units(model, batches, weights, recipe.unit_blocks,
-                                           recipe.join_end_layers)
     rows = []
-    for spec in units[:max_units]:
-        data = build_unit_data(qmodel, folded, spec, batches, "cpu")
-        unit = spec.module(qmodel)
-        saved = copy.deepcopy(unit.state_dict())
-        module = BlockReconstruction(unit, data, spec.name, iters=steps, batch_size=BATCH)
-        opt = module.configure_optimizers()
-        x, y = data.inputs[:BATCH], data.targets[:BATCH]
-        set_learning(unit, BATCH)
-        losses = partial(step_losses, unit.forward, active_roundings(unit))
-        step = partial(optimizer_step, losses, opt, x, y)
-        float_unit = spec.module(folded).eval()
+    for u in bare_units(model, images, steps, BATCH, max_units):
+        spec, x, y = u.spec, u.x, u.y
+        step = partial(optimizer_step, u.losses, u.opt, x, y)
+        float_unit = spec.module(u.folded).eval()
         weights = [p.requires_grad_(True) for p in float_unit.parameters()]
         float_call = partial(float_step, float_unit, weights, x, y)
         times: dict[str, list[float]] = {"eager": [], "compiled": [], "float": []}
@@ -358,8 +342,6 @@ def time_steps(model: str, kernels: Kernels, rounds: int, steps: int, max_units:
             with compiled_border(kernels):
                 times["compiled"].append(_ms_per_call(step, steps))
             times["float"].append(_ms_per_call(float_call, steps))
-        set_learning(unit, None)
-        unit.load_state_dict(saved)
         row = {"unit": spec.name, **{f"{k}_ms": statistics.median(v) for k, v in times.items()}}
         rows.append(row)
         print(f"| {row['unit']} | {row['eager_ms']:.2f} | {row['compiled_ms']:.2f} | "

@@ -42,9 +42,10 @@ import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
+from typing import NamedTuple
 
 import lightning.pytorch as pl
 import torch
@@ -165,6 +166,47 @@ def prepared_units(model: str, batches: list[torch.Tensor], weights: str | None,
                         ReconConfig(unit_blocks=unit_blocks, join_end_layers=join_ends),
                         batches[0][:2])
     return qmodel, folded, units
+
+
+class LearningUnit(NamedTuple):
+    """One unit of the default recipe set up for bare-loop steps (``bare_units``): its spec,
+    module and optimizer (``BlockReconstruction``'s, eq. 6 in its pre-hook), the step's losses
+    (``losses(x, y)``), one batch of its cached inputs ``x`` and targets ``y``, and the
+    BN-folded float model (``spec.module(folded)`` is the float unit)."""
+
+    spec: Unit
+    unit: torch.nn.Module
+    opt: torch.optim.Optimizer
+    losses: Callable[[torch.Tensor, torch.Tensor], Losses]
+    x: torch.Tensor
+    y: torch.Tensor
+    folded: torch.nn.Module
+
+
+def bare_units(model: str, images: str, steps: int, batch: int,
+               max_units: int | None = None) -> Iterator[LearningUnit]:
+    """Each unit of the embedded ``model`` with the default recipe's units (the first
+    ``max_units``), set up for bare-loop steps of ``batch`` on 256 calibration images
+    (``images``: Fashion-MNIST and the committed weights, or random images and random weights;
+    timing does not depend on the values); after the caller is done with one, the unit learns
+    no more and gets its starting values back."""
+    batches = calibration_batches(model, images, 256, 28)
+    recipe = ReconConfig()  # the default recipe's units
+    weights = "DEFAULT" if images == "fmnist" else None
+    qmodel, folded, units = prepared_units(model, batches, weights, recipe.unit_blocks,
+                                           recipe.join_end_layers)
+    for spec in units[:max_units]:
+        data = build_unit_data(qmodel, folded, spec, batches, "cpu")
+        unit = spec.module(qmodel)
+        saved = copy.deepcopy(unit.state_dict())
+        module = BlockReconstruction(unit, data, spec.name, iters=steps, batch_size=batch)
+        opt = module.configure_optimizers()
+        set_learning(unit, batch)
+        losses = partial(step_losses, unit.forward, active_roundings(unit))
+        yield LearningUnit(spec, unit, opt, losses, data.inputs[:batch], data.targets[:batch],
+                           folded)
+        set_learning(unit, None)
+        unit.load_state_dict(saved)
 
 
 def measure(model: str, batches: list[torch.Tensor], iters: int, batch: int,
