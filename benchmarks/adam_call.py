@@ -23,6 +23,7 @@ As a calibration does, the script turns off the NVML probe with which Lightning'
 makes every ``Adam.step`` ask for a CUDA device (``calib.reconstruction.use_runtime_cuda_check``).
 
     .venv/bin/python benchmarks/adam_call.py [--model resnet20] [--rounds 8] [--steps 30]
+        [--calls 300]
 
 Writes ``benchmarks/results/adam_call_<model>.json``. ``LeanAdam`` lives only here: the
 package keeps ``torch.optim.Adam`` (docs/speed.md says why).
