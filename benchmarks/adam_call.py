@@ -20,7 +20,7 @@ private ``torch._fused_adam_`` on lists built once. This script measures what th
   the units.
 
 As a calibration does, the script turns off the NVML probe with which Lightning's environment
-makes every ``Adam.step`` ask for a CUDA device (``calib.reconstruction.use_runtime_cuda_check``).
+makes every ``Adam.step`` ask for a CUDA device (``speed.bare_units`` does it).
 
     .venv/bin/python benchmarks/adam_call.py [--model resnet20] [--rounds 8] [--steps 30]
         [--calls 300]
@@ -47,7 +47,6 @@ from torch import Tensor
 from torch.optim.optimizer import _global_optimizer_post_hooks, _global_optimizer_pre_hooks
 
 from attnround_pl.calib.pipeline import machine
-from attnround_pl.calib.reconstruction import use_runtime_cuda_check
 from attnround_pl.calib.step import optimizer_step
 from attnround_pl.models import EMBEDDED
 
@@ -233,7 +232,6 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--rounds, --steps and --calls: at least 1")
     warnings.filterwarnings("ignore")
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
-    use_runtime_cuda_check()  # as a calibration does: no NVML probe in Adam.step
     torch.manual_seed(0)
     print("| unit | parameters | one update bit for bit | Adam's call, torch.optim µs | "
           "LeanAdam µs | step with torch.optim ms | with LeanAdam ms |")

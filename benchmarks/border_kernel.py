@@ -46,7 +46,6 @@ from speed import bare_units, float_step, per_iter
 from torch import Tensor
 
 from attnround_pl.calib.pipeline import machine
-from attnround_pl.calib.reconstruction import use_runtime_cuda_check
 from attnround_pl.calib.step import optimizer_step
 from attnround_pl.models import EMBEDDED
 from attnround_pl.quant.act_border import AQuantBorder, _effective_parts, _shrink_backward
@@ -372,7 +371,6 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--rounds and --steps: at least 1")
     warnings.filterwarnings("ignore")
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
-    use_runtime_cuda_check()  # as a calibration does: no NVML probe in Adam.step
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as folder:
         kernels = build_kernels(Path(folder))

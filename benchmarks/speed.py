@@ -55,7 +55,11 @@ from attnround_pl.calib import BlockReconstruction, build_unit_data
 from attnround_pl.calib.graph_step import GraphedStep
 from attnround_pl.calib.pipeline import PROGRESS_REFRESH_PER_SECOND, machine, shape_units
 from attnround_pl.calib.progress import UnitProgressBar
-from attnround_pl.calib.reconstruction import COMPILE_MODES, STEPS_PER_BATCH
+from attnround_pl.calib.reconstruction import (
+    COMPILE_MODES,
+    STEPS_PER_BATCH,
+    use_runtime_cuda_check,
+)
 from attnround_pl.calib.settings import ReconConfig
 from attnround_pl.calib.step import Losses, optimizer_step, step_losses
 from attnround_pl.data import FashionMNISTDataModule
@@ -170,12 +174,11 @@ def prepared_units(model: str, batches: list[torch.Tensor], weights: str | None,
 
 class LearningUnit(NamedTuple):
     """One unit of the default recipe set up for bare-loop steps (``bare_units``): its spec,
-    module and optimizer (``BlockReconstruction``'s, eq. 6 in its pre-hook), the step's losses
+    optimizer (``BlockReconstruction``'s, eq. 6 in its pre-hook), the step's losses
     (``losses(x, y)``), one batch of its cached inputs ``x`` and targets ``y``, and the
     BN-folded float model (``spec.module(folded)`` is the float unit)."""
 
     spec: Unit
-    unit: torch.nn.Module
     opt: torch.optim.Optimizer
     losses: Callable[[torch.Tensor, torch.Tensor], Losses]
     x: torch.Tensor
@@ -189,7 +192,10 @@ def bare_units(model: str, images: str, steps: int, batch: int,
     ``max_units``), set up for bare-loop steps of ``batch`` on 256 calibration images
     (``images``: Fashion-MNIST and the committed weights, or random images and random weights;
     timing does not depend on the values); after the caller is done with one, the unit learns
-    no more and gets its starting values back."""
+    no more and gets its starting values back. As a calibration's fit does, it turns off the
+    NVML probe with which Lightning's environment makes every ``Adam.step`` ask for a CUDA
+    device (``use_runtime_cuda_check``): no fit runs here to do it."""
+    use_runtime_cuda_check()
     batches = calibration_batches(model, images, 256, 28)
     recipe = ReconConfig()  # the default recipe's units
     weights = "DEFAULT" if images == "fmnist" else None
@@ -203,8 +209,7 @@ def bare_units(model: str, images: str, steps: int, batch: int,
         opt = module.configure_optimizers()
         set_learning(unit, batch)
         losses = partial(step_losses, unit.forward, active_roundings(unit))
-        yield LearningUnit(spec, unit, opt, losses, data.inputs[:batch], data.targets[:batch],
-                           folded)
+        yield LearningUnit(spec, opt, losses, data.inputs[:batch], data.targets[:batch], folded)
         set_learning(unit, None)
         unit.load_state_dict(saved)
 
