@@ -42,7 +42,7 @@ from functools import partial
 from pathlib import Path
 
 import torch
-from speed import bare_units, float_step, per_iter
+from speed import bare_units, per_iter
 from torch import Tensor
 
 from attnround_pl.calib.pipeline import machine
@@ -332,9 +332,7 @@ def time_steps(model: str, kernels: Kernels, rounds: int, steps: int, max_units:
     for u in bare_units(model, images, steps, BATCH, max_units):
         spec, x, y = u.spec, u.x, u.y
         step = partial(optimizer_step, u.losses, u.opt, x, y)
-        float_unit = spec.module(u.folded).eval()
-        weights = [p.requires_grad_(True) for p in float_unit.parameters()]
-        float_call = partial(float_step, float_unit, weights, x, y)
+        float_call = u.float_call()
         times: dict[str, list[float]] = {"eager": [], "compiled": [], "float": []}
         for _ in range(rounds):
             times["eager"].append(_ms_per_call(step, steps))

@@ -65,24 +65,21 @@ class Evaluated:
 
 
 def paired_change(right_before: torch.Tensor, right_after: torch.Tensor) -> PairedChange:
-    """Two models' right answers on the same images, paired. Per image the change is -1, 0 or
-    +1; its mean's standard error, ``sqrt(b + c - (c - b)^2 / n) / n``, counts only the images
-    where the two differ, so it is far below either top-1's own."""
+    """Two models' right answers on the same images, paired (``pooled_change`` of one pair).
+    Per image the change is -1, 0 or +1; its mean's standard error, ``sqrt(b + c - (c - b)^2
+    / n) / n`` with ``b``, ``c`` the images only one of the two gets right, counts only the
+    images where the two differ, so it is far below either top-1's own."""
     if right_before.shape != right_after.shape:
         raise ValueError(f"paired runs evaluated {right_before.numel()} and "
                          f"{right_after.numel()} images: not the same images")
-    n = right_before.numel()
     only_before = int((right_before & ~right_after).sum())
     only_after = int((right_after & ~right_before).sum())
-    change = (only_after - only_before) / n
-    se = math.sqrt(only_before + only_after - (only_after - only_before) ** 2 / n) / n
-    return PairedChange(only_before, only_after, 100 * change, 100 * se)
+    return PairedChange(only_before, only_after, *pooled_change([right_before], [right_after]))
 
 
 def pooled_change(befores: list[torch.Tensor], afters: list[torch.Tensor]) -> tuple[float, float]:
     """The top-1 change over several pairs on the same images, and its standard error over the
-    images (pp): per image the mean over pairs of (right after - right before). One pair gives
-    ``paired_change``'s change and error."""
+    images (pp): per image the mean over pairs of (right after - right before)."""
     changes = [a.double() - b.double() for b, a in zip(befores, afters, strict=True)]
     per_image = torch.stack(changes).mean(0)
     n = per_image.numel()

@@ -185,6 +185,12 @@ class LearningUnit(NamedTuple):
     y: torch.Tensor
     folded: torch.nn.Module
 
+    def float_call(self) -> Callable[[], None]:
+        """The float unit's forward + backward on the unit's batch (``float_step``)."""
+        float_unit = self.spec.module(self.folded).eval()
+        weights = [p.requires_grad_(True) for p in float_unit.parameters()]
+        return partial(float_step, float_unit, weights, self.x, self.y)
+
 
 def bare_units(model: str, images: str, steps: int, batch: int,
                max_units: int | None = None) -> Iterator[LearningUnit]:
