@@ -1,4 +1,3 @@
-import importlib.util
 import json
 import sys
 from dataclasses import replace
@@ -7,20 +6,14 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from benchmark_scripts import BENCH, load_benchmark
 
 from attnround_pl import cli
 from attnround_pl.calib.report import OnnxCheck, Report, Scores, StateCheck, UnitResult
 
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
-
 
 def _load(name: str):
-    if str(BENCH) not in sys.path:  # the scripts import their sibling markdown_table
-        sys.path.insert(0, str(BENCH))
-    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark(name)
 
 
 # ---- the rows as the benchmark ran them before recipes were files, literally ----

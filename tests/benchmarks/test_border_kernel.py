@@ -1,27 +1,19 @@
-import importlib.util
 import json
 import os
 import shutil
-import sys
-from pathlib import Path
 
 import pytest
 import torch
+from benchmark_scripts import load_benchmark
 
 from attnround_pl.quant.act_border import AQuantBorder
 
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
 needs_cc = pytest.mark.skipif(shutil.which(os.environ.get("CC", "cc")) is None,
                               reason="no C compiler on PATH")
 
 
 def _load():
-    if str(BENCH) not in sys.path:
-        sys.path.insert(0, str(BENCH))
-    spec = importlib.util.spec_from_file_location("border_kernel", BENCH / "border_kernel.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("border_kernel")
 
 
 @needs_cc

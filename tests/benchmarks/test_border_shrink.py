@@ -1,23 +1,14 @@
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
 import torch
+from benchmark_scripts import load_benchmark
 
 from attnround_pl.quant import act_border
 
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
-
 
 def _load():
-    if str(BENCH) not in sys.path:
-        sys.path.insert(0, str(BENCH))
-    spec = importlib.util.spec_from_file_location("border_shrink", BENCH / "border_shrink.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("border_shrink")
 
 
 def _border_args(bound: float) -> tuple[torch.Tensor, ...]:

@@ -1,27 +1,18 @@
 """benchmarks/tensorrt_profile.py: its rows parse as the command line's own settings, and the
 summary pairs the profiles by seed."""
 
-import importlib.util
-import sys
-from pathlib import Path
 
 import pytest
+from benchmark_scripts import BENCH, load_benchmark
 
 from attnround_pl import cli
 from attnround_pl.calib.report import OnnxCheck, Report, Scores
 from attnround_pl.export.tensorrt_check import Finding, TensorRTCheck
 from attnround_pl.quant import QuantConfig
 
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
-
 
 def _bench():
-    spec = importlib.util.spec_from_file_location("tensorrt_profile",
-                                                  BENCH / "tensorrt_profile.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("tensorrt_profile", module)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("tensorrt_profile")
 
 
 def test_each_profile_s_arguments_give_w8a8_on_its_grid(monkeypatch):

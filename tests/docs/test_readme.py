@@ -1,18 +1,16 @@
 """README's Python quickstart runs exactly as printed, and its headline table is exactly what
 ``benchmarks/plots.py --headline`` prints from the benchmark JSON."""
 
-import importlib.util
 import json
 import re
-import sys
 from pathlib import Path
 
 import pytest
+from benchmark_scripts import load_benchmark
 from doc_blocks import python_block
 
 ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
-BENCH = ROOT / "benchmarks"
 HEADLINE = re.compile(r"<!-- headline[^\n]*-->\n(.*?)<!-- /headline -->", re.S)
 
 
@@ -33,12 +31,7 @@ def test_python_quickstart_runs_as_printed(tmp_path, monkeypatch, capsys):
 
 
 def load_plots():
-    if str(BENCH) not in sys.path:  # plots.py imports its siblings
-        sys.path.insert(0, str(BENCH))
-    spec = importlib.util.spec_from_file_location("plots", BENCH / "plots.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("plots")
 
 
 def readme_headline() -> str:
