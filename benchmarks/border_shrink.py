@@ -72,14 +72,21 @@ def shrink_forced() -> Iterator[None]:
 
 class ShrinkCount:
     """Per unit: the border quantizer-steps of its reconstruction (``calls``) and those where
-    the shrink was at work (``at_work``), and its steps (``steps``). Quantizer calls outside
+    the shrink was at work (``at_work``), its steps (``steps``) and the first step with the
+    shrink at work on some quantizer (``first_at_work``); ``window_calls``/``window_at_work``
+    count the first ``window`` steps only (``speed.py``'s fit is 200 steps a unit by
+    default). Quantizer calls outside
     ``BlockReconstruction.reconstruction_step`` (the unit's error checks, the evaluation) are
     not counted."""
 
-    def __init__(self) -> None:
+    def __init__(self, window: int = 200) -> None:
+        self.window = window
+        self.window_calls: Counter[str] = Counter()  # the same in the first ``window`` steps
+        self.window_at_work: Counter[str] = Counter()
         self.calls: Counter[str] = Counter()
         self.at_work: Counter[str] = Counter()
         self.steps: Counter[str] = Counter()
+        self.first_at_work: dict[str, int] = {}  # the step (1-based) of a unit's first
         self._unit: str | None = None
 
     @contextmanager
@@ -92,11 +99,16 @@ class ShrinkCount:
             if self._unit is not None:
                 self.calls[self._unit] += 1
                 self.at_work[self._unit] += not idle
+                if not idle:
+                    self.first_at_work.setdefault(self._unit, self.steps[self._unit])
+                if self.steps[self._unit] <= self.window:
+                    self.window_calls[self._unit] += 1
+                    self.window_at_work[self._unit] += not idle
             return idle
 
         def counted_step(module: BlockReconstruction, *args, **kwargs):
-            self._unit = module.label
-            self.steps[module.label] += 1
+            self._unit = module.name
+            self.steps[module.name] += 1
             try:
                 return step(module, *args, **kwargs)
             finally:
@@ -204,9 +216,14 @@ def main(argv: list[str] | None = None) -> None:
         counted[setting] = {"top1": top1, "calib_seconds": report.calib_seconds,
                             "steps": dict(count.steps), "calls": dict(count.calls),
                             "at_work": dict(count.at_work),
+                            "first_at_work": count.first_at_work,
+                            "window": count.window, "window_calls": dict(count.window_calls),
+                            "window_at_work": dict(count.window_at_work),
                             "shares": count.shares()}
         print(f"{args.model} {setting}: the shrink at work in {sum(count.at_work.values())} "
-              f"of {sum(count.calls.values())} quantizer-steps; top-1 {top1}", flush=True)
+              f"of {sum(count.calls.values())} quantizer-steps "
+              f"({sum(count.window_at_work.values())} of {sum(count.window_calls.values())} in "
+              f"the first {count.window} steps of each unit); top-1 {top1}", flush=True)
     torch.manual_seed(0)
     print("| unit | step as run ms | shrink on every quantizer ms | difference | "
           "float fwd+bwd ms |")

@@ -21,17 +21,21 @@ def _border_args(bound: float) -> tuple[torch.Tensor, ...]:
 
 def test_the_count_takes_reconstruction_steps_only_and_tells_at_work_from_idle():
     bench = _load()
-    count = bench.ShrinkCount()
+    count = bench.ShrinkCount(window=4)
     original = act_border._shrink_is_idle
     with count.counting():
         act_border._effective_parts(*_border_args(0.9))  # outside a step: not counted
         count._unit = "unit_a"  # what the patched reconstruction_step sets
+        count.steps["unit_a"] = 4
         assert act_border._effective_parts(*_border_args(0.9))[2] is not None  # at work
         assert act_border._effective_parts(*_border_args(0.1))[2] is None  # idle
-        act_border._effective_parts(*_border_args(0.2))
+        count.steps["unit_a"] = 5  # past the window: counted in the totals only
+        act_border._effective_parts(*_border_args(0.9))
     assert act_border._shrink_is_idle is original  # put back
-    assert count.calls == {"unit_a": 3} and count.at_work == {"unit_a": 1}
-    assert count.shares() == {"unit_a": pytest.approx(1 / 3)}
+    assert count.calls == {"unit_a": 3} and count.at_work == {"unit_a": 2}
+    assert count.window_calls == {"unit_a": 2} and count.window_at_work == {"unit_a": 1}
+    assert count.shares() == {"unit_a": pytest.approx(2 / 3)}
+    assert count.first_at_work == {"unit_a": 4}
 
 
 def test_the_forced_shrink_computes_its_parts_and_keeps_the_values():
@@ -72,7 +76,7 @@ def test_border_shrink_counts_a_short_calibration_times_a_unit_and_writes_json(t
         assert 0 <= counted["at_work"][unit] <= calls
     assert 0 < counted["top1"] <= 100
     (row,) = result["units"]
-    assert row["unit"] == "conv1..layer1.1"
+    assert row["unit"] == "conv1..layer1.1" and row["unit"] in counted["calls"]  # one name
     assert row["shrink_ms"] == pytest.approx(row["forced_ms"] - row["step_ms"])
     assert all(row[k] > 0 for k in ("step_ms", "forced_ms", "float_ms"))
     assert result["upper_bound"]["W2A2"]["percent_of_step"] >= 0
