@@ -32,16 +32,15 @@ package keeps ``torch.optim.Adam`` (docs/speed.md says why).
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import statistics
-import sys
 import warnings
 from functools import partial
 from itertools import chain
 from pathlib import Path
 
 import torch
+from result_json import script_command, write_result
 from speed import bare_units, per_iter
 from torch import Tensor
 from torch.optim.optimizer import _global_optimizer_post_hooks, _global_optimizer_pre_hooks
@@ -249,12 +248,8 @@ def main(argv: list[str] | None = None) -> None:
               "rounds": args.rounds, "steps": args.steps, "calls": args.calls,
               "units": rows, "total": total, "machine": machine(),
               "torch_version": torch.__version__, "torch_threads": torch.get_num_threads(),
-              "command": "python benchmarks/adam_call.py " + " ".join(
-                  sys.argv[1:] if argv is None else argv)}
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"adam_call_{args.model}.json"
-    path.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {path}", file=sys.stderr)
+              "command": script_command("adam_call.py", argv)}
+    write_result(args.out / f"adam_call_{args.model}.json", result)
 
 
 if __name__ == "__main__":

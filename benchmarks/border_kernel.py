@@ -27,13 +27,11 @@ from __future__ import annotations
 
 import argparse
 import ctypes
-import json
 import logging
 import os
 import shutil
 import statistics
 import subprocess
-import sys
 import tempfile
 import warnings
 from collections.abc import Callable, Iterator
@@ -42,6 +40,7 @@ from functools import partial
 from pathlib import Path
 
 import torch
+from result_json import script_command, write_result
 from speed import bare_units, per_iter
 from torch import Tensor
 
@@ -405,12 +404,8 @@ def main(argv: list[str] | None = None) -> None:
               "rounds": args.rounds, "steps": args.steps,
               "values": values, "border": border, "units": steps, "total": total,
               "machine": machine(), "torch_threads": torch.get_num_threads(),
-              "command": "python benchmarks/border_kernel.py " + " ".join(
-                  sys.argv[1:] if argv is None else argv)}
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"border_kernel_{args.model}.json"
-    path.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {path}", file=sys.stderr)
+              "command": script_command("border_kernel.py", argv)}
+    write_result(args.out / f"border_kernel_{args.model}.json", result)
 
 
 if __name__ == "__main__":

@@ -30,10 +30,8 @@ Writes ``benchmarks/results/border_shrink_<model>.json``.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import statistics
-import sys
 import tempfile
 import warnings
 from collections import Counter
@@ -44,6 +42,7 @@ from pathlib import Path
 
 import torch
 from accuracy import calibrate_args
+from result_json import script_command, write_result
 from speed import bare_units, per_iter
 
 from attnround_pl.calib.pipeline import machine
@@ -241,12 +240,8 @@ def main(argv: list[str] | None = None) -> None:
               "rounds": args.rounds, "steps": args.steps, "counted": counted,
               "units": rows, "total": total, "upper_bound": bounds, "machine": machine(),
               "torch_version": torch.__version__, "torch_threads": torch.get_num_threads(),
-              "command": "python benchmarks/border_shrink.py " + " ".join(
-                  sys.argv[1:] if argv is None else argv)}
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"border_shrink_{args.model}.json"
-    path.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {path}", file=sys.stderr)
+              "command": script_command("border_shrink.py", argv)}
+    write_result(args.out / f"border_shrink_{args.model}.json", result)
 
 
 if __name__ == "__main__":

@@ -20,9 +20,7 @@ the profiler itself slows down; the steps per second without it come from ``spee
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import sys
 import time
 import warnings
 from collections.abc import Iterable
@@ -30,6 +28,7 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
+from result_json import script_command, write_result
 from speed import (
     ROOT,
     add_act_border_option,
@@ -218,11 +217,9 @@ def main() -> None:
     for label, share in result["share_percent"].items():
         print(f"| {label} | {share:.0f} % |")
     result.update(machine=machine(), torch_threads=torch.get_num_threads(),
-                  command="python benchmarks/profile_step.py " + " ".join(sys.argv[1:]))
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"profile_{args.model}_{result['unit']}{border_suffix(args.act_border)}.json"
-    path.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {path}", file=sys.stderr)
+                  command=script_command("profile_step.py", None))
+    write_result(args.out / f"profile_{args.model}_{result['unit']}"
+                 f"{border_suffix(args.act_border)}.json", result)
 
 
 if __name__ == "__main__":

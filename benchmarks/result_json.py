@@ -1,8 +1,10 @@
-"""Reading the benchmarks' JSON files (results and run reports) with errors that name the file."""
+"""Reading the benchmarks' JSON files (results and run reports) with errors that name the file,
+and writing a script's result."""
 
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 
@@ -37,3 +39,18 @@ def most_seeded_rows(paths: list[Path]) -> dict[tuple[str, str, str], dict]:
             if key not in rows or len(row["seeds"]) > len(rows[key]["seeds"]):
                 rows[key] = row
     return rows
+
+
+def script_command(script: str, argv: list[str] | None) -> str:
+    """The command line that wrote a result: ``python benchmarks/<script>`` and its arguments
+    (``argv``, else the process's own)."""
+    return f"python benchmarks/{script} " + " ".join(sys.argv[1:] if argv is None else argv)
+
+
+def write_result(path: Path, result: dict) -> Path:
+    """Write a benchmark's result JSON to ``path`` (its folder made as needed) and say so on
+    stderr."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {path}", file=sys.stderr)
+    return path
