@@ -11,7 +11,8 @@ both factors of that upper bound:
 - **how often**: one calibration of the default recipe per ``--settings`` entry, as
   ``attnround-pl calibrate`` runs it (in this process, a temporary run folder), counting for
   each unit the quantizer-steps of its reconstruction (``BlockReconstruction.reconstruction_step``)
-  and those where the shrink was at work;
+  and those where the shrink was at work, the same in the unit's first 200 steps (the fit
+  ``speed.py`` times), and the first step at work;
 - **what it costs**: every unit of the default recipe, one reconstruction step in a bare loop
   (``calib.step.optimizer_step``) as it runs (the shrink idle, skipped) and with the shrink's
   operations computed on every quantizer (the values are the same: the shrink is 1), in turn
