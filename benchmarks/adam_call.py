@@ -37,19 +37,16 @@ import statistics
 import warnings
 from functools import partial
 from itertools import chain
-from pathlib import Path
 
 import torch
 from result_json import script_command, write_result
-from speed import bare_units, per_iter
+from speed import add_bare_loop_options, bare_units, per_iter
 from torch import Tensor
 from torch.optim.optimizer import _global_optimizer_post_hooks, _global_optimizer_pre_hooks
 
 from attnround_pl.calib.pipeline import machine
 from attnround_pl.calib.step import optimizer_step
-from attnround_pl.models import EMBEDDED
 
-ROOT = Path(__file__).resolve().parents[1]
 BATCH = 64
 CPU = torch.device("cpu")
 
@@ -218,14 +215,8 @@ def summary(rows: list[dict]) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", choices=EMBEDDED, default="resnet20")
-    parser.add_argument("--rounds", type=int, default=8)
-    parser.add_argument("--steps", type=int, default=30, help="steps a timing of the step")
+    add_bare_loop_options(parser, "steps a timing of the step")
     parser.add_argument("--calls", type=int, default=300, help="calls a timing of the call")
-    parser.add_argument("--max-units", type=int, default=None, help="the first N units only")
-    parser.add_argument("--images", choices=("fmnist", "random"), default="fmnist",
-                        help="random: random images and weights (as speed.py --images random)")
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args(argv)
     if min(args.rounds, args.steps, args.calls) < 1:
         parser.error("--rounds, --steps and --calls: at least 1")

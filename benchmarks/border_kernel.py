@@ -41,16 +41,14 @@ from pathlib import Path
 
 import torch
 from result_json import script_command, write_result
-from speed import bare_units, per_iter
+from speed import add_bare_loop_options, bare_units, per_iter
 from torch import Tensor
 
 from attnround_pl.calib.pipeline import machine
 from attnround_pl.calib.step import optimizer_step
-from attnround_pl.models import EMBEDDED
 from attnround_pl.quant.act_border import AQuantBorder, _effective_parts, _shrink_backward
 from attnround_pl.quant.act_quant import ActQuantizer
 
-ROOT = Path(__file__).resolve().parents[1]
 FLAGS = ("-O3", "-march=native", "-ffp-contract=off", "-fno-math-errno", "-fopenmp", "-shared",
          "-fPIC")
 BATCH = 64
@@ -356,13 +354,7 @@ def summary(rows: list[dict]) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", choices=EMBEDDED, default="resnet20")
-    parser.add_argument("--rounds", type=int, default=8)
-    parser.add_argument("--steps", type=int, default=30, help="steps (calls) a timing")
-    parser.add_argument("--max-units", type=int, default=None, help="the first N units only")
-    parser.add_argument("--images", choices=("fmnist", "random"), default="fmnist",
-                        help="random: random images and weights (as speed.py --images random)")
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    add_bare_loop_options(parser, "steps (calls) a timing")
     args = parser.parse_args(argv)
     if args.rounds < 1 or args.steps < 1:
         parser.error("--rounds and --steps: at least 1")

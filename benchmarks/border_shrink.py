@@ -44,17 +44,15 @@ from pathlib import Path
 import torch
 from accuracy import calibrate_args
 from result_json import script_command, write_result
-from speed import bare_units, per_iter
+from speed import add_bare_loop_options, bare_units, per_iter
 
 from attnround_pl.calib.pipeline import machine
 from attnround_pl.calib.reconstruction import BlockReconstruction
 from attnround_pl.calib.report import Report
 from attnround_pl.calib.step import optimizer_step
 from attnround_pl.cli import main as cli_main
-from attnround_pl.models import EMBEDDED
 from attnround_pl.quant import act_border
 
-ROOT = Path(__file__).resolve().parents[1]
 BATCH = 64
 CPU = torch.device("cpu")
 
@@ -191,19 +189,13 @@ def upper_bound(rows: list[dict], shares: dict[str, float]) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", choices=EMBEDDED, default="resnet20")
+    add_bare_loop_options(parser, "steps a timing of the step",
+                          images_help="random: random images and weights for the timing (as "
+                          "speed.py --images random)")
     parser.add_argument("--settings", nargs="+", default=["W4A4", "W2A2"],
                         help="the calibrations that count the at-work share (W4A4, W3A3, ...)")
     parser.add_argument("--iters", type=int, default=None,
                         help="steps a unit in the counting calibrations (default: the recipe's)")
-    parser.add_argument("--rounds", type=int, default=8)
-    parser.add_argument("--steps", type=int, default=30, help="steps a timing of the step")
-    parser.add_argument("--max-units", type=int, default=None,
-                        help="time the first N units only")
-    parser.add_argument("--images", choices=("fmnist", "random"), default="fmnist",
-                        help="random: random images and weights for the timing (as speed.py "
-                        "--images random)")
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args(argv)
     if min(args.rounds, args.steps, args.iters or 1) < 1:
         parser.error("--rounds, --steps and --iters: at least 1")

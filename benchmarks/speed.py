@@ -306,6 +306,20 @@ def totals(rows: list[dict]) -> dict[str, float]:
     return {k: sum(r[k] for r in rows) for k in keys}
 
 
+def add_bare_loop_options(parser: argparse.ArgumentParser, steps_help: str,
+                          images_help: str = "random: random images and weights (as speed.py "
+                          "--images random)") -> None:
+    """The options of the scripts that time the default recipe's units in a bare loop
+    (``bare_units``): ``--model``, ``--rounds``, ``--steps`` (``steps_help``), ``--max-units``,
+    ``--images`` and ``--out``."""
+    parser.add_argument("--model", choices=EMBEDDED, default="resnet20")
+    parser.add_argument("--rounds", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=30, help=steps_help)
+    parser.add_argument("--max-units", type=int, default=None, help="the first N units only")
+    parser.add_argument("--images", choices=("fmnist", "random"), default="fmnist",
+                        help=images_help)
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+
 
 def add_act_border_option(parser: argparse.ArgumentParser) -> None:
     """``--act-border``, defaulting to the default recipe's resolved border."""
@@ -318,6 +332,7 @@ def add_act_border_option(parser: argparse.ArgumentParser) -> None:
 def border_suffix(border: str) -> str:
     """A result file's name part for ``border``: none for the default recipe's."""
     return "" if border == QuantConfig().validate().act_border else f"_border-{border}"
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
