@@ -84,7 +84,7 @@ class ShrinkCount:
         self.calls: Counter[str] = Counter()
         self.at_work: Counter[str] = Counter()
         self.steps: Counter[str] = Counter()
-        self.first_at_work: dict[str, int] = {}  # the step (1-based) of a unit's first
+        self.first_at_work: dict[str, int] = {}  # per unit, its first step at work (1-based)
         self._unit: str | None = None
 
     @contextmanager
