@@ -40,7 +40,7 @@ from itertools import chain
 
 import torch
 from result_json import script_command, write_result
-from speed import add_bare_loop_options, bare_units, per_iter
+from speed import add_bare_loop_options, bare_units, per_iter, table_line
 from torch import Tensor
 from torch.optim.optimizer import _global_optimizer_post_hooks, _global_optimizer_pre_hooks
 
@@ -199,9 +199,9 @@ def measure(model: str, rounds: int, steps: int, calls: int, max_units: int | No
                "parameters": sum(len(g["params"]) for g in opt.param_groups),
                **time_unit(opt, step_with, rounds, steps, calls)}
         rows.append(row)
-        print(f"| {row['unit']} | {row['parameters']} | {row['same_bits']} | "
-              f"{row['call_torch_us']:.0f} | {row['call_lean_us']:.0f} | "
-              f"{row['step_torch_ms']:.2f} | {row['step_lean_ms']:.2f} |", flush=True)
+        print(table_line(row, {"unit": "", "parameters": "", "same_bits": "",
+                               "call_torch_us": ".0f", "call_lean_us": ".0f",
+                               "step_torch_ms": ".2f", "step_lean_ms": ".2f"}), flush=True)
     return rows
 
 

@@ -31,6 +31,7 @@ from pathlib import Path
 
 import torch
 import torchvision
+from result_json import write_result
 
 import attnround_pl
 from attnround_pl.export import compare_with_onnx, export_onnx, export_state, load_state
@@ -243,7 +244,7 @@ def write_table(
         "not_run": list(missing),
         "note": note,
     }
-    (out / "any_model.json").write_text(json.dumps(payload, indent=1) + "\n")
+    write_result(out / "any_model.json", payload)
     header = [
         "model",
         "px",

@@ -10,12 +10,12 @@ table and writes benchmarks/results/aquant_units.json.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import warnings
 from pathlib import Path
 
 import lightning.pytorch as pl
+from result_json import write_result
 
 from attnround_pl.calib import BlockReconstruction, build_unit_data, unit_mse
 from attnround_pl.calib.pipeline import machine
@@ -61,10 +61,9 @@ def main() -> None:
             rows.append({"unit": unit_name, "bits": bits, "mse": mse, "relative_pct": rel})
             print(f"| {unit_name} | W{bits}A{bits} | {base:.4e} | {mse['aquant']:.4e} "
                   f"({rel['aquant']:+.1f} %) |", flush=True)
-    args.out.mkdir(parents=True, exist_ok=True)
     result = {"iters": args.iters, "calib_size": 1024, "machine": machine(), "rows": rows,
               "command": "python benchmarks/aquant_units.py"}
-    (args.out / "aquant_units.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_result(args.out / "aquant_units.json", result)
 
 
 if __name__ == "__main__":

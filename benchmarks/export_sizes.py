@@ -15,10 +15,11 @@ markdown table and writes ``benchmarks/results/export_sizes.json``; runs go to
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
+
+from result_json import write_result
 
 from attnround_pl.calib.pipeline import machine
 from attnround_pl.calib.report import OnnxCheck, Report, StateCheck
@@ -106,10 +107,8 @@ def main() -> None:
             state = exported_state(run_dir)
             rows.append(row(model, setting, Report.read(run_dir / "report.json"), checks, state))
             print(f"# {model} {setting}: done", file=sys.stderr, flush=True)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / "export_sizes.json"
-    out.write_text(json.dumps({"command": "python benchmarks/export_sizes.py",
-                               "machine": machine(), "rows": rows}, indent=2) + "\n")
+    write_result(RESULTS / "export_sizes.json", {"command": "python benchmarks/export_sizes.py",
+                                                 "machine": machine(), "rows": rows})
     print(markdown(rows))
 
 

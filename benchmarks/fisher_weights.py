@@ -13,10 +13,10 @@ table and writes benchmarks/results/fisher_weights.json.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import torch
+from result_json import write_result
 
 from attnround_pl.calib.fisher import fisher_weights, output_gradients
 from attnround_pl.calib.pipeline import machine
@@ -87,13 +87,12 @@ def main() -> None:
     batches = [x for x, _ in data.calib_dataloader(256)]
     rows = [row for model in args.models
             for row in unit_rows(model, *args.bits, batches, args.batch_size)]
-    args.out.mkdir(parents=True, exist_ok=True)
     command = "python benchmarks/fisher_weights.py " + " ".join(
         ["--models", *args.models, "--bits", *map(str, args.bits), "--images",
          str(args.images), "--batch-size", str(args.batch_size)])
     result = {"command": command, "machine": machine(), "w_bits": args.bits[0],
               "a_bits": args.bits[1], "rows": rows}
-    (args.out / "fisher_weights.json").write_text(json.dumps(result, indent=1) + "\n")
+    write_result(args.out / "fisher_weights.json", result)
 
 
 if __name__ == "__main__":

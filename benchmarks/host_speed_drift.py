@@ -16,12 +16,13 @@ are to its quiet ones, the better it compares hosts of different load.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from result_json import script_command, write_result
 
 from attnround_pl.calib.pipeline import machine
 from attnround_pl.calib.report import Report
@@ -97,13 +98,12 @@ def main() -> None:
                         "loaded_over_quiet": round(loaded / quiet, 3)}
         print(f"{key}: quiet {quiet:.1f}, loaded {loaded:.1f}, loaded / quiet "
               f"{loaded / quiet:.3f}")
-    RESULT.write_text(json.dumps({
-        "command": "python benchmarks/host_speed_drift.py " + " ".join(sys.argv[1:]),
+    write_result(RESULT, {
+        "command": script_command("host_speed_drift.py", None),
         "machine": machine(), "started": started, "finished": time.strftime("%Y-%m-%d %H:%M"),
         "iters": args.iters, "load": "one process spinning on one core", "rows": rows,
         "summary": summary,
-    }, indent=1) + "\n")
-    print(f"wrote {RESULT.relative_to(ROOT)}")
+    })
 
 
 if __name__ == "__main__":

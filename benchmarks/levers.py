@@ -22,13 +22,13 @@ the same with reconstruction (minutes a run).
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import subprocess
 import sys
 from pathlib import Path
 
 from paired import evaluate, paired_change  # a sibling script (benchmarks/)
+from result_json import commands_with, read_earlier, read_result, script_command, write_result
 
 from attnround_pl.calib.pipeline import machine
 from attnround_pl.calib.report import Report
@@ -232,15 +232,11 @@ def results_name(recipe: str, sitting: str | None = None) -> str:
 def write_results(out: Path, recipe: str, rows: list[dict], command: str) -> None:
     """Write ``rows`` to ``out``, keeping the rows of earlier commands (other models, settings
     or variants) that this one did not run; ``commands`` lists every command that wrote rows."""
-    old = json.loads(out.read_text()) if out.is_file() else {}
+    old = read_earlier(out)
     ran = {(r["model"], r["setting"], r["variant"]) for r in rows}
     kept = [r for r in old.get("rows", []) if (r["model"], r["setting"], r["variant"]) not in ran]
-    commands = [c for c in old.get("commands", [old["command"]] if "command" in old else [])
-                if c != command]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"commands": [*commands, command], "machine": machine(),
-                               "recipe": recipe, "holdout": HOLDOUT, "rows": [*kept, *rows]},
-                              indent=2) + "\n")
+    write_result(out, {"commands": commands_with(old, command), "machine": machine(),
+                       "recipe": recipe, "holdout": HOLDOUT, "rows": [*kept, *rows]})
 
 
 def main() -> None:
@@ -276,12 +272,12 @@ def main() -> None:
                 compare(model, setting, args.seeds, *args.compare, paired=args.paired)
         return
     if args.table:
-        print_table(json.loads((RESULTS / results_name(args.recipe, args.sitting))
-                               .read_text())["rows"])
+        print_table(read_result(RESULTS / results_name(args.recipe, args.sitting))["rows"])
         return
     variants = [list(VARIANTS)[i] for i in args.variants]
     rows = []
-    command = "python benchmarks/levers.py " + " ".join(sys.argv[1:])
+    command = script_command("levers.py", None)
+    read_earlier(RESULTS / results_name(args.recipe, args.sitting))  # broken: stop before a run
     for model in args.models:
         for setting in args.settings:
             for variant in variants:

@@ -10,10 +10,10 @@ seconds on 2 cores. Prints a markdown table and writes ``benchmarks/results/mixe
 
 from __future__ import annotations
 
-import json
-import sys
 from functools import cache
 from pathlib import Path
+
+from result_json import write_result
 
 from attnround_pl.calib.pipeline import machine
 from attnround_pl.mixed.allocation import allocate_model
@@ -68,11 +68,8 @@ def main() -> None:
             for mixed in settings:
                 rows.append(allocation_row(model, bit_list, mixed))
                 print(line(rows[-1]), flush=True)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / "mixed_sizes.json"
     result = {"command": "python benchmarks/mixed_sizes.py", "machine": machine(), "rows": rows}
-    path.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {path}", file=sys.stderr)
+    write_result(RESULTS / "mixed_sizes.json", result)
 
 
 if __name__ == "__main__":

@@ -31,13 +31,13 @@ import importlib
 import json
 import math
 import statistics
-import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
 import yaml
+from result_json import script_command, write_result
 
 
 class PairedChange(NamedTuple):
@@ -223,11 +223,9 @@ def main() -> None:
         raise SystemExit(f"paired.py: {exc}") from None
     print_comparison(result)
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        record = {"command": "python benchmarks/paired.py " + " ".join(sys.argv[1:]),
+        record = {"command": script_command("paired.py", None),
                   **asdict(result), "pairs_se": result.pairs_se}
-        args.json.write_text(json.dumps(record, indent=2) + "\n")
-        print(f"wrote {args.json}", file=sys.stderr)
+        write_result(args.json, record)
 
 
 if __name__ == "__main__":

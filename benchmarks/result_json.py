@@ -20,9 +20,14 @@ def read_json(path: Path, fix: str) -> dict:
     return data
 
 
+def restore_fix(path: Path) -> str:
+    """What a user can do about a broken results file ``path``."""
+    return f"restore it with `git checkout -- {path}`, or delete it to make it again"
+
+
 def read_result(path: Path) -> dict:
     """A committed results file (``benchmarks/results/accuracy_*.json``), its ``rows`` checked."""
-    fix = f"restore it with `git checkout -- {path}`, or delete it to make it again"
+    fix = restore_fix(path)
     data = read_json(path, fix)
     if not isinstance(data.get("rows"), list):
         raise SystemExit(f"{path}: has no list of 'rows'; {fix}")
@@ -44,7 +49,19 @@ def most_seeded_rows(paths: list[Path]) -> dict[tuple[str, str, str], dict]:
 def script_command(script: str, argv: list[str] | None) -> str:
     """The command line that wrote a result: ``python benchmarks/<script>`` and its arguments
     (``argv``, else the process's own)."""
-    return f"python benchmarks/{script} " + " ".join(sys.argv[1:] if argv is None else argv)
+    return " ".join([f"python benchmarks/{script}", *(sys.argv[1:] if argv is None else argv)])
+
+
+def read_earlier(path: Path) -> dict:
+    """The result at ``path`` that a script adds its rows to: ``{}`` where there is none yet."""
+    return read_json(path, restore_fix(path)) if path.is_file() else {}
+
+
+def commands_with(earlier: dict, command: str) -> list[str]:
+    """The commands that wrote ``earlier`` (a result kept across commands; older files name
+    one ``command``), then ``command``, each once."""
+    commands = earlier.get("commands", [earlier["command"]] if "command" in earlier else [])
+    return [*(c for c in commands if c != command), command]
 
 
 def write_result(path: Path, result: dict) -> Path:

@@ -12,12 +12,12 @@ their ratio, and writes ``benchmarks/results/rounding_cost.json``.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from pathlib import Path
 
 import torch
+from result_json import write_result
 
 from attnround_pl.calib.pipeline import machine
 from attnround_pl.quant.act_border import AQuantBorder
@@ -71,9 +71,7 @@ def main() -> None:
               "torch_threads": torch.get_num_threads(),
               "measured_at": time.strftime("%Y-%m-%d %H:%M:%S"),
               "command": "python benchmarks/rounding_cost.py"}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    write_result(args.out, result)
 
 
 if __name__ == "__main__":

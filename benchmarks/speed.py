@@ -36,9 +36,7 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import logging
-import sys
 import tempfile
 import time
 import warnings
@@ -50,6 +48,7 @@ from typing import NamedTuple
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
+from result_json import script_command, write_result
 
 from attnround_pl.calib import BlockReconstruction, build_unit_data
 from attnround_pl.calib.graph_step import GraphedStep
@@ -295,10 +294,15 @@ def measure(model: str, batches: list[torch.Tensor], iters: int, batch: int,
                "float_fwd_bwd_ms": 1e3 * float_s, "ratio": lightning_s / float_s,
                "ratio_steady": steady_s / float_s}
         rows.append(row)
-        print(f"| {row['unit']} | {row['lightning_ms']:.2f} | {row['lightning_steady_ms']:.2f} | "
-              f"{row['bare_ms']:.2f} | {row['float_fwd_bwd_ms']:.2f} | "
-              f"{row['ratio_steady']:.2f} |", flush=True)
+        print(table_line(row, {"unit": "", "lightning_ms": ".2f", "lightning_steady_ms": ".2f",
+                               "bare_ms": ".2f", "float_fwd_bwd_ms": ".2f",
+                               "ratio_steady": ".2f"}), flush=True)
     return rows
+
+
+def table_line(row: dict, formats: dict[str, str]) -> str:
+    """``row``'s values under ``formats``' keys, each in its format spec, as a markdown row."""
+    return "| " + " | ".join(format(row[key], spec) for key, spec in formats.items()) + " |"
 
 
 def totals(rows: list[dict]) -> dict[str, float]:
@@ -392,7 +396,7 @@ def main() -> None:
               "act_border": args.act_border, "rows": rows,
               "total": total, "machine": machine(),
               "torch_threads": torch.get_num_threads(),
-              "command": "python benchmarks/speed.py " + " ".join(sys.argv[1:])}
+              "command": script_command("speed.py", None)}
     suffix = "" if args.images == "fmnist" else f"_random{args.image_size}"
     suffix += "_gpu" if args.accelerator == "gpu" else ""
     suffix += "" if args.compile == "off" else f"_compile-{args.compile}"
@@ -403,9 +407,7 @@ def main() -> None:
     suffix += "" if args.join_end_layers == recipe.join_end_layers else (
         "_join" if args.join_end_layers else "_ends-apart")
     suffix += border_suffix(args.act_border)
-    path = args.out / f"speed_{args.model}{suffix}.json"
-    path.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {path}", file=sys.stderr)
+    write_result(args.out / f"speed_{args.model}{suffix}.json", result)
 
 
 if __name__ == "__main__":

@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import logging
 import warnings
 from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
+from result_json import write_result
 from speed import calibration_batches
 
 from attnround_pl.calib import BlockReconstruction, build_unit_data
@@ -97,10 +97,7 @@ def main() -> None:
     print(f"{args.model} {args.unit}: cache {r['cache_mib']} MiB; RSS {r['rss_before_fit_mib']} "
           f"MiB before the fit, at most {r['rss_peak_at_batch_end_mib']} MiB at a batch's end: "
           f"+{r['increase_mib']} MiB")
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"step_memory_{args.model}_{args.unit}.json"
-    path.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {path}")
+    write_result(args.out / f"step_memory_{args.model}_{args.unit}.json", result)
 
 
 if __name__ == "__main__":

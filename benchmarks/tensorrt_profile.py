@@ -22,11 +22,12 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import statistics
 import subprocess
 import sys
 from pathlib import Path
+
+from result_json import commands_with, read_earlier, script_command, write_result
 
 from attnround_pl.calib.pipeline import machine
 from attnround_pl.calib.report import OnnxCheck, Report
@@ -185,6 +186,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="run only these (the JSON's rows of the others are kept)")
     args = parser.parse_args(argv)
     plan = [("nearest", s) for s in args.seeds] + ([("attention", 0)] if args.attention else [])
+    out = RESULTS / "tensorrt_profile.json"
+    old = read_earlier(out)  # a broken file stops here, before any calibration
     rows = []
     for model in MODELS:
         for recipe, seed in plan:
@@ -195,18 +198,12 @@ def main(argv: list[str] | None = None) -> None:
                                 Report.read(run_dir / "report.json"), onnx, trt))
                 print(f"# {model} {recipe} {profile} seed {seed}: top-1 {rows[-1]['top1']:.2f}, "
                       f"{len(trt.violations)} violations", file=sys.stderr, flush=True)
-    out = RESULTS / "tensorrt_profile.json"
-    old = json.loads(out.read_text()) if out.is_file() else {}
     rows = merged(old.get("rows", []), rows)
-    command = "python benchmarks/tensorrt_profile.py" + " ".join(["", *(argv or sys.argv[1:])])
-    commands = [c for c in old.get("commands", [old["command"]] if "command" in old else [])
-                if c != command]
+    command = script_command("tensorrt_profile.py", argv or None)
     entries = summary(rows)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({
-        "commands": [*commands, command], "machine": machine(),
-        "date": datetime.date.today().isoformat(), "summary": entries, "rows": rows},
-        indent=2) + "\n")
+    write_result(out, {
+        "commands": commands_with(old, command), "machine": machine(),
+        "date": datetime.date.today().isoformat(), "summary": entries, "rows": rows})
     print(markdown(entries))
 
 

@@ -93,4 +93,8 @@ def test_adam_call_times_a_unit_and_writes_its_json(tmp_path, capsys):
                                                           / row["step_torch_ms"])
     saved = (row["call_torch_us"] - row["call_lean_us"]) / 1e3 / row["step_torch_ms"]
     assert total["call_saving_percent_of_step"] == pytest.approx(100 * saved)
-    assert "the call's saving" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "the call's saving" in out
+    assert (f"| conv1..layer1.1 | {row['parameters']} | True | {row['call_torch_us']:.0f} | "
+            f"{row['call_lean_us']:.0f} | {row['step_torch_ms']:.2f} | "
+            f"{row['step_lean_ms']:.2f} |") in out.splitlines()

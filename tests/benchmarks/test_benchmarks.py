@@ -792,7 +792,8 @@ def test_rounding_cost_times_the_border_against_lsq_on_each_shape(tmp_path, monk
     assert table.count("\n| 64 x ") == len(cost.SHAPES)
 
 
-def test_speed_times_one_block_a_unit_with_the_ends_apart_when_asked(tmp_path, monkeypatch):
+def test_speed_times_one_block_a_unit_with_the_ends_apart_when_asked(tmp_path, monkeypatch,
+                                                                    capsys):
     from attnround_pl.models import build_model, split_units
     from attnround_pl.quant import QuantConfig, quantize_model
 
@@ -811,6 +812,15 @@ def test_speed_times_one_block_a_unit_with_the_ends_apart_when_asked(tmp_path, m
     assert [r["unit"] for r in result["rows"]] == units and len(units) == 11
     assert (result["unit_blocks"], result["join_end_layers"]) == (1, False)
     assert all(min(r["bare_ms"], r["float_fwd_bwd_ms"]) > 0 for r in result["rows"])
+    assert result["command"] == "python benchmarks/speed.py " + " ".join(argv[1:])
+    # a table line a unit: its name, four times in ms and the steady ratio, as in its row
+    lines = [line for line in capsys.readouterr().out.splitlines()
+             if line.split(" | ")[0][2:] in units]
+    assert len(lines) == len(units)
+    last = result["rows"][-1]
+    assert lines[-1] == (f"| {last['unit']} | {last['lightning_ms']:.2f} | "
+                         f"{last['lightning_steady_ms']:.2f} | {last['bare_ms']:.2f} | "
+                         f"{last['float_fwd_bwd_ms']:.2f} | {last['ratio_steady']:.2f} |")
     monkeypatch.setattr(sys, "argv", ["speed.py", "--unit-blocks", "0"])
     with pytest.raises(SystemExit):
         speed.main()
