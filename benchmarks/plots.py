@@ -6,8 +6,9 @@ markdown table per suite, and README's headline table. Reads
 ``benchmarks/results/accuracy_*.json``, writes PNGs next to them, prints the tables and
 rewrites docs/benchmarks.md's table blocks from the JSON (the ``goal`` and
 ``goal_like_for_like`` blocks computed from the suites, the ``levers`` block from
-``levers_*.json``, see lever_table.py; README is never written: ``--headline`` prints its
-block, which tests/docs/test_readme.py compares).
+``levers_*.json``, see lever_table.py, the ``paired`` block from ``goal_paired_*/paired_*.json``,
+see paired_table.py; README is never written: ``--headline`` prints its block, which
+tests/docs/test_readme.py compares).
 
     .venv/bin/python benchmarks/plots.py              # plots + docs/benchmarks.md's tables
     .venv/bin/python benchmarks/plots.py --headline   # README's headline block, printed
@@ -30,6 +31,7 @@ import matplotlib.patches
 import matplotlib.pyplot as plt
 from lever_table import lever_table
 from markdown_table import HEADER, missing_columns, row_line
+from paired_table import paired_table
 from result_json import most_seeded_rows, read_result
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -818,9 +820,9 @@ def goal_plots(rows: list[dict]) -> list[Path]:
 
 # table blocks computed from several files (name -> function), beside the suites' own: the goal
 # from the accuracy suites and in the peers' placement, every lever from benchmarks/levers.py's
-# files (lever_table.py)
+# files (lever_table.py), every pair paired.py compared image by image (paired_table.py)
 GENERATED = {"goal": goal_table, "goal_like_for_like": like_for_like_goal_table,
-             "levers": lever_table}
+             "levers": lever_table, "paired": paired_table}
 
 
 def minutes(seconds: float) -> str:
