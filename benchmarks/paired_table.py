@@ -100,13 +100,18 @@ def paired_rows(results: Path = RESULTS) -> list[PairedRow]:
         r.setting))
 
 
-def suite_change(row: PairedRow, results: Path = RESULTS) -> str:
-    """The change after - before that the like-for-like suite's rows of the two recipes give over
-    the row's seeds (mean, pp), "-" where the suite lacks a recipe or one of those seeds."""
+def suite_rows(results: Path = RESULTS) -> dict[tuple[str, str, str], dict]:
+    """The like-for-like suite's rows by (model, setting, method); none where it has no JSON."""
     path = results / LIKE_FOR_LIKE
     if not path.is_file():
-        return "-"
-    suite = {(r["model"], r["setting"], r["method"]): r for r in read_result(path)["rows"]}
+        return {}
+    return {(r["model"], r["setting"], r["method"]): r for r in read_result(path)["rows"]}
+
+
+def suite_change(row: PairedRow, suite: dict[tuple[str, str, str], dict]) -> str:
+    """The change after - before that the like-for-like suite's rows (``suite_rows``) of the two
+    recipes give over the row's seeds (mean, pp), "-" where the suite lacks a recipe or one of
+    those seeds."""
     before = suite.get((row.model, row.setting, row.before), {}).get("per_seed", {})
     after = suite.get((row.model, row.setting, row.after), {}).get("per_seed", {})
     seeds = [str(s) for s in row.seeds]
@@ -128,6 +133,7 @@ def paired_table(results: Path = RESULTS) -> str:
            "| change by seed, pp | pooled change ± SE over the images, pp (95 % interval) "
            "| SE over the pairs, pp | the suite's change, same seeds, pp |",
            "| --- | --- | --- | --- | --- | --- | --- | ---: | ---: |"]
+    suite = suite_rows(results)
     for row in paired_rows(results):
         low, high = row.pooled - Z95 * row.pooled_se, row.pooled + Z95 * row.pooled_se
         pairs_se = "-" if row.pairs_se is None else f"{row.pairs_se:.2f}"
@@ -137,7 +143,7 @@ def paired_table(results: Path = RESULTS) -> str:
             f"| `{row.after}` {mean_spread(row.top1_after)} "
             f"| {', '.join(f'{c:+.2f}' for c in row.changes)} "
             f"| **{row.pooled:+.2f}** ± {row.pooled_se:.2f} ({low:+.2f} to {high:+.2f}) "
-            f"| {pairs_se} | {suite_change(row, results)} |")
+            f"| {pairs_se} | {suite_change(row, suite)} |")
     return "\n".join(out) + "\n"
 
 

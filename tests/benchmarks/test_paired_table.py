@@ -63,10 +63,10 @@ def test_the_suites_change_is_over_the_rows_seeds_and_absent_where_a_seed_is(tmp
     _suite(tmp_path, "resnet20", "W2A4", {"qdrop": {0: 92.2, 1: 92.2, 2: 92.1},
                                           "attnround_blocks": {0: 92.1, 1: 92.1, 2: 92.0}})
     (row,) = table.paired_rows(tmp_path)
-    assert table.suite_change(row, tmp_path) == "-0.10"
+    assert table.suite_change(row, table.suite_rows(tmp_path)) == "-0.10"
     _suite(tmp_path, "resnet20", "W2A4", {"qdrop": {0: 92.2, 2: 92.1},
                                           "attnround_blocks": {0: 92.1, 1: 92.1, 2: 92.0}})
-    assert table.suite_change(row, tmp_path) == "-"
+    assert table.suite_change(row, table.suite_rows(tmp_path)) == "-"
 
 
 def test_a_file_that_is_not_one_recipe_against_another_seed_with_seed_is_refused(tmp_path):
