@@ -20,7 +20,8 @@ and whose standard error over the images is what sampling the test images leaves
 these models: it does not count how much another seed's models would differ; the standard error
 of the mean over the pairs, from their spread, counts both, roughly with few seeds).
 Validation splits differ by seed (each leaves out its seed's calibration images): those pairs are
-not pooled, and the output says so.
+not pooled, and the output says so; nor are pairs where a run is on both sides (seed against
+seed in a cycle, ``--before s0 s1 s2 --after s1 s2 s0``, whose per-image changes cancel).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from typing import Any, NamedTuple
 import torch
 import yaml
 from result_json import script_command, write_result
+from table_names import Z95
 
 
 class PairedChange(NamedTuple):
@@ -145,13 +147,15 @@ def evaluate(run: Path, cache: dict[str, tuple[list, str]] | None = None) -> Eva
 
 @dataclass(frozen=True)
 class Comparison:
-    """Every pair's change, and the pooled change where all runs saw the same images."""
+    """Every pair's change, and the pooled change where all runs saw the same images and no run
+    is on both sides (``not_pooled`` says why not)."""
 
     pairs: list[dict[str, Any]]
     pooled_change: float | None
     pooled_se: float | None
     mean_of_pairs: float
     pairs_sd: float | None
+    not_pooled: str | None = None
 
     @property
     def pairs_se(self) -> float | None:
@@ -172,11 +176,20 @@ def compare(befores: list[Evaluated], afters: list[Evaluated]) -> Comparison:
         pairs.append({"before": b.run, "after": a.run, "top1_before": b.top1,
                       "top1_after": a.top1, **change._asdict()})
     changes = [p["change"] for p in pairs]
-    same = len({e.images for e in befores}) == 1
-    pooled = (pooled_change([b.right for b in befores], [a.right for a in afters])
-              if same else (None, None))
+    both_sides = sorted({b.run for b in befores} & {a.run for a in afters})
+    not_pooled = None
+    if len({e.images for e in befores}) > 1:
+        not_pooled = ("the pairs were evaluated on different images (validation splits differ "
+                      "by seed)")
+    elif both_sides:
+        # seed against seed in a cycle (s0 -> s1, s1 -> s2, s2 -> s0): every image's changes
+        # cancel, so the pool would read 0 +- 0 whatever the seeds do
+        not_pooled = (f"{Path(both_sides[0]).name} is both a run before and a run after, so "
+                      "its images' changes cancel in the pool")
+    pooled = ((None, None) if not_pooled else
+              pooled_change([b.right for b in befores], [a.right for a in afters]))
     return Comparison(pairs, *pooled, statistics.mean(changes),
-                      statistics.stdev(changes) if len(changes) > 1 else None)
+                      statistics.stdev(changes) if len(changes) > 1 else None, not_pooled)
 
 
 def print_comparison(result: Comparison) -> None:
@@ -192,11 +205,10 @@ def print_comparison(result: Comparison) -> None:
     print(f"\nmean change over the {len(result.pairs)} pairs: {result.mean_of_pairs:+.2f} pp"
           + spread)
     if result.pooled_change is None:
-        print("not pooled: the pairs were evaluated on different images (validation splits "
-              "differ by seed)")
+        print(f"not pooled: {result.not_pooled}")
     else:
-        low = result.pooled_change - 1.96 * result.pooled_se
-        high = result.pooled_change + 1.96 * result.pooled_se
+        low = result.pooled_change - Z95 * result.pooled_se
+        high = result.pooled_change + Z95 * result.pooled_se
         print(f"pooled image by image: {result.pooled_change:+.2f} pp, standard error "
               f"{result.pooled_se:.2f} pp over the images (95 % interval {low:+.2f} to "
               f"{high:+.2f})")

@@ -21,14 +21,13 @@ from pathlib import Path
 from typing import NamedTuple
 
 from result_json import read_json, read_result, restore_fix
+from table_names import MODEL_NAMES, Z95
+from table_names import SETTINGS as SETTING_ORDER
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SITTINGS = "goal_paired_*"
 PAIRED_FILE = re.compile(r"^paired_(?P<model>[a-z0-9]+)_(?P<setting>W\d+A\d+)\.json$")
 LIKE_FOR_LIKE = "accuracy_like_for_like.json"
-MODEL_NAMES = {"resnet20": "ResNet-20", "mobilenetv2": "MobileNetV2"}
-SETTING_ORDER = ("W4A4", "W3A3", "W2A4", "W2A2")
-Z95 = 1.96
 
 
 class PairedRow(NamedTuple):

@@ -33,6 +33,8 @@ from lever_table import lever_table
 from markdown_table import HEADER, missing_columns, row_line
 from paired_table import paired_table
 from result_json import most_seeded_rows, read_result
+from table_names import MODEL_NAMES as HEADLINE_MODELS
+from table_names import SETTINGS as HEADLINE_SETTINGS
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DOC = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
@@ -437,9 +439,9 @@ def block_table(name: str) -> str:
     return GENERATED[name]().rstrip("\n") if name in GENERATED else suite_table(RESULTS / name)
 
 
-# README's headline table: both embedded models, the recipes the benchmarks compare, the
-# settings with quantized activations; only rows with HEADLINE_SEEDS seeds or more
-HEADLINE_MODELS = {"resnet20": "ResNet-20", "mobilenetv2": "MobileNetV2"}
+# README's headline table: both embedded models (HEADLINE_MODELS), the recipes the benchmarks
+# compare, the settings with quantized activations (HEADLINE_SETTINGS; both from table_names.py);
+# only rows with HEADLINE_SEEDS seeds or more
 HEADLINE_RECIPES = {"nearest": "round-to-nearest", "adaround": "AdaRound",
                     "attention": "Attention Round, paper",
                     "attnround": "attnround (default)",
@@ -449,7 +451,6 @@ HEADLINE_RECIPES = {"nearest": "round-to-nearest", "adaround": "AdaRound",
                     # the peers' recipes as the tables before issue 34 ran them (see
                     # benchmarks/accuracy.py): shown until the like-for-like rows have 3 seeds
                     "brecq_v1": "BRECQ's recipe, v1", "qdrop_v1": "QDrop's recipe, v1"}
-HEADLINE_SETTINGS = ("W4A4", "W3A3", "W2A4", "W2A2")
 HEADLINE_SEEDS = 3
 # read first, in this order: the recipes suite (the default recipe and the paper's setting in one
 # sitting on the current code), then the models' own tables

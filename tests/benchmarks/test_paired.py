@@ -70,8 +70,18 @@ def test_compare_pairs_in_order_and_pools_only_the_same_images():
              _evaluated(paired, "a1", [True, True, False, False], images="seed 1")]
     split = paired.compare([befores[0], other[0]], [afters[0], other[1]])
     assert split.pooled_change is None and split.pooled_se is None
+    assert split.not_pooled.startswith("the pairs were evaluated on different images")
     with pytest.raises(ValueError, match="different images"):
         paired.compare([befores[0]], [other[1]])
+    # seed against seed in a cycle: the mean over the pairs is 0 by construction, and a pool
+    # would read 0 +- 0 however many images the seeds disagree on, so there is none
+    cycle = paired.compare(befores, befores[::-1])
+    assert [p["change"] for p in cycle.pairs] == [pytest.approx(0.0), pytest.approx(0.0)]
+    assert [(p["only_before"], p["only_after"]) for p in cycle.pairs] == [(1, 1), (1, 1)]
+    assert cycle.pooled_change is None and cycle.pooled_se is None
+    assert cycle.not_pooled == "b0 is both a run before and a run after, so its images' " \
+        "changes cancel in the pool"
+    assert result.not_pooled is None
     with pytest.raises(ValueError, match="one for one"):
         paired.compare(befores, afters[:1])
 
