@@ -107,17 +107,39 @@ def suite_rows(results: Path = RESULTS) -> dict[tuple[str, str, str], dict]:
     return {(r["model"], r["setting"], r["method"]): r for r in read_result(path)["rows"]}
 
 
-def suite_change(row: PairedRow, suite: dict[tuple[str, str, str], dict]) -> str:
-    """The change after - before that the like-for-like suite's rows (``suite_rows``) of the two
-    recipes give over the row's seeds (mean, pp), "-" where the suite lacks a recipe or one of
-    those seeds."""
+def suite_tops(row: PairedRow, suite: dict[tuple[str, str, str], dict]
+               ) -> tuple[list[float], list[float]] | None:
+    """The like-for-like suite's top-1 of the row's two recipes (``suite_rows``), before and
+    after, at the row's seeds in its order; None where the suite lacks a recipe or a seed."""
     before = suite.get((row.model, row.setting, row.before), {}).get("per_seed", {})
     after = suite.get((row.model, row.setting, row.after), {}).get("per_seed", {})
     seeds = [str(s) for s in row.seeds]
     if not all(s in before and s in after for s in seeds):
+        return None
+    return ([before[s]["quant_top1"] for s in seeds], [after[s]["quant_top1"] for s in seeds])
+
+
+def suite_change(row: PairedRow, suite: dict[tuple[str, str, str], dict]) -> str:
+    """The change after - before that the like-for-like suite's rows (``suite_rows``) of the two
+    recipes give over the row's seeds (mean, pp), "-" where the suite lacks a recipe or one of
+    those seeds."""
+    tops = suite_tops(row, suite)
+    if tops is None:
         return "-"
-    change = statistics.mean(after[s]["quant_top1"] - before[s]["quant_top1"] for s in seeds)
-    return f"{change:+.2f}"
+    return f"{statistics.mean(a - b for b, a in zip(*tops, strict=True)):+.2f}"
+
+
+def host_moves(row: PairedRow, suite: dict[tuple[str, str, str], dict]) -> str:
+    """How far the row's runs moved from the suite's runs of the same recipe and seed (another
+    host): the smallest and largest of (top-1 here - the suite's) over both recipes' runs, pp;
+    "-" where the suite lacks a recipe or a seed."""
+    tops = suite_tops(row, suite)
+    if tops is None:
+        return "-"
+    moves = [here - there for heres, theres in zip((row.top1_before, row.top1_after), tops,
+                                                   strict=True)
+             for here, there in zip(heres, theres, strict=True)]
+    return f"{min(moves):+.2f} to {max(moves):+.2f}"
 
 
 def mean_spread(values: list[float]) -> str:
@@ -130,8 +152,9 @@ def paired_table(results: Path = RESULTS) -> str:
     """The markdown table of every paired setting."""
     out = ["| model, setting | sitting | seeds | before: recipe, top-1 % | after: recipe, top-1 % "
            "| change by seed, pp | pooled change ± SE over the images, pp (95 % interval) "
-           "| SE over the pairs, pp | the suite's change, same seeds, pp |",
-           "| --- | --- | --- | --- | --- | --- | --- | ---: | ---: |"]
+           "| SE over the pairs, pp | the suite's change, same seeds, pp "
+           "| a run here - the suite's run, pp (smallest to largest) |",
+           "| --- | --- | --- | --- | --- | --- | --- | ---: | ---: | ---: |"]
     suite = suite_rows(results)
     for row in paired_rows(results):
         low, high = row.pooled - Z95 * row.pooled_se, row.pooled + Z95 * row.pooled_se
@@ -142,7 +165,7 @@ def paired_table(results: Path = RESULTS) -> str:
             f"| `{row.after}` {mean_spread(row.top1_after)} "
             f"| {', '.join(f'{c:+.2f}' for c in row.changes)} "
             f"| **{row.pooled:+.2f}** ± {row.pooled_se:.2f} ({low:+.2f} to {high:+.2f}) "
-            f"| {pairs_se} | {suite_change(row, suite)} |")
+            f"| {pairs_se} | {suite_change(row, suite)} | {host_moves(row, suite)} |")
     return "\n".join(out) + "\n"
 
 

@@ -51,7 +51,7 @@ def test_each_setting_takes_its_most_paired_sitting_in_model_and_setting_order(t
     assert len(lines) == 2 + 3
     assert lines[-1] == ("| MobileNetV2 W3A3 | b | 0, 1, 2 | `qdrop` 90.36 ± 0.09 "
                          "| `attnround_blocks` 90.43 ± 0.09 | +0.24, +0.01, -0.05 "
-                         "| **+0.07** ± 0.16 (-0.24 to +0.38) | 0.09 | - |")
+                         "| **+0.07** ± 0.16 (-0.24 to +0.38) | 0.09 | - | - |")
     # one pair: the top-1s alone, no SE over the pairs
     assert lines[2].startswith("| ResNet-20 W4A4 | a | 0 | `qdrop` 92.36 | `attnround_blocks` "
                                "92.57 | +0.21 | **+0.21** ± 0.15 (-0.08 to +0.50) | - |")
@@ -64,9 +64,12 @@ def test_the_suites_change_is_over_the_rows_seeds_and_absent_where_a_seed_is(tmp
                                           "attnround_blocks": {0: 92.1, 1: 92.1, 2: 92.0}})
     (row,) = table.paired_rows(tmp_path)
     assert table.suite_change(row, table.suite_rows(tmp_path)) == "-0.10"
+    # here less the suite's, run by run: qdrop 0.0, -0.1; attnround_blocks -0.1, +0.2
+    assert table.host_moves(row, table.suite_rows(tmp_path)) == "-0.10 to +0.20"
     _suite(tmp_path, "resnet20", "W2A4", {"qdrop": {0: 92.2, 2: 92.1},
                                           "attnround_blocks": {0: 92.1, 1: 92.1, 2: 92.0}})
     assert table.suite_change(row, table.suite_rows(tmp_path)) == "-"
+    assert table.host_moves(row, table.suite_rows(tmp_path)) == "-"
 
 
 def test_a_file_that_is_not_one_recipe_against_another_seed_with_seed_is_refused(tmp_path):
