@@ -21,13 +21,12 @@ from pathlib import Path
 from typing import NamedTuple
 
 from result_json import read_json, read_result, restore_fix
-from table_names import MODEL_NAMES, Z95
+from table_names import LIKE_FOR_LIKE, MODEL_NAMES, Z95
 from table_names import SETTINGS as SETTING_ORDER
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SITTINGS = "goal_paired_*"
 PAIRED_FILE = re.compile(r"^paired_(?P<model>[a-z0-9]+)_(?P<setting>W\d+A\d+)\.json$")
-LIKE_FOR_LIKE = "accuracy_like_for_like.json"
 
 
 class PairedRow(NamedTuple):

@@ -33,6 +33,7 @@ from lever_table import lever_table
 from markdown_table import HEADER, missing_columns, row_line
 from paired_table import paired_table
 from result_json import most_seeded_rows, read_result
+from table_names import LIKE_FOR_LIKE
 from table_names import MODEL_NAMES as HEADLINE_MODELS
 from table_names import SETTINGS as HEADLINE_SETTINGS
 
@@ -620,8 +621,8 @@ def goal_table() -> str:
 
 
 # issue 34's goal in the peers' placement and order: the like-for-like suite's default
-# (ours with their placement) against the best of the peers' own recipes there
-LIKE_FOR_LIKE = "accuracy_like_for_like.json"
+# (ours with their placement) against the best of the peers' own recipes there (the suite's
+# file is table_names.LIKE_FOR_LIKE)
 LIKE_FOR_LIKE_RECIPE = "attnround_blocks"
 LIKE_FOR_LIKE_PEERS = ("brecq", "qdrop")
 
