@@ -47,6 +47,7 @@ RECIPES = {
     "levers_attnround.json": "attnround (the default since 2026-12-04)",
     # a sitting of its own (levers.py --sitting): its base rows ran again beside its levers
     "levers_attnround_epyc.json": "attnround, on the AMD EPYC host (2026-12-06/07)",
+    "levers_attnround_epyc2.json": "attnround, on the second AMD EPYC host (2026-12-08)",
 }
 HEADER = ("| recipe tried on | model | setting | lever | validation top-1 before | after | "
           "change, pp (per seed) | time after / before | became the next recipe |\n"

@@ -162,6 +162,13 @@ VARIANTS = {  # name -> options on top of the model, recipe and precision files
     # ... soft for the first quarter only (at 0.5 MobileNetV2 W3A3 and W2A2 were behind)
     "relax 8 until 0.25": ["--quant.rounding_args",
                            "{tau: 0.5, relax: 8.0, relax_until: 0.25}"],
+    # PD-Quant's term on the network's output (recon.output_weight) at their code's weight and
+    # temperature (10, 4), in the peers' placement and order: the goal's last miss
+    "act_placement blocks, block output steps, output term 10": [
+        *PEERS_ORDER, "--recon.output_weight", "10"],
+    # ... ten times that weight
+    "act_placement blocks, block output steps, output term 100": [
+        *PEERS_ORDER, "--recon.output_weight", "100"],
 }
 HOLDOUT = 5000
 

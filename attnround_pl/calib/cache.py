@@ -29,19 +29,22 @@ class UnitData:
     """Cached inputs and float targets of one unit, first dimension = calibration samples;
     ``float_inputs``: the float model's inputs of the unit (QDrop's input mixing,
     ``DropSettings.float_inputs``), None when not asked for; ``fisher``: the targets' element
-    weights (``recon.loss fisher``, see ``fisher``), None for the plain squared error."""
+    weights (``recon.loss fisher``, see ``fisher``), None for the plain squared error;
+    ``logits``: the float network's output on the samples (``recon.output_weight``, see
+    ``output_term``), None without that term."""
 
     inputs: Tensor
     targets: Tensor
     float_inputs: Tensor | None = None
     fisher: Tensor | None = None
+    logits: Tensor | None = None
 
     @property
     def nbytes(self) -> int:
         """Bytes held, each tensor once (``build_unit_data`` gives ``inputs`` and
         ``float_inputs`` one tensor where both come from the float model)."""
-        held = {id(t): t for t in (self.inputs, self.targets, self.float_inputs, self.fisher)
-                if t is not None}
+        held = {id(t): t for t in (self.inputs, self.targets, self.float_inputs, self.fisher,
+                                   self.logits) if t is not None}
         return sum(t.element_size() * t.numel() for t in held.values())
 
     def __len__(self) -> int:

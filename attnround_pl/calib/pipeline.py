@@ -650,6 +650,10 @@ def _resolve_job(
         data.prepare_data()  # before the other ranks exist: one process downloads or unpacks
     inputs = resolve_data(data, calib_size, eval_data)  # bad data or model: nothing written
     classes = check_model_runs(float_net, inputs.batches[0], source)
+    if recon.output_weight > 0 and classes is None:
+        raise SettingError(f"recon.output_weight={recon.output_weight:g} compares the network's "
+                           f"class probabilities, but {source.label} does not return (N, "
+                           "classes) logits: set it to 0")
     if not quantizable_layers(float_net):
         raise QuantConfigError(f"{source.label} has no Conv1d, Conv2d or Linear layer to quantize")
     show = run.progress if run is not None else progress

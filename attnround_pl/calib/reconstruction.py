@@ -32,6 +32,7 @@ from .budget import Plateau
 from .cache import UnitData
 from .distributed import rank_world
 from .graph_step import GraphedStep
+from .output_term import OutputTerm
 from .settings import COMPILE_MODES, LR_SCHEDULES
 from .step import Losses, optimizer_step, step_losses
 
@@ -60,10 +61,10 @@ def use_runtime_cuda_check() -> None:
 class StepBatches(Dataset):
     """Item ``k``: the sample indices of steps ``k * steps`` to ``(k + 1) * steps - 1`` (a list
     of index tensors, shorter at the end); ``gather`` turns one into the step's (inputs,
-    targets[, float inputs]) just before the step runs. Every step's indices are put on the
-    cache's device once, in one tensor, so a step slices it and gathers on the device, with no
-    host-to-device copy of indices (on a GPU that would make the host wait for the queued
-    kernels every step).
+    targets[, float inputs, Fisher weights, float logits]) just before the step runs. Every
+    step's indices are put on the cache's device once, in one tensor, so a step slices it and
+    gathers on the device, with no host-to-device copy of indices (on a GPU that would make
+    the host wait for the queued kernels every step).
 
     Gathering at the step, not when the Lightning batch is fetched, keeps one step's batch in
     memory instead of ``steps`` of them, and lets every step of a size write into the same
@@ -89,12 +90,13 @@ class StepBatches(Dataset):
                 for step in range(first, last)]
 
     def gather(self, index: Tensor) -> tuple[Tensor, ...]:
-        """(inputs, targets, float inputs, Fisher weights) of the samples ``index`` (the last
-        two None where the cache holds none), written into this size's tensors of the previous
-        step (a step's graph is freed by then). index_select, not ``tensor[index]``: advanced
-        indexing takes a slower general path (0.6 ms against 0.09 ms for a step's batch of
-        ResNet-20's layer1 on the 2-core CPU)."""
-        held = (self.data.inputs, self.data.targets, self.data.float_inputs, self.data.fisher)
+        """(inputs, targets, float inputs, Fisher weights, float logits) of the samples
+        ``index`` (the last three None where the cache holds none), written into this size's
+        tensors of the previous step (a step's graph is freed by then). index_select, not
+        ``tensor[index]``: advanced indexing takes a slower general path (0.6 ms against
+        0.09 ms for a step's batch of ResNet-20's layer1 on the 2-core CPU)."""
+        held = (self.data.inputs, self.data.targets, self.data.float_inputs, self.data.fisher,
+                self.data.logits)
         tensors = [t for t in held if t is not None]
         size = len(index)
         out = self._buffers.get(size)
@@ -169,6 +171,10 @@ class BlockReconstruction(pl.LightningModule):
     graph and replayed (``GraphedStep``). CUDA only, one process, a constant learning rate, no
     AdaRound (its beta changes every step) and no QDrop dropping (its generator is not
     recorded).
+
+    ``output_term``: PD-Quant's term on the network's output (``calib.output_term``), added
+    to the output error; the cache then holds the float logits (``data.logits``). The term's
+    float tail must be on the unit's device.
     """
 
     def __init__(
@@ -177,8 +183,12 @@ class BlockReconstruction(pl.LightningModule):
         total: int | None = None, lr_schedule: str = "constant", compile: str = "off",
         cuda_graph: bool = False, log_every_n_steps: int = 50, loss_p: float = 2.0,
         fixed_steps: Sequence[nn.Module] = (), plateau: Plateau | None = None,
+        output_term: OutputTerm | None = None,
     ) -> None:
         super().__init__()
+        if output_term is not None and data.logits is None:
+            raise ValueError("output_term needs the float logits in the cache (data.logits)")
+        self.output_term = output_term  # not a submodule: its tail stays in eval mode
         self.plateau = plateau
         self.steps_run = 0  # steps taken so far (fewer than iters where plateau ended the fit)
         self._stopped = False
@@ -212,7 +222,8 @@ class BlockReconstruction(pl.LightningModule):
         self._steps: StepBatches | None = None  # ditto: the fit's step batches
         self._plain_steps = False  # ditto: whether the steps use the plain optimizer
         if cuda_graph:
-            check_graphable(unit, lr_schedule, compile, fisher=data.fisher is not None)
+            check_graphable(unit, lr_schedule, compile, fisher=data.fisher is not None,
+                            output=output_term is not None)
         self.automatic_optimization = False  # the module steps Adam itself
 
     def learnable(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
@@ -277,16 +288,18 @@ class BlockReconstruction(pl.LightningModule):
             torch.compiler.reset()
 
     def step_losses(self, x: Tensor, y: Tensor, x_float: Tensor | None = None,
-                    fisher: Tensor | None = None) -> Losses:
+                    fisher: Tensor | None = None, logits: Tensor | None = None) -> Losses:
         """One step's (reconstruction loss, regulariser) on this rank's part of the batch,
         weighted by its share of the global batch (1 in one process); ``x_float``: the float
         model's inputs of the batch, what dropped input elements take (QDrop's mixing);
-        ``fisher``: the output error's element weights (``recon.loss fisher``)."""
+        ``fisher``: the output error's element weights (``recon.loss fisher``); ``logits``:
+        the float network's output on the batch (``output_term``)."""
         _, world = rank_world()
         if len(x):
             with drop_references(self._entries, x_float):
                 return step_losses(self._unit_forward, self._roundings, x, y,
-                                   len(x) * world / self.batch_size, self.loss_p, fisher)
+                                   len(x) * world / self.batch_size, self.loss_p, fisher,
+                                   self.output_term, logits)
         # no sample of this step on this rank: zero gradients, still all-reduced
         zero = sum(p.sum() for group in self.learnable() for p in group) * 0.0
         return zero, rounding_regularizer(self._roundings)
@@ -298,9 +311,9 @@ class BlockReconstruction(pl.LightningModule):
             if self._stopped:  # the adaptive budget ended the fit within this batch
                 break
             # to the unit's device: a no-op unless the cache is on the host and the unit not
-            x, y, x_float, fisher = (None if t is None else t.to(device)
-                                     for t in self._steps.gather(index))
-            self.reconstruction_step(x, y, first + offset, x_float, fisher)
+            x, y, x_float, fisher, logits = (None if t is None else t.to(device)
+                                             for t in self._steps.gather(index))
+            self.reconstruction_step(x, y, first + offset, x_float, fisher, logits)
 
     @property
     def stopped_on_plateau(self) -> bool:
@@ -314,11 +327,11 @@ class BlockReconstruction(pl.LightningModule):
         return batch
 
     def reconstruction_step(self, x: Tensor, y: Tensor, step: int,
-                            x_float: Tensor | None = None,
-                            fisher: Tensor | None = None) -> Losses:
-        """Step ``step`` (0-based) of the fit on the batch ``(x, y)`` (``x_float``, ``fisher``:
-        see ``step_losses``): eq. 6 and Adam's update included, the schedule advanced, the
-        losses logged when due."""
+                            x_float: Tensor | None = None, fisher: Tensor | None = None,
+                            logits: Tensor | None = None) -> Losses:
+        """Step ``step`` (0-based) of the fit on the batch ``(x, y)`` (``x_float``, ``fisher``,
+        ``logits``: see ``step_losses``): eq. 6 and Adam's update included, the schedule
+        advanced, the losses logged when due."""
         set_progress(self._roundings, step / max(1, self.iters))
         if self.cuda_graph:
             if self._graphed is None:
@@ -326,12 +339,13 @@ class BlockReconstruction(pl.LightningModule):
                                             self.loss_p)
             rec, reg = self._graphed(x, y)
         elif self._plain_steps:
-            rec, reg = optimizer_step(partial(self.step_losses, x_float=x_float, fisher=fisher),
+            rec, reg = optimizer_step(partial(self.step_losses, x_float=x_float, fisher=fisher,
+                                              logits=logits),
                                       self.optimizers(use_pl_optimizer=False), x, y)
         else:  # Lightning's wrapper: DDP's gradient all-reduce, a precision plugin's scaling
             optimizer = self.optimizers()
             optimizer.zero_grad()
-            rec, reg = self.step_losses(x, y, x_float, fisher)
+            rec, reg = self.step_losses(x, y, x_float, fisher, logits)
             self.manual_backward(rec + reg)
             optimizer.step()
         schedule = self.lr_schedulers()
@@ -405,15 +419,19 @@ def _constant(step: int) -> float:
 
 
 def check_graphable(unit: nn.Module, lr_schedule: str, compile: str,
-                    fisher: bool = False) -> None:
+                    fisher: bool = False, output: bool = False) -> None:
     """Refuse what a recorded CUDA graph step would freeze or miss (see BlockReconstruction);
-    ``fisher``: the unit's loss weighs its output error (``recon.loss`` fisher)."""
+    ``fisher``: the unit's loss weighs its output error (``recon.loss`` fisher); ``output``:
+    it has PD-Quant's term on the network's output (``recon.output_weight``)."""
     if lr_schedule != "constant":
         raise ValueError(f"cuda_graph needs a constant learning rate, not {lr_schedule!r}")
     if compile != "off":
         raise ValueError("cuda_graph and compile are exclusive: the graph records the eager step")
     if fisher:
         raise ValueError("cuda_graph records the plain squared error: not with recon.loss fisher")
+    if output:
+        raise ValueError("cuda_graph records the output error alone: not with "
+                         "recon.output_weight")
     for module in unit.modules():
         rounding = getattr(module, "rounding", None)
         if isinstance(rounding, AdaRounding):

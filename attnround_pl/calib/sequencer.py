@@ -35,6 +35,7 @@ from .memory import (
     estimate_cache_bytes,
     estimate_step_bytes,
 )
+from .output_term import OutputTerm, float_logits, tail_graphs, tail_module
 from .reconstruction import BlockReconstruction
 from .report import UnitResult
 from .settings import ReconConfig
@@ -79,6 +80,10 @@ class BlockSequencer(Callback):
     steps, never other codes). With ``recon.act_stage_float_inputs`` that pass caches each
     unit's inputs from the float model, and the unit's fixed entry quantizers (learned with
     the unit before) are off from its first MSE to its last.
+
+    ``recon.output_weight`` > 0: every unit's float tail (the float network after it) is built
+    when the sequencer is (a unit whose output is not the way to the network's output is
+    refused then, before any work), and the float logits once, with the first unit's cache.
     """
 
     def __init__(
@@ -125,6 +130,9 @@ class BlockSequencer(Callback):
         self._inputs_from_float = self._steps_pass and recon.act_stage_float_inputs
         self._entry_off: list[ActQuantizer] = []
         self._bytes: dict[str, tuple[int, int]] = {}  # unit -> (cache, step) bytes
+        # PD-Quant's term on the network's output: each unit's float tail, the float logits
+        self._tails = tail_graphs(float_model, units) if recon.output_weight > 0 else None
+        self._logits: Tensor | None = None
         # recon.block_output_steps: the block input quantizer each unit learns (None: none)
         self._outputs: list[ActQuantizer | None] = [None] * len(units)
         if recon.block_output_steps:
@@ -180,6 +188,13 @@ class BlockSequencer(Callback):
                 grads = output_gradients(self.qmodel, self.float_model, self.units, index,
                                          self.batches, self.recon.batch_size, where)
                 self._data.fisher = fisher_weights(grads, self.recon.loss)
+            output_term = None
+            if self._tails is not None:
+                if self._logits is None:
+                    self._logits = float_logits(self.float_model, self.batches)
+                self._data.logits = self._logits.to(where)
+                output_term = OutputTerm(tail_module(self.float_model, self._tails[index]),
+                                         self.recon.output_weight, self.recon.output_temperature)
             exit_quantizer = self._outputs[index]
             learned = unit.module(self.qmodel)
             if exit_quantizer is not None:
@@ -201,6 +216,7 @@ class BlockSequencer(Callback):
                 fixed_steps=fixed,
                 plateau=(Plateau(window_steps(self.iters), self.recon.plateau_gain)
                          if adaptive else None),
+                output_term=output_term,
             )
             steps = " steps" if self._steps_pass else ""
             module.label = f"unit {index + 1}/{len(self.units)}{steps} {unit.name}"
@@ -257,6 +273,10 @@ class BlockSequencer(Callback):
                 probe = build_unit_data(self.qmodel, self.float_model, unit, [self.batches[0][:2]])
                 module = unit.module(self.qmodel)
                 step = estimate_step_bytes(module, probe.inputs, self.recon.batch_size)
+                if self._tails is not None:  # the float tail's forward and backward too
+                    tail = tail_module(self.float_model, self._tails[self.units.index(unit)])
+                    step += estimate_step_bytes(tail, probe.targets.requires_grad_(),
+                                                self.recon.batch_size)
             self._bytes[unit.name] = (cache, step)
         return self._bytes[unit.name]
 

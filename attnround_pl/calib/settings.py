@@ -115,6 +115,16 @@ class ReconConfig:
             ``iters`` plus all the steps saved before it while its loss still falls so. The
             total stays within the fixed budget. A constant learning rate only, and not with
             AdaRound or ``rounding_args.tau_end`` (their schedules span ``iters``).
+        output_weight: 0 (default): a unit learns on its output error alone. More: PD-Quant's
+            term on the network's output is added with this weight (their code's is 10): the
+            KL divergence from the float network's class probabilities to those of the float
+            network after the unit run on the unit's quantized output (``calib.output_term``).
+            The model must return (N, classes) logits and torch.fx must trace it, and each
+            unit's output must be the only way to the network's output after it. The logged
+            loss includes the term; ``keep_better`` and ``keep_best_every`` still compare the
+            output MSE. Costs the float network after each unit, forward and backward, every
+            step. Not with ``cuda_graph``.
+        output_temperature: the softmax temperature of that term (their code's 4).
     """
 
     iters: int = 2000
@@ -137,6 +147,8 @@ class ReconConfig:
     unit_blocks_in_stage: bool = False
     join_end_layers: bool = True
     plateau_gain: float = 0.0
+    output_weight: float = 0.0
+    output_temperature: float = 4.0
 
     def validate(self) -> ReconConfig:
         check_finite(self, "recon")
@@ -183,6 +195,12 @@ class ReconConfig:
         if self.cuda_graph and self.loss != "mse":
             raise SettingError("recon.cuda_graph records the plain squared error: set "
                                "recon.loss=mse or recon.cuda_graph=false")
+        if self.output_weight < 0 or self.output_temperature <= 0:
+            raise SettingError(f"recon.output_weight={self.output_weight} must be >= 0 (0: off) "
+                               f"and recon.output_temperature={self.output_temperature} > 0")
+        if self.cuda_graph and self.output_weight > 0:
+            raise SettingError("recon.cuda_graph records the output error alone: set "
+                               "recon.output_weight=0 or recon.cuda_graph=false")
         if self.cuda_graph and self.compile != "off":
             raise SettingError("recon.cuda_graph and recon.compile are exclusive: the graph "
                                "records the eager step; set one of them off")

@@ -19,11 +19,18 @@ Losses = tuple[Tensor, Tensor]  # (reconstruction loss, rounding regulariser)
 
 def step_losses(forward: Callable[[Tensor], Tensor], roundings: Sequence[Rounding], x: Tensor,
                 y: Tensor, weight: float = 1.0, p: float = 2.0,
-                fisher: Tensor | None = None) -> Losses:
+                fisher: Tensor | None = None,
+                output_term: Callable[[Tensor, Tensor], Tensor] | None = None,
+                logits: Tensor | None = None) -> Losses:
     """``(weight * ||forward(x) - y||_p^p, regulariser)``: ``weight`` is this rank's share of
     the global batch under DDP (1 in one process); ``p`` the error's exponent and ``fisher``
-    the error's element weights (see ``quant.reconstruction_loss``)."""
-    rec = reconstruction_loss(forward(x), y, p, fisher)
+    the error's element weights (see ``quant.reconstruction_loss``). With ``output_term``,
+    ``output_term(forward(x), logits)`` (PD-Quant's term, ``calib.output_term``; ``logits``
+    the float network's output on the batch) is added to the error before the weighting."""
+    out = forward(x)
+    rec = reconstruction_loss(out, y, p, fisher)
+    if output_term is not None:
+        rec = rec + output_term(out, logits)
     if weight != 1.0:
         rec = rec * weight
     return rec, rounding_regularizer(roundings)

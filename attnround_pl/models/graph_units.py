@@ -164,7 +164,7 @@ class GraphRegion:
         env: dict[str, Any] = {}
         x = graph.placeholder(self.input)
         env[self.input] = x
-        if any(_in_place(trace.nodes[name], root) for name in self.nodes):
+        if any(in_place(trace.nodes[name], root) for name in self.nodes):
             env[self.input] = graph.call_method("clone", (x,))  # the cache is not written to
 
         def arg(n: fx.Node) -> Any:
@@ -199,7 +199,8 @@ def _joined(graph: fx.Graph, values: list[fx.Node]) -> fx.Node:
     return values[0] if len(values) == 1 else graph.call_function(joined_outputs, (values,))
 
 
-def _in_place(node: fx.Node, root: nn.Module) -> bool:
+def in_place(node: fx.Node, root: nn.Module) -> bool:
+    """Whether ``node`` writes into its input (an ``inplace`` module or argument, a ``relu_``)."""
     if node.kwargs.get("inplace") is True:
         return True
     if node.op == "call_module":
@@ -320,7 +321,7 @@ def analyse(qmodel: nn.Module, example: Tensor) -> GraphTrace:
     needed: set[str] = set()
     for n in reversed(graph.nodes):
         real = [u for u in n.users if u.name in needed and u.name not in constants]
-        if n.op == "output" or real or n.is_impure() or _in_place(n, qmodel):
+        if n.op == "output" or real or n.is_impure() or in_place(n, qmodel):
             needed.add(n.name)
     return GraphTrace(graph, a.tensors & b.tensors, constants, independent, needed)
 

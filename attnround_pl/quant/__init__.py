@@ -19,7 +19,7 @@ _EXPORTS = {
     "errors": ["QuantConfigError"],
     "grid": ["UniformGrid", "check_bits"],
     "layers": ["QuantConv1d", "QuantConv2d", "QuantLayer", "QuantLinear"],
-    "loss": ["output_mse", "reconstruction_loss"],
+    "loss": ["output_mse", "prediction_difference", "reconstruction_loss"],
     "model": [
         "act_border_parameters",
         "activations_off",

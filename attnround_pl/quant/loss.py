@@ -34,3 +34,13 @@ def reconstruction_loss(pred: Tensor, target: Tensor, p: float = 2.0,
 def output_mse(pred: Tensor, target: Tensor) -> Tensor:
     """Plain mean squared error over all elements (what reports show)."""
     return (pred - target).pow(2).mean()
+
+
+def prediction_difference(logits: Tensor, float_logits: Tensor,
+                          temperature: float = 4.0) -> Tensor:
+    """PD-Quant's prediction difference: ``KL(softmax(float_logits / T) || softmax(logits /
+    T))``, summed over classes and averaged over the batch (``reduction='batchmean'``, as
+    their ``block_recon.py``). ``logits`` come from the network's float tail applied to a
+    quantized unit's output, ``float_logits`` from the float network."""
+    return F.kl_div(F.log_softmax(logits / temperature, dim=1),
+                    F.softmax(float_logits / temperature, dim=1), reduction="batchmean")

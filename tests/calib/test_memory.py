@@ -10,9 +10,11 @@ from attnround_pl.calib.memory import (
     estimate_cache_bytes,
     estimate_step_bytes,
 )
+from attnround_pl.calib.output_term import tail_graphs, tail_module
 from attnround_pl.calib.resume import PROGRESS
+from attnround_pl.calib.sequencer import BlockSequencer
 from attnround_pl.data import FashionMNISTDataModule
-from attnround_pl.models import build_model
+from attnround_pl.models import build_model, split_units
 from attnround_pl.quant import QuantConfig, calibrate_activations, fold_batchnorms, quantize_model
 
 
@@ -56,6 +58,29 @@ def test_step_estimate_counts_the_saved_activations_per_sample():
     # two convs with quantized inputs, BN-free ReLUs and the residual: a few maps a sample
     assert 2 * activation <= per_sample <= 20 * activation
     assert small > 64 * 2 * 2 * activation
+
+
+def test_the_step_estimate_adds_the_float_tail_with_the_output_term():
+    torch.manual_seed(0)
+    net = build_model("resnet20", weights=None).eval()
+    q = quantize_model(net, QuantConfig(w_bits=4, a_bits=4))
+    batches = [torch.randn(8, 1, 28, 28)]
+    calibrate_activations(q, batches)
+    fold_batchnorms(net)
+    units = split_units(q)
+
+    def unit_bytes(weight: float) -> list[tuple[int, int]]:
+        sequencer = BlockSequencer(q, net, units, batches, ReconConfig(output_weight=weight),
+                                   make_trainer=None)
+        return [sequencer.unit_bytes(u) for u in units]
+
+    plain, with_term = unit_bytes(0.0), unit_bytes(10.0)
+    tail = tail_module(net, tail_graphs(net, units)[0])
+    probe = build_unit_data(q, net, units[0], [batches[0][:2]]).targets.requires_grad_()
+    assert with_term[0] == (plain[0][0], plain[0][1] + estimate_step_bytes(tail, probe, 64))
+    # the float network after a unit shrinks along the network: the first unit's is the largest
+    extra = [w[1] - p[1] for p, w in zip(plain, with_term, strict=True)]
+    assert extra[0] > extra[-1] > 0
 
 
 def test_guard_stops_before_the_cache_and_keeps_finished_units(tmp_path, tiny_fmnist,

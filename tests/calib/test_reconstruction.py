@@ -108,7 +108,7 @@ def _learn_with(fmnist_root, options):
     module.on_fit_start()
     for chunk in module.train_dataloader():
         for index in chunk:
-            x, y, _, _ = module._steps.gather(index)
+            x, y, *_ = module._steps.gather(index)
             optimizer_step(module.step_losses, opt, x, y)
     return start, [p.detach().clone() for p in params]
 
@@ -183,7 +183,7 @@ def test_step_batches_gather_each_steps_indices_in_order():
         assert len(steps) == 30 and all(len(chunk) == 1 for chunk in steps)
         for [index], idx in zip(steps, lists, strict=True):
             assert index.tolist() == idx
-            x, y, x_float, _ = batches.gather(index)
+            x, y, x_float, *_ = batches.gather(index)
             assert torch.equal(x, data.inputs[idx]) and torch.equal(y, data.targets[idx])
             assert torch.equal(x_float, data.float_inputs[idx])
         chunks = list(torch.utils.data.DataLoader(StepBatches(data, lists, 4), batch_size=None))
