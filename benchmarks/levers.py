@@ -169,6 +169,10 @@ VARIANTS = {  # name -> options on top of the model, recipe and precision files
     # ... ten times that weight
     "act_placement blocks, block output steps, output term 100": [
         *PEERS_ORDER, "--recon.output_weight", "100"],
+    "act_placement blocks, block output steps, output term 1000": [
+        *PEERS_ORDER, "--recon.output_weight", "1000"],
+    # ... weight 100 in the default placement
+    "output term 100": ["--recon.output_weight", "100"],
 }
 HOLDOUT = 5000
 

@@ -298,7 +298,8 @@ def test_the_paper_recipe_composes_the_settings_of_the_single_file_it_replaced(c
                             "act_stage_loss_p": 2.0, "act_stage_float_inputs": False,
                             "loss": "mse", "block_output_steps": False,
                             "unit_blocks": 1, "unit_blocks_in_stage": False,
-                            "join_end_layers": False, "plateau_gain": 0.0}
+                            "join_end_layers": False, "plateau_gain": 0.0,
+                            "output_weight": 0.0, "output_temperature": 4.0}
     assert now["data"] == {**before["data"], "init_args": {**before["data"]["init_args"],
                                                            "holdout": 0}}
     assert now["run"] == {**before["run"], "onnx_opset": None, "host_speed": True}
