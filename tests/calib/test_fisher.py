@@ -4,6 +4,7 @@ weighted loss, and a calibration that learns on them."""
 import pytest
 import torch
 import torch.nn.functional as F
+from float_pairs import resnet20_pair, small_cnn
 from torch import nn
 
 import attnround_pl
@@ -11,11 +12,10 @@ from attnround_pl.calib import ReconConfig, build_unit_data, capture
 from attnround_pl.calib.fisher import fisher_weights, output_gradients
 from attnround_pl.calib.memory import estimate_cache_bytes
 from attnround_pl.errors import SettingError
-from attnround_pl.models import build_model, split_units
+from attnround_pl.models import split_units
 from attnround_pl.quant import (
     QuantConfig,
     calibrate_activations,
-    fold_batchnorms,
     quant_layers,
     quantize_model,
     reconstruction_loss,
@@ -46,13 +46,6 @@ def test_the_weighted_error_weighs_each_element():
                               reconstruction_loss(pred, target, p), rtol=1e-6)
 
 
-def resnet20_pair():
-    model = build_model("resnet20", weights=None)
-    q = quantize_model(model, QuantConfig(w_bits=2, a_bits=4, rounding="attention"))
-    f = build_model("resnet20", weights=None)
-    f.load_state_dict(model.state_dict())
-    fold_batchnorms(f)
-    return q, f.eval()
 
 
 def test_a_block_units_weights_are_brecqs_gradient_with_the_network_float_after_it():
@@ -132,12 +125,6 @@ def test_the_cache_estimate_counts_the_weights():
     )
 
 
-def small_cnn() -> nn.Module:
-    torch.manual_seed(0)
-    return nn.Sequential(
-        nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3),
-    ).eval()
 
 
 def test_a_calibration_learns_on_the_weighted_error():

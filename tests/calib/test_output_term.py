@@ -5,6 +5,7 @@ import lightning.pytorch as pl
 import pytest
 import torch
 import torch.nn.functional as F
+from float_pairs import resnet20_pair, small_cnn
 from torch import nn
 
 import attnround_pl
@@ -29,16 +30,6 @@ from attnround_pl.quant import (
     reconstruction_loss,
 )
 from attnround_pl.quant.model import act_quantizers
-
-
-def resnet20_pair():
-    torch.manual_seed(0)
-    model = build_model("resnet20", weights=None)
-    q = quantize_model(model, QuantConfig(w_bits=2, a_bits=4, rounding="attention"))
-    f = build_model("resnet20", weights=None)
-    f.load_state_dict(model.state_dict())
-    fold_batchnorms(f)
-    return q, f.eval()
 
 
 @pytest.mark.parametrize("recon", [ReconConfig(unit_blocks=1, join_end_layers=False),
@@ -139,12 +130,6 @@ def test_the_term_is_pd_quants_divergence_and_a_step_adds_it_to_the_error():
     assert torch.allclose(rec, want)
 
 
-def small_cnn() -> nn.Module:
-    torch.manual_seed(0)
-    return nn.Sequential(
-        nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3),
-    ).eval()
 
 
 def test_a_trained_unit_learning_with_the_term_ends_closer_to_the_float_output(fmnist_root):
