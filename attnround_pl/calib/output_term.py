@@ -78,9 +78,13 @@ def _cut(graph: fx.Graph, unit: Unit) -> fx.Node:
                                f"its output, but it has {len(unit.region.outputs)} outputs "
                                f"({', '.join(unit.region.outputs)}); set {OPTION} to 0")
         found = [n for n in graph.nodes if n.name == unit.region.outputs[0]]
-    else:
-        found = [n for n in graph.nodes
-                 if n.op == "call_module" and n.target == unit.output_path]
+        if not found:
+            raise SettingError(f"{OPTION}: the float model's traced graph has no node "
+                               f"{unit.region.outputs[0]!r}, unit {unit.name!r}'s output; pass "
+                               f"the float model the quantized one was made from, or set "
+                               f"{OPTION} to 0")
+        return found[0]
+    found = [n for n in graph.nodes if n.op == "call_module" and n.target == unit.output_path]
     if len(found) != 1:
         raise SettingError(f"{OPTION} runs the float network after unit {unit.name!r}, but "
                            f"the traced forward calls {unit.output_path!r} {len(found)} times; "

@@ -68,6 +68,10 @@ def test_a_graph_units_tail_starts_at_its_region_output():
         kept = cut.clone()
         assert torch.allclose(tail_module(net, graphs[0])(cut), net(x), atol=1e-6)
         assert torch.equal(cut, kept)
+    # a float model that is not the quantized one's: its graph lacks the unit's output node
+    with pytest.raises(SettingError, match=r"recon.output_weight: the float model's traced "
+                                           r"graph has no node '.*', unit .*'s output"):
+        tail_graphs(nn.Sequential(nn.Conv2d(3, 4, 3)).eval(), units[2:])
 
 
 class Skip(nn.Module):
