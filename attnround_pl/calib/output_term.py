@@ -13,8 +13,9 @@ Here, for each unit:
   to the network's output. The unit's output must be the only way from the images to the
   network's output after the unit (a chain of blocks, as their code assumes); a unit with a
   connection around it, or with several outputs, is refused with one line;
-- the float logits (``float_logits``): the float model's output on the calibration images,
-  computed once per pass over the units and gathered with each step's samples;
+- the float logits: the float model's output on the calibration images (``cache.capture`` of
+  the whole model), computed once per pass over the units and gathered with each step's
+  samples;
 - the term (``OutputTerm``): ``weight * prediction_difference(tail(unit output), float logits,
   temperature)``, added to the step's output error (``calib.step.step_losses``).
 
@@ -29,7 +30,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import torch
 import torch.fx as fx
 from torch import Tensor, nn
 
@@ -140,19 +140,6 @@ def tail_module(float_model: nn.Module, graph: fx.Graph) -> fx.GraphModule:
     for p in tail.parameters():
         p.requires_grad_(False)
     return tail
-
-
-@torch.no_grad()
-def float_logits(float_model: nn.Module, batches: Sequence[Tensor],
-                 device: str | torch.device = "cpu") -> Tensor:
-    """The float model's output on ``batches``, concatenated, on ``device``."""
-    first = next(float_model.parameters()).device
-    training = float_model.training
-    float_model.eval()
-    try:
-        return torch.cat([float_model(b.to(first)).to(device) for b in batches])
-    finally:
-        float_model.train(training)
 
 
 @dataclass

@@ -25,7 +25,7 @@ from ..quant.act_quant import ActQuantizer
 from ..quant.placement import WithOutputQuantizer, output_quantizers
 from .best_state import BestState
 from .budget import Plateau, unit_budget, window_steps
-from .cache import UnitData, build_unit_data, cache_device
+from .cache import UnitData, build_unit_data, cache_device, capture
 from .distributed import agree, reduce_sums
 from .fisher import fisher_weights, output_gradients
 from .memory import (
@@ -35,7 +35,7 @@ from .memory import (
     estimate_cache_bytes,
     estimate_step_bytes,
 )
-from .output_term import OutputTerm, float_logits, tail_graphs, tail_module
+from .output_term import OutputTerm, tail_graphs, tail_module
 from .reconstruction import BlockReconstruction
 from .report import UnitResult
 from .settings import ReconConfig
@@ -191,7 +191,7 @@ class BlockSequencer(Callback):
             output_term = None
             if self._tails is not None:
                 if self._logits is None:
-                    self._logits = float_logits(self.float_model, self.batches)
+                    self._logits = capture(self.float_model, "", self.batches, "output")
                 self._data.logits = self._logits.to(where)
                 output_term = OutputTerm(tail_module(self.float_model, self._tails[index]),
                                          self.recon.output_weight, self.recon.output_temperature)

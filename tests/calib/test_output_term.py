@@ -12,7 +12,6 @@ import attnround_pl
 from attnround_pl.calib import BlockReconstruction, ReconConfig, build_unit_data, capture
 from attnround_pl.calib.output_term import (
     OutputTerm,
-    float_logits,
     tail_graphs,
     tail_module,
 )
@@ -39,7 +38,7 @@ def test_each_units_tail_takes_its_float_output_to_the_float_networks_output(rec
     q, f = resnet20_pair()
     units = shape_units(split_units(q), q, recon, x[:2])
     graphs = tail_graphs(f, units)
-    want = float_logits(f, [x[:4], x[4:]])
+    want = capture(f, "", [x[:4], x[4:]], "output")  # what the sequencer caches
     with torch.no_grad():
         assert torch.allclose(want, f(x))
         for unit, graph in zip(units, graphs, strict=True):
@@ -144,7 +143,7 @@ def test_a_trained_unit_learning_with_the_term_ends_closer_to_the_float_output(f
     batches = [x for x, _ in dm.calib_dataloader(batch_size=128)]
     folded = build_model("resnet20")
     fold_batchnorms(folded)
-    logits = float_logits(folded, batches)
+    logits = capture(folded, "", batches, "output")
     divergence = {}
     for weight in (0.0, 100.0):
         q = quantize_model(build_model("resnet20"), QuantConfig(w_bits=2, a_bits=4))
